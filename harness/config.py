@@ -1,0 +1,174 @@
+"""Typed, frozen configuration shared by every module.
+
+Data flows one way: these values are built once (by the CLI or the pytest
+plugin) and handed down to the export, image, machine, oracle and report code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from .errors import UsageError
+
+MAX_DEVICES = 128
+MAX_FILES_PER_DEVICE = 100_000
+
+
+class Mode(StrEnum):
+    """A value of QEMU's ``-fsdev ...,multidevs=`` option; DEFAULT means "not given"."""
+
+    REMAP = "remap"
+    WARN = "warn"
+    FORBID = "forbid"
+    DEFAULT = "default"
+
+    @property
+    def qemu_value(self) -> str | None:
+        """The option value to put on the command line, None to leave it out."""
+        return None if self is Mode.DEFAULT else self.value
+
+
+ALL_MODES: tuple[Mode, ...] = (Mode.REMAP, Mode.WARN, Mode.FORBID, Mode.DEFAULT)
+
+
+class Accel(StrEnum):
+    """The accelerator asked for; AUTO is resolved to KVM or TCG by a probe."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class BootMethod(StrEnum):
+    """How the kernel is handed to QEMU."""
+
+    # The uncompressed vmlinux entered through its PVH note: skips the firmware's
+    # real-mode setup and the kernel's self-decompression (about 2.5 s under TCG).
+    PVH = "pvh"
+    # The distro's compressed bzImage through SeaBIOS/linuxboot: what people write by
+    # hand, kept as the benchmark's baseline.
+    BZIMAGE = "bzimage"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Harness deadlines in seconds; all sit below the tests' pytest-timeout."""
+
+    boot: float
+    command: float
+    shutdown: float = 10.0
+    qmp: float = 10.0
+
+    @classmethod
+    def for_accel(cls, accel: Accel, scale: float = 1.0) -> Timeouts:
+        """TCG emulates every instruction, so it gets several times KVM's budget."""
+        if accel is Accel.KVM:
+            return cls(boot=30.0 * scale, command=60.0 * scale)
+        return cls(boot=90.0 * scale, command=180.0 * scale)
+
+
+@dataclass(frozen=True)
+class AccelDecision:
+    """The accelerator actually used and why (recorded in every report)."""
+
+    used: Accel
+    reason: str
+    fell_back: bool = False
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """The built artefacts of one guest recipe, all inside one cache directory."""
+
+    directory: Path
+    recipe: str
+    cache_key: str
+    kernel_release: str
+    vmlinux: Path
+    vmlinuz: Path
+    initrd: Path
+    host_key_pub: Path
+    client_key: Path
+    client_key_pub: Path
+    cache_hit: bool = False
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One 9p export: a host directory shared under ``tag`` with one multidevs mode."""
+
+    tag: str
+    path: Path
+    mode: Mode
+    mount_point: str
+    # cache=none makes every guest stat reach QEMU, so guest ids are QEMU's qids and
+    # not whatever an inode cache merged.
+    cache: str = "none"
+    security_model: str = "none"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    """Shape of the multi-device tree built on the host."""
+
+    devices: int = 3
+    files_per_device: int = 8
+    nested: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.devices <= MAX_DEVICES:
+            raise UsageError(
+                f"--devices must be between 1 and {MAX_DEVICES}, got {self.devices}",
+                hint="1 gives the single-device control export; 3 is the default",
+            )
+        if not 1 <= self.files_per_device <= MAX_FILES_PER_DEVICE:
+            raise UsageError(
+                f"--files must be between 1 and {MAX_FILES_PER_DEVICE}, got "
+                f"{self.files_per_device}",
+                hint="it counts files per device; the default is 8",
+            )
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything needed to render one QEMU command line and run it."""
+
+    qemu: Path
+    accel: Accel
+    image: GuestImage
+    log_dir: Path
+    exports: tuple[ExportSpec, ...] = ()
+    boot: BootMethod = BootMethod.PVH
+    memory_mb: int = 256
+    cpus: int = 1
+    sandbox: bool = True
+    extra_append: tuple[str, ...] = ()
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
+
+    def __post_init__(self) -> None:
+        if self.accel is Accel.AUTO:
+            raise ValueError("MachineSpec needs a resolved accelerator (kvm or tcg)")
+
+
+def parse_modes(text: str) -> tuple[Mode, ...]:
+    """Parse ``remap,warn`` into modes, rejecting unknown names with the valid list."""
+    modes: list[Mode] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        try:
+            mode = Mode(name)
+        except ValueError:
+            valid = ",".join(m.value for m in ALL_MODES)
+            raise UsageError(
+                f"unknown multidevs mode {raw.strip()!r}", hint=f"choose from {valid}"
+            ) from None
+        if mode not in modes:
+            modes.append(mode)
+    if not modes:
+        raise UsageError("no mode given", hint="for example --modes remap,warn,forbid,default")
+    return tuple(modes)

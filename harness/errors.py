@@ -1,0 +1,137 @@
+"""One hierarchy of errors, each carrying what a user needs to act on it.
+
+Every error has a ``message`` (what failed) and a ``hint`` (what to do about it).
+The CLI prints both and exits with ``exit_code``: 2 for environment and usage
+problems, so CI can tell "the harness could not run" from "a regression was found".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "", details: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        if self.details:
+            text += "\n" + self.details.rstrip()
+        return text
+
+
+class UsageError(HarnessError):
+    """A command-line argument or configuration value is out of range."""
+
+
+class MissingPackages(HarnessError):
+    """Host packages the guest recipe needs are not installed."""
+
+    def __init__(self, packages: Sequence[str]) -> None:
+        names = " ".join(sorted(packages))
+        super().__init__(
+            f"missing host packages: {names}",
+            hint=f"run as root: apt-get install -y {names}   (or ./scripts/setup)",
+        )
+        self.packages = tuple(sorted(packages))
+
+
+class ImageBuildError(HarnessError):
+    """The guest image could not be built from its recipe."""
+
+
+class CacheDirError(HarnessError):
+    """The image cache or log directory cannot be written."""
+
+
+class QemuNotFound(HarnessError):
+    """The QEMU binary does not exist or is not QEMU."""
+
+
+class QemuTooOld(HarnessError):
+    """The QEMU binary predates multidevs (4.2) or does not list it."""
+
+
+class KvmUnavailable(HarnessError):
+    """KVM was required (--accel kvm) but does not start a guest here."""
+
+
+class NamespaceError(HarnessError):
+    """Neither a private mount namespace nor a user namespace could be made."""
+
+
+class ExportError(HarnessError):
+    """The multi-device export could not be built on the host."""
+
+
+class QemuFailed(HarnessError):
+    """QEMU exited on its own (crash, bad option) while the harness needed it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        exit_code_qemu: int | None = None,
+        command: Sequence[str] = (),
+        stderr_tail: str = "",
+        console_tail: str = "",
+    ) -> None:
+        parts = []
+        if command:
+            parts.append("  command: " + " ".join(command))
+        if stderr_tail:
+            parts.append("  qemu stderr (tail):\n" + _indent(stderr_tail))
+        if console_tail:
+            parts.append("  guest console (tail):\n" + _indent(console_tail))
+        super().__init__(message, hint=hint, details="\n".join(parts))
+        self.exit_code_qemu = exit_code_qemu
+        self.command = tuple(command)
+        self.stderr_tail = stderr_tail
+        self.console_tail = console_tail
+
+
+class GuestBootTimeout(QemuFailed):
+    """The guest did not become reachable over SSH before the deadline."""
+
+
+class GuestPanic(QemuFailed):
+    """The guest kernel panicked (QEMU powers off on panic with -no-reboot)."""
+
+
+class QmpError(HarnessError):
+    """A QMP command failed or did not answer in time."""
+
+
+class SshUnavailable(HarnessError):
+    """The SSH session to the guest could not be opened or broke."""
+
+
+class HostKeyMismatch(SshUnavailable):
+    """The guest presented a host key other than the one pinned at build time."""
+
+
+class GuestCommandTimeout(HarnessError):
+    """A command in the guest did not finish before its deadline."""
+
+
+class PortInUse(HarnessError):
+    """A port the user asked for is already held by someone else."""
+
+
+class LibvirtError(HarnessError):
+    """libvirtd could not be reached or refused what the harness asked."""
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip().splitlines())

@@ -1,0 +1,1 @@
+"""pytest plugin (fixtures and options); filled in by the main-job work."""
