@@ -125,6 +125,31 @@ class GuestCommandTimeout(HarnessError):
     """A command in the guest did not finish before its deadline."""
 
 
+class GuestOutputError(HarnessError):
+    """The guest agent's output broke its line protocol (truncated, garbled, miscounted)."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        details: str = "",
+        *,
+        line_number: int | None = None,
+        line: str = "",
+    ) -> None:
+        if line_number is not None:
+            shown = line if len(line) <= 200 else line[:200] + "..."
+            message = f"agent output line {line_number}: {message}: {shown!r}"
+        super().__init__(
+            message,
+            hint=hint
+            or "a bug in mdh-agent or a cut-off transfer; the raw output is in the test log",
+            details=details,
+        )
+        self.line_number = line_number
+        self.line = line
+
+
 class PortInUse(HarnessError):
     """A port the user asked for is already held by someone else."""
 

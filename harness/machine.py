@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -305,16 +305,12 @@ class Machine:
                 self._qmp.execute("quit", timeout=self.spec.timeouts.qmp)
         except QmpError:
             pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.spec.timeouts.shutdown)
-        except subprocess.TimeoutExpired:
-            pass
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -1,1 +1,252 @@
-"""pytest plugin (fixtures and options); filled in by the main-job work."""
+"""pytest plugin: options, fixtures and failure logs for tests that boot guests.
+
+Registered through the ``pytest11`` entry point, so any project with
+multidevs-harness installed gets ``--qemu``, ``--accel`` and ``--devices`` and the
+fixtures ``guest_image``, ``mdh_environment``, ``multidevs_export``, ``machine`` and
+``machine_factory``.  When a test fails, the guest console tail and QEMU's stderr are
+attached to its report and its log directory is kept and named.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .config import Accel, ExportLayout, ExportSpec, GuestImage, Mode
+from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
+from .export import Export, build_export
+from .machine import Machine, tail
+from .session import Environment, prepare
+
+MACHINES_KEY = pytest.StashKey[list[Machine]]()
+LOGDIR_KEY = pytest.StashKey[Path]()
+FIXTURES_NEEDING_NAMESPACE = {"multidevs_export", "machine", "machine_factory"}
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """The plugin's command-line options, frozen for the session."""
+
+    qemu: str | None
+    accel: Accel
+    devices: int
+    logs: Path | None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("multidevs-harness", "multidevs-harness (QEMU 9p multidevs)")
+    group.addoption("--qemu", default=None, help="QEMU binary under test")
+    group.addoption(
+        "--accel", default=Accel.AUTO.value, choices=[a.value for a in Accel],
+        help="accelerator: auto (KVM only if a guest starts under it), kvm or tcg",
+    )
+    group.addoption("--devices", type=int, default=3, help="host devices per export")
+    group.addoption("--mdh-logs", default=None, help="keep every test's guest logs here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: boots real QEMU guests (needs qemu-system-x86 and the guest image)"
+    )
+    config.addinivalue_line(
+        "markers", "multidevs(mode='remap', devices=None, files=8, nested=False): "
+        "how the `machine` fixture's export is built and shared",
+    )
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # Unsharing the mount namespace needs a single-threaded process: do it now,
+    # after collection and before any test (or paramiko) starts a thread.
+    if any(FIXTURES_NEEDING_NAMESPACE & set(getattr(i, "fixturenames", ())) for i in items):
+        from .namespace import enter_private_namespace
+
+        try:
+            enter_private_namespace()
+        except HarnessError as exc:
+            config.stash[_NS_ERROR] = str(exc)
+
+
+_NS_ERROR = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session")
+def mdh_options(pytestconfig: pytest.Config) -> HarnessOptions:
+    """The session's harness options (from the command line)."""
+    logs = pytestconfig.getoption("--mdh-logs")
+    return HarnessOptions(
+        qemu=pytestconfig.getoption("--qemu"),
+        accel=Accel(pytestconfig.getoption("--accel")),
+        devices=int(pytestconfig.getoption("--devices")),
+        logs=Path(logs) if logs else None,
+    )
+
+
+def skip_reason(exc: HarnessError) -> str | None:
+    """The one place that decides whether an environment problem skips or fails.
+
+    A missing or too-old QEMU, or missing guest packages, mean "cannot test here":
+    skip with the reason.  Anything else is a real failure.
+    """
+    if isinstance(exc, QemuNotFound | QemuTooOld | MissingPackages):
+        return f"{type(exc).__name__}: {exc.message} ({exc.hint})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mdh_environment(mdh_options: HarnessOptions) -> Environment:
+    """Probed QEMU + built image + accelerator decision (session.Environment)."""
+    try:
+        return prepare(mdh_options.qemu, mdh_options.accel)
+    except HarnessError as exc:
+        reason = skip_reason(exc)
+        if reason:
+            pytest.skip(reason)
+        raise
+
+
+@pytest.fixture(scope="session")
+def guest_image(mdh_environment: Environment) -> GuestImage:
+    """The cached guest image (built on first use)."""
+    return mdh_environment.image
+
+
+@pytest.fixture(scope="session")
+def mdh_log_root(mdh_options: HarnessOptions) -> Iterator[Path]:
+    """Where each test's guest logs go; removed at the end unless a test failed."""
+    if mdh_options.logs is not None:
+        mdh_options.logs.mkdir(parents=True, exist_ok=True)
+        yield mdh_options.logs
+        return
+    root = Path(tempfile.mkdtemp(prefix="mdh-pytest-"))
+    yield root
+    if not any(root.iterdir()):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mdh_log_dir(request: pytest.FixtureRequest, mdh_log_root: Path) -> Iterator[Path]:
+    """This test's log directory: kept (and named in the report) only if it fails."""
+    name = request.node.nodeid.replace("/", "_").replace("::", "-").replace(" ", "_")
+    directory = mdh_log_root / name[-120:]
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    request.node.stash[LOGDIR_KEY] = directory
+    yield directory
+
+
+def _marker_layout(request: pytest.FixtureRequest, options: HarnessOptions) -> tuple[
+        Mode, ExportLayout]:
+    marker = request.node.get_closest_marker("multidevs")
+    kwargs = dict(marker.kwargs) if marker else {}
+    mode = Mode(kwargs.get("mode", Mode.REMAP.value))
+    layout = ExportLayout(
+        devices=int(kwargs.get("devices") or options.devices),
+        files_per_device=int(kwargs.get("files", 8)),
+        nested=bool(kwargs.get("nested", False)),
+    )
+    return mode, layout
+
+
+def _require_namespace(config: pytest.Config) -> None:
+    error = config.stash.get(_NS_ERROR, None)
+    if error:
+        pytest.fail(f"no private mount namespace for the export: {error}", pytrace=False)
+
+
+@pytest.fixture
+def multidevs_export(
+    request: pytest.FixtureRequest, mdh_options: HarnessOptions
+) -> Iterator[Export]:
+    """A multi-device tmpfs export (shape from the ``multidevs`` marker), torn down after."""
+    _require_namespace(request.config)
+    _, layout = _marker_layout(request, mdh_options)
+    with build_export(layout) as export:
+        yield export
+
+
+MachineFactory = Callable[..., Machine]
+
+
+@pytest.fixture
+def machine_factory(
+    request: pytest.FixtureRequest, mdh_environment: Environment, mdh_log_dir: Path
+) -> Iterator[MachineFactory]:
+    """Boot guests on demand: ``machine_factory(exports=[(Export, Mode)], ready=True)``.
+
+    Every guest is shut down at the end of the test, and its console and QEMU
+    stderr are attached to the report if the test fails.
+    """
+    env = mdh_environment
+    machines: list[Machine] = []
+    request.node.stash[MACHINES_KEY] = machines
+    with ExitStack() as stack:
+
+        def factory(
+            exports: Sequence[tuple[Export, Mode]] = (),
+            ready: bool = True,
+            extra_append: Sequence[str] = (),
+            name: str | None = None,
+        ) -> Machine:
+            index = len(machines)
+            specs = [
+                ExportSpec(tag=f"mdh{i}", path=export.root, mode=mode,
+                           mount_point=f"/mnt/mdh{i}")
+                for i, (export, mode) in enumerate(exports)
+            ]
+            log_dir = mdh_log_dir / f"guest{index}"
+            spec = env.machine_spec(specs, log_dir, extra_append)
+            machine = Machine(spec, sandbox_supported=env.info.sandbox_supported,
+                              name=name or f"guest{index}")
+            machines.append(machine)
+            stack.enter_context(machine)
+            if ready:
+                machine.wait_ready()
+            return machine
+
+        yield factory
+
+
+@pytest.fixture
+def machine(
+    request: pytest.FixtureRequest,
+    machine_factory: MachineFactory,
+    multidevs_export: Export,
+    mdh_options: HarnessOptions,
+) -> Machine:
+    """A ready guest mounting ``multidevs_export`` at /mnt/mdh0 in the marker's mode."""
+    mode, _ = _marker_layout(request, mdh_options)
+    return machine_factory(exports=[(multidevs_export, mode)])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        if report.when == "teardown":
+            directory = item.stash.get(LOGDIR_KEY, None)
+            if directory is not None and not getattr(item, "_mdh_failed", False):
+                shutil.rmtree(directory, ignore_errors=True)
+        return
+    item._mdh_failed = True  # type: ignore[attr-defined]  # marks the log dir as kept
+    for machine in item.stash.get(MACHINES_KEY, []):
+        report.sections.append(
+            (f"{machine.name} console tail", tail(machine.console_path, 40) or "(empty)")
+        )
+        report.sections.append(
+            (f"{machine.name} qemu stderr", tail(machine.stderr_path, 40) or "(empty)")
+        )
+    directory = item.stash.get(LOGDIR_KEY, None)
+    if directory is not None:
+        report.sections.append(("multidevs-harness logs", f"kept in {directory}"))

@@ -191,7 +191,10 @@ def to_junit(report: RunReport) -> ET.Element:
             )
             failure.text = "\n".join(result.verdict.failures) + f"\nlogs: {result.log_dir}\n"
         out = ET.SubElement(case, "system-out")
-        out.text = f"expectation: {result.verdict.expectation}\nobserved: {result.verdict.observed}\n"
+        out.text = (
+            f"expectation: {result.verdict.expectation}\n"
+            f"observed: {result.verdict.observed}\n"
+        )
     return suite
 
 

@@ -1,0 +1,234 @@
+"""The ``multidevs-harness`` command: argument parsing and output, no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import ALL_MODES, Accel, ExportLayout, Mode, parse_modes
+from .errors import HarnessError, UsageError
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_ENVIRONMENT = 2
+
+
+def progress(message: str) -> None:
+    """Progress lines go to stderr so stdout stays clean for --json."""
+    print(f"[multidevs-harness] {message}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_ENVIRONMENT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _add_machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--qemu", help="QEMU binary to test (default: qemu-system-x86_64)")
+    parser.add_argument(
+        "--accel",
+        choices=[a.value for a in Accel],
+        default=Accel.AUTO.value,
+        help="auto: KVM only if a guest really starts under it, else TCG (said so)",
+    )
+    parser.add_argument("--kernel", type=Path, help="boot this kernel instead of the image's")
+    parser.add_argument("--logs", type=Path, help="keep per-guest logs here (always kept)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line interface."""
+    parser = _Parser(
+        prog="multidevs-harness",
+        description="Boot real guests over a multi-device 9p export and check QEMU's "
+        "multidevs option end to end.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    image = sub.add_parser("image", help="build or inspect the guest image")
+    image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    build = image_sub.add_parser("build", help="build the guest image (cached)")
+    build.add_argument("--json", action="store_true", help="print paths as JSON")
+    build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
+    build.add_argument("--recipe", default=None, help="recipe name or folder")
+
+    probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
+    probe.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
+    probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
+    probe.add_argument("--json", action="store_true")
+
+    exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down")
+    _add_machine_options(exec_)
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+    run = sub.add_parser("run", help="check every multidevs mode (the main job)")
+    _add_machine_options(run)
+    run.add_argument(
+        "--modes",
+        default=",".join(m.value for m in ALL_MODES),
+        help="comma-separated: remap,warn,forbid,default",
+    )
+    run.add_argument("--devices", type=_positive_int, default=3,
+                     help="host devices in the export (1..128; 1 = control only)")
+    run.add_argument("--files", type=_positive_int, default=8, help="files per device")
+    run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
+    run.add_argument("--no-control", action="store_true",
+                     help="skip the single-device control guest")
+    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
+    run.add_argument("--jobs", type=_positive_int, default=0,
+                     help="guests booted at once (default: by CPU count)")
+    run.add_argument("--json", type=Path, help="write the JSON report here")
+    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument("--via", choices=["qemu", "libvirt"], default="qemu",
+                     help="start guests with QEMU directly or through libvirtd")
+
+    repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
+    _add_machine_options(repro)
+    repro.add_argument("--mode", default=Mode.WARN.value,
+                       choices=[m.value for m in ALL_MODES])
+    repro.add_argument("--devices", type=_positive_int, default=3)
+    repro.add_argument("--files", type=_positive_int, default=8)
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from .image import build_image, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    image = build_image(recipe, progress=progress, force=args.force)
+    if args.json:
+        _print_json({k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()})
+    else:
+        state = "cache hit" if image.cache_hit else "built"
+        print(f"{image.recipe} ({state}): kernel {image.kernel_release}")
+        print(f"  vmlinux  {image.vmlinux}\n  vmlinuz  {image.vmlinuz}\n  initrd   {image.initrd}")
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .session import probe_environment
+
+    report = probe_environment(args.qemu, Accel(args.accel), progress=progress)
+    if args.json:
+        _print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key:24} {value}")
+    if not report["multidevs_supported"]:
+        return EXIT_ENVIRONMENT
+    return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .session import exec_in_guest
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
+    result = exec_in_guest(
+        command, qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
+        logs=args.logs, progress=progress,
+    )
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    return result.rc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import report as rep
+    from .runner import RunOptions, run_matrix
+
+    options = RunOptions(
+        modes=parse_modes(args.modes),
+        layout=ExportLayout(devices=args.devices, files_per_device=args.files,
+                            nested=args.nested),
+        qemu=args.qemu,
+        accel=Accel(args.accel),
+        kernel=args.kernel,
+        logs=args.logs,
+        control=not args.no_control,
+        witness=not args.no_witness,
+        jobs=args.jobs,
+        via=args.via,
+    )
+    result = run_matrix(options, progress=progress)
+    print(rep.table(result))
+    print()
+    print(rep.summary_line(result))
+    if args.json:
+        rep.write_json(result, args.json)
+        progress(f"JSON report: {args.json}")
+    if args.junit:
+        rep.write_junit(result, args.junit)
+        progress(f"JUnit report: {args.junit}")
+    if result.inconclusive:
+        return EXIT_ENVIRONMENT
+    return EXIT_OK if result.passed else EXIT_REGRESSION
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .runner import reproduce
+
+    return reproduce(
+        Mode(args.mode),
+        ExportLayout(devices=args.devices, files_per_device=args.files),
+        qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
+        progress=progress,
+    )
+
+
+COMMANDS = {
+    "probe": cmd_probe,
+    "exec": cmd_exec,
+    "run": cmd_run,
+    "reproduce": cmd_reproduce,
+}
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every context manager cleans up.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (0 ok, 1 regression, 2 environment)."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.command == "image":
+            return cmd_image_build(args)
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: guests stopped, mounts and temporary files removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

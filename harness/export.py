@@ -1,0 +1,397 @@
+"""The multi-device export on the host, and the host truth the oracle compares against.
+
+The export root is a tmpfs; devices 1..N-1 are further tmpfs mounts at ``dev01``,
+``dev02``, ... inside it (and, with ``layout.nested``, one more at ``dev01/nested``).
+Every device is populated the same way and in the same order. A fresh tmpfs numbers
+its inodes from 1 (its root) upwards, so equal paths on different devices get equal
+inode numbers: exactly the situation in which ``multidevs=warn`` lets guest file ids
+collide and ``remap`` must keep them apart.
+
+All mounts happen in the harness's private mount namespace (see ``namespace``), so
+even a SIGKILLed harness leaves no mount behind on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from .config import ExportLayout
+from .errors import ExportError
+from .namespace import mount_tmpfs, private_namespace, unmount
+
+# A page per small file plus headroom for directories; a cap, not a reservation.
+_PAGE = 4096
+_MIN_TMPFS_BYTES = 1 << 20
+
+SUBDIR = "sub"
+SUBDIR_FILE = "inner"
+LINK_A = "link-a"
+LINK_B = "link-b"
+NESTED = "nested"
+ODD_NAME = "odd\nname"
+
+
+class EntryKind(StrEnum):
+    """The file type of one host path, from its lstat."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class HostEntry:
+    """One path under the export root as the host sees it (lstat, never following links)."""
+
+    path: str  # relative to the export root; the root itself is "."
+    dev: int
+    ino: int
+    nlink: int
+    kind: EntryKind
+    device: int  # index into Export.devices: 0 is the root tmpfs
+    content: bytes | None = None  # regular files only
+
+    @property
+    def file_id(self) -> tuple[int, int]:
+        """(st_dev, st_ino): what makes a host file distinct; hard links share it."""
+        return (self.dev, self.ino)
+
+
+@dataclass(frozen=True)
+class HostTruth:
+    """Every path of the export with its host identity, in a fixed order.
+
+    The order (depth first, names sorted, "." first) is the order in which paths are fed
+    to the guest agent, so guest records can be matched back by index.
+    """
+
+    entries: tuple[HostEntry, ...]
+
+    @cached_property
+    def paths(self) -> tuple[str, ...]:
+        """The relative paths in truth order."""
+        return tuple(entry.path for entry in self.entries)
+
+    @cached_property
+    def by_path(self) -> dict[str, HostEntry]:
+        """Entries keyed by relative path."""
+        return {entry.path: entry for entry in self.entries}
+
+    @cached_property
+    def device_count(self) -> int:
+        """How many distinct host devices (st_dev values) the export spans."""
+        return len({entry.dev for entry in self.entries})
+
+    @cached_property
+    def by_file_id(self) -> dict[tuple[int, int], tuple[str, ...]]:
+        """Paths per distinct host file; a hard-link pair is one key with two paths."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for entry in self.entries:
+            groups.setdefault(entry.file_id, []).append(entry.path)
+        return {key: tuple(paths) for key, paths in groups.items()}
+
+    def repeated_inodes(self) -> dict[int, tuple[int, ...]]:
+        """Inode numbers found on more than one host device -> those st_dev values, sorted.
+
+        These are the numbers that collide in the guest when QEMU passes st_ino through
+        unchanged (multidevs=warn). Empty means the premise of the test does not hold.
+        """
+        devs_per_ino: dict[int, set[int]] = {}
+        for entry in self.entries:
+            devs_per_ino.setdefault(entry.ino, set()).add(entry.dev)
+        return {ino: tuple(sorted(devs)) for ino, devs in devs_per_ino.items() if len(devs) > 1}
+
+    @property
+    def premise_holds(self) -> bool:
+        """A single device needs no premise; several must share at least one inode number."""
+        return self.device_count <= 1 or bool(self.repeated_inodes())
+
+    @property
+    def inconclusive(self) -> bool:
+        """True when several devices share no inode number, so no collision can show."""
+        return not self.premise_holds
+
+
+@dataclass(frozen=True)
+class ExportDevice:
+    """One tmpfs of the export."""
+
+    index: int
+    path: Path  # absolute mount point
+    relpath: str  # mount point relative to the export root ("." for device 0)
+    st_dev: int
+
+
+@dataclass(frozen=True)
+class Export:
+    """A built export: where it is, its devices, and the host truth recorded after building."""
+
+    root: Path
+    layout: ExportLayout
+    devices: tuple[ExportDevice, ...]
+    truth: HostTruth
+
+
+def device_file_names(count: int) -> tuple[str, ...]:
+    """The regular-file names every device gets, in creation order.
+
+    All contain a space ("file 0000", ...); with two or more files the last one is
+    "odd\\nname" instead, so a path with a newline is in every device too. The agent's
+    NUL-separated input and hex output must carry both unharmed.
+    """
+    names = [f"file {i:04d}" for i in range(count)]
+    if count >= 2:
+        names[-1] = ODD_NAME
+    return tuple(names)
+
+
+def device_relpath(index: int, nested: bool, devices: int) -> str:
+    """Where device ``index`` is mounted, relative to the export root."""
+    if index == 0:
+        return "."
+    if nested and index == devices:
+        return f"dev01/{NESTED}"
+    return f"dev{index:02d}"
+
+
+def _label(relpath: str) -> str:
+    # File contents name their device and path; the root device has no directory of
+    # its own, so it is called dev00 there.
+    return "dev00" if relpath == "." else relpath
+
+
+def _write_file(name: str, content: bytes, dir_fd: int) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def _populate(directory: Path, relpath: str, files: int) -> None:
+    """Fill one device; the same calls in the same order on every device, so inode
+    numbers line up across devices."""
+    label = _label(relpath)
+    # dir_fd-relative calls: no path lookup per file, which matters at 100,000 files.
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in device_file_names(files):
+            _write_file(name, f"{label}/{name}\n".encode(), dir_fd)
+        os.mkdir(SUBDIR, 0o755, dir_fd=dir_fd)
+        inner = f"{SUBDIR}/{SUBDIR_FILE}"
+        _write_file(inner, f"{label}/{inner}\n".encode(), dir_fd)
+        _write_file(LINK_A, f"{label}/{LINK_A}\n".encode(), dir_fd)
+        os.link(LINK_A, LINK_B, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _tmpfs_options(files: int) -> str:
+    size = max(_MIN_TMPFS_BYTES, (files + 64) * _PAGE * 2)
+    return f"size={size},mode=0755"
+
+
+def kind_of_mode(mode: int) -> EntryKind:
+    """The EntryKind of an st_mode (host or guest: 9p passes the host mode through)."""
+    if stat.S_ISREG(mode):
+        return EntryKind.FILE
+    if stat.S_ISDIR(mode):
+        return EntryKind.DIR
+    if stat.S_ISLNK(mode):
+        return EntryKind.SYMLINK
+    return EntryKind.OTHER
+
+
+def _read(path: str, size: int) -> bytes:
+    # O_NOFOLLOW: the truth describes the tree itself, never where a link points.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        # Read the st_size bytes lstat reported and stop: nothing writes to the export
+        # while it is recorded, and skipping the final 0-byte read(2) saves one syscall
+        # per file (there can be millions).
+        chunks = []
+        remaining = size
+        while remaining > 0 and (chunk := os.read(fd, remaining)):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def record_truth(root: Path, devices: Sequence[ExportDevice]) -> HostTruth:
+    """Walk the export and record each path's (st_dev, st_ino, nlink, kind, device).
+
+    Measured after building, not derived from the plan: the oracle must compare the
+    guest with what the host really holds. Raises ExportError if a path lies on a
+    device that is not one of ``devices`` (something else got mounted inside).
+    """
+    device_of = {device.st_dev: device.index for device in devices}
+    entries: list[HostEntry] = []
+
+    def add(relpath: str, abspath: str, st: os.stat_result) -> EntryKind:
+        try:
+            device = device_of[st.st_dev]
+        except KeyError:
+            raise ExportError(
+                f"export path {relpath!r} is on an unexpected device {st.st_dev}",
+                hint=f"something else is mounted inside the export root {root}",
+            ) from None
+        kind = kind_of_mode(st.st_mode)
+        content = _read(abspath, st.st_size) if kind is EntryKind.FILE else None
+        entries.append(HostEntry(relpath, st.st_dev, st.st_ino, st.st_nlink, kind, device, content))
+        return kind
+
+    def walk(relpath: str, abspath: str) -> None:
+        with os.scandir(abspath) as iterator:
+            children = sorted(iterator, key=lambda child: child.name)
+        for child in children:
+            child_rel = child.name if relpath == "." else f"{relpath}/{child.name}"
+            if add(child_rel, child.path, child.stat(follow_symlinks=False)) is EntryKind.DIR:
+                walk(child_rel, child.path)
+
+    add(".", os.fspath(root), os.lstat(root))
+    walk(".", os.fspath(root))
+    return HostTruth(tuple(entries))
+
+
+def _check_user_root(root: Path) -> None:
+    try:
+        empty = root.is_dir() and not any(root.iterdir())
+    except OSError:
+        empty = False
+    if not empty:
+        raise ExportError(
+            f"export root {root} is not an empty directory",
+            hint="give --export-root an existing empty directory, or leave it out "
+            "to use a fresh temporary one",
+        )
+
+
+@contextmanager
+def build_export(
+    layout: ExportLayout, base_dir: Path | None = None, root: Path | None = None
+) -> Iterator[Export]:
+    """Build the multi-device export, yield it, and tear it down again.
+
+    The root is a tmpfs mounted on ``root`` (an existing empty directory, left in place
+    afterwards) or on a fresh directory made under ``base_dir`` (default: the temp dir)
+    and removed afterwards. Device 0 is that tmpfs, devices 1..N-1 are tmpfs mounts at
+    ``devNN``, and ``layout.nested`` adds one more at ``dev01/nested``. Must run inside
+    the harness's private mount namespace, else ExportError: a mount there cannot leak
+    onto the host. On exit, also on exceptions and Ctrl-C, the mounts are unmounted in
+    reverse order (lazily if a plain umount fails) and the directory is removed.
+    """
+    if private_namespace() is None:
+        raise ExportError(
+            "refusing to mount the export outside a private mount namespace",
+            hint="call harness.namespace.enter_private_namespace() first (the CLI and "
+            "the pytest plugin do), so no mount can leak onto the host",
+        )
+    if layout.nested and layout.devices < 2:
+        raise ExportError(
+            "a nested device needs at least 2 devices (it is mounted inside dev01)",
+            hint="use --devices 2 or more with --nested",
+        )
+    problems: list[str] = []
+    try:
+        with ExitStack() as stack:
+            export_root = _make_root(stack, problems, base_dir, root)
+            yield _build(stack, problems, layout, export_root)
+    except BaseException as exc:
+        if problems:
+            exc.add_note("export cleanup also failed: " + "; ".join(problems))
+        raise
+    if problems:
+        raise ExportError(
+            "could not clean up the export: " + "; ".join(problems),
+            hint="the mounts vanish when the harness process exits (private namespace)",
+        )
+
+
+def _make_root(
+    stack: ExitStack, problems: list[str], base_dir: Path | None, root: Path | None
+) -> Path:
+    if root is not None:
+        _check_user_root(root)
+        return root.absolute()
+    try:
+        made = Path(tempfile.mkdtemp(prefix="mdh-export-", dir=base_dir)).absolute()
+    except OSError as exc:
+        raise ExportError(
+            f"cannot create the export directory under {base_dir or tempfile.gettempdir()}: "
+            f"{exc.strerror}",
+            hint="choose a writable --base-dir",
+        ) from exc
+
+    def remove() -> None:
+        # rmdir, never rmtree: once unmounted the directory is empty, and if an unmount
+        # failed we must not delete through a still-mounted tmpfs.
+        try:
+            made.rmdir()
+        except OSError as exc:
+            problems.append(f"rmdir {made}: {exc.strerror}")
+
+    stack.callback(remove)
+    return made
+
+
+def _mount(stack: ExitStack, problems: list[str], target: Path, files: int) -> int:
+    try:
+        mount_tmpfs(target, _tmpfs_options(files))
+    except OSError as exc:
+        raise ExportError(
+            f"cannot mount a tmpfs on {target}: {exc.strerror}",
+            hint="the harness must be root in its namespace (enter_private_namespace)",
+        ) from exc
+
+    def release() -> None:
+        try:
+            unmount(target)
+        except OSError as first:
+            # Busy (a process still has its cwd there): detach it; the kernel frees it
+            # once unused, and our namespace makes it invisible to the host meanwhile.
+            try:
+                unmount(target, lazy=True)
+            except OSError as second:
+                problems.append(f"umount {target}: {first.strerror}; umount -l: {second.strerror}")
+
+    stack.callback(release)
+    return os.stat(target).st_dev
+
+
+def _build(stack: ExitStack, problems: list[str], layout: ExportLayout, root: Path) -> Export:
+    files = layout.files_per_device
+    total = layout.devices + (1 if layout.nested else 0)
+    devices: list[ExportDevice] = []
+    try:
+        st_dev = _mount(stack, problems, root, files)
+        devices.append(ExportDevice(0, root, ".", st_dev))
+        # Populate the root before creating the devNN mount points, which would
+        # otherwise take its first inode numbers and shift it against the others.
+        _populate(root, ".", files)
+        for index in range(1, total):
+            relpath = device_relpath(index, layout.nested, layout.devices)
+            target = root / relpath
+            # The nested mount point is made after dev01 is populated (its loop turn
+            # comes last), so dev01 lines up with the other devices as well.
+            target.mkdir(mode=0o755)
+            st_dev = _mount(stack, problems, target, files)
+            devices.append(ExportDevice(index, target, relpath, st_dev))
+            _populate(target, relpath, files)
+        truth = record_truth(root, devices)
+    except OSError as exc:
+        raise ExportError(
+            f"building the export under {root} failed: {exc}",
+            hint="check free memory for tmpfs, or lower --devices/--files",
+        ) from exc
+    return Export(root=root, layout=layout, devices=tuple(devices), truth=truth)

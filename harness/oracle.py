@@ -1,0 +1,574 @@
+"""Verdicts: host truth + guest observations + QEMU's stderr -> pass, fail or inconclusive.
+
+Everything here is pure, so every rule is unit-tested with hand-made truths and
+observations. A verdict carries exact failures (which paths collided with which, which
+message was missing or repeated, which foreign path was readable), because "remap
+failed" alone sends a developer back to square one.
+
+What each mode must show, on an export spanning several host devices whose inode
+numbers repeat across devices (the premise; without it the run is inconclusive):
+
+* remap (and the default from QEMU 10.0): guest (dev, ino) is a bijection with host
+  (dev, ino), stable between passes, readdir's d_ino agrees with lstat, no message,
+  every path stat-able, the tar witness intact.
+* warn (and the default for QEMU 4.2 to 9.x): at least one guest id collision, the
+  warning exactly once, no ENODEV. A broken tar witness is the expected damage and
+  only recorded.
+* forbid: every path on the root device stat-able, every path on another device
+  (its mount point included) ENODEV, the forbid message exactly once.
+
+A single-device export is the control: whatever the mode, no message, no collision,
+everything stat-able and the witness intact.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .config import Mode
+from .errors import QemuTooOld
+from .export import EntryKind, HostTruth, kind_of_mode
+from .observe import READ_LIMIT, GuestObservation, GuestResult, GuestStat
+
+Version = tuple[int, int, int]
+
+MIN_QEMU: Version = (4, 2, 0)
+# "9pfs: make multidevs=remap default" landed in QEMU 10.0.
+REMAP_DEFAULT_SINCE: Version = (10, 0, 0)
+
+MULTIDEVS_MARKER = "Multiple devices detected in same VirtFS export"
+# Failures of one kind beyond this many are summarised in one line, so a 100,000-file
+# export that collides everywhere still gives a readable report.
+MAX_LISTED = 20
+
+
+class Expectation(StrEnum):
+    """What a mode must show on a multi-device export."""
+
+    UNIQUE_IDS = "unique_ids"
+    COLLIDE_AND_WARN = "collide_and_warn"
+    DENY_FOREIGN = "deny_foreign"
+
+    @property
+    def text(self) -> str:
+        """A short human description for reports."""
+        return _EXPECTATION_TEXT[self]
+
+
+_EXPECTATION_TEXT = {
+    Expectation.UNIQUE_IDS: "unique ids, no message",
+    Expectation.COLLIDE_AND_WARN: "id collisions, one warning",
+    Expectation.DENY_FOREIGN: "foreign devices denied (ENODEV), one forbid message",
+}
+_CONTROL_TEXT = "single device (control): unique ids, no message"
+
+
+def _version_text(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
+    """The behaviour ``mode`` must show on this QEMU version.
+
+    Without the option, QEMU 4.2 to 9.x behaves like warn and 10.0 on like remap.
+    Raises QemuTooOld below 4.2, which has no multidevs option at all.
+    """
+    if qemu_version < MIN_QEMU:
+        raise QemuTooOld(
+            f"QEMU {_version_text(qemu_version)} has no multidevs option "
+            f"(added in {_version_text(MIN_QEMU)})",
+            hint="install qemu-system-x86 4.2 or newer, or point --qemu at one",
+        )
+    if mode is Mode.REMAP:
+        return Expectation.UNIQUE_IDS
+    if mode is Mode.WARN:
+        return Expectation.COLLIDE_AND_WARN
+    if mode is Mode.FORBID:
+        return Expectation.DENY_FOREIGN
+    if qemu_version >= REMAP_DEFAULT_SINCE:
+        return Expectation.UNIQUE_IDS
+    return Expectation.COLLIDE_AND_WARN
+
+
+@dataclass(frozen=True)
+class QemuMessages:
+    """QEMU stderr lines about multiple devices, sorted by which option produced them."""
+
+    all: tuple[str, ...]  # every multi-device line, in the order QEMU printed them
+    warn: tuple[str, ...]
+    forbid: tuple[str, ...]
+    unknown: tuple[str, ...]
+
+
+def find_multidevs_messages(qemu_stderr: str) -> QemuMessages:
+    """Pick QEMU's multi-device lines out of its stderr and classify each.
+
+    Matched on the common sentence, not the whole line: the program-name prefix
+    (qemu-system-x86_64, qemu-kvm, ...) differs between builds. A line that has the
+    sentence but neither known ending is kept as "unknown" so a reworded message fails
+    loudly instead of passing as "no message".
+    """
+    found: list[str] = []
+    warn: list[str] = []
+    forbid: list[str] = []
+    unknown: list[str] = []
+    for raw in qemu_stderr.splitlines():
+        line = raw.strip()
+        if MULTIDEVS_MARKER not in line:
+            continue
+        found.append(line)
+        if "multidevs=forbid" in line:
+            forbid.append(line)
+        elif "might lead to file ID collisions" in line or "multidevs=remap" in line:
+            warn.append(line)
+        else:
+            unknown.append(line)
+    return QemuMessages(tuple(found), tuple(warn), tuple(forbid), tuple(unknown))
+
+
+@dataclass(frozen=True)
+class Collision:
+    """One guest id shared by several distinct host files."""
+
+    guest_id: tuple[int, int]
+    # (path, host st_dev, host st_ino), one per distinct host file, in truth order.
+    host_files: tuple[tuple[str, int, int], ...]
+
+    def describe(self) -> str:
+        """One line naming the guest id and every host file behind it."""
+        files = _join(f"{path!r} (host dev {dev}, ino {ino})" for path, dev, ino in self.host_files)
+        dev, ino = self.guest_id
+        return f"guest id (dev {dev}, ino {ino}) is shared by {files}"
+
+
+@dataclass(frozen=True)
+class TarWitness:
+    """Whether a tar round trip in the guest reproduced every file's content.
+
+    tar recognises hard links by (st_dev, st_ino); when ids collide it stores one file
+    as a link to another and the extracted copy gets the wrong content. That is the
+    user-visible damage the multidevs option exists to prevent.
+    """
+
+    ran: bool
+    intact: bool | None
+    wrong_files: tuple[str, ...]
+    detail: str
+
+    @classmethod
+    def not_run(cls, reason: str) -> TarWitness:
+        """A witness that was skipped, with why."""
+        return cls(ran=False, intact=None, wrong_files=(), detail=reason)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one mode on one export, with everything a report shows."""
+
+    mode: Mode
+    expectation: str
+    observed: str
+    passed: bool
+    inconclusive: bool
+    failures: tuple[str, ...]
+    collisions: tuple[Collision, ...]
+    denied: int  # paths that got ENODEV in pass 1
+    files_checked: int
+    qemu_message: str | None
+    witness_intact: bool | None
+    host_devices: int
+    # Recorded facts that are not failures (a broken witness under warn, say).
+    notes: tuple[str, ...] = ()
+
+
+def _errno_text(code: int) -> str:
+    return f"errno {code} ({errno.errorcode.get(code, '?')})"
+
+
+def _result_text(result: GuestResult) -> str:
+    if isinstance(result, GuestStat):
+        return f"(dev {result.dev}, ino {result.ino})"
+    return _errno_text(result)
+
+
+def _join(items: Iterable[str]) -> str:
+    parts = list(items)
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _capped(items: Sequence[str], what: str) -> list[str]:
+    if len(items) <= MAX_LISTED:
+        return list(items)
+    return [*items[:MAX_LISTED], f"... and {len(items) - MAX_LISTED} more {what}"]
+
+
+def find_collisions(truth: HostTruth, obs_pass: Mapping[str, GuestResult]) -> tuple[Collision, ...]:
+    """Guest ids that stand for more than one distinct host file in one pass.
+
+    Hard links are one host file (same host dev and ino), so a link pair sharing a
+    guest id is correct, not a collision. Paths the guest could not stat are ignored.
+    """
+    owners: dict[tuple[int, int], dict[tuple[int, int], str]] = {}
+    for entry in truth.entries:
+        result = obs_pass.get(entry.path)
+        if isinstance(result, GuestStat):
+            owners.setdefault(result.guest_id, {}).setdefault(entry.file_id, entry.path)
+    return tuple(
+        Collision(guest_id, tuple((path, dev, ino) for (dev, ino), path in files.items()))
+        for guest_id, files in owners.items()
+        if len(files) > 1
+    )
+
+
+def judge_witness(truth: HostTruth, extracted: Mapping[str, bytes | int]) -> TarWitness:
+    """Compare files extracted from the guest's tar archive with the host contents.
+
+    ``extracted`` is what ``parse_read_output`` returned for the extracted copy: the
+    content (at most READ_LIMIT bytes, so only that prefix is compared) or the errno.
+    """
+    wrong: list[str] = []
+    reasons: list[str] = []
+    checked = 0
+    for entry in truth.entries:
+        if entry.kind is not EntryKind.FILE or entry.content is None:
+            continue
+        checked += 1
+        expected = entry.content[:READ_LIMIT]
+        got = extracted.get(entry.path)
+        if got == expected:
+            continue
+        wrong.append(entry.path)
+        if got is None:
+            reasons.append(f"{entry.path!r} missing")
+        elif isinstance(got, int):
+            reasons.append(f"{entry.path!r} unreadable: {_errno_text(got)}")
+        else:
+            reasons.append(f"{entry.path!r} has {got!r}, expected {expected!r}")
+    if not wrong:
+        return TarWitness(True, True, (), f"all {checked} files intact")
+    shown = "; ".join(reasons[:5]) + (
+        f"; ... and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+    )
+    return TarWitness(True, False, tuple(wrong), f"{len(wrong)} of {checked} files differ: {shown}")
+
+
+def _message_failures(expectation: Expectation | None, messages: QemuMessages) -> list[str]:
+    """Message rules; ``expectation`` None is the single-device control."""
+    if expectation in (None, Expectation.UNIQUE_IDS):
+        found = messages.all
+        if not found:
+            return []
+        return [
+            f"expected no multi-device message on QEMU stderr, found {len(found)}: {found[0]!r}"
+        ]
+    if expectation is Expectation.COLLIDE_AND_WARN:
+        wanted, wanted_name = messages.warn, "the multi-device warning"
+        other, other_name = messages.forbid, "multidevs=forbid message"
+    else:
+        wanted, wanted_name = messages.forbid, "the multidevs=forbid message"
+        other, other_name = messages.warn, "multi-device warning"
+    failures = []
+    if len(wanted) != 1:
+        failures.append(
+            f"expected {wanted_name} exactly once on QEMU stderr, found it {len(wanted)} times"
+        )
+    failures += [f"unexpected {other_name} on QEMU stderr: {line!r}" for line in other]
+    failures += [
+        f"unrecognised multi-device message on QEMU stderr: {line!r}" for line in messages.unknown
+    ]
+    return failures
+
+
+def _stability_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    failures: list[str] = []
+    for number in range(1, len(observation.passes)):
+        before, after = observation.passes[number - 1], observation.passes[number]
+        for path in truth.paths:
+            old, new = before.get(path), after.get(path)
+            if old is None or new is None:
+                continue
+            old_id = old.guest_id if isinstance(old, GuestStat) else old
+            new_id = new.guest_id if isinstance(new, GuestStat) else new
+            if old_id == new_id and type(old) is type(new):
+                continue
+            what = (
+                "guest id"
+                if isinstance(old, GuestStat) and isinstance(new, GuestStat)
+                else "result"
+            )
+            failures.append(
+                f"{what} of {path!r} changed between pass {number} and pass {number + 1}: "
+                f"{_result_text(old)} -> {_result_text(new)}"
+            )
+    return _capped(failures, "paths changed between passes")
+
+
+def _coverage_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    if not observation.passes:
+        return ["no stat pass was observed"]
+    failures = []
+    for number, results in enumerate(observation.passes, start=1):
+        missing = [path for path in truth.paths if path not in results]
+        failures += _capped(
+            [f"{path!r} was not observed in pass {number}" for path in missing], "unobserved paths"
+        )
+    return failures
+
+
+def _kind_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[str]:
+    failures = []
+    for entry in truth.entries:
+        result = first.get(entry.path)
+        # The guest's st_mode comes from QEMU's host lstat, so the file type must match.
+        if isinstance(result, GuestStat) and kind_of_mode(result.mode) is not entry.kind:
+            failures.append(
+                f"{entry.path!r} is a {entry.kind} on the host but a "
+                f"{kind_of_mode(result.mode)} in the guest"
+            )
+    return _capped(failures, "type mismatches")
+
+
+def _hard_link_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[str]:
+    failures = []
+    for paths in truth.by_file_id.values():
+        if len(paths) < 2:
+            continue
+        ids = {
+            result.guest_id for path in paths if isinstance(result := first.get(path), GuestStat)
+        }
+        if len(ids) > 1:
+            shown = _join(f"{path!r} {_result_text(first[path])}" for path in paths)
+            failures.append(f"hard links of one host file got different guest ids: {shown}")
+    return _capped(failures, "split hard links")
+
+
+def _unstatable(
+    truth: HostTruth, first: Mapping[str, GuestResult], devices: set[int] | None
+) -> list[str]:
+    failures = []
+    for entry in truth.entries:
+        result = first.get(entry.path)
+        if isinstance(result, int) and (devices is None or entry.device in devices):
+            failures.append(f"{entry.path!r} is not stat-able in the guest: {_errno_text(result)}")
+    return _capped(failures, "unstat-able paths")
+
+
+def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    """readdir must list the host's names with the d_ino that lstat gives.
+
+    Used where ids must be unique: QEMU stats every entry under remap (and on a single
+    device d_ino is st_ino anyway), so a d_ino differing from lstat's st_ino is a
+    second id for one file, which confuses find, du and tar as much as a collision.
+    """
+    first = observation.passes[0]
+    children: dict[str, set[str]] = {}
+    for path in truth.paths:
+        if path != ".":
+            parent, _, name = path.rpartition("/")
+            children.setdefault(parent or ".", set()).add(name)
+    failures: list[str] = []
+    for directory, code in observation.dirent_errors.items():
+        failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
+    for directory, entries in observation.dirents.items():
+        listed = set()
+        for name, d_ino in entries:
+            listed.add(name)
+            child = name if directory == "." else f"{directory}/{name}"
+            result = first.get(child)
+            if isinstance(result, GuestStat) and result.ino != d_ino:
+                failures.append(
+                    f"readdir of {directory!r} gives {name!r} d_ino {d_ino}, "
+                    f"but lstat gives ino {result.ino}"
+                )
+        host = children.get(directory, set())
+        for name in sorted(host - listed):
+            failures.append(f"readdir of {directory!r} does not list {name!r}")
+        for name in sorted(listed - host):
+            failures.append(
+                f"readdir of {directory!r} lists {name!r}, which the host does not have"
+            )
+    return _capped(failures, "readdir problems")
+
+
+def _witness_failures(witness: TarWitness) -> list[str]:
+    if witness.ran and not witness.intact:
+        return [f"tar witness not intact: {witness.detail}"]
+    return []
+
+
+def _unique_id_failures(
+    truth: HostTruth, observation: GuestObservation, witness: TarWitness
+) -> list[str]:
+    """Rules shared by remap and the single-device control."""
+    first = observation.passes[0]
+    failures = _unstatable(truth, first, None)
+    failures += _capped(
+        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+    )
+    failures += _hard_link_failures(truth, first)
+    failures += _dirent_failures(truth, observation)
+    failures += _witness_failures(witness)
+    return failures
+
+
+def _warn_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    first = observation.passes[0]
+    failures: list[str] = []
+    if not find_collisions(truth, first):
+        failures.append(
+            f"expected at least one guest id collision (host inode numbers repeat across "
+            f"{truth.device_count} devices), found none"
+        )
+    denied = [path for path in truth.paths if first.get(path) == errno.ENODEV]
+    failures += _capped(
+        [f"{path!r} was denied (ENODEV), which only multidevs=forbid may do" for path in denied],
+        "denied paths",
+    )
+    others = [
+        f"{path!r} is not stat-able in the guest: {_errno_text(result)}"
+        for path in truth.paths
+        if isinstance(result := first.get(path), int) and result != errno.ENODEV
+    ]
+    failures += _capped(others, "unstat-able paths")
+    failures += _hard_link_failures(truth, first)
+    return failures
+
+
+def _forbid_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    first = observation.passes[0]
+    failures = _unstatable(truth, first, {0})
+    foreign: list[str] = []
+    for entry in truth.entries:
+        if entry.device == 0:
+            continue
+        result = first.get(entry.path)
+        if isinstance(result, GuestStat):
+            foreign.append(
+                f"foreign path {entry.path!r} (device {entry.device}) was stat-able under "
+                f"multidevs=forbid, expected ENODEV"
+            )
+        elif result is not None and result != errno.ENODEV:
+            foreign.append(
+                f"foreign path {entry.path!r} (device {entry.device}) failed with "
+                f"{_errno_text(result)}, expected ENODEV"
+            )
+    failures += _capped(foreign, "foreign paths not denied")
+    failures += _capped(
+        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+    )
+    failures += _hard_link_failures(truth, first)
+    return failures
+
+
+def _observed_text(collisions: int, denied: int, messages: QemuMessages) -> str:
+    parts = [
+        f"{len(lines)} {name}{'' if len(lines) == 1 else 's'}"
+        for lines, name in (
+            (messages.warn, "warning"),
+            (messages.forbid, "forbid message"),
+            (messages.unknown, "unrecognised message"),
+        )
+        if lines
+    ]
+    said = ", ".join(parts) if parts else "no message"
+    plural = "" if collisions == 1 else "s"
+    return f"{collisions} collision{plural}, {denied} denied, {said}"
+
+
+def judge(
+    mode: Mode,
+    qemu_version: Version,
+    truth: HostTruth,
+    observation: GuestObservation,
+    qemu_stderr: str,
+    witness: TarWitness | None = None,
+) -> Verdict:
+    """Judge one mode's run: the rules of the module docstring, as exact failures.
+
+    ``qemu_stderr`` must be the stderr of a QEMU serving this export only: QEMU prints
+    each multi-device message once per process, so a shared QEMU would blur the count.
+    ``witness`` None means no tar round trip was made.
+    Raises QemuTooOld for a QEMU without multidevs (below 4.2).
+    """
+    expectation = expected_behaviour(mode, qemu_version)
+    if witness is None:
+        witness = TarWitness.not_run("tar witness not requested")
+    control = truth.device_count <= 1
+    messages = find_multidevs_messages(qemu_stderr)
+    first = observation.passes[0] if observation.passes else {}
+    collisions = find_collisions(truth, first)
+    denied = sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
+    expect_text = _CONTROL_TEXT if control else expectation.text
+    if mode is Mode.DEFAULT and not control:
+        expect_text += f" (default of QEMU {_version_text(qemu_version)})"
+    notes: list[str] = []
+    if truth.inconclusive:
+        failures = [
+            f"premise failed: the export spans {truth.device_count} host devices but no "
+            f"inode number repeats across them, so guest ids cannot collide and this run "
+            f"proves nothing (inconclusive)"
+        ]
+    else:
+        failures = _coverage_failures(truth, observation)
+        if observation.passes:
+            failures += _kind_failures(truth, first)
+            failures += _stability_failures(truth, observation)
+            if control:
+                failures += _unique_id_failures(truth, observation, witness)
+            elif expectation is Expectation.UNIQUE_IDS:
+                if len(observation.passes) < 2:
+                    failures.append(
+                        "only 1 stat pass observed; 2 are needed to show ids are stable"
+                    )
+                failures += _unique_id_failures(truth, observation, witness)
+            elif expectation is Expectation.COLLIDE_AND_WARN:
+                failures += _warn_failures(truth, observation)
+            else:
+                failures += _forbid_failures(truth, observation)
+        failures += _message_failures(None if control else expectation, messages)
+        if witness.ran and not control and expectation is not Expectation.UNIQUE_IDS:
+            # warn/forbid promise nothing about tar; what it did is worth a line anyway.
+            state = "intact" if witness.intact else "not intact"
+            notes.append(f"tar witness {state}: {witness.detail}")
+    return Verdict(
+        mode=mode,
+        expectation=expect_text,
+        observed=_observed_text(len(collisions), denied, messages),
+        passed=not failures,
+        inconclusive=truth.inconclusive,
+        failures=tuple(failures),
+        collisions=collisions,
+        denied=denied,
+        files_checked=len(truth.entries),
+        qemu_message=messages.all[0] if messages.all else None,
+        witness_intact=witness.intact if witness.ran else None,
+        host_devices=truth.device_count,
+        notes=tuple(notes),
+    )
+
+
+def error_verdict(mode: Mode, devices: int, reason: str) -> Verdict:
+    """A failed verdict for a run that never got to observe anything (boot failed, say).
+
+    Not inconclusive: the harness could not run, and the report must say so as a failure
+    with ``reason`` rather than let the case look merely unproven.
+    """
+    return Verdict(
+        mode=mode,
+        expectation="(not judged)",
+        observed="not observed: the harness failed",
+        passed=False,
+        inconclusive=False,
+        failures=(reason,),
+        collisions=(),
+        denied=0,
+        files_checked=0,
+        qemu_message=None,
+        witness_intact=None,
+        host_devices=devices,
+    )

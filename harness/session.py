@@ -1,0 +1,219 @@
+"""What every command needs before it boots a guest: QEMU probed, image built,
+accelerator decided; and helpers to turn that into a running Machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .accel import decide_accel, kvm_liveness_probe
+from .config import (
+    Accel,
+    AccelDecision,
+    BootMethod,
+    ExportSpec,
+    GuestImage,
+    MachineSpec,
+    Timeouts,
+)
+from .errors import CacheDirError, QemuNotFound
+from .image import build_image
+from .machine import Machine
+from .qemu import QemuInfo, probe_qemu, require_multidevs
+from .ssh import CommandResult
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The probed QEMU, the guest image and the accelerator every guest will use."""
+
+    info: QemuInfo
+    image: GuestImage
+    accel: AccelDecision
+    boot: BootMethod
+    timeouts: Timeouts
+
+    def machine_spec(
+        self, exports: Sequence[ExportSpec], log_dir: Path, extra_append: Sequence[str] = ()
+    ) -> MachineSpec:
+        """A MachineSpec for one guest of this environment."""
+        return MachineSpec(
+            qemu=self.info.binary,
+            accel=self.accel.used,
+            image=self.image,
+            log_dir=log_dir,
+            exports=tuple(exports),
+            boot=self.boot,
+            sandbox=self.info.sandbox_supported,
+            extra_append=tuple(extra_append),
+            timeouts=self.timeouts,
+        )
+
+
+def resolve_qemu(qemu: str | None) -> Path:
+    """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
+    name = qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU
+    if "/" in name:
+        return Path(name)
+    found = shutil.which(name)
+    if found is None:
+        raise QemuNotFound(
+            f"{name} is not on PATH",
+            hint="install qemu-system-x86 (./scripts/setup) or pass --qemu PATH",
+        )
+    return Path(found)
+
+
+def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage, BootMethod]:
+    if kernel is None:
+        return image, BootMethod.PVH
+    if not kernel.is_file():
+        raise QemuNotFound(f"--kernel {kernel} does not exist", hint="pass a vmlinux or bzImage")
+    with open(kernel, "rb") as handle:
+        is_elf = handle.read(4) == b"\x7fELF"
+    # An ELF vmlinux is entered through PVH; anything else is treated as a bzImage.
+    if is_elf:
+        return replace(image, vmlinux=kernel), BootMethod.PVH
+    return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
+
+
+def prepare(
+    qemu: str | None,
+    accel: Accel,
+    kernel: Path | None = None,
+    progress: Progress = _quiet,
+    timeout_scale: float = 1.0,
+) -> Environment:
+    """Build (or reuse) the image, probe QEMU and decide the accelerator."""
+    image = build_image(progress=progress)
+    if image.cache_hit:
+        progress(f"guest image: cache hit ({image.kernel_release})")
+    image, boot = _kernel_override(image, kernel)
+    binary = resolve_qemu(qemu)
+    progress(f"probing {binary}")
+    info = probe_qemu(binary)
+    require_multidevs(info)
+    kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
+    decision = decide_accel(
+        accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)
+    )
+    if decision.fell_back:
+        progress(f"accelerator: falling back to {decision.used.value}: {decision.reason}")
+    else:
+        progress(f"accelerator: {decision.used.value} ({decision.reason})")
+    return Environment(
+        info=info,
+        image=image,
+        accel=decision,
+        boot=boot,
+        timeouts=Timeouts.for_accel(decision.used, timeout_scale),
+    )
+
+
+def probe_environment(
+    qemu: str | None, accel: Accel, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """The facts ``multidevs-harness probe`` reports (no guest booted unless KVM is tried)."""
+    binary = resolve_qemu(qemu)
+    info = probe_qemu(binary)
+    report: dict[str, Any] = {
+        "binary": str(info.binary),
+        "version": str(info.version),
+        "multidevs_supported": info.multidevs_supported,
+        "sandbox_supported": info.sandbox_supported,
+        "kvm_device": info.kvm_device,
+    }
+    if info.multidevs_supported:
+        image = build_image(progress=progress)
+        decision = decide_accel(
+            accel, info, lambda: kvm_liveness_probe(info.binary, image.vmlinux)
+        )
+        report.update(
+            accel=decision.used.value, accel_reason=decision.reason,
+            accel_fell_back=decision.fell_back,
+        )
+    else:
+        require_multidevs(info)
+    return report
+
+
+@contextlib.contextmanager
+def log_root(logs: Path | None, prefix: str = "run") -> Iterator[tuple[Path, list[bool]]]:
+    """A log directory; kept if the user named it or the run failed, else removed.
+
+    Yields the directory and a one-element list the caller sets to ``[True]`` when
+    the run failed, so the logs survive exactly when someone needs to read them.
+    """
+    failed = [False]
+    if logs is not None:
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                              dir=logs))
+        except OSError as exc:
+            raise CacheDirError(
+                f"cannot write the log directory {logs}: {exc.strerror}",
+                hint="pass --logs with a writable directory",
+            ) from exc
+        yield directory, failed
+        return
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    base = base / "multidevs-harness" / "logs"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                          dir=base))
+    except OSError as exc:
+        raise CacheDirError(
+            f"cannot write the log directory under {base}: {exc.strerror}",
+            hint="set XDG_STATE_HOME or pass --logs DIR",
+        ) from exc
+    keep = True
+    try:
+        yield directory, failed
+        keep = failed[0]
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def exec_in_guest(
+    command: Sequence[str],
+    *,
+    qemu: str | None = None,
+    accel: Accel = Accel.AUTO,
+    kernel: Path | None = None,
+    logs: Path | None = None,
+    progress: Progress = _quiet,
+) -> CommandResult:
+    """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
+    import shlex
+
+    env = prepare(qemu, accel, kernel, progress)
+    with log_root(logs, "exec") as (directory, failed):
+        try:
+            spec = env.machine_spec((), directory)
+            progress(f"booting guest ({env.accel.used.value}); logs in {directory}")
+            with Machine(spec, sandbox_supported=env.info.sandbox_supported,
+                         progress=progress, name="exec") as machine:
+                machine.wait_ready()
+                progress(f"guest ready in {machine.times.ssh:.2f} s")
+                return machine.run(shlex.join(command))
+        except BaseException:
+            failed[0] = True
+            progress(f"logs kept in {directory}")
+            raise

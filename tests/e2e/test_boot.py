@@ -1,0 +1,66 @@
+"""Boot, exec and shut down real guests (TCG here; KVM where it works)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import GuestPanic
+from harness.machine import Machine
+from harness.plugin import MachineFactory
+
+from .leaks import assert_no_qemu_left
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_guest_runs_a_command_over_ssh(machine_factory: MachineFactory) -> None:
+    guest = machine_factory()
+    result = guest.run("uname -r; id -u; echo err >&2; exit 3")
+    assert result.rc == 3
+    lines = result.text.split()
+    assert lines[0].endswith("-amd64") and lines[1] == "0"
+    assert result.stderr == b"err\n"
+    assert guest.times.ssh is not None and guest.times.ssh > 0
+
+
+def test_shutdown_leaves_no_qemu(machine_factory: MachineFactory) -> None:
+    guest = machine_factory()
+    pid = guest.pid
+    assert pid is not None
+    guest.shutdown()
+    assert not guest.is_running()
+    assert_no_qemu_left(pid)
+
+
+def test_guest_panic_fails_fast_with_console_tail(machine_factory: MachineFactory) -> None:
+    # rdinit of a missing file makes the kernel panic before userspace starts.
+    started = time.monotonic()
+    with pytest.raises(GuestPanic) as info:
+        machine_factory(extra_append=["rdinit=/no-such-init", "init=/no-such-init"])
+    assert time.monotonic() - started < 60, "a panic must not wait for the boot timeout"
+    assert "Kernel panic" in info.value.console_tail
+    assert "panicked" in info.value.message
+
+
+def test_killed_qemu_is_reported_not_hung(machine_factory: MachineFactory) -> None:
+    guest: Machine = machine_factory()
+    guest.kill()
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError):
+        guest.run("true", timeout=20)
+
+
+def test_exec_cli_prints_kernel_release(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "exec", "--accel", "tcg", "--", "uname", "-r"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("-amd64")
+    assert_no_qemu_left()

@@ -1,0 +1,313 @@
+"""The multi-device export, built for real in a child process's private namespace.
+
+Mounting needs the private namespace, which must not be entered by the pytest process
+itself; each scenario therefore runs in a Python child that enters it, builds the
+export, reports a JSON summary and checks its own cleanup. The test process checks
+from outside that nothing leaked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import ExportLayout
+from harness.errors import ExportError
+from harness.export import EntryKind, HostEntry, HostTruth, build_export, device_file_names
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds tmpfs mounts: run as root")
+
+CHILD = r"""
+import json, os, sys
+from pathlib import Path
+from harness.config import ExportLayout
+from harness.errors import ExportError
+from harness.export import build_export
+from harness.namespace import enter_private_namespace
+
+args = json.loads(sys.argv[1])
+info = enter_private_namespace()
+
+def mountinfo():
+    with open("/proc/self/mountinfo") as handle:
+        return handle.read()
+
+def summary(export):
+    truth = export.truth
+    return {
+        "root": str(export.root),
+        "devices": [[d.index, d.relpath, d.st_dev, str(d.path)] for d in export.devices],
+        "entries": [
+            [e.path, e.dev, e.ino, e.nlink, str(e.kind), e.device,
+             None if e.content is None else e.content.decode()]
+            for e in truth.entries
+        ],
+        "repeated": sorted(truth.repeated_inodes()),
+        "premise_holds": truth.premise_holds,
+        "device_count": truth.device_count,
+        "mounts_inside": mountinfo().count(str(export.root)),
+    }
+
+out = {"kind": str(info.kind)}
+layout = ExportLayout(args["devices"], args["files"], args.get("nested", False))
+root = Path(args["root"]) if args.get("root") else None
+base = Path(args["base"]) if args.get("base") else None
+try:
+    with build_export(layout, base_dir=base, root=root) as export:
+        out["summary"] = summary(export)
+        if args.get("chdir"):
+            os.chdir(export.root / "dev01")  # makes a plain umount fail with EBUSY
+        if args.get("raise") == "error":
+            raise RuntimeError("boom")
+        if args.get("raise") == "interrupt":
+            raise KeyboardInterrupt
+except ExportError as exc:
+    out["error"] = str(exc)
+except RuntimeError as exc:
+    out["raised"] = str(exc)
+except KeyboardInterrupt:
+    out["raised"] = "KeyboardInterrupt"
+if "summary" in out:
+    out["mounts_after"] = mountinfo().count(out["summary"]["root"])
+    out["root_exists_after"] = os.path.exists(out["summary"]["root"])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A base directory any user may write (the rootless case runs as nobody)."""
+    path = Path(tempfile.mkdtemp(prefix="mdh-export-test-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        leftovers = sorted(p.name for p in path.iterdir())
+        for child in path.iterdir():
+            child.rmdir()
+        path.rmdir()
+        assert leftovers == [], f"export left directories behind: {leftovers}"
+
+
+def run_child(args: dict[str, Any], prefix: list[str] | None = None) -> dict[str, Any]:
+    python = sys.executable
+    if prefix:
+        python = "/usr/bin/python3" if _cannot_run(prefix, python) else python
+    proc = subprocess.run(
+        [*(prefix or []), python, "-c", CHILD, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    if "summary" in result:
+        root = result["summary"]["root"]
+        with open("/proc/self/mountinfo") as handle:
+            assert root not in handle.read(), "an export mount is visible on the host"
+    return result
+
+
+def _cannot_run(prefix: list[str], python: str) -> bool:
+    probe = subprocess.run([*prefix, python, "-c", "pass"], capture_output=True, check=False)
+    return probe.returncode != 0
+
+
+def entries(result: dict[str, Any]) -> dict[str, list[Any]]:
+    return {row[0]: row[1:] for row in result["summary"]["entries"]}
+
+
+@needs_root
+def test_three_devices_share_inode_numbers(base: Path) -> None:
+    result = run_child({"devices": 3, "files": 8, "base": str(base)})
+    summary = result["summary"]
+    assert result["kind"] == "mount"
+    assert [d[:2] for d in summary["devices"]] == [[0, "."], [1, "dev01"], [2, "dev02"]]
+    assert len({d[2] for d in summary["devices"]}) == 3
+    assert summary["device_count"] == 3
+    assert summary["premise_holds"] is True
+    assert summary["mounts_inside"] == 3
+    table = entries(result)
+    # 3 device roots + per device: 8 files, sub, sub/inner, link-a, link-b
+    assert len(table) == 3 + 3 * 12
+    names = device_file_names(8)
+    assert names[0] == "file 0000" and names[-1] == "odd\nname"
+    for inner in [*names, "sub", "sub/inner", "link-a", "link-b"]:
+        inos = {table[f"{prefix}{inner}"][1] for prefix in ("", "dev01/", "dev02/")}
+        assert len(inos) == 1, f"{inner!r} has different inode numbers: {inos}"
+    # every device root is inode 1, so "." and "dev01" collide when passed through
+    assert table["."][1] == table["dev01"][1] == table["dev02"][1] == 1
+    assert set(summary["repeated"]) >= {table["file 0000"][1], table["link-a"][1], 1}
+    assert table["dev01/file 0003"] == [table["dev01"][0], 5, 1, "file", 1, "dev01/file 0003\n"]
+    assert table["file 0003"][-1] == "dev00/file 0003\n"
+    assert table["dev02/odd\nname"][-1] == "dev02/odd\nname\n"
+    assert table["dev02/sub/inner"][-1] == "dev02/sub/inner\n"
+    assert table["dev01/link-a"][2] == table["dev01/link-b"][2] == 2
+    assert table["dev01/link-b"][-1] == "dev01/link-a\n"
+    assert table["dev01/sub"][3] == "dir"
+    assert result["mounts_after"] == 0
+    assert result["root_exists_after"] is False
+
+
+@needs_root
+def test_nested_device_is_an_extra_device(base: Path) -> None:
+    result = run_child({"devices": 3, "files": 4, "nested": True, "base": str(base)})
+    summary = result["summary"]
+    assert [d[:2] for d in summary["devices"]] == [
+        [0, "."],
+        [1, "dev01"],
+        [2, "dev02"],
+        [3, "dev01/nested"],
+    ]
+    table = entries(result)
+    assert table["dev01/nested"][4] == 3
+    assert table["dev01/nested/file 0000"][1] == table["dev01/file 0000"][1]
+    assert table["dev01/nested/link-a"][1] == table["link-a"][1]
+    assert result["mounts_after"] == 0
+
+
+@needs_root
+def test_single_device_control(base: Path) -> None:
+    summary = run_child({"devices": 1, "files": 1, "base": str(base)})["summary"]
+    assert summary["device_count"] == 1
+    assert summary["repeated"] == []
+    assert summary["premise_holds"] is True
+    # one file only: no room for the odd name
+    assert [row[0] for row in summary["entries"]] == [
+        ".",
+        "file 0000",
+        "link-a",
+        "link-b",
+        "sub",
+        "sub/inner",
+    ]
+
+
+@needs_root
+def test_nested_needs_two_devices(base: Path) -> None:
+    result = run_child({"devices": 1, "files": 2, "nested": True, "base": str(base)})
+    assert result["error"].startswith(
+        "a nested device needs at least 2 devices (it is mounted inside dev01)"
+    )
+
+
+@needs_root
+def test_user_root_must_be_an_empty_directory(base: Path) -> None:
+    full = base / "full"
+    full.mkdir()
+    (full / "x").mkdir()
+    try:
+        result = run_child({"devices": 2, "files": 2, "root": str(full)})
+        assert result["error"].startswith(f"export root {full} is not an empty directory")
+        missing = run_child({"devices": 2, "files": 2, "root": str(base / "missing")})
+        assert missing["error"].startswith(f"export root {base / 'missing'} is not an empty")
+    finally:
+        (full / "x").rmdir()
+        full.rmdir()
+
+
+@needs_root
+def test_user_root_is_used_and_kept(base: Path) -> None:
+    given = base / "given"
+    given.mkdir()
+    try:
+        result = run_child({"devices": 2, "files": 2, "root": str(given)})
+        assert result["summary"]["root"] == str(given)
+        assert result["mounts_after"] == 0
+        assert result["root_exists_after"] is True
+        assert list(given.iterdir()) == []
+    finally:
+        given.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["error", "interrupt"])
+def test_cleanup_on_exceptions(base: Path, how: str) -> None:
+    result = run_child({"devices": 3, "files": 2, "base": str(base), "raise": how})
+    assert result["raised"] == ("boom" if how == "error" else "KeyboardInterrupt")
+    assert result["mounts_after"] == 0
+    assert result["root_exists_after"] is False
+
+
+@needs_root
+def test_busy_mount_is_detached_lazily(base: Path) -> None:
+    result = run_child({"devices": 2, "files": 2, "base": str(base), "chdir": True})
+    assert "error" not in result
+    assert result["mounts_after"] == 0
+    assert result["root_exists_after"] is False
+
+
+@needs_root
+def test_scale_many_devices_and_many_files(base: Path) -> None:
+    wide = run_child({"devices": 128, "files": 2, "base": str(base)})
+    assert wide["summary"]["device_count"] == 128
+    assert wide["summary"]["devices"][-1][1] == "dev127"
+    assert wide["mounts_after"] == 0
+    deep = run_child({"devices": 2, "files": 20_000, "base": str(base)})
+    assert len(deep["summary"]["entries"]) == 2 * (20_000 + 4) + 2
+    assert deep["mounts_after"] == 0
+
+
+@needs_root
+def test_rootless_export_as_nobody(base: Path) -> None:
+    probe = subprocess.run([*NOBODY, "unshare", "-Urm", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {probe.stderr!r}")
+    result = run_child({"devices": 2, "files": 3, "base": str(base)}, prefix=NOBODY)
+    assert result["kind"] == "user+mount"
+    assert result["summary"]["device_count"] == 2
+    assert result["summary"]["premise_holds"] is True
+    assert result["mounts_after"] == 0
+    assert result["root_exists_after"] is False
+
+
+def test_refuses_to_mount_outside_a_private_namespace(tmp_path: Path) -> None:
+    # In a fresh interpreter: this pytest process itself may already have entered
+    # the plugin's private namespace for the e2e tests.
+    code = (
+        "from pathlib import Path\n"
+        "from harness.config import ExportLayout\n"
+        "from harness.errors import ExportError\n"
+        "from harness.export import build_export\n"
+        "try:\n"
+        f"    with build_export(ExportLayout(2, 2), base_dir=Path({str(tmp_path)!r})):\n"
+        "        print('MOUNTED')\n"
+        "except ExportError as exc:\n"
+        "    print('REFUSED', exc.message)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=30)
+    assert result.stdout.strip() == (
+        "REFUSED refusing to mount the export outside a private mount namespace"
+    ), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_host_truth_helpers() -> None:
+    truth = HostTruth(
+        (
+            HostEntry(".", 1, 1, 2, EntryKind.DIR, 0),
+            HostEntry("a", 1, 2, 2, EntryKind.FILE, 0, b"x"),
+            HostEntry("b", 1, 2, 2, EntryKind.FILE, 0, b"x"),
+            HostEntry("dev01", 2, 1, 2, EntryKind.DIR, 1),
+        )
+    )
+    assert truth.paths == (".", "a", "b", "dev01")
+    assert truth.by_file_id == {(1, 1): (".",), (1, 2): ("a", "b"), (2, 1): ("dev01",)}
+    assert truth.repeated_inodes() == {1: (1, 2)}
+    assert truth.device_count == 2
+    assert truth.by_path["b"].file_id == (1, 2)
