@@ -21,7 +21,9 @@ from .qemu import MACHINE_TYPE, QemuInfo, escape_opt, kill_process_group, tail
 
 Liveness = Callable[[], tuple[bool, str]]
 
-DEFAULT_LIVENESS_TIMEOUT = 8.0
+# Under working KVM a PVH vmlinux prints its banner within a fraction of a second;
+# 4 s leaves a wide margin on a loaded runner without taxing every TCG run much.
+DEFAULT_LIVENESS_TIMEOUT = 4.0
 # The first line start_kernel() prints.  Anything before it (a bzImage's real-mode
 # "Probing EDD" line, the decompressor) runs before KVM's trouble spots, so it is
 # no proof that the kernel itself runs.

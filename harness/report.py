@@ -43,6 +43,7 @@ class RunReport:
     results: tuple[CaseResult, ...]
     wall_seconds: float = 0.0
     log_dir: str = ""
+    logs_kept: bool = True
 
     @property
     def passed(self) -> bool:
@@ -123,7 +124,6 @@ def result_dict(result: CaseResult) -> dict[str, Any]:
         "witness": {"tar_intact": v.witness_intact},
         "boot_seconds": None if result.boot_seconds is None else round(result.boot_seconds, 3),
         "failures": list(v.failures),
-        "log_dir": str(result.log_dir),
         "qemu_command": result.qemu_command,
         **result.extra,
     }
@@ -145,7 +145,7 @@ def to_json(report: RunReport) -> dict[str, Any]:
         },
         "guest": {"kernel": report.guest_kernel},
         "wall_seconds": round(report.wall_seconds, 3),
-        "log_dir": report.log_dir,
+        "log_dir": report.log_dir if report.logs_kept else None,
         "results": [result_dict(r) for r in report.results],
     }
 

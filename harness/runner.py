@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Accel, ExportLayout, ExportSpec, Mode
@@ -184,10 +184,12 @@ def default_jobs() -> int:
 
 def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
     """Run every case of ``options`` and return the report (the CLI renders it)."""
+    if options.via == "libvirt":
+        from .libvirt_run import run_matrix_libvirt
+
+        return run_matrix_libvirt(options, progress)
     if options.via != "qemu":
-        raise UsageError(
-            f"--via {options.via} is not available yet", hint="use --via qemu (the default)"
-        )
+        raise UsageError(f"unknown --via {options.via}", hint="use qemu or libvirt")
     started = time.monotonic()
     env = prepare(options.qemu, options.accel, options.kernel, progress)
     ns = enter_private_namespace()
@@ -221,7 +223,8 @@ def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
         if not report.passed:
             failed[0] = True
             progress(f"logs kept in {root}")
-    return report
+        kept = failed[0] or options.logs is not None
+    return replace(report, logs_kept=kept)
 
 
 def _run_one(

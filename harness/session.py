@@ -111,10 +111,7 @@ def prepare(
     decision = decide_accel(
         accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)
     )
-    if decision.fell_back:
-        progress(f"accelerator: falling back to {decision.used.value}: {decision.reason}")
-    else:
-        progress(f"accelerator: {decision.used.value} ({decision.reason})")
+    progress(f"accelerator: {decision.used.value}: {decision.reason}")
     return Environment(
         info=info,
         image=image,

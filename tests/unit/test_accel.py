@@ -110,5 +110,5 @@ def test_liveness_is_memoised_per_qemu_and_kernel(monkeypatch: pytest.MonkeyPatc
     assert other == (False, "no banner from vmlinuz")
     assert calls == [
         (Path("/q/qemu"), Path("/k/vmlinux"), Accel.KVM, 3.0),
-        (Path("/q/qemu"), Path("/k/vmlinuz"), Accel.KVM, 8.0),
+        (Path("/q/qemu"), Path("/k/vmlinuz"), Accel.KVM, 4.0),
     ]

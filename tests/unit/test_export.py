@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.config import ExportLayout
-from harness.errors import ExportError
-from harness.export import EntryKind, HostEntry, HostTruth, build_export, device_file_names
+from harness.export import EntryKind, HostEntry, HostTruth, device_file_names
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]

@@ -122,3 +122,20 @@ def test_newc_archive_layout() -> None:
     assert data.index(b"etc\0") < data.index(b"etc/mdh\0") < data.index(b"etc/mdh/modules\0")
     assert data.rstrip(b"\0").endswith(b"TRAILER!!!")
     assert b"9p.ko\n" in data and b"/bin/busybox" in data
+
+
+def test_kernel_dependency_from_apt_cache_show() -> None:
+    from harness.image import parse_kernel_dependency
+
+    show = (
+        "Package: linux-image-amd64\nSource: linux-signed-amd64 (6.1.192+2)\n"
+        "Version: 6.1.192-2\n"
+        "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n"
+    )
+    pattern = r"^linux-image-[0-9.]+-[0-9]+-amd64$"
+    assert parse_kernel_dependency(show, pattern, "linux-image-amd64") == (
+        "linux-image-6.1.0-56-amd64", "6.1.192-2"
+    )
+    cloud = show.replace("6.1.0-56-amd64", "6.1.0-56-cloud-amd64")
+    with pytest.raises(ImageBuildError, match="does not depend on a package matching"):
+        parse_kernel_dependency(cloud, pattern, "linux-image-amd64")
