@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-control", action="store_true",
                      help="skip the single-device control guest")
     run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
+    run.add_argument("--isolate", action="store_true",
+                     help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_positive_int, default=0,
                      help="guests booted at once (default: by CPU count)")
     run.add_argument("--json", type=Path, help="write the JSON report here")
@@ -174,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         witness=not args.no_witness,
         jobs=args.jobs,
         via=args.via,
+        share=not args.isolate,
     )
     result = run_matrix(options, progress=progress)
     print(rep.table(result))

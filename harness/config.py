@@ -146,6 +146,8 @@ class MachineSpec:
     cpus: int = 1
     sandbox: bool = True
     extra_append: tuple[str, ...] = ()
+    # False renders the untuned command line people write by hand (bench baseline).
+    tuned: bool = True
     timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
 
     def __post_init__(self) -> None:

@@ -450,7 +450,8 @@ def _assemble(
         progress("compiling mdh-agent (static)")
         agent = work / "mdh-agent"
         _run(
-            [str(which("gcc")), "-O2", "-static", "-Wall", "-o", str(agent), str(recipe.agent)],
+            [str(which("gcc")), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
+             str(recipe.agent)],
             what="gcc mdh-agent",
         )
         progress("writing initramfs")

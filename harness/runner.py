@@ -19,11 +19,11 @@ from pathlib import Path
 from .config import Accel, ExportLayout, ExportSpec, Mode
 from .errors import HarnessError, UsageError
 from .export import Export, build_export
-from .guest import GuestView, collect
+from .guest import STAT_PASSES, GuestView, collect
 from .machine import Machine
 from .namespace import enter_private_namespace
 from .oracle import Verdict, judge, judge_witness
-from .qemu import shell_quote_command
+from .qemu import mount_options, shell_quote_command
 from .report import CaseResult, RunReport, collision_table
 from .session import Environment, log_root, prepare
 
@@ -49,27 +49,70 @@ class RunOptions:
     witness: bool = True
     jobs: int = 0
     via: str = "qemu"
+    share: bool = True
+    # 1 pass + readdir is the scale run's budget; the matrix looks twice with lstat.
+    passes: int = STAT_PASSES
+    # A second vCPU only pays off for very large exports (MTTCG on 2 host cores).
+    guest_cpus: int = 1
+
+
+@dataclass(frozen=True)
+class CaseExport:
+    """One export of a guest: the result row it feeds, its mode and its shape."""
+
+    label: str
+    mode: Mode
+    layout: ExportLayout
 
 
 @dataclass(frozen=True)
 class GuestCase:
-    """One guest to boot: a name and the (mode, export layout) pairs it mounts."""
+    """One guest to boot: a name and its exports, in the order they are observed."""
 
     name: str
-    exports: tuple[tuple[Mode, ExportLayout], ...]
+    exports: tuple[CaseExport, ...]
 
 
-def plan_cases(modes: Sequence[Mode], layout: ExportLayout, control: bool) -> list[GuestCase]:
-    """One guest per mode; plus one guest holding a single-device export per mode.
+# Observation order inside a shared guest.  remap goes first so that a remap that
+# wrongly prints a multi-device message is caught in remap's own stderr slice.
+_SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
 
-    QEMU prints each multi-device message once per process, so modes whose messages
-    must be counted never share a QEMU.  The control guest may hold every mode at
-    once: it must print no message at all.
+
+def plan_cases(
+    modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True
+) -> list[GuestCase]:
+    """Group the requested modes and the control into guests.
+
+    QEMU prints each multi-device message at most once per process, and warn and
+    the default (before QEMU 10) share one message, so they never share a guest.
+    Inside a guest, exports are observed one after another and each is judged only
+    on the stderr QEMU wrote while it was observed, so one mode's message cannot be
+    taken for another's.  With ``share=False`` every mode gets a guest of its own.
+    The control guest holds a single-device export per mode (it must stay silent)
+    and, when sharing, the default mode's export last.
     """
-    cases = [GuestCase(mode.value, ((mode, layout),)) for mode in modes]
-    if control and layout.devices > 1:
-        single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
-        cases.append(GuestCase("control", tuple((mode, single) for mode in modes)))
+    single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
+    with_control = control and layout.devices > 1
+    if not share:
+        isolated = [GuestCase(m.value, (CaseExport(m.value, m, layout),)) for m in modes]
+        if with_control:
+            isolated.append(GuestCase("control", tuple(
+                CaseExport(f"control-{m.value}", m, single) for m in modes)))
+        return isolated
+    shared = [m for m in _SHARED_ORDER if m in modes]
+    cases: list[GuestCase] = []
+    if shared:
+        name = "+".join(m.value for m in shared)
+        cases.append(GuestCase(name, tuple(CaseExport(m.value, m, layout) for m in shared)))
+    default = Mode.DEFAULT in modes
+    if with_control:
+        exports = [CaseExport(f"control-{m.value}", m, single) for m in modes]
+        if default:
+            exports.append(CaseExport(Mode.DEFAULT.value, Mode.DEFAULT, layout))
+        cases.append(GuestCase("control+default" if default else "control", tuple(exports)))
+    elif default:
+        cases.append(GuestCase(Mode.DEFAULT.value,
+                               (CaseExport(Mode.DEFAULT.value, Mode.DEFAULT, layout),)))
     return cases
 
 
@@ -77,8 +120,11 @@ def _tag(index: int) -> str:
     return f"mdh{index}"
 
 
-def _case_label(case: GuestCase, mode: Mode) -> str:
-    return f"control-{mode.value}" if case.name == "control" else mode.value
+def order_results(results: Sequence[CaseResult], modes: Sequence[Mode]) -> list[CaseResult]:
+    """Mode rows in the order asked for, then the control rows, then anything else."""
+    rank = {m.value: i for i, m in enumerate(modes)}
+    rank.update({f"control-{m.value}": len(modes) + i for i, m in enumerate(modes)})
+    return sorted(results, key=lambda r: rank.get(r.case, 2 * len(modes) + 1))
 
 
 class _Live:
@@ -110,18 +156,20 @@ def run_case(
     witness: bool,
     progress: Progress,
     live: _Live | None = None,
+    passes: int = STAT_PASSES,
+    cpus: int = 1,
 ) -> list[CaseResult]:
-    """Build the case's exports, boot its guest, observe, and judge every export."""
+    """Build the case's exports, boot its guest, observe and judge each export in turn."""
     with ExitStack() as stack:
-        exports: list[tuple[Mode, Export, ExportSpec]] = []
-        for index, (mode, layout) in enumerate(case.exports):
-            export = stack.enter_context(build_export(layout))
+        exports: list[tuple[CaseExport, Export, ExportSpec]] = []
+        for index, item in enumerate(case.exports):
+            export = stack.enter_context(build_export(item.layout))
             spec = ExportSpec(
-                tag=_tag(index), path=export.root, mode=mode,
+                tag=_tag(index), path=export.root, mode=item.mode,
                 mount_point=f"{MOUNT_BASE}/{_tag(index)}",
             )
-            exports.append((mode, export, spec))
-        machine_spec = env.machine_spec([spec for _, _, spec in exports], log_dir)
+            exports.append((item, export, spec))
+        machine_spec = env.machine_spec([spec for _, _, spec in exports], log_dir, cpus=cpus)
         machine = stack.enter_context(
             Machine(machine_spec, sandbox_supported=env.info.sandbox_supported,
                     progress=progress, name=case.name)
@@ -132,35 +180,32 @@ def run_case(
         progress(f"{case.name}: booting guest ({env.accel.used.value})")
         machine.wait_ready()
         progress(f"{case.name}: SSH up after {machine.times.ssh:.2f} s; observing")
-        views: list[GuestView] = [
-            collect(machine, spec.mount_point, export.truth, witness)
-            for _, export, spec in exports
-        ]
-        stderr = machine.stderr_text()
+        observed: list[tuple[GuestView, str]] = []
+        for _, export, spec in exports:
+            # Each export is judged on what QEMU printed while it alone was observed.
+            before = len(machine.stderr_text())
+            view = collect(machine, spec.mount_point, export.truth, witness, passes)
+            observed.append((view, machine.stderr_text()[before:]))
         qemu_command = shell_quote_command(machine.argv)
         boot_seconds = machine.times.ssh
     results = []
-    for (mode, export, spec), view in zip(exports, views, strict=True):
+    for (item, export, spec), (view, stderr) in zip(exports, observed, strict=True):
         tar = judge_witness(export.truth, view.extracted) if witness else None
-        verdict = judge(mode, env.info.version.as_tuple(), export.truth, view.observation,
+        verdict = judge(item.mode, env.info.version.as_tuple(), export.truth, view.observation,
                         stderr, tar)
         results.append(
             CaseResult(
-                case=_case_label(case, mode),
+                case=item.label,
                 verdict=verdict,
                 boot_seconds=boot_seconds,
                 log_dir=log_dir,
                 qemu_command=qemu_command,
-                guest_command=f"mount -t 9p -o {','.join(_mount_opts(spec))} "
+                guest_command=f"mount -t 9p -o {mount_options(spec)} "
                 f"{spec.tag} {spec.mount_point}",
-                extra={"tar_rc": view.tar_rc},
+                extra={"tar_rc": view.tar_rc, "guest": case.name},
             )
         )
     return results
-
-
-def _mount_opts(spec: ExportSpec) -> list[str]:
-    return ["trans=virtio", "version=9p2000.L", f"cache={spec.cache}"]
 
 
 def _error_results(case: GuestCase, error: HarnessError, log_dir: Path) -> list[CaseResult]:
@@ -168,22 +213,29 @@ def _error_results(case: GuestCase, error: HarnessError, log_dir: Path) -> list[
 
     return [
         CaseResult(
-            case=_case_label(case, mode),
-            verdict=error_verdict(mode, layout.devices, f"{type(error).__name__}: {error.message}"),
+            case=item.label,
+            verdict=error_verdict(item.mode, item.layout.devices,
+                                  f"{type(error).__name__}: {error.message}"),
             boot_seconds=None,
             log_dir=log_dir,
         )
-        for mode, layout in case.exports
+        for item in case.exports
     ]
 
 
 def default_jobs() -> int:
     """Guests booted at once: one per CPU (TCG keeps one core busy per guest)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
-    """Run every case of ``options`` and return the report (the CLI renders it)."""
+def run_matrix(
+    options: RunOptions, progress: Progress = _quiet, env: Environment | None = None
+) -> RunReport:
+    """Run every case of ``options`` and return the report (the CLI renders it).
+
+    ``env`` reuses an already prepared environment (the benchmark times the matrix
+    alone that way); by default the image, QEMU and accelerator are prepared here.
+    """
     if options.via == "libvirt":
         from .libvirt_run import run_matrix_libvirt
 
@@ -191,10 +243,11 @@ def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
     if options.via != "qemu":
         raise UsageError(f"unknown --via {options.via}", hint="use qemu or libvirt")
     started = time.monotonic()
-    env = prepare(options.qemu, options.accel, options.kernel, progress)
+    if env is None:
+        env = prepare(options.qemu, options.accel, options.kernel, progress)
     ns = enter_private_namespace()
     progress(f"mounts live in a private {ns.kind.value} namespace")
-    cases = plan_cases(options.modes, options.layout, options.control)
+    cases = plan_cases(options.modes, options.layout, options.control, options.share)
     jobs = options.jobs or default_jobs()
     live = _Live()
     with log_root(options.logs) as (root, failed):
@@ -202,9 +255,9 @@ def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
         try:
             if jobs <= 1:
                 for case in cases:
-                    results += _run_one(env, case, root, options.witness, progress, live)
+                    results += _run_one(env, case, root, options, progress, live)
             else:
-                results = _run_parallel(env, cases, root, options.witness, progress, live, jobs)
+                results = _run_parallel(env, cases, root, options, progress, live, jobs)
         except BaseException:
             failed[0] = True
             live.kill_all()
@@ -216,7 +269,7 @@ def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
             multidevs_supported=env.info.multidevs_supported,
             accel=env.accel,
             guest_kernel=env.image.kernel_release,
-            results=tuple(results),
+            results=tuple(order_results(results, options.modes)),
             wall_seconds=time.monotonic() - started,
             log_dir=str(root),
         )
@@ -228,26 +281,27 @@ def run_matrix(options: RunOptions, progress: Progress = _quiet) -> RunReport:
 
 
 def _run_one(
-    env: Environment, case: GuestCase, root: Path, witness: bool, progress: Progress,
+    env: Environment, case: GuestCase, root: Path, options: RunOptions, progress: Progress,
     live: _Live,
 ) -> list[CaseResult]:
     log_dir = root / case.name
     try:
-        return run_case(env, case, log_dir, witness, progress, live)
+        return run_case(env, case, log_dir, options.witness, progress, live, options.passes,
+                        options.guest_cpus)
     except HarnessError as exc:
         progress(f"{case.name}: {exc.message}")
         return _error_results(case, exc, log_dir)
 
 
 def _run_parallel(
-    env: Environment, cases: Sequence[GuestCase], root: Path, witness: bool,
+    env: Environment, cases: Sequence[GuestCase], root: Path, options: RunOptions,
     progress: Progress, live: _Live, jobs: int,
 ) -> list[CaseResult]:
     # Each worker thread owns its machine from launch to shutdown: QEMU's
     # parent-death signal follows the thread that forked it.
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="guest") as pool:
         futures: list[Future[list[CaseResult]]] = [
-            pool.submit(_run_one, env, case, root, witness, progress, live) for case in cases
+            pool.submit(_run_one, env, case, root, options, progress, live) for case in cases
         ]
         try:
             results: list[CaseResult] = []
@@ -274,7 +328,7 @@ def reproduce(
     """Boot one guest in ``mode`` and print the evidence a bug report needs."""
     env = prepare(qemu, accel, kernel, progress)
     enter_private_namespace()
-    case = GuestCase(mode.value, ((mode, layout),))
+    case = GuestCase(mode.value, (CaseExport(mode.value, mode, layout),))
     with log_root(logs, "reproduce") as (root, failed):
         failed[0] = True  # the point of reproduce is the evidence: keep it
         results = run_case(env, case, root / case.name, True, progress)

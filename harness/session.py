@@ -23,7 +23,7 @@ from .config import (
     MachineSpec,
     Timeouts,
 )
-from .errors import CacheDirError, QemuNotFound
+from .errors import CacheDirError, QemuNotFound, UsageError
 from .image import build_image
 from .machine import Machine
 from .qemu import QemuInfo, probe_qemu, require_multidevs
@@ -48,10 +48,15 @@ class Environment:
     timeouts: Timeouts
 
     def machine_spec(
-        self, exports: Sequence[ExportSpec], log_dir: Path, extra_append: Sequence[str] = ()
+        self,
+        exports: Sequence[ExportSpec],
+        log_dir: Path,
+        extra_append: Sequence[str] = (),
+        cpus: int = 1,
     ) -> MachineSpec:
         """A MachineSpec for one guest of this environment."""
         return MachineSpec(
+            cpus=cpus,
             qemu=self.info.binary,
             accel=self.accel.used,
             image=self.image,
@@ -78,6 +83,23 @@ def resolve_qemu(qemu: str | None) -> Path:
     return Path(found)
 
 
+def timeout_scale_from_env() -> float:
+    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
+    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 100:
+        raise UsageError(
+            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
+            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
+        )
+    return scale
+
+
 def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage, BootMethod]:
     if kernel is None:
         return image, BootMethod.PVH
@@ -96,9 +118,14 @@ def prepare(
     accel: Accel,
     kernel: Path | None = None,
     progress: Progress = _quiet,
-    timeout_scale: float = 1.0,
+    timeout_scale: float | None = None,
 ) -> Environment:
-    """Build (or reuse) the image, probe QEMU and decide the accelerator."""
+    """Build (or reuse) the image, probe QEMU and decide the accelerator.
+
+    ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
+    else 1), for slow runners and for tests that must see a deadline pass quickly.
+    """
+    scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     image = build_image(progress=progress)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
@@ -117,7 +144,7 @@ def prepare(
         image=image,
         accel=decision,
         boot=boot,
-        timeouts=Timeouts.for_accel(decision.used, timeout_scale),
+        timeouts=Timeouts.for_accel(decision.used, scale),
     )
 
 

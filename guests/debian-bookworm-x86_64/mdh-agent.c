@@ -7,7 +7,8 @@
  * NUL-separated on stdin and answers by input index, so names never appear in its
  * output and one SSH round trip covers any number of files.
  *
- *   mdh-agent stat ROOT PASSES   S p i dev ino nlink mode | E p i errno,
+ *   mdh-agent stat ROOT PASSES [THREADS]
+ *                                S p i dev ino nlink mode | E p i errno,
  *                                then D i d_ino HEXNAME | DE i errno, END n
  *   mdh-agent read ROOT          R i HEX | RE i errno, END n
  */
@@ -15,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,26 +82,108 @@ static void put_hex(const unsigned char *data, size_t len)
 	}
 }
 
-static int cmd_stat(int passes)
+struct stat_result {
+	int err;
+	struct stat st;
+};
+
+struct stat_job {
+	size_t first, last;
+	struct stat_result *out;
+};
+
+/*
+ * Under cache=none the 9p client keeps no dentries, so lstat("dev05/file") walks
+ * every component again.  Holding an O_PATH fd on the parent turns each stat into a
+ * single-component walk; consecutive paths share parents (the host sends them depth
+ * first), so one open serves a whole directory.  A parent that cannot be opened
+ * yields its errno for the child, which is what a full path walk would report.
+ */
+static void *stat_range(void *arg)
+{
+	struct stat_job *job = arg;
+	char parent[4096] = "";
+	int parent_fd = AT_FDCWD, parent_err = 0;
+
+	for (size_t i = job->first; i < job->last; i++) {
+		const char *path = paths[i];
+		const char *slash = strrchr(path, '/');
+		const char *name = path;
+		char dir[4096] = "";
+
+		if (slash && (size_t)(slash - path) < sizeof(dir)) {
+			memcpy(dir, path, (size_t)(slash - path));
+			dir[slash - path] = '\0';
+			name = slash + 1;
+		}
+		if (strcmp(dir, parent) != 0) {
+			if (parent_fd != AT_FDCWD)
+				close(parent_fd);
+			parent_fd = AT_FDCWD;
+			parent_err = 0;
+			if (dir[0]) {
+				parent_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+				if (parent_fd < 0) {
+					parent_err = errno;
+					parent_fd = AT_FDCWD;
+				}
+			}
+			strcpy(parent, dir);
+		}
+		if (parent_err) {
+			job->out[i].err = parent_err;
+		} else if (fstatat(parent_fd, name, &job->out[i].st, AT_SYMLINK_NOFOLLOW) == 0) {
+			job->out[i].err = 0;
+		} else {
+			job->out[i].err = errno;
+		}
+	}
+	if (parent_fd != AT_FDCWD)
+		close(parent_fd);
+	return NULL;
+}
+
+static int cmd_stat(int passes, int threads)
 {
 	unsigned char *is_dir = calloc(npaths ? npaths : 1, 1);
-	struct stat st;
+	struct stat_result *res = calloc(npaths ? npaths : 1, sizeof(*res));
+	pthread_t tid[64];
+	struct stat_job jobs[64];
 
-	if (!is_dir)
+	if (!is_dir || !res)
 		return 2;
+	if (threads < 1)
+		threads = 1;
+	if (threads > 64)
+		threads = 64;
 	for (int p = 1; p <= passes; p++) {
-		for (size_t i = 0; i < npaths; i++) {
-			if (fstatat(AT_FDCWD, paths[i], &st, AT_SYMLINK_NOFOLLOW) == 0) {
-				printf("S %d %zu %llu %llu %llu %u\n", p, i,
-				       (unsigned long long)st.st_dev,
-				       (unsigned long long)st.st_ino,
-				       (unsigned long long)st.st_nlink,
-				       (unsigned)st.st_mode);
-				if (p == 1 && S_ISDIR(st.st_mode))
-					is_dir[i] = 1;
-			} else {
-				printf("E %d %zu %d\n", p, i, errno);
+		/* Several requests in flight let QEMU's 9p workers overlap the guest. */
+		for (int t = 0; t < threads; t++) {
+			jobs[t].first = npaths * (size_t)t / (size_t)threads;
+			jobs[t].last = npaths * (size_t)(t + 1) / (size_t)threads;
+			jobs[t].out = res;
+			if (pthread_create(&tid[t], NULL, stat_range, &jobs[t]) != 0) {
+				stat_range(&jobs[t]);
+				tid[t] = 0;
 			}
+		}
+		for (int t = 0; t < threads; t++)
+			if (tid[t])
+				pthread_join(tid[t], NULL);
+		for (size_t i = 0; i < npaths; i++) {
+			const struct stat *st = &res[i].st;
+
+			if (res[i].err) {
+				printf("E %d %zu %d\n", p, i, res[i].err);
+				continue;
+			}
+			printf("S %d %zu %llu %llu %llu %u\n", p, i,
+			       (unsigned long long)st->st_dev,
+			       (unsigned long long)st->st_ino,
+			       (unsigned long long)st->st_nlink,
+			       (unsigned)st->st_mode);
+			if (p == 1 && S_ISDIR(st->st_mode))
+				is_dir[i] = 1;
 		}
 	}
 	for (size_t i = 0; i < npaths; i++) {
@@ -127,6 +211,7 @@ static int cmd_stat(int passes)
 	}
 	printf("END %zu\n", npaths);
 	free(is_dir);
+	free(res);
 	return 0;
 }
 
@@ -177,8 +262,8 @@ int main(int argc, char **argv)
 	/* Full buffering: 100,000 records must not cost 100,000 writes over SSH. */
 	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 	read_paths();
-	if (!strcmp(argv[1], "stat") && argc == 4)
-		return cmd_stat(atoi(argv[3]));
+	if (!strcmp(argv[1], "stat") && (argc == 4 || argc == 5))
+		return cmd_stat(atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 1);
 	if (!strcmp(argv[1], "read") && argc == 3)
 		return cmd_read();
 	fprintf(stderr, "mdh-agent: unknown command %s\n", argv[1]);

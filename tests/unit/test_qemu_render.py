@@ -157,10 +157,11 @@ def test_qmp_uses_the_inherited_fd() -> None:
     assert qmp_args(7) == ["-chardev", "socket,id=qmp,fd=7", "-mon", "chardev=qmp,mode=control"]
 
 
-def test_machine_tcg_has_no_cpu_host() -> None:
+def test_machine_tcg_gets_rdrand_not_cpu_host() -> None:
     assert machine_args(spec(memory_mb=384, cpus=2)) == [
         "-machine", "q35",
         "-accel", "tcg",
+        "-cpu", "qemu64,+rdrand",
         "-m", "384",
         "-smp", "2",
         "-nodefaults",
