@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import ALL_MODES, Accel, BootMethod, ExportLayout, ExportSpec, Mode
 from .export import build_export
+from .guest import SCALE_AGENT_THREADS
 from .machine import Machine
 from .namespace import enter_private_namespace
 from .runner import RunOptions, run_matrix
@@ -95,7 +96,8 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         started = time.monotonic()
         scale = run_matrix(
             RunOptions(modes=(Mode.REMAP,), layout=layout, control=False, witness=False,
-                       passes=1, guest_cpus=args.scale_cpus),
+                       passes=1, guest_cpus=args.scale_cpus,
+                       agent_threads=SCALE_AGENT_THREADS),
             progress, env=env,
         )
         scale_s = time.monotonic() - started

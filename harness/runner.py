@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import Accel, ExportLayout, ExportSpec, Mode
 from .errors import HarnessError, UsageError
 from .export import Export, build_export
-from .guest import STAT_PASSES, GuestView, collect
+from .guest import AGENT_THREADS, STAT_PASSES, GuestView, collect
 from .machine import Machine
 from .namespace import enter_private_namespace
 from .oracle import Verdict, judge, judge_witness
@@ -52,8 +52,9 @@ class RunOptions:
     share: bool = True
     # 1 pass + readdir is the scale run's budget; the matrix looks twice with lstat.
     passes: int = STAT_PASSES
-    # A second vCPU only pays off for very large exports (MTTCG on 2 host cores).
+    # A second vCPU and agent threads only pay off for very large exports.
     guest_cpus: int = 1
+    agent_threads: int = AGENT_THREADS
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def run_case(
     live: _Live | None = None,
     passes: int = STAT_PASSES,
     cpus: int = 1,
+    threads: int = AGENT_THREADS,
 ) -> list[CaseResult]:
     """Build the case's exports, boot its guest, observe and judge each export in turn."""
     with ExitStack() as stack:
@@ -184,7 +186,7 @@ def run_case(
         for _, export, spec in exports:
             # Each export is judged on what QEMU printed while it alone was observed.
             before = len(machine.stderr_text())
-            view = collect(machine, spec.mount_point, export.truth, witness, passes)
+            view = collect(machine, spec.mount_point, export.truth, witness, passes, threads)
             observed.append((view, machine.stderr_text()[before:]))
         qemu_command = shell_quote_command(machine.argv)
         boot_seconds = machine.times.ssh
@@ -287,7 +289,7 @@ def _run_one(
     log_dir = root / case.name
     try:
         return run_case(env, case, log_dir, options.witness, progress, live, options.passes,
-                        options.guest_cpus)
+                        options.guest_cpus, options.agent_threads)
     except HarnessError as exc:
         progress(f"{case.name}: {exc.message}")
         return _error_results(case, exc, log_dir)

@@ -1,0 +1,340 @@
+"""``run --via libvirt`` end to end: every mode, the two refusals, and nothing left behind.
+
+The CLI runs in a subprocess (it enters a mount namespace of its own and starts its
+own libvirtd there), with a private TMPDIR and XDG_STATE_HOME.  Afterwards no
+process of the run may live (its guests' QEMUs, its daemons, its reaper, told apart
+from other runs by the run's prefix) and the host's tmpfs mounts and libvirt
+config, runtime, state and log directories must be as before.  One full run feeds
+most tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import ALL_MODES, Accel, ExportLayout, Mode
+from harness.errors import HarnessError, LibvirtError
+from harness.libvirt_daemon import RUN_MARKER_ENV
+from harness.plugin import skip_reason as plugin_skip_reason
+from harness.session import prepare
+
+pytestmark = pytest.mark.timeout(300)
+
+# The harness's own deadlines (90 s boot under TCG) sit below these.
+RUN_TIMEOUT = 240.0
+LIBVIRT_DIRS = (Path("/etc/libvirt"), Path("/run/libvirt"), Path("/var/lib/libvirt"),
+                Path("/var/log/libvirt"))
+GUEST_MARK = "guest=mdh-lv-"
+VIRTIOFS_TEXT = "virtiofs does not support multidevs"
+
+
+def skip_reason() -> str | None:
+    """Why --via libvirt cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "--via libvirt needs root"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed: pip install '.[libvirt]'"
+    for daemon in ("libvirtd", "virtlogd"):
+        if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def libvirt_ready() -> None:
+    """Skip (with the reason) where --via libvirt cannot run: not root, no libvirt,
+    no usable QEMU or guest image (decided as the plugin does for the direct path)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        prepare(None, Accel.TCG)
+    except HarnessError as exc:
+        plugin_reason = plugin_skip_reason(exc)
+        if plugin_reason:
+            pytest.skip(plugin_reason)
+        raise
+
+
+def _harness() -> list[str]:
+    script = Path(sys.executable).parent / "multidevs-harness"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+
+
+def run_id(stderr: str) -> str | None:
+    """The run's domain-name prefix, from its progress line "domains mdh-lv-XXXXXX-*"."""
+    match = re.search(r"domains (mdh-lv-[0-9a-f]+)-\*", stderr)
+    return match.group(1) if match else None
+
+
+def run_processes(run: str) -> dict[int, str]:
+    """Live processes of one run: its guests' QEMUs, its daemons and its reaper.
+
+    Found by the run's prefix (in QEMU's guest name, and in the environment the
+    harness gives its helpers), so other harness runs on the machine do not count.
+    """
+    marker = f"{RUN_MARKER_ENV}={run}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(") ", 1)[1][0]
+        except OSError:
+            continue
+        if state != "Z" and (f"guest={run}-".encode() in cmdline or marker in environ):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def _tree(root: Path) -> set[str]:
+    found = {str(root)} if root.exists() else set()
+    for directory, dirs, files in os.walk(root):
+        found.update(str(Path(directory) / name) for name in (*dirs, *files))
+    return found
+
+
+def _host_tmpfs() -> set[str]:
+    lines = Path("/proc/1/mounts").read_text().splitlines()
+    return {f[1] for f in (line.split() for line in lines) if len(f) > 2 and f[2] == "tmpfs"}
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What a --via libvirt run could leave behind on the host, besides processes."""
+
+    tmpfs: set[str]
+    libvirt_files: set[str]
+
+    @classmethod
+    def capture(cls) -> HostState:
+        files: set[str] = set()
+        for directory in LIBVIRT_DIRS:
+            files |= _tree(directory)
+        return cls(_host_tmpfs(), files)
+
+    def leftovers(self, before: HostState) -> list[str]:
+        """Differences from ``before``, as readable lines (empty: nothing left)."""
+        problems = [f"tmpfs still mounted on the host: {m}"
+                    for m in sorted(self.tmpfs - before.tmpfs)]
+        problems += [f"left behind: {p}"
+                     for p in sorted(self.libvirt_files - before.libvirt_files)]
+        return problems
+
+
+def _wait_for_leftovers(before: HostState, stderr: str, within: float = 10.0) -> list[str]:
+    """What the run that printed ``stderr`` left: processes, host mounts, libvirt files."""
+    run = run_id(stderr)
+    deadline = time.monotonic() + within
+    while True:
+        problems = [f"still running: pid {pid}: {cmd[:160]}"
+                    for pid, cmd in sorted((run_processes(run) if run else {}).items())]
+        problems += HostState.capture().leftovers(before)
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.2)
+
+
+def _sandbox_leftovers(root: Path, kept: list[Path]) -> list[str]:
+    """Files the run left in its private TMPDIR and XDG_STATE_HOME, except kept logs."""
+    problems = [f"left in TMPDIR: {path}"
+                for path in sorted(_tree(root / "tmp") - {str(root / "tmp")})]
+    logs = root / "state" / "multidevs-harness" / "logs"
+    runs = sorted(logs.iterdir()) if logs.is_dir() else []
+    problems += [f"log directory neither kept nor removed: {run}" for run in runs
+                 if run not in kept]
+    return problems
+
+
+def _sandbox_env(root: Path) -> dict[str, str]:
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    (root / "state").mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(root / "tmp"), "XDG_STATE_HOME": str(root / "state")}
+
+
+def _virsh_domains() -> list[str] | None:
+    """Domains of a host libvirtd, if one answers on the host's socket (else None)."""
+    if not Path("/run/libvirt/libvirt-sock").exists() or shutil.which("virsh") is None:
+        return None
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    return [line for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 \
+        else None
+
+
+@dataclass(frozen=True)
+class LibvirtRun:
+    rc: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+    seconds: float
+    leftovers: list[str]
+
+    def result(self, case: str) -> dict[str, Any]:
+        for result in self.report["results"]:
+            if result["case"] == case:
+                return dict(result)
+        raise AssertionError(f"no case {case!r} in the report:\n{self.stdout}\n{self.stderr}")
+
+
+@pytest.fixture(scope="module")
+def libvirt_run(
+    libvirt_ready: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LibvirtRun]:
+    """One full ``run --via libvirt`` (all modes, control, refusals) under TCG."""
+    root = tmp_path_factory.mktemp("libvirt-run")
+    json_path = root / "report.json"
+    before = HostState.capture()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*_harness(), "run", "--via", "libvirt", "--accel", "tcg", "--json", str(json_path)],
+        env=_sandbox_env(root), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        check=False, stdin=subprocess.DEVNULL,
+    )
+    seconds = time.monotonic() - started
+    if proc.returncode == 2 and not json_path.exists():
+        pytest.fail(f"the harness could not run (exit 2):\n{proc.stderr}")
+    report = json.loads(json_path.read_text()) if json_path.exists() else {"results": []}
+    kept = [Path(report["log_dir"])] if report.get("log_dir") else []
+    if run_id(proc.stderr) is None:
+        pytest.fail(f"no 'domains mdh-lv-...' line on stderr:\n{proc.stderr}")
+    leftovers = _wait_for_leftovers(before, proc.stderr) + _sandbox_leftovers(root, kept)
+    yield LibvirtRun(proc.returncode, proc.stdout, proc.stderr, report, seconds, leftovers)
+
+
+def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
+    run = libvirt_run
+    assert run.rc == 0, f"{run.stdout}\n{run.stderr}"
+    cases = {r["case"] for r in run.report["results"]}
+    modes = {m.value for m in ALL_MODES}
+    assert cases == modes | {f"control-{m}" for m in modes} | {
+        "reject-virtiofs-multidevs", "reject-invalid-multidevs"}
+    assert all(r["passed"] for r in run.report["results"]), run.stdout
+    assert {r["via"] for r in run.report["results"]} == {"libvirt"}
+    assert run.report["accel"]["used"] == "tcg"
+    # The modes really did what they do (the oracle judged real guests).
+    assert run.result("remap")["guest_collisions"] == 0
+    assert run.result("warn")["guest_collisions"] > 0
+    assert run.result("forbid")["denied"] > 0
+    assert "multidevs=forbid" in (run.result("forbid")["qemu_message"] or "")
+
+
+def test_generated_command_line_carries_the_mode(libvirt_run: LibvirtRun) -> None:
+    for mode in ALL_MODES:
+        command = libvirt_run.result(mode.value)["qemu_command"]
+        fsdevs = [arg for arg in command.split() if arg.startswith("local,")]
+        assert len(fsdevs) == 1, command
+        if mode is Mode.DEFAULT:
+            assert "multidevs=" not in fsdevs[0]
+        else:
+            assert f"multidevs={mode.value}" in fsdevs[0].split(",")
+        # libvirt built it: its guest name and monitor, and our localhost-only forward.
+        assert f"{GUEST_MARK}" in command and "charmonitor" in command
+        assert "hostfwd=tcp:127.0.0.1:0-:22" in command
+
+
+def test_libvirt_refuses_multidevs_on_virtiofs(libvirt_run: LibvirtRun) -> None:
+    result = libvirt_run.result("reject-virtiofs-multidevs")
+    assert result["passed"], result["failures"]
+    errors = result["libvirt_errors"]
+    assert set(errors) == {"defineXML", "createXML"}
+    assert all(VIRTIOFS_TEXT in (error or "") for error in errors.values()), errors
+
+
+def test_libvirt_refuses_an_invalid_multidevs_value(libvirt_run: LibvirtRun) -> None:
+    result = libvirt_run.result("reject-invalid-multidevs")
+    assert result["passed"], result["failures"]
+    assert result["multidevs_attribute"] == "bogus"
+    for error in result["libvirt_errors"].values():
+        assert "multidevs" in (error or "") and "bogus" in (error or ""), error
+
+
+def test_libvirt_run_leaves_nothing_behind(libvirt_run: LibvirtRun) -> None:
+    assert libvirt_run.leftovers == []
+    domains = _virsh_domains()
+    if domains is not None:  # a host libvirtd runs: ours never used it
+        assert not [d for d in domains if d.startswith("mdh-lv-")], domains
+
+
+def test_libvirt_run_is_quick_enough(libvirt_run: LibvirtRun) -> None:
+    # 5 guests on 2 TCG cores plus libvirtd: about 15-20 s here; CI's budget is minutes.
+    assert libvirt_run.seconds < 120, libvirt_run.stderr
+
+
+def _interrupted_run(tmp_path: Path, signum: signal.Signals, after: str) -> tuple[int, str]:
+    """Start a one-guest run, send ``signum`` once ``after`` shows on stderr, wait for it."""
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [*_harness(), "run", "--via", "libvirt", "--accel", "tcg", "--modes", "remap",
+             "--no-control"],
+            env=_sandbox_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while after not in stderr_path.read_text():
+            assert proc.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, stderr_path.read_text()
+
+
+def test_sigterm_during_a_libvirt_run_cleans_up(libvirt_ready: None, tmp_path: Path) -> None:
+    before = HostState.capture()
+    # The guest is starting or booting: the worst moment to be interrupted.
+    rc, text = _interrupted_run(tmp_path, signal.SIGTERM, "remap: starting domain")
+    assert rc == 130, text
+    assert "interrupted" in text
+    kept = [Path(line.split("logs kept in ", 1)[1].strip())
+            for line in text.splitlines() if "logs kept in " in line]
+    assert _wait_for_leftovers(before, text) == [], text
+    assert _sandbox_leftovers(tmp_path, kept) == [], text
+
+
+def test_sigkill_of_the_harness_leaves_no_guest_daemon_or_mount(
+    libvirt_ready: None, tmp_path: Path
+) -> None:
+    """No cleanup code runs: the daemons' parent-death signal and the reaper must do it."""
+    before = HostState.capture()
+    rc, text = _interrupted_run(tmp_path, signal.SIGKILL, "remap: SSH up")
+    assert rc == -signal.SIGKILL, text
+    # Only the run's log directory may stay: nobody was left to remove it.
+    assert _wait_for_leftovers(before, text, within=30.0) == [], text
+
+
+def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.libvirt_run import run_matrix_libvirt
+    from harness.runner import RunOptions
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    messages: list[str] = []
+    options = RunOptions(modes=(Mode.REMAP,), layout=ExportLayout(), via="libvirt")
+    with pytest.raises(LibvirtError) as info:
+        run_matrix_libvirt(options, messages.append)
+    assert "needs root" in info.value.message and info.value.exit_code == 2
+    assert messages == []  # refused before probing, building or mounting anything
