@@ -17,7 +17,7 @@ from typing import IO
 
 from .config import Accel, AccelDecision
 from .errors import KvmUnavailable
-from .qemu import MACHINE_TYPE, QemuInfo, escape_opt, kill_process_group, tail
+from .qemu import MACHINE_TYPE, QemuInfo, escape_opt, kill_process_group, spawn_tied, tail
 
 Liveness = Callable[[], tuple[bool, str]]
 
@@ -84,25 +84,21 @@ def boot_liveness(qemu: Path, kernel: Path, accel: Accel, timeout: float) -> tup
     Not memoised; ``kvm_liveness_probe`` is the cached KVM form.  QEMU is killed
     (its whole process group) and reaped as soon as the answer is known.
     """
-    with tempfile.TemporaryDirectory(prefix="mdh-liveness-") as scratch:
-        console = Path(scratch) / "console"
-        console.touch()
+    # Unnamed temporary files: QEMU opens the console as /proc/self/fd/N (pass_fds
+    # keeps the number), so nothing is left in TMPDIR even if the harness is
+    # SIGKILLed mid-probe; spawn_tied makes sure QEMU dies with it then.
+    with tempfile.TemporaryFile() as console_file, tempfile.TemporaryFile() as stderr:
+        console = Path(f"/proc/self/fd/{console_file.fileno()}")
         argv = [str(qemu), *_liveness_args(kernel, accel, console)]
-        with open(Path(scratch) / "stderr", "w+b") as stderr:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-            except OSError as err:
-                return False, f"cannot start {qemu}: {err}"
-            try:
-                return _watch(proc, console, stderr, timeout, accel)
-            finally:
-                kill_process_group(proc)
+        try:
+            proc = spawn_tied(argv, stdout=subprocess.DEVNULL, stderr=stderr,
+                              pass_fds=(console_file.fileno(),))
+        except OSError as err:
+            return False, f"cannot start {qemu}: {err}"
+        try:
+            return _watch(proc, console, stderr, timeout, accel)
+        finally:
+            kill_process_group(proc)
 
 
 def _liveness_args(kernel: Path, accel: Accel, console: Path) -> list[str]:

@@ -8,7 +8,9 @@ inode numbers: exactly the situation in which ``multidevs=warn`` lets guest file
 collide and ``remap`` must keep them apart.
 
 All mounts happen in the harness's private mount namespace (see ``namespace``), so
-even a SIGKILLed harness leaves no mount behind on the host.
+even a SIGKILLed harness leaves no mount behind on the host.  The export directories
+themselves are made on a scratch tmpfs that exists only in that namespace (see
+``scratch_dir``), so a SIGKILL leaves no empty directory behind either.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,6 +29,12 @@ from pathlib import Path
 from .config import ExportLayout
 from .errors import ExportError
 from .namespace import mount_tmpfs, private_namespace, unmount
+
+# The scratch tmpfs holds only empty mount-point directories.
+SCRATCH_DIR_NAME = "exports"
+_SCRATCH_OPTIONS = "mode=0700,size=1m"
+_scratch_lock = threading.Lock()
+_scratch: dict[str, Path] = {}  # mount namespace ("mnt:[...]") -> its scratch dir
 
 # A page per small file plus headroom for directories; a cap, not a reservation.
 _PAGE = 4096
@@ -277,6 +286,38 @@ def _check_user_root(root: Path) -> None:
         )
 
 
+def scratch_dir() -> Path | None:
+    """A directory on a tmpfs that only this process's private namespace sees.
+
+    The tmpfs is mounted once per namespace on ``<image cache>/exports``, a directory
+    that persists and always looks empty from the host.  A directory made with
+    mkdtemp in the shared temp dir instead stays behind, empty, when the harness is
+    SIGKILLed (its mounts vanish with the namespace, but nobody runs the rmdir);
+    here it vanishes with the namespace too.  Concurrent runs each mount their own
+    tmpfs on the same directory and never see each other's.  Returns None (callers
+    then use the temp dir) when the directory cannot be made or mounted on.
+    """
+    from .image import default_cache_root
+
+    info = private_namespace()
+    if info is None:
+        return None
+    with _scratch_lock:
+        if info.mnt_ns in _scratch:
+            return _scratch[info.mnt_ns]
+        anchor = default_cache_root() / SCRATCH_DIR_NAME
+        try:
+            anchor.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Never mount through a symlink someone planted in place of the directory.
+            if not stat.S_ISDIR(os.lstat(anchor).st_mode):
+                return None
+            mount_tmpfs(anchor, _SCRATCH_OPTIONS)
+        except OSError:
+            return None
+        _scratch[info.mnt_ns] = anchor
+        return anchor
+
+
 @contextmanager
 def build_export(
     layout: ExportLayout, base_dir: Path | None = None, root: Path | None = None
@@ -284,12 +325,13 @@ def build_export(
     """Build the multi-device export, yield it, and tear it down again.
 
     The root is a tmpfs mounted on ``root`` (an existing empty directory, left in place
-    afterwards) or on a fresh directory made under ``base_dir`` (default: the temp dir)
-    and removed afterwards. Device 0 is that tmpfs, devices 1..N-1 are tmpfs mounts at
-    ``devNN``, and ``layout.nested`` adds one more at ``dev01/nested``. Must run inside
-    the harness's private mount namespace, else ExportError: a mount there cannot leak
-    onto the host. On exit, also on exceptions and Ctrl-C, the mounts are unmounted in
-    reverse order (lazily if a plain umount fails) and the directory is removed.
+    afterwards) or on a fresh directory made under ``base_dir`` (default:
+    ``scratch_dir()``, else the temp dir) and removed afterwards. Device 0 is that
+    tmpfs, devices 1..N-1 are tmpfs mounts at ``devNN``, and ``layout.nested`` adds
+    one more at ``dev01/nested``. Must run inside the harness's private mount
+    namespace, else ExportError: a mount there cannot leak onto the host. On exit,
+    also on exceptions and Ctrl-C, the mounts are unmounted in reverse order (lazily
+    if a plain umount fails) and the directory is removed.
     """
     if private_namespace() is None:
         raise ExportError(
@@ -324,6 +366,8 @@ def _make_root(
     if root is not None:
         _check_user_root(root)
         return root.absolute()
+    if base_dir is None:
+        base_dir = scratch_dir()
     try:
         made = Path(tempfile.mkdtemp(prefix="mdh-export-", dir=base_dir)).absolute()
     except OSError as exc:

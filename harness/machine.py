@@ -49,7 +49,13 @@ class BootTimes:
     phases: dict[str, float] = field(default_factory=dict)
 
 
+# Held back in the parent while QEMU is forked (see Machine.launch).
+_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
+    # The child inherits the mask launch() set; QEMU must get these signals again.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     # SIGKILL on the harness must still take QEMU down; only the kernel can do it.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -138,6 +144,10 @@ class Machine:
         stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed by the ExitStack
         self._stack.callback(stderr.close)
         self._start = time.monotonic()
+        # A Ctrl-C/SIGTERM arriving during fork() would be raised inside an at-fork
+        # hook, where CPython ignores it, and the run would go on.  Hold both until
+        # Popen returned and the pid is recorded, so shutdown() can kill this QEMU.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
             self._proc = subprocess.Popen(
                 self.argv,
@@ -156,6 +166,7 @@ class Machine:
             ) from exc
         finally:
             theirs.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._qmp = Qmp(ours, log_path=self.qmp_log_path)
         try:
             self._qmp.connect(timeout=self.spec.timeouts.qmp)
@@ -300,11 +311,12 @@ class Machine:
             self._stack.close()
 
     def _soft_stop(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            if self._qmp is not None:
-                self._qmp.execute("quit", timeout=self.spec.timeouts.qmp)
-        except QmpError:
-            pass
+        # Without a QMP session (interrupted during launch) nothing asks QEMU to quit,
+        # and waiting would only delay the kill by the whole shutdown timeout.
+        if self._qmp is None or not self._qmp.connected:
+            return
+        with suppress(QmpError):
+            self._qmp.execute("quit", timeout=self.spec.timeouts.qmp)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.spec.timeouts.shutdown)
 

@@ -14,6 +14,7 @@ whether ``multidevs`` may be used.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shlex
@@ -220,6 +221,51 @@ def require_multidevs(info: QemuInfo) -> None:
         )
 
 
+_PR_SET_PDEATHSIG = 1
+# Looked up now, not in the forked child, where dlopen() could wait on a loader lock
+# some other thread held at fork time.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+# Held back in the parent while a child is forked (see spawn_tied).
+_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _tie_to_parent() -> None:  # pragma: no cover - runs in the child after fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may already be gone between fork and prctl.
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def spawn_tied(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, killed by the kernel if we die first.
+
+    For the short-lived probe and liveness QEMUs: a SIGKILLed harness runs no
+    ``finally``, and a paused probe or a KVM guest hung in nested virtualisation
+    would otherwise run on forever.  SIGINT/SIGTERM are held during the fork: raised
+    inside an at-fork hook, CPython would ignore them and the Ctrl-C would be lost.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            preexec_fn=_tie_to_parent,  # noqa: PLW1509 - only sigmask and prctl, no locks
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def kill_process_group(proc: subprocess.Popen[bytes], wait: float = 5.0) -> int | None:
     """SIGKILL the process group led by ``proc`` and reap the leader; return its status.
 
@@ -249,13 +295,7 @@ def _run_capture(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
     # cannot make us block on EOF, and nothing can fill a pipe buffer.
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = spawn_tied(argv, stdout=out, stderr=subprocess.STDOUT)
         except OSError as err:
             raise QemuNotFound(f"cannot run {argv[0]}: {err}", hint=INSTALL_HINT) from err
         try:
@@ -304,14 +344,8 @@ def _query_over_qmp(path: Path, timeout: float, log: Path | None) -> dict[str, o
         proc: subprocess.Popen[bytes] | None = None
         try:
             try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    pass_fds=(theirs.fileno(),),
-                    start_new_session=True,
-                )
+                proc = spawn_tied(argv, stdout=subprocess.DEVNULL, stderr=stderr,
+                                  pass_fds=(theirs.fileno(),))
             finally:
                 # Our copy of QEMU's end must go, or QEMU dying would never look like
                 # EOF on ours and we would wait out the whole timeout.

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
@@ -219,7 +219,17 @@ class Qmp:
 
     def _run(self, coro: Awaitable[_T], timeout: float) -> _T:
         # wait_for cancels the library call on timeout; the client stays usable.
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        task = self._loop.create_task(asyncio.wait_for(coro, timeout))
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            # Ctrl-C or SIGTERM raised in the loop leaves the call pending.  Cancel it
+            # and take its outcome when close() next runs the loop, or asyncio prints
+            # "Task exception was never retrieved" and a traceback as the harness exits.
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_consume_outcome)
+            raise
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -252,6 +262,11 @@ class Qmp:
             return
         line = {"t": round(time.time(), 3), **entry}
         self._log.write(json.dumps(line, default=str, sort_keys=False) + "\n")
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _describe(err: BaseException) -> str:

@@ -126,14 +126,16 @@ def prepare(
     else 1), for slow runners and for tests that must see a deadline pass quickly.
     """
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
-    image = build_image(progress=progress)
-    if image.cache_hit:
-        progress(f"guest image: cache hit ({image.kernel_release})")
-    image, boot = _kernel_override(image, kernel)
+    # QEMU first: a missing or too old binary is reported in a second, not after an
+    # image build that may download a kernel for minutes.
     binary = resolve_qemu(qemu)
     progress(f"probing {binary}")
     info = probe_qemu(binary)
     require_multidevs(info)
+    image = build_image(progress=progress)
+    if image.cache_hit:
+        progress(f"guest image: cache hit ({image.kernel_release})")
+    image, boot = _kernel_override(image, kernel)
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
     decision = decide_accel(
         accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)

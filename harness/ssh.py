@@ -9,6 +9,7 @@ is refused: there is no trust-on-first-use step an attacker could ride.
 from __future__ import annotations
 
 import base64
+import logging
 import select
 import time
 from collections.abc import Callable
@@ -21,6 +22,12 @@ import paramiko
 from .errors import GuestCommandTimeout, HostKeyMismatch, SshUnavailable
 
 USER = "root"
+
+# paramiko's transport thread logs each failed banner read (sshd not up yet, QEMU
+# gone) with a traceback, which Python prints on stderr when nothing configured
+# logging: once per retry.  The same failure reaches us as an exception and is
+# reported once; a program that configures logging still gets these records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
