@@ -65,7 +65,7 @@ from .namespace import NamespaceKind, enter_private_namespace
 from .oracle import error_verdict, judge, judge_witness
 from .qemu import kernel_append, mount_options, shell_quote_command
 from .report import CaseResult, RunReport
-from .runner import GuestCase, default_jobs, order_results, plan_cases
+from .runner import GuestCase, build_report, default_jobs, plan_cases
 from .session import Environment, log_root, prepare
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
@@ -590,18 +590,4 @@ def _run_in_namespace(
             failed[0] = True
             progress(f"logs kept in {root}")
             raise
-        report = RunReport(
-            qemu_binary=str(env.info.binary),
-            qemu_version=str(env.info.version),
-            multidevs_supported=env.info.multidevs_supported,
-            accel=env.accel,
-            guest_kernel=env.image.kernel_release,
-            results=tuple(order_results(results, options.modes)),
-            wall_seconds=time.monotonic() - started,
-            log_dir=str(root),
-        )
-        if not report.passed:
-            failed[0] = True
-            progress(f"logs kept in {root}")
-        kept = failed[0] or options.logs is not None
-    return replace(report, logs_kept=kept)
+        return build_report(env, results, options, started, root, failed, progress)

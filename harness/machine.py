@@ -9,7 +9,6 @@ harness itself is killed, so no QEMU outlives the harness.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -25,12 +24,12 @@ from types import TracebackType
 from . import qemu as qemu_cmd
 from .config import MachineSpec
 from .errors import GuestBootTimeout, GuestPanic, QemuFailed, QmpError, SshUnavailable
+from .qemu import spawn_tied
 from .qmp import Qmp
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
 READY_MARKER = "MDH-READY"
 PANIC_MARKERS = ("Kernel panic", "end Kernel panic")
-_PR_SET_PDEATHSIG = 1
 _USERNET_PORT = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22")
 
 Progress = Callable[[str], None]
@@ -49,19 +48,7 @@ class BootTimes:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-# Held back in the parent while QEMU is forked (see Machine.launch).
 _HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
-    # The child inherits the mask launch() set; QEMU must get these signals again.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
-    # SIGKILL on the harness must still take QEMU down; only the kernel can do it.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The parent may already be gone between fork and prctl.
-    if os.getppid() == 1:
-        os._exit(1)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -149,15 +136,10 @@ class Machine:
         # Popen returned and the pid is recorded, so shutdown() can kill this QEMU.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
-            )
+            # spawn_tied gives QEMU its own process group and the parent-death
+            # signal; the mask stays held here until the pid is recorded.
+            self._proc = spawn_tied(self.argv, stdout=stderr, stderr=stderr,
+                                    pass_fds=(theirs.fileno(),))
         except OSError as exc:
             raise QemuFailed(
                 f"cannot start {self.spec.qemu}: {exc.strerror}",

@@ -265,21 +265,33 @@ def run_matrix(
             live.kill_all()
             progress(f"logs kept in {root}")
             raise
-        report = RunReport(
-            qemu_binary=str(env.info.binary),
-            qemu_version=str(env.info.version),
-            multidevs_supported=env.info.multidevs_supported,
-            accel=env.accel,
-            guest_kernel=env.image.kernel_release,
-            results=tuple(order_results(results, options.modes)),
-            wall_seconds=time.monotonic() - started,
-            log_dir=str(root),
-        )
-        if not report.passed:
-            failed[0] = True
-            progress(f"logs kept in {root}")
-        kept = failed[0] or options.logs is not None
-    return replace(report, logs_kept=kept)
+        return build_report(env, results, options, started, root, failed, progress)
+
+
+def build_report(
+    env: Environment,
+    results: Sequence[CaseResult],
+    options: RunOptions,
+    started: float,
+    root: Path,
+    failed: list[bool],
+    progress: Progress,
+) -> RunReport:
+    """The run's report; marks the logs to be kept (and says where) if anything failed."""
+    report = RunReport(
+        qemu_binary=str(env.info.binary),
+        qemu_version=str(env.info.version),
+        multidevs_supported=env.info.multidevs_supported,
+        accel=env.accel,
+        guest_kernel=env.image.kernel_release,
+        results=tuple(order_results(results, options.modes)),
+        wall_seconds=time.monotonic() - started,
+        log_dir=str(root),
+    )
+    if not report.passed:
+        failed[0] = True
+        progress(f"logs kept in {root}")
+    return replace(report, logs_kept=failed[0] or options.logs is not None)
 
 
 def _run_one(

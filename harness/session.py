@@ -177,6 +177,17 @@ def probe_environment(
     return report
 
 
+def _new_log_dir(base: Path, prefix: str, hint: str) -> Path:
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-{stamp}-", dir=base))
+    except OSError as exc:
+        raise CacheDirError(
+            f"cannot write the log directory {base}: {exc.strerror}", hint=hint
+        ) from exc
+
+
 @contextlib.contextmanager
 def log_root(logs: Path | None, prefix: str = "run") -> Iterator[tuple[Path, list[bool]]]:
     """A log directory; kept if the user named it or the run failed, else removed.
@@ -186,28 +197,12 @@ def log_root(logs: Path | None, prefix: str = "run") -> Iterator[tuple[Path, lis
     """
     failed = [False]
     if logs is not None:
-        try:
-            logs.mkdir(parents=True, exist_ok=True)
-            directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-",
-                                              dir=logs))
-        except OSError as exc:
-            raise CacheDirError(
-                f"cannot write the log directory {logs}: {exc.strerror}",
-                hint="pass --logs with a writable directory",
-            ) from exc
+        directory = _new_log_dir(logs, prefix, "pass --logs with a writable directory")
         yield directory, failed
         return
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    base = base / "multidevs-harness" / "logs"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-",
-                                          dir=base))
-    except OSError as exc:
-        raise CacheDirError(
-            f"cannot write the log directory under {base}: {exc.strerror}",
-            hint="set XDG_STATE_HOME or pass --logs DIR",
-        ) from exc
+    directory = _new_log_dir(base / "multidevs-harness" / "logs", prefix,
+                             "set XDG_STATE_HOME or pass --logs DIR")
     keep = True
     try:
         yield directory, failed
