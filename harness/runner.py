@@ -16,12 +16,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import byhand
+from .byhand import EXPORT_VAR
 from .config import Accel, ExportLayout, ExportSpec, Mode
 from .errors import HarnessError, UsageError
 from .export import Export, build_export
 from .guest import AGENT_THREADS, STAT_PASSES, GuestView, collect
 from .machine import Machine
-from .namespace import enter_private_namespace
+from .namespace import enter_private_namespace, in_user_namespace
 from .oracle import Verdict, judge, judge_witness
 from .qemu import mount_options, shell_quote_command
 from .report import CaseResult, RunReport, collision_table
@@ -358,8 +360,15 @@ def reproduce(
                                                          else "BROKEN")
         print(f"\ntar witness (tar -cf in the guest, extract, compare): {witness}")
         print(f"QEMU message: {v.qemu_message or '(none)'}")
-        print("\nto reproduce by hand (export populated as in the logs):")
-        print(f"  host:  {result.qemu_command}")
-        print(f"  guest: {result.guest_command}")
+        spec = ExportSpec(tag=_tag(0), path=Path(EXPORT_VAR), mode=mode,
+                          mount_point=f"{MOUNT_BASE}/{_tag(0)}")
+        by_hand = root / "reproduce.sh"
+        by_hand.write_text(byhand.script(env.machine_spec([spec], root), spec, layout,
+                                         root=os.geteuid() == 0 and not in_user_namespace()))
+        by_hand.chmod(0o755)
+        print("\nto reproduce by hand:")
+        print(f"  host:  sh {by_hand}    (builds the export, then runs QEMU on this terminal)")
+        print(f"  guest: {byhand.guest_hint(env.machine_spec([spec], root), spec)}")
+        print(f"  the harness ran: {result.qemu_command}")
         print(f"\nlogs: {root}")
         return 0 if v.passed else 1

@@ -1,0 +1,76 @@
+"""A shell script that reproduces one case without the harness (for bug reports).
+
+It builds the same multi-device tmpfs export inside a private mount namespace,
+starts QEMU with the command line the harness used (minus the harness's own QMP
+socket, with a fixed SSH port) and says how to look at the collision from the guest.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+from .config import ExportLayout, ExportSpec, MachineSpec
+from .qemu import kernel_append, mount_options, render_command
+
+EXPORT_VAR = "/tmp/mdh-byhand-export"
+BYHAND_PORT = 10022
+
+
+def populate_function() -> str:
+    """The shell function that fills one device in the harness's order."""
+    return (
+        'populate() {  # DIR LABEL FILES\n'
+        '    i=0; while [ "$i" -lt "$3" ]; do\n'
+        '        f=$(printf "file %04d" "$i"); printf "%s/%s\\n" "$2" "$f" > "$1/$f"\n'
+        '        i=$((i + 1)); done\n'
+        '    mkdir "$1/sub"; printf "%s/sub/inner\\n" "$2" > "$1/sub/inner"\n'
+        '    printf "%s/link-a\\n" "$2" > "$1/link-a"; ln "$1/link-a" "$1/link-b"\n'
+        '}\n'
+    )
+
+
+def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bool) -> str:
+    """The whole reproduction script for ``export`` shared by ``spec``'s QEMU.
+
+    The script re-runs itself inside a private mount namespace (a user namespace
+    too without root), so its mounts vanish with QEMU.
+    """
+    shared = replace(export, path=Path(EXPORT_VAR))
+    hand = replace(spec, exports=(shared,))
+    append = kernel_append(hand.exports, hand.extra_append)
+    argv = render_command(
+        hand, console_path=Path("/dev/stdout"), qmp_fd=None, host_port=BYHAND_PORT,
+        append=append, sandbox=spec.sandbox,
+    )
+    unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
+    files = layout.files_per_device
+    return "\n".join([
+        "#!/bin/sh",
+        f"# Reproduce multidevs={export.mode.value} by hand: {layout.devices} tmpfs devices in",
+        "# one 9p export, files created in the same order on each so inode numbers repeat.",
+        "set -eu",
+        f'[ "${{1:-}}" = inner ] || exec {unshare} sh "$0" inner',
+        populate_function().rstrip(),
+        f"mkdir -p {EXPORT_VAR}",
+        f"mount -t tmpfs tmpfs {EXPORT_VAR}",
+        f"populate {EXPORT_VAR} dev00 {files}",
+        f"n=1; while [ $n -lt {layout.devices} ]; do",
+        '    d=$(printf "dev%02d" "$n")',
+        f'    mkdir "{EXPORT_VAR}/$d"; mount -t tmpfs tmpfs "{EXPORT_VAR}/$d"',
+        f'    populate "{EXPORT_VAR}/$d" "$d" {files}; n=$((n + 1))',
+        "done",
+        "exec " + shlex.join(argv),
+    ]) + "\n"
+
+
+def guest_hint(spec: MachineSpec, export: ExportSpec) -> str:
+    """How to reach the guest started by the script and look at the ids."""
+    key = spec.image.client_key
+    return (
+        f"ssh -i {key} -o StrictHostKeyChecking=no -p {BYHAND_PORT} root@127.0.0.1 "
+        f"'cd {export.mount_point} && ls -i -R .'   "
+        f"(the guest mounted it as: mount -t 9p -o {mount_options(export)} "
+        f"{export.tag} {export.mount_point})"
+    )

@@ -1,0 +1,47 @@
+"""The by-hand reproduction script printed by ``reproduce``."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from harness.byhand import BYHAND_PORT, EXPORT_VAR, script
+from harness.config import (
+    Accel,
+    ExportLayout,
+    ExportSpec,
+    GuestImage,
+    MachineSpec,
+    Mode,
+)
+
+
+def _spec(tmp: Path) -> tuple[MachineSpec, ExportSpec]:
+    image = GuestImage(
+        directory=tmp, recipe="r", cache_key="k", kernel_release="6.1",
+        vmlinux=tmp / "vmlinux", vmlinuz=tmp / "vmlinuz", initrd=tmp / "initrd",
+        host_key_pub=tmp / "h.pub", client_key=tmp / "c", client_key_pub=tmp / "c.pub",
+    )
+    export = ExportSpec(tag="mdh0", path=tmp / "x", mode=Mode.WARN, mount_point="/mnt/mdh0")
+    return MachineSpec(qemu=Path("/usr/bin/qemu-system-x86_64"), accel=Accel.TCG,
+                       image=image, log_dir=tmp, exports=(export,)), export
+
+
+def test_script_builds_the_export_and_runs_qemu_without_the_harness(tmp_path: Path) -> None:
+    spec, export = _spec(tmp_path)
+    text = script(spec, export, ExportLayout(devices=3, files_per_device=2), root=True)
+    assert "exec unshare --mount --propagation private sh \"$0\" inner" in text
+    assert f"path={EXPORT_VAR},security_model=none,multidevs=warn" in text
+    assert f"hostfwd=tcp:127.0.0.1:{BYHAND_PORT}-:22" in text
+    assert "fd=" not in text, "the harness's QMP socket cannot exist by hand"
+    assert "while [ $n -lt 3 ]" in text
+    # The script is valid shell.
+    checked = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_rootless_script_uses_a_user_namespace(tmp_path: Path) -> None:
+    spec, export = _spec(tmp_path)
+    text = script(spec, export, ExportLayout(devices=2), root=False)
+    assert 'exec unshare -Urm sh "$0" inner' in text
