@@ -33,7 +33,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
 def _result(data: dict[str, Any], case: str) -> dict[str, Any]:
     matches = [r for r in data["results"] if r["case"] == case]
     assert len(matches) == 1, f"{case} not exactly once in {[r['case'] for r in data['results']]}"
-    return matches[0]
+    found: dict[str, Any] = matches[0]
+    return found
 
 
 def test_run_exits_0_and_prints_the_table(reports: tuple[Any, Any, Any]) -> None:
