@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ENVIRONMENT)
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -85,16 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(m.value for m in ALL_MODES),
         help="comma-separated: remap,warn,forbid,default",
     )
-    run.add_argument("--devices", type=_positive_int, default=3,
+    run.add_argument("--devices", type=_whole_number, default=3,
                      help="host devices in the export (1..128; 1 = control only)")
-    run.add_argument("--files", type=_positive_int, default=8, help="files per device")
+    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
     run.add_argument("--no-control", action="store_true",
                      help="skip the single-device control guest")
     run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
     run.add_argument("--isolate", action="store_true",
                      help="one guest per mode instead of sharing guests between modes")
-    run.add_argument("--jobs", type=_positive_int, default=0,
+    run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
     run.add_argument("--json", type=Path, help="write the JSON report here")
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(repro)
     repro.add_argument("--mode", default=Mode.WARN.value,
                        choices=[m.value for m in ALL_MODES])
-    repro.add_argument("--devices", type=_positive_int, default=3)
-    repro.add_argument("--files", type=_positive_int, default=8)
+    repro.add_argument("--devices", type=_whole_number, default=3)
+    repro.add_argument("--files", type=_whole_number, default=8)
     return parser
 
 

@@ -17,8 +17,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
@@ -60,12 +59,20 @@ from .libvirt_domain import (
     rejection_specs,
     render_domain_xml,
 )
-from .machine import READY_MARKER, tail
+from .machine import PANIC_MARKERS, READY_MARKER, tail
 from .namespace import NamespaceKind, enter_private_namespace
-from .oracle import error_verdict, judge, judge_witness
+from .oracle import judge, judge_witness
 from .qemu import kernel_append, mount_options, shell_quote_command
 from .report import CaseResult, RunReport
-from .runner import GuestCase, build_report, default_jobs, plan_cases
+from .runner import (
+    GuestCase,
+    LiveGuests,
+    build_report,
+    default_jobs,
+    error_results,
+    plan_cases,
+    run_cases,
+)
 from .session import Environment, log_root, prepare
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
@@ -76,7 +83,6 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 VIA = "libvirt"
 MOUNT_BASE = "/mnt"
-PANIC_MARKERS = ("Kernel panic", "end Kernel panic")
 
 def _quiet(_: str) -> None:
     pass
@@ -280,7 +286,7 @@ class LibvirtGuest:
                 continue
         return ""
 
-    def destroy(self) -> None:
+    def kill(self) -> None:
         """Stop QEMU now (for Ctrl-C from another thread); shutdown() still cleans up."""
         with self._lock:
             if self.dom is not None:
@@ -293,7 +299,7 @@ class LibvirtGuest:
             if self._ssh is not None:
                 self._ssh.close()
                 self._ssh = None
-            self.destroy()
+            self.kill()
             self._wait_stopped()
         finally:
             self._save_log()
@@ -319,38 +325,6 @@ class LibvirtGuest:
             self.domain_log.unlink()
 
 
-class _Live:
-    """Guests currently running, so Ctrl-C in the main thread can destroy them all."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._guests: set[LibvirtGuest] = set()
-        self._stopping = False
-
-    def add(self, guest: LibvirtGuest) -> None:
-        """Track ``guest``; after ``destroy_all`` it is destroyed at once instead.
-
-        A worker may be inside createXML when Ctrl-C comes: its guest must not then
-        run a whole case while the main thread waits for the worker to finish.
-        """
-        with self._lock:
-            self._guests.add(guest)
-            stopping = self._stopping
-        if stopping:
-            guest.destroy()
-
-    def discard(self, guest: LibvirtGuest) -> None:
-        with self._lock:
-            self._guests.discard(guest)
-
-    def destroy_all(self) -> None:
-        with self._lock:
-            self._stopping = True
-            guests = list(self._guests)
-        for guest in guests:
-            guest.destroy()
-
-
 # --- cases -------------------------------------------------------------------------------
 
 
@@ -365,7 +339,7 @@ class _Context:
     passes: int
     cpus: int
     progress: Progress
-    live: _Live
+    live: LiveGuests
     reaper: Reaper | None = None
     libvirt_version: str = ""
 
@@ -441,51 +415,13 @@ def run_case(ctx: _Context, case: GuestCase, log_dir: Path) -> list[CaseResult]:
     return results
 
 
-def _error_results(case: GuestCase, error: HarnessError, log_dir: Path) -> list[CaseResult]:
-    return [
-        CaseResult(
-            case=item.label,
-            verdict=error_verdict(item.mode, item.layout.devices,
-                                  f"{type(error).__name__}: {error.message}"),
-            boot_seconds=None,
-            log_dir=log_dir,
-            via=VIA,
-        )
-        for item in case.exports
-    ]
-
-
-def _run_one(ctx: _Context, case: GuestCase, root: Path) -> list[CaseResult]:
+def _run_one(ctx: _Context, root: Path, case: GuestCase) -> list[CaseResult]:
     log_dir = root / case.name
     try:
         return run_case(ctx, case, log_dir)
     except HarnessError as exc:
         ctx.progress(f"{case.name}: {exc.message}")
-        return _error_results(case, exc, log_dir)
-
-
-def _run_cases(ctx: _Context, cases: Sequence[GuestCase], root: Path, jobs: int
-               ) -> list[CaseResult]:
-    if jobs <= 1:
-        results: list[CaseResult] = []
-        for case in cases:
-            results += _run_one(ctx, case, root)
-        return results
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="domain") as pool:
-        futures: list[Future[list[CaseResult]]] = [
-            pool.submit(_run_one, ctx, case, root) for case in cases
-        ]
-        try:
-            results = []
-            for future in futures:
-                results += future.result()
-            return results
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            # Workers blocked on SSH notice their domain is gone and unwind.
-            ctx.live.destroy_all()
-            raise
+        return error_results(case, exc, log_dir, via=VIA)
 
 
 # --- what libvirt must refuse ------------------------------------------------------------
@@ -583,8 +519,8 @@ def _run_in_namespace(
                 version = libvirt_version(conn)
                 progress(f"libvirt {version} at {URI}; domains {prefix}-*")
                 ctx = _Context(conn, env, prefix, options.witness, options.passes,
-                               options.guest_cpus, progress, _Live(), reaper, version)
-                results = _run_cases(ctx, cases, root, jobs)
+                               options.guest_cpus, progress, LiveGuests(), reaper, version)
+                results = run_cases(cases, partial(_run_one, ctx, root), jobs, ctx.live)
                 results += check_rejections(ctx, root)
         except BaseException:
             failed[0] = True

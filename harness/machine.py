@@ -17,19 +17,20 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from . import qemu as qemu_cmd
 from .config import MachineSpec
 from .errors import GuestBootTimeout, GuestPanic, QemuFailed, QmpError, SshUnavailable
-from .qemu import spawn_tied
+from .qemu import HELD_SIGNALS, spawn_tied
 from .qmp import Qmp
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
 READY_MARKER = "MDH-READY"
-PANIC_MARKERS = ("Kernel panic", "end Kernel panic")
+# "end Kernel panic" lines contain it too.
+PANIC_MARKERS = ("Kernel panic",)
 _USERNET_PORT = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22")
 
 Progress = Callable[[str], None]
@@ -45,10 +46,6 @@ class BootTimes:
 
     ready_line: float | None = None
     ssh: float | None = None
-    phases: dict[str, float] = field(default_factory=dict)
-
-
-_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -134,7 +131,7 @@ class Machine:
         # A Ctrl-C/SIGTERM arriving during fork() would be raised inside an at-fork
         # hook, where CPython ignores it, and the run would go on.  Hold both until
         # Popen returned and the pid is recorded, so shutdown() can kill this QEMU.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             # spawn_tied gives QEMU its own process group and the parent-death
             # signal; the mask stays held here until the pid is recorded.

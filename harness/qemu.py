@@ -226,11 +226,11 @@ _PR_SET_PDEATHSIG = 1
 # some other thread held at fork time.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 # Held back in the parent while a child is forked (see spawn_tied).
-_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _tie_to_parent() -> None:  # pragma: no cover - runs in the child after fork
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may already be gone between fork and prctl.
     if os.getppid() == 1:
@@ -251,7 +251,7 @@ def spawn_tied(
     would otherwise run on forever.  SIGINT/SIGTERM are held during the fork: raised
     inside an at-fork hook, CPython would ignore them and the Ctrl-C would be lost.
     """
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
         return subprocess.Popen(
             list(argv),

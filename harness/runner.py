@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from . import byhand
 from .byhand import EXPORT_VAR
@@ -24,7 +26,7 @@ from .export import Export, build_export
 from .guest import AGENT_THREADS, STAT_PASSES, GuestView, collect
 from .machine import Machine
 from .namespace import enter_private_namespace, in_user_namespace
-from .oracle import Verdict, judge, judge_witness
+from .oracle import Verdict, error_verdict, judge, judge_witness
 from .qemu import mount_options, shell_quote_command
 from .report import CaseResult, RunReport, collision_table
 from .session import Environment, log_root, prepare
@@ -130,26 +132,42 @@ def order_results(results: Sequence[CaseResult], modes: Sequence[Mode]) -> list[
     return sorted(results, key=lambda r: rank.get(r.case, 2 * len(modes) + 1))
 
 
-class _Live:
-    """Machines currently running, so Ctrl-C in the main thread can stop them all."""
+class Killable(Protocol):
+    """A running guest that can be stopped at once from another thread."""
+
+    def kill(self) -> None: ...
+
+
+class LiveGuests:
+    """Guests currently running, so Ctrl-C in the main thread can stop them all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._machines: set[Machine] = set()
+        self._guests: set[Killable] = set()
+        self._stopping = False
 
-    def add(self, machine: Machine) -> None:
-        with self._lock:
-            self._machines.add(machine)
+    def add(self, guest: Killable) -> None:
+        """Track ``guest``; after ``kill_all`` it is killed at once instead.
 
-    def discard(self, machine: Machine) -> None:
+        A worker may be starting its guest when Ctrl-C comes: that guest must not
+        then run a whole case while the main thread waits for the worker to finish.
+        """
         with self._lock:
-            self._machines.discard(machine)
+            self._guests.add(guest)
+            stopping = self._stopping
+        if stopping:
+            guest.kill()
+
+    def discard(self, guest: Killable) -> None:
+        with self._lock:
+            self._guests.discard(guest)
 
     def kill_all(self) -> None:
         with self._lock:
-            machines = list(self._machines)
-        for machine in machines:
-            machine.kill()
+            self._stopping = True
+            guests = list(self._guests)
+        for guest in guests:
+            guest.kill()
 
 
 def run_case(
@@ -158,7 +176,7 @@ def run_case(
     log_dir: Path,
     witness: bool,
     progress: Progress,
-    live: _Live | None = None,
+    live: LiveGuests | None = None,
     passes: int = STAT_PASSES,
     cpus: int = 1,
     threads: int = AGENT_THREADS,
@@ -212,9 +230,10 @@ def run_case(
     return results
 
 
-def _error_results(case: GuestCase, error: HarnessError, log_dir: Path) -> list[CaseResult]:
-    from .oracle import error_verdict
-
+def error_results(
+    case: GuestCase, error: HarnessError, log_dir: Path, via: str = "qemu"
+) -> list[CaseResult]:
+    """One failed row per export of a guest that could not be observed."""
     return [
         CaseResult(
             case=item.label,
@@ -222,9 +241,44 @@ def _error_results(case: GuestCase, error: HarnessError, log_dir: Path) -> list[
                                   f"{type(error).__name__}: {error.message}"),
             boot_seconds=None,
             log_dir=log_dir,
+            via=via,
         )
         for item in case.exports
     ]
+
+
+def run_cases(
+    cases: Sequence[GuestCase],
+    run_one: Callable[[GuestCase], list[CaseResult]],
+    jobs: int,
+    live: LiveGuests,
+) -> list[CaseResult]:
+    """Run ``run_one`` for every case, ``jobs`` at a time; on any exception (Ctrl-C
+    included) stop every live guest so blocked workers unwind, then re-raise.
+
+    Each worker thread owns its guest from launch to shutdown: QEMU's parent-death
+    signal follows the thread that forked it.
+    """
+    results: list[CaseResult] = []
+    if jobs <= 1:
+        try:
+            for case in cases:
+                results += run_one(case)
+            return results
+        except BaseException:
+            live.kill_all()
+            raise
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="guest") as pool:
+        futures: list[Future[list[CaseResult]]] = [pool.submit(run_one, c) for c in cases]
+        try:
+            for future in futures:
+                results += future.result()
+            return results
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            live.kill_all()
+            raise
 
 
 def default_jobs() -> int:
@@ -253,18 +307,14 @@ def run_matrix(
     progress(f"mounts live in a private {ns.kind.value} namespace")
     cases = plan_cases(options.modes, options.layout, options.control, options.share)
     jobs = options.jobs or default_jobs()
-    live = _Live()
+    live = LiveGuests()
     with log_root(options.logs) as (root, failed):
-        results: list[CaseResult] = []
         try:
-            if jobs <= 1:
-                for case in cases:
-                    results += _run_one(env, case, root, options, progress, live)
-            else:
-                results = _run_parallel(env, cases, root, options, progress, live, jobs)
+            results = run_cases(
+                cases, partial(_run_one, env, root, options, progress, live), jobs, live
+            )
         except BaseException:
             failed[0] = True
-            live.kill_all()
             progress(f"logs kept in {root}")
             raise
         return build_report(env, results, options, started, root, failed, progress)
@@ -297,8 +347,8 @@ def build_report(
 
 
 def _run_one(
-    env: Environment, case: GuestCase, root: Path, options: RunOptions, progress: Progress,
-    live: _Live,
+    env: Environment, root: Path, options: RunOptions, progress: Progress, live: LiveGuests,
+    case: GuestCase,
 ) -> list[CaseResult]:
     log_dir = root / case.name
     try:
@@ -306,29 +356,7 @@ def _run_one(
                         options.guest_cpus, options.agent_threads)
     except HarnessError as exc:
         progress(f"{case.name}: {exc.message}")
-        return _error_results(case, exc, log_dir)
-
-
-def _run_parallel(
-    env: Environment, cases: Sequence[GuestCase], root: Path, options: RunOptions,
-    progress: Progress, live: _Live, jobs: int,
-) -> list[CaseResult]:
-    # Each worker thread owns its machine from launch to shutdown: QEMU's
-    # parent-death signal follows the thread that forked it.
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="guest") as pool:
-        futures: list[Future[list[CaseResult]]] = [
-            pool.submit(_run_one, env, case, root, options, progress, live) for case in cases
-        ]
-        try:
-            results: list[CaseResult] = []
-            for future in futures:
-                results += future.result()
-            return results
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            live.kill_all()
-            raise
+        return error_results(case, exc, log_dir)
 
 
 def reproduce(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -222,8 +223,6 @@ def exec_in_guest(
     progress: Progress = _quiet,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    import shlex
-
     env = prepare(qemu, accel, kernel, progress)
     with log_root(logs, "exec") as (directory, failed):
         try:
