@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from .errors import GuestOutputError
 from .export import HostTruth
-from .machine import Machine
 from .observe import GuestObservation, encode_paths, parse_read_output, parse_stat_output
+from .ssh import CommandResult
 
 STAT_PASSES = 2
 # Threads in the agent: several 9p requests in flight overlap QEMU's work with the
@@ -25,6 +27,19 @@ STAT_PASSES = 2
 AGENT_THREADS = 1
 SCALE_AGENT_THREADS = 8
 _WORK = "/tmp/mdh-witness"
+
+
+class GuestShell(Protocol):
+    """What collection needs of a guest: a shell over SSH and where its console is.
+
+    Both a QEMU ``Machine`` and a libvirt-started guest offer it.
+    """
+
+    console_path: Path
+
+    def run(
+        self, command: str, stdin: bytes = b"", timeout: float | None = None
+    ) -> CommandResult: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ def _section(text: str, start: str, end: str) -> str:
 
 
 def collect(
-    machine: Machine, mount_point: str, truth: HostTruth, witness: bool,
+    machine: GuestShell, mount_point: str, truth: HostTruth, witness: bool,
     passes: int = STAT_PASSES,
     threads: int = AGENT_THREADS,
 ) -> GuestView:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from .config import BootMethod, ExportSpec, GuestImage, Timeouts
+from .config import BootMethod, GuestImage, Timeouts
 from .errors import (
     GuestBootTimeout,
     GuestPanic,
@@ -34,7 +34,6 @@ from .errors import (
     QemuFailed,
     SshUnavailable,
 )
-from .export import Export, build_export
 from .guest import GuestView, collect
 from .libvirt_daemon import (
     DOMAIN_LOG_DIR,
@@ -69,6 +68,7 @@ from .runner import (
     LiveGuests,
     build_report,
     default_jobs,
+    enter_exports,
     error_results,
     plan_cases,
     run_cases,
@@ -77,12 +77,10 @@ from .session import Environment, log_root, prepare
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
 if TYPE_CHECKING:
-    from .machine import Machine
     from .runner import RunOptions
 
 Progress = Callable[[str], None]
 VIA = "libvirt"
-MOUNT_BASE = "/mnt"
 
 def _quiet(_: str) -> None:
     pass
@@ -344,22 +342,12 @@ class _Context:
     libvirt_version: str = ""
 
 
-def _tag(index: int) -> str:
-    return f"mdh{index}"
-
-
 def run_case(ctx: _Context, case: GuestCase, log_dir: Path) -> list[CaseResult]:
     """Build the case's exports, start its domain, observe and judge every export."""
     env = ctx.env
     with ExitStack() as stack:
-        exports: list[tuple[Export, ExportSpec]] = []
-        for index, item in enumerate(case.exports):
-            export = stack.enter_context(build_export(item.layout))
-            exports.append((export, ExportSpec(
-                tag=_tag(index), path=export.root, mode=item.mode,
-                mount_point=f"{MOUNT_BASE}/{_tag(index)}",
-            )))
-        specs = [spec for _, spec in exports]
+        exports = enter_exports(stack, case)
+        specs = [spec for _, _, spec in exports]
         kernel = env.image.vmlinux if env.boot is BootMethod.PVH else env.image.vmlinuz
         domain = DomainSpec(
             name=f"{ctx.prefix}-{case.name.replace('+', '-')}",
@@ -381,11 +369,9 @@ def run_case(ctx: _Context, case: GuestCase, log_dir: Path) -> list[CaseResult]:
         stack.callback(ctx.live.discard, guest)
         guest.wait_ready()
         ctx.progress(f"{case.name}: SSH up after {guest.ssh_seconds:.2f} s; observing")
-        # collect() only uses run() and console_path, which LibvirtGuest offers.
-        shell = cast("Machine", guest)
         views: list[GuestView] = [
-            collect(shell, spec.mount_point, export.truth, ctx.witness, ctx.passes)
-            for export, spec in exports
+            collect(guest, spec.mount_point, export.truth, ctx.witness, ctx.passes)
+            for _, export, spec in exports
         ]
         argv = guest.argv
         boot_seconds = guest.ssh_seconds
@@ -394,7 +380,7 @@ def run_case(ctx: _Context, case: GuestCase, log_dir: Path) -> list[CaseResult]:
     stderr = guest.stderr_text()
     command_problems = multidevs_failures(argv, [(s.path, s.mode.qemu_value) for s in specs])
     results = []
-    for item, (export, spec), view in zip(case.exports, exports, views, strict=True):
+    for (item, export, spec), view in zip(exports, views, strict=True):
         tar = judge_witness(export.truth, view.extracted) if ctx.witness else None
         verdict = judge(item.mode, env.info.version.as_tuple(), export.truth,
                         view.observation, stderr, tar)

@@ -170,6 +170,21 @@ class LiveGuests:
             guest.kill()
 
 
+def enter_exports(
+    stack: ExitStack, case: GuestCase
+) -> list[tuple[CaseExport, Export, ExportSpec]]:
+    """Build every export of ``case`` on ``stack``, shared as mdhN at /mnt/mdhN."""
+    exports = []
+    for index, item in enumerate(case.exports):
+        export = stack.enter_context(build_export(item.layout))
+        spec = ExportSpec(
+            tag=_tag(index), path=export.root, mode=item.mode,
+            mount_point=f"{MOUNT_BASE}/{_tag(index)}",
+        )
+        exports.append((item, export, spec))
+    return exports
+
+
 def run_case(
     env: Environment,
     case: GuestCase,
@@ -183,14 +198,7 @@ def run_case(
 ) -> list[CaseResult]:
     """Build the case's exports, boot its guest, observe and judge each export in turn."""
     with ExitStack() as stack:
-        exports: list[tuple[CaseExport, Export, ExportSpec]] = []
-        for index, item in enumerate(case.exports):
-            export = stack.enter_context(build_export(item.layout))
-            spec = ExportSpec(
-                tag=_tag(index), path=export.root, mode=item.mode,
-                mount_point=f"{MOUNT_BASE}/{_tag(index)}",
-            )
-            exports.append((item, export, spec))
+        exports = enter_exports(stack, case)
         machine_spec = env.machine_spec([spec for _, _, spec in exports], log_dir, cpus=cpus)
         machine = stack.enter_context(
             Machine(machine_spec, sandbox_supported=env.info.sandbox_supported,
