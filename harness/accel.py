@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from .cmdline import MACHINE_TYPE, escape_opt
 from .config import Accel, AccelDecision
 from .errors import KvmUnavailable
-from .qemu import MACHINE_TYPE, QemuInfo, escape_opt, kill_process_group, spawn_tied, tail
+from .probe import QemuInfo
+from .proc import kill_process_group, spawn_tied, tail_text
 
 Liveness = Callable[[], tuple[bool, str]]
 
@@ -138,7 +140,9 @@ def _watch(
             return True, f"a guest kernel printed its banner after {elapsed:.1f} s"
         if status is not None:
             stderr.seek(0)
-            why = tail(stderr.read(), 300) or "(no stderr)"
+            # One line: QEMU's assertion spans two, and the reason is printed in a
+            # progress line, the summary and every report.
+            why = " ".join(tail_text(stderr.read(), 300).split()) or "(no stderr)"
             return False, f"QEMU exited with status {status} under {accel.value.upper()}: {why}"
         if time.monotonic() - started >= timeout:
             return False, _silence_reason(output, timeout, accel)
@@ -154,6 +158,6 @@ def _silence_reason(output: bytes, timeout: float, accel: Accel) -> str:
     if output.strip():
         return (
             f"{prefix}the guest kernel did not print its banner within {timeout:g} s under "
-            f"{name}, only boot-loader output {tail(output, 60)!r}{suffix}"
+            f"{name}, only boot-loader output {tail_text(output, 60)!r}{suffix}"
         )
     return f"{prefix}a guest kernel printed nothing within {timeout:g} s under {name}{suffix}"

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import ALL_MODES, Accel, BootMethod, ExportLayout, ExportSpec, Mode
+from .environment import Environment, prepare
 from .export import build_export
-from .guest import SCALE_AGENT_THREADS
 from .machine import Machine
 from .namespace import enter_private_namespace
-from .runner import RunOptions, run_matrix
-from .session import Environment, prepare
+from .observe import SCALE_AGENT_THREADS
+from .oracle import Verdict
+from .plan import RunOptions
+from .report import environment_json
+from .results import EnvironmentRecord
+from .run import run_matrix
 
 Progress = Callable[[str], None]
 
@@ -56,26 +60,25 @@ def time_boots(env: Environment, count: int, naive: bool, progress: Progress) ->
                 spec = env.machine_spec([share], Path(logs))
                 if naive:
                     spec = replace(spec, boot=BootMethod.BZIMAGE, tuned=False)
-                with Machine(spec, sandbox_supported=env.info.sandbox_supported,
-                             name="naive" if naive else "tuned") as machine:
+                with Machine(spec, name="naive" if naive else "tuned") as machine:
                     machine.wait_ready()
-                    assert machine.times.ssh is not None
-                    samples.append(machine.times.ssh)
+                    assert machine.boot_seconds is not None
+                    samples.append(machine.boot_seconds)
             progress(f"{'naive' if naive else 'tuned'} boot {index + 1}/{count}: "
                      f"{samples[-1]:.2f} s")
     return samples
+
+
+def header(record: EnvironmentRecord, boots: int) -> dict[str, Any]:
+    """The figures' first keys: the environment block every output shares, and the count."""
+    return {**environment_json(record), "boots": boots}
 
 
 def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Run every measurement and return the JSON-ready figures."""
     env = prepare(args.qemu, Accel(args.accel), progress=progress)
     enter_private_namespace()
-    result: dict[str, Any] = {
-        "accel": env.accel.used.value,
-        "accel_reason": env.accel.reason,
-        "qemu_version": str(env.info.version),
-        "boots": args.boots,
-    }
+    result = header(env.record, args.boots)
     tuned = time_boots(env, args.boots, naive=False, progress=progress)
     result["boot_to_ssh_s"] = _stats(tuned)
     if not args.skip_naive:
@@ -101,7 +104,8 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             progress, env=env,
         )
         scale_s = time.monotonic() - started
-        checked = sum(r.verdict.files_checked for r in scale.results)
+        checked = sum(r.verdict.files_checked for r in scale.rows
+                      if isinstance(r.verdict, Verdict))
         result["scale"] = {
             "devices": args.scale_devices,
             "files_requested": args.scale_files,
@@ -116,12 +120,14 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> str:
     """Readable lines with each figure beside its target."""
     boot = result["boot_to_ssh_s"]
-    target = TARGET_BOOT_KVM_S if result["accel"] == "kvm" else TARGET_BOOT_TCG_S
+    accel = result["accel"]["used"]
+    target = TARGET_BOOT_KVM_S if accel == "kvm" else TARGET_BOOT_TCG_S
     lines = [
-        f"accelerator: {result['accel']} ({result['accel_reason']})",
+        f"QEMU {result['qemu']['version']}, guest kernel {result['guest']['kernel']}",
+        f"accelerator: {accel} ({result['accel']['reason']})",
         f"boot to SSH (tuned): median {boot['median']:.2f} s "
         f"[min {boot['min']:.2f}, max {boot['max']:.2f}] over {result['boots']} boots "
-        f"(target <= {target} s {result['accel']})",
+        f"(target <= {target} s {accel})",
     ]
     if "naive_boot_to_ssh_s" in result:
         naive = result["naive_boot_to_ssh_s"]

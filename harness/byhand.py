@@ -11,19 +11,27 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
+from .cmdline import kernel_append, mount_options, render_command
 from .config import ExportLayout, ExportSpec, MachineSpec
-from .qemu import kernel_append, mount_options, render_command
+from .export import ODD_NAME
 
 EXPORT_VAR = "/tmp/mdh-byhand-export"
 BYHAND_PORT = 10022
 
 
 def populate_function() -> str:
-    """The shell function that fills one device in the harness's order."""
+    """The shell function that fills one device in the harness's order.
+
+    Names as ``export.device_file_names`` makes them: "file NNNN", the last one of
+    two or more being the name with a newline (single-quoted, so sh keeps it).
+    """
+    odd = shlex.quote(ODD_NAME)
     return (
         'populate() {  # DIR LABEL FILES\n'
         '    i=0; while [ "$i" -lt "$3" ]; do\n'
-        '        f=$(printf "file %04d" "$i"); printf "%s/%s\\n" "$2" "$f" > "$1/$f"\n'
+        '        f=$(printf "file %04d" "$i")\n'
+        f'        if [ "$3" -ge 2 ] && [ "$i" -eq $(($3 - 1)) ]; then f={odd}; fi\n'
+        '        printf "%s/%s\\n" "$2" "$f" > "$1/$f"\n'
         '        i=$((i + 1)); done\n'
         '    mkdir "$1/sub"; printf "%s/sub/inner\\n" "$2" > "$1/sub/inner"\n'
         '    printf "%s/link-a\\n" "$2" > "$1/link-a"; ln "$1/link-a" "$1/link-b"\n'
@@ -42,7 +50,7 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
     append = kernel_append(hand.exports, hand.extra_append)
     argv = render_command(
         hand, console_path=Path("/dev/stdout"), qmp_fd=None, host_port=BYHAND_PORT,
-        append=append, sandbox=spec.sandbox,
+        append=append,
     )
     unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
     files = layout.files_per_device

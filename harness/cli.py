@@ -13,12 +13,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import ALL_MODES, Accel, ExportLayout, Mode, parse_modes
+from .config import ALL_MODES, Accel, ExportLayout, Mode, Via, parse_modes
 from .errors import HarnessError, UsageError
-
-EXIT_OK = 0
-EXIT_REGRESSION = 1
-EXIT_ENVIRONMENT = 2
+from .results import EXIT_ERROR, EXIT_OK
 
 
 def progress(message: str) -> None:
@@ -30,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_ENVIRONMENT)
+        raise SystemExit(EXIT_ERROR)
 
 
 def _whole_number(text: str) -> int:
@@ -98,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="guests booted at once (default: by CPU count)")
     run.add_argument("--json", type=Path, help="write the JSON report here")
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
-    run.add_argument("--via", choices=["qemu", "libvirt"], default="qemu",
+    run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
 
     repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
@@ -129,21 +126,20 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .session import probe_environment
+    from .environment import probe_record
+    from .report import environment_json
 
-    report = probe_environment(args.qemu, Accel(args.accel), progress=progress)
+    record = probe_record(args.qemu, Accel(args.accel), progress=progress)
     if args.json:
-        _print_json(report)
+        _print_json(environment_json(record))
     else:
-        for key, value in report.items():
-            print(f"{key:24} {value}")
-    if not report["multidevs_supported"]:
-        return EXIT_ENVIRONMENT
-    return EXIT_OK
+        for key, value in record.properties():
+            print(f"{key:26} {value}")
+    return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .session import exec_in_guest
+    from .exec_guest import exec_in_guest
 
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -162,7 +158,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import report as rep
-    from .runner import RunOptions, run_matrix
+    from .plan import RunOptions
+    from .run import run_matrix
 
     options = RunOptions(
         modes=parse_modes(args.modes),
@@ -175,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=not args.no_control,
         witness=not args.no_witness,
         jobs=args.jobs,
-        via=args.via,
+        via=Via(args.via),
         share=not args.isolate,
     )
     result = run_matrix(options, progress=progress)
@@ -183,25 +180,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(rep.summary_line(result))
     if args.json:
-        rep.write_json(result, args.json)
+        rep.write_json(rep.to_json(result), args.json)
         progress(f"JSON report: {args.json}")
     if args.junit:
         rep.write_junit(result, args.junit)
         progress(f"JUnit report: {args.junit}")
-    if result.inconclusive:
-        return EXIT_ENVIRONMENT
-    return EXIT_OK if result.passed else EXIT_REGRESSION
+    return result.exit_code
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .runner import reproduce
+    from .oracle import Verdict
+    from .report import collision_table
+    from .reproduce import reproduce
+    from .results import exit_code
 
-    return reproduce(
+    found = reproduce(
         Mode(args.mode),
         ExportLayout(devices=args.devices, files_per_device=args.files),
         qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
         progress=progress,
     )
+    verdict = found.row.verdict
+    assert isinstance(verdict, Verdict)  # reproduce judges one export's ids
+    print(f"mode {args.mode}: {verdict.observed}")
+    print(f"expected: {verdict.expectation} -> {found.row.status.value.upper()}")
+    for line in (*verdict.failures, *verdict.notes):
+        print(f"  - {line}")
+    print("\ncollisions (guest id <- host files):")
+    print(collision_table([found.row]))
+    print(f"\ntar witness (tar -cf in the guest, extract, compare): {verdict.witness.detail}")
+    print(f"QEMU message: {verdict.qemu_message or '(none)'}")
+    print("\nto reproduce by hand:")
+    print(f"  host:  sh {found.script}    (builds the export, then runs QEMU on this terminal)")
+    print(f"  guest: {found.guest_hint}")
+    print(f"  the harness ran: {found.row.qemu_command}")
+    print(f"\nlogs: {found.log_dir}")
+    return exit_code([found.row.status])
 
 
 COMMANDS = {
@@ -218,7 +232,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status (0 ok, 1 regression, 2 environment)."""
+    """Entry point; returns the process exit status: 0 everything held, 1 QEMU or the
+    guest kernel did the wrong thing, 2 the check could not run or was inconclusive."""
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:

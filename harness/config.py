@@ -13,6 +13,10 @@ from pathlib import Path
 from .errors import UsageError
 
 MAX_DEVICES = 128
+# -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
+# default" landed in QEMU 10.0.
+MULTIDEVS_SINCE = (4, 2, 0)
+REMAP_DEFAULT_SINCE = (10, 0, 0)
 MAX_FILES_PER_DEVICE = 100_000
 
 
@@ -31,6 +35,13 @@ class Mode(StrEnum):
 
 
 ALL_MODES: tuple[Mode, ...] = (Mode.REMAP, Mode.WARN, Mode.FORBID, Mode.DEFAULT)
+
+
+class Via(StrEnum):
+    """Who starts the guests: QEMU run by the harness, or libvirtd."""
+
+    QEMU = "qemu"
+    LIBVIRT = "libvirt"
 
 
 class Accel(StrEnum):
@@ -144,7 +155,8 @@ class MachineSpec:
     boot: BootMethod = BootMethod.PVH
     memory_mb: int = 256
     cpus: int = 1
-    sandbox: bool = True
+    # -sandbox on; the environment sets it from the probe (not every build has it).
+    sandbox: bool = False
     extra_append: tuple[str, ...] = ()
     # False renders the untuned command line people write by hand (bench baseline).
     tuned: bool = True

@@ -2,7 +2,8 @@
 
 Every error has a ``message`` (what failed) and a ``hint`` (what to do about it).
 The CLI prints both and exits with ``exit_code``: 2 for environment and usage
-problems, so CI can tell "the harness could not run" from "a regression was found".
+problems (the check could not run), 1 only for GuestCrashed, so CI can tell "the
+harness could not run" from "a regression was found".
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ class GuestBootTimeout(QemuFailed):
 
 class GuestPanic(QemuFailed):
     """The guest kernel panicked (QEMU powers off on panic with -no-reboot)."""
+
+
+class GuestCrashed(HarnessError):
+    """QEMU exited or the guest kernel panicked while an export was being observed.
+
+    Unlike a guest that never booted (the check could not run), this is QEMU or the
+    guest kernel doing the wrong thing under test: a failure, exit status 1.
+    """
+
+    exit_code = 1
 
 
 class QmpError(HarnessError):

@@ -124,11 +124,6 @@ class HostTruth:
         """A single device needs no premise; several must share at least one inode number."""
         return self.device_count <= 1 or bool(self.repeated_inodes())
 
-    @property
-    def inconclusive(self) -> bool:
-        """True when several devices share no inode number, so no collision can show."""
-        return not self.premise_holds
-
 
 @dataclass(frozen=True)
 class ExportDevice:

@@ -1,120 +1,184 @@
-"""Collect a guest's view of an export in one SSH round trip.
+"""One guest interface, and the boot wait every kind of guest shares.
 
-One shell script, fed the export's paths NUL-separated on stdin, runs the agent's
-stat passes, archives the export with the guest's tar and extracts it again (the
-witness of real harm), then reads the extracted files back.  Sections are marked so
-the host can split the single output stream.
+A ``Guest`` is a running Linux guest the harness can observe, however it was
+started: ``machine.Machine`` runs QEMU directly, ``libvirt_guest.LibvirtGuest`` has
+libvirtd start it.  Both hand their boot to ``wait_ready`` below, so the readiness
+line, panic detection, the init's own failure report and the boot deadline are
+decided in this one place.
 """
 
 from __future__ import annotations
 
-import shlex
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
-from .errors import GuestOutputError
-from .export import HostTruth
-from .observe import GuestObservation, encode_paths, parse_read_output, parse_stat_output
-from .ssh import CommandResult
+from .config import GuestImage
+from .errors import GuestBootTimeout, GuestPanic, QemuFailed, SshUnavailable
+from .proc import tail_file
+from .ssh import CommandResult, GuestSsh, connect_with_retry
 
-STAT_PASSES = 2
-# Threads in the agent: several 9p requests in flight overlap QEMU's work with the
-# guest's (10,000 lstats under TCG: 6.2 s with 1 thread, 3.3 s with 4; 2.8 s with 8
-# threads on 2 vCPUs).  But concurrent lookups under cache=none occasionally made a
-# first-pass lstat fail with ENOENT (seen in ~1 of 8 loaded runs), so verdicts use
-# one thread and only the scale benchmark opts into more.
-AGENT_THREADS = 1
-SCALE_AGENT_THREADS = 8
-_WORK = "/tmp/mdh-witness"
+# The guest init prints this once every step of its boot succeeded.
+READY_MARKER = "MDH-READY"
+# "end Kernel panic" lines contain it too.
+PANIC_MARKERS = ("Kernel panic",)
+_POLL_S = 0.01
 
 
-class GuestShell(Protocol):
-    """What collection needs of a guest: a shell over SSH and where its console is.
+class Booting(Protocol):
+    """What the shared boot wait needs to know of a guest being started."""
 
-    Both a QEMU ``Machine`` and a libvirt-started guest offer it.
-    """
-
+    name: str
     console_path: Path
+    log_dir: Path
+
+    @property
+    def argv(self) -> Sequence[str]:
+        """The QEMU command line that runs this guest."""
+        ...
+
+    def stopped(self) -> str | None:
+        """None while QEMU runs; else how it ended ("QEMU exited with status 1")."""
+        ...
+
+    def stderr_text(self) -> str:
+        """Everything QEMU wrote to stderr so far."""
+        ...
+
+
+class Guest(Booting, Protocol):
+    """A running guest: a shell over SSH, its console log and QEMU's stderr."""
+
+    @property
+    def boot_seconds(self) -> float | None:
+        """Seconds from QEMU's start to an SSH session; None before one was opened."""
+        ...
+
+    def wait_ready(self) -> None:
+        """Block until the guest accepts SSH; raise a HarnessError if it never will."""
+        ...
 
     def run(
         self, command: str, stdin: bytes = b"", timeout: float | None = None
-    ) -> CommandResult: ...
+    ) -> CommandResult:
+        """Run a shell command in the guest over SSH."""
+        ...
+
+    def kill(self) -> None:
+        """Stop the guest at once (for Ctrl-C from another thread)."""
+        ...
+
+
+class Launched:
+    """The lifecycle both kinds of guest share: ``launch`` on enter, ``shutdown`` on
+    exit, and ``shutdown`` too when ``launch`` itself fails half-way (Ctrl-C included),
+    so nothing started is left behind."""
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
 
 
 @dataclass(frozen=True)
-class GuestView:
-    """What the guest reported: stat passes, tar's exit status and extracted contents."""
+class BootDeadline:
+    """When the boot started, how long it may take, and how to reach the guest."""
 
-    observation: GuestObservation
-    tar_ran: bool
-    tar_rc: int | None
-    tar_stderr: str
-    extracted: dict[str, bytes | int]
-    script: str
+    started: float
+    seconds: float
+    host_port: int
+    image: GuestImage
 
 
-def collection_script(
-    mount_point: str, witness: bool, passes: int = STAT_PASSES, threads: int = AGENT_THREADS
-) -> str:
-    """The guest shell script; only constants and a quoted mount point go into it."""
-    point = shlex.quote(mount_point)
-    lines = [
-        "cat > /tmp/mdh-paths",
-        "echo @@STAT",
-        f"mdh-agent stat {point} {int(passes)} {int(threads)} < /tmp/mdh-paths",
-    ]
-    if witness:
-        lines += [
-            f"rm -rf {_WORK}; mkdir -p {_WORK}/out",
-            f"(cd {point} && tar -cf {_WORK}/export.tar .) 2> {_WORK}/tar.err",
-            "echo @@TAR $?",
-            f"tar -xf {_WORK}/export.tar -C {_WORK}/out 2>> {_WORK}/tar.err",
-            "echo @@READ",
-            f"mdh-agent read {_WORK}/out < /tmp/mdh-paths",
-            "echo @@TARERR",
-            f"head -c 2000 {_WORK}/tar.err",
-            f"rm -rf {_WORK}",
-        ]
-    lines.append("echo @@DONE")
-    return "\n".join(lines) + "\n"
-
-
-def _section(text: str, start: str, end: str) -> str:
-    head, sep, rest = text.partition(start + "\n")
-    if not sep:
-        raise GuestOutputError(f"guest output has no {start} section", details=text[-2000:])
-    body, sep, _ = rest.partition(end)
-    if not sep:
-        raise GuestOutputError(f"guest output ends inside the {start} section",
-                               details=text[-2000:])
-    return body
-
-
-def collect(
-    machine: GuestShell, mount_point: str, truth: HostTruth, witness: bool,
-    passes: int = STAT_PASSES,
-    threads: int = AGENT_THREADS,
-) -> GuestView:
-    """Run the collection script in ``machine`` and parse everything it printed."""
-    script = collection_script(mount_point, witness, passes, threads)
-    paths = truth.paths
-    result = machine.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
-    text = result.stdout.decode(errors="replace")
-    if "@@DONE" not in text:
-        raise GuestOutputError(
-            f"guest collection script failed (rc {result.rc})",
-            hint=f"see {machine.console_path}",
-            details=result.stderr.decode(errors="replace")[-2000:],
+def check_alive(guest: Booting) -> None:
+    """Raise GuestPanic or QemuFailed at once if the guest panicked or QEMU ended."""
+    console = tail_file(guest.console_path, 60)
+    if any(marker in console for marker in PANIC_MARKERS):
+        raise GuestPanic(
+            f"{guest.name}: the guest kernel panicked",
+            hint=f"see {guest.console_path}",
+            command=guest.argv,
+            stderr_tail=guest.stderr_text()[-2000:],
+            console_tail=console,
         )
-    stat_text = _section(text, "@@STAT", "@@TAR" if witness else "@@DONE")
-    observation = parse_stat_output(stat_text, paths)
-    tar_rc: int | None = None
-    extracted: dict[str, bytes | int] = {}
-    tar_stderr = ""
-    if witness:
-        tar_line = text.split("@@TAR ", 1)[1].split("\n", 1)[0]
-        tar_rc = int(tar_line.strip())
-        extracted = parse_read_output(_section(text, "@@READ", "@@TARERR"), paths)
-        tar_stderr = _section(text, "@@TARERR", "@@DONE")
-    return GuestView(observation, witness, tar_rc, tar_stderr, extracted, script)
+    ended = guest.stopped()
+    if ended is not None:
+        raise QemuFailed(
+            f"{guest.name}: {ended}",
+            hint=f"see {guest.log_dir}",
+            command=guest.argv,
+            stderr_tail=guest.stderr_text()[-2000:],
+            console_tail=tail_file(guest.console_path),
+        )
+
+
+def wait_ready(guest: Booting, deadline: BootDeadline) -> GuestSsh:
+    """Wait for the readiness line, then an SSH session, both before one deadline.
+
+    Returns the open session.  A panic or an exited QEMU ends the wait at once;
+    a silent guest ends it at the deadline with the console tail in the error.
+    """
+    until = deadline.started + deadline.seconds
+    try:
+        _wait_console(guest, until, deadline.seconds)
+        return connect_with_retry(
+            "127.0.0.1", deadline.host_port, deadline.image.client_key,
+            deadline.image.host_key_pub, until, lambda: check_alive(guest),
+        )
+    except SshUnavailable as exc:
+        if type(exc) is not SshUnavailable:  # a wrong host key is no timeout
+            raise
+        raise boot_timeout(guest, deadline.seconds, exc.message) from exc
+
+
+def _wait_console(guest: Booting, until: float, seconds: float) -> None:
+    offset = 0
+    buffer = b""
+    marker = READY_MARKER.encode()
+    while True:
+        check_alive(guest)
+        try:
+            with open(guest.console_path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        buffer = (buffer + chunk)[-4096:]
+        if marker in buffer:
+            return
+        if time.monotonic() > until:
+            raise boot_timeout(guest, seconds, "no readiness line on the serial console")
+        time.sleep(_POLL_S)
+
+
+def boot_timeout(guest: Booting, seconds: float, what: str) -> GuestBootTimeout:
+    """The error of a guest that was not ready in time, with its console tail."""
+    return GuestBootTimeout(
+        f"{guest.name}: guest not ready within {seconds:.0f} s ({what})",
+        hint=f"logs in {guest.log_dir}; under TCG a loaded machine boots slowly "
+        "(MDH_TIMEOUT_SCALE=2 doubles every deadline)",
+        command=guest.argv,
+        stderr_tail=guest.stderr_text()[-2000:],
+        console_tail=tail_file(guest.console_path),
+    )

@@ -23,7 +23,6 @@ created on the host, concurrent runs cannot trip over each other's mount points.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import shutil
@@ -39,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LibvirtError
-from .machine import tail
 from .namespace import mount_tmpfs, unmount
+from .proc import indent, kill_process_group, spawn_tied, tail_file
 
 Progress = Callable[[str], None]
 URI = "qemu:///system"
@@ -80,7 +79,6 @@ group = "root"
 cgroup_controllers = [ ]
 """
 
-_PR_SET_PDEATHSIG = 1
 _DAEMON_START_TIMEOUT = 30.0
 _DAEMON_STOP_TIMEOUT = 15.0
 
@@ -140,15 +138,6 @@ def error_text(exc: BaseException) -> str:
 # --- the private daemons -----------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
-    # A SIGKILLed harness must not leave its daemons behind: SIGTERM lets them exit
-    # cleanly (the state they wrote is on tmpfs mounts that vanish with them).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:
-        os._exit(1)
-
-
 def _socket_ready(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
@@ -177,11 +166,11 @@ class _Daemon:
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             try:
-                self.proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                # SIGTERM, not SIGKILL, if the harness dies: the daemons then exit
+                # cleanly (the state they wrote is on tmpfs mounts that vanish with them).
+                self.proc = spawn_tied(
+                    self.argv, stdout=log, stderr=log, death_signal=signal.SIGTERM,
                     env={"PATH": DAEMON_PATH, "LC_ALL": "C", RUN_MARKER_ENV: self.run_id},
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
                 )
             except OSError as exc:
                 raise LibvirtError(f"cannot start {self.name}: {exc.strerror}",
@@ -192,13 +181,13 @@ class _Daemon:
                 raise LibvirtError(
                     f"{self.name} exited with status {self.proc.returncode} while starting",
                     hint=f"see {self.log_path}",
-                    details="  log (tail):\n" + _indent(tail(self.log_path, 15)),
+                    details="  log (tail):\n" + indent(tail_file(self.log_path, 15)),
                 )
             if time.monotonic() > deadline:
                 raise LibvirtError(
                     f"{self.name} did not open {self.socket} within {timeout:.0f} s",
                     hint=f"see {self.log_path}",
-                    details="  log (tail):\n" + _indent(tail(self.log_path, 15)),
+                    details="  log (tail):\n" + indent(tail_file(self.log_path, 15)),
                 )
             time.sleep(0.02)
         return time.monotonic() - started
@@ -215,16 +204,7 @@ class _Daemon:
             return
         except subprocess.TimeoutExpired:
             progress(f"{self.name} ignored SIGTERM for {timeout:.0f} s; killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            progress(f"warning: {self.name} pid {proc.pid} did not die after SIGKILL")
-
-
-def _indent(text: str, prefix: str = "    ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
+        kill_process_group(proc, wait=10, progress=progress)
 
 
 @contextlib.contextmanager

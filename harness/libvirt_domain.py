@@ -3,7 +3,7 @@
 Everything here is text and data: the transient domain XML the harness hands to
 ``virDomainCreateXML``, and the readers of what came back (the QEMU argv libvirt
 generated, QEMU's stderr inside libvirt's domain log, the SSH port in ``info
-usernet``), plus the verdict of the two rejections libvirt promises.  No daemon, no
+usernet``), plus the two domains libvirt must refuse.  No daemon, no
 guest; the unit tests cover all of it.
 
 The XML is built with ElementTree, so a path holding ``&``, ``<`` or quotes is
@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Accel, Mode
-from .oracle import Verdict
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -309,62 +308,22 @@ def forwarded_port(usernet: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """One API call that should have failed: which call, and libvirt's error or None."""
+class Rejection:
+    """A domain libvirt must refuse: what it tries, and the words the refusal must hold."""
 
-    api: str
-    error: str | None
-
-
-def judge_rejection(
-    mode: Mode, expectation: str, attempts: Sequence[Attempt], must_contain: Sequence[str],
-    notes: Sequence[str] = (),
-) -> Verdict:
-    """Pass only if every call was refused with an error naming the reason.
-
-    A call libvirt accepted is a failure that says so; a refusal for some other
-    reason (its message lacks ``must_contain``) is a failure too, since it proves
-    nothing about multidevs.
-    """
-    failures: list[str] = []
-    observed: list[str] = []
-    for attempt in attempts:
-        if attempt.error is None:
-            failures.append(f"libvirt accepted the domain in {attempt.api}; it must refuse it")
-            observed.append(f"{attempt.api}: accepted")
-            continue
-        observed.append(f"{attempt.api}: refused")
-        missing = [text for text in must_contain if text not in attempt.error]
-        if missing:
-            failures.append(
-                f"{attempt.api} refused the domain, but not for multidevs: the error "
-                f"{attempt.error!r} does not contain {', '.join(map(repr, missing))}"
-            )
-    if not attempts:
-        failures.append("no libvirt call was made")
-    first_error = next((a.error for a in attempts if a.error), None)
-    return Verdict(
-        mode=mode,
-        expectation=expectation,
-        observed=", ".join(observed) or "nothing",
-        passed=not failures,
-        inconclusive=False,
-        failures=tuple(failures),
-        collisions=(),
-        denied=0,
-        files_checked=0,
-        qemu_message=None,
-        witness_intact=None,
-        host_devices=0,
-        notes=tuple(notes) + ((f"libvirt: {first_error}",) if first_error else ()),
-    )
+    case: str
+    spec: DomainSpec
+    attribute: str  # the multidevs attribute value tried
+    driver: str  # the filesystem driver it was tried on
+    expectation: str
+    must_contain: tuple[str, ...]
 
 
 def rejection_specs(
     name_prefix: str, emulator: Path, kernel: Path, initrd: Path, console: Path,
     source: Path, accel: Accel,
-) -> Mapping[str, tuple[DomainSpec, Mode, str, tuple[str, ...]]]:
-    """The two domains libvirt must refuse: case name -> (spec, mode, expectation, texts).
+) -> tuple[Rejection, ...]:
+    """The two domains libvirt must refuse.
 
     Both are otherwise complete domains (virtiofs with the shared memory it needs),
     so nothing but multidevs can be the reason for the refusal.
@@ -381,15 +340,11 @@ def rejection_specs(
         base, name=f"{name_prefix}-reject-invalid",
         filesystems=(Filesystem("mdhfs", source, BOGUS_MULTIDEVS),),
     )
-    return {
-        "reject-virtiofs-multidevs": (
-            virtiofs, Mode.REMAP,
-            "libvirt refuses multidevs on a virtiofs filesystem (define and create)",
-            (VIRTIOFS_REJECTION,),
-        ),
-        "reject-invalid-multidevs": (
-            bogus, Mode.DEFAULT,
-            f"libvirt refuses multidevs='{BOGUS_MULTIDEVS}' (define and create)",
-            ("multidevs", BOGUS_MULTIDEVS),
-        ),
-    }
+    return (
+        Rejection("reject-virtiofs-multidevs", virtiofs, Mode.REMAP.value, "virtiofs",
+                  "libvirt refuses multidevs on a virtiofs filesystem (define and create)",
+                  (VIRTIOFS_REJECTION,)),
+        Rejection("reject-invalid-multidevs", bogus, BOGUS_MULTIDEVS, "path",
+                  f"libvirt refuses multidevs='{BOGUS_MULTIDEVS}' (define and create)",
+                  ("multidevs", BOGUS_MULTIDEVS)),
+    )

@@ -28,21 +28,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .config import Mode
+from .config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode
 from .errors import QemuTooOld
 from .export import EntryKind, HostTruth, kind_of_mode
 from .observe import READ_LIMIT, GuestObservation, GuestResult, GuestStat
 
 Version = tuple[int, int, int]
 
-MIN_QEMU: Version = (4, 2, 0)
-# "9pfs: make multidevs=remap default" landed in QEMU 10.0.
-REMAP_DEFAULT_SINCE: Version = (10, 0, 0)
-
 MULTIDEVS_MARKER = "Multiple devices detected in same VirtFS export"
 # Failures of one kind beyond this many are summarised in one line, so a 100,000-file
 # export that collides everywhere still gives a readable report.
 MAX_LISTED = 20
+
+
+class Status(StrEnum):
+    """The outcome of one result row.
+
+    PASS: every promise held.  FAIL: QEMU or the guest kernel did the wrong thing
+    (a crash under test included).  INCONCLUSIVE: the premise did not hold, so the
+    row proves nothing.  ERROR: the harness, the host or the inputs could not run
+    the check at all.  CI retries ERROR and files FAIL as a bug.
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    ERROR = "error"
 
 
 class Expectation(StrEnum):
@@ -76,10 +87,10 @@ def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     Without the option, QEMU 4.2 to 9.x behaves like warn and 10.0 on like remap.
     Raises QemuTooOld below 4.2, which has no multidevs option at all.
     """
-    if qemu_version < MIN_QEMU:
+    if qemu_version < MULTIDEVS_SINCE:
         raise QemuTooOld(
             f"QEMU {_version_text(qemu_version)} has no multidevs option "
-            f"(added in {_version_text(MIN_QEMU)})",
+            f"(added in {_version_text(MULTIDEVS_SINCE)})",
             hint="install qemu-system-x86 4.2 or newer, or point --qemu at one",
         )
     if mode is Mode.REMAP:
@@ -166,22 +177,33 @@ class TarWitness:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The judgement of one mode on one export, with everything a report shows."""
+    """The judgement of one mode on one export, with everything a report shows.
+
+    Made whole by ``judge`` (or ``unobserved``) and never edited afterwards.
+    """
 
     mode: Mode
     expectation: str
     observed: str
-    passed: bool
-    inconclusive: bool
+    status: Status
     failures: tuple[str, ...]
     collisions: tuple[Collision, ...]
     denied: int  # paths that got ENODEV in pass 1
     files_checked: int
     qemu_message: str | None
-    witness_intact: bool | None
+    witness: TarWitness
     host_devices: int
     # Recorded facts that are not failures (a broken witness under warn, say).
     notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @property
+    def witness_intact(self) -> bool | None:
+        """True/False when the tar witness ran, None when it did not."""
+        return self.witness.intact if self.witness.ran else None
 
 
 def _errno_text(code: int) -> str:
@@ -480,6 +502,51 @@ def _observed_text(collisions: int, denied: int, messages: QemuMessages) -> str:
     return f"{collisions} collision{plural}, {denied} denied, {said}"
 
 
+def _outside_failures(stderr_outside: str) -> list[str]:
+    """QEMU stderr written outside every export's observation (boot, shutdown).
+
+    Nothing there may be a multi-device message: it would belong to no export, so
+    it would otherwise go unjudged.
+    """
+    found = find_multidevs_messages(stderr_outside).all
+    return [f"multi-device message on QEMU stderr outside every observation: {line!r}"
+            for line in found]
+
+
+def _rule_failures(
+    expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
+    witness: TarWitness,
+) -> list[str]:
+    """The observation rules of one mode (module docstring), as exact failures."""
+    failures = _coverage_failures(truth, observation)
+    if not observation.passes:
+        return failures
+    first = observation.passes[0]
+    failures += _kind_failures(truth, first)
+    failures += _stability_failures(truth, observation)
+    if control:
+        return failures + _unique_id_failures(truth, observation, witness)
+    if expectation is Expectation.UNIQUE_IDS:
+        # Stability needs a second look: another lstat pass, or readdir's d_ino
+        # (checked against lstat for every entry) for the scale run.
+        if len(observation.passes) < 2 and not observation.dirents:
+            failures.append("only 1 stat pass and no readdir observed; a second look is "
+                            "needed to show ids are stable")
+        return failures + _unique_id_failures(truth, observation, witness)
+    if expectation is Expectation.COLLIDE_AND_WARN:
+        return failures + _warn_failures(truth, observation)
+    return failures + _forbid_failures(truth, observation)
+
+
+def _expectation_text(mode: Mode, expectation: Expectation, control: bool,
+                      qemu_version: Version) -> str:
+    if control:
+        return _CONTROL_TEXT
+    if mode is Mode.DEFAULT:
+        return f"{expectation.text} (default of QEMU {_version_text(qemu_version)})"
+    return expectation.text
+
+
 def judge(
     mode: Mode,
     qemu_version: Version,
@@ -487,91 +554,146 @@ def judge(
     observation: GuestObservation,
     qemu_stderr: str,
     witness: TarWitness | None = None,
+    *,
+    stderr_outside: str = "",
+    command_failures: Sequence[str] = (),
 ) -> Verdict:
-    """Judge one mode's run: the rules of the module docstring, as exact failures.
+    """Judge one mode's export: the rules of the module docstring, as exact failures.
 
-    ``qemu_stderr`` must be the stderr of a QEMU serving this export only: QEMU prints
-    each multi-device message once per process, so a shared QEMU would blur the count.
-    ``witness`` None means no tar round trip was made.
+    ``qemu_stderr`` is what QEMU wrote while this export alone was observed (QEMU
+    prints each multi-device message once per process); ``stderr_outside`` what it
+    wrote outside every observation of its guest.  ``command_failures`` are what is
+    wrong with the QEMU command line someone else generated for this export (libvirt
+    must pass multidevs on).  ``witness`` None means no tar round trip was made.
     Raises QemuTooOld for a QEMU without multidevs (below 4.2).
     """
     expectation = expected_behaviour(mode, qemu_version)
-    if witness is None:
-        witness = TarWitness.not_run("tar witness not requested")
+    witness = witness or TarWitness.not_run("tar witness not requested")
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}
     collisions = find_collisions(truth, first)
     denied = sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
-    expect_text = _CONTROL_TEXT if control else expectation.text
-    if mode is Mode.DEFAULT and not control:
-        expect_text += f" (default of QEMU {_version_text(qemu_version)})"
     notes: list[str] = []
-    if truth.inconclusive:
+    if not truth.premise_holds:
+        status = Status.INCONCLUSIVE
         failures = [
             f"premise failed: the export spans {truth.device_count} host devices but no "
             f"inode number repeats across them, so guest ids cannot collide and this run "
             f"proves nothing (inconclusive)"
         ]
     else:
-        failures = _coverage_failures(truth, observation)
-        if observation.passes:
-            failures += _kind_failures(truth, first)
-            failures += _stability_failures(truth, observation)
-            if control:
-                failures += _unique_id_failures(truth, observation, witness)
-            elif expectation is Expectation.UNIQUE_IDS:
-                # Stability needs a second look: another lstat pass, or readdir's
-                # d_ino (checked against lstat for every entry) for the scale run.
-                if len(observation.passes) < 2 and not observation.dirents:
-                    failures.append(
-                        "only 1 stat pass and no readdir observed; a second look is "
-                        "needed to show ids are stable"
-                    )
-                failures += _unique_id_failures(truth, observation, witness)
-            elif expectation is Expectation.COLLIDE_AND_WARN:
-                failures += _warn_failures(truth, observation)
-            else:
-                failures += _forbid_failures(truth, observation)
+        failures = _rule_failures(expectation, control, truth, observation, witness)
         failures += _message_failures(None if control else expectation, messages)
+        failures += _outside_failures(stderr_outside)
+        failures += list(command_failures)
+        status = Status.FAIL if failures else Status.PASS
         if witness.ran and not control and expectation is not Expectation.UNIQUE_IDS:
             # warn/forbid promise nothing about tar; what it did is worth a line anyway.
             state = "intact" if witness.intact else "not intact"
             notes.append(f"tar witness {state}: {witness.detail}")
     return Verdict(
         mode=mode,
-        expectation=expect_text,
+        expectation=_expectation_text(mode, expectation, control, qemu_version),
         observed=_observed_text(len(collisions), denied, messages),
-        passed=not failures,
-        inconclusive=truth.inconclusive,
+        status=status,
         failures=tuple(failures),
         collisions=collisions,
         denied=denied,
         files_checked=len(truth.entries),
         qemu_message=messages.all[0] if messages.all else None,
-        witness_intact=witness.intact if witness.ran else None,
+        witness=witness,
         host_devices=truth.device_count,
         notes=tuple(notes),
     )
 
 
-def error_verdict(mode: Mode, devices: int, reason: str) -> Verdict:
-    """A failed verdict for a run that never got to observe anything (boot failed, say).
+def unobserved(mode: Mode, devices: int, reason: str, status: Status) -> Verdict:
+    """The verdict of an export whose guest never got to be observed, or died under test.
 
-    Not inconclusive: the harness could not run, and the report must say so as a failure
-    with ``reason`` rather than let the case look merely unproven.
+    ``status`` is ERROR when the check could not run (the guest did not boot: a bad
+    kernel, a missing package, a slow host) and FAIL when QEMU or the guest kernel
+    died while the export was being observed (a crash under test is a regression).
     """
     return Verdict(
         mode=mode,
         expectation="(not judged)",
-        observed="not observed: the harness failed",
-        passed=False,
-        inconclusive=False,
+        observed="not observed: " + ("the guest crashed under test" if status is Status.FAIL
+                                     else "the check could not run"),
+        status=status,
         failures=(reason,),
         collisions=(),
         denied=0,
         files_checked=0,
         qemu_message=None,
-        witness_intact=None,
+        witness=TarWitness.not_run("not observed"),
         host_devices=devices,
+    )
+
+
+# --- what libvirt must refuse -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One API call that should have failed: which call, and libvirt's error or None."""
+
+    api: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RejectionVerdict:
+    """The judgement of one configuration libvirt must refuse (its own kind of row)."""
+
+    attribute: str  # the multidevs attribute value that was tried
+    driver: str  # the filesystem driver it was tried on (path, virtiofs)
+    expectation: str
+    observed: str
+    status: Status
+    failures: tuple[str, ...]
+    errors: tuple[Attempt, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+
+def judge_rejection(
+    attribute: str, driver: str, expectation: str, attempts: Sequence[Attempt],
+    must_contain: Sequence[str],
+) -> RejectionVerdict:
+    """Pass only if every call was refused with an error naming the reason.
+
+    A call libvirt accepted is a failure that says so; a refusal for some other
+    reason (its message lacks ``must_contain``) is a failure too, since it proves
+    nothing about multidevs.
+    """
+    failures: list[str] = []
+    observed: list[str] = []
+    for attempt in attempts:
+        if attempt.error is None:
+            failures.append(f"libvirt accepted the domain in {attempt.api}; it must refuse it")
+            observed.append(f"{attempt.api}: accepted")
+            continue
+        observed.append(f"{attempt.api}: refused")
+        missing = [text for text in must_contain if text not in attempt.error]
+        if missing:
+            failures.append(
+                f"{attempt.api} refused the domain, but not for multidevs: the error "
+                f"{attempt.error!r} does not contain {', '.join(map(repr, missing))}"
+            )
+    if not attempts:
+        failures.append("no libvirt call was made")
+    first_error = next((a.error for a in attempts if a.error), None)
+    return RejectionVerdict(
+        attribute=attribute,
+        driver=driver,
+        expectation=expectation,
+        observed=", ".join(observed) or "nothing",
+        status=Status.FAIL if failures else Status.PASS,
+        failures=tuple(failures),
+        errors=tuple(attempts),
+        notes=(f"libvirt: {first_error}",) if first_error else (),
     )

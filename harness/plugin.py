@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from .config import Accel, ExportLayout, ExportSpec, GuestImage, Mode
+from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
 from .export import Export, build_export
-from .machine import Machine, tail
-from .session import Environment, prepare
+from .machine import Machine
+from .proc import tail_file
 
 MACHINES_KEY = pytest.StashKey[list[Machine]]()
 LOGDIR_KEY = pytest.StashKey[Path]()
@@ -204,8 +205,7 @@ def machine_factory(
             ]
             log_dir = mdh_log_dir / f"guest{index}"
             spec = env.machine_spec(specs, log_dir, extra_append)
-            machine = Machine(spec, sandbox_supported=env.info.sandbox_supported,
-                              name=name or f"guest{index}")
+            machine = Machine(spec, name=name or f"guest{index}")
             machines.append(machine)
             stack.enter_context(machine)
             if ready:
@@ -242,10 +242,10 @@ def pytest_runtest_makereport(
     item._mdh_failed = True  # type: ignore[attr-defined]  # marks the log dir as kept
     for machine in item.stash.get(MACHINES_KEY, []):
         report.sections.append(
-            (f"{machine.name} console tail", tail(machine.console_path, 40) or "(empty)")
+            (f"{machine.name} console tail", tail_file(machine.console_path, 40) or "(empty)")
         )
         report.sections.append(
-            (f"{machine.name} qemu stderr", tail(machine.stderr_path, 40) or "(empty)")
+            (f"{machine.name} qemu stderr", tail_file(machine.stderr_path, 40) or "(empty)")
         )
     directory = item.stash.get(LOGDIR_KEY, None)
     if directory is not None:

@@ -1,200 +1,182 @@
-"""Render a finished run as a terminal table, JSON and JUnit XML."""
+"""Render the result schema (``results``) as a terminal table, JSON and JUnit XML.
+
+One function per format; every JSON key is documented in the README.
+"""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import AccelDecision
-from .oracle import Verdict
+from .oracle import RejectionVerdict, Status, Verdict
+from .results import EnvironmentRecord, ResultRow, RunReport
+
+# How many colliding ids a JSON row lists (the count is always whole).
+JSON_COLLISIONS = 50
 
 
-@dataclass(frozen=True)
-class CaseResult:
-    """One guest's outcome: which case, its verdict, and where its evidence is."""
-
-    case: str  # the mode name, or "control-<mode>" for the single-device control
-    verdict: Verdict
-    boot_seconds: float | None
-    log_dir: Path
-    via: str = "qemu"
-    qemu_command: str = ""
-    guest_command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict.passed
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """Everything a run found, plus the facts needed to reproduce it."""
-
-    qemu_binary: str
-    qemu_version: str
-    multidevs_supported: bool
-    accel: AccelDecision
-    guest_kernel: str
-    results: tuple[CaseResult, ...]
-    wall_seconds: float = 0.0
-    log_dir: str = ""
-    logs_kept: bool = True
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def inconclusive(self) -> bool:
-        return any(r.verdict.inconclusive for r in self.results)
-
-
-def _yes_no(value: bool | None) -> str:
-    return "n/a" if value is None else ("intact" if value else "BROKEN")
+def _witness_text(row: ResultRow) -> str:
+    if not isinstance(row.verdict, Verdict) or row.verdict.witness_intact is None:
+        return "n/a"
+    return "intact" if row.verdict.witness_intact else "BROKEN"
 
 
 def table(report: RunReport) -> str:
-    """A fixed-width table: case, expectation, observed, tar witness, verdict."""
-    headers = ("case", "expectation", "observed", "tar witness", "verdict")
-    rows = [
-        (
-            r.case,
-            r.verdict.expectation,
-            r.verdict.observed,
-            _yes_no(r.verdict.witness_intact),
-            "INCONCLUSIVE" if r.verdict.inconclusive else ("PASS" if r.passed else "FAIL"),
-        )
-        for r in report.results
-    ]
+    """A fixed-width table (case, expectation, observed, tar witness, verdict), then
+    every failure and note behind the name of its row.  A guest column is added when
+    the rows are about more than one guest kernel."""
+    kernels = {r.guest.kernel for r in report.rows if r.guest}
+    headers = ["case", "expectation", "observed", "tar witness", "verdict"]
+    rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
+             r.status.value.upper()] for r in report.rows]
+    if len(kernels) > 1:
+        headers.insert(1, "guest")
+        for row, result in zip(rows, report.rows, strict=True):
+            row.insert(1, result.guest.kernel if result.guest else "-")
     widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    failures = [(r.case, f) for r in report.results for f in r.verdict.failures]
-    if failures:
-        lines.append("")
-        lines.append("failures:")
-        for case, failure in failures:
-            lines.append(f"  [{case}] {failure}")
+    for title, attribute in (("failures", "failures"), ("notes", "notes")):
+        found = [(r.case, text) for r in report.rows for text in getattr(r.verdict, attribute)]
+        if found:
+            lines += ["", f"{title}:"] + [f"  [{case}] {text}" for case, text in found]
     return "\n".join(lines)
 
 
 def summary_line(report: RunReport) -> str:
     """One line for the end of the terminal output."""
-    passed = sum(r.passed for r in report.results)
-    accel = report.accel.used.value
-    note = " (fell back: " + report.accel.reason + ")" if report.accel.fell_back else ""
+    counts = {s: sum(r.status is s for r in report.rows) for s in Status}
+    others = ", ".join(f"{counts[s]} {s.value}" for s in Status
+                       if s is not Status.PASS and counts[s])
+    record = report.environment.as_dict()
+    accel = record["accel"]
+    note = f" (fell back: {accel['reason']})" if accel["fell_back"] else ""
     return (
-        f"{passed}/{len(report.results)} cases passed in {report.wall_seconds:.1f} s "
-        f"under {accel}{note}; QEMU {report.qemu_version} ({report.qemu_binary})"
+        f"{counts[Status.PASS]}/{len(report.rows)} rows passed"
+        f"{' (' + others + ')' if others else ''} in {report.wall_seconds:.1f} s "
+        f"under {accel['used']}{note}; QEMU {record['qemu']['version']} "
+        f"({record['qemu']['binary']}); guest kernel {record['guest']['kernel']}"
     )
 
 
-def result_dict(result: CaseResult) -> dict[str, Any]:
-    """The JSON object of one case (keys promised in the README)."""
-    v = result.verdict
+def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
     return {
-        "case": result.case,
-        "mode": v.mode.value,
-        "via": result.via,
-        "passed": v.passed,
-        "inconclusive": v.inconclusive,
-        "expectation": v.expectation,
-        "observed": v.observed,
-        "host_devices": v.host_devices,
-        "files_checked": v.files_checked,
-        "guest_collisions": len(v.collisions),
+        "mode": verdict.mode.value,
+        "host_devices": verdict.host_devices,
+        "files_checked": verdict.files_checked,
+        "guest_collisions": len(verdict.collisions),
         "collisions": [
-            {
-                "guest_id": list(c.guest_id),
-                "host_files": [
-                    {"path": path, "dev": dev, "ino": ino} for path, dev, ino in c.host_files
-                ],
-            }
-            for c in v.collisions[:50]
+            {"guest_id": list(c.guest_id),
+             "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in c.host_files]}
+            for c in verdict.collisions[:JSON_COLLISIONS]
         ],
-        "denied": v.denied,
-        "qemu_message": v.qemu_message,
-        "witness": {"tar_intact": v.witness_intact},
-        "boot_seconds": None if result.boot_seconds is None else round(result.boot_seconds, 3),
-        "failures": list(v.failures),
-        "qemu_command": result.qemu_command,
-        **result.extra,
+        "denied": verdict.denied,
+        "qemu_message": verdict.qemu_message,
+        "witness": {"tar_intact": verdict.witness_intact, "tar_detail": verdict.witness.detail,
+                    "tar_rc": row.tar_rc},
+        "tar_rc": row.tar_rc,
     }
+
+
+def _rejection_dict(verdict: RejectionVerdict) -> dict[str, Any]:
+    return {
+        "mode": verdict.attribute,
+        "driver": verdict.driver,
+        "libvirt_errors": {a.api: a.error for a in verdict.errors},
+    }
+
+
+def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
+    """The JSON object of one result row (keys documented in the README).
+
+    ``log_dir`` is null when the run's logs were removed (a passing run).
+    """
+    verdict = row.verdict
+    data: dict[str, Any] = {
+        "case": row.case,
+        "check": row.check,
+        "via": row.via.value,
+        "status": row.status.value,
+        "passed": row.passed,
+        "inconclusive": row.status is Status.INCONCLUSIVE,
+        "expectation": verdict.expectation,
+        "observed": verdict.observed,
+        "failures": list(verdict.failures),
+        "notes": list(verdict.notes),
+        "guest": None if row.guest is None else {
+            "name": row.guest.name, "kernel": row.guest.kernel, "boot": row.guest.boot},
+        "boot_seconds": None if row.boot_seconds is None else round(row.boot_seconds, 3),
+        "log_dir": None if row.log_dir is None or not logs_kept else str(row.log_dir),
+        "qemu_command": row.qemu_command,
+        "guest_command": row.guest_command,
+        "backend": dict(row.backend),
+    }
+    if isinstance(verdict, Verdict):
+        data.update(_ids_dict(verdict, row))
+    else:
+        data.update(_rejection_dict(verdict))
+    return data
+
+
+def environment_json(record: EnvironmentRecord) -> dict[str, Any]:
+    """``probe --json``: the environment block alone."""
+    return dict(record.as_dict())
 
 
 def to_json(report: RunReport) -> dict[str, Any]:
-    """The whole report as a JSON-ready dict."""
+    """``run --json``: the environment block, the run's facts and every row."""
     return {
+        **report.environment.as_dict(),
         "passed": report.passed,
-        "qemu": {
-            "binary": report.qemu_binary,
-            "version": report.qemu_version,
-            "multidevs_supported": report.multidevs_supported,
-        },
-        "accel": {
-            "used": report.accel.used.value,
-            "reason": report.accel.reason,
-            "fell_back": report.accel.fell_back,
-        },
-        "guest": {"kernel": report.guest_kernel},
+        "exit_code": report.exit_code,
         "wall_seconds": round(report.wall_seconds, 3),
         "log_dir": report.log_dir if report.logs_kept else None,
-        "results": [result_dict(r) for r in report.results],
+        "results": [row_dict(r, report.logs_kept) for r in report.rows],
     }
 
 
-def write_json(report: RunReport, path: Path) -> None:
-    """Write the JSON report (parents created)."""
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write a JSON document (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_json(report), indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
+    text = "\n".join(row.verdict.failures) + f"\nlogs: {row.log_dir}\n"
+    message = "; ".join(row.verdict.failures)[:1000]
+    if row.status is Status.FAIL:
+        ET.SubElement(case, "failure", message=message, type="regression").text = text
+    elif row.status in (Status.ERROR, Status.INCONCLUSIVE):
+        ET.SubElement(case, "error", message=message, type=row.status.value).text = text
 
 
 def to_junit(report: RunReport) -> ET.Element:
-    """JUnit XML with one testcase per case, failures carrying the exact reasons."""
-    failures = sum(1 for r in report.results if not r.passed)
+    """JUnit XML: one testcase per row; fail is a <failure>, error and inconclusive
+    an <error> (CI retries those), each carrying the exact reasons."""
+    statuses = [r.status for r in report.rows]
     suite = ET.Element(
-        "testsuite",
-        name="multidevs-harness",
-        tests=str(len(report.results)),
-        failures=str(failures),
-        errors="0",
+        "testsuite", name="multidevs-harness", tests=str(len(report.rows)),
+        failures=str(statuses.count(Status.FAIL)),
+        errors=str(statuses.count(Status.ERROR) + statuses.count(Status.INCONCLUSIVE)),
         time=f"{report.wall_seconds:.3f}",
     )
     props = ET.SubElement(suite, "properties")
-    for name, value in (
-        ("qemu.binary", report.qemu_binary),
-        ("qemu.version", report.qemu_version),
-        ("accel.used", report.accel.used.value),
-        ("accel.reason", report.accel.reason),
-        ("guest.kernel", report.guest_kernel),
-    ):
+    for name, value in report.environment.properties():
         ET.SubElement(props, "property", name=name, value=value)
-    for result in report.results:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname=f"multidevs.{result.via}",
-            name=result.case,
-            time=f"{result.boot_seconds or 0.0:.3f}",
-        )
-        if not result.passed:
-            kind = "inconclusive" if result.verdict.inconclusive else "regression"
-            failure = ET.SubElement(
-                case, "failure", message="; ".join(result.verdict.failures)[:1000], type=kind
-            )
-            failure.text = "\n".join(result.verdict.failures) + f"\nlogs: {result.log_dir}\n"
+    for row in report.rows:
+        guest = row.guest.name if row.guest else "libvirt"
+        case = ET.SubElement(suite, "testcase", classname=f"multidevs.{row.via.value}.{guest}",
+                             name=row.case, time=f"{row.boot_seconds or 0.0:.3f}")
+        _junit_outcome(case, row)
         out = ET.SubElement(case, "system-out")
-        out.text = (
-            f"expectation: {result.verdict.expectation}\n"
-            f"observed: {result.verdict.observed}\n"
-        )
+        out.text = "".join(f"{line}\n" for line in (
+            f"status: {row.status.value}", f"expectation: {row.verdict.expectation}",
+            f"observed: {row.verdict.observed}", *(f"note: {n}" for n in row.verdict.notes)))
     return suite
 
 
@@ -206,11 +188,13 @@ def write_junit(report: RunReport, path: Path) -> None:
     tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
-def collision_table(results: Sequence[CaseResult]) -> str:
+def collision_table(rows: Sequence[ResultRow]) -> str:
     """Guest id -> the distinct host files that share it (for ``reproduce``)."""
     lines: list[str] = []
-    for result in results:
-        for collision in result.verdict.collisions:
+    for row in rows:
+        if not isinstance(row.verdict, Verdict):
+            continue
+        for collision in row.verdict.collisions:
             dev, ino = collision.guest_id
             lines.append(f"guest (dev {dev}, ino {ino}) <- " + ", ".join(
                 f"{path!r} (host dev {hdev}, ino {hino})"

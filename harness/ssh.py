@@ -157,6 +157,16 @@ class GuestSsh:
         return CommandResult(command, rc, bytes(out), bytes(err), time.monotonic() - start)
 
 
+def _client_key(path: Path) -> paramiko.Ed25519Key:
+    try:
+        return paramiko.Ed25519Key.from_private_key_file(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise SshUnavailable(
+            f"cannot read the client key {path}: {exc}",
+            hint="rebuild the guest image: multidevs-harness image build --force",
+        ) from exc
+
+
 def connect_with_retry(
     host: str,
     port: int,
@@ -173,13 +183,7 @@ def connect_with_retry(
     A host key mismatch is never retried.
     """
     pinned = load_pinned_key(host_key_pub)
-    try:
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(client_key))
-    except (OSError, paramiko.SSHException) as exc:
-        raise SshUnavailable(
-            f"cannot read the client key {client_key}: {exc}",
-            hint="rebuild the guest image: multidevs-harness image build --force",
-        ) from exc
+    pkey = _client_key(client_key)
     last_error = "no attempt made"
     while True:
         alive()

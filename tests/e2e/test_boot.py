@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import GuestPanic
+from harness.errors import GuestPanic, SshUnavailable
 from harness.machine import Machine
 from harness.plugin import MachineFactory
 
@@ -25,7 +25,7 @@ def test_guest_runs_a_command_over_ssh(machine_factory: MachineFactory) -> None:
     lines = result.text.split()
     assert lines[0].endswith("-amd64") and lines[1] == "0"
     assert result.stderr == b"err\n"
-    assert guest.times.ssh is not None and guest.times.ssh > 0
+    assert guest.boot_seconds is not None and guest.boot_seconds > 0
 
 
 def test_shutdown_leaves_no_qemu(machine_factory: MachineFactory) -> None:
@@ -50,10 +50,13 @@ def test_guest_panic_fails_fast_with_console_tail(machine_factory: MachineFactor
 def test_killed_qemu_is_reported_not_hung(machine_factory: MachineFactory) -> None:
     guest: Machine = machine_factory()
     guest.kill()
-    from harness.errors import HarnessError
-
-    with pytest.raises(HarnessError):
+    started = time.monotonic()
+    with pytest.raises(SshUnavailable) as info:
         guest.run("true", timeout=20)
+    # Reported at once, not after the command's 20 s deadline.
+    assert time.monotonic() - started < 5
+    assert "the guest or QEMU may have died" in info.value.hint or "closed" in info.value.message
+    assert guest.stopped() == "QEMU exited with status -9"
 
 
 def test_exec_cli_prints_kernel_release(tmp_path: Path) -> None:

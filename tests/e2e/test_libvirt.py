@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from harness.config import ALL_MODES, Accel, ExportLayout, Mode
+from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
 from harness.libvirt_daemon import RUN_MARKER_ENV
 from harness.plugin import skip_reason as plugin_skip_reason
-from harness.session import prepare
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -262,7 +262,8 @@ def test_libvirt_refuses_multidevs_on_virtiofs(libvirt_run: LibvirtRun) -> None:
 def test_libvirt_refuses_an_invalid_multidevs_value(libvirt_run: LibvirtRun) -> None:
     result = libvirt_run.result("reject-invalid-multidevs")
     assert result["passed"], result["failures"]
-    assert result["multidevs_attribute"] == "bogus"
+    assert result["check"] == "rejection" and result["mode"] == "bogus"
+    assert result["status"] == "pass"
     for error in result["libvirt_errors"].values():
         assert "multidevs" in (error or "") and "bogus" in (error or ""), error
 
@@ -328,13 +329,14 @@ def test_sigkill_of_the_harness_leaves_no_guest_daemon_or_mount(
 
 
 def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.libvirt_run import run_matrix_libvirt
-    from harness.runner import RunOptions
+    from harness.config import Via
+    from harness.plan import RunOptions
+    from harness.run import run_matrix
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     messages: list[str] = []
-    options = RunOptions(modes=(Mode.REMAP,), layout=ExportLayout(), via="libvirt")
+    options = RunOptions(modes=(Mode.REMAP,), layout=ExportLayout(), via=Via.LIBVIRT)
     with pytest.raises(LibvirtError) as info:
-        run_matrix_libvirt(options, messages.append)
+        run_matrix(options, messages.append)
     assert "needs root" in info.value.message and info.value.exit_code == 2
     assert messages == []  # refused before probing, building or mounting anything

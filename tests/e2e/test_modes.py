@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from harness.config import ExportLayout, Mode
+from harness.environment import Environment
 from harness.export import Export, build_export
-from harness.guest import collect
 from harness.machine import Machine
+from harness.observe import collect
 from harness.oracle import Verdict, judge, judge_witness
 from harness.plugin import MachineFactory
-from harness.session import Environment
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def _judge(env: Environment, machine: Machine, export: Export, mode: Mode) -> Verdict:
-    view = collect(machine, "/mnt/mdh0", export.truth, witness=True)
+    view = collect(machine, "/mnt/mdh0", export.truth.paths, witness=True)
     witness = judge_witness(export.truth, view.extracted)
     return judge(mode, env.info.version.as_tuple(), export.truth, view.observation,
                  machine.stderr_text(), witness)
@@ -74,7 +74,7 @@ def test_control_single_device_is_quiet_in_every_mode(
         exports = [(a, Mode.REMAP), (b, Mode.WARN), (c, Mode.FORBID), (d, Mode.DEFAULT)]
         guest = machine_factory(exports=exports)
         for index, (export, mode) in enumerate(exports):
-            view = collect(guest, f"/mnt/mdh{index}", export.truth, witness=True)
+            view = collect(guest, f"/mnt/mdh{index}", export.truth.paths, witness=True)
             verdict = judge(mode, mdh_environment.info.version.as_tuple(), export.truth,
                             view.observation, guest.stderr_text(),
                             judge_witness(export.truth, view.extracted))

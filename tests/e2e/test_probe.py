@@ -5,6 +5,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,16 +16,27 @@ import pytest
 from harness.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
 from harness.config import Accel
 from harness.errors import QemuNotFound, QemuTooOld
-from harness.qemu import QemuVersion, probe_qemu, require_multidevs
+from harness.probe import QemuVersion, probe_qemu, require_multidevs
 
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-QEMU = Path("/usr/bin/qemu-system-x86_64")
+# Whichever QEMU the run is about: $MDH_QEMU, else the one on PATH.
+QEMU = Path(shutil.which(os.environ.get("MDH_QEMU", "qemu-system-x86_64")) or "/nonexistent")
 needs_qemu = pytest.mark.skipif(
     not QEMU.is_file(), reason=f"{QEMU} missing (apt-get install qemu-system-x86)"
 )
+
+
+def version_line(binary: Path) -> tuple[int, int, int]:
+    """The version ``--version`` prints, read here independently of the harness."""
+    text = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                          timeout=15, check=True).stdout
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", text)
+    assert match, text
+    major, minor, micro = (int(part) for part in match.groups())
+    return major, minor, micro
 
 
 def own_children() -> list[str]:
@@ -77,10 +91,10 @@ def test_probe_real_qemu(tmp_path: Path) -> None:
     info = probe_qemu(QEMU, qmp_log=log)
     assert time.monotonic() - began < 15
     assert info.binary == QEMU
-    assert (info.version.major, info.version.minor) == (7, 2)
-    assert info.version >= QemuVersion(7, 2, 0)
+    # QMP's query-version must agree with what the binary prints.
+    assert info.version.as_tuple() == version_line(QEMU)
+    assert info.version >= QemuVersion(4, 2, 0)
     assert info.multidevs_supported is True
-    assert info.sandbox_supported is True
     assert info.kvm_device == os.access("/dev/kvm", os.R_OK | os.W_OK)
     require_multidevs(info)
     sent = [json.loads(line).get("send") for line in log.read_text().splitlines()]

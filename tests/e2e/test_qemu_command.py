@@ -15,15 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.cmdline import kernel_append, render_command, shell_quote_command
 from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
-from harness.qemu import (
-    kernel_append,
-    kill_process_group,
-    probe_qemu,
-    render_command,
-    shell_quote_command,
-    tail,
-)
+from harness.probe import probe_qemu
+from harness.proc import kill_process_group, tail_text
 from harness.qmp import Qmp
 
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
@@ -69,6 +64,7 @@ def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
         ExportSpec(tag="t0", path=shares[0], mode=Mode.REMAP, mount_point="/mnt/t0"),
         ExportSpec(tag="t1", path=shares[1], mode=Mode.DEFAULT, mount_point="/mnt/t1"),
     )
+    info = probe_qemu(QEMU)
     spec = MachineSpec(
         qemu=QEMU,
         accel=Accel.TCG,
@@ -76,8 +72,8 @@ def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
         log_dir=tmp_path,
         exports=exports,
         boot=BootMethod.BZIMAGE,
+        sandbox=info.sandbox_supported,
     )
-    info = probe_qemu(QEMU)
     port = free_port()
     console = root / "console,log"
     ours, theirs = socket.socketpair()
@@ -87,7 +83,6 @@ def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
         qmp_fd=theirs.fileno(),
         host_port=port,
         append=kernel_append(exports),
-        sandbox=info.sandbox_supported,
     )
     argv.insert(1, "-S")
     stderr = tmp_path / "stderr"
@@ -107,7 +102,7 @@ def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
                 qmp.connect(timeout=10)
             except Exception:
                 pytest.fail(
-                    f"QEMU rejected {shell_quote_command(argv)}:\n{tail(stderr.read_bytes())}"
+                    f"QEMU rejected {shell_quote_command(argv)}:\n{tail_text(stderr.read_bytes())}"
                 )
             qtree = qmp.human("info qtree")
             usernet = qmp.human("info usernet")

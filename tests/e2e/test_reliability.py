@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,10 +37,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from harness.environment import Environment
 from harness.errors import HostKeyMismatch
+from harness.guest import check_alive
 from harness.machine import Machine
 from harness.qmp import Qmp
-from harness.session import Environment
 from harness.ssh import connect_with_retry
 
 from .leaks import (
@@ -133,13 +135,21 @@ def test_failing_verdict_keeps_all_logs_and_nothing_else(tmp_path: Path) -> None
 
 @pytest.mark.timeout(180)
 def test_guest_panic_fails_fast_and_leaves_only_logs(tmp_path: Path) -> None:
+    """A guest that panics before it is ready could not run the check: an error, exit 2."""
     wrapper = qemu_wrapper(tmp_path, append="rdinit=/no-such-init init=/no-such-init")
     sandbox = Sandbox(tmp_path / "sandbox")
+    junit = tmp_path / "run.xml"
     started = time.monotonic()
-    result = sandbox.run([*RUN, "--qemu", str(wrapper)], timeout=HARNESS_TIMEOUT)
+    result = sandbox.run([*RUN, "--qemu", str(wrapper), "--junit", str(junit)],
+                         timeout=HARNESS_TIMEOUT)
     assert time.monotonic() - started < 60, "a panic must not wait for the boot deadline"
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "GuestPanic" in result.stdout and "panicked" in result.stderr
+    assert re.search(r"^remap\s.*\sERROR$", result.stdout, re.MULTILINE), result.stdout
+    (case,) = ET.parse(junit).getroot().iter("testcase")
+    assert case.find("failure") is None
+    error = case.find("error")
+    assert error is not None and "GuestPanic" in (error.get("message") or "")
     kept = kept_log_dirs(result.stderr)
     assert len(kept) == 1 and "Kernel panic" in "".join(
         p.read_text(errors="replace") for p in kept[0].rglob("console.log"))
@@ -155,7 +165,7 @@ def test_guest_that_never_boots_times_out_and_leaves_only_logs(tmp_path: Path) -
     result = sandbox.run([*RUN, "--qemu", str(wrapper)], timeout=HARNESS_TIMEOUT,
                          env={"MDH_TIMEOUT_SCALE": "0.06"})  # TCG boot deadline 90 s -> 5.4 s
     assert time.monotonic() - started < 40
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "GuestBootTimeout" in result.stdout
     assert "guest not ready within 5 s" in result.stderr
     kept = kept_log_dirs(result.stderr)
@@ -164,7 +174,7 @@ def test_guest_that_never_boots_times_out_and_leaves_only_logs(tmp_path: Path) -
 
 
 @pytest.mark.timeout(180)
-def test_qemu_killed_mid_run_is_reported_and_cleaned_up(tmp_path: Path) -> None:
+def test_qemu_killed_while_booting_is_an_error(tmp_path: Path) -> None:
     sandbox = Sandbox(tmp_path)
     running = sandbox.start(RUN)
     running.wait_for("booting guest", timeout=60)
@@ -172,8 +182,28 @@ def test_qemu_killed_mid_run_is_reported_and_cleaned_up(tmp_path: Path) -> None:
     assert len(pids) == 1, pids
     os.kill(pids.pop(), signal.SIGKILL)
     rc, out, err = running.finish(HARNESS_TIMEOUT)
-    assert rc == 1, err
+    assert rc == 2, err
     assert "QEMU exited with status -9" in out + err
+    assert re.search(r"^remap\s.*\sERROR$", out, re.MULTILINE), out
+    kept = kept_log_dirs(err)
+    assert len(kept) == 1
+    sandbox.assert_clean(allowed=kept)
+
+
+@pytest.mark.timeout(180)
+def test_qemu_dying_under_observation_is_a_failure(tmp_path: Path) -> None:
+    """QEMU gone while an export is observed: a crash under test, exit 1, not a retry."""
+    sandbox = Sandbox(tmp_path)
+    # 3 x 2,000 files: two lstat passes take seconds, so the kill lands mid-observation.
+    running = sandbox.start([*RUN, "--files", "2000", "--no-witness"])
+    running.wait_for("observing", timeout=90)
+    pids = marked_qemu_pids(sandbox.marker)
+    assert len(pids) == 1, pids
+    os.kill(pids.pop(), signal.SIGKILL)
+    rc, out, err = running.finish(HARNESS_TIMEOUT)
+    assert rc == 1, out + err
+    assert "QEMU exited with status -9 while observing" in out, out
+    assert re.search(r"^remap\s.*\sFAIL$", out, re.MULTILINE), out
     kept = kept_log_dirs(err)
     assert len(kept) == 1
     sandbox.assert_clean(allowed=kept)
@@ -286,8 +316,7 @@ def shared_guest(
 ) -> Iterator[Machine]:
     """One guest (no export) for every security check of this module."""
     spec = mdh_environment.machine_spec((), tmp_path_factory.mktemp("shared-guest"))
-    with Machine(spec, sandbox_supported=mdh_environment.info.sandbox_supported,
-                 name="shared") as machine:
+    with Machine(spec, name="shared") as machine:
         machine.wait_ready()
         yield machine
     assert machine.pid is not None
@@ -354,13 +383,13 @@ def test_wrong_pinned_host_key_is_refused_at_once(
     started = time.monotonic()
     with pytest.raises(HostKeyMismatch) as info:
         connect_with_retry("127.0.0.1", shared_guest.host_port, image.client_key, wrong,
-                           started + 60, shared_guest.check_alive)
+                           started + 60, lambda: check_alive(shared_guest))
     assert time.monotonic() - started < 15, "a mismatch must not be retried to the deadline"
     assert "refusing to connect" in info.value.hint
     # The right key still works: the refusal was about the key, not the guest.
     connect_with_retry("127.0.0.1", shared_guest.host_port, image.client_key,
                        image.host_key_pub, time.monotonic() + 60,
-                       shared_guest.check_alive).close()
+                       lambda: check_alive(shared_guest)).close()
 
 
 @pytest.mark.timeout(240)
@@ -450,7 +479,7 @@ def test_ctrl_c_while_qemu_is_forked_is_not_lost(
     """With --jobs 1 the main thread forks QEMU; a Ctrl-C landing during that fork
     was swallowed ("Exception ignored in ... _releaseLock") and the run went on."""
     spec = mdh_environment.machine_spec((), tmp_path / "guest")
-    machine = Machine(spec, sandbox_supported=mdh_environment.info.sandbox_supported)
+    machine = Machine(spec)
     _interrupt_next_fork.append(True)
     started = time.monotonic()
     try:

@@ -61,6 +61,10 @@ def test_json_has_the_promised_keys_and_values(reports: tuple[Any, Any, Any]) ->
             assert key in result, key
         assert "tar_intact" in result["witness"]
         assert result["passed"] is True and result["failures"] == []
+        assert result["status"] == "pass" and result["check"] == "ids"
+        assert result["guest"]["kernel"] == data["guest"]["kernel"]
+        assert result["guest"]["boot"] in ("remap+forbid+warn", "control+default")
+    assert data["exit_code"] == 0 and data["accel"]["fell_back"] in (True, False)
     warn, remap, forbid = (_result(data, m) for m in ("warn", "remap", "forbid"))
     assert warn["guest_collisions"] > 0 and warn["witness"]["tar_intact"] is False
     assert "file ID collisions" in warn["qemu_message"]

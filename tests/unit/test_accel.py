@@ -10,7 +10,7 @@ from harness import accel
 from harness.accel import decide_accel, kvm_liveness_probe
 from harness.config import Accel, AccelDecision
 from harness.errors import KvmUnavailable
-from harness.qemu import QemuInfo, QemuVersion
+from harness.probe import QemuInfo, QemuVersion
 
 HANG = (
     "/dev/kvm opens but a guest kernel printed nothing within 8 s under KVM "

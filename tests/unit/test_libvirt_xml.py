@@ -13,18 +13,17 @@ from harness.config import Accel, Mode
 from harness.libvirt_domain import (
     QEMU_NS,
     VIRTIOFS_REJECTION,
-    Attempt,
     DomainSpec,
     Filesystem,
     forwarded_port,
     fsdev_options,
-    judge_rejection,
     multidevs_failures,
     qemu_output,
     rejection_specs,
     render_domain_xml,
     split_qemu_opts,
 )
+from harness.oracle import Attempt, Status, judge_rejection
 
 ODD = Path("/tmp/a&b <c> 'd' \"e\"/export,1")
 
@@ -239,42 +238,52 @@ def test_forwarded_port_reads_info_usernet() -> None:
 
 def test_rejection_passes_when_every_call_is_refused_for_multidevs() -> None:
     verdict = judge_rejection(
-        Mode.REMAP, "refuse", [Attempt("defineXML", f"unsupported: {VIRTIOFS_REJECTION}"),
-                               Attempt("createXML", f"unsupported: {VIRTIOFS_REJECTION}")],
+        "remap", "virtiofs", "refuse",
+        [Attempt("defineXML", f"unsupported: {VIRTIOFS_REJECTION}"),
+         Attempt("createXML", f"unsupported: {VIRTIOFS_REJECTION}")],
         (VIRTIOFS_REJECTION,),
     )
-    assert verdict.passed and verdict.failures == ()
+    assert verdict.status is Status.PASS and verdict.failures == ()
     assert verdict.observed == "defineXML: refused, createXML: refused"
 
 
 def test_rejection_fails_when_libvirt_accepts() -> None:
     verdict = judge_rejection(
-        Mode.REMAP, "refuse", [Attempt("defineXML", None),
-                               Attempt("createXML", f"x {VIRTIOFS_REJECTION}")],
+        "remap", "virtiofs", "refuse",
+        [Attempt("defineXML", None), Attempt("createXML", f"x {VIRTIOFS_REJECTION}")],
         (VIRTIOFS_REJECTION,),
     )
-    assert not verdict.passed
+    assert verdict.status is Status.FAIL
     assert verdict.failures == ("libvirt accepted the domain in defineXML; it must refuse it",)
 
 
 def test_rejection_fails_when_refused_for_another_reason() -> None:
     verdict = judge_rejection(
-        Mode.DEFAULT, "refuse", [Attempt("createXML", "Cannot find 'virtiofsd' binary")],
+        "bogus", "path", "refuse", [Attempt("createXML", "Cannot find 'virtiofsd' binary")],
         ("multidevs", "bogus"),
     )
-    assert not verdict.passed and "not for multidevs" in verdict.failures[0]
+    assert verdict.status is Status.FAIL and "not for multidevs" in verdict.failures[0]
+
+
+def test_rejection_fails_when_no_call_was_made() -> None:
+    verdict = judge_rejection("bogus", "path", "refuse", [], ("multidevs",))
+    assert verdict.status is Status.FAIL
+    assert verdict.failures == ("no libvirt call was made",)
 
 
 def test_rejection_specs_are_otherwise_valid_domains() -> None:
     specs = rejection_specs("mdh-lv-t", Path("/q"), Path("/k"), Path("/i"), Path("/c"),
                             Path("/src"), Accel.TCG)
-    virtiofs = ET.fromstring(render_domain_xml(specs["reject-virtiofs-multidevs"][0]))
+    by_case = {r.case: r for r in specs}
+    assert (by_case["reject-virtiofs-multidevs"].attribute,
+            by_case["reject-invalid-multidevs"].attribute) == ("remap", "bogus")
+    virtiofs = ET.fromstring(render_domain_xml(by_case["reject-virtiofs-multidevs"].spec))
     (fs,) = _filesystems(virtiofs)
     assert _attr(fs, "driver", "type") == "virtiofs"
     assert fs.get("multidevs") == "remap"
     # virtiofs needs shared guest memory; without it libvirt would refuse for that.
     assert _attr(virtiofs, "./memoryBacking/access", "mode") == "shared"
-    bogus = ET.fromstring(render_domain_xml(specs["reject-invalid-multidevs"][0]))
+    bogus = ET.fromstring(render_domain_xml(by_case["reject-invalid-multidevs"].spec))
     assert _filesystems(bogus)[0].get("multidevs") == "bogus"
-    assert {s[0].name for s in specs.values()} == {"mdh-lv-t-reject-virtiofs",
+    assert {r.spec.name for r in specs} == {"mdh-lv-t-reject-virtiofs",
                                                    "mdh-lv-t-reject-invalid"}

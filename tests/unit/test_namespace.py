@@ -155,10 +155,6 @@ def _fresh_namespace_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(namespace, "_entered", None)
 
 
-def test_state_reset_means_not_in_a_private_namespace() -> None:
-    assert namespace.private_namespace() is None
-
-
 def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(flags: int) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")

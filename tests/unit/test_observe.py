@@ -9,10 +9,9 @@ from harness.observe import (
     READ_LIMIT,
     GuestStat,
     encode_paths,
+    parse_collection,
     parse_read_output,
     parse_stat_output,
-    read_argv,
-    stat_argv,
 )
 
 PATHS = (".", "a b", "odd\nname", "sub", "sub/x")
@@ -57,9 +56,35 @@ def test_encode_paths_rejects_what_the_agent_cannot_resolve(bad: str) -> None:
         encode_paths([".", bad])
 
 
-def test_argv_helpers() -> None:
-    assert stat_argv("/mnt/mdh0", 2) == ("mdh-agent", "stat", "/mnt/mdh0", "2")
-    assert read_argv("/tmp/out") == ("mdh-agent", "read", "/tmp/out")
+def _collection(stat: str, tar: str = "@@TAR 0\n", read: str = "") -> str:
+    read = read or "".join(f"R {i} {p.encode().hex()}\n" for i, p in enumerate(PATHS))
+    return (f"@@STAT\n{stat}{tar}@@READ\n{read}END {len(PATHS)}\n@@TARERR\n"
+            "tar: warning\n@@DONE\n")
+
+
+def test_parse_collection_splits_every_section() -> None:
+    view = parse_collection(_collection(STAT_OK), PATHS, witness=True, passes=2)
+    assert len(view.observation.passes) == 2
+    assert view.tar_ran and view.tar_rc == 0 and view.tar_stderr == "tar: warning\n"
+    assert view.extracted["odd\nname"] == b"odd\nname"
+
+
+def test_parse_collection_without_witness() -> None:
+    view = parse_collection(f"@@STAT\n{STAT_OK}@@DONE\n", PATHS, witness=False, passes=2)
+    assert not view.tar_ran and view.tar_rc is None and view.extracted == {}
+
+
+def test_parse_collection_refuses_a_lost_second_pass() -> None:
+    # One pass where two were asked for: "stable on a second look" would pass on one.
+    one_pass = STAT_OK.split("S 2 0")[0] + "END 5\n"
+    with pytest.raises(GuestOutputError, match="pass 2 answered 0 of 5 paths"):
+        parse_collection(_collection(one_pass), PATHS, witness=True, passes=2)
+
+
+@pytest.mark.parametrize("tar", ["", "@@TAR \n", "@@TAR x\n"])
+def test_parse_collection_needs_tar_exit_status(tar: str) -> None:
+    with pytest.raises(GuestOutputError):
+        parse_collection(_collection(STAT_OK, tar=tar), PATHS, witness=True, passes=2)
 
 
 def test_parse_stat_output_maps_records_back_to_paths() -> None:

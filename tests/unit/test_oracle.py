@@ -19,13 +19,14 @@ from harness.observe import GuestObservation, GuestResult, GuestStat
 from harness.oracle import (
     Collision,
     Expectation,
+    Status,
     TarWitness,
-    error_verdict,
     expected_behaviour,
     find_collisions,
     find_multidevs_messages,
     judge,
     judge_witness,
+    unobserved,
 )
 
 DIR_MODE = 0o040755
@@ -229,7 +230,7 @@ def test_hard_links_sharing_a_guest_id_are_not_a_collision() -> None:
 def test_remap_passes_with_unique_stable_ids() -> None:
     verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), NOISE, INTACT)
     assert verdict.failures == ()
-    assert verdict.passed and not verdict.inconclusive
+    assert verdict.status is Status.PASS
     assert verdict.expectation == "unique ids, no message"
     assert verdict.observed == "0 collisions, 0 denied, no message"
     assert verdict.files_checked == 8
@@ -502,6 +503,30 @@ def test_default_from_10_judges_like_remap() -> None:
     assert len(failing.collisions) == 3
 
 
+def test_a_message_outside_every_observation_fails_even_a_clean_row() -> None:
+    verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), NOISE, INTACT,
+                    stderr_outside="boot noise\n" + WARNING)
+    assert verdict.status is Status.FAIL
+    assert verdict.failures == (
+        f"multi-device message on QEMU stderr outside every observation: {WARNING!r}",
+    )
+
+
+def test_outside_noise_without_a_message_passes() -> None:
+    verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), NOISE, INTACT,
+                    stderr_outside=NOISE)
+    assert verdict.status is Status.PASS
+
+
+def test_command_line_failures_are_judged_with_the_row() -> None:
+    problem = "libvirt generated none for path=/x, expected multidevs=remap"
+    verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), NOISE, INTACT,
+                    command_failures=[problem])
+    assert verdict.status is Status.FAIL and verdict.failures == (problem,)
+    # The rest of the verdict still describes what was observed.
+    assert verdict.observed == "0 collisions, 0 denied, no message"
+
+
 # --- control ---------------------------------------------------------------------------
 
 
@@ -509,7 +534,7 @@ def test_default_from_10_judges_like_remap() -> None:
 def test_control_passes_in_every_mode(mode: Mode) -> None:
     verdict = judge(mode, OLD, CONTROL, observe(CONTROL, passed_through), NOISE, INTACT)
     assert verdict.failures == ()
-    assert verdict.passed and not verdict.inconclusive
+    assert verdict.status is Status.PASS
     assert verdict.expectation == "single device (control): unique ids, no message"
     assert verdict.host_devices == 1
 
@@ -541,10 +566,9 @@ def test_control_fails_on_a_collision_and_a_broken_witness() -> None:
 
 def test_no_repeated_inode_is_inconclusive() -> None:
     assert NO_OVERLAP.repeated_inodes() == {}
-    assert NO_OVERLAP.inconclusive
+    assert not NO_OVERLAP.premise_holds
     verdict = judge(Mode.WARN, OLD, NO_OVERLAP, observe(NO_OVERLAP, passed_through), WARNING, None)
-    assert not verdict.passed
-    assert verdict.inconclusive
+    assert verdict.status is Status.INCONCLUSIVE
     assert verdict.failures == (
         "premise failed: the export spans 2 host devices but no inode number repeats across "
         "them, so guest ids cannot collide and this run proves nothing (inconclusive)",
@@ -553,7 +577,7 @@ def test_no_repeated_inode_is_inconclusive() -> None:
 
 def test_premise_holds_on_the_fixture_and_the_control() -> None:
     assert TRUTH.repeated_inodes() == {1: (100, 200), 2: (100, 200), 3: (100, 200)}
-    assert TRUTH.premise_holds and not TRUTH.inconclusive
+    assert TRUTH.premise_holds
     assert CONTROL.repeated_inodes() == {}
     assert CONTROL.premise_holds
 
@@ -588,12 +612,16 @@ def test_judge_witness_names_each_wrong_file() -> None:
     )
 
 
-def test_witness_not_run() -> None:
-    assert TarWitness.not_run("--no-witness") == TarWitness(False, None, (), "--no-witness")
-
-
-def test_error_verdict() -> None:
-    verdict = error_verdict(Mode.FORBID, 3, "GuestBootTimeout: no SSH after 90 s")
-    assert not verdict.passed and not verdict.inconclusive
+def test_unobserved_is_an_error_when_the_check_could_not_run() -> None:
+    verdict = unobserved(Mode.FORBID, 3, "GuestBootTimeout: no SSH after 90 s", Status.ERROR)
+    assert verdict.status is Status.ERROR and not verdict.passed
     assert verdict.failures == ("GuestBootTimeout: no SSH after 90 s",)
-    assert verdict.host_devices == 3
+    assert verdict.observed == "not observed: the check could not run"
+    assert verdict.host_devices == 3 and verdict.witness_intact is None
+
+
+def test_unobserved_is_a_failure_when_the_guest_crashed_under_test() -> None:
+    verdict = unobserved(Mode.REMAP, 3, "QEMU exited with status 134 while observing",
+                         Status.FAIL)
+    assert verdict.status is Status.FAIL
+    assert verdict.observed == "not observed: the guest crashed under test"

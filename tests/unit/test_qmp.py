@@ -155,12 +155,17 @@ def test_eof_mid_session_is_an_error_and_close_does_not_hang(
     assert not qmp.connected
 
 
-def test_quit_tolerates_the_hang_up(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_quit_tolerates_the_hang_up(
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
     ours, theirs = pair
     start(theirs)
-    with Qmp(ours) as qmp:
+    log = tmp_path / "qmp.jsonl"
+    with Qmp(ours, log_path=log) as qmp:
         qmp.connect(timeout=5)
-        qmp.quit(timeout=5)
+        qmp.quit(timeout=5)  # the fake hangs up without replying: no error
+    sent = [json.loads(line).get("send") for line in log.read_text().splitlines()]
+    assert {"execute": "quit"} in sent
 
 
 def test_connect_to_a_dead_peer(pair: tuple[socket.socket, socket.socket]) -> None:

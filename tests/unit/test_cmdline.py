@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
-from harness.errors import UsageError
-from harness.qemu import (
-    QemuInfo,
-    QemuVersion,
+from harness.cmdline import (
     escape_opt,
     fsdev_args,
     kernel_append,
     kernel_args,
     machine_args,
     net_args,
-    no_reboot_args,
     qmp_args,
     render_command,
-    sandbox_args,
     serial_args,
-    shell_quote_command,
 )
+from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.errors import UsageError
 
 IMAGE = GuestImage(
     directory=Path("/cache/img"),
@@ -48,12 +42,6 @@ def export(tag: str = "t0", mode: Mode = Mode.REMAP, **kw: Any) -> ExportSpec:
     return replace(spec, **kw)
 
 
-def info(sandbox: bool = True) -> QemuInfo:
-    return QemuInfo(
-        Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, sandbox, False
-    )
-
-
 def spec(**kw: Any) -> MachineSpec:
     base = MachineSpec(
         qemu=Path("/usr/bin/qemu-system-x86_64"),
@@ -61,6 +49,7 @@ def spec(**kw: Any) -> MachineSpec:
         image=IMAGE,
         log_dir=Path("/tmp/logs"),
         exports=(export("t0"), export("t1", Mode.DEFAULT, path=Path("/srv/y"))),
+        sandbox=True,
     )
     return replace(base, **kw)
 
@@ -139,11 +128,6 @@ def test_net_rejects_bad_ports(port: int) -> None:
     )
 
 
-def test_sandbox_only_when_supported() -> None:
-    assert sandbox_args(info(sandbox=True)) == ["-sandbox", "on"]
-    assert sandbox_args(info(sandbox=False)) == []
-
-
 def test_serial_console_goes_to_an_escaped_file() -> None:
     assert serial_args(Path("/logs/a,b/console.log")) == [
         "-chardev",
@@ -191,10 +175,6 @@ def test_kernel_paths_are_not_escaped() -> None:
     assert pairs(kernel_args(spec(image=image), "a"), "-kernel") == ["/c,d/vmlinux"]
 
 
-def test_no_reboot() -> None:
-    assert no_reboot_args() == ["-no-reboot"]
-
-
 # --- whole command ----------------------------------------------------------------
 
 
@@ -205,7 +185,6 @@ def test_render_command_composes_every_group() -> None:
         qmp_fd=5,
         host_port=40022,
         append="console=ttyS0",
-        sandbox=True,
     )
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert pairs(argv, "-fsdev") == [
@@ -226,31 +205,19 @@ def test_render_command_composes_every_group() -> None:
     assert argv[-1] == "-no-reboot"
 
 
-def test_render_command_sandbox_needs_support_and_request() -> None:
-    def render(machine: MachineSpec, supported: bool) -> list[str]:
-        return render_command(
-            machine, console_path=Path("/c"), qmp_fd=5, host_port=2222, append="", sandbox=supported
-        )
+def test_render_command_sandbox_only_when_the_probe_found_it() -> None:
+    def render(machine: MachineSpec) -> list[str]:
+        return render_command(machine, console_path=Path("/c"), qmp_fd=5, host_port=2222,
+                              append="")
 
-    assert pairs(render(spec(), True), "-sandbox") == ["on"]
-    assert "-sandbox" not in render(spec(), False)
-    assert "-sandbox" not in render(spec(sandbox=False), True)
-    assert "-sandbox" not in render_command(
-        spec(), console_path=Path("/c"), qmp_fd=5, host_port=2222, append=""
-    )
+    assert pairs(render(spec()), "-sandbox") == ["on"]
+    assert "-sandbox" not in render(spec(sandbox=False))
 
 
 def test_render_command_without_qmp_for_reproduction() -> None:
     argv = render_command(spec(), console_path=Path("/c"), qmp_fd=None, host_port=2222, append="")
     assert "-mon" not in argv
     assert "socket,id=qmp,fd=5" not in argv
-
-
-def test_shell_quote_round_trips() -> None:
-    argv = ["qemu", "-append", "console=ttyS0 quiet", "-fsdev", "local,path=/a,,b 'c'"]
-    line = shell_quote_command(argv)
-    assert line == "qemu -append 'console=ttyS0 quiet' -fsdev 'local,path=/a,,b '\"'\"'c'\"'\"''"
-    assert shlex.split(line) == argv
 
 
 # --- kernel command line ----------------------------------------------------------

@@ -1,0 +1,174 @@
+"""What every command needs before it boots a guest: QEMU probed, image built,
+accelerator decided, deadlines scaled.  ``Environment.machine_spec`` turns that
+into the spec of one guest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .accel import decide_accel, kvm_liveness_probe
+from .config import (
+    Accel,
+    AccelDecision,
+    BootMethod,
+    ExportSpec,
+    GuestImage,
+    MachineSpec,
+    Timeouts,
+)
+from .errors import UsageError
+from .image import build_image
+from .probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
+from .results import EnvironmentRecord
+
+# A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).
+_BZIMAGE_MAGIC_AT = 0x202
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The probed QEMU, the guest image and the accelerator every guest will use."""
+
+    info: QemuInfo
+    image: GuestImage
+    accel: AccelDecision
+    boot: BootMethod
+    timeouts: Timeouts
+
+    @property
+    def record(self) -> EnvironmentRecord:
+        """This environment in the result schema."""
+        return EnvironmentRecord(self.info, self.accel, self.image.recipe,
+                                 self.image.kernel_release)
+
+    def machine_spec(
+        self,
+        exports: Sequence[ExportSpec],
+        log_dir: Path,
+        extra_append: Sequence[str] = (),
+        cpus: int = 1,
+    ) -> MachineSpec:
+        """A MachineSpec for one guest of this environment."""
+        return MachineSpec(
+            cpus=cpus,
+            qemu=self.info.binary,
+            accel=self.accel.used,
+            image=self.image,
+            log_dir=log_dir,
+            exports=tuple(exports),
+            boot=self.boot,
+            sandbox=self.info.sandbox_supported,
+            extra_append=tuple(extra_append),
+            timeouts=self.timeouts,
+        )
+
+
+def resolve_qemu(qemu: str | None) -> Path:
+    """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
+    return resolve_binary(qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU)
+
+
+def timeout_scale_from_env() -> float:
+    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
+    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 100:
+        raise UsageError(
+            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
+            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
+        )
+    return scale
+
+
+def kernel_kind(kernel: Path) -> BootMethod:
+    """How ``kernel`` boots: PVH for an ELF vmlinux, bzImage for a bzImage.
+
+    Raises UsageError for anything else, before a guest is started with it: QEMU
+    would otherwise fail in a way that looks like a QEMU problem.
+    """
+    try:
+        with open(kernel, "rb") as handle:
+            head = handle.read(_BZIMAGE_MAGIC_AT + 4)
+    except OSError as exc:
+        raise UsageError(f"--kernel {kernel}: {exc.strerror}",
+                         hint="pass a vmlinux (ELF) or a bzImage") from exc
+    if head.startswith(b"\x7fELF"):
+        return BootMethod.PVH
+    if head[_BZIMAGE_MAGIC_AT:] == b"HdrS":
+        return BootMethod.BZIMAGE
+    raise UsageError(f"--kernel {kernel} is neither an ELF vmlinux nor a bzImage",
+                     hint="pass the kernel build's vmlinux or arch/x86/boot/bzImage")
+
+
+def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage, BootMethod]:
+    if kernel is None:
+        return image, BootMethod.PVH
+    if kernel_kind(kernel) is BootMethod.PVH:
+        return replace(image, vmlinux=kernel), BootMethod.PVH
+    return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
+
+
+def prepare(
+    qemu: str | None,
+    accel: Accel,
+    kernel: Path | None = None,
+    progress: Progress = _quiet,
+    timeout_scale: float | None = None,
+) -> Environment:
+    """Build (or reuse) the image, probe QEMU and decide the accelerator.
+
+    ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
+    else 1), for slow runners and for tests that must see a deadline pass quickly.
+    """
+    scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
+    # QEMU first: a missing or too old binary is reported in a second, not after an
+    # image build that may download a kernel for minutes.
+    if kernel is not None:
+        kernel_kind(kernel)
+    binary = resolve_qemu(qemu)
+    progress(f"probing {binary}")
+    info = probe_qemu(binary)
+    require_multidevs(info)
+    image = build_image(progress=progress)
+    if image.cache_hit:
+        progress(f"guest image: cache hit ({image.kernel_release})")
+    image, boot = _kernel_override(image, kernel)
+    kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
+    decision = decide_accel(
+        accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)
+    )
+    progress(f"accelerator: {decision.used.value}: {decision.reason}")
+    return Environment(
+        info=info,
+        image=image,
+        accel=decision,
+        boot=boot,
+        timeouts=Timeouts.for_accel(decision.used, scale),
+    )
+
+
+def probe_record(qemu: str | None, accel: Accel, progress: Progress = _quiet) -> EnvironmentRecord:
+    """The environment ``multidevs-harness probe`` reports.
+
+    The accelerator and the guest are decided only for a QEMU that has multidevs
+    (deciding KVM may boot a guest); otherwise they stay None.
+    """
+    info = probe_qemu(resolve_qemu(qemu))
+    if not info.multidevs_supported:
+        return EnvironmentRecord(info, None, None, None)
+    image = build_image(progress=progress)
+    decision = decide_accel(accel, info, lambda: kvm_liveness_probe(info.binary, image.vmlinux))
+    return EnvironmentRecord(info, decision, image.recipe, image.kernel_release)

@@ -1,0 +1,39 @@
+"""``multidevs-harness exec``: boot a guest with no export, run one command, shut down."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .config import Accel
+from .environment import prepare
+from .logs import log_root
+from .machine import Machine
+from .ssh import CommandResult
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def exec_in_guest(
+    command: Sequence[str],
+    *,
+    qemu: str | None = None,
+    accel: Accel = Accel.AUTO,
+    kernel: Path | None = None,
+    logs: Path | None = None,
+    progress: Progress = _quiet,
+) -> CommandResult:
+    """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
+    env = prepare(qemu, accel, kernel, progress)
+    with log_root(logs, "exec", progress) as log_dir:
+        spec = env.machine_spec((), log_dir.path)
+        progress(f"booting guest ({env.accel.used.value}); logs in {log_dir.path}")
+        with Machine(spec, progress=progress, name="exec") as machine:
+            machine.wait_ready()
+            progress(f"guest ready in {machine.boot_seconds:.2f} s")
+            return machine.run(shlex.join(command))

@@ -1,0 +1,111 @@
+"""Planning a run: what was asked, which guests to boot with which exports, in what order.
+
+Pure: no guest is booted here.  ``plan_guests`` decides which modes may share a
+QEMU process (its messages are printed once per process), and ``row_rank`` puts
+the result rows in the order a reader expects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Accel, ExportLayout, Mode, Via
+from .observe import AGENT_THREADS, STAT_PASSES
+
+CONTROL_PREFIX = "control-"
+# Observation order inside a shared guest.  remap goes first so that a remap that
+# wrongly prints a multi-device message is caught in remap's own stderr slice.
+_SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``multidevs-harness run`` was asked to do."""
+
+    modes: tuple[Mode, ...]
+    layout: ExportLayout
+    qemu: str | None = None
+    accel: Accel = Accel.AUTO
+    kernel: Path | None = None
+    logs: Path | None = None
+    control: bool = True
+    witness: bool = True
+    jobs: int = 0
+    via: Via = Via.QEMU
+    share: bool = True
+    # 1 pass + readdir is the scale run's budget; the matrix looks twice with lstat.
+    passes: int = STAT_PASSES
+    # A second vCPU and agent threads only pay off for very large exports.
+    guest_cpus: int = 1
+    agent_threads: int = AGENT_THREADS
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """One export of a guest: the name of the result row it feeds, its mode and shape."""
+
+    row: str
+    mode: Mode
+    layout: ExportLayout
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """One guest to boot: a name and its exports, in the order they are observed."""
+
+    name: str
+    exports: tuple[ExportPlan, ...]
+
+
+def plan_guests(
+    modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True
+) -> list[GuestPlan]:
+    """Group the requested modes and the control exports into guests.
+
+    QEMU prints each multi-device message at most once per process, and warn and
+    the default (before QEMU 10) share one message, so they never share a guest.
+    Inside a guest, exports are observed one after another and each is judged only
+    on the stderr QEMU wrote while it was observed, so one mode's message cannot be
+    taken for another's.  With ``share=False`` every mode gets a guest of its own.
+    The control guest holds a single-device export per mode (it must stay silent)
+    and, when sharing, the default mode's export last.
+    """
+    single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
+    with_control = control and layout.devices > 1
+    controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single) for m in modes]
+    if not share:
+        isolated = [GuestPlan(m.value, (ExportPlan(m.value, m, layout),)) for m in modes]
+        if with_control:
+            isolated.append(GuestPlan("control", tuple(controls)))
+        return isolated
+    shared = [m for m in _SHARED_ORDER if m in modes]
+    guests: list[GuestPlan] = []
+    if shared:
+        name = "+".join(m.value for m in shared)
+        guests.append(GuestPlan(name, tuple(ExportPlan(m.value, m, layout) for m in shared)))
+    default = [ExportPlan(Mode.DEFAULT.value, Mode.DEFAULT, layout)] if Mode.DEFAULT in modes \
+        else []
+    if with_control:
+        guests.append(GuestPlan("control+default" if default else "control",
+                                (*controls, *default)))
+    elif default:
+        guests.append(GuestPlan(Mode.DEFAULT.value, tuple(default)))
+    return guests
+
+
+def row_rank(modes: Sequence[Mode]) -> dict[str, int]:
+    """Sort keys for result rows: modes in the order asked for, then their controls.
+
+    Rows missing from the map (the libvirt rejection checks) sort after both.
+    """
+    rank = {m.value: i for i, m in enumerate(modes)}
+    rank.update({f"{CONTROL_PREFIX}{m.value}": len(modes) + i for i, m in enumerate(modes)})
+    return rank
+
+
+def default_jobs() -> int:
+    """Guests booted at once: one per CPU (TCG keeps one core busy per guest), at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))

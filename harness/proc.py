@@ -1,0 +1,113 @@
+"""Process control: start a child tied to the harness, kill its group, read output tails.
+
+Every process the harness starts (QEMU guests, the probe and liveness QEMUs, the
+private libvirt daemons) goes through ``spawn_tied`` and is stopped with
+``kill_process_group``, so "no process outlives the harness" is implemented once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+# Looked up now, not in the forked child, where dlopen() could wait on a loader lock
+# some other thread held at fork time.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+# Held back in the parent while a child is forked (see spawn_tied).
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+_TAIL_CHARS = 2000
+
+Progress = Callable[[str], None]
+
+
+def _tie_to_parent(death_signal: int) -> Callable[[], None]:
+    def tie() -> None:  # pragma: no cover - runs in the child after fork
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+        _prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        # The parent may already be gone between fork and prctl.
+        if os.getppid() == 1:
+            os._exit(1)
+
+    return tie
+
+
+def spawn_tied(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    pass_fds: Sequence[int] = (),
+    death_signal: int = signal.SIGKILL,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, signalled by the kernel if we die first.
+
+    A SIGKILLed harness runs no ``finally``, and a paused probe or a guest hung in
+    nested virtualisation would otherwise run on forever.  ``death_signal`` is
+    SIGKILL for QEMU and SIGTERM for daemons that should exit cleanly.  SIGINT and
+    SIGTERM are held during the fork: raised inside an at-fork hook, CPython would
+    ignore them and the Ctrl-C would be lost.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            env=None if env is None else dict(env),
+            preexec_fn=_tie_to_parent(death_signal),  # noqa: PLW1509 - sigmask and prctl only
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def kill_process_group(
+    proc: subprocess.Popen[bytes], wait: float = 5.0, progress: Progress | None = None
+) -> int | None:
+    """SIGKILL the process group led by ``proc`` and reap the leader; return its status.
+
+    The process must have been started with its own session (``spawn_tied``).
+    Killing the group, not just the leader, also ends helpers a wrapper script may
+    have forked.  The group id stays reserved while any member lives, so this is
+    safe even after the leader exited.  None means the leader would not die (D state
+    in the kernel); ``progress`` is told so.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        return proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        if progress is not None:
+            progress(f"warning: pid {proc.pid} did not die after SIGKILL")
+        return None
+
+
+def tail_text(data: bytes | str, limit: int = _TAIL_CHARS) -> str:
+    """The last ``limit`` characters of some process output, decoded leniently."""
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def tail_file(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file, '' if it does not exist."""
+    try:
+        data = path.read_bytes()[-65536:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def indent(text: str, prefix: str = "    ") -> str:
+    """Every line of ``text`` behind ``prefix`` (for error details)."""
+    return "\n".join(prefix + line for line in text.rstrip().splitlines())

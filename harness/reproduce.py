@@ -1,0 +1,68 @@
+"""``multidevs-harness reproduce``: one guest in one mode, and the evidence a bug report needs.
+
+Returns data; the CLI prints it (``report.reproduction_text``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import byhand
+from .byhand import EXPORT_VAR
+from .config import Accel, ExportLayout, ExportSpec, Mode
+from .environment import prepare
+from .logs import log_root
+from .matrix import MOUNT_BASE, LiveGuests, MatrixRun, run_guest
+from .namespace import enter_private_namespace, in_user_namespace
+from .plan import ExportPlan, GuestPlan, RunOptions
+from .results import ResultRow
+from .run import QemuBackend
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One mode's result row, and how to do the same by hand."""
+
+    row: ResultRow
+    script: Path  # builds the export and runs QEMU on the user's terminal
+    guest_hint: str  # how to look at the ids from inside that guest
+    log_dir: Path
+
+
+def reproduce(
+    mode: Mode,
+    layout: ExportLayout,
+    *,
+    qemu: str | None = None,
+    accel: Accel = Accel.AUTO,
+    kernel: Path | None = None,
+    logs: Path | None = None,
+    progress: Progress = _quiet,
+) -> Reproduction:
+    """Boot one guest in ``mode``, judge it, and write a by-hand reproduction script."""
+    env = prepare(qemu, accel, kernel, progress)
+    enter_private_namespace()
+    with log_root(logs, "reproduce", progress) as log_dir:
+        log_dir.keep()  # the point of reproduce is the evidence
+        options = RunOptions(modes=(mode,), layout=layout)
+        run = MatrixRun(env, QemuBackend(env, 1, progress), options, log_dir.path, progress,
+                        LiveGuests())
+        rows = run_guest(run, GuestPlan(mode.value, (ExportPlan(mode.value, mode, layout),)))
+        spec = ExportSpec(tag="mdh0", path=Path(EXPORT_VAR), mode=mode,
+                          mount_point=f"{MOUNT_BASE}/mdh0")
+        machine_spec = env.machine_spec([spec], log_dir.path)
+        script = log_dir.path / "reproduce.sh"
+        script.write_text(byhand.script(machine_spec, spec, layout,
+                                        root=os.geteuid() == 0 and not in_user_namespace()))
+        script.chmod(0o755)
+        return Reproduction(rows[0], script, byhand.guest_hint(machine_spec, spec),
+                            log_dir.path)

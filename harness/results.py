@@ -1,0 +1,166 @@
+"""The result schema: one environment record and one result-row type for every output.
+
+``probe --json``, ``run --json``, the JUnit properties and ``scripts/bench`` all
+describe the environment with ``EnvironmentRecord``; every check of a run, whatever
+its kind, is a ``ResultRow`` with a ``Status``.  ``report`` renders these, one
+function per format; nothing else builds output dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import AccelDecision, Via
+from .oracle import RejectionVerdict, Status, Verdict
+from .probe import QemuInfo
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+
+# Every key of the environment block, dotted as in the JUnit properties.  The JSON
+# outputs nest them ({"qemu": {"binary": ...}}); a unit test holds all four
+# outputs to this list.
+ENVIRONMENT_KEYS = (
+    "qemu.binary",
+    "qemu.version",
+    "qemu.package",
+    "qemu.multidevs_supported",
+    "qemu.sandbox_supported",
+    "qemu.kvm_device",
+    "accel.used",
+    "accel.reason",
+    "accel.fell_back",
+    "guest.name",
+    "guest.kernel",
+)
+
+
+@dataclass(frozen=True)
+class EnvironmentRecord:
+    """What was tested with: the QEMU, the accelerator and the guest.
+
+    ``accel`` and the guest are None where they were not decided (``probe`` of a
+    QEMU without multidevs boots nothing).
+    """
+
+    qemu: QemuInfo
+    accel: AccelDecision | None
+    guest_name: str | None
+    guest_kernel: str | None
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """The nested JSON block: ``{"qemu": {...}, "accel": {...}, "guest": {...}}``."""
+        accel = self.accel
+        return {
+            "qemu": {
+                "binary": str(self.qemu.binary),
+                "version": str(self.qemu.version),
+                "package": self.qemu.package,
+                "multidevs_supported": self.qemu.multidevs_supported,
+                "sandbox_supported": self.qemu.sandbox_supported,
+                "kvm_device": self.qemu.kvm_device,
+            },
+            "accel": {
+                "used": accel.used.value if accel else None,
+                # One line: QEMU's own multi-line complaints are folded.
+                "reason": " ".join(accel.reason.split()) if accel else None,
+                "fell_back": accel.fell_back if accel else None,
+            },
+            "guest": {"name": self.guest_name, "kernel": self.guest_kernel},
+        }
+
+    def properties(self) -> list[tuple[str, str]]:
+        """The same facts flattened to ``("qemu.binary", "...")`` pairs, in schema order."""
+        nested = self.as_dict()
+        pairs = []
+        for key in ENVIRONMENT_KEYS:
+            group, _, name = key.partition(".")
+            pairs.append((key, _property_text(nested[group][name])))
+        return pairs
+
+
+def _property_text(value: object) -> str:
+    # JSON spellings, so a JUnit property reads like the JSON value it mirrors.
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """Which guest a row is about: its recipe, its kernel, and what it was booted for."""
+
+    name: str
+    kernel: str
+    boot: str  # the guest plan's name: which exports shared this QEMU
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One check's outcome: what was judged, the verdict, and where the evidence is.
+
+    ``check`` is the family: ``ids`` for the multi-device id checks of one export,
+    ``rejection`` for a configuration libvirt must refuse.
+    """
+
+    case: str
+    check: str
+    via: Via
+    verdict: Verdict | RejectionVerdict
+    guest: GuestRecord | None = None
+    boot_seconds: float | None = None
+    log_dir: Path | None = None
+    qemu_command: str = ""
+    guest_command: str = ""
+    tar_rc: int | None = None
+    # Facts of the backend that started the guest (libvirt: its version, the domain).
+    backend: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def status(self) -> Status:
+        return self.verdict.status
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.status is Status.PASS
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything a run found, plus the facts needed to reproduce it."""
+
+    environment: EnvironmentRecord
+    rows: tuple[ResultRow, ...]
+    wall_seconds: float = 0.0
+    log_dir: str = ""
+    logs_kept: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(r.status for r in self.rows)
+
+
+def exit_code(statuses: Iterable[Status]) -> int:
+    """0 when everything passed; 1 when QEMU or the guest kernel did the wrong thing;
+    2 when a check could not run or proved nothing (error, inconclusive, no rows).
+
+    A definite failure outranks an error: it is a bug report whatever else happened.
+    """
+    seen = set(statuses)
+    if not seen:
+        return EXIT_ERROR
+    if Status.FAIL in seen:
+        return EXIT_FAIL
+    if seen & {Status.ERROR, Status.INCONCLUSIVE}:
+        return EXIT_ERROR
+    return EXIT_OK

@@ -1,0 +1,105 @@
+"""The main job: plan the guests, run them through a backend, collect one report.
+
+config -> plan -> export + image -> guest (QEMU or libvirt) -> observations ->
+oracle -> report.  This module only wires those together; each step lives in the
+module its name says.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
+from pathlib import Path
+
+from . import libvirt_run
+from .config import ExportSpec, Via
+from .environment import Environment, prepare
+from .guest import Guest
+from .logs import log_root
+from .machine import Machine
+from .matrix import Backend, LiveGuests, MatrixRun, run_guest, run_guests
+from .namespace import enter_private_namespace
+from .plan import GuestPlan, RunOptions, default_jobs, plan_guests, row_rank
+from .results import ResultRow, RunReport
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class QemuBackend:
+    """Guests run by QEMU directly (``machine.Machine``)."""
+
+    via = Via.QEMU
+    live_stderr = True
+
+    def __init__(self, env: Environment, cpus: int, progress: Progress) -> None:
+        self.env = env
+        self.cpus = cpus
+        self.progress = progress
+
+    def start(
+        self, plan: GuestPlan, exports: Sequence[ExportSpec], log_dir: Path
+    ) -> AbstractContextManager[Guest]:
+        spec = self.env.machine_spec(exports, log_dir, cpus=self.cpus)
+        return Machine(spec, progress=self.progress, name=plan.name)
+
+    def command_failures(
+        self, guest: Guest, exports: Sequence[ExportSpec]
+    ) -> Mapping[Path, Sequence[str]]:
+        # The harness rendered the command line itself; unit tests cover that.
+        return {}
+
+    def facts(self, guest: Guest) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def extra_rows(self, log_root: Path) -> list[ResultRow]:
+        return []
+
+
+@contextmanager
+def _qemu_backend(env: Environment, options: RunOptions, progress: Progress,
+                  log_dir: Path) -> Iterator[Backend]:
+    ns = enter_private_namespace()
+    progress(f"mounts live in a private {ns.kind.value} namespace")
+    yield QemuBackend(env, options.guest_cpus, progress)
+
+
+def run_matrix(
+    options: RunOptions, progress: Progress = _quiet, env: Environment | None = None
+) -> RunReport:
+    """Run every planned guest of ``options`` and return the report (the CLI renders it).
+
+    ``env`` reuses an already prepared environment (the benchmark times the matrix
+    alone that way); by default the image, QEMU and accelerator are prepared here.
+    """
+    started = time.monotonic()
+    if options.via is Via.LIBVIRT:
+        libvirt_run.preflight()
+    if env is None:
+        env = prepare(options.qemu, options.accel, options.kernel, progress)
+    opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
+    with log_root(options.logs, progress=progress) as logs:
+        with opener(env, options, progress, logs.path) as backend:
+            share = options.share and backend.live_stderr
+            if options.share and not share:
+                progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
+            plans = plan_guests(options.modes, options.layout, options.control, share)
+            run = MatrixRun(env, backend, options, logs.path, progress, LiveGuests())
+            rows = run_guests(plans, partial(run_guest, run), options.jobs or default_jobs(),
+                              run.live)
+            rows += backend.extra_rows(logs.path)
+        if not all(row.passed for row in rows):
+            logs.keep()
+        rank = row_rank(options.modes)
+        return RunReport(
+            environment=env.record,
+            rows=tuple(sorted(rows, key=lambda r: rank.get(r.case, len(rank)))),
+            wall_seconds=time.monotonic() - started,
+            log_dir=str(logs.path),
+            logs_kept=logs.kept,
+        )

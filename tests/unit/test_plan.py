@@ -1,0 +1,66 @@
+"""Which guests a run boots, with which exports, and the order of the result rows."""
+
+from __future__ import annotations
+
+from harness.config import ALL_MODES, ExportLayout, Mode
+from harness.matrix import _outside
+from harness.plan import plan_guests, row_rank
+
+LAYOUT = ExportLayout(devices=3, files_per_device=8)
+
+
+def _shape(modes: tuple[Mode, ...], control: bool = True, share: bool = True,
+           layout: ExportLayout = LAYOUT) -> list[tuple[str, list[str]]]:
+    return [(g.name, [e.row for e in g.exports])
+            for g in plan_guests(modes, layout, control, share)]
+
+
+def test_default_matrix_boots_two_guests() -> None:
+    assert _shape(ALL_MODES) == [
+        ("remap+forbid+warn", ["remap", "forbid", "warn"]),
+        ("control+default", ["control-remap", "control-warn", "control-forbid",
+                             "control-default", "default"]),
+    ]
+
+
+def test_warn_and_default_never_share_a_qemu() -> None:
+    # Before QEMU 10 both print the same warning, once per process.
+    for guest in plan_guests(ALL_MODES, LAYOUT, control=True):
+        modes = {e.mode for e in guest.exports if e.layout.devices > 1}
+        assert not {Mode.WARN, Mode.DEFAULT} <= modes, guest.name
+
+
+def test_isolate_gives_every_mode_its_own_guest() -> None:
+    assert _shape(ALL_MODES, share=False) == [
+        ("remap", ["remap"]), ("warn", ["warn"]), ("forbid", ["forbid"]),
+        ("default", ["default"]),
+        ("control", ["control-remap", "control-warn", "control-forbid", "control-default"]),
+    ]
+
+
+def test_control_exports_are_single_device_and_capped() -> None:
+    layout = ExportLayout(devices=5, files_per_device=1000)
+    (control,) = [g for g in plan_guests((Mode.WARN,), layout, True) if g.name == "control"]
+    assert [(e.layout.devices, e.layout.files_per_device) for e in control.exports] == [(1, 64)]
+
+
+def test_no_control_and_single_device_runs() -> None:
+    assert _shape((Mode.REMAP, Mode.DEFAULT), control=False) == [
+        ("remap", ["remap"]), ("default", ["default"])]
+    # One device is the control itself: no separate control guest.
+    assert _shape((Mode.WARN,), layout=ExportLayout(devices=1)) == [("warn", ["warn"])]
+
+
+def test_rows_sort_by_mode_asked_then_controls_then_the_rest() -> None:
+    rank = row_rank((Mode.WARN, Mode.REMAP))
+    rows = ["reject-x", "control-remap", "remap", "control-warn", "warn"]
+    assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
+        "warn", "remap", "control-warn", "control-remap", "reject-x"]
+
+
+def test_stderr_outside_every_slice_is_everything_else() -> None:
+    text = "boot\nA1\nmid\nB1\nshutdown\n"
+    first, second = slice(5, 8), slice(12, 15)
+    assert (text[first], text[second]) == ("A1\n", "B1\n")
+    assert _outside(text, [second, first]) == "boot\n\nmid\n\nshutdown\n"
+    assert _outside(text, []) == text

@@ -1,0 +1,188 @@
+"""The one result schema: the environment block every output shares, statuses, exit codes,
+and how each status is written to the table, JSON and JUnit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.bench import header
+from harness.config import Accel, AccelDecision, Mode, Via
+from harness.oracle import Attempt, Status, TarWitness, judge_rejection, unobserved
+from harness.probe import QemuInfo, QemuVersion
+from harness.report import environment_json, row_dict, table, to_json, to_junit
+from harness.results import (
+    ENVIRONMENT_KEYS,
+    EnvironmentRecord,
+    GuestRecord,
+    ResultRow,
+    RunReport,
+    exit_code,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, True, False,
+                "Debian 1:7.2")
+RECORD = EnvironmentRecord(
+    INFO, AccelDecision(Accel.TCG, "KVM unusable, fell back to TCG: no /dev/kvm", True),
+    "debian-bookworm-x86_64", "6.1.0-56-amd64",
+)
+GUEST = GuestRecord("debian-bookworm-x86_64", "6.1.0-56-amd64", "remap+forbid+warn")
+
+
+def _flat(nested: dict[str, Any]) -> set[str]:
+    return {f"{group}.{key}" for group in ("qemu", "accel", "guest")
+            for key in nested[group]}
+
+
+def _row(case: str, status: Status) -> ResultRow:
+    verdict = unobserved(Mode.REMAP, 3, f"{case} went {status.value}", status)
+    return ResultRow(case=case, check="ids", via=Via.QEMU, verdict=verdict, guest=GUEST,
+                     log_dir=Path("/logs") / case)
+
+
+def _rejection_row() -> ResultRow:
+    verdict = judge_rejection("bogus", "path", "refuse bogus",
+                              [Attempt("defineXML", "invalid multidevs 'bogus'")],
+                              ("multidevs", "bogus"))
+    return ResultRow(case="reject-invalid-multidevs", check="rejection", via=Via.LIBVIRT,
+                     verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
+
+
+def _report(*rows: ResultRow) -> RunReport:
+    return RunReport(RECORD, rows, 1.0, "/logs", logs_kept=True)
+
+
+# --- one environment block ---------------------------------------------------------
+
+
+def test_every_output_carries_the_same_environment_keys() -> None:
+    keys = set(ENVIRONMENT_KEYS)
+    assert _flat(environment_json(RECORD)) == keys  # probe --json
+    assert _flat(to_json(_report(_row("remap", Status.PASS)))) == keys  # run --json
+    junit = to_junit(_report(_row("remap", Status.PASS)))
+    assert [p.get("name") for p in junit.iter("property")] == list(ENVIRONMENT_KEYS)
+    assert _flat(header(RECORD, 5)) == keys  # scripts/bench
+
+
+def test_the_environment_block_is_the_same_in_probe_and_run() -> None:
+    block = environment_json(RECORD)
+    run = to_json(_report(_row("remap", Status.PASS)))
+    assert {k: run[k] for k in ("qemu", "accel", "guest")} == block
+    assert block["accel"] == {"used": "tcg", "fell_back": True,
+                              "reason": "KVM unusable, fell back to TCG: no /dev/kvm"}
+
+
+def test_probe_of_a_qemu_without_multidevs_has_nulls_not_missing_keys() -> None:
+    record = EnvironmentRecord(INFO, None, None, None)
+    block = environment_json(record)
+    assert _flat(block) == set(ENVIRONMENT_KEYS)
+    assert block["accel"]["used"] is None and block["guest"]["kernel"] is None
+    assert dict(record.properties())["accel.fell_back"] == ""
+
+
+def test_junit_properties_use_json_spellings() -> None:
+    props = dict(RECORD.properties())
+    assert props["accel.fell_back"] == "true" and props["qemu.kvm_device"] == "false"
+    assert props["qemu.version"] == "7.2.22" and props["guest.kernel"] == "6.1.0-56-amd64"
+
+
+# --- statuses and exit codes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("statuses", "code"), [
+    ([Status.PASS, Status.PASS], 0),
+    ([Status.PASS, Status.FAIL], 1),
+    ([Status.PASS, Status.ERROR], 2),
+    ([Status.PASS, Status.INCONCLUSIVE], 2),
+    ([Status.ERROR, Status.FAIL], 1),  # a definite regression outranks an error
+    ([], 2),  # nothing was checked: that proves nothing
+])
+def test_exit_code(statuses: list[Status], code: int) -> None:
+    assert exit_code(statuses) == code
+
+
+def test_each_status_is_written_to_every_format() -> None:
+    report = _report(_row("remap", Status.PASS), _row("warn", Status.FAIL),
+                     _row("forbid", Status.ERROR), _row("default", Status.INCONCLUSIVE))
+    text = table(report)
+    for case, shown in (("remap", "PASS"), ("warn", "FAIL"), ("forbid", "ERROR"),
+                        ("default", "INCONCLUSIVE")):
+        assert re.search(rf"^{case}\s.*\s{shown}$", text, re.MULTILINE), text
+    assert "[warn] warn went fail" in text and "[forbid] forbid went error" in text
+    data = to_json(report)
+    assert [r["status"] for r in data["results"]] == ["pass", "fail", "error", "inconclusive"]
+    assert data["exit_code"] == 1 and data["passed"] is False
+    junit = to_junit(report)
+    assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("4", "1", "2")
+    cases = {c.get("name"): c for c in junit.iter("testcase")}
+    assert cases["remap"].find("failure") is None and cases["remap"].find("error") is None
+    assert cases["warn"].find("failure") is not None
+    assert cases["forbid"].find("error") is not None
+    assert cases["default"].find("error").get("type") == "inconclusive"  # type: ignore[union-attr]
+    assert cases["warn"].get("classname") == "multidevs.qemu.debian-bookworm-x86_64"
+
+
+# --- rows ----------------------------------------------------------------------------
+
+
+def test_ids_row_json() -> None:
+    row = _row("remap", Status.PASS)
+    data = row_dict(row)
+    assert data["check"] == "ids" and data["mode"] == "remap"
+    assert data["guest"] == {"name": "debian-bookworm-x86_64", "kernel": "6.1.0-56-amd64",
+                             "boot": "remap+forbid+warn"}
+    assert data["witness"] == {"tar_intact": None, "tar_detail": "not observed",
+                               "tar_rc": None}
+    assert row_dict(row, logs_kept=False)["log_dir"] is None
+
+
+def test_rejection_row_is_its_own_kind() -> None:
+    data = row_dict(_rejection_row())
+    assert (data["check"], data["mode"], data["driver"]) == ("rejection", "bogus", "path")
+    assert data["libvirt_errors"] == {"defineXML": "invalid multidevs 'bogus'"}
+    assert data["backend"] == {"libvirt_version": "9.0.0"}
+    for ids_only in ("host_devices", "guest_collisions", "witness", "denied"):
+        assert ids_only not in data
+    assert data["notes"] == ["libvirt: invalid multidevs 'bogus'"]
+
+
+def test_witness_detail_is_written_out() -> None:
+    from harness.export import HostTruth
+    from harness.observe import GuestObservation
+    from harness.oracle import judge
+
+    verdict = judge(Mode.REMAP, (7, 2, 0), HostTruth(()), GuestObservation(({},), {}, {}), "",
+                    TarWitness(True, True, (), "all 0 files intact"))
+    row = ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
+    assert row_dict(row)["witness"]["tar_detail"] == "all 0 files intact"
+
+
+def test_readme_documents_every_json_key() -> None:
+    documented = set(re.findall(r"`([a-z_.\[\]]+)`", README.read_text()))
+    report = _report(_row("remap", Status.PASS), _rejection_row())
+    data = to_json(report)
+    keys = {k for k in data if k not in ("results", "qemu", "accel", "guest")}
+    keys |= set(ENVIRONMENT_KEYS) | {"results[].backend.domain"}
+    for row in data["results"]:
+        keys |= {f"results[].{k}" for k in row}
+        for nested in ("guest", "witness", "backend"):
+            if isinstance(row.get(nested), dict):
+                keys |= {f"results[].{nested}.{k}" for k in row[nested]}
+    missing = sorted(k for k in keys if k not in documented)
+    assert missing == []
+
+
+def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
+    one = table(_report(_row("remap", Status.PASS)))
+    assert one.splitlines()[0].split() == ["case", "expectation", "observed", "tar", "witness",
+                                           "verdict"]
+    other = ResultRow(case="warn", check="ids", via=Via.QEMU, guest=GuestRecord(
+        "debian-trixie-x86_64", "6.12.57+deb13-amd64", "warn"),
+        verdict=unobserved(Mode.WARN, 3, "x", Status.PASS))
+    two = table(_report(_row("remap", Status.PASS), other))
+    assert two.splitlines()[0].split()[:2] == ["case", "guest"]
+    assert "6.12.57+deb13-amd64" in two and "6.1.0-56-amd64" in two
