@@ -276,8 +276,8 @@ def _check_user_root(root: Path) -> None:
     if not empty:
         raise ExportError(
             f"export root {root} is not an empty directory",
-            hint="give --export-root an existing empty directory, or leave it out "
-            "to use a fresh temporary one",
+            hint="pass build_export(root=...) an existing empty directory, or no root "
+            "to use a fresh one",
         )
 
 
@@ -369,7 +369,8 @@ def _make_root(
         raise ExportError(
             f"cannot create the export directory under {base_dir or tempfile.gettempdir()}: "
             f"{exc.strerror}",
-            hint="choose a writable --base-dir",
+            hint="pass build_export(base_dir=...) a writable directory, or set MDH_CACHE_DIR "
+            "(the default scratch directory lives under the image cache)",
         ) from exc
 
     def remove() -> None:

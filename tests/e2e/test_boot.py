@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from harness.config import Timeouts
+from harness.environment import Environment
 from harness.errors import GuestPanic, SshUnavailable
 from harness.machine import Machine
 from harness.plugin import MachineFactory
@@ -67,3 +72,30 @@ def test_exec_cli_prints_kernel_release(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("-amd64")
     assert_no_qemu_left()
+
+
+def test_shutdown_is_soft_when_qemu_answers(machine_factory: MachineFactory) -> None:
+    guest = machine_factory()
+    started = time.monotonic()
+    guest.shutdown()
+    assert guest.exit_code == 0, "QMP quit must end QEMU by itself"
+    assert time.monotonic() - started < 5
+    assert '"quit"' in guest.qmp_log_path.read_text()
+
+
+def test_shutdown_is_hard_when_qemu_does_not_answer(
+    mdh_environment: Environment, tmp_path: Path
+) -> None:
+    """A QEMU that cannot answer QMP (stopped here with SIGSTOP) is SIGKILLed after the
+    soft stop's deadlines, not waited for forever."""
+    spec = replace(mdh_environment.machine_spec((), tmp_path),
+                   timeouts=Timeouts(boot=90, command=60, shutdown=1, qmp=1))
+    with Machine(spec, name="stuck") as guest:
+        guest.wait_ready()
+        assert guest.pid is not None
+        os.kill(guest.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        guest.shutdown()
+        assert time.monotonic() - started < 8
+    assert guest.exit_code == -signal.SIGKILL
+    assert_no_qemu_left(guest.pid)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness.byhand import EXPORT_VAR
+from harness.export import ODD_NAME, device_file_names
+from harness.results import ENVIRONMENT_KEYS
 
 from .leaks import assert_no_qemu_left
 
@@ -79,3 +86,53 @@ def test_junit_has_one_testcase_per_case(reports: tuple[Any, Any, Any]) -> None:
     cases = [case.get("name") for case in junit.iter("testcase")]
     assert sorted(cases) == sorted(r["case"] for r in data["results"])
     assert junit.get("failures") == "0"
+
+
+def test_probe_json_carries_the_environment_block() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "probe", "--accel", "tcg", "--json"],
+        capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    keys = {f"{group}.{key}" for group in data for key in data[group]}
+    assert keys == set(ENVIRONMENT_KEYS)
+    assert data["qemu"]["multidevs_supported"] is True
+    assert data["accel"] == {"used": "tcg", "reason": "TCG requested (--accel tcg)",
+                             "fell_back": False}
+    assert data["guest"]["kernel"].endswith("-amd64")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the by-hand script mounts tmpfs: needs root")
+def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "reproduce", "--mode", "warn", "--accel", "tcg",
+         "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-> PASS" in result.stdout
+    # One guest id, three host files: "guest (dev D, ino I) <- 'dev01/file 0000' (...), ..."
+    collided = r"^guest \(dev \d+, ino \d+\) <- 'dev01/file 0000' \(host dev \d+, ino \d+\), '"
+    assert re.search(collided, result.stdout, re.MULTILINE), result.stdout
+    assert "file ID collisions" in result.stdout
+    script = Path(re.search(r"host:  sh (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
+    # Run the script's export half, then list what it built instead of starting QEMU.
+    listing = tmp_path / "listing"
+    lines = script.read_text().splitlines()
+    assert lines[-1].startswith("exec ") and "multidevs=warn" in lines[-1]
+    lines[-1] = (f"cd {EXPORT_VAR} && find . -mindepth 1 -type f -exec sh -c "
+                 f"'printf \"%s\\0%s\\0\" \"$1\" \"$(cat \"$1\")\"' _ {{}} \\; > {listing}")
+    trimmed = tmp_path / "export-only.sh"
+    trimmed.write_text("\n".join(lines) + "\n")
+    subprocess.run(["sh", str(trimmed)], check=True, timeout=60)
+    fields = listing.read_bytes().split(b"\0")[:-1]
+    built = {fields[i].decode()[2:]: fields[i + 1].decode() for i in range(0, len(fields), 2)}
+    names = device_file_names(8)
+    assert ODD_NAME in names
+    for device in ("", "dev01/", "dev02/"):
+        label = device.rstrip("/") or "dev00"
+        for name in (*names, "sub/inner", "link-a", "link-b"):
+            expected = f"{label}/{'link-a' if name == 'link-b' else name}"
+            assert built.pop(device + name) == expected, device + name
+    assert built == {}
