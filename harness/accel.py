@@ -61,7 +61,8 @@ def decide_accel(requested: Accel, info: QemuInfo, liveness: Liveness) -> AccelD
 
 
 def kvm_liveness_probe(
-    qemu: Path, kernel: Path, timeout: float = DEFAULT_LIVENESS_TIMEOUT
+    qemu: Path, kernel: Path, timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+    datadir: Path | None = None,
 ) -> tuple[bool, str]:
     """Boot ``kernel`` under KVM and report whether its banner appears within ``timeout``.
 
@@ -71,7 +72,7 @@ def kvm_liveness_probe(
     """
     key = (Path(qemu).absolute(), Path(kernel).absolute())
     if key not in _memo:
-        _memo[key] = boot_liveness(key[0], key[1], Accel.KVM, timeout)
+        _memo[key] = boot_liveness(key[0], key[1], Accel.KVM, timeout, datadir)
     return _memo[key]
 
 
@@ -80,7 +81,9 @@ def clear_liveness_memo() -> None:
     _memo.clear()
 
 
-def boot_liveness(qemu: Path, kernel: Path, accel: Accel, timeout: float) -> tuple[bool, str]:
+def boot_liveness(
+    qemu: Path, kernel: Path, accel: Accel, timeout: float, datadir: Path | None = None
+) -> tuple[bool, str]:
     """Start ``kernel`` with no initrd under ``accel``; watch the console for the banner.
 
     Not memoised; ``kvm_liveness_probe`` is the cached KVM form.  QEMU is killed
@@ -91,7 +94,7 @@ def boot_liveness(qemu: Path, kernel: Path, accel: Accel, timeout: float) -> tup
     # SIGKILLed mid-probe; spawn_tied makes sure QEMU dies with it then.
     with tempfile.TemporaryFile() as console_file, tempfile.TemporaryFile() as stderr:
         console = Path(f"/proc/self/fd/{console_file.fileno()}")
-        argv = [str(qemu), *_liveness_args(kernel, accel, console)]
+        argv = [str(qemu), *_liveness_args(kernel, accel, console, datadir)]
         try:
             proc = spawn_tied(argv, stdout=subprocess.DEVNULL, stderr=stderr,
                               pass_fds=(console_file.fileno(),))
@@ -103,9 +106,12 @@ def boot_liveness(qemu: Path, kernel: Path, accel: Accel, timeout: float) -> tup
             kill_process_group(proc)
 
 
-def _liveness_args(kernel: Path, accel: Accel, console: Path) -> list[str]:
+def _liveness_args(
+    kernel: Path, accel: Accel, console: Path, datadir: Path | None
+) -> list[str]:
     # The same machine and CPU the real guest gets, so the check means something.
-    args = [
+    args = ["-L", str(datadir)] if datadir is not None else []
+    args += [
         "-machine", MACHINE_TYPE,
         "-accel", accel.value,
     ]  # fmt: skip

@@ -37,8 +37,13 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def _add_machine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--qemu", help="QEMU binary to test (default: qemu-system-x86_64)")
+def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
+    if several_qemus:
+        parser.add_argument("--qemu", action="append", default=[],
+                            help="QEMU binary to test; repeat to run the whole matrix on "
+                            "each, in order (default: qemu-system-x86_64)")
+    else:
+        parser.add_argument("--qemu", help="QEMU binary to test (default: qemu-system-x86_64)")
     parser.add_argument(
         "--accel",
         choices=[a.value for a in Accel],
@@ -76,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
-    _add_machine_options(run)
+    _add_machine_options(run, several_qemus=True)
+    run.add_argument("--qemu-datadir", type=Path,
+                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
+                     "../share/qemu/ beside a binary outside the system prefix")
     run.add_argument(
         "--modes",
         default=",".join(m.value for m in ALL_MODES),
@@ -165,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         modes=parse_modes(args.modes),
         layout=ExportLayout(devices=args.devices, files_per_device=args.files,
                             nested=args.nested),
-        qemu=args.qemu,
+        qemus=tuple(args.qemu),
+        qemu_datadir=args.qemu_datadir,
         accel=Accel(args.accel),
         kernel=args.kernel,
         logs=args.logs,

@@ -59,14 +59,18 @@ def machine_args(spec: MachineSpec) -> list[str]:
     ``spec.tuned=False`` renders what a user would write by hand (default machine,
     CPU and devices): the benchmark's baseline.
     """
+    # -L is taken verbatim (not QemuOpts): no escaping.
+    firmware = ["-L", str(spec.datadir)] if spec.datadir is not None else []
     if not spec.tuned:
         return [
+            *firmware,
             "-accel", spec.accel.value,
             "-m", str(spec.memory_mb),
             "-smp", str(spec.cpus),
             "-display", "none",
         ]  # fmt: skip
     args = [
+        *firmware,
         "-machine", MACHINE_TYPE,
         "-accel", spec.accel.value,
     ]  # fmt: skip

@@ -160,6 +160,8 @@ class MachineSpec:
     extra_append: tuple[str, ...] = ()
     # False renders the untuned command line people write by hand (bench baseline).
     tuned: bool = True
+    # Firmware directory for a QEMU outside the system prefix (-L); None: QEMU's own.
+    datadir: Path | None = None
     timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
 
     def __post_init__(self) -> None:

@@ -42,6 +42,8 @@ class Environment:
     accel: AccelDecision
     boot: BootMethod
     timeouts: Timeouts
+    # Firmware directory passed as -L (a QEMU outside the system prefix); None: QEMU's.
+    datadir: Path | None = None
 
     @property
     def record(self) -> EnvironmentRecord:
@@ -68,12 +70,38 @@ class Environment:
             sandbox=self.info.sandbox_supported,
             extra_append=tuple(extra_append),
             timeouts=self.timeouts,
+            datadir=self.datadir,
         )
 
 
 def resolve_qemu(qemu: str | None) -> Path:
     """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
     return resolve_binary(qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU)
+
+
+# Where distributions install QEMU: its compiled-in firmware path is right for these.
+_SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/usr/sbin"))
+
+
+def find_datadir(binary: Path, override: Path | None = None) -> Path | None:
+    """The firmware directory to pass as -L for ``binary``, or None for QEMU's own.
+
+    ``override`` (--qemu-datadir) wins.  A binary in a system bin directory uses the
+    path it was built with.  Any other binary (a build tree, an unpacked package)
+    gets a ``pc-bios/`` beside it or a ``../share/qemu/`` when one exists: its
+    built-in path points at a prefix where nothing is installed.
+    """
+    if override is not None:
+        if not (override / "bios-256k.bin").is_file():
+            raise UsageError(f"--qemu-datadir {override} holds no bios-256k.bin",
+                             hint="pass QEMU's pc-bios/ or share/qemu/ directory")
+        return override
+    if binary.parent in _SYSTEM_BIN:
+        return None
+    for candidate in (binary.parent / "pc-bios", binary.parent.parent / "share" / "qemu"):
+        if (candidate / "bios-256k.bin").is_file():
+            return candidate
+    return None
 
 
 def timeout_scale_from_env() -> float:
@@ -127,6 +155,7 @@ def prepare(
     kernel: Path | None = None,
     progress: Progress = _quiet,
     timeout_scale: float | None = None,
+    datadir: Path | None = None,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator.
 
@@ -146,9 +175,13 @@ def prepare(
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
+    firmware = find_datadir(info.binary, datadir)
+    if firmware is not None:
+        progress(f"QEMU firmware from {firmware} (-L)")
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
     decision = decide_accel(
-        accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)
+        accel, info,
+        lambda: kvm_liveness_probe(info.binary, kernel_for_probe, datadir=firmware),
     )
     progress(f"accelerator: {decision.used.value}: {decision.reason}")
     return Environment(
@@ -157,6 +190,7 @@ def prepare(
         accel=decision,
         boot=boot,
         timeouts=Timeouts.for_accel(decision.used, scale),
+        datadir=firmware,
     )
 
 

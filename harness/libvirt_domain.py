@@ -83,6 +83,8 @@ class DomainSpec:
     # virtiofs (only in the rejection check) needs guest RAM QEMU can share.
     shared_memory: bool = False
     network: bool = True
+    # Firmware directory (-L) for a QEMU outside the system prefix.
+    datadir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.accel is Accel.AUTO:
@@ -185,9 +187,11 @@ def render_domain_xml(spec: DomainSpec) -> str:
     _sub(devices, "memballoon", model="none")
     seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
     _sub(seclabel, "label", "+0:+0")
-    if spec.network:
+    extra = ["-L", str(spec.datadir)] if spec.datadir is not None else []
+    extra += net_args() if spec.network else []
+    if extra:
         commandline = _sub(root, f"{{{QEMU_NS}}}commandline")
-        for arg in net_args():
+        for arg in extra:
             _sub(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"

@@ -92,6 +92,7 @@ class LibvirtBackend:
             console=log_dir / "console.log",
             filesystems=tuple(Filesystem.for_mode(s.tag, s.path, s.mode) for s in exports),
             vcpus=self.cpus,
+            datadir=env.datadir,
         )
         self.progress(f"{plan.name}: starting domain {domain.name}")
         return LibvirtGuest(self.conn, domain, log_dir, env.image, env.timeouts,
@@ -136,7 +137,7 @@ def check_rejections(backend: LibvirtBackend, log_root: Path) -> list[ResultRow]
         backend.progress(f"{rejection.case}: "
                          f"{'refused as promised' if verdict.passed else 'NOT refused'}")
         rows.append(ResultRow(case=rejection.case, check="rejection", via=Via.LIBVIRT,
-                              verdict=verdict, log_dir=log_dir,
+                              verdict=verdict, log_dir=log_dir, environment=env.record,
                               backend=(("libvirt_version", backend.version),)))
     return rows
 

@@ -190,7 +190,7 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
             qemu_command=shell_quote_command(guest.argv),
             guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
             f"{item.spec.mount_point}",
-            tar_rc=view.tar_rc, backend=facts,
+            tar_rc=view.tar_rc, environment=run.env.record, backend=facts,
         ))
     return rows
 
@@ -234,7 +234,7 @@ def unobserved_rows(run: MatrixRun, plan: GuestPlan, log_dir: Path, reason: str,
     return [
         ResultRow(case=item.row, check="ids", via=run.backend.via, guest=record,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
-                  log_dir=log_dir)
+                  log_dir=log_dir, environment=run.env.record)
         for item in plan.exports
     ]
 

@@ -27,7 +27,9 @@ class RunOptions:
 
     modes: tuple[Mode, ...]
     layout: ExportLayout
-    qemu: str | None = None
+    # QEMU binaries to run the whole matrix on, in order; empty: the default one.
+    qemus: tuple[str, ...] = ()
+    qemu_datadir: Path | None = None
     accel: Accel = Accel.AUTO
     kernel: Path | None = None
     logs: Path | None = None

@@ -24,18 +24,28 @@ def _witness_text(row: ResultRow) -> str:
     return "intact" if row.verdict.witness_intact else "BROKEN"
 
 
+def _guest_text(row: ResultRow) -> str:
+    return row.guest.kernel if row.guest else "-"
+
+
+def _qemu_text(row: ResultRow) -> str:
+    env = row.environment
+    return f"{env.qemu.version} ({env.qemu.binary})" if env else "-"
+
+
 def table(report: RunReport) -> str:
     """A fixed-width table (case, expectation, observed, tar witness, verdict), then
-    every failure and note behind the name of its row.  A guest column is added when
-    the rows are about more than one guest kernel."""
-    kernels = {r.guest.kernel for r in report.rows if r.guest}
+    every failure and note behind the name of its row.  A qemu and a guest column are
+    added when the rows are about more than one QEMU or guest kernel."""
     headers = ["case", "expectation", "observed", "tar witness", "verdict"]
     rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
              r.status.value.upper()] for r in report.rows]
-    if len(kernels) > 1:
-        headers.insert(1, "guest")
-        for row, result in zip(rows, report.rows, strict=True):
-            row.insert(1, result.guest.kernel if result.guest else "-")
+    # Columns that tell rows apart only when the run spans several of them.
+    for title, value in (("guest", _guest_text), ("qemu", _qemu_text)):
+        if len({value(r) for r in report.rows}) > 1:
+            headers.insert(1, title)
+            for row, result in zip(rows, report.rows, strict=True):
+                row.insert(1, value(result))
     widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -56,11 +66,12 @@ def summary_line(report: RunReport) -> str:
     record = report.environment.as_dict()
     accel = record["accel"]
     note = f" (fell back: {accel['reason']})" if accel["fell_back"] else ""
+    qemus = ", ".join(f"{e.qemu.version} ({e.qemu.binary})"
+                      for e in report.environments or (report.environment,))
     return (
         f"{counts[Status.PASS]}/{len(report.rows)} rows passed"
         f"{' (' + others + ')' if others else ''} in {report.wall_seconds:.1f} s "
-        f"under {accel['used']}{note}; QEMU {record['qemu']['version']} "
-        f"({record['qemu']['binary']}); guest kernel {record['guest']['kernel']}"
+        f"under {accel['used']}{note}; QEMU {qemus}; guest kernel {record['guest']['kernel']}"
     )
 
 
@@ -115,6 +126,9 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
         "qemu_command": row.qemu_command,
         "guest_command": row.guest_command,
         "backend": dict(row.backend),
+        "qemu": None if row.environment is None else {
+            "binary": str(row.environment.qemu.binary),
+            "version": str(row.environment.qemu.version)},
     }
     if isinstance(verdict, Verdict):
         data.update(_ids_dict(verdict, row))
@@ -136,6 +150,7 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "exit_code": report.exit_code,
         "wall_seconds": round(report.wall_seconds, 3),
         "log_dir": report.log_dir if report.logs_kept else None,
+        "environments": [environment_json(e) for e in report.environments],
         "results": [row_dict(r, report.logs_kept) for r in report.rows],
     }
 

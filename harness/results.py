@@ -119,6 +119,8 @@ class ResultRow:
     qemu_command: str = ""
     guest_command: str = ""
     tar_rc: int | None = None
+    # The QEMU, accelerator and guest this row is about (runs may span several QEMUs).
+    environment: EnvironmentRecord | None = None
     # Facts of the backend that started the guest (libvirt: its version, the domain).
     backend: tuple[tuple[str, str], ...] = ()
 
@@ -135,11 +137,13 @@ class ResultRow:
 class RunReport:
     """Everything a run found, plus the facts needed to reproduce it."""
 
-    environment: EnvironmentRecord
+    environment: EnvironmentRecord  # the first QEMU's (the top-level JSON block)
     rows: tuple[ResultRow, ...]
     wall_seconds: float = 0.0
     log_dir: str = ""
     logs_kept: bool = True
+    # Every QEMU of the run, in the order given (--qemu A --qemu B).
+    environments: tuple[EnvironmentRecord, ...] = ()
 
     @property
     def passed(self) -> bool:

@@ -69,37 +69,54 @@ def _qemu_backend(env: Environment, options: RunOptions, progress: Progress,
     yield QemuBackend(env, options.guest_cpus, progress)
 
 
+def _run_environment(
+    env: Environment, options: RunOptions, progress: Progress, log_dir: Path
+) -> list[ResultRow]:
+    """The whole matrix on one QEMU: plan, run every guest, then the backend's checks."""
+    opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
+    with opener(env, options, progress, log_dir) as backend:
+        share = options.share and backend.live_stderr
+        if options.share and not share:
+            progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
+        plans = plan_guests(options.modes, options.layout, options.control, share)
+        run = MatrixRun(env, backend, options, log_dir, progress, LiveGuests())
+        rows = run_guests(plans, partial(run_guest, run), options.jobs or default_jobs(),
+                          run.live)
+        return rows + backend.extra_rows(log_dir)
+
+
 def run_matrix(
     options: RunOptions, progress: Progress = _quiet, env: Environment | None = None
 ) -> RunReport:
-    """Run every planned guest of ``options`` and return the report (the CLI renders it).
+    """Run every planned guest of ``options`` on each QEMU; return one report.
 
     ``env`` reuses an already prepared environment (the benchmark times the matrix
-    alone that way); by default the image, QEMU and accelerator are prepared here.
+    alone that way); by default each QEMU is probed and its accelerator decided here,
+    all before the first guest boots, so a bad second ``--qemu`` fails at once.
     """
     started = time.monotonic()
     if options.via is Via.LIBVIRT:
         libvirt_run.preflight()
-    if env is None:
-        env = prepare(options.qemu, options.accel, options.kernel, progress)
-    opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
+    envs = [env] if env is not None else [
+        prepare(qemu, options.accel, options.kernel, progress, datadir=options.qemu_datadir)
+        for qemu in (options.qemus or (None,))
+    ]
     with log_root(options.logs, progress=progress) as logs:
-        with opener(env, options, progress, logs.path) as backend:
-            share = options.share and backend.live_stderr
-            if options.share and not share:
-                progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-            plans = plan_guests(options.modes, options.layout, options.control, share)
-            run = MatrixRun(env, backend, options, logs.path, progress, LiveGuests())
-            rows = run_guests(plans, partial(run_guest, run), options.jobs or default_jobs(),
-                              run.live)
-            rows += backend.extra_rows(logs.path)
+        rank = row_rank(options.modes)
+        rows: list[ResultRow] = []
+        for index, each in enumerate(envs):
+            # One log folder per QEMU when there are several: the same guest names recur.
+            log_dir = logs.path / f"qemu{index}-{each.info.version}" if len(envs) > 1 \
+                else logs.path
+            found = _run_environment(each, options, progress, log_dir)
+            rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
         if not all(row.passed for row in rows):
             logs.keep()
-        rank = row_rank(options.modes)
         return RunReport(
-            environment=env.record,
-            rows=tuple(sorted(rows, key=lambda r: rank.get(r.case, len(rank)))),
+            environment=envs[0].record,
+            rows=tuple(rows),
             wall_seconds=time.monotonic() - started,
             log_dir=str(logs.path),
             logs_kept=logs.kept,
+            environments=tuple(e.record for e in envs),
         )

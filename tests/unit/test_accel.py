@@ -94,7 +94,8 @@ def test_kvm_required_without_a_device_raises() -> None:
 def test_liveness_is_memoised_per_qemu_and_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Path, Path, Accel, float]] = []
 
-    def fake_boot(qemu: Path, kernel: Path, how: Accel, timeout: float) -> tuple[bool, str]:
+    def fake_boot(qemu: Path, kernel: Path, how: Accel, timeout: float,
+                  datadir: Path | None = None) -> tuple[bool, str]:
         calls.append((qemu, kernel, how, timeout))
         return False, f"no banner from {kernel.name}"
 

@@ -169,7 +169,7 @@ def test_readme_documents_every_json_key() -> None:
     keys |= set(ENVIRONMENT_KEYS) | {"results[].backend.domain"}
     for row in data["results"]:
         keys |= {f"results[].{k}" for k in row}
-        for nested in ("guest", "witness", "backend"):
+        for nested in ("guest", "witness", "backend", "qemu"):
             if isinstance(row.get(nested), dict):
                 keys |= {f"results[].{nested}.{k}" for k in row[nested]}
     missing = sorted(k for k in keys if k not in documented)
