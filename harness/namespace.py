@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NoReturn
@@ -156,12 +157,17 @@ def _enter_user_and_mount(uid: int, gid: int) -> None:
     _write_proc("gid_map", f"0 {gid} 1")
 
 
-def enter_private_namespace() -> NamespaceInfo:
+def enter_private_namespace(*, threads_stay_outside: bool = False) -> NamespaceInfo:
     """Move this process into a private mount namespace (plus a user namespace if not root).
 
     Call it once, early, before any thread is started: unshare(2) only moves the
     calling thread, and a user namespace cannot be entered by a threaded process at
-    all. Afterwards "/" is recursively private, so every mount the harness makes is
+    all.  ``threads_stay_outside`` accepts, for root in the main thread only, that
+    threads already running stay in the old namespace: a pytest-xdist worker has an
+    I/O thread before any hook runs, and it neither mounts nor starts processes
+    (threads and processes started later inherit the main thread's namespace).
+
+    Afterwards "/" is recursively private, so every mount the harness makes is
     invisible on the host and is torn down by the kernel when the last process in the
     namespace exits, even after SIGKILL. A second call is a no-op returning the same
     info. Raises NamespaceError saying why (errno text) and what to do.
@@ -170,7 +176,7 @@ def enter_private_namespace() -> NamespaceInfo:
     if _entered is not None:
         return _entered
     threads = _thread_count()
-    if threads > 1:
+    if threads > 1 and not _may_leave_threads(threads_stay_outside):
         raise NamespaceError(
             f"cannot enter a private mount namespace: this process already runs {threads} threads",
             hint="call enter_private_namespace() before starting any thread "
@@ -211,6 +217,14 @@ def enter_private_namespace() -> NamespaceInfo:
         kind=kind, real_uid=uid, real_gid=gid, mnt_ns=os.readlink("/proc/self/ns/mnt")
     )
     return _entered
+
+
+def _may_leave_threads(threads_stay_outside: bool) -> bool:
+    # Only a plain mount namespace can be entered by one thread of many (a user
+    # namespace needs a single-threaded process), and /proc/self shows the main
+    # thread's namespace, which private_namespace() relies on.
+    return (threads_stay_outside and os.geteuid() == 0
+            and threading.current_thread() is threading.main_thread())
 
 
 def private_namespace() -> NamespaceInfo | None:

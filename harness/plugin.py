@@ -9,8 +9,11 @@ attached to its report and its log directory is kept and named.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,10 +26,12 @@ from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
 from .export import Export, build_export
 from .machine import Machine
-from .proc import tail_file
+from .proc import processes_with_env, tail_file
 
 MACHINES_KEY = pytest.StashKey[list[Machine]]()
 LOGDIR_KEY = pytest.StashKey[Path]()
+SESSION_MARKER_ENV = "MDH_PYTEST_SESSION"
+LEAK_GRACE_S = 10.0
 FIXTURES_NEEDING_NAMESPACE = {"multidevs_export", "machine", "machine_factory"}
 
 
@@ -52,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Inherited by pytest-xdist workers and every QEMU they start: the leak check at
+    # the end of the session finds all of them, whichever worker started them.
+    os.environ.setdefault(SESSION_MARKER_ENV, uuid.uuid4().hex)
     config.addinivalue_line(
         "markers", "e2e: boots real QEMU guests (needs qemu-system-x86 and the guest image)"
     )
@@ -70,12 +78,17 @@ def pytest_collection_modifyitems(
         from .namespace import enter_private_namespace
 
         try:
-            enter_private_namespace()
+            # A pytest-xdist worker already runs an I/O thread; it stays outside.
+            enter_private_namespace(threads_stay_outside=_is_xdist_worker(config))
         except HarnessError as exc:
             config.stash[_NS_ERROR] = str(exc)
 
 
 _NS_ERROR = pytest.StashKey[str]()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 @pytest.fixture(scope="session")
@@ -250,3 +263,25 @@ def pytest_runtest_makereport(
     directory = item.stash.get(LOGDIR_KEY, None)
     if directory is not None:
         report.sections.append(("multidevs-harness logs", f"kept in {directory}"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a QEMU started by any of its workers is still running.
+
+    Runs once, in the process that started the session (the xdist controller, or
+    plain pytest), after every worker finished.
+    """
+    if hasattr(session.config, "workerinput"):
+        return
+    marker = os.environ.get(SESSION_MARKER_ENV, "")
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (leaked := processes_with_env(SESSION_MARKER_ENV, marker)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    if leaked:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"multidevs-harness: QEMU outlived the session: pids "
+                                f"{sorted(leaked)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

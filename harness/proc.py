@@ -111,3 +111,27 @@ def tail_file(path: Path, lines: int = 30) -> str:
 def indent(text: str, prefix: str = "    ") -> str:
     """Every line of ``text`` behind ``prefix`` (for error details)."""
     return "\n".join(prefix + line for line in text.rstrip().splitlines())
+
+
+def processes_with_env(name: str, value: str, comm_prefix: str = "qemu-system") -> set[int]:
+    """Live processes called ``comm_prefix*`` whose environment holds ``name=value``.
+
+    Every process inherits its parent's environment, so a marker set once finds all
+    the QEMUs a session started, directly or through CLI subprocesses, even after
+    they were reparented.
+    """
+    wanted = f"{name}={value}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "comm").read_text().startswith(comm_prefix):
+                continue
+            if (entry / "stat").read_text().rsplit(") ", 1)[1][:1] in ("Z", "X"):
+                continue
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found

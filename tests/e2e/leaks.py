@@ -23,9 +23,12 @@ from pathlib import Path
 
 from harness.export import SCRATCH_DIR_NAME
 from harness.image import default_cache_root
+from harness.proc import processes_with_env
 
 # Every QEMU started by a sandboxed harness inherits this variable from it.
 MARKER_ENV = "MDH_TEST_MARKER"
+# Set once per test process (tests/conftest.py): every QEMU it starts inherits it.
+WORKER_MARKER_ENV = "MDH_TEST_WORKER"
 _KEPT = re.compile(r"logs kept in (\S+)")
 TIMEOUT_SCALE = "0.5"
 
@@ -61,12 +64,13 @@ def marked_qemu_pids(marker: str) -> set[int]:
 
 
 def assert_no_qemu_left(*pids: int, within: float = 10.0) -> None:
-    """Fail if a QEMU (of ``pids``, or any if none given) is still alive after ``within``."""
+    """Fail if a QEMU (of ``pids``, or any this test process or its subprocesses
+    started) is still alive after ``within``.  Other pytest-xdist workers' guests, and
+    anything else on the machine, are not this test's to judge."""
     deadline = time.monotonic() + within
     while True:
-        alive = qemu_pids()
-        if pids:
-            alive &= set(pids)
+        alive = set(pids) & qemu_pids() if pids else \
+            processes_with_env(WORKER_MARKER_ENV, os.environ[WORKER_MARKER_ENV])
         if not alive:
             return
         if time.monotonic() > deadline:
