@@ -64,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="build or inspect the guest image")
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
-    build = image_sub.add_parser("build", help="build the guest image (cached)")
+    build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
     build.add_argument("--json", action="store_true", help="print paths as JSON")
     build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
-    build.add_argument("--recipe", default=None, help="recipe name or folder")
+    build.add_argument("--guest", "--recipe", dest="guest", default=None,
+                       help="recipe name (a folder of guests/) or path; default: the default")
+    build.add_argument("--modules", type=Path, default=None, metavar="DIR",
+                       help="carry this 'make modules_install INSTALL_MOD_PATH=DIR' tree's "
+                       "modules instead of the distro kernel's")
+    listing = image_sub.add_parser("list", help="show the recipes and their cached images")
+    listing.add_argument("--json", action="store_true")
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
     probe.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down")
     _add_machine_options(exec_)
+    exec_.add_argument("--guest", default=None, metavar="NAME",
+                       help="guest recipe (see 'image list'; default: the default recipe)")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
@@ -115,16 +123,38 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .image import build_image, load_recipe
+    from .image import build_image
 
-    recipe = load_recipe(args.recipe) if args.recipe else None
-    image = build_image(recipe, progress=progress, force=args.force)
+    image = build_image(args.guest, progress=progress, force=args.force, refresh=True,
+                        modules_dir=args.modules)
     if args.json:
         _print_json({k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()})
     else:
         state = "cache hit" if image.cache_hit else "built"
         print(f"{image.recipe} ({state}): kernel {image.kernel_release}")
         print(f"  vmlinux  {image.vmlinux}\n  vmlinuz  {image.vmlinuz}\n  initrd   {image.initrd}")
+    return EXIT_OK
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from .image import list_images
+
+    listing = list_images()
+    if args.json:
+        _print_json(listing)
+        return EXIT_OK
+    print(f"cache: {listing['cache_root']}")
+    for recipe in listing["recipes"]:
+        default = " (default)" if recipe["default"] else ""
+        print(f"{recipe['name']}{default}: Debian {recipe['suite']}, "
+              f"resolved {recipe['resolved_at'] or 'never'}")
+        for image in recipe["images"] or [None]:
+            if image is None:
+                print("  (nothing cached)")
+                continue
+            mib = image["size_bytes"] / 2**20
+            print(f"  {image['kernel_release']:28} {mib:6.1f} MiB  built {image['built_at']}"
+                  f"{'  current' if image['current'] else ''}\n    {image['directory']}")
     return EXIT_OK
 
 
@@ -152,7 +182,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
     result = exec_in_guest(
         command, qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
-        logs=args.logs, progress=progress,
+        logs=args.logs, progress=progress, guest=args.guest,
     )
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
@@ -223,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "image":
-            return cmd_image_build(args)
+            return cmd_image_list(args) if args.image_command == "list" else cmd_image_build(args)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

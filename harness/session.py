@@ -26,6 +26,7 @@ from .config import (
 )
 from .errors import CacheDirError, QemuNotFound, UsageError
 from .image import build_image
+from .kernelfile import check_same_release, kernel_release
 from .machine import Machine
 from .qemu import QemuInfo, probe_qemu, require_multidevs
 from .ssh import CommandResult
@@ -114,17 +115,32 @@ def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage
     return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
 
 
+def check_kernel_modules(image: GuestImage, kernel: Path | None) -> None:
+    """Refuse to boot a kernel that would reject the image's modules (exit 2).
+
+    An image whose kernel has 9p and virtio built in carries no modules, so any
+    kernel may boot it.
+    """
+    if not image.modules_release:
+        return
+    booted = image.kernel_release if kernel is None else kernel_release(kernel)
+    where = f"--kernel {kernel}" if kernel else f"image {image.directory.name}"
+    check_same_release(booted, image.modules_release, where)
+
+
 def prepare(
     qemu: str | None,
     accel: Accel,
     kernel: Path | None = None,
     progress: Progress = _quiet,
     timeout_scale: float | None = None,
+    guest: str | None = None,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator.
 
     ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
     else 1), for slow runners and for tests that must see a deadline pass quickly.
+    ``guest`` names the recipe (a folder of guests/; None = the default recipe).
     """
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
@@ -133,10 +149,11 @@ def prepare(
     progress(f"probing {binary}")
     info = probe_qemu(binary)
     require_multidevs(info)
-    image = build_image(progress=progress)
+    image = build_image(guest, progress=progress)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
+    check_kernel_modules(image, kernel)
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
     decision = decide_accel(
         accel, info, lambda: kvm_liveness_probe(info.binary, kernel_for_probe)
@@ -221,9 +238,10 @@ def exec_in_guest(
     kernel: Path | None = None,
     logs: Path | None = None,
     progress: Progress = _quiet,
+    guest: str | None = None,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    env = prepare(qemu, accel, kernel, progress)
+    env = prepare(qemu, accel, kernel, progress, guest=guest)
     with log_root(logs, "exec") as (directory, failed):
         try:
             spec = env.machine_spec((), directory)
