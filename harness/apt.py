@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageBuildError
+from .errors import ArchiveUnreachable, ImageBuildError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -112,7 +112,10 @@ class PrivateApt:
         argv = [tool, *apt_options(self.state, self.suite.architecture), *args]
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ImageBuildError(
+            network = re.search(r"Failed to fetch|Could not (resolve|connect)|Temporary failure"
+                                r"|Connection|Unable to connect", result.stderr)
+            error = ArchiveUnreachable if args[0] == "update" or network else ImageBuildError
+            raise error(
                 f"{tool} {args[0]} for Debian {self.suite.name} failed "
                 f"(exit {result.returncode})",
                 hint="is the Debian archive reachable? (MDH_DEBIAN_MIRROR overrides it)",
@@ -126,7 +129,7 @@ class PrivateApt:
         self._run("apt-get", ["update", "-q"])
         # apt-get update exits 0 when a list could not be fetched; check it landed.
         if not any((self.state / "lists").glob("*_Packages*")):
-            raise ImageBuildError(
+            raise ArchiveUnreachable(
                 f"apt-get update for Debian {self.suite.name} fetched no package list",
                 hint="is the Debian archive reachable? (MDH_DEBIAN_MIRROR overrides it)",
             )

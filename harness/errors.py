@@ -50,6 +50,10 @@ class ImageBuildError(HarnessError):
     """The guest image could not be built from its recipe."""
 
 
+class ArchiveUnreachable(ImageBuildError):
+    """The Debian archive (or mirror) the recipe's packages come from did not answer."""
+
+
 class KernelReleaseError(HarnessError):
     """A kernel file's release string cannot be read."""
 
