@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(exec_)
     exec_.add_argument("--guest", default=None, metavar="NAME",
                        help="guest recipe (see 'image list'; default: the default recipe)")
+    exec_.add_argument("--modules", type=Path, default=None, metavar="DIR",
+                       help="load this 'make modules_install' tree's modules (with --kernel)")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
@@ -153,8 +155,11 @@ def cmd_image_list(args: argparse.Namespace) -> int:
                 print("  (nothing cached)")
                 continue
             mib = image["size_bytes"] / 2**20
+            modules = (f"  modules {image['modules_release']}"
+                       if image["variant"] == "modules" else "")
             print(f"  {image['kernel_release']:28} {mib:6.1f} MiB  built {image['built_at']}"
-                  f"{'  current' if image['current'] else ''}\n    {image['directory']}")
+                  f"{'  current' if image['current'] else ''}{modules}\n"
+                  f"    {image['directory']}")
     return EXIT_OK
 
 
@@ -182,7 +187,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
     result = exec_in_guest(
         command, qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
-        logs=args.logs, progress=progress, guest=args.guest,
+        logs=args.logs, progress=progress, guest=args.guest, modules_dir=args.modules,
     )
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()

@@ -135,12 +135,15 @@ def prepare(
     progress: Progress = _quiet,
     timeout_scale: float | None = None,
     guest: str | None = None,
+    modules_dir: Path | None = None,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator.
 
     ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
     else 1), for slow runners and for tests that must see a deadline pass quickly.
-    ``guest`` names the recipe (a folder of guests/; None = the default recipe).
+    ``guest`` names the recipe (a folder of guests/; None = the default recipe);
+    ``modules_dir`` (a ``make modules_install`` tree) puts its modules in the image,
+    for booting a self-built ``kernel``.
     """
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
@@ -149,7 +152,7 @@ def prepare(
     progress(f"probing {binary}")
     info = probe_qemu(binary)
     require_multidevs(info)
-    image = build_image(guest, progress=progress)
+    image = build_image(guest, progress=progress, modules_dir=modules_dir)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
@@ -239,9 +242,10 @@ def exec_in_guest(
     logs: Path | None = None,
     progress: Progress = _quiet,
     guest: str | None = None,
+    modules_dir: Path | None = None,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    env = prepare(qemu, accel, kernel, progress, guest=guest)
+    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir)
     with log_root(logs, "exec") as (directory, failed):
         try:
             spec = env.machine_spec((), directory)

@@ -34,7 +34,12 @@ cmdline=$(cat /proc/cmdline)
 count=0
 while read -r module; do
     [ -n "$module" ] || continue
-    err=$(insmod "/lib/modules/$module" 2>&1) || fail modules "insmod $module: ${err:-failed}"
+    if ! err=$(insmod "/lib/modules/$module" 2>&1); then
+        # The kernel's reason (version magic, section size, ...) is in its log even
+        # when 'quiet' keeps it off the console: put it right before the verdict.
+        dmesg | tail -n 3 > /dev/console
+        fail modules "insmod $module: ${err:-failed}"
+    fi
     count=$((count + 1))
 done < /etc/mdh/modules
 ok modules "$count loaded"

@@ -146,3 +146,61 @@ def test_absolute_symlink_never_escapes_to_the_host(tmp_path: Path) -> None:
     (tmp_path / "lib/libc.so.6").symlink_to("/etc/hostname")
     with pytest.raises(ImageBuildError, match="not in the unpacked guest packages"):
         resolve_in_tree(tmp_path, "/lib/libc.so.6")
+
+
+def _module(depends: str) -> bytes:
+    return make_relocatable({".modinfo": f"depends={depends}\0license=GPL\0".encode()})
+
+
+def test_module_tree_orders_from_modinfo_and_stores_plain_ko(tmp_path: Path) -> None:
+    import lzma
+
+    from harness.initramfs import ModuleTree
+
+    moddir = tmp_path / "lib/modules/6.13.0-mdh"
+    (moddir / "kernel/fs/9p").mkdir(parents=True)
+    (moddir / "kernel/net/9p").mkdir(parents=True)
+    (moddir / "kernel/fs/9p/9p.ko.xz").write_bytes(
+        lzma.compress(_module("9pnet,netfs"), check=lzma.CHECK_CRC32))
+    (moddir / "kernel/net/9p/9pnet.ko").write_bytes(_module("netfs"))
+    (moddir / "kernel/net/9p/9pnet_virtio.ko").write_bytes(_module("9pnet,virtio_ring"))
+    (moddir / "modules.builtin").write_text(
+        "kernel/fs/netfs/netfs.ko\nkernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/net/virtio_net.ko\n")
+    tree = ModuleTree(moddir)
+    order = tree.order(["virtio_pci", "virtio_net", "9pnet_virtio", "9p"])
+    assert order == ["9pnet", "9pnet_virtio", "9p"]
+    assert tree.plain("9p") == _module("9pnet,netfs")
+
+
+def test_module_tree_with_everything_built_in_needs_no_modules(tmp_path: Path) -> None:
+    from harness.initramfs import ModuleTree
+
+    (tmp_path / "modules.builtin").write_text(
+        "kernel/fs/9p/9p.ko\nkernel/net/9p/9pnet_virtio.ko\nkernel/net/9p/9pnet.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/net/virtio_net.ko\n")
+    assert ModuleTree(tmp_path).order(["virtio_pci", "virtio_net", "9pnet_virtio", "9p"]) == []
+
+
+def test_module_neither_present_nor_built_in_is_named(tmp_path: Path) -> None:
+    from harness.initramfs import ModuleTree
+
+    (tmp_path / "modules.builtin").write_text("")
+    with pytest.raises(ImageBuildError, match="module 9p is neither in .* nor built in"):
+        ModuleTree(tmp_path).order(["9p"])
+
+
+def test_dropbear_key_format() -> None:
+    from harness.initramfs import dropbear_ed25519, generate_keys
+
+    key = dropbear_ed25519(b"s" * 32, b"p" * 32)
+    assert key == b"\0\0\0\x0bssh-ed25519\0\0\0\x40" + b"s" * 32 + b"p" * 32
+    keys = generate_keys()
+    # The public half inside dropbear's file is the key the client pins.
+    import base64
+
+    blob = base64.b64decode(keys.host_public.split()[1])
+    assert blob.endswith(keys.host_dropbear[-32:])
+    assert keys.client_private.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    with pytest.raises(ValueError):
+        dropbear_ed25519(b"short", b"p" * 32)
