@@ -52,16 +52,8 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logs", type=Path, help="keep per-guest logs here (always kept)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command-line interface."""
-    parser = _Parser(
-        prog="multidevs-harness",
-        description="Boot real guests over a multi-device 9p export and check QEMU's "
-        "multidevs option end to end.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``image build`` and ``image list``."""
     image = sub.add_parser("image", help="build or inspect the guest image")
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
@@ -74,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "modules instead of the distro kernel's")
     listing = image_sub.add_parser("list", help="show the recipes and their cached images")
     listing.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line interface."""
+    parser = _Parser(
+        prog="multidevs-harness",
+        description="Boot real guests over a multi-device 9p export and check QEMU's "
+        "multidevs option end to end.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_image_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
     probe.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
