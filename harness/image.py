@@ -310,8 +310,12 @@ def build_image(
             if hit is not None:
                 return hit
         apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
-        resolution = resolve(recipe, apt, progress)
-        store_resolution(cache_root, recipe, resolution)
+        resolution = load_resolution(cache_root, recipe)
+        # A day-fresh resolution (perhaps made by _reuse a moment ago) still matches
+        # the private lists, so only an explicit build or an old one asks apt again.
+        if force or refresh or resolution is None or not resolution.fresh(time.time()):
+            resolution = resolve(recipe, apt, progress)
+            store_resolution(cache_root, recipe, resolution)
         plan = _plan(recipe, cache_root, digest, resolution, modules_dir)
         manifest = None if force else read_manifest(plan.directory)
         if manifest is not None:
