@@ -51,7 +51,32 @@ def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = 
         help="auto: KVM only if a guest really starts under it, else TCG (said so)",
     )
     parser.add_argument("--kernel", type=Path, help="boot this kernel instead of the image's")
+    parser.add_argument("--modules", type=Path, default=None, metavar="DIR",
+                        help="load this 'make modules_install' tree's modules (with --kernel)")
+    if several_qemus:
+        parser.add_argument("--guest", default="", metavar="NAME[,NAME...]",
+                            help="guest recipes to run the whole matrix on (see 'image "
+                            "list'; default: the default recipe)")
+    else:
+        parser.add_argument("--guest", default=None, metavar="NAME",
+                            help="guest recipe (see 'image list'; default: the default)")
     parser.add_argument("--logs", type=Path, help="keep per-guest logs here (always kept)")
+
+
+def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``image build`` and ``image list``."""
+    image = sub.add_parser("image", help="build or inspect the guest image")
+    image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
+    build.add_argument("--json", action="store_true", help="print paths as JSON")
+    build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
+    build.add_argument("--guest", "--recipe", dest="guest", default=None,
+                       help="recipe name (a folder of guests/) or path; default: the default")
+    build.add_argument("--modules", type=Path, default=None, metavar="DIR",
+                       help="carry this 'make modules_install INSTALL_MOD_PATH=DIR' tree's "
+                       "modules instead of the distro kernel's")
+    listing = image_sub.add_parser("list", help="show the recipes and their cached images")
+    listing.add_argument("--json", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    image = sub.add_parser("image", help="build or inspect the guest image")
-    image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
-    build = image_sub.add_parser("build", help="build the guest image (cached)")
-    build.add_argument("--json", action="store_true", help="print paths as JSON")
-    build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
-    build.add_argument("--recipe", default=None, help="recipe name or folder")
+    _add_image_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
     probe.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
@@ -120,16 +140,41 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .image import build_image, load_recipe
+    from .image import build_image
 
-    recipe = load_recipe(args.recipe) if args.recipe else None
-    image = build_image(recipe, progress=progress, force=args.force)
+    image = build_image(args.guest, progress=progress, force=args.force, refresh=True,
+                        modules_dir=args.modules)
     if args.json:
         _print_json({k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()})
     else:
         state = "cache hit" if image.cache_hit else "built"
         print(f"{image.recipe} ({state}): kernel {image.kernel_release}")
         print(f"  vmlinux  {image.vmlinux}\n  vmlinuz  {image.vmlinuz}\n  initrd   {image.initrd}")
+    return EXIT_OK
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from .image import list_images
+
+    listing = list_images()
+    if args.json:
+        _print_json(listing)
+        return EXIT_OK
+    print(f"cache: {listing['cache_root']}")
+    for recipe in listing["recipes"]:
+        default = " (default)" if recipe["default"] else ""
+        print(f"{recipe['name']}{default}: Debian {recipe['suite']}, "
+              f"resolved {recipe['resolved_at'] or 'never'}")
+        for image in recipe["images"] or [None]:
+            if image is None:
+                print("  (nothing cached)")
+                continue
+            mib = image["size_bytes"] / 2**20
+            modules = (f"  modules {image['modules_release']}"
+                       if image["variant"] == "modules" else "")
+            print(f"  {image['kernel_release']:28} {mib:6.1f} MiB  built {image['built_at']}"
+                  f"{'  current' if image['current'] else ''}{modules}\n"
+                  f"    {image['directory']}")
     return EXIT_OK
 
 
@@ -156,7 +201,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
     result = exec_in_guest(
         command, qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
-        logs=args.logs, progress=progress,
+        logs=args.logs, progress=progress, guest=args.guest, modules_dir=args.modules,
     )
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
@@ -174,6 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         layout=ExportLayout(devices=args.devices, files_per_device=args.files,
                             nested=args.nested),
         qemus=tuple(args.qemu),
+        guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
+        modules=args.modules,
         qemu_datadir=args.qemu_datadir,
         accel=Accel(args.accel),
         kernel=args.kernel,
@@ -207,7 +254,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         Mode(args.mode),
         ExportLayout(devices=args.devices, files_per_device=args.files),
         qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
-        progress=progress,
+        progress=progress, guest=args.guest, modules_dir=args.modules,
     )
     verdict = found.row.verdict
     assert isinstance(verdict, Verdict)  # reproduce judges one export's ids
@@ -247,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "image":
-            return cmd_image_build(args)
+            return cmd_image_list(args) if args.image_command == "list" else cmd_image_build(args)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

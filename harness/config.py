@@ -104,6 +104,9 @@ class GuestImage:
     client_key: Path
     client_key_pub: Path
     cache_hit: bool = False
+    # Release of the modules in the initramfs; "" when the kernel needs none (9p and
+    # virtio built in).  Differs from kernel_release only in a --modules variant.
+    modules_release: str = ""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .config import (
 )
 from .errors import UsageError
 from .image import build_image
+from .kernelfile import check_same_release, kernel_release
 from .probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .results import EnvironmentRecord
 
@@ -149,6 +150,19 @@ def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage
     return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
 
 
+def check_kernel_modules(image: GuestImage, kernel: Path | None) -> None:
+    """Refuse to boot a kernel that would reject the image's modules (exit 2).
+
+    An image whose kernel has 9p and virtio built in carries no modules, so any
+    kernel may boot it.
+    """
+    if not image.modules_release:
+        return
+    booted = image.kernel_release if kernel is None else kernel_release(kernel)
+    where = f"--kernel {kernel}" if kernel else f"image {image.directory.name}"
+    check_same_release(booted, image.modules_release, where)
+
+
 def prepare(
     qemu: str | None,
     accel: Accel,
@@ -156,11 +170,16 @@ def prepare(
     progress: Progress = _quiet,
     timeout_scale: float | None = None,
     datadir: Path | None = None,
+    guest: str | None = None,
+    modules_dir: Path | None = None,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator.
 
     ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
     else 1), for slow runners and for tests that must see a deadline pass quickly.
+    ``datadir`` is --qemu-datadir.  ``guest`` names the recipe (a folder of guests/;
+    None = the default recipe); ``modules_dir`` (a ``make modules_install`` tree)
+    puts its modules in the image, for booting a self-built ``kernel``.
     """
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
@@ -171,10 +190,11 @@ def prepare(
     progress(f"probing {binary}")
     info = probe_qemu(binary)
     require_multidevs(info)
-    image = build_image(progress=progress)
+    image = build_image(guest, progress=progress, modules_dir=modules_dir)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
+    check_kernel_modules(image, kernel)
     firmware = find_datadir(info.binary, datadir)
     if firmware is not None:
         progress(f"QEMU firmware from {firmware} (-L)")

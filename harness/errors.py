@@ -51,6 +51,29 @@ class ImageBuildError(HarnessError):
     """The guest image could not be built from its recipe."""
 
 
+class ArchiveUnreachable(ImageBuildError):
+    """The Debian archive (or mirror) the recipe's packages come from did not answer."""
+
+
+class KernelReleaseError(HarnessError):
+    """A kernel file's release string cannot be read."""
+
+
+class KernelModulesMismatch(HarnessError):
+    """The kernel and the modules meant to be loaded into it are different releases."""
+
+    def __init__(self, kernel: str, modules: str, where: str) -> None:
+        super().__init__(
+            f"kernel release {kernel} does not match the modules' release {modules} "
+            f"({where})",
+            hint="the kernel refuses modules of another build; pass the modules tree of "
+            "this kernel (image build --modules DIR, from make modules_install "
+            "INSTALL_MOD_PATH=DIR) or build 9p and virtio into the kernel",
+        )
+        self.kernel = kernel
+        self.modules = modules
+
+
 class CacheDirError(HarnessError):
     """The image cache or log directory cannot be written."""
 
@@ -104,6 +127,10 @@ class QemuFailed(HarnessError):
 
 class GuestBootTimeout(QemuFailed):
     """The guest did not become reachable over SSH before the deadline."""
+
+
+class GuestInitFailed(QemuFailed):
+    """The guest's init reported a failed boot step (a module, 9p, the network, sshd)."""
 
 
 class GuestPanic(QemuFailed):

@@ -27,9 +27,11 @@ def exec_in_guest(
     kernel: Path | None = None,
     logs: Path | None = None,
     progress: Progress = _quiet,
+    guest: str | None = None,
+    modules_dir: Path | None = None,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    env = prepare(qemu, accel, kernel, progress)
+    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir)
     with log_root(logs, "exec", progress) as log_dir:
         spec = env.machine_spec((), log_dir.path)
         progress(f"booting guest ({env.accel.used.value}); logs in {log_dir.path}")

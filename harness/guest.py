@@ -16,8 +16,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from .bootlog import init_failure
 from .config import GuestImage
-from .errors import GuestBootTimeout, GuestPanic, QemuFailed, SshUnavailable
+from .errors import (
+    GuestBootTimeout,
+    GuestInitFailed,
+    GuestPanic,
+    QemuFailed,
+    SshUnavailable,
+)
 from .proc import tail_file
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
@@ -26,6 +33,9 @@ READY_MARKER = "MDH-READY"
 # "end Kernel panic" lines contain it too.
 PANIC_MARKERS = ("Kernel panic",)
 _POLL_S = 0.01
+# Console text held while waiting: enough for the init's steps and the kernel's
+# complaints before them.
+_CONSOLE_KEPT = 65536
 
 
 class Booting(Protocol):
@@ -152,9 +162,13 @@ def wait_ready(guest: Booting, deadline: BootDeadline) -> GuestSsh:
 
 
 def _wait_console(guest: Booting, until: float, seconds: float) -> None:
+    """Read the console as it grows until the init says ready, or says which step failed.
+
+    A failed step ends the wait at once (GuestInitFailed with the init's own
+    account), not at the deadline with an SSH error that hides the reason.
+    """
     offset = 0
-    buffer = b""
-    marker = READY_MARKER.encode()
+    text = ""
     while True:
         check_alive(guest)
         try:
@@ -164,12 +178,27 @@ def _wait_console(guest: Booting, until: float, seconds: float) -> None:
         except FileNotFoundError:
             chunk = b""
         offset += len(chunk)
-        buffer = (buffer + chunk)[-4096:]
-        if marker in buffer:
-            return
+        text = (text + chunk.decode(errors="replace"))[-_CONSOLE_KEPT:]
+        if chunk:
+            failure = init_failure(text)
+            if failure is not None:
+                raise _init_failed(guest, failure)
+            if READY_MARKER in text:
+                return
         if time.monotonic() > until:
             raise boot_timeout(guest, seconds, "no readiness line on the serial console")
         time.sleep(_POLL_S)
+
+
+def _init_failed(guest: Booting, failure: str) -> GuestInitFailed:
+    last = failure.strip().splitlines()[-1].strip()
+    return GuestInitFailed(
+        f"{guest.name}: the guest's init failed: {last}",
+        hint=f"the guest image does not fit this kernel or QEMU; logs in {guest.log_dir}",
+        command=guest.argv,
+        stderr_tail=guest.stderr_text()[-2000:],
+        console_tail=failure,
+    )
 
 
 def boot_timeout(guest: Booting, seconds: float, what: str) -> GuestBootTimeout:

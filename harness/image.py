@@ -1,37 +1,50 @@
 """Build and cache the guest image described by a recipe in guests/.
 
-The image is made from the host's own Debian packages: the distro kernel is fetched
-with ``apt-get download`` and unpacked with ``dpkg-deb -x`` (never installed), and
-busybox, dropbear and the observation agent are copied or compiled into an
-uncompressed initramfs.  Nothing needs root, so a developer without sudo can build
-an image after a root ``scripts/setup`` installed the packages.
+Every package that goes in (the distro kernel, busybox, dropbear and the libraries
+dropbear links) comes from the recipe's Debian suite through a private apt
+configuration: downloaded with ``apt-get download`` and unpacked with ``dpkg-deb -x``,
+never installed.  So the image is the same whatever host builds it, and the host
+needs only QEMU, Python, dpkg/apt, Debian's keyring and a C compiler for the agent.
+
+Package versions are resolved (one apt-get update and apt-cache show per suite) on
+an explicit ``image build``, when no image exists, or when the stored resolution is
+older than a day; otherwise the newest built image is reused without any apt call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import lzma
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from .apt import PackageInfo, PrivateApt
 from .config import GuestImage
-from .cpio import NewcWriter
-from .errors import CacheDirError, ImageBuildError, MissingPackages
+from .errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
+from .initramfs import (
+    Contents,
+    Keys,
+    ModuleTree,
+    generate_keys,
+    library_closure,
+    resolve_in_tree,
+    write_initramfs,
+)
+from .kernelfile import check_same_release, extract_vmlinux, kernel_release, modules_release
+from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
 
 # Bump when the way an image is assembled changes, so old cache entries are not reused.
-BUILDER_VERSION = "3"
-DEFAULT_RECIPE = "debian-bookworm-x86_64"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
+BUILDER_VERSION = "4"
+RESOLUTION_MAX_AGE = 24 * 3600.0
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 Progress = Callable[[str], None]
@@ -41,153 +54,6 @@ def _quiet(_: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A parsed ``guests/<name>/recipe.toml`` and the files it names."""
-
-    name: str
-    directory: Path
-    kernel_metapackage: str
-    kernel_package_pattern: str
-    modules: tuple[str, ...]
-    busybox: Path
-    dropbear: Path
-    init: Path
-    agent: Path
-    host_packages: tuple[str, ...]
-    tool_packages: Mapping[str, str]
-
-
-def guests_dir() -> Path:
-    """Where recipes live: $MDH_GUESTS_DIR, else the checkout's guests/ folder."""
-    env = os.environ.get("MDH_GUESTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "guests"
-
-
-def load_recipe(name_or_path: str | Path = DEFAULT_RECIPE) -> Recipe:
-    """Read a recipe by name (a folder of guests/) or by path to its folder."""
-    directory = Path(name_or_path)
-    if not (directory / "recipe.toml").is_file():
-        directory = guests_dir() / str(name_or_path)
-    path = directory / "recipe.toml"
-    if not path.is_file():
-        raise ImageBuildError(
-            f"guest recipe {name_or_path!s} not found (looked for {path})",
-            hint=f"recipes are folders of {guests_dir()}; the default is {DEFAULT_RECIPE}",
-        )
-    try:
-        data = tomllib.loads(path.read_text())
-        return parse_recipe(data, directory)
-    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
-        raise ImageBuildError(
-            f"guest recipe {path} is malformed: {exc!r}",
-            hint="compare it with guests/debian-bookworm-x86_64/recipe.toml",
-        ) from exc
-
-
-def parse_recipe(data: Mapping[str, object], directory: Path) -> Recipe:
-    """Turn the TOML tables of a recipe into a Recipe (KeyError if a key is missing)."""
-    kernel = _table(data, "kernel")
-    userland = _table(data, "userland")
-    host = _table(data, "host")
-    modules = kernel["modules"]
-    packages = host["packages"]
-    tools = host.get("tools", {})
-    if not isinstance(modules, list) or not isinstance(packages, list):
-        raise TypeError("kernel.modules and host.packages must be lists")
-    if not isinstance(tools, dict):
-        raise TypeError("host.tools must be a table")
-    return Recipe(
-        name=str(data["name"]),
-        directory=directory,
-        kernel_metapackage=str(kernel["metapackage"]),
-        kernel_package_pattern=str(kernel["package_pattern"]),
-        modules=tuple(str(m) for m in modules),
-        busybox=Path(str(userland["busybox"])),
-        dropbear=Path(str(userland["dropbear"])),
-        init=directory / str(userland["init"]),
-        agent=directory / str(userland["agent"]),
-        host_packages=tuple(str(p) for p in packages),
-        tool_packages={str(k): str(v) for k, v in tools.items()},
-    )
-
-
-def _table(data: Mapping[str, object], key: str) -> Mapping[str, object]:
-    value = data[key]
-    if not isinstance(value, dict):
-        raise TypeError(f"[{key}] must be a table")
-    return value
-
-
-# --- modules.dep -------------------------------------------------------------------
-
-
-def parse_modules_dep(text: str) -> dict[str, tuple[str, ...]]:
-    """Map each module's path (as in modules.dep) to the paths it depends on."""
-    deps: dict[str, tuple[str, ...]] = {}
-    for line in text.splitlines():
-        if not line.strip() or ":" not in line:
-            continue
-        path, _, rest = line.partition(":")
-        deps[path.strip()] = tuple(rest.split())
-    return deps
-
-
-def module_name(path: str) -> str:
-    """``kernel/net/9p/9pnet_virtio.ko(.xz)`` -> ``9pnet_virtio`` (dashes as underscores)."""
-    base = path.rsplit("/", 1)[-1]
-    base = re.sub(r"\.ko(\.(xz|gz|zst))?$", "", base)
-    return base.replace("-", "_")
-
-
-def resolve_module_order(modules_dep: str, wanted: Sequence[str]) -> list[str]:
-    """Paths of ``wanted`` and all their dependencies, each after what it needs.
-
-    The order comes from a depth-first walk of modules.dep's own dependency lists,
-    so a kernel update that adds or renames a dependency needs no change here.
-    """
-    deps = parse_modules_dep(modules_dep)
-    by_name = {module_name(path): path for path in deps}
-    order: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(path: str) -> None:
-        if path in order:
-            return
-        if path in visiting:
-            raise ImageBuildError(f"modules.dep has a dependency cycle through {path}")
-        visiting.add(path)
-        for dep in deps.get(path, ()):
-            visit(dep)
-        visiting.discard(path)
-        order.append(path)
-
-    for name in wanted:
-        path = by_name.get(name.replace("-", "_"))
-        if path is None:
-            raise ImageBuildError(
-                f"module {name} is not in this kernel's modules.dep",
-                hint="is it built in (modules.builtin) or named differently? fix the recipe",
-            )
-        visit(path)
-    return order
-
-
-# --- cache key ---------------------------------------------------------------------
-
-
-def cache_key(recipe_files: Mapping[str, bytes], versions: Mapping[str, str]) -> str:
-    """Hash of the recipe's files, the package versions used and the builder version."""
-    digest = hashlib.sha256()
-    digest.update(f"builder={BUILDER_VERSION}\n".encode())
-    for name in sorted(recipe_files):
-        digest.update(f"file {name} {len(recipe_files[name])}\n".encode())
-        digest.update(recipe_files[name])
-    for name in sorted(versions):
-        digest.update(f"pkg {name}={versions[name]}\n".encode())
-    return digest.hexdigest()
-
-
 def default_cache_root() -> Path:
     """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/..."""
     env = os.environ.get("MDH_CACHE_DIR")
@@ -195,31 +61,6 @@ def default_cache_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "multidevs-harness"
-
-
-# --- vmlinux ------------------------------------------------------------------------
-
-
-def extract_vmlinux(vmlinuz: bytes) -> bytes:
-    """Unpack the ELF vmlinux from a bzImage whose payload is xz-compressed.
-
-    The ELF carries the PVH entry note, so QEMU can start it directly and skip
-    both the real-mode setup code and the kernel's own decompression.
-    """
-    start = vmlinuz.find(_XZ_MAGIC)
-    while start >= 0:
-        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        try:
-            data = decompressor.decompress(vmlinuz[start:])
-        except lzma.LZMAError:
-            data = b""
-        if data.startswith(b"\x7fELF"):
-            return data
-        start = vmlinuz.find(_XZ_MAGIC, start + 1)
-    raise ImageBuildError(
-        "no xz-compressed ELF payload found in the kernel image",
-        hint="the recipe's kernel must be built with CONFIG_KERNEL_XZ (Debian's is)",
-    )
 
 
 # --- host tools ----------------------------------------------------------------------
@@ -240,17 +81,12 @@ def which(tool: str) -> str | None:
 def check_host_tools(recipe: Recipe) -> None:
     """Raise MissingPackages naming the packages whose tools are absent."""
     missing = {pkg for tool, pkg in recipe.tool_packages.items() if which(tool) is None}
-    for path in (recipe.busybox, recipe.dropbear):
-        if not path.exists():
-            missing.add(recipe.tool_packages.get(path.name, path.name))
     if missing:
         raise MissingPackages(sorted(missing))
 
 
 def _run(argv: Sequence[str], cwd: Path | None = None, what: str = "") -> str:
-    result = subprocess.run(
-        list(argv), cwd=cwd, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ImageBuildError(
             f"{what or argv[0]} failed (exit {result.returncode}): {' '.join(argv)}",
@@ -259,65 +95,102 @@ def _run(argv: Sequence[str], cwd: Path | None = None, what: str = "") -> str:
     return result.stdout
 
 
-def package_version(package: str) -> str:
-    """Installed version of a Debian package ('' when not installed)."""
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Version}", package],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip() if result.returncode == 0 else ""
+# --- package resolution ----------------------------------------------------------------
 
 
-def resolve_kernel_package(recipe: Recipe) -> tuple[str, str]:
-    """The concrete kernel package behind the metapackage, and its version.
+@dataclass(frozen=True)
+class Resolution:
+    """The package versions a recipe resolved to, and when (stored in the cache)."""
 
-    One ``apt-cache show`` of the metapackage gives both (its Depends pins the
-    ABI package with ``(= VERSION)``), which keeps a cache hit well under a second.
-    """
-    show = _run(
-        ["apt-cache", "show", "--no-all-versions", recipe.kernel_metapackage],
-        what="apt-cache show",
-    )
-    return parse_kernel_dependency(show, recipe.kernel_package_pattern, recipe.kernel_metapackage)
+    kernel_package: str
+    versions: Mapping[str, str]
+    resolved_at: float
+
+    def fresh(self, now: float) -> bool:
+        """Young enough to skip apt: a kernel update is picked up within a day."""
+        return 0 <= now - self.resolved_at < RESOLUTION_MAX_AGE
 
 
-def parse_kernel_dependency(show: str, pattern: str, metapackage: str) -> tuple[str, str]:
-    """Pick the kernel package and version out of ``apt-cache show`` text."""
-    version_match = re.search(r"^Version:\s*(\S+)", show, re.MULTILINE)
-    depends_match = re.search(r"^Depends:\s*(.+)$", show, re.MULTILINE)
+def pick_kernel_package(meta: PackageInfo, pattern: str) -> str:
+    """The concrete kernel package the metapackage depends on (matching ``pattern``)."""
     wanted = re.compile(pattern)
-    if version_match and depends_match:
-        for alternative in re.split(r"[,|]", depends_match.group(1)):
-            item = re.match(r"\s*(\S+)(?:\s*\(\s*=\s*([^)\s]+)\s*\))?", alternative)
-            if item and wanted.match(item.group(1)):
-                return item.group(1), item.group(2) or version_match.group(1)
+    for name in meta.depends:
+        if wanted.match(name):
+            return name
     raise ImageBuildError(
-        f"{metapackage} does not depend on a package matching {pattern}",
-        hint="run 'apt-get update' (as root) so apt knows the current kernel packages",
+        f"{meta.name} {meta.version} does not depend on a package matching {pattern}",
+        hint="the recipe's [kernel] package_pattern must match the suite's kernel",
     )
 
 
-# --- the build ----------------------------------------------------------------------
+def dependency_closure(
+    roots: Iterable[str], show: Callable[[list[str]], Mapping[str, PackageInfo]]
+) -> dict[str, str]:
+    """Package -> version for ``roots`` and everything they Depend on, transitively.
+
+    ``show`` answers for a batch of names, so each level of the tree is one apt call.
+    """
+    versions: dict[str, str] = {}
+    pending = sorted(set(roots))
+    while pending:
+        infos = show(pending)
+        for info in infos.values():
+            versions[info.name] = info.version
+        pending = sorted({d for i in infos.values() for d in i.depends} - set(versions))
+    return versions
 
 
-def recipe_files(recipe: Recipe) -> dict[str, bytes]:
-    """Every file of the recipe folder, by name (they all shape the image)."""
-    return {
-        path.name: path.read_bytes()
-        for path in sorted(recipe.directory.iterdir())
-        if path.is_file()
-    }
+def resolve(recipe: Recipe, apt: PrivateApt, progress: Progress) -> Resolution:
+    """Refresh the suite's lists and pin every package the image needs."""
+    progress(f"apt-get update (Debian {recipe.suite.name}, private lists)")
+    apt.update()
+    meta = apt.show([recipe.kernel_metapackage])[recipe.kernel_metapackage]
+    kernel = pick_kernel_package(meta, recipe.kernel_package_pattern)
+    # The kernel's own Depends (kmod, initramfs-tools) are for installing it: not needed.
+    versions = {kernel: apt.show([kernel])[kernel].version}
+    versions.update(dependency_closure(recipe.userland_packages, apt.show))
+    return Resolution(kernel, versions, time.time())
 
 
-def image_paths(directory: Path, recipe: str, key: str, release: str) -> GuestImage:
-    """The GuestImage for a (possibly not yet built) cache directory."""
+def _resolution_path(cache_root: Path, recipe: Recipe) -> Path:
+    return cache_root / "resolved" / f"{recipe.name}.json"
+
+
+def load_resolution(cache_root: Path, recipe: Recipe) -> Resolution | None:
+    """The stored resolution, or None if there is none (or it cannot be read)."""
+    try:
+        data = json.loads(_resolution_path(cache_root, recipe).read_text())
+        return Resolution(str(data["kernel_package"]),
+                          {str(k): str(v) for k, v in data["versions"].items()},
+                          float(data["resolved_at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def store_resolution(cache_root: Path, recipe: Recipe, resolution: Resolution) -> None:
+    """Write the resolution next to the images (atomically: readers never see half)."""
+    path = _resolution_path(cache_root, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "recipe": recipe.name, "suite": recipe.suite.name,
+        "kernel_package": resolution.kernel_package,
+        "versions": dict(resolution.versions), "resolved_at": resolution.resolved_at,
+    }, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- the cache ------------------------------------------------------------------------
+
+
+def image_paths(directory: Path, manifest: Mapping[str, Any]) -> GuestImage:
+    """The GuestImage of a cache directory, from its manifest."""
     return GuestImage(
         directory=directory,
-        recipe=recipe,
-        cache_key=key,
-        kernel_release=release,
+        recipe=str(manifest["recipe"]),
+        cache_key=str(manifest["key"]),
+        kernel_release=str(manifest["kernel_release"]),
+        modules_release=str(manifest.get("modules_release", "")),
         vmlinux=directory / "vmlinux",
         vmlinuz=directory / "vmlinuz",
         initrd=directory / "initrd.cpio",
@@ -327,71 +200,24 @@ def image_paths(directory: Path, recipe: str, key: str, release: str) -> GuestIm
     )
 
 
-def build_image(
-    recipe: Recipe | None = None,
-    cache_root: Path | None = None,
-    progress: Progress = _quiet,
-    force: bool = False,
-) -> GuestImage:
-    """Return the cached image for ``recipe``, building it first if needed.
-
-    The cache directory is named by a hash of the recipe files and the versions of
-    every package that goes in, so a changed recipe or a kernel update builds anew
-    and an unchanged one is a hit.  Builds take a lock so two runs never race.
-    """
-    recipe = recipe or load_recipe()
-    cache_root = cache_root or default_cache_root()
-    _ensure_writable(cache_root)
-    check_host_tools(recipe)
-
-    kernel_pkg, kernel_version = resolve_kernel_package(recipe)
-    versions = {kernel_pkg: kernel_version}
-    for pkg in ("busybox-static", "dropbear-bin", "libc6"):
-        versions[pkg] = package_version(pkg)
-    key = cache_key(recipe_files(recipe), versions)
-    directory = cache_root / f"{recipe.name}-{key[:16]}"
-
-    with _lock(cache_root / ".lock"):
-        manifest = directory / "manifest.json"
-        if manifest.is_file() and not force:
-            release = json.loads(manifest.read_text())["kernel_release"]
-            image = image_paths(directory, recipe.name, key, release)
-            if _complete(image):
-                return _with_hit(image)
-        progress(f"building guest image {recipe.name} into {directory}")
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
-        try:
-            release = _assemble(recipe, kernel_pkg, staging, cache_root, progress)
-            (staging / "manifest.json").write_text(
-                json.dumps(
-                    {"recipe": recipe.name, "key": key, "kernel_release": release,
-                     "versions": versions, "builder": BUILDER_VERSION},
-                    indent=2,
-                )
-                + "\n"
-            )
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        _prune_old(cache_root, recipe.name, keep=directory)
-    progress(f"guest image ready: kernel {release}")
-    return image_paths(directory, recipe.name, key, release)
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """A cache directory's manifest if the image in it is complete, else None."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    names = ("vmlinux", "vmlinuz", "initrd.cpio", "host_key.pub", "client_key")
+    return manifest if all((directory / n).is_file() for n in names) else None
 
 
-def _with_hit(image: GuestImage) -> GuestImage:
-    from dataclasses import replace
-
-    return replace(image, cache_hit=True)
-
-
-def _complete(image: GuestImage) -> bool:
-    return all(
-        path.is_file()
-        for path in (image.vmlinux, image.vmlinuz, image.initrd, image.host_key_pub,
-                     image.client_key)
-    )
+def cached_images(cache_root: Path, recipe: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Complete images of ``recipe`` (distro and modules variants), newest first."""
+    found = []
+    for directory in cache_root.glob(f"{recipe}[-+]*"):
+        manifest = read_manifest(directory)
+        if manifest is not None and manifest.get("recipe") == recipe:
+            found.append((directory, manifest))
+    return sorted(found, key=lambda item: float(item[1].get("built_at", 0)), reverse=True)
 
 
 def _ensure_writable(cache_root: Path) -> None:
@@ -416,132 +242,261 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _prune_old(cache_root: Path, recipe: str, keep: Path) -> None:
-    # An image is ~80 MB; older builds of the same recipe are never used again.
-    for old in cache_root.glob(f"{recipe}-*"):
-        if old != keep and old.is_dir():
+def _prune_old(cache_root: Path, prefix: str, keep: Path) -> None:
+    # An image is ~80 MB; older builds of the same recipe (and variant) are never
+    # used again once a newer one exists.
+    pattern = re.compile(re.escape(prefix) + r"-[0-9a-f]{16}")
+    for old in cache_root.glob(f"{prefix}-*"):
+        if old != keep and old.is_dir() and pattern.fullmatch(old.name):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _assemble(
-    recipe: Recipe, kernel_pkg: str, out: Path, cache_root: Path, progress: Progress
-) -> str:
-    with tempfile.TemporaryDirectory(prefix="mdh-kernel-", dir=cache_root) as tmp:
-        work = Path(tmp)
-        deb = _download_kernel(kernel_pkg, work, progress)
-        progress(f"unpacking {deb.name}")
-        root = work / "root"
-        _run(["dpkg-deb", "-x", str(deb), str(root)], what="dpkg-deb -x")
-        vmlinuz = next((root / "boot").glob("vmlinuz-*"), None)
-        if vmlinuz is None:
-            raise ImageBuildError(f"{deb.name} holds no boot/vmlinuz-*")
-        release = vmlinuz.name.removeprefix("vmlinuz-")
-        shutil.copyfile(vmlinuz, out / "vmlinuz")
-        progress("extracting vmlinux (PVH entry) from vmlinuz")
-        (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+def tree_digest(moddir: Path) -> str:
+    """Hash of every file in a modules tree (names and contents)."""
+    import hashlib
 
-        progress("resolving module order from modules.dep")
-        _run([str(which("depmod")), "-b", str(root), release], what="depmod")
-        moddir = root / "lib" / "modules" / release
-        order = resolve_module_order((moddir / "modules.dep").read_text(), recipe.modules)
-
-        progress("generating SSH keys")
-        _make_keys(out, work)
-        progress("compiling mdh-agent (static)")
-        agent = work / "mdh-agent"
-        _run(
-            [str(which("gcc")), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
-             str(recipe.agent)],
-            what="gcc mdh-agent",
-        )
-        progress("writing initramfs")
-        _write_initramfs(recipe, out / "initrd.cpio", moddir, order, work, agent)
-    return release
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in moddir.rglob("*") if p.is_file()):
+        hasher.update(f"{path.relative_to(moddir)} {path.stat().st_size}\n".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()
 
 
-def _download_kernel(package: str, work: Path, progress: Progress) -> Path:
-    progress(f"apt-get download {package}")
-    _run(["apt-get", "download", "-q", package], cwd=work, what="apt-get download")
-    debs = sorted(work.glob(f"{package}_*.deb"))
-    if not debs:
-        raise ImageBuildError(f"apt-get download {package} produced no .deb in {work}")
-    return debs[-1]
+# --- the build --------------------------------------------------------------------------
 
 
-def _make_keys(out: Path, work: Path) -> None:
-    # The guest's host key is made here and pinned by the client, so a guest that
-    # presents any other key is refused: no trust-on-first-use.
-    host_key = work / "host_key"
-    _run([str(which("dropbearkey")), "-t", "ed25519", "-f", str(host_key)], what="dropbearkey")
-    shutil.copyfile(host_key, out / "host_key.dropbear")
-    pub = _run([str(which("dropbearkey")), "-y", "-f", str(host_key)], what="dropbearkey -y")
-    line = next((ln for ln in pub.splitlines() if ln.startswith("ssh-")), None)
-    if line is None:
-        raise ImageBuildError("dropbearkey -y printed no public key", details=pub)
-    (out / "host_key.pub").write_text(" ".join(line.split()[:2]) + "\n")
+@dataclass(frozen=True)
+class _Plan:
+    """What one build_image call settled on before touching the cache."""
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    recipe: Recipe
+    digest: str
+    resolution: Resolution
+    key: str
+    directory: Path
+    modules_dir: Path | None
 
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
+
+def build_image(
+    recipe: Recipe | str | None = None,
+    cache_root: Path | None = None,
+    progress: Progress = _quiet,
+    force: bool = False,
+    refresh: bool = False,
+    modules_dir: Path | None = None,
+) -> GuestImage:
+    """Return the cached image for ``recipe`` (a Recipe, a name, None = default).
+
+    ``refresh`` (what ``image build`` passes) resolves package versions through apt
+    now; otherwise a stored resolution younger than a day is used, and without one
+    the newest image built from the same recipe files is reused, so a cache hit makes
+    no apt call.  ``force`` rebuilds even on a hit.  ``modules_dir`` (a
+    ``make modules_install INSTALL_MOD_PATH=DIR`` tree) builds a variant whose
+    initramfs carries that tree's modules, keyed by the tree's content.
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    cache_root = cache_root or default_cache_root()
+    _ensure_writable(cache_root)
+    check_host_tools(recipe)
+    digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
+    if modules_dir is not None:
+        digest = recipe_digest({"modules-tree": tree_digest(_moddir(modules_dir)).encode(),
+                                "recipe": digest.encode()}, BUILDER_VERSION)
+    with _lock(cache_root / ".lock"):
+        if not (force or refresh):
+            hit = _reuse(recipe, cache_root, digest, modules_dir, progress)
+            if hit is not None:
+                return hit
+        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        resolution = load_resolution(cache_root, recipe)
+        # A day-fresh resolution (perhaps made by _reuse a moment ago) still matches
+        # the private lists, so only an explicit build or an old one asks apt again.
+        if force or refresh or resolution is None or not resolution.fresh(time.time()):
+            resolution = resolve(recipe, apt, progress)
+            store_resolution(cache_root, recipe, resolution)
+        plan = _plan(recipe, cache_root, digest, resolution, modules_dir)
+        manifest = None if force else read_manifest(plan.directory)
+        if manifest is not None:
+            return replace(image_paths(plan.directory, manifest), cache_hit=True)
+        image = _build(plan, apt, cache_root, progress)
+    progress(f"guest image ready: kernel {image.kernel_release}")
+    return image
+
+
+def _plan(recipe: Recipe, cache_root: Path, digest: str, resolution: Resolution,
+          modules_dir: Path | None) -> _Plan:
+    key = cache_key(digest, resolution.versions)
+    prefix = recipe.name if modules_dir is None else f"{recipe.name}+modules"
+    return _Plan(recipe, digest, resolution, key, cache_root / f"{prefix}-{key[:16]}",
+                 modules_dir)
+
+
+def _reuse(recipe: Recipe, cache_root: Path, digest: str, modules_dir: Path | None,
+           progress: Progress) -> GuestImage | None:
+    """A cached image usable without apt, or None when versions must be resolved."""
+    stored = load_resolution(cache_root, recipe)
+    if stored is not None and stored.fresh(time.time()):
+        plan = _plan(recipe, cache_root, digest, stored, modules_dir)
+        manifest = read_manifest(plan.directory)
+        if manifest is not None:
+            return replace(image_paths(plan.directory, manifest), cache_hit=True)
+        return None
+    same = [(d, m) for d, m in cached_images(cache_root, recipe.name) if m.get("digest") == digest]
+    if not same:
+        return None
+    if stored is None:
+        # Images but no resolution (a copied cache): the newest is as good as any.
+        return replace(image_paths(*same[0]), cache_hit=True)
+    try:
+        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        fresh = resolve(recipe, apt, progress)
+    except HarnessError as exc:
+        # Offline with a day-old resolution: say so and keep working.
+        progress(f"cannot refresh package versions ({exc.message}); reusing {same[0][0].name}")
+        return replace(image_paths(*same[0]), cache_hit=True)
+    store_resolution(cache_root, recipe, fresh)
+    directory = _plan(recipe, cache_root, digest, fresh, modules_dir).directory
+    manifest = read_manifest(directory)
+    return None if manifest is None else replace(image_paths(directory, manifest),
+                                                 cache_hit=True)
+
+
+def _build(plan: _Plan, apt: PrivateApt, cache_root: Path, progress: Progress) -> GuestImage:
+    progress(f"building guest image {plan.recipe.name} into {plan.directory}")
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".work-", dir=cache_root) as tmp:
+            manifest = _assemble(plan, apt, staging, Path(tmp), progress)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if plan.directory.exists():
+            shutil.rmtree(plan.directory)
+        staging.rename(plan.directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune_old(cache_root, plan.directory.name[:-17], keep=plan.directory)
+    return image_paths(plan.directory, manifest)
+
+
+def _unpack(deb: Path, root: Path) -> None:
+    _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"dpkg-deb -x {deb.name}")
+
+
+def _moddir(tree: Path) -> Path:
+    """``tree/(usr/)lib/modules/<release>`` of a modules tree or unpacked kernel package."""
+    release = modules_release(tree)
+    if tree.name == release:
+        return tree
+    for base in ("lib/modules", "usr/lib/modules"):
+        if (tree / base / release).is_dir():
+            return tree / base / release
+    raise ImageBuildError(f"{tree} has no lib/modules/{release}")
+
+
+def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
+              progress: Progress) -> dict[str, Any]:
+    recipe, kernel_pkg = plan.recipe, plan.resolution.kernel_package
+    progress(f"apt-get download {len(plan.resolution.versions)} packages from "
+             f"Debian {recipe.suite.name}")
+    (work / "debs").mkdir()
+    debs = apt.download(plan.resolution.versions, work / "debs")
+    for deb in debs:
+        _unpack(deb, work / ("kernel" if deb.name.startswith(f"{kernel_pkg}_") else "userland"))
+    vmlinuz = next((work / "kernel" / "boot").glob("vmlinuz-*"), None)
+    if vmlinuz is None:
+        raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-*")
+    release = kernel_release(vmlinuz)
+    check_same_release(release, vmlinuz.name.removeprefix("vmlinuz-"), f"{kernel_pkg} file name")
+    shutil.copyfile(vmlinuz, out / "vmlinuz")
+    progress("extracting vmlinux (PVH entry) from vmlinuz")
+    (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+    tree = ModuleTree(_moddir(plan.modules_dir or work / "kernel"))
+    order = tree.order(recipe.modules)
+    progress(f"modules from {tree.moddir.name}: {' '.join(order) or 'all built in'}")
+    keys = generate_keys()
+    (out / "host_key.pub").write_bytes(keys.host_public)
+    (out / "client_key").write_bytes(keys.client_private)
+    (out / "client_key").chmod(0o600)
+    (out / "client_key.pub").write_bytes(keys.client_public)
+    write_initramfs(out / "initrd.cpio", _contents(recipe, work, keys, tree, order))
+    return {
+        "recipe": recipe.name, "suite": recipe.suite.name, "key": plan.key,
+        "digest": plan.digest, "builder": BUILDER_VERSION, "built_at": time.time(),
+        "kernel_release": release,
+        "modules_release": tree.moddir.name if order else "",
+        "modules": order, "modules_tree": str(plan.modules_dir or ""),
+        "versions": dict(plan.resolution.versions),
+    }
+
+
+def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
+              order: Sequence[str]) -> Contents:
+    userland = work / "userland"
+    busybox = resolve_in_tree(userland, recipe.busybox)
+    busybox.chmod(0o755)
+    # busybox-static is a static x86_64 binary like the host, so asking it for its
+    # applet list runs nothing of the host's and needs no loader.
+    applets = _run([str(busybox), "--list-full"], what="busybox --list-full").split()
+    agent = work / "mdh-agent"
+    _run([str(which("gcc") or "gcc"), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
+          str(recipe.agent)], what="gcc mdh-agent")
+    return Contents(
+        init=recipe.init.read_bytes(),
+        busybox=busybox.read_bytes(),
+        applets=applets,
+        dropbear=(recipe.dropbear, resolve_in_tree(userland, recipe.dropbear).read_bytes()),
+        libraries=library_closure(userland, recipe.dropbear),
+        agent=agent.read_bytes(),
+        keys=keys,
+        modules=[(name, tree.plain(name)) for name in order],
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    client = out / "client_key"
-    client.write_bytes(private)
-    client.chmod(0o600)
-    (out / "client_key.pub").write_bytes(public + b" multidevs-harness\n")
 
 
-def shared_libraries(binary: Path) -> list[Path]:
-    """The shared objects ``binary`` loads (from ldd), including the ELF interpreter."""
-    output = _run(["ldd", str(binary)], what=f"ldd {binary}")
-    libs: list[Path] = []
-    for line in output.splitlines():
-        match = re.search(r"(/\S+) \(0x", line)
-        if match:
-            libs.append(Path(match.group(1)))
-    return libs
+# --- listing ------------------------------------------------------------------------------
 
 
-def _write_initramfs(
-    recipe: Recipe, path: Path, moddir: Path, modules: Sequence[str], work: Path,
-    agent: Path,
-) -> None:
-    with open(path, "wb") as handle:
-        cpio = NewcWriter(handle)
-        for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/dropbear", "etc/mdh",
-                          "proc", "sys", "dev", "tmp", "run", "var/run", "mnt"):
-            cpio.directory(directory)
-        cpio.directory("root", mode=0o700)
-        cpio.file("bin/busybox", recipe.busybox.read_bytes(), mode=0o755)
-        applets = _run([str(recipe.busybox), "--list-full"], what="busybox --list-full")
-        for applet in applets.split():
-            if applet != "bin/busybox":
-                cpio.symlink(applet, "/bin/busybox")
-        cpio.file("init", recipe.init.read_bytes(), mode=0o755)
-        cpio.file("usr/sbin/dropbear", recipe.dropbear.read_bytes(), mode=0o755)
-        for lib in shared_libraries(recipe.dropbear):
-            real = lib.resolve()
-            cpio.file(str(lib), real.read_bytes(), mode=0o755)
-        cpio.file("bin/mdh-agent", agent.read_bytes(), mode=0o755)
-        cpio.file("etc/dropbear/host_key", (path.parent / "host_key.dropbear").read_bytes(),
-                  mode=0o600)
-        cpio.file("root/.ssh/authorized_keys", (path.parent / "client_key.pub").read_bytes(),
-                  mode=0o600)
-        cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-        cpio.file("etc/shadow", b"root:*:19000:0:99999:7:::\n", mode=0o600)
-        cpio.file("etc/group", b"root:x:0:\n")
-        cpio.file("etc/shells", b"/bin/sh\n")
-        listing = []
-        for module in modules:
-            name = module.rsplit("/", 1)[-1]
-            cpio.file(f"lib/modules/{name}", (moddir / module).read_bytes())
-            listing.append(name)
-        cpio.file("etc/mdh/modules", ("\n".join(listing) + "\n").encode())
-        cpio.close()
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
+def list_images(cache_root: Path | None = None) -> dict[str, Any]:
+    """Every recipe and what the cache holds for it (no apt call, nothing built).
+
+    ``current`` marks the image a run would use now: built from the recipe's present
+    files and, if a resolution is stored, from its package versions.
+    """
+    from .recipe import DEFAULT_RECIPE, recipe_names
+
+    cache_root = cache_root or default_cache_root()
+    recipes = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
+        stored = load_resolution(cache_root, recipe)
+        key = cache_key(digest, stored.versions) if stored else None
+        images = [
+            {
+                "directory": str(directory),
+                "variant": "modules" if directory.name.startswith(f"{name}+") else "distro",
+                "kernel_release": manifest.get("kernel_release"),
+                "modules_release": manifest.get("modules_release"),
+                "size_bytes": _size(directory),
+                "built_at": _iso(manifest.get("built_at")),
+                "current": manifest.get("key") == key if key else manifest.get("digest") == digest,
+            }
+            for directory, manifest in cached_images(cache_root, name)
+        ]
+        recipes.append({
+            "name": name, "default": name == DEFAULT_RECIPE, "suite": recipe.suite.name,
+            "kernel_package": stored.kernel_package if stored else None,
+            "resolved_at": _iso(stored.resolved_at) if stored else None,
+            "images": images,
+        })
+    return {"cache_root": str(cache_root), "recipes": recipes}

@@ -29,6 +29,10 @@ class RunOptions:
     layout: ExportLayout
     # QEMU binaries to run the whole matrix on, in order; empty: the default one.
     qemus: tuple[str, ...] = ()
+    # Guest recipes to run the whole matrix on, in order; empty: the default recipe.
+    guests: tuple[str, ...] = ()
+    # A modules tree for a self-built --kernel.
+    modules: Path | None = None
     qemu_datadir: Path | None = None
     accel: Accel = Accel.AUTO
     kernel: Path | None = None

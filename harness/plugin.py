@@ -43,6 +43,7 @@ class HarnessOptions:
     accel: Accel
     devices: int
     logs: Path | None
+    guest: str | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--devices", type=int, default=3, help="host devices per export")
     group.addoption("--mdh-logs", default=None, help="keep every test's guest logs here")
+    group.addoption("--mdh-guest", default=None,
+                    help="guest recipe for the fixtures (default: the default recipe); a "
+                    "test's multidevs(guest=...) marker overrides it")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,8 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "e2e: boots real QEMU guests (needs qemu-system-x86 and the guest image)"
     )
     config.addinivalue_line(
-        "markers", "multidevs(mode='remap', devices=None, files=8, nested=False): "
-        "how the `machine` fixture's export is built and shared",
+        "markers", "multidevs(mode='remap', devices=None, files=8, nested=False, "
+        "guest=None): how the `machine` fixture's export is built and shared, and which "
+        "guest recipe boots",
     )
 
 
@@ -100,6 +105,7 @@ def mdh_options(pytestconfig: pytest.Config) -> HarnessOptions:
         accel=Accel(pytestconfig.getoption("--accel")),
         devices=int(pytestconfig.getoption("--devices")),
         logs=Path(logs) if logs else None,
+        guest=pytestconfig.getoption("--mdh-guest"),
     )
 
 
@@ -114,16 +120,34 @@ def skip_reason(exc: HarnessError) -> str | None:
     return None
 
 
+EnvironmentFor = Callable[[str | None], Environment]
+
+
 @pytest.fixture(scope="session")
-def mdh_environment(mdh_options: HarnessOptions) -> Environment:
-    """Probed QEMU + built image + accelerator decision (session.Environment)."""
-    try:
-        return prepare(mdh_options.qemu, mdh_options.accel)
-    except HarnessError as exc:
-        reason = skip_reason(exc)
-        if reason:
-            pytest.skip(reason)
-        raise
+def mdh_environments(mdh_options: HarnessOptions) -> EnvironmentFor:
+    """``mdh_environments(recipe)``: the prepared environment of a guest recipe (None:
+    the session's ``--mdh-guest``), prepared once per recipe per session."""
+    prepared: dict[str | None, Environment] = {}
+
+    def environment_for(guest: str | None) -> Environment:
+        guest = guest or mdh_options.guest
+        if guest not in prepared:
+            try:
+                prepared[guest] = prepare(mdh_options.qemu, mdh_options.accel, guest=guest)
+            except HarnessError as exc:
+                reason = skip_reason(exc)
+                if reason:
+                    pytest.skip(reason)
+                raise
+        return prepared[guest]
+
+    return environment_for
+
+
+@pytest.fixture(scope="session")
+def mdh_environment(mdh_environments: EnvironmentFor) -> Environment:
+    """Probed QEMU + built image + accelerator decision for the session's guest."""
+    return mdh_environments(None)
 
 
 @pytest.fixture(scope="session")
@@ -192,14 +216,16 @@ MachineFactory = Callable[..., Machine]
 
 @pytest.fixture
 def machine_factory(
-    request: pytest.FixtureRequest, mdh_environment: Environment, mdh_log_dir: Path
+    request: pytest.FixtureRequest, mdh_environments: EnvironmentFor, mdh_log_dir: Path
 ) -> Iterator[MachineFactory]:
     """Boot guests on demand: ``machine_factory(exports=[(Export, Mode)], ready=True)``.
 
+    The guest recipe is the ``multidevs(guest=...)`` marker's, else ``--mdh-guest``.
     Every guest is shut down at the end of the test, and its console and QEMU
     stderr are attached to the report if the test fails.
     """
-    env = mdh_environment
+    marker = request.node.get_closest_marker("multidevs")
+    env = mdh_environments(marker.kwargs.get("guest") if marker else None)
     machines: list[Machine] = []
     request.node.stash[MACHINES_KEY] = machines
     with ExitStack() as stack:

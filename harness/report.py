@@ -66,12 +66,13 @@ def summary_line(report: RunReport) -> str:
     record = report.environment.as_dict()
     accel = record["accel"]
     note = f" (fell back: {accel['reason']})" if accel["fell_back"] else ""
-    qemus = ", ".join(f"{e.qemu.version} ({e.qemu.binary})"
-                      for e in report.environments or (report.environment,))
+    envs = report.environments or (report.environment,)
+    qemus = ", ".join(dict.fromkeys(f"{e.qemu.version} ({e.qemu.binary})" for e in envs))
+    kernels = ", ".join(dict.fromkeys(str(e.guest_kernel) for e in envs))
     return (
         f"{counts[Status.PASS]}/{len(report.rows)} rows passed"
         f"{' (' + others + ')' if others else ''} in {report.wall_seconds:.1f} s "
-        f"under {accel['used']}{note}; QEMU {qemus}; guest kernel {record['guest']['kernel']}"
+        f"under {accel['used']}{note}; QEMU {qemus}; guest kernel {kernels}"
     )
 
 
@@ -183,10 +184,13 @@ def to_junit(report: RunReport) -> ET.Element:
     props = ET.SubElement(suite, "properties")
     for name, value in report.environment.properties():
         ET.SubElement(props, "property", name=name, value=value)
+    several_qemus = len({_qemu_text(r) for r in report.rows}) > 1
     for row in report.rows:
         guest = row.guest.name if row.guest else "libvirt"
+        # Case names recur once per QEMU: the version keeps them apart.
+        name = f"{row.case} [{_qemu_text(row)}]" if several_qemus else row.case
         case = ET.SubElement(suite, "testcase", classname=f"multidevs.{row.via.value}.{guest}",
-                             name=row.case, time=f"{row.boot_seconds or 0.0:.3f}")
+                             name=name, time=f"{row.boot_seconds or 0.0:.3f}")
         _junit_outcome(case, row)
         out = ET.SubElement(case, "system-out")
         out.text = "".join(f"{line}\n" for line in (

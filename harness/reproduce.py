@@ -47,9 +47,11 @@ def reproduce(
     kernel: Path | None = None,
     logs: Path | None = None,
     progress: Progress = _quiet,
+    guest: str | None = None,
+    modules_dir: Path | None = None,
 ) -> Reproduction:
     """Boot one guest in ``mode``, judge it, and write a by-hand reproduction script."""
-    env = prepare(qemu, accel, kernel, progress)
+    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir)
     enter_private_namespace()
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence

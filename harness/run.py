@@ -88,26 +88,28 @@ def _run_environment(
 def run_matrix(
     options: RunOptions, progress: Progress = _quiet, env: Environment | None = None
 ) -> RunReport:
-    """Run every planned guest of ``options`` on each QEMU; return one report.
+    """Run every planned guest of ``options`` on each QEMU and guest recipe; one report.
 
     ``env`` reuses an already prepared environment (the benchmark times the matrix
-    alone that way); by default each QEMU is probed and its accelerator decided here,
-    all before the first guest boots, so a bad second ``--qemu`` fails at once.
+    alone that way); by default every (QEMU, recipe) pair is prepared here, all before
+    the first guest boots, so a bad second ``--qemu`` or ``--guest`` fails at once.
+    Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
     if options.via is Via.LIBVIRT:
         libvirt_run.preflight()
     envs = [env] if env is not None else [
-        prepare(qemu, options.accel, options.kernel, progress, datadir=options.qemu_datadir)
-        for qemu in (options.qemus or (None,))
+        prepare(qemu, options.accel, options.kernel, progress, datadir=options.qemu_datadir,
+                guest=guest, modules_dir=options.modules)
+        for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
     with log_root(options.logs, progress=progress) as logs:
         rank = row_rank(options.modes)
         rows: list[ResultRow] = []
         for index, each in enumerate(envs):
-            # One log folder per QEMU when there are several: the same guest names recur.
-            log_dir = logs.path / f"qemu{index}-{each.info.version}" if len(envs) > 1 \
-                else logs.path
+            # One log folder per QEMU and guest when there are several: plan names recur.
+            log_dir = logs.path / f"{index}-{each.image.recipe}-qemu-{each.info.version}" \
+                if len(envs) > 1 else logs.path
             found = _run_environment(each, options, progress, log_dir)
             rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
         if not all(row.passed for row in rows):

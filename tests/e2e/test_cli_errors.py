@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.errors import MissingPackages
-from harness.image import build_image, check_host_tools, guests_dir, load_recipe
+from harness.image import build_image, check_host_tools
+from harness.recipe import guests_dir, load_recipe
 
 from .leaks import Sandbox, kept_log_dirs
 
@@ -256,28 +257,26 @@ def test_export_root_must_be_an_empty_directory(tmp_path: Path, kind: str) -> No
 # --- host packages for the guest image ----------------------------------------------
 
 
-def _recipe_with_missing_busybox(directory: Path) -> Path:
+def _recipe_with_missing_tool(directory: Path) -> Path:
     copy = directory / "recipe"
     shutil.copytree(guests_dir() / "debian-bookworm-x86_64", copy)
     toml = copy / "recipe.toml"
     text = toml.read_text()
-    assert 'busybox = "/bin/busybox"' in text
-    toml.write_text(text.replace('busybox = "/bin/busybox"',
-                                 'busybox = "/nonexistent/bin/busybox"'))
+    assert 'tools = { gcc = "gcc",' in text
+    toml.write_text(text.replace('tools = { gcc = "gcc",', 'tools = { no-such-cc = "gcc-99",'))
     return copy
 
 
 @pytest.mark.timeout(60)
-def test_missing_guest_packages_name_the_apt_get_line(tmp_path: Path) -> None:
-    recipe = load_recipe(_recipe_with_missing_busybox(tmp_path))
+def test_missing_host_packages_name_the_apt_get_line(tmp_path: Path) -> None:
+    recipe = load_recipe(_recipe_with_missing_tool(tmp_path))
     with pytest.raises(MissingPackages) as info:
         check_host_tools(recipe)
-    assert info.value.packages == ("busybox-static",)
-    assert "apt-get install -y busybox-static" in info.value.hint
+    assert info.value.packages == ("gcc-99",)
+    assert "apt-get install -y gcc-99" in info.value.hint
 
     sandbox = Sandbox(tmp_path / "sandbox")
-    result = sandbox.run(["image", "build", "--recipe", str(tmp_path / "recipe")], timeout=30,
+    result = sandbox.run(["image", "build", "--guest", str(tmp_path / "recipe")], timeout=30,
                          env={"MDH_CACHE_DIR": str(tmp_path / "cache")})
-    assert_clear_error(result, "missing host packages: busybox-static",
-                       "apt-get install -y busybox-static")
+    assert_clear_error(result, "missing host packages: gcc-99", "apt-get install -y gcc-99")
     sandbox.assert_clean()

@@ -157,6 +157,23 @@ def test_guest_panic_fails_fast_and_leaves_only_logs(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
+def test_failed_init_step_ends_the_boot_at_once_with_its_reason(tmp_path: Path) -> None:
+    """A 9p tag QEMU does not serve: the init says so, the run errors within seconds."""
+    wrapper = qemu_wrapper(tmp_path, append="mdh_9p=nosuchtag:/mnt/nosuch:trans=virtio")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    started = time.monotonic()
+    result = sandbox.run([*RUN, "--qemu", str(wrapper)], timeout=HARNESS_TIMEOUT)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert elapsed < 30, f"took {elapsed:.1f} s: the failure must not wait for the deadline"
+    assert "GuestInitFailed" in result.stdout
+    assert "MDH-FAILED 9p: mount -t 9p -o trans=virtio nosuchtag /mnt/nosuch" in result.stdout
+    kept = kept_log_dirs(result.stderr)
+    assert len(kept) == 1
+    sandbox.assert_clean(allowed=kept)
+
+
+@pytest.mark.timeout(180)
 def test_guest_that_never_boots_times_out_and_leaves_only_logs(tmp_path: Path) -> None:
     # busybox cat as init reads the silent serial console forever: no readiness line.
     wrapper = qemu_wrapper(tmp_path, append="rdinit=/bin/cat")

@@ -1,112 +1,198 @@
-"""Recipe parsing, module order from modules.dep, cache key, vmlinux and cpio."""
+"""Recipes, module order, package resolution, the cache (no apt on a hit) and cpio."""
 
 from __future__ import annotations
 
 import io
-import lzma
+import json
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from harness import image as image_mod
+from harness.apt import PackageInfo
 from harness.cpio import NewcWriter
 from harness.errors import ImageBuildError
 from harness.image import (
+    BUILDER_VERSION,
+    Resolution,
+    build_image,
+    dependency_closure,
+    pick_kernel_package,
+    store_resolution,
+)
+from harness.initramfs import module_name, parse_modules_builtin, resolve_module_order
+from harness.recipe import (
     cache_key,
-    extract_vmlinux,
     load_recipe,
-    module_name,
-    parse_modules_dep,
     parse_recipe,
-    resolve_module_order,
+    recipe_digest,
+    recipe_files,
+    recipe_names,
 )
 
 DATA = Path(__file__).parent / "data"
-MODULES_DEP = (DATA / "modules.dep").read_text()
+
+
+def _modules_dep_graph() -> dict[str, tuple[str, ...]]:
+    # A real 6.1 modules.dep, turned into the name -> depends graph .modinfo gives.
+    graph = {}
+    for line in (DATA / "modules.dep").read_text().splitlines():
+        path, _, deps = line.partition(":")
+        graph[module_name(path)] = tuple(module_name(d) for d in deps.split())
+    return graph
+
+
+WANTED = ["virtio_pci", "virtio_net", "9pnet_virtio", "9p"]
 
 
 def test_module_order_puts_every_dependency_first() -> None:
-    order = resolve_module_order(MODULES_DEP, ["virtio_pci", "virtio_net", "9pnet_virtio", "9p"])
-    names = [module_name(path) for path in order]
-    assert names == [
-        "virtio_pci_legacy_dev",
-        "virtio_pci_modern_dev",
-        "virtio",
-        "virtio_ring",
-        "virtio_pci",
-        "failover",
-        "net_failover",
-        "virtio_net",
-        "9pnet",
-        "9pnet_virtio",
-        "netfs",
-        "fscache",
-        "9p",
+    graph = _modules_dep_graph()
+    order = resolve_module_order(WANTED, graph.__getitem__, builtin=set())
+    assert order == [
+        "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio", "virtio_ring",
+        "virtio_pci", "failover", "net_failover", "virtio_net", "9pnet", "9pnet_virtio",
+        "netfs", "fscache", "9p",
     ]
-    # Every module appears after all of its own dependencies.
-    deps = parse_modules_dep(MODULES_DEP)
-    for index, path in enumerate(order):
-        for dep in deps[path]:
-            assert order.index(dep) < index, f"{dep} must load before {path}"
+    for index, name in enumerate(order):
+        for dep in graph[name]:
+            assert order.index(dep) < index, f"{dep} must load before {name}"
 
 
-def test_module_order_leaves_out_unrelated_modules() -> None:
-    order = resolve_module_order(MODULES_DEP, ["9p"])
-    assert [module_name(p) for p in order] == ["9pnet", "netfs", "fscache", "9p"]
-
-
-def test_unknown_module_is_a_clear_error() -> None:
-    with pytest.raises(ImageBuildError, match="module virtiofs is not in this kernel"):
-        resolve_module_order(MODULES_DEP, ["virtiofs"])
+def test_built_in_modules_are_not_loaded() -> None:
+    graph = _modules_dep_graph()
+    builtin = parse_modules_builtin(
+        "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/virtio/virtio_pci_legacy_dev.ko\n"
+        "kernel/drivers/virtio/virtio_pci_modern_dev.ko\n")
+    order = resolve_module_order(WANTED, graph.__getitem__, builtin)
+    assert order[:3] == ["failover", "net_failover", "virtio_net"]
+    assert not set(order) & builtin
+    everything = set(graph)
+    assert resolve_module_order(WANTED, graph.__getitem__, everything) == []
 
 
 def test_dependency_cycle_is_detected() -> None:
+    graph = {"a": ("b",), "b": ("a",)}
     with pytest.raises(ImageBuildError, match="cycle"):
-        resolve_module_order("a.ko: b.ko\nb.ko: a.ko\n", ["a"])
+        resolve_module_order(["a"], graph.__getitem__, set())
 
 
 def test_module_name_handles_compression_and_dashes() -> None:
     assert module_name("kernel/net/9p/9pnet_virtio.ko.xz") == "9pnet_virtio"
+    assert module_name("kernel/net/9p/9pnet_virtio.ko.zst") == "9pnet_virtio"
     assert module_name("kernel/drivers/x/foo-bar.ko") == "foo_bar"
 
 
-def test_default_recipe_parses() -> None:
+def test_both_recipes_parse_and_share_init_and_agent() -> None:
+    assert {"debian-bookworm-x86_64", "debian-trixie-x86_64"} <= set(recipe_names())
+    bookworm, trixie = load_recipe(), load_recipe("debian-trixie-x86_64")
+    assert bookworm.name == "debian-bookworm-x86_64" and bookworm.suite.name == "bookworm"
+    assert trixie.suite.name == "trixie" and trixie.suite.security == "trixie-security"
+    assert bookworm.init == trixie.init and bookworm.agent == trixie.agent
+    assert bookworm.init.is_file() and bookworm.init.parent.name == "common"
+    assert "9p" in trixie.modules and "dropbear-bin" in trixie.userland_packages
+    files = recipe_files(trixie)
+    assert set(files) == {"recipe.toml", "common/init.sh", "common/mdh-agent.c"}
+
+
+def test_shared_file_changes_the_digest(tmp_path: Path) -> None:
     recipe = load_recipe()
-    assert recipe.name == "debian-bookworm-x86_64"
-    assert recipe.kernel_metapackage == "linux-image-amd64"
-    assert "9p" in recipe.modules and "9pnet_virtio" in recipe.modules
-    assert recipe.init.is_file() and recipe.agent.is_file()
-    assert recipe.tool_packages["dropbearkey"] == "dropbear-bin"
+    files = recipe_files(recipe)
+    base = recipe_digest(files, BUILDER_VERSION)
+    assert base == recipe_digest(dict(reversed(files.items())), BUILDER_VERSION)
+    edited = {**files, "common/init.sh": files["common/init.sh"] + b"\n"}
+    assert recipe_digest(edited, BUILDER_VERSION) != base
+    assert recipe_digest(files, BUILDER_VERSION + "x") != base
 
 
 def test_recipe_missing_key_raises() -> None:
     with pytest.raises(KeyError):
-        parse_recipe({"name": "x", "kernel": {}, "userland": {}, "host": {}}, Path("."))
+        parse_recipe({"name": "x", "debian": {}, "kernel": {}, "userland": {}, "host": {}},
+                      Path("."))
 
 
-def test_unknown_recipe_names_the_folder() -> None:
-    with pytest.raises(ImageBuildError, match="guest recipe no-such-recipe not found"):
+def test_unknown_recipe_names_the_known_ones() -> None:
+    with pytest.raises(ImageBuildError, match="guest recipe no-such-recipe not found") as info:
         load_recipe("no-such-recipe")
+    assert "debian-trixie-x86_64" in info.value.hint
 
 
-def test_cache_key_changes_with_recipe_and_versions() -> None:
-    files = {"init.sh": b"echo hi\n", "recipe.toml": b"name='x'\n"}
+def test_cache_key_changes_with_versions() -> None:
     versions = {"linux-image-6.1.0-56-amd64": "6.1.192-2", "busybox-static": "1:1.35.0-4"}
-    base = cache_key(files, versions)
-    assert base == cache_key(dict(reversed(files.items())), versions), "order must not matter"
-    assert base != cache_key({**files, "init.sh": b"echo ho\n"}, versions)
-    assert base != cache_key(files, {**versions, "busybox-static": "1:1.36.1-1"})
-    assert base != cache_key({**files, "extra": b""}, versions)
+    base = cache_key("d" * 64, versions)
+    assert base == cache_key("d" * 64, dict(reversed(versions.items())))
+    assert base != cache_key("e" * 64, versions)
+    assert base != cache_key("d" * 64, {**versions, "busybox-static": "1:1.36.1-1"})
 
 
-def test_extract_vmlinux_finds_the_xz_payload() -> None:
-    elf = b"\x7fELF" + bytes(range(256)) * 64
-    bzimage = b"MZ setup code \xfd7zXZ\x00 decoy" + lzma.compress(elf, format=lzma.FORMAT_XZ)
-    assert extract_vmlinux(bzimage + b"trailing junk") == elf
+def test_pick_kernel_package() -> None:
+    meta = PackageInfo("linux-image-amd64", "6.12.38-1", ("linux-image-6.12.38+deb13-amd64",))
+    trixie = load_recipe("debian-trixie-x86_64").kernel_package_pattern
+    assert pick_kernel_package(meta, trixie) == "linux-image-6.12.38+deb13-amd64"
+    cloud = PackageInfo("linux-image-amd64", "1", ("linux-image-6.12.38+deb13-cloud-amd64",))
+    with pytest.raises(ImageBuildError, match="does not depend on a package matching"):
+        pick_kernel_package(cloud, trixie)
 
 
-def test_extract_vmlinux_without_payload_fails() -> None:
-    with pytest.raises(ImageBuildError, match="no xz-compressed ELF payload"):
-        extract_vmlinux(b"MZ" + b"\0" * 100)
+def test_dependency_closure_asks_one_batch_per_level() -> None:
+    archive = {
+        "dropbear-bin": ("libc6", "zlib1g", "libtomcrypt1"),
+        "libtomcrypt1": ("libc6", "libgmp10"),
+        "zlib1g": ("libc6",), "libc6": ("libgcc-s1",), "libgcc-s1": ("libc6",),
+        "libgmp10": ("libc6",), "busybox-static": (),
+    }
+    calls: list[list[str]] = []
+
+    def show(names: list[str]) -> Mapping[str, PackageInfo]:
+        calls.append(names)
+        return {n: PackageInfo(n, f"{n}-v", archive[n]) for n in names}
+
+    versions = dependency_closure(["dropbear-bin", "busybox-static"], show)
+    assert versions == {n: f"{n}-v" for n in archive}
+    assert calls == [["busybox-static", "dropbear-bin"],
+                     ["libc6", "libtomcrypt1", "zlib1g"], ["libgcc-s1", "libgmp10"]]
+
+
+def _fake_image(cache: Path, name: str, manifest: dict[str, object]) -> Path:
+    directory = cache / name
+    directory.mkdir(parents=True)
+    for part in ("vmlinux", "vmlinuz", "initrd.cpio", "host_key.pub", "client_key"):
+        (directory / part).write_bytes(b"x")
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+class _NoApt:
+    def __init__(self, *args: object) -> None:
+        raise AssertionError("a cache hit must not call apt")
+
+
+def test_cache_hit_makes_no_apt_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = load_recipe()
+    digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
+    versions = {"linux-image-6.1.0-56-amd64": "6.1.192-2"}
+    key = cache_key(digest, versions)
+    common = {"recipe": recipe.name, "digest": digest, "kernel_release": "6.1.0-56-amd64"}
+    _fake_image(tmp_path, f"{recipe.name}-{'0' * 16}", {**common, "key": "old", "built_at": 1})
+    newest = _fake_image(tmp_path, f"{recipe.name}-{key[:16]}",
+                         {**common, "key": key, "built_at": 2})
+    monkeypatch.setattr(image_mod, "PrivateApt", _NoApt)
+    # No resolution stored (a copied cache): the newest image of this recipe is used.
+    hit = build_image(recipe, cache_root=tmp_path)
+    assert hit.cache_hit and hit.directory == newest
+    # A fresh resolution: its key's image.
+    store_resolution(tmp_path, recipe, Resolution("linux-image-6.1.0-56-amd64", versions,
+                                                  time.time()))
+    hit = build_image(recipe, cache_root=tmp_path)
+    assert hit.cache_hit and hit.directory == newest and hit.cache_key == key
+    # A day-old resolution or an explicit build must resolve (here: reach apt).
+    store_resolution(tmp_path, recipe, Resolution("x", versions, time.time() - 2 * 86400))
+    with pytest.raises(AssertionError, match="must not call apt"):
+        build_image(recipe, cache_root=tmp_path)
+    with pytest.raises(AssertionError, match="must not call apt"):
+        build_image(recipe, cache_root=tmp_path, refresh=True)
 
 
 def test_newc_archive_layout() -> None:
@@ -122,20 +208,3 @@ def test_newc_archive_layout() -> None:
     assert data.index(b"etc\0") < data.index(b"etc/mdh\0") < data.index(b"etc/mdh/modules\0")
     assert data.rstrip(b"\0").endswith(b"TRAILER!!!")
     assert b"9p.ko\n" in data and b"/bin/busybox" in data
-
-
-def test_kernel_dependency_from_apt_cache_show() -> None:
-    from harness.image import parse_kernel_dependency
-
-    show = (
-        "Package: linux-image-amd64\nSource: linux-signed-amd64 (6.1.192+2)\n"
-        "Version: 6.1.192-2\n"
-        "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n"
-    )
-    pattern = r"^linux-image-[0-9.]+-[0-9]+-amd64$"
-    assert parse_kernel_dependency(show, pattern, "linux-image-amd64") == (
-        "linux-image-6.1.0-56-amd64", "6.1.192-2"
-    )
-    cloud = show.replace("6.1.0-56-amd64", "6.1.0-56-cloud-amd64")
-    with pytest.raises(ImageBuildError, match="does not depend on a package matching"):
-        parse_kernel_dependency(cloud, pattern, "linux-image-amd64")
