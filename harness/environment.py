@@ -81,6 +81,7 @@ def resolve_qemu(qemu: str | None) -> Path:
 
 
 # Where distributions install QEMU: its compiled-in firmware path is right for these.
+_MARKER_ROM = "linuxboot_dma.bin"
 _SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/usr/sbin"))
 
 
@@ -93,14 +94,18 @@ def find_datadir(binary: Path, override: Path | None = None) -> Path | None:
     built-in path points at a prefix where nothing is installed.
     """
     if override is not None:
-        if not (override / "bios-256k.bin").is_file():
-            raise UsageError(f"--qemu-datadir {override} holds no bios-256k.bin",
+        if not override.is_dir():
+            raise UsageError(f"--qemu-datadir {override} is not a directory",
                              hint="pass QEMU's pc-bios/ or share/qemu/ directory")
         return override
     if binary.parent in _SYSTEM_BIN:
         return None
     for candidate in (binary.parent / "pc-bios", binary.parent.parent / "share" / "qemu"):
-        if (candidate / "bios-256k.bin").is_file():
+        # The option ROM of -kernel boots, which every guest here needs: its presence
+        # tells QEMU's data directory from an unrelated folder of the same name.
+        # (-L comes first in QEMU's search; BIOS images it lacks, as in Debian where
+        # SeaBIOS is its own package, are still found on the built-in path.)
+        if (candidate / _MARKER_ROM).is_file():
             return candidate
     return None
 

@@ -33,6 +33,11 @@ def _qemu_text(row: ResultRow) -> str:
     return f"{env.qemu.version} ({env.qemu.binary})" if env else "-"
 
 
+def _qemu_version(row: ResultRow) -> str:
+    # The table column; the summary line and JUnit name the binaries in full.
+    return str(row.environment.qemu.version) if row.environment else "-"
+
+
 def table(report: RunReport) -> str:
     """A fixed-width table (case, expectation, observed, tar witness, verdict), then
     every failure and note behind the name of its row.  A qemu and a guest column are
@@ -41,11 +46,12 @@ def table(report: RunReport) -> str:
     rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
              r.status.value.upper()] for r in report.rows]
     # Columns that tell rows apart only when the run spans several of them.
-    for title, value in (("guest", _guest_text), ("qemu", _qemu_text)):
+    for title, value, label in (("guest", _guest_text, _guest_text),
+                                ("qemu", _qemu_text, _qemu_version)):
         if len({value(r) for r in report.rows}) > 1:
             headers.insert(1, title)
             for row, result in zip(rows, report.rows, strict=True):
-                row.insert(1, value(result))
+                row.insert(1, label(result))
     widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
