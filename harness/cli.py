@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
+    run.add_argument("--bisect", action="store_true",
+                     help="exit codes for 'git bisect run': pass 0, fail 1, error or "
+                     "inconclusive 125 (skip the commit)")
 
     repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
     _add_machine_options(repro)
@@ -287,10 +290,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def bisect_code(code: int) -> int:
+    """``git bisect run``'s reading of an exit status: 2 (could not run, inconclusive)
+    becomes 125, "skip this commit", so an unbuildable or unbootable commit is not
+    blamed.  0 and 1 stay; anything above 127 (Ctrl-C) stops the bisection."""
+    return 125 if code == EXIT_ERROR else code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status: 0 everything held, 1 QEMU or the
-    guest kernel did the wrong thing, 2 the check could not run or was inconclusive."""
+    guest kernel did the wrong thing, 2 the check could not run or was inconclusive
+    (125 for that with ``run --bisect``)."""
     args = build_parser().parse_args(argv)
+    code = _dispatch(args)
+    return bisect_code(code) if getattr(args, "bisect", False) else code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "image":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -74,4 +76,27 @@ def test_612_kernel_with_61_modules_is_refused(trixie: Environment, tmp_path: Pa
             f"release {bookworm.modules_release}") in result.stderr
     assert "modules_install" in result.stderr
     assert "booting guest" not in result.stderr
+    sandbox.assert_clean()
+
+
+def test_run_on_both_guests_reports_each_kernel(trixie: Environment, tmp_path: Path) -> None:
+    report = tmp_path / "run.json"
+    junit = tmp_path / "run.xml"
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["run", "--accel", "tcg", "--modes", "remap,warn", "--no-control",
+                          "--guest", f"debian-bookworm-x86_64,{TRIXIE}", "--json", str(report),
+                          "--junit", str(junit)], timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    kernels = {(r["case"], r["guest"]["name"]): r["guest"]["kernel"] for r in data["results"]}
+    assert len(kernels) == 4
+    assert kernels[("warn", TRIXIE)] == trixie.image.kernel_release
+    assert kernels[("warn", "debian-bookworm-x86_64")].startswith("6.1.")
+    assert all(r["status"] == "pass" for r in data["results"])
+    trixie_warn = [r for r in data["results"] if r["case"] == "warn"
+                   and r["guest"]["name"] == TRIXIE][0]
+    assert trixie_warn["guest_collisions"] > 0
+    classes = {c.get("classname") for c in ET.parse(junit).getroot().iter("testcase")}
+    assert classes == {"multidevs.qemu.debian-bookworm-x86_64", f"multidevs.qemu.{TRIXIE}"}
+    assert "6.12." in result.stdout and "6.1.0" in result.stdout  # the table's guest column
     sandbox.assert_clean()
