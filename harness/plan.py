@@ -51,11 +51,14 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """One export of a guest: the name of the result row it feeds, its mode and shape."""
+    """One export of a guest: the name of the result row it feeds, its mode and shape,
+    the check family that observes and judges it, and the guest's 9p cache mode."""
 
     row: str
     mode: Mode
     layout: ExportLayout
+    check: str = "ids"
+    cache: str = "none"
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "case": row.case,
         "check": row.check,
+        "cache": row.cache,
         "via": row.via.value,
         "status": row.status.value,
         "passed": row.passed,

@@ -113,6 +113,7 @@ class ResultRow:
     check: str
     via: Via
     verdict: Verdict | RejectionVerdict
+    cache: str | None = None  # the guest's 9p cache mode (None: no export, a rejection)
     guest: GuestRecord | None = None
     boot_seconds: float | None = None
     log_dir: Path | None = None
