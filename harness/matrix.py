@@ -10,6 +10,7 @@ on success, failure, timeout and Ctrl-C.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
@@ -30,6 +31,7 @@ from .results import GuestRecord, ResultRow
 
 Progress = Callable[[str], None]
 MOUNT_BASE = "/mnt"
+_CRASH_GRACE_S = 1.0
 
 
 class Backend(Protocol):
@@ -145,13 +147,26 @@ def _observe(
             observed.append(Observed(item, export, spec, seen,
                                      slice(before, len(guest.stderr_text()))))
     except HarnessError as exc:
-        try:
-            check_alive(guest)
-        except QemuFailed as crash:
+        crash = _crash(guest)
+        if crash is not None:
             raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
                                hint=crash.hint, details=crash.details) from exc
         raise
     return observed
+
+
+def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
+    """Why the guest died, if it did.  The SSH session can break a moment before
+    QEMU's exit can be seen, so a guest that looks alive is asked again briefly."""
+    until = time.monotonic() + grace
+    while True:
+        try:
+            check_alive(guest)
+        except QemuFailed as crash:
+            return crash
+        if time.monotonic() > until:
+            return None
+        time.sleep(0.05)
 
 
 def _outside(stderr: str, slices: Sequence[slice]) -> str:
@@ -183,7 +198,7 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
         rows.append(ResultRow(
             case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
             via=run.backend.via, verdict=verdict,
-            guest=record, boot_seconds=guest.boot_seconds, log_dir=log_dir,
+            guest=record, start=guest.start, boot_seconds=guest.boot_seconds, log_dir=log_dir,
             qemu_command=shell_quote_command(guest.argv),
             guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
             f"{item.spec.mount_point}",
@@ -201,7 +216,8 @@ def _run_guest(run: MatrixRun, plan: GuestPlan, log_dir: Path) -> list[ResultRow
         stack.callback(run.live.discard, guest)
         run.progress(f"{plan.name}: booting guest ({run.env.accel.used.value})")
         guest.wait_ready()
-        run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s; observing")
+        run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
+                     f"({guest.start.value}); observing")
         observed = _observe(run, guest, exports)
     return _rows(run, plan, guest, observed, log_dir)
 

@@ -34,6 +34,8 @@ class RunOptions:
     # A modules tree for a self-built --kernel.
     modules: Path | None = None
     qemu_datadir: Path | None = None
+    # Boot every guest cold instead of restoring a saved state.
+    cold: bool = False
     accel: Accel = Accel.AUTO
     kernel: Path | None = None
     logs: Path | None = None
