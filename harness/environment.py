@@ -20,7 +20,7 @@ from .config import (
     Timeouts,
 )
 from .errors import UsageError
-from .image import build_image, default_cache_root
+from .image import build_image, default_cache_root, mark_used
 from .kernelfile import check_same_release, kernel_release
 from .probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .results import EnvironmentRecord
@@ -203,6 +203,7 @@ def prepare(
     info = probe_qemu(binary)
     require_multidevs(info)
     image = build_image(guest, progress=progress, modules_dir=modules_dir)
+    mark_used(image.directory)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)

@@ -44,6 +44,9 @@ from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
 
 # Bump when the way an image is assembled changes, so old cache entries are not reused.
 BUILDER_VERSION = "4"
+# An image used by some run within this many seconds is never pruned.
+IN_USE_S = 24 * 3600
+USED_STAMP = ".last-used"
 RESOLUTION_MAX_AGE = 24 * 3600.0
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -242,12 +245,27 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def mark_used(directory: Path) -> None:
+    """Note that a run uses this image now, so no other run prunes it meanwhile."""
+    with contextlib.suppress(OSError):
+        (directory / USED_STAMP).touch()
+
+
+def _last_used(directory: Path) -> float:
+    stamps = [directory / USED_STAMP, directory]
+    return max((p.stat().st_mtime for p in stamps if p.exists()), default=0.0)
+
+
 def _prune_old(cache_root: Path, prefix: str, keep: Path) -> None:
-    # An image is ~80 MB; older builds of the same recipe (and variant) are never
-    # used again once a newer one exists.
+    # An image is ~80 MB; older builds of the same recipe (and variant) are rarely
+    # used again once a newer one exists.  But another checkout or harness version
+    # sharing this cache may be running from one right now (its recipe files or
+    # builder differ): images used within IN_USE_S stay.
     pattern = re.compile(re.escape(prefix) + r"-[0-9a-f]{16}")
+    now = time.time()
     for old in cache_root.glob(f"{prefix}-*"):
-        if old != keep and old.is_dir() and pattern.fullmatch(old.name):
+        if old != keep and old.is_dir() and pattern.fullmatch(old.name) \
+                and now - _last_used(old) > IN_USE_S:
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -208,3 +208,21 @@ def test_newc_archive_layout() -> None:
     assert data.index(b"etc\0") < data.index(b"etc/mdh\0") < data.index(b"etc/mdh/modules\0")
     assert data.rstrip(b"\0").endswith(b"TRAILER!!!")
     assert b"9p.ko\n" in data and b"/bin/busybox" in data
+
+
+def test_prune_spares_images_another_run_used_recently(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from harness.image import IN_USE_S, _prune_old, mark_used
+
+    keep, recent, stale = (tmp_path / f"debian-bookworm-x86_64-{c * 16}" for c in "abc")
+    for directory in (keep, recent, stale):
+        directory.mkdir()
+        (directory / "vmlinux").write_bytes(b"")
+    long_ago = time.time() - IN_USE_S - 60
+    for directory in (recent, stale):
+        os.utime(directory, (long_ago, long_ago))
+    mark_used(recent)  # a run of another checkout is using it now
+    _prune_old(tmp_path, "debian-bookworm-x86_64", keep=keep)
+    assert keep.is_dir() and recent.is_dir() and not stale.exists()
