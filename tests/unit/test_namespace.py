@@ -155,7 +155,15 @@ def _fresh_namespace_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(namespace, "_entered", None)
 
 
+def _single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under pytest-xdist this process also runs execnet's I/O thread, and the thread
+    # check would refuse before the paths these tests are about.
+    monkeypatch.setattr(namespace, "_thread_count", lambda: 1)
+
+
 def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    _single_threaded(monkeypatch)
+
     def refuse(flags: int) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
@@ -180,6 +188,7 @@ def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_root_falls_back_to_a_user_namespace_and_reports_both(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _single_threaded(monkeypatch)
     calls: list[int] = []
 
     def refuse(flags: int) -> None:
@@ -254,6 +263,8 @@ def test_root_is_a_mount_point_except_in_a_plain_chroot() -> None:
 def test_root_that_cannot_be_made_private_is_refused_with_the_right_hint(
     monkeypatch: pytest.MonkeyPatch, mountinfo: str, hint_start: str,
 ) -> None:
+    _single_threaded(monkeypatch)
+
     def refuse(path: str = "/") -> None:
         raise OSError(errno.EINVAL, "Invalid argument", path)
 
