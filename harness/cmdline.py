@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .config import Accel, BootMethod, ExportSpec, MachineSpec
+from .config import Accel, BootMethod, ExportSpec, MachineSpec, Mode
 from .errors import UsageError
 
 MACHINE_TYPE = "q35"
@@ -185,6 +185,20 @@ def no_reboot_args() -> list[str]:
     return ["-no-reboot"]
 
 
+def slot_exports(exports: Sequence[ExportSpec], slots: int, filler: Path) -> tuple[
+        ExportSpec, ...]:
+    """``exports`` padded to ``slots`` 9p devices tagged ``mdhN`` (boot by restore).
+
+    A saved state fixes the guest's device set; the unused slots share ``filler``
+    (an empty directory) and are never mounted.
+    """
+    padded = list(exports)
+    for index in range(len(padded), slots):
+        padded.append(ExportSpec(tag=f"mdh{index}", path=filler, mode=Mode.REMAP,
+                                 mount_point=f"/mnt/mdh{index}"))
+    return tuple(padded)
+
+
 def render_command(
     spec: MachineSpec,
     *,
@@ -192,6 +206,7 @@ def render_command(
     qmp_fd: int | None,
     host_port: int,
     append: str,
+    incoming: Sequence[str] = (),
 ) -> list[str]:
     """The whole QEMU argv for ``spec``, binary first.
 
@@ -211,7 +226,7 @@ def render_command(
     if spec.sandbox:
         argv += _SANDBOX_ON
     argv += no_reboot_args()
-    return argv
+    return argv + list(incoming)
 
 
 def mount_options(export: ExportSpec) -> str:

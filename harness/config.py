@@ -52,6 +52,13 @@ class Accel(StrEnum):
     TCG = "tcg"
 
 
+class Start(StrEnum):
+    """How a guest came up: booted cold, or restored from a saved state."""
+
+    COLD = "cold"
+    RESTORED = "restored"
+
+
 class BootMethod(StrEnum):
     """How the kernel is handed to QEMU."""
 
@@ -165,6 +172,8 @@ class MachineSpec:
     tuned: bool = True
     # Firmware directory for a QEMU outside the system prefix (-L); None: QEMU's own.
     datadir: Path | None = None
+    # Saved guest states live here (boot by restore); None: every boot is cold.
+    state_cache: Path | None = None
     timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from .config import (
     Timeouts,
 )
 from .errors import UsageError
-from .image import build_image
+from .image import build_image, default_cache_root
 from .kernelfile import check_same_release, kernel_release
 from .probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .results import EnvironmentRecord
@@ -45,6 +45,8 @@ class Environment:
     timeouts: Timeouts
     # Firmware directory passed as -L (a QEMU outside the system prefix); None: QEMU's.
     datadir: Path | None = None
+    # Saved guest states (boot by restore); None: every boot is cold (--cold).
+    state_cache: Path | None = None
 
     @property
     def record(self) -> EnvironmentRecord:
@@ -72,6 +74,7 @@ class Environment:
             extra_append=tuple(extra_append),
             timeouts=self.timeouts,
             datadir=self.datadir,
+            state_cache=self.state_cache,
         )
 
 
@@ -82,6 +85,8 @@ def resolve_qemu(qemu: str | None) -> Path:
 
 # Where distributions install QEMU: its compiled-in firmware path is right for these.
 _MARKER_ROM = "linuxboot_dma.bin"
+# Saved guest states, beside the images in the cache.
+STATES_DIR = "states"
 _SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/usr/sbin"))
 
 
@@ -177,6 +182,7 @@ def prepare(
     datadir: Path | None = None,
     guest: str | None = None,
     modules_dir: Path | None = None,
+    cold: bool = False,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator.
 
@@ -184,7 +190,8 @@ def prepare(
     else 1), for slow runners and for tests that must see a deadline pass quickly.
     ``datadir`` is --qemu-datadir.  ``guest`` names the recipe (a folder of guests/;
     None = the default recipe); ``modules_dir`` (a ``make modules_install`` tree)
-    puts its modules in the image, for booting a self-built ``kernel``.
+    puts its modules in the image, for booting a self-built ``kernel``.  ``cold``
+    turns boot by restore off.
     """
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
@@ -216,6 +223,7 @@ def prepare(
         boot=boot,
         timeouts=Timeouts.for_accel(decision.used, scale),
         datadir=firmware,
+        state_cache=None if cold else default_cache_root() / STATES_DIR,
     )
 
 

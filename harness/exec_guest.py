@@ -29,13 +29,15 @@ def exec_in_guest(
     progress: Progress = _quiet,
     guest: str | None = None,
     modules_dir: Path | None = None,
+    cold: bool = False,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir)
+    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir,
+                  cold=cold)
     with log_root(logs, "exec", progress) as log_dir:
         spec = env.machine_spec((), log_dir.path)
         progress(f"booting guest ({env.accel.used.value}); logs in {log_dir.path}")
         with Machine(spec, progress=progress, name="exec") as machine:
             machine.wait_ready()
-            progress(f"guest ready in {machine.boot_seconds:.2f} s")
+            progress(f"guest ready in {machine.boot_seconds:.2f} s ({machine.start.value})")
             return machine.run(shlex.join(command))

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from .bootlog import init_failure
-from .config import GuestImage
+from .config import GuestImage, Start
 from .errors import (
     GuestBootTimeout,
     GuestInitFailed,
@@ -61,6 +61,8 @@ class Booting(Protocol):
 
 class Guest(Booting, Protocol):
     """A running guest: a shell over SSH, its console log and QEMU's stderr."""
+
+    start: Start  # booted cold or restored from a saved state
 
     @property
     def boot_seconds(self) -> float | None:
@@ -148,9 +150,19 @@ def wait_ready(guest: Booting, deadline: BootDeadline) -> GuestSsh:
     Returns the open session.  A panic or an exited QEMU ends the wait at once;
     a silent guest ends it at the deadline with the console tail in the error.
     """
+    wait_console(guest, deadline)
+    return connect(guest, deadline)
+
+
+def wait_console(guest: Booting, deadline: BootDeadline) -> None:
+    """Wait for the init's readiness line (or its report of a failed step)."""
+    _wait_console(guest, deadline.started + deadline.seconds, deadline.seconds)
+
+
+def connect(guest: Booting, deadline: BootDeadline) -> GuestSsh:
+    """An SSH session to the guest before the deadline, its host key pinned."""
     until = deadline.started + deadline.seconds
     try:
-        _wait_console(guest, until, deadline.seconds)
         return connect_with_retry(
             "127.0.0.1", deadline.host_port, deadline.image.client_key,
             deadline.image.host_key_pub, until, lambda: check_alive(guest),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .cmdline import shell_quote_command
-from .config import GuestImage, Timeouts
+from .config import GuestImage, Start, Timeouts
 from .errors import QemuFailed
 from .guest import BootDeadline, Launched, check_alive, wait_ready
 from .libvirt_daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, Reaper, error_text, import_libvirt
@@ -67,6 +67,8 @@ class LibvirtGuest(Launched):
         self.argv: list[str] = []
         self.host_port = 0
         self.boot_seconds: float | None = None
+        # libvirt's own save/restore is not used: every domain boots cold.
+        self.start = Start.COLD
         self._ssh: GuestSsh | None = None
         self._start = 0.0
         self._lock = threading.Lock()

@@ -10,6 +10,7 @@ on success, failure, timeout and Ctrl-C.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
@@ -17,19 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .checks import FAMILIES, Judging, Observation
 from .cmdline import mount_options, shell_quote_command
 from .config import ExportSpec, Via
 from .environment import Environment
 from .errors import GuestCrashed, HarnessError, QemuFailed
 from .export import Export, build_export
 from .guest import Guest, check_alive
-from .observe import GuestView, collect
-from .oracle import Status, judge, judge_witness, unobserved
+from .oracle import Status, unobserved
 from .plan import ExportPlan, GuestPlan, RunOptions
 from .results import GuestRecord, ResultRow
 
 Progress = Callable[[str], None]
 MOUNT_BASE = "/mnt"
+_CRASH_GRACE_S = 1.0
 
 
 class Backend(Protocol):
@@ -112,7 +114,7 @@ class Observed:
     plan: ExportPlan
     export: Export
     spec: ExportSpec
-    view: GuestView
+    observation: Observation
     stderr: slice  # the part of QEMU's stderr written while it alone was observed
 
 
@@ -124,7 +126,7 @@ def _build_exports(
     for index, item in enumerate(plan.exports):
         export = stack.enter_context(build_export(item.layout))
         spec = ExportSpec(tag=f"mdh{index}", path=export.root, mode=item.mode,
-                          mount_point=f"{MOUNT_BASE}/mdh{index}")
+                          mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache)
         built.append((item, export, spec))
     return built
 
@@ -132,27 +134,39 @@ def _build_exports(
 def _observe(
     run: MatrixRun, guest: Guest, exports: Sequence[tuple[ExportPlan, Export, ExportSpec]]
 ) -> list[Observed]:
-    """Collect each export in turn, noting which stderr QEMU wrote meanwhile.
+    """Observe each export in turn (its check family decides how), noting which stderr
+    QEMU wrote meanwhile.
 
     A guest that dies here crashed under test (GuestCrashed: a failure, not an error).
     """
-    options = run.options
     observed = []
     try:
         for item, export, spec in exports:
             before = len(guest.stderr_text())
-            view = collect(guest, spec.mount_point, export.truth.paths, options.witness,
-                           options.passes, options.agent_threads)
-            observed.append(Observed(item, export, spec, view,
+            seen = FAMILIES[item.check].observe(guest, spec, export, run.options)
+            observed.append(Observed(item, export, spec, seen,
                                      slice(before, len(guest.stderr_text()))))
     except HarnessError as exc:
-        try:
-            check_alive(guest)
-        except QemuFailed as crash:
+        crash = _crash(guest)
+        if crash is not None:
             raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
                                hint=crash.hint, details=crash.details) from exc
         raise
     return observed
+
+
+def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
+    """Why the guest died, if it did.  The SSH session can break a moment before
+    QEMU's exit can be seen, so a guest that looks alive is asked again briefly."""
+    until = time.monotonic() + grace
+    while True:
+        try:
+            check_alive(guest)
+        except QemuFailed as crash:
+            return crash
+        if time.monotonic() > until:
+            return None
+        time.sleep(0.05)
 
 
 def _outside(stderr: str, slices: Sequence[slice]) -> str:
@@ -177,20 +191,18 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
     version = run.env.info.version.as_tuple()
     rows = []
     for item in observed:
-        truth, view = item.export.truth, item.view
-        verdict = judge(
-            item.plan.mode, version, truth, view.observation,
-            stderr[item.stderr] if live else stderr,
-            judge_witness(truth, view.extracted) if view.tar_ran else None,
-            stderr_outside=outside, command_failures=problems.get(item.spec.path, ()),
-        )
+        judging = Judging(item.plan, item.export, item.spec, version,
+                          stderr[item.stderr] if live else stderr, outside,
+                          problems.get(item.spec.path, ()))
+        verdict = FAMILIES[item.plan.check].judge(judging, item.observation)
         rows.append(ResultRow(
-            case=item.plan.row, check="ids", via=run.backend.via, verdict=verdict,
-            guest=record, boot_seconds=guest.boot_seconds, log_dir=log_dir,
+            case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
+            via=run.backend.via, verdict=verdict,
+            guest=record, start=guest.start, boot_seconds=guest.boot_seconds, log_dir=log_dir,
             qemu_command=shell_quote_command(guest.argv),
             guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
             f"{item.spec.mount_point}",
-            tar_rc=view.tar_rc, environment=run.env.record, backend=facts,
+            tar_rc=item.observation.tar_rc, environment=run.env.record, backend=facts,
         ))
     return rows
 
@@ -204,7 +216,8 @@ def _run_guest(run: MatrixRun, plan: GuestPlan, log_dir: Path) -> list[ResultRow
         stack.callback(run.live.discard, guest)
         run.progress(f"{plan.name}: booting guest ({run.env.accel.used.value})")
         guest.wait_ready()
-        run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s; observing")
+        run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
+                     f"({guest.start.value}); observing")
         observed = _observe(run, guest, exports)
     return _rows(run, plan, guest, observed, log_dir)
 
@@ -232,7 +245,8 @@ def unobserved_rows(run: MatrixRun, plan: GuestPlan, log_dir: Path, reason: str,
     """One row per export of a guest that was never observed (or died under test)."""
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     return [
-        ResultRow(case=item.row, check="ids", via=run.backend.via, guest=record,
+        ResultRow(case=item.row, check=item.check, cache=item.cache, via=run.backend.via,
+                  guest=record,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
                   log_dir=log_dir, environment=run.env.record)
         for item in plan.exports

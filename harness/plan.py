@@ -34,6 +34,8 @@ class RunOptions:
     # A modules tree for a self-built --kernel.
     modules: Path | None = None
     qemu_datadir: Path | None = None
+    # Boot every guest cold instead of restoring a saved state.
+    cold: bool = False
     accel: Accel = Accel.AUTO
     kernel: Path | None = None
     logs: Path | None = None
@@ -51,11 +53,14 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """One export of a guest: the name of the result row it feeds, its mode and shape."""
+    """One export of a guest: the name of the result row it feeds, its mode and shape,
+    the check family that observes and judges it, and the guest's 9p cache mode."""
 
     row: str
     mode: Mode
     layout: ExportLayout
+    check: str = "ids"
+    cache: str = "none"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class HarnessOptions:
     devices: int
     logs: Path | None
     guest: str | None = None
+    cold: bool = False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,6 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--devices", type=int, default=3, help="host devices per export")
     group.addoption("--mdh-logs", default=None, help="keep every test's guest logs here")
+    group.addoption("--mdh-cold", action="store_true",
+                    help="boot every guest cold (default: restore saved guest states)")
     group.addoption("--mdh-guest", default=None,
                     help="guest recipe for the fixtures (default: the default recipe); a "
                     "test's multidevs(guest=...) marker overrides it")
@@ -106,6 +109,7 @@ def mdh_options(pytestconfig: pytest.Config) -> HarnessOptions:
         devices=int(pytestconfig.getoption("--devices")),
         logs=Path(logs) if logs else None,
         guest=pytestconfig.getoption("--mdh-guest"),
+        cold=bool(pytestconfig.getoption("--mdh-cold")),
     )
 
 
@@ -133,7 +137,8 @@ def mdh_environments(mdh_options: HarnessOptions) -> EnvironmentFor:
         guest = guest or mdh_options.guest
         if guest not in prepared:
             try:
-                prepared[guest] = prepare(mdh_options.qemu, mdh_options.accel, guest=guest)
+                prepared[guest] = prepare(mdh_options.qemu, mdh_options.accel, guest=guest,
+                                          cold=mdh_options.cold)
             except HarnessError as exc:
                 reason = skip_reason(exc)
                 if reason:

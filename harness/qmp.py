@@ -223,10 +223,14 @@ class Qmp:
         try:
             return self._loop.run_until_complete(task)
         except BaseException:
-            # Ctrl-C or SIGTERM raised in the loop leaves the call pending.  Cancel it
-            # and take its outcome when close() next runs the loop, or asyncio prints
-            # "Task exception was never retrieved" and a traceback as the harness exits.
-            if not task.done():
+            # Ctrl-C or SIGTERM raised in the loop leaves the call pending (cancel it
+            # and take its outcome when close() next runs the loop) or, raised inside
+            # the call itself, ends it with that exception (take it now).  Otherwise
+            # asyncio prints "Task exception was never retrieved" and a traceback as
+            # the harness exits.
+            if task.done():
+                _consume_outcome(task)
+            else:
                 task.cancel()
                 task.add_done_callback(_consume_outcome)
             raise

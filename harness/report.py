@@ -118,6 +118,7 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "case": row.case,
         "check": row.check,
+        "cache": row.cache,
         "via": row.via.value,
         "status": row.status.value,
         "passed": row.passed,
@@ -128,6 +129,7 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
         "notes": list(verdict.notes),
         "guest": None if row.guest is None else {
             "name": row.guest.name, "kernel": row.guest.kernel, "boot": row.guest.boot},
+        "boot": None if row.start is None else row.start.value,
         "boot_seconds": None if row.boot_seconds is None else round(row.boot_seconds, 3),
         "log_dir": None if row.log_dir is None or not logs_kept else str(row.log_dir),
         "qemu_command": row.qemu_command,

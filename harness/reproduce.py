@@ -49,9 +49,11 @@ def reproduce(
     progress: Progress = _quiet,
     guest: str | None = None,
     modules_dir: Path | None = None,
+    cold: bool = False,
 ) -> Reproduction:
     """Boot one guest in ``mode``, judge it, and write a by-hand reproduction script."""
-    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir)
+    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir,
+                  cold=cold)
     enter_private_namespace()
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence

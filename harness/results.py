@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import AccelDecision, Via
+from .config import AccelDecision, Start, Via
 from .oracle import RejectionVerdict, Status, Verdict
 from .probe import QemuInfo
 
@@ -113,7 +113,9 @@ class ResultRow:
     check: str
     via: Via
     verdict: Verdict | RejectionVerdict
+    cache: str | None = None  # the guest's 9p cache mode (None: no export, a rejection)
     guest: GuestRecord | None = None
+    start: Start | None = None  # how the row's guest came up (None: no guest)
     boot_seconds: float | None = None
     log_dir: Path | None = None
     qemu_command: str = ""

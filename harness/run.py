@@ -100,7 +100,7 @@ def run_matrix(
         libvirt_run.preflight()
     envs = [env] if env is not None else [
         prepare(qemu, options.accel, options.kernel, progress, datadir=options.qemu_datadir,
-                guest=guest, modules_dir=options.modules)
+                guest=guest, modules_dir=options.modules, cold=options.cold)
         for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
     with log_root(options.logs, progress=progress) as logs:

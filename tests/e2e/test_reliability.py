@@ -174,6 +174,19 @@ def test_failed_init_step_ends_the_boot_at_once_with_its_reason(tmp_path: Path) 
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize(("wrapper_args", "code"), [
+    ({"old": "multidevs=remap", "new": "multidevs=warn"}, 1),  # a regression: bad commit
+    ({"append": "rdinit=/no-such-init init=/no-such-init"}, 125),  # cannot boot: skip it
+], ids=["fail-stays-1", "error-becomes-125"])
+def test_bisect_exit_codes(tmp_path: Path, wrapper_args: dict[str, str], code: int) -> None:
+    wrapper = qemu_wrapper(tmp_path, **wrapper_args)
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run([*RUN, "--qemu", str(wrapper), "--bisect"], timeout=HARNESS_TIMEOUT)
+    assert result.returncode == code, result.stdout + result.stderr
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
+
+
+@pytest.mark.timeout(180)
 def test_guest_that_never_boots_times_out_and_leaves_only_logs(tmp_path: Path) -> None:
     # busybox cat as init reads the silent serial console forever: no readiness line.
     wrapper = qemu_wrapper(tmp_path, append="rdinit=/bin/cat")

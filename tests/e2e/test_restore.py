@@ -1,0 +1,92 @@
+"""Boot by restore: the same verdicts as a cold boot, and no bad state is ever used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.environment import Environment
+from harness.machine import Machine
+from harness.snapshot import STATE_FILE, StateCache
+
+from .leaks import Sandbox, assert_no_qemu_left
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _run(*args: str, report: Path) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--accel", "tcg",
+                             "--json", str(report), *args],
+                            capture_output=True, text=True, timeout=200, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def _verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, int | None]]:
+    return [(r["case"], r["status"], r["observed"], r.get("guest_collisions"))
+            for r in data["results"]]
+
+
+def test_restored_guests_give_the_cold_verdicts(tmp_path: Path) -> None:
+    cold = _run("--cold", report=tmp_path / "cold.json")
+    assert {r["boot"] for r in cold["results"]} == {"cold"}
+    _run(report=tmp_path / "warm-up.json")  # saves the state if none fits yet
+    restored = _run(report=tmp_path / "restored.json")
+    assert {r["boot"] for r in restored["results"]} == {"restored"}
+    assert _verdicts(restored) == _verdicts(cold)
+    warn = [r for r in restored["results"] if r["case"] == "warn"][0]
+    assert warn["guest_collisions"] > 0 and "file ID collisions" in warn["qemu_message"]
+    # Restored guests reach SSH far sooner: TCG kernel init is skipped.
+    assert max(r["boot_seconds"] for r in restored["results"]) < \
+        min(r["boot_seconds"] for r in cold["results"])
+    assert_no_qemu_left()
+
+
+def _state_of(env: Environment, tmp_path: Path) -> tuple[StateCache, str]:
+    machine = Machine(env.machine_spec((), tmp_path / "key"))
+    assert machine.restorable and env.state_cache is not None
+    return StateCache(env.state_cache), machine.state_key()
+
+
+def _exec(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
+    result = sandbox.run(["exec", "--accel", "tcg", "--", "cat", "/proc/uptime"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_state_is_never_used_and_is_rebuilt(
+    mdh_environment: Environment, tmp_path: Path, damage: str
+) -> None:
+    cache, key = _state_of(mdh_environment, tmp_path)
+    sandbox = Sandbox(tmp_path / "sandbox")
+    _exec(sandbox)  # make sure a state exists
+    state = cache.root / key / STATE_FILE
+    size = state.stat().st_size
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[: size // 2])
+    else:
+        state.write_bytes(b"\0" * size)  # same size: only QEMU can tell
+    result = _exec(sandbox)
+    assert "(cold)" in result.stderr, result.stderr
+    if damage == "corrupt":
+        assert "the saved guest state was not usable" in result.stderr
+    rebuilt = cache.find(key)
+    assert rebuilt is not None and rebuilt.stat().st_size > 0
+    assert rebuilt.read_bytes()[:4096] != b"\0" * 4096
+    assert "(restored)" in _exec(sandbox).stderr
+    sandbox.assert_clean()
+
+
+def test_cold_exec_makes_no_state_use(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["exec", "--accel", "tcg", "--cold", "--", "uname", "-r"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(cold)" in result.stderr
+    sandbox.assert_clean()

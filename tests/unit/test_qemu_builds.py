@@ -1,0 +1,84 @@
+"""A QEMU outside the system prefix: its firmware folder, -L, and bisect exit codes."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.apt import Suite
+from harness.cli import bisect_code
+from harness.cmdline import machine_args
+from harness.config import Accel, GuestImage, MachineSpec
+from harness.debian_qemu import cached_qemu, qemu_root
+from harness.environment import find_datadir
+from harness.errors import UsageError
+from harness.libvirt_domain import QEMU_NS, DomainSpec, render_domain_xml
+
+
+def _tree(root: Path, *files: str) -> None:
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_build_tree_uses_its_pc_bios(tmp_path: Path) -> None:
+    _tree(tmp_path, "build/qemu-system-x86_64", "build/pc-bios/linuxboot_dma.bin")
+    binary = tmp_path / "build/qemu-system-x86_64"
+    assert find_datadir(binary) == tmp_path / "build/pc-bios"
+
+
+def test_unpacked_package_uses_its_share_qemu(tmp_path: Path) -> None:
+    _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin")
+    assert find_datadir(tmp_path / "usr/bin/qemu-system-x86_64") == tmp_path / "usr/share/qemu"
+
+
+def test_a_folder_without_qemus_roms_is_not_taken(tmp_path: Path) -> None:
+    _tree(tmp_path, "bin/qemu-system-x86_64", "bin/pc-bios/README", "share/qemu/other.bin")
+    assert find_datadir(tmp_path / "bin/qemu-system-x86_64") is None
+
+
+def test_system_binaries_keep_their_built_in_path() -> None:
+    assert find_datadir(Path("/usr/bin/qemu-system-x86_64")) is None
+
+
+def test_override_wins_and_must_exist(tmp_path: Path) -> None:
+    assert find_datadir(Path("/usr/bin/qemu-system-x86_64"), tmp_path) == tmp_path
+    with pytest.raises(UsageError, match="is not a directory"):
+        find_datadir(Path("/usr/bin/qemu"), tmp_path / "missing")
+
+
+def _spec(datadir: Path | None) -> MachineSpec:
+    image = GuestImage(Path("/i"), "r", "k", "6.1", Path("/i/vmlinux"), Path("/i/vmlinuz"),
+                       Path("/i/initrd"), Path("/i/h"), Path("/i/c"), Path("/i/c.pub"))
+    return MachineSpec(qemu=Path("/q"), accel=Accel.TCG, image=image, log_dir=Path("/l"),
+                       datadir=datadir)
+
+
+def test_minus_l_comes_first_and_only_when_set() -> None:
+    assert machine_args(_spec(Path("/opt/q,1/share")))[:2] == ["-L", "/opt/q,1/share"]
+    assert "-L" not in machine_args(_spec(None))
+
+
+def test_libvirt_passes_minus_l_on_the_qemu_command_line() -> None:
+    spec = DomainSpec(name="d", accel=Accel.TCG, emulator=Path("/q"), kernel=Path("/k"),
+                      initrd=Path("/i"), cmdline="", console=Path("/c"),
+                      datadir=Path("/opt/share/qemu"))
+    args = [a.get("value") for a in ET.fromstring(render_domain_xml(spec)).iter(
+        f"{{{QEMU_NS}}}arg")]
+    assert args[:2] == ["-L", "/opt/share/qemu"]
+
+
+@pytest.mark.parametrize(("code", "bisect"), [(0, 0), (1, 1), (2, 125), (130, 130)])
+def test_bisect_code(code: int, bisect: int) -> None:
+    assert bisect_code(code) == bisect
+
+
+def test_debian_qemu_cache_paths(tmp_path: Path) -> None:
+    suite = Suite(name="bookworm-backports", pockets=("bookworm-backports",))
+    root = qemu_root(tmp_path, suite, "1:10.0.2+ds-2~bpo12+1")
+    assert root == tmp_path / "qemu" / "bookworm-backports-1_10.0.2+ds-2~bpo12+1"
+    assert cached_qemu(tmp_path, suite) is None
+    _tree(root, "usr/bin/qemu-system-x86_64")
+    assert cached_qemu(tmp_path, suite) == root / "usr/bin/qemu-system-x86_64"
