@@ -42,6 +42,15 @@ _HINT = (
     "sysctl kernel.apparmor_restrict_unprivileged_userns=0"
 )
 
+# make_rprivate("/") fails with EINVAL when "/" is no mount point: in a plain chroot the
+# root is a directory of a mount outside it, which no path inside can name.
+_CHROOT_HINT = (
+    "/ is not a mount point here (a chroot?), so the mount holding it cannot be made "
+    "private from inside: make the chroot directory a mount of its own before entering "
+    "it (mount --bind DIR DIR; mount --make-private DIR), then mount /proc, /sys and /dev "
+    "in it"
+)
+
 
 class NamespaceKind(StrEnum):
     """Which namespaces the harness made for itself."""
@@ -211,12 +220,35 @@ def enter_private_namespace(*, threads_stay_outside: bool = False) -> NamespaceI
         # refuse to go on rather than risk leaking mounts there.
         raise NamespaceError(
             f"entered a {kind} namespace but could not make / private: {_describe(exc)}",
-            hint="mounts could propagate to the host; not continuing. " + _HINT,
+            hint=_shared_root_hint(),
         ) from exc
     _entered = NamespaceInfo(
         kind=kind, real_uid=uid, real_gid=gid, mnt_ns=os.readlink("/proc/self/ns/mnt")
     )
     return _entered
+
+
+def root_is_mount_point(mountinfo: str) -> bool:
+    """Whether ``/proc/self/mountinfo`` text lists a mount on "/" (field 5).
+
+    Not so in a plain chroot: the kernel lists only mounts reachable from the
+    process's root, and the one holding the chroot directory is outside it.
+    """
+    return any(len(fields := line.split()) > 4 and fields[4] == "/"
+               for line in mountinfo.splitlines())
+
+
+def _shared_root_hint() -> str:
+    why = _HINT if root_is_mount_point(_mountinfo()) else _CHROOT_HINT
+    return "mounts could propagate to the host; not continuing. " + why
+
+
+def _mountinfo() -> str:
+    try:
+        with open("/proc/self/mountinfo") as file:
+            return file.read()
+    except OSError:
+        return "0 0 0:0 / / rw - unknown unknown rw"  # unreadable: assume the usual case
 
 
 def _may_leave_threads(threads_stay_outside: bool) -> bool:

@@ -155,7 +155,15 @@ def _fresh_namespace_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(namespace, "_entered", None)
 
 
+def _single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under pytest-xdist this process also runs execnet's I/O thread, and the thread
+    # check would refuse before the paths these tests are about.
+    monkeypatch.setattr(namespace, "_thread_count", lambda: 1)
+
+
 def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    _single_threaded(monkeypatch)
+
     def refuse(flags: int) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
@@ -180,6 +188,7 @@ def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_root_falls_back_to_a_user_namespace_and_reports_both(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _single_threaded(monkeypatch)
     calls: list[int] = []
 
     def refuse(flags: int) -> None:
@@ -228,3 +237,49 @@ def test_mount_tmpfs_refuses_outside_the_private_namespace(tmp_path: Path) -> No
         f"refusing to mount a tmpfs on {tmp_path} outside a private namespace"
     )
     assert not _mounted(str(tmp_path))
+
+
+HOST_MOUNTINFO = (
+    "23 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "24 23 0:22 / /proc rw,relatime shared:12 - proc proc rw\n"
+)
+# The same process chrooted into /var/tmp/c, where / is a plain directory: only the
+# mounts made below the chroot are listed, none on "/".
+CHROOT_MOUNTINFO = (
+    "301 23 0:22 / /proc rw,relatime - proc proc rw\n"
+    "305 23 0:51 / /tmp rw,relatime - tmpfs tmpfs rw\n"
+)
+
+
+def test_root_is_a_mount_point_except_in_a_plain_chroot() -> None:
+    assert namespace.root_is_mount_point(HOST_MOUNTINFO)
+    assert not namespace.root_is_mount_point(CHROOT_MOUNTINFO)
+
+
+@pytest.mark.parametrize(("mountinfo", "hint_start"), [
+    (CHROOT_MOUNTINFO, "/ is not a mount point here (a chroot?)"),
+    (HOST_MOUNTINFO, "run as root, or enable unprivileged user namespaces"),
+])
+def test_root_that_cannot_be_made_private_is_refused_with_the_right_hint(
+    monkeypatch: pytest.MonkeyPatch, mountinfo: str, hint_start: str,
+) -> None:
+    _single_threaded(monkeypatch)
+
+    def refuse(path: str = "/") -> None:
+        raise OSError(errno.EINVAL, "Invalid argument", path)
+
+    # Guard rails: the real syscalls must never run in the test process.
+    monkeypatch.setattr(namespace, "_unshare", lambda flags: None)
+    monkeypatch.setattr(namespace, "make_rprivate", refuse)
+    monkeypatch.setattr(namespace, "_mountinfo", lambda: mountinfo)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    with pytest.raises(NamespaceError) as info:
+        namespace.enter_private_namespace()
+    assert info.value.message == (
+        "entered a mount namespace but could not make / private: Invalid argument (EINVAL)"
+    )
+    assert info.value.hint == "mounts could propagate to the host; not continuing. " + (
+        namespace._CHROOT_HINT if mountinfo is CHROOT_MOUNTINFO else namespace._HINT)
+    assert info.value.hint.split(". ", 1)[1].startswith(hint_start)
+    assert namespace.private_namespace() is None
