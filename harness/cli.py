@@ -13,7 +13,17 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import ALL_MODES, Accel, ExportLayout, Mode, Via, parse_modes
+from .config import (
+    ALL_CACHES,
+    ALL_MODES,
+    DEFAULT_CACHES,
+    Accel,
+    ExportLayout,
+    Mode,
+    Via,
+    parse_caches,
+    parse_modes,
+)
 from .errors import HarnessError, UsageError
 from .results import EXIT_ERROR, EXIT_OK
 
@@ -79,6 +89,44 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     listing.add_argument("--json", action="store_true")
 
 
+def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``run``: the main job's options."""
+    run = sub.add_parser("run", help="check every multidevs mode (the main job)")
+    _add_machine_options(run, several_qemus=True)
+    run.add_argument("--qemu-datadir", type=Path,
+                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
+                     "../share/qemu/ beside a binary outside the system prefix")
+    run.add_argument(
+        "--modes",
+        default=",".join(m.value for m in ALL_MODES),
+        help="comma-separated: remap,warn,forbid,default",
+    )
+    run.add_argument(
+        "--cache",
+        default=",".join(c.value for c in DEFAULT_CACHES),
+        help="the guest's 9p cache modes, comma-separated (" +
+        ",".join(c.value for c in ALL_CACHES) + "); each mode gets one row per cache mode",
+    )
+    run.add_argument("--devices", type=_whole_number, default=3,
+                     help="host devices in the export (1..128; 1 = control only)")
+    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
+    run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
+    run.add_argument("--no-control", action="store_true",
+                     help="skip the single-device control guest")
+    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
+    run.add_argument("--isolate", action="store_true",
+                     help="one guest per mode instead of sharing guests between modes")
+    run.add_argument("--jobs", type=_whole_number, default=0,
+                     help="guests booted at once (default: by CPU count)")
+    run.add_argument("--json", type=Path, help="write the JSON report here")
+    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
+                     help="start guests with QEMU directly or through libvirtd")
+    run.add_argument("--bisect", action="store_true",
+                     help="exit codes for 'git bisect run': pass 0, fail 1, error or "
+                     "inconclusive 125 (skip the commit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface."""
     parser = _Parser(
@@ -100,34 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(exec_)
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
-    run = sub.add_parser("run", help="check every multidevs mode (the main job)")
-    _add_machine_options(run, several_qemus=True)
-    run.add_argument("--qemu-datadir", type=Path,
-                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
-                     "../share/qemu/ beside a binary outside the system prefix")
-    run.add_argument(
-        "--modes",
-        default=",".join(m.value for m in ALL_MODES),
-        help="comma-separated: remap,warn,forbid,default",
-    )
-    run.add_argument("--devices", type=_whole_number, default=3,
-                     help="host devices in the export (1..128; 1 = control only)")
-    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
-    run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
-    run.add_argument("--no-control", action="store_true",
-                     help="skip the single-device control guest")
-    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
-    run.add_argument("--isolate", action="store_true",
-                     help="one guest per mode instead of sharing guests between modes")
-    run.add_argument("--jobs", type=_whole_number, default=0,
-                     help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=Path, help="write the JSON report here")
-    run.add_argument("--junit", type=Path, help="write JUnit XML here")
-    run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
-                     help="start guests with QEMU directly or through libvirtd")
-    run.add_argument("--bisect", action="store_true",
-                     help="exit codes for 'git bisect run': pass 0, fail 1, error or "
-                     "inconclusive 125 (skip the commit)")
+    _add_run_command(sub)
 
     repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
     _add_machine_options(repro)
@@ -219,6 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = RunOptions(
         modes=parse_modes(args.modes),
+        caches=parse_caches(args.cache),
         layout=ExportLayout(devices=args.devices, files_per_device=args.files,
                             nested=args.nested),
         qemus=tuple(args.qemu),

@@ -98,6 +98,20 @@ def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
         "witness": {"tar_intact": verdict.witness_intact, "tar_detail": verdict.witness.detail,
                     "tar_rc": row.tar_rc},
         "tar_rc": row.tar_rc,
+        **_harm_dict(verdict),
+    }
+
+
+def _harm_dict(verdict: Verdict) -> dict[str, Any]:
+    harm = verdict.harm
+    return {
+        "aliased": None if harm is None else [
+            {"path": a.path, "how": a.how, "from": a.source} for a in harm.aliased],
+        "predicted_aliasing": None if harm is None else list(harm.predicted),
+        "cwd_moved": None if harm is None else harm.cwd_moved,
+        "access_errors": None if harm is None else [
+            {"path": path, "op": op, "errno": code} for path, op, code in harm.errors],
+        "dmesg": list(verdict.dmesg),
     }
 
 
