@@ -18,6 +18,7 @@ from .config import (
     ALL_MODES,
     DEFAULT_CACHES,
     Accel,
+    Cache,
     ExportLayout,
     Mode,
     Via,
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(repro)
     repro.add_argument("--mode", default=Mode.WARN.value,
                        choices=[m.value for m in ALL_MODES])
+    repro.add_argument("--cache", default=Cache.NONE.value, choices=[c.value for c in ALL_CACHES],
+                       help="the guest's 9p cache mode (loose shows aliasing under warn)")
     repro.add_argument("--devices", type=_whole_number, default=3)
     repro.add_argument("--files", type=_whole_number, default=8)
     return parser
@@ -271,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .oracle import Verdict
-    from .report import collision_table
+    from .report import collision_table, harm_text
     from .reproduce import reproduce
     from .results import exit_code
 
@@ -279,7 +282,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         Mode(args.mode),
         ExportLayout(devices=args.devices, files_per_device=args.files),
         qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
-        progress=progress, guest=args.guest, modules_dir=args.modules,
+        progress=progress, guest=args.guest, modules_dir=args.modules, cache=Cache(args.cache),
     )
     verdict = found.row.verdict
     assert isinstance(verdict, Verdict)  # reproduce judges one export's ids
@@ -290,6 +293,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print("\ncollisions (guest id <- host files):")
     print(collision_table([found.row]))
     print(f"\ntar witness (tar -cf in the guest, extract, compare): {verdict.witness.detail}")
+    print(f"\n{harm_text(verdict)}")
     print(f"QEMU message: {verdict.qemu_message or '(none)'}")
     print("\nto reproduce by hand:")
     print(f"  host:  sh {found.script}    (builds the export, then runs QEMU on this terminal)")

@@ -228,6 +228,27 @@ def write_junit(report: RunReport, path: Path) -> None:
     tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
+def harm_text(verdict: Verdict) -> str:
+    """What the harm probe found (for ``reproduce``): aliased paths, the cwd, the kernel
+    log, and how to see it by hand in the guest."""
+    harm = verdict.harm
+    if harm is None:
+        return "harm probe: not run (a single device, or forbid)"
+    lines = ["aliased (path: what, from where):"]
+    lines += [f"  {a.describe()}" for a in harm.aliased] or ["  nothing"]
+    lines.append(f"cwd: {harm.cwd_detail}")
+    lines += [f"access error: {path!r} {op} errno {code}" for path, op, code in harm.errors]
+    lines.append("predicted to alias: " + (", ".join(map(repr, harm.predicted)) or "nothing"))
+    lines += ["dmesg:", *(f"  {line}" for line in verdict.dmesg)] if verdict.dmesg else []
+    if len(harm.probed) >= 4:
+        # The agent's order: the held twin first; the directories are the last pair.
+        held, other = harm.probed[-2], harm.probed[-1]
+        up = "/".join([".."] * (held.count("/") + 1))
+        lines.append(f"by hand, in the guest's mount: cat {harm.probed[0]} {harm.probed[1]}; "
+                     f"cd {held}; ls {up}/{other}; readlink /proc/self/cwd; ls")
+    return "\n".join(lines)
+
+
 def collision_table(rows: Sequence[ResultRow]) -> str:
     """Guest id -> the distinct host files that share it (for ``reproduce``)."""
     lines: list[str] = []

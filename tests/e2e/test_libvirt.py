@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from harness.config import ALL_MODES, Accel, ExportLayout, Mode
+from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, Mode
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
 from harness.libvirt_daemon import RUN_MARKER_ENV
+from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
 
 pytestmark = pytest.mark.timeout(300)
@@ -225,7 +226,8 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     assert run.rc == 0, f"{run.stdout}\n{run.stderr}"
     cases = {r["case"] for r in run.report["results"]}
     modes = {m.value for m in ALL_MODES}
-    assert cases == modes | {f"control-{m}" for m in modes} | {
+    rows = {row_name(m, c) for m in ALL_MODES for c in DEFAULT_CACHES}
+    assert cases == rows | {f"control-{m}" for m in modes} | {
         "reject-virtiofs-multidevs", "reject-invalid-multidevs"}
     assert all(r["passed"] for r in run.report["results"]), run.stdout
     assert {r["via"] for r in run.report["results"]} == {"libvirt"}

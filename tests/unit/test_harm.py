@@ -252,3 +252,14 @@ def test_parse_harm_output_is_strict(bad: str, reason: str) -> None:
 def test_printf_command_spells_out_every_unsafe_byte() -> None:
     assert printf_command(b"dev01/twin-same\0a b'\n") == \
         "printf 'dev01/twin-same\\000a\\040b\\047\\012'"
+
+
+def test_reproduce_text_names_the_aliased_paths_and_the_commands() -> None:
+    from harness.report import harm_text
+
+    verdict = judge(Mode.WARN, (9, 2, 0), TRUTH, GuestObservation(({}, {}), {}, {}), "",
+                    harm=HarmInput(PROBE, _aliased_same(), MOUNT, Cache.LOOSE))
+    text = harm_text(verdict)
+    assert "'dev02/twin-same': lock identity from 'dev01/twin-same'" in text
+    assert "cwd moved from 'dev01/twin-dir'" in text
+    assert "cd dev01/twin-dir; ls ../../dev02/twin-dir; readlink /proc/self/cwd" in text
