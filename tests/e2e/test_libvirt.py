@@ -243,11 +243,12 @@ def test_generated_command_line_carries_the_mode(libvirt_run: LibvirtRun) -> Non
     for mode in ALL_MODES:
         command = libvirt_run.result(mode.value)["qemu_command"]
         fsdevs = [arg for arg in command.split() if arg.startswith("local,")]
-        assert len(fsdevs) == 1, command
-        if mode is Mode.DEFAULT:
-            assert "multidevs=" not in fsdevs[0]
-        else:
-            assert f"multidevs={mode.value}" in fsdevs[0].split(",")
+        assert len(fsdevs) == len(DEFAULT_CACHES), command  # one device per cache mode
+        for fsdev in fsdevs:
+            if mode is Mode.DEFAULT:
+                assert "multidevs=" not in fsdev
+            else:
+                assert f"multidevs={mode.value}" in fsdev.split(",")
         # libvirt built it: its guest name and monitor, and our localhost-only forward.
         assert f"{GUEST_MARK}" in command and "charmonitor" in command
         assert "hostfwd=tcp:127.0.0.1:0-:22" in command

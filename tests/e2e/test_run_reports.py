@@ -135,6 +135,10 @@ def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path)
         for name in (*names, "sub/inner", "link-a", "link-b"):
             expected = f"{label}/{'link-a' if name == 'link-b' else name}"
             assert built.pop(device + name) == expected, device + name
+        # The twins, as the harness builds them (export._add_twins).
+        for name in ("twin-same", "twin-mtime"):
+            assert built.pop(device + name) == f"{label}/{name}", device + name
+        assert built.pop(f"{device}twin-dir/only-d{int(label[3:]):03d}") == label
     assert built == {}
 
 

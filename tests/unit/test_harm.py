@@ -216,7 +216,8 @@ def test_the_oracle_applies_the_harm_rules_per_mode_and_cache() -> None:
 
 def test_kernel_lines_keep_9p_netfs_fscache_vfs_and_trouble() -> None:
     kept, trouble = kernel_lines("[ 1.5] FS-Cache: Duplicate cookie detected\n"
-                                 "[ 1.6] virtio_net: up\n<4>[ 2.0] BUG: kernel NULL pointer\n")
+                                 "[ 1.6] virtio_net: up\n<4>[ 2.0] BUG: kernel NULL pointer\n"
+                                 "[ 0.1] Kernel command line: mdh_9p=mdh0:/mnt/mdh0\n")
     assert kept == ("FS-Cache: Duplicate cookie detected", "BUG: kernel NULL pointer")
     assert trouble == ("BUG: kernel NULL pointer",)
 
