@@ -13,21 +13,30 @@ from pathlib import Path
 
 from .cmdline import kernel_append, mount_options, render_command
 from .config import ExportLayout, ExportSpec, MachineSpec
-from .export import ODD_NAME
+from .export import (
+    ODD_NAME,
+    ROOT_STEP,
+    TWIN_DIR,
+    TWIN_ENTRY,
+    TWIN_EPOCH,
+    TWIN_MTIME,
+    TWIN_SAME,
+)
 
 EXPORT_VAR = "/tmp/mdh-byhand-export"
 BYHAND_PORT = 10022
 
 
 def populate_function() -> str:
-    """The shell function that fills one device in the harness's order.
+    """The shell function that fills one device (DIR LABEL FILES INDEX) in the
+    harness's order, twins included (``export._add_twins``).
 
     Names as ``export.device_file_names`` makes them: "file NNNN", the last one of
     two or more being the name with a newline (single-quoted, so sh keeps it).
     """
     odd = shlex.quote(ODD_NAME)
     return (
-        'populate() {  # DIR LABEL FILES\n'
+        'populate() {  # DIR LABEL FILES INDEX\n'
         '    i=0; while [ "$i" -lt "$3" ]; do\n'
         '        f=$(printf "file %04d" "$i")\n'
         f'        if [ "$3" -ge 2 ] && [ "$i" -eq $(($3 - 1)) ]; then f={odd}; fi\n'
@@ -35,6 +44,12 @@ def populate_function() -> str:
         '        i=$((i + 1)); done\n'
         '    mkdir "$1/sub"; printf "%s/sub/inner\\n" "$2" > "$1/sub/inner"\n'
         '    printf "%s/link-a\\n" "$2" > "$1/link-a"; ln "$1/link-a" "$1/link-b"\n'
+        f'    printf "%s/{TWIN_SAME}\\n" "$2" > "$1/{TWIN_SAME}"\n'
+        f'    printf "%s/{TWIN_MTIME}\\n" "$2" > "$1/{TWIN_MTIME}"\n'
+        f'    mkdir "$1/{TWIN_DIR}"; printf "%s\\n" "$2" > '
+        f'"$1/{TWIN_DIR}/{TWIN_ENTRY}$(printf %03d "$4")"\n'
+        f'    touch -d @{TWIN_EPOCH} "$1/{TWIN_SAME}" "$1/{TWIN_DIR}"\n'
+        f'    touch -d @$(({TWIN_EPOCH} + 4 * $4)) "$1/{TWIN_MTIME}"\n'
         '}\n'
     )
 
@@ -63,12 +78,16 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
         populate_function().rstrip(),
         f"mkdir -p {EXPORT_VAR}",
         f"mount -t tmpfs tmpfs {EXPORT_VAR}",
-        f"populate {EXPORT_VAR} dev00 {files}",
+        f"populate {EXPORT_VAR} dev00 {files} 0",
         f"n=1; while [ $n -lt {layout.devices} ]; do",
         '    d=$(printf "dev%02d" "$n")',
         f'    mkdir "{EXPORT_VAR}/$d"; mount -t tmpfs tmpfs "{EXPORT_VAR}/$d"',
-        f'    populate "{EXPORT_VAR}/$d" "$d" {files}; n=$((n + 1))',
+        f'    populate "{EXPORT_VAR}/$d" "$d" {files} "$n"; n=$((n + 1))',
         "done",
+        "# Device roots last, with distinct mtimes, as the harness does (export.root_time).",
+        f'n=0; for d in . $(cd {EXPORT_VAR} && ls -d dev[0-9]* 2>/dev/null); do',
+        f'    touch -d @$(({TWIN_EPOCH} + {ROOT_STEP} * (n + 1))) "{EXPORT_VAR}/$d"; '
+        'n=$((n + 1)); done',
         "exec " + shlex.join(argv),
     ]) + "\n"
 

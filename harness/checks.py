@@ -1,8 +1,9 @@
 """Check families: what is observed of one export while its guest runs, and how it is judged.
 
-A family is one kind of question asked of an export: ``ids`` (today's: guest ids,
-QEMU's messages, the tar witness) and, as they are added, operations, cross-device
-moves, runtime mounts, cache-mode harm...  The run loop (``matrix``) is the same for
+A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
+messages, the tar witness, and the harm colliding ids do through the guest's
+inode cache: aliased twins, a moved cwd, the kernel's log) and, as they are added,
+operations, cross-device moves, runtime mounts...  The run loop (``matrix``) is the same for
 all of them: it builds the export, boots the guest, calls the family's ``observe``
 while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
 the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a
@@ -15,11 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import ExportSpec
+from .config import Cache, ExportSpec, Mode
 from .export import Export
 from .guest import Guest
+from .harm import HarmProbe, harm_probe
 from .observe import GuestView, collect
-from .oracle import RejectionVerdict, Verdict, judge, judge_witness
+from .oracle import HarmInput, RejectionVerdict, Verdict, judge, judge_witness
 from .plan import ExportPlan, RunOptions
 
 Version = tuple[int, int, int]
@@ -71,19 +73,34 @@ class IdsCheck:
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 options: RunOptions) -> Observation:
+        probe = _probe(spec, export)
         view = collect(guest, spec.mount_point, export.truth.paths, options.witness,
-                       options.passes, options.agent_threads)
+                       options.passes, options.agent_threads,
+                       harm=probe.paths if probe else ())
         return Observation(view, view.tar_rc)
 
     def judge(self, judging: Judging, observation: Observation) -> Verdict:
         view = observation.data
         assert isinstance(view, GuestView)
         truth = judging.export.truth
+        probe = _probe(judging.spec, judging.export)
+        harm = None
+        if probe is not None and view.harm is not None:
+            harm = HarmInput(probe, view.harm, judging.spec.mount_point, Cache(judging.spec.cache))
         return judge(
             judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
             judge_witness(truth, view.extracted) if view.tar_ran else None,
             stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
+            message_printed=judging.plan.message_printed, harm=harm, dmesg=view.dmesg,
         )
+
+
+def _probe(spec: ExportSpec, export: Export) -> HarmProbe | None:
+    """The twins to probe for aliasing: none under forbid (the twins on other devices
+    are denied) or on a single device (no twins)."""
+    if spec.mode is Mode.FORBID:
+        return None
+    return harm_probe([device.relpath for device in export.devices])
 
 
 FAMILIES: dict[str, CheckFamily] = {IdsCheck.name: IdsCheck()}

@@ -14,7 +14,18 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import ALL_MODES, Accel, ExportLayout, Mode, Via, parse_modes
+from .config import (
+    ALL_CACHES,
+    ALL_MODES,
+    DEFAULT_CACHES,
+    Accel,
+    Cache,
+    ExportLayout,
+    Mode,
+    Via,
+    parse_caches,
+    parse_modes,
+)
 from .errors import HarnessError, UsageError
 from .results import EXIT_ERROR, EXIT_OK
 
@@ -86,6 +97,44 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                          "each kind saves a new one)")
 
 
+def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``run``: the main job's options."""
+    run = sub.add_parser("run", help="check every multidevs mode (the main job)")
+    _add_machine_options(run, several_qemus=True)
+    run.add_argument("--qemu-datadir", type=Path,
+                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
+                     "../share/qemu/ beside a binary outside the system prefix")
+    run.add_argument(
+        "--modes",
+        default=",".join(m.value for m in ALL_MODES),
+        help="comma-separated: remap,warn,forbid,default",
+    )
+    run.add_argument(
+        "--cache",
+        default=",".join(c.value for c in DEFAULT_CACHES),
+        help="the guest's 9p cache modes, comma-separated (" +
+        ",".join(c.value for c in ALL_CACHES) + "); each mode gets one row per cache mode",
+    )
+    run.add_argument("--devices", type=_whole_number, default=3,
+                     help="host devices in the export (1..128; 1 = control only)")
+    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
+    run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
+    run.add_argument("--no-control", action="store_true",
+                     help="skip the single-device control guest")
+    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
+    run.add_argument("--isolate", action="store_true",
+                     help="one guest per mode instead of sharing guests between modes")
+    run.add_argument("--jobs", type=_whole_number, default=0,
+                     help="guests booted at once (default: by CPU count)")
+    run.add_argument("--json", type=Path, help="write the JSON report here")
+    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
+                     help="start guests with QEMU directly or through libvirtd")
+    run.add_argument("--bisect", action="store_true",
+                     help="exit codes for 'git bisect run': pass 0, fail 1, error or "
+                     "inconclusive 125 (skip the commit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface."""
     parser = _Parser(
@@ -107,39 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(exec_)
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
-    run = sub.add_parser("run", help="check every multidevs mode (the main job)")
-    _add_machine_options(run, several_qemus=True)
-    run.add_argument("--qemu-datadir", type=Path,
-                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
-                     "../share/qemu/ beside a binary outside the system prefix")
-    run.add_argument(
-        "--modes",
-        default=",".join(m.value for m in ALL_MODES),
-        help="comma-separated: remap,warn,forbid,default",
-    )
-    run.add_argument("--devices", type=_whole_number, default=3,
-                     help="host devices in the export (1..128; 1 = control only)")
-    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
-    run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
-    run.add_argument("--no-control", action="store_true",
-                     help="skip the single-device control guest")
-    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
-    run.add_argument("--isolate", action="store_true",
-                     help="one guest per mode instead of sharing guests between modes")
-    run.add_argument("--jobs", type=_whole_number, default=0,
-                     help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=Path, help="write the JSON report here")
-    run.add_argument("--junit", type=Path, help="write JUnit XML here")
-    run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
-                     help="start guests with QEMU directly or through libvirtd")
-    run.add_argument("--bisect", action="store_true",
-                     help="exit codes for 'git bisect run': pass 0, fail 1, error or "
-                     "inconclusive 125 (skip the commit)")
+    _add_run_command(sub)
 
     repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
     _add_machine_options(repro)
     repro.add_argument("--mode", default=Mode.WARN.value,
                        choices=[m.value for m in ALL_MODES])
+    repro.add_argument("--cache", default=Cache.NONE.value, choices=[c.value for c in ALL_CACHES],
+                       help="the guest's 9p cache mode (loose shows aliasing under warn)")
     repro.add_argument("--devices", type=_whole_number, default=3)
     repro.add_argument("--files", type=_whole_number, default=8)
     return parser
@@ -258,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = RunOptions(
         modes=parse_modes(args.modes),
+        caches=parse_caches(args.cache),
         layout=ExportLayout(devices=args.devices, files_per_device=args.files,
                             nested=args.nested),
         qemus=tuple(args.qemu),
@@ -289,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .oracle import Verdict
-    from .report import collision_table
+    from .report import collision_table, harm_text
     from .reproduce import reproduce
     from .results import exit_code
 
@@ -298,6 +323,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         ExportLayout(devices=args.devices, files_per_device=args.files),
         qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
         progress=progress, guest=args.guest, modules_dir=args.modules, cold=args.cold,
+        cache=Cache(args.cache),
     )
     verdict = found.row.verdict
     assert isinstance(verdict, Verdict)  # reproduce judges one export's ids
@@ -308,6 +334,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print("\ncollisions (guest id <- host files):")
     print(collision_table([found.row]))
     print(f"\ntar witness (tar -cf in the guest, extract, compare): {verdict.witness.detail}")
+    print(f"\n{harm_text(verdict)}")
     print(f"QEMU message: {verdict.qemu_message or '(none)'}")
     print("\nto reproduce by hand:")
     print(f"  host:  sh {found.script}    (builds the export, then runs QEMU on this terminal)")

@@ -37,6 +37,31 @@ class Mode(StrEnum):
 ALL_MODES: tuple[Mode, ...] = (Mode.REMAP, Mode.WARN, Mode.FORBID, Mode.DEFAULT)
 
 
+class Cache(StrEnum):
+    """A value of the guest's 9p ``cache=`` mount option.
+
+    LOOSE and FSCACHE keep an inode cache: the Linux client then reuses a cached inode
+    for any file whose qid (type, path, version) matches, so under multidevs=warn
+    files on different host devices can share one guest inode (their data, mtime,
+    locks and dentries).  NONE and MMAP look every file up anew.
+    """
+
+    NONE = "none"
+    MMAP = "mmap"
+    LOOSE = "loose"
+    FSCACHE = "fscache"
+
+    @property
+    def reuses_inodes(self) -> bool:
+        """True where the client may take one file's cached inode for another's."""
+        return self in (Cache.LOOSE, Cache.FSCACHE)
+
+
+ALL_CACHES: tuple[Cache, ...] = (Cache.NONE, Cache.MMAP, Cache.LOOSE, Cache.FSCACHE)
+# none shows QEMU's ids as they are; loose is where collisions turn into aliasing.
+DEFAULT_CACHES: tuple[Cache, ...] = (Cache.NONE, Cache.LOOSE)
+
+
 class Via(StrEnum):
     """Who starts the guests: QEMU run by the harness, or libvirtd."""
 
@@ -200,3 +225,24 @@ def parse_modes(text: str) -> tuple[Mode, ...]:
     if not modes:
         raise UsageError("no mode given", hint="for example --modes remap,warn,forbid,default")
     return tuple(modes)
+
+
+def parse_caches(text: str) -> tuple[Cache, ...]:
+    """Parse ``none,loose`` into cache modes, rejecting unknown names with the valid list."""
+    caches: list[Cache] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        try:
+            cache = Cache(name)
+        except ValueError:
+            valid = ",".join(c.value for c in ALL_CACHES)
+            raise UsageError(
+                f"unknown 9p cache mode {raw.strip()!r}", hint=f"choose from {valid}"
+            ) from None
+        if cache not in caches:
+            caches.append(cache)
+    if not caches:
+        raise UsageError("no cache mode given", hint="for example --cache none,loose")
+    return tuple(caches)

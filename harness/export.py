@@ -46,6 +46,19 @@ LINK_A = "link-a"
 LINK_B = "link-b"
 NESTED = "nested"
 ODD_NAME = "odd\nname"
+# Twins built to provoke aliasing under an inode cache (see ``_add_twins``).  QEMU's
+# qid.version is mtime seconds XOR size<<8, and the Linux client reuses a cached inode
+# when type, path (st_ino under warn) and version match, so:
+TWIN_SAME = "twin-same"  # same size, same mtime on every device: qids collide
+TWIN_MTIME = "twin-mtime"  # same size, mtimes 4 s apart per device: qids differ
+TWIN_DIR = "twin-dir"  # a directory with a different entry per device, same mtime
+TWIN_ENTRY = "only-d"  # + device index: the entry that tells twin-dir's devices apart
+# A fixed, whole-second time for the twins, so whether qids collide does not depend
+# on when the export was built.
+TWIN_EPOCH = 1_700_000_000
+# Device roots get TWIN_EPOCH + ROOT_STEP * (index + 1): distinct mtimes keep their
+# qids apart, so a collision stays on the twins and does not swallow a whole device.
+ROOT_STEP = 64
 
 
 class EntryKind(StrEnum):
@@ -68,6 +81,9 @@ class HostEntry:
     kind: EntryKind
     device: int  # index into Export.devices: 0 is the root tmpfs
     content: bytes | None = None  # regular files only
+    # st_mtime in whole seconds and st_size: with ino and kind they make QEMU's qid.
+    mtime: int = 0
+    size: int = 0
 
     @property
     def file_id(self) -> tuple[int, int]:
@@ -181,7 +197,26 @@ def _write_file(name: str, content: bytes, dir_fd: int) -> None:
         os.close(fd)
 
 
-def _populate(directory: Path, relpath: str, files: int) -> None:
+def _add_twins(dir_fd: int, label: str, index: int) -> None:
+    """The aliasing fixtures of device ``index``: same names, sizes and creation order
+    on every device (so the same inode numbers), times set so which qids collide is
+    known in advance (see the TWIN_* constants)."""
+    _write_file(TWIN_SAME, f"{label}/{TWIN_SAME}\n".encode(), dir_fd)
+    _write_file(TWIN_MTIME, f"{label}/{TWIN_MTIME}\n".encode(), dir_fd)
+    os.mkdir(TWIN_DIR, 0o755, dir_fd=dir_fd)
+    # Same name length on every device: tmpfs counts a directory's size per entry.
+    _write_file(f"{TWIN_DIR}/{TWIN_ENTRY}{index:03d}", f"{label}\n".encode(), dir_fd)
+    for name, when in ((TWIN_SAME, TWIN_EPOCH), (TWIN_MTIME, TWIN_EPOCH + 4 * index),
+                       (TWIN_DIR, TWIN_EPOCH)):
+        os.utime(name, (when, when), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def root_time(index: int) -> int:
+    """The mtime device ``index``'s root directory is given once the export is built."""
+    return TWIN_EPOCH + ROOT_STEP * (index + 1)
+
+
+def _populate(directory: Path, relpath: str, files: int, index: int = 0) -> None:
     """Fill one device; the same calls in the same order on every device, so inode
     numbers line up across devices."""
     label = _label(relpath)
@@ -195,6 +230,7 @@ def _populate(directory: Path, relpath: str, files: int) -> None:
         _write_file(inner, f"{label}/{inner}\n".encode(), dir_fd)
         _write_file(LINK_A, f"{label}/{LINK_A}\n".encode(), dir_fd)
         os.link(LINK_A, LINK_B, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        _add_twins(dir_fd, label, index)
     finally:
         os.close(dir_fd)
 
@@ -252,7 +288,8 @@ def record_truth(root: Path, devices: Sequence[ExportDevice]) -> HostTruth:
             ) from None
         kind = kind_of_mode(st.st_mode)
         content = _read(abspath, st.st_size) if kind is EntryKind.FILE else None
-        entries.append(HostEntry(relpath, st.st_dev, st.st_ino, st.st_nlink, kind, device, content))
+        entries.append(HostEntry(relpath, st.st_dev, st.st_ino, st.st_nlink, kind, device,
+                                 content, st.st_mtime_ns // 1_000_000_000, st.st_size))
         return kind
 
     def walk(relpath: str, abspath: str) -> None:
@@ -427,7 +464,10 @@ def _build(stack: ExitStack, problems: list[str], layout: ExportLayout, root: Pa
             target.mkdir(mode=0o755)
             st_dev = _mount(stack, problems, target, files)
             devices.append(ExportDevice(index, target, relpath, st_dev))
-            _populate(target, relpath, files)
+            _populate(target, relpath, files, index)
+        # Last, since every entry made in a directory moves its mtime.
+        for device in devices:
+            os.utime(device.path, (root_time(device.index),) * 2)
         truth = record_truth(root, devices)
     except OSError as exc:
         raise ExportError(

@@ -382,15 +382,31 @@ class GuestView:
     tar_rc: int | None
     tar_stderr: str
     extracted: Mapping[str, bytes | int]
+    # The harm probe (None when no pairs were probed) and the kernel log written since
+    # the previous collection in this guest (``dmesg -c``: each line is read once).
+    harm: HarmObservation | None = None
+    dmesg: str = ""
 
 
 def collection_script(
-    mount_point: str, witness: bool, passes: int = STAT_PASSES, threads: int = AGENT_THREADS
+    mount_point: str, witness: bool, passes: int = STAT_PASSES, threads: int = AGENT_THREADS,
+    harm: Sequence[str] = (),
 ) -> str:
-    """The guest shell script; only constants and a quoted mount point go into it."""
+    """The guest shell script; only constants, a quoted mount point and the harm pairs
+    (octal-escaped) go into it.
+
+    The harm probe runs first, before any stat has filled the client's caches, so it
+    meets the twins in the order it chooses (one held, then the other).
+    """
     point = shlex.quote(mount_point)
-    lines = [
-        "cat > /tmp/mdh-paths",
+    lines = ["cat > /tmp/mdh-paths"]
+    if harm:
+        lines += [
+            f"{printf_command(encode_paths(harm))} > /tmp/mdh-harm",
+            "echo @@HARM",
+            f"{harm_command(mount_point)} < /tmp/mdh-harm",
+        ]
+    lines += [
         "echo @@STAT",
         f"{stat_command(mount_point, passes, threads)} < /tmp/mdh-paths",
     ]
@@ -406,7 +422,7 @@ def collection_script(
             f"head -c 2000 {_WORK}/tar.err",
             f"rm -rf {_WORK}",
         ]
-    lines.append("echo @@DONE")
+    lines += ["echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
 
 
@@ -422,24 +438,27 @@ def _section(text: str, start: str, end: str) -> str:
 
 
 def parse_collection(
-    text: str, paths: Sequence[str], witness: bool, passes: int = STAT_PASSES
+    text: str, paths: Sequence[str], witness: bool, passes: int = STAT_PASSES,
+    harm: Sequence[str] = (),
 ) -> GuestView:
     """Split the collection script's output into its sections and parse each.
 
     Exactly ``passes`` stat passes must be there: a lost pass would otherwise let
     "stable on a second look" pass on one look.
     """
-    stat_text = _section(text, "@@STAT", "@@TAR" if witness else "@@DONE")
+    stat_text = _section(text, "@@STAT", "@@TAR" if witness else "@@DMESG")
     observation = parse_stat_output(stat_text, paths, passes=passes)
+    seen = parse_harm_output(_section(text, "@@HARM", "@@STAT"), harm) if harm else None
+    dmesg = _section(text, "@@DMESG", "@@DONE")
     if not witness:
-        return GuestView(observation, False, None, "", {})
+        return GuestView(observation, False, None, "", {}, seen, dmesg)
     tar_line = text.partition("@@TAR ")[2].partition("\n")[0].strip()
     if not _DECIMAL.fullmatch(tar_line):
         raise GuestOutputError(f"guest output has no tar exit status (@@TAR {tar_line!r})",
                                details=text[-2000:])
     extracted = parse_read_output(_section(text, "@@READ", "@@TARERR"), paths)
-    tar_stderr = _section(text, "@@TARERR", "@@DONE")
-    return GuestView(observation, True, int(tar_line), tar_stderr, extracted)
+    tar_stderr = _section(text, "@@TARERR", "@@DMESG")
+    return GuestView(observation, True, int(tar_line), tar_stderr, extracted, seen, dmesg)
 
 
 def collect(
@@ -449,9 +468,11 @@ def collect(
     witness: bool,
     passes: int = STAT_PASSES,
     threads: int = AGENT_THREADS,
+    harm: Sequence[str] = (),
 ) -> GuestView:
-    """Run the collection script in ``guest`` over ``paths`` and parse what it printed."""
-    script = collection_script(mount_point, witness, passes, threads)
+    """Run the collection script in ``guest`` over ``paths`` and parse what it printed;
+    ``harm`` (pairs of paths) adds the harm probe."""
+    script = collection_script(mount_point, witness, passes, threads, harm)
     result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
     text = result.stdout.decode(errors="replace")
     if "@@DONE" not in text:
@@ -460,4 +481,139 @@ def collect(
             hint=f"see {guest.console_path}",
             details=result.stderr.decode(errors="replace")[-2000:],
         )
-    return parse_collection(text, paths, witness, passes)
+    return parse_collection(text, paths, witness, passes, harm)
+
+
+# --- the harm probe: what colliding qids do under an inode cache ---------------------
+
+
+@dataclass(frozen=True)
+class FileSeen:
+    """What one file showed while its twin was held open (None: that access failed).
+
+    ``lock`` is flock(LOCK_EX|LOCK_NB)'s result: 0 granted, else its errno.
+    """
+
+    content: bytes | None = None
+    mapped: bytes | None = None
+    mtime: int | None = None
+    lock: int | None = None
+
+
+@dataclass(frozen=True)
+class HarmObservation:
+    """Parsed ``mdh-agent harm`` output, by path.
+
+    ``files``: each file of a file pair.  ``listed``: the names opendir listed for the
+    second directory of a pair; ``cwd``: where /proc/self/cwd pointed afterwards, per
+    first directory (held as the cwd); ``cwd_listed``: what "." listed then.
+    ``errors``: every failed access as (path, operation, errno).
+    """
+
+    files: Mapping[str, FileSeen]
+    listed: Mapping[str, tuple[str, ...]]
+    cwd: Mapping[str, str]
+    cwd_listed: Mapping[str, tuple[str, ...]]
+    errors: tuple[tuple[str, str, int], ...]
+
+
+def harm_command(root: str) -> str:
+    """The guest shell command of the harm probe of ``root`` (pairs of paths on stdin)."""
+    return shlex.join((AGENT, "harm", root))
+
+
+_SHELL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/-")
+
+
+def printf_command(data: bytes) -> str:
+    """A ``printf`` command writing exactly ``data`` (NULs included).
+
+    The collection script already takes the stat paths on stdin, so further binary
+    input is spelled out: every byte that is not plainly safe becomes a \\ooo octal
+    escape inside single quotes, which neither the shell nor printf can misread.
+    """
+    body = "".join(chr(b) if b in _SHELL_SAFE else f"\\{b:03o}" for b in data)
+    return f"printf '{body}'"
+
+
+_HARM_FIELDS = {"C": 3, "M": 3, "T": 3, "L": 3, "N": 3, "W": 3, "P": 3, "X": 4}
+_HARM_OPS = frozenset(("open", "read", "mmap", "fstat", "lstat", "chdir", "opendir",
+                       "readdir", "readlink"))
+
+
+def _harm_field(lines: _Lines, number: int, kind: str, field: str) -> bytes | int:
+    if kind in ("C", "M", "W", "N", "P"):
+        raw = _hex(lines, number, field, "payload")
+        if kind in ("N", "P") and (not raw or b"/" in raw or raw in (b".", b"..")):
+            raise lines.error(number, f"invalid directory entry name {raw!r}")
+        return raw
+    if kind == "T":
+        return _number(lines, number, field, "mtime")
+    return _number(lines, number, field, "flock result")
+
+
+def _harm_records(text: str, count: int) -> list[tuple[int, str, int, bytes | int | str]]:
+    """(line number, kind, index, value) of every record before END, checked."""
+    lines = _Lines(text)
+    records: list[tuple[int, str, int, bytes | int | str]] = []
+    for number, line in enumerate(lines.lines, start=1):
+        fields = line.split(" ")
+        kind = fields[0]
+        if kind == "END":
+            _check_end(lines, number, fields, count)
+            return records
+        if kind not in _HARM_FIELDS:
+            raise lines.error(number, f"unknown record type {kind!r}")
+        if kind in ("C", "M") and len(fields) == 2:  # an empty file, blank dropped
+            fields.append("")
+        if len(fields) != _HARM_FIELDS[kind]:
+            raise lines.error(number, f"{kind} record needs {_HARM_FIELDS[kind] - 1} fields")
+        index = _index(lines, number, fields[1], count)
+        if kind == "X":
+            if fields[2] not in _HARM_OPS:
+                raise lines.error(number, f"unknown operation {fields[2]!r}")
+            records.append((number, kind, index, f"{fields[2]} {_errno(lines, number, fields[3])}"))
+        else:
+            records.append((number, kind, index, _harm_field(lines, number, kind, fields[2])))
+    raise _no_end(lines)
+
+
+def parse_harm_output(text: str, paths: Sequence[str]) -> HarmObservation:
+    """Parse ``mdh-agent harm`` output for the ``paths`` (pairs) that were fed to it.
+
+    Strict: known records only, one C/M/T/L/W per index, indexes in range, a final
+    ``END count``; anything else raises GuestOutputError naming the line.
+    """
+    _check_paths(paths)
+    lines = _Lines(text)
+    single: dict[tuple[str, int], bytes | int] = {}
+    names: dict[tuple[str, int], list[str]] = {}
+    errors: list[tuple[str, str, int]] = []
+    for number, kind, index, value in _harm_records(text, len(paths)):
+        if isinstance(value, str):
+            op, _, code = value.partition(" ")
+            errors.append((paths[index], op, int(code)))
+        elif kind in ("N", "P"):
+            assert isinstance(value, bytes)
+            names.setdefault((kind, index), []).append(os.fsdecode(value))
+        elif (kind, index) in single:
+            raise lines.error(number, f"second {kind} record for index {index}")
+        else:
+            single[(kind, index)] = value
+    files: dict[str, FileSeen] = {}
+    for index, path in enumerate(paths):
+        got = {kind: single.get((kind, index)) for kind in "CMTL"}
+        if any(value is not None for value in got.values()):
+            content, mapped, mtime, lock = got["C"], got["M"], got["T"], got["L"]
+            files[path] = FileSeen(content if isinstance(content, bytes) else None,
+                                   mapped if isinstance(mapped, bytes) else None,
+                                   mtime if isinstance(mtime, int) else None,
+                                   lock if isinstance(lock, int) else None)
+    return HarmObservation(
+        files=files,
+        listed={paths[i]: tuple(v) for (kind, i), v in names.items() if kind == "N"},
+        cwd={paths[i]: os.fsdecode(v) for (kind, i), v in single.items()
+             if kind == "W" and isinstance(v, bytes)},
+        cwd_listed={paths[i]: tuple(v) for (kind, i), v in names.items() if kind == "P"},
+        errors=tuple(errors),
+    )

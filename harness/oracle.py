@@ -19,6 +19,13 @@ numbers repeat across devices (the premise; without it the run is inconclusive):
 
 A single-device export is the control: whatever the mode, no message, no collision,
 everything stat-able and the witness intact.
+
+On top, per cache mode (``harm``): remap (and the default from 10.0) lets nothing
+alias in any cache mode; warn (and the default before 10.0) lets nothing alias with
+cache none or mmap, and with loose or fscache only the twins whose qids collide
+(predicted from the host truth), recording that harm.  A kernel WARNING, BUG or
+Oops in the guest's log fails any row.  When several exports of one mode share a
+QEMU, only the first can show the mode's message (once per process).
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode
+from .config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Cache, Mode
 from .errors import QemuTooOld
 from .export import EntryKind, HostTruth, kind_of_mode
-from .observe import READ_LIMIT, GuestObservation, GuestResult, GuestStat
+from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
+from .observe import READ_LIMIT, GuestObservation, GuestResult, GuestStat, HarmObservation
 
 Version = tuple[int, int, int]
 
@@ -195,6 +203,10 @@ class Verdict:
     host_devices: int
     # Recorded facts that are not failures (a broken witness under warn, say).
     notes: tuple[str, ...] = ()
+    # What the harm probe found (None: no probe: a control, forbid, or not asked).
+    harm: Harm | None = None
+    # The guest kernel's log lines about 9p, netfs, FS-Cache, the VFS or trouble.
+    dmesg: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -279,8 +291,13 @@ def judge_witness(truth: HostTruth, extracted: Mapping[str, bytes | int]) -> Tar
     return TarWitness(True, False, tuple(wrong), f"{len(wrong)} of {checked} files differ: {shown}")
 
 
-def _message_failures(expectation: Expectation | None, messages: QemuMessages) -> list[str]:
-    """Message rules; ``expectation`` None is the single-device control."""
+def _message_failures(expectation: Expectation | None, messages: QemuMessages,
+                      printed_before: bool = False) -> list[str]:
+    """Message rules; ``expectation`` None is the single-device control.
+
+    ``printed_before``: this QEMU already printed the mode's message for an earlier
+    export (once per process), so here it may appear once or not at all.
+    """
     if expectation in (None, Expectation.UNIQUE_IDS):
         found = messages.all
         if not found:
@@ -295,7 +312,10 @@ def _message_failures(expectation: Expectation | None, messages: QemuMessages) -
         wanted, wanted_name = messages.forbid, "the multidevs=forbid message"
         other, other_name = messages.warn, "multi-device warning"
     failures = []
-    if len(wanted) != 1:
+    if printed_before and len(wanted) > 1:
+        failures.append(f"expected {wanted_name} at most once on QEMU stderr (already printed "
+                        f"for an earlier export), found it {len(wanted)} times")
+    elif not printed_before and len(wanted) != 1:
         failures.append(
             f"expected {wanted_name} exactly once on QEMU stderr, found it {len(wanted)} times"
         )
@@ -547,6 +567,63 @@ def _expectation_text(mode: Mode, expectation: Expectation, control: bool,
     return expectation.text
 
 
+@dataclass(frozen=True)
+class HarmInput:
+    """The harm probe of one export: which twins, what the guest showed, where it was
+    mounted, and the cache mode it was mounted with."""
+
+    probe: HarmProbe
+    seen: HarmObservation
+    mount_point: str
+    cache: Cache
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a row adds beyond the ids rules: harm, kernel log, a repeated message."""
+
+    harm: Harm | None
+    failures: tuple[str, ...]
+    notes: tuple[str, ...]
+    dmesg: tuple[str, ...]
+
+
+def _extra(expectation: Expectation, control: bool, truth: HostTruth, harm: HarmInput | None,
+           dmesg: str, message_printed: bool) -> _Extra:
+    """Harm (multi-device, not forbid), kernel trouble (every row), and the note that
+    a message was already printed by this QEMU for an earlier export."""
+    failures: list[str] = []
+    notes: list[str] = []
+    found = None
+    if harm is not None and not control and expectation is not Expectation.DENY_FOREIGN:
+        unique = expectation is Expectation.UNIQUE_IDS
+        found = assess(truth, harm.probe, harm.seen, harm.mount_point, predict(truth, unique))
+        failures, notes = harm_rules(found, unique, harm.cache)
+    kept, trouble = kernel_lines(dmesg)
+    failures += [f"the guest kernel is in trouble (dmesg): {line!r}" for line in trouble]
+    if message_printed and not control and expectation is not Expectation.UNIQUE_IDS:
+        notes.append("message already printed by this QEMU (once per process) for an "
+                     "earlier export of this mode")
+    return _Extra(found, tuple(failures), tuple(notes), kept)
+
+
+def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
+    return sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
+
+
+def _premise_failure(truth: HostTruth) -> str:
+    return (f"premise failed: the export spans {truth.device_count} host devices but no "
+            f"inode number repeats across them, so guest ids cannot collide and this run "
+            f"proves nothing (inconclusive)")
+
+
+def _harm_text(harm: Harm | None) -> str:
+    if harm is None:
+        return ""
+    moved = {None: "", True: ", cwd moved", False: ", cwd stayed"}[harm.cwd_moved]
+    return f"; {len({a.path for a in harm.aliased})} aliased{moved}"
+
+
 def judge(
     mode: Mode,
     qemu_version: Version,
@@ -557,45 +634,44 @@ def judge(
     *,
     stderr_outside: str = "",
     command_failures: Sequence[str] = (),
+    message_printed: bool = False,
+    harm: HarmInput | None = None,
+    dmesg: str = "",
 ) -> Verdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
-    ``qemu_stderr`` is what QEMU wrote while this export alone was observed (QEMU
-    prints each multi-device message once per process); ``stderr_outside`` what it
-    wrote outside every observation of its guest.  ``command_failures`` are what is
-    wrong with the QEMU command line someone else generated for this export (libvirt
-    must pass multidevs on).  ``witness`` None means no tar round trip was made.
-    Raises QemuTooOld for a QEMU without multidevs (below 4.2).
+    ``qemu_stderr``: what QEMU wrote while this export alone was observed;
+    ``stderr_outside``: outside every observation of its guest.  ``command_failures``:
+    what is wrong with a command line someone else generated (libvirt).  ``witness``
+    None: no tar round trip.  ``message_printed``: an earlier export of this mode in
+    this QEMU showed the message.  ``harm``: the harm probe; ``dmesg``: the guest
+    kernel's log meanwhile.  Raises QemuTooOld below 4.2.
     """
     expectation = expected_behaviour(mode, qemu_version)
     witness = witness or TarWitness.not_run("tar witness not requested")
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}
-    collisions = find_collisions(truth, first)
-    denied = sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
-    notes: list[str] = []
+    collisions, denied = find_collisions(truth, first), _denied(truth, first)
+    extra = _extra(expectation, control, truth, harm, dmesg, message_printed)
+    notes = list(extra.notes)
     if not truth.premise_holds:
-        status = Status.INCONCLUSIVE
-        failures = [
-            f"premise failed: the export spans {truth.device_count} host devices but no "
-            f"inode number repeats across them, so guest ids cannot collide and this run "
-            f"proves nothing (inconclusive)"
-        ]
+        status, failures = Status.INCONCLUSIVE, [_premise_failure(truth)]
     else:
         failures = _rule_failures(expectation, control, truth, observation, witness)
-        failures += _message_failures(None if control else expectation, messages)
+        failures += _message_failures(None if control else expectation, messages,
+                                      message_printed)
         failures += _outside_failures(stderr_outside)
-        failures += list(command_failures)
+        failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
         if witness.ran and not control and expectation is not Expectation.UNIQUE_IDS:
             # warn/forbid promise nothing about tar; what it did is worth a line anyway.
-            state = "intact" if witness.intact else "not intact"
-            notes.append(f"tar witness {state}: {witness.detail}")
+            notes.append(f"tar witness {'intact' if witness.intact else 'not intact'}: "
+                         f"{witness.detail}")
     return Verdict(
         mode=mode,
         expectation=_expectation_text(mode, expectation, control, qemu_version),
-        observed=_observed_text(len(collisions), denied, messages),
+        observed=_observed_text(len(collisions), denied, messages) + _harm_text(extra.harm),
         status=status,
         failures=tuple(failures),
         collisions=collisions,
@@ -605,6 +681,8 @@ def judge(
         witness=witness,
         host_devices=truth.device_count,
         notes=tuple(notes),
+        harm=extra.harm,
+        dmesg=extra.dmesg,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Accel, ExportLayout, Mode, Via
+from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via
 from .observe import AGENT_THREADS, STAT_PASSES
 
 CONTROL_PREFIX = "control-"
@@ -27,6 +27,8 @@ class RunOptions:
 
     modes: tuple[Mode, ...]
     layout: ExportLayout
+    # The guest's 9p cache modes: each (mode, cache) pair is a row on its own device.
+    caches: tuple[Cache, ...] = DEFAULT_CACHES
     # QEMU binaries to run the whole matrix on, in order; empty: the default one.
     qemus: tuple[str, ...] = ()
     # Guest recipes to run the whole matrix on, in order; empty: the default recipe.
@@ -54,13 +56,34 @@ class RunOptions:
 @dataclass(frozen=True)
 class ExportPlan:
     """One export of a guest: the name of the result row it feeds, its mode and shape,
-    the check family that observes and judges it, and the guest's 9p cache mode."""
+    the check family that observes and judges it, and the guest's 9p cache mode.
+
+    ``message_printed``: an earlier export of the same mode in this guest's QEMU has
+    already shown its multi-device message (QEMU prints each once per process), so
+    this export's slice of stderr cannot be expected to show it again.
+    """
 
     row: str
     mode: Mode
     layout: ExportLayout
     check: str = "ids"
     cache: str = "none"
+    message_printed: bool = False
+
+
+def row_name(mode: Mode, cache: Cache) -> str:
+    """``warn`` for cache=none (the name rows had before the cache axis), ``warn+loose``
+    for any other cache mode."""
+    return mode.value if cache is Cache.NONE else f"{mode.value}+{cache.value}"
+
+
+def mode_exports(mode: Mode, layout: ExportLayout,
+                 caches: Sequence[Cache]) -> tuple[ExportPlan, ...]:
+    """One export per cache mode for ``mode``, in the order asked; every one after the
+    first is marked ``message_printed`` (they share one QEMU)."""
+    return tuple(ExportPlan(row_name(mode, cache), mode, layout, cache=cache.value,
+                            message_printed=index > 0)
+                 for index, cache in enumerate(caches))
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,8 @@ class GuestPlan:
 
 
 def plan_guests(
-    modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True
+    modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True,
+    caches: Sequence[Cache] = (Cache.NONE,),
 ) -> list[GuestPlan]:
     """Group the requested modes and the control exports into guests.
 
@@ -82,13 +106,17 @@ def plan_guests(
     on the stderr QEMU wrote while it was observed, so one mode's message cannot be
     taken for another's.  With ``share=False`` every mode gets a guest of its own.
     The control guest holds a single-device export per mode (it must stay silent)
-    and, when sharing, the default mode's export last.
+    and, when sharing, the default mode's exports last.
+
+    Every mode gets one export per cache mode, side by side in its guest; only the
+    first of them can see the mode's message (see ``ExportPlan.message_printed``).
+    Controls use cache=none only: a single device has no twins to alias.
     """
     single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
     with_control = control and layout.devices > 1
     controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single) for m in modes]
     if not share:
-        isolated = [GuestPlan(m.value, (ExportPlan(m.value, m, layout),)) for m in modes]
+        isolated = [GuestPlan(m.value, mode_exports(m, layout, caches)) for m in modes]
         if with_control:
             isolated.append(GuestPlan("control", tuple(controls)))
         return isolated
@@ -96,8 +124,9 @@ def plan_guests(
     guests: list[GuestPlan] = []
     if shared:
         name = "+".join(m.value for m in shared)
-        guests.append(GuestPlan(name, tuple(ExportPlan(m.value, m, layout) for m in shared)))
-    default = [ExportPlan(Mode.DEFAULT.value, Mode.DEFAULT, layout)] if Mode.DEFAULT in modes \
+        guests.append(GuestPlan(name, tuple(e for m in shared
+                                            for e in mode_exports(m, layout, caches))))
+    default = list(mode_exports(Mode.DEFAULT, layout, caches)) if Mode.DEFAULT in modes \
         else []
     if with_control:
         guests.append(GuestPlan("control+default" if default else "control",
@@ -107,14 +136,15 @@ def plan_guests(
     return guests
 
 
-def row_rank(modes: Sequence[Mode]) -> dict[str, int]:
-    """Sort keys for result rows: modes in the order asked for, then their controls.
+def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> dict[str, int]:
+    """Sort keys for result rows: modes in the order asked for (each with its cache
+    modes in the order asked), then their controls.
 
     Rows missing from the map (the libvirt rejection checks) sort after both.
     """
-    rank = {m.value: i for i, m in enumerate(modes)}
-    rank.update({f"{CONTROL_PREFIX}{m.value}": len(modes) + i for i, m in enumerate(modes)})
-    return rank
+    names = [row_name(m, c) for m in modes for c in caches]
+    names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
+    return {name: i for i, name in enumerate(names)}
 
 
 def default_jobs() -> int:

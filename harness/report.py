@@ -98,6 +98,20 @@ def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
         "witness": {"tar_intact": verdict.witness_intact, "tar_detail": verdict.witness.detail,
                     "tar_rc": row.tar_rc},
         "tar_rc": row.tar_rc,
+        **_harm_dict(verdict),
+    }
+
+
+def _harm_dict(verdict: Verdict) -> dict[str, Any]:
+    harm = verdict.harm
+    return {
+        "aliased": None if harm is None else [
+            {"path": a.path, "how": a.how, "from": a.source} for a in harm.aliased],
+        "predicted_aliasing": None if harm is None else list(harm.predicted),
+        "cwd_moved": None if harm is None else harm.cwd_moved,
+        "access_errors": None if harm is None else [
+            {"path": path, "op": op, "errno": code} for path, op, code in harm.errors],
+        "dmesg": list(verdict.dmesg),
     }
 
 
@@ -213,6 +227,27 @@ def write_junit(report: RunReport, path: Path) -> None:
     tree = ET.ElementTree(to_junit(report))
     ET.indent(tree)
     tree.write(path, encoding="utf-8", xml_declaration=True)
+
+
+def harm_text(verdict: Verdict) -> str:
+    """What the harm probe found (for ``reproduce``): aliased paths, the cwd, the kernel
+    log, and how to see it by hand in the guest."""
+    harm = verdict.harm
+    if harm is None:
+        return "harm probe: not run (a single device, or forbid)"
+    lines = ["aliased (path: what, from where):"]
+    lines += [f"  {a.describe()}" for a in harm.aliased] or ["  nothing"]
+    lines.append(f"cwd: {harm.cwd_detail}")
+    lines += [f"access error: {path!r} {op} errno {code}" for path, op, code in harm.errors]
+    lines.append("predicted to alias: " + (", ".join(map(repr, harm.predicted)) or "nothing"))
+    lines += ["dmesg:", *(f"  {line}" for line in verdict.dmesg)] if verdict.dmesg else []
+    if len(harm.probed) >= 4:
+        # The agent's order: the held twin first; the directories are the last pair.
+        held, other = harm.probed[-2], harm.probed[-1]
+        up = "/".join([".."] * (held.count("/") + 1))
+        lines.append(f"by hand, in the guest's mount: cat {harm.probed[0]} {harm.probed[1]}; "
+                     f"cd {held}; ls {up}/{other}; readlink /proc/self/cwd; ls")
+    return "\n".join(lines)
 
 
 def collision_table(rows: Sequence[ResultRow]) -> str:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from . import byhand
 from .byhand import EXPORT_VAR
-from .config import Accel, ExportLayout, ExportSpec, Mode
+from .config import Accel, Cache, ExportLayout, ExportSpec, Mode
 from .environment import prepare
 from .logs import log_root
 from .matrix import MOUNT_BASE, LiveGuests, MatrixRun, run_guest
 from .namespace import enter_private_namespace, in_user_namespace
-from .plan import ExportPlan, GuestPlan, RunOptions
+from .plan import ExportPlan, GuestPlan, RunOptions, row_name
 from .results import ResultRow
 from .run import QemuBackend
 
@@ -50,19 +50,23 @@ def reproduce(
     guest: str | None = None,
     modules_dir: Path | None = None,
     cold: bool = False,
+    cache: Cache = Cache.NONE,
 ) -> Reproduction:
-    """Boot one guest in ``mode``, judge it, and write a by-hand reproduction script."""
+    """Boot one guest in ``mode`` with the export mounted ``cache``, judge it, and write
+    a by-hand reproduction script."""
     env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir,
                   cold=cold)
     enter_private_namespace()
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence
-        options = RunOptions(modes=(mode,), layout=layout)
+        options = RunOptions(modes=(mode,), layout=layout, caches=(cache,))
         run = MatrixRun(env, QemuBackend(env, 1, progress), options, log_dir.path, progress,
                         LiveGuests())
-        rows = run_guest(run, GuestPlan(mode.value, (ExportPlan(mode.value, mode, layout),)))
+        name = row_name(mode, cache)
+        plan = ExportPlan(name, mode, layout, cache=cache.value)
+        rows = run_guest(run, GuestPlan(name, (plan,)))
         spec = ExportSpec(tag="mdh0", path=Path(EXPORT_VAR), mode=mode,
-                          mount_point=f"{MOUNT_BASE}/mdh0")
+                          mount_point=f"{MOUNT_BASE}/mdh0", cache=cache.value)
         machine_spec = env.machine_spec([spec], log_dir.path)
         script = log_dir.path / "reproduce.sh"
         script.write_text(byhand.script(machine_spec, spec, layout,

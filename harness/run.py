@@ -78,7 +78,8 @@ def _run_environment(
         share = options.share and backend.live_stderr
         if options.share and not share:
             progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-        plans = plan_guests(options.modes, options.layout, options.control, share)
+        plans = plan_guests(options.modes, options.layout, options.control, share,
+                            options.caches)
         run = MatrixRun(env, backend, options, log_dir, progress, LiveGuests())
         rows = run_guests(plans, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)
@@ -104,7 +105,7 @@ def run_matrix(
         for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
     with log_root(options.logs, progress=progress) as logs:
-        rank = row_rank(options.modes)
+        rank = row_rank(options.modes, options.caches)
         rows: list[ResultRow] = []
         for index, each in enumerate(envs):
             # One log folder per QEMU and guest when there are several: plan names recur.

@@ -11,6 +11,9 @@
  *                                S p i dev ino nlink mode | E p i errno,
  *                                then D i d_ino HEXNAME | DE i errno, END n
  *   mdh-agent read ROOT          R i HEX | RE i errno, END n
+ *   mdh-agent harm ROOT          paths in pairs (a twin, then its twin on another
+ *                                device): C/M/T/L/N/W/P/X records, END n
+ *                                (see harm_pair and harm_dirs below)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -20,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -249,6 +254,154 @@ static int cmd_read(void)
 	return 0;
 }
 
+/* ---- harm: what colliding qids do to a guest with an inode cache ---- */
+
+static const char *harm_root;
+
+static void harm_fail(size_t i, const char *op)
+{
+	printf("X %zu %s %d\n", i, op, errno);
+}
+
+/*
+ * Open path i and report what it shows: its bytes through read(2) (C), through a
+ * private read-only mapping (M), its mtime from fstat (T) and whether an exclusive
+ * non-blocking flock is granted (L 0) or refused (L errno).  The fd stays open and
+ * locked (returned) so the twin opened next meets a held file: an inode cache that
+ * took the twin for this file then serves this file's pages, times and lock.
+ */
+static int harm_open(size_t i)
+{
+	unsigned char buf[READ_MAX];
+	size_t len = 0;
+	ssize_t got = 0;
+	struct stat st;
+	int fd = open(paths[i], O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0) {
+		harm_fail(i, "open");
+		return -1;
+	}
+	while (len < sizeof(buf)) {
+		got = read(fd, buf + len, sizeof(buf) - len);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		len += (size_t)got;
+	}
+	if (got < 0) {
+		harm_fail(i, "read");
+	} else {
+		printf("C %zu ", i);
+		put_hex(buf, len);
+		putchar('\n');
+	}
+	if (fstat(fd, &st) != 0) {
+		harm_fail(i, "fstat");
+	} else {
+		printf("T %zu %lld\n", i, (long long)st.st_mtime);
+		if (st.st_size > 0) {
+			size_t maplen = st.st_size < READ_MAX ? (size_t)st.st_size : READ_MAX;
+			void *map = mmap(NULL, maplen, PROT_READ, MAP_PRIVATE, fd, 0);
+
+			if (map == MAP_FAILED) {
+				harm_fail(i, "mmap");
+			} else {
+				printf("M %zu ", i);
+				put_hex(map, maplen);
+				putchar('\n');
+				munmap(map, maplen);
+			}
+		} else {
+			printf("M %zu \n", i);
+		}
+	}
+	printf("L %zu %d\n", i, flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno);
+	return fd;
+}
+
+static void harm_pair(size_t a, size_t b)
+{
+	int held = harm_open(a);
+	int other = harm_open(b);
+
+	if (other >= 0)
+		close(other);
+	if (held >= 0)
+		close(held);
+}
+
+static void harm_list(size_t i, const char *tag, const char *dirpath)
+{
+	DIR *dir = opendir(dirpath);
+	struct dirent *ent;
+
+	if (!dir) {
+		harm_fail(i, "opendir");
+		return;
+	}
+	errno = 0;
+	while ((ent = readdir(dir)) != NULL) {
+		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
+			continue;
+		printf("%s %zu ", tag, i);
+		put_hex((const unsigned char *)ent->d_name, strlen(ent->d_name));
+		putchar('\n');
+	}
+	if (errno)
+		harm_fail(i, "readdir");
+	closedir(dir);
+}
+
+/*
+ * With the cwd held in directory a, list its twin b (N, by absolute path), then say
+ * where the cwd is (W, readlink /proc/self/cwd) and what "." lists (P).  A client
+ * that took b for a's inode moves a's dentry, and the cwd with it, to b.
+ */
+static void harm_dirs(size_t a, size_t b)
+{
+	char other[8192], cwd[4096];
+	ssize_t len;
+
+	snprintf(other, sizeof(other), "%s/%s", harm_root, paths[b]);
+	if (chdir(paths[a]) != 0) {
+		harm_fail(a, "chdir");
+		return;
+	}
+	harm_list(b, "N", other);
+	len = readlink("/proc/self/cwd", cwd, sizeof(cwd));
+	if (len < 0) {
+		harm_fail(a, "readlink");
+	} else {
+		printf("W %zu ", a);
+		put_hex((const unsigned char *)cwd, (size_t)len);
+		putchar('\n');
+	}
+	harm_list(a, "P", ".");
+	if (chdir(harm_root) != 0)
+		harm_fail(a, "chdir");
+}
+
+static int cmd_harm(const char *root)
+{
+	struct stat st;
+
+	harm_root = root;
+	for (size_t i = 0; i + 1 < npaths; i += 2) {
+		if (lstat(paths[i], &st) != 0) {
+			harm_fail(i, "lstat");
+			continue;
+		}
+		if (S_ISDIR(st.st_mode))
+			harm_dirs(i, i + 1);
+		else
+			harm_pair(i, i + 1);
+	}
+	printf("END %zu\n", npaths);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -266,6 +419,8 @@ int main(int argc, char **argv)
 		return cmd_stat(atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 1);
 	if (!strcmp(argv[1], "read") && argc == 3)
 		return cmd_read();
+	if (!strcmp(argv[1], "harm") && argc == 3)
+		return cmd_harm(argv[2]);
 	fprintf(stderr, "mdh-agent: unknown command %s\n", argv[1]);
 	return 2;
 }

@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from harness.config import ALL_MODES, Accel, ExportLayout, Mode
+from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, Mode
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
 from harness.libvirt_daemon import RUN_MARKER_ENV
+from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
 
 pytestmark = pytest.mark.timeout(300)
@@ -225,7 +226,8 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     assert run.rc == 0, f"{run.stdout}\n{run.stderr}"
     cases = {r["case"] for r in run.report["results"]}
     modes = {m.value for m in ALL_MODES}
-    assert cases == modes | {f"control-{m}" for m in modes} | {
+    rows = {row_name(m, c) for m in ALL_MODES for c in DEFAULT_CACHES}
+    assert cases == rows | {f"control-{m}" for m in modes} | {
         "reject-virtiofs-multidevs", "reject-invalid-multidevs"}
     assert all(r["passed"] for r in run.report["results"]), run.stdout
     assert {r["via"] for r in run.report["results"]} == {"libvirt"}
@@ -241,11 +243,12 @@ def test_generated_command_line_carries_the_mode(libvirt_run: LibvirtRun) -> Non
     for mode in ALL_MODES:
         command = libvirt_run.result(mode.value)["qemu_command"]
         fsdevs = [arg for arg in command.split() if arg.startswith("local,")]
-        assert len(fsdevs) == 1, command
-        if mode is Mode.DEFAULT:
-            assert "multidevs=" not in fsdevs[0]
-        else:
-            assert f"multidevs={mode.value}" in fsdevs[0].split(",")
+        assert len(fsdevs) == len(DEFAULT_CACHES), command  # one device per cache mode
+        for fsdev in fsdevs:
+            if mode is Mode.DEFAULT:
+                assert "multidevs=" not in fsdev
+            else:
+                assert f"multidevs={mode.value}" in fsdev.split(",")
         # libvirt built it: its guest name and monitor, and our localhost-only forward.
         assert f"{GUEST_MARK}" in command and "charmonitor" in command
         assert "hostfwd=tcp:127.0.0.1:0-:22" in command

@@ -58,7 +58,7 @@ needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not on 
 pytestmark = [needs_qemu]
 
 # One guest with one remap export: the shortest real run (about 4 s under TCG).
-RUN = ["run", "--accel", "tcg", "--modes", "remap", "--no-control"]
+RUN = ["run", "--accel", "tcg", "--modes", "remap", "--no-control", "--cache", "none"]
 # Above the harness's own deadlines (Sandbox halves them: boot 45 s under TCG), below
 # each test's pytest-timeout: whichever layer fires first names the problem best.
 HARNESS_TIMEOUT = 120.0

@@ -135,4 +135,31 @@ def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path)
         for name in (*names, "sub/inner", "link-a", "link-b"):
             expected = f"{label}/{'link-a' if name == 'link-b' else name}"
             assert built.pop(device + name) == expected, device + name
+        # The twins, as the harness builds them (export._add_twins).
+        for name in ("twin-same", "twin-mtime"):
+            assert built.pop(device + name) == f"{label}/{name}", device + name
+        assert built.pop(f"{device}twin-dir/only-d{int(label[3:]):03d}") == label
     assert built == {}
+
+
+def test_the_cache_axis_shows_the_harm_where_it_belongs(reports: tuple[Any, Any, Any]) -> None:
+    """Done when: remap rows alias nothing in any cache mode, warn + none aliases
+    nothing, warn + loose shows the predicted harm (and only it)."""
+    _, data, _ = reports
+    assert {r["cache"] for r in data["results"]} == {"none", "loose"}
+    for case in ("remap", "remap+loose", "warn"):
+        row = _result(data, case)
+        assert row["aliased"] == [] and row["cwd_moved"] is False, row
+        assert row["access_errors"] == [], row
+    for case in ("remap", "remap+loose"):
+        assert _result(data, case)["witness"]["tar_intact"] is True
+    loose = _result(data, "warn+loose")
+    assert loose["cache"] == "loose" and loose["status"] == "pass", loose["failures"]
+    assert len(loose["aliased"]) > 0
+    assert {a["path"] for a in loose["aliased"]} <= set(loose["predicted_aliasing"])
+    assert not any("twin-mtime" in p for p in loose["predicted_aliasing"])
+    # QEMU printed the warning once, for "warn": the later export cannot see it.
+    assert _result(data, "warn")["qemu_message"] is not None
+    assert loose["qemu_message"] is None
+    assert any(n.startswith("message already printed") for n in loose["notes"])
+    assert _result(data, "forbid+loose")["aliased"] is None  # no twins reachable

@@ -51,6 +51,7 @@ def summary(export):
              None if e.content is None else e.content.decode()]
             for e in truth.entries
         ],
+        "times": {e.path: [e.mtime, e.size] for e in truth.entries},
         "repeated": sorted(truth.repeated_inodes()),
         "premise_holds": truth.premise_holds,
         "device_count": truth.device_count,
@@ -140,8 +141,9 @@ def test_three_devices_share_inode_numbers(base: Path) -> None:
     assert summary["premise_holds"] is True
     assert summary["mounts_inside"] == 3
     table = entries(result)
-    # 3 device roots + per device: 8 files, sub, sub/inner, link-a, link-b
-    assert len(table) == 3 + 3 * 12
+    # 3 device roots + per device: 8 files, sub, sub/inner, link-a, link-b and the
+    # twins (twin-same, twin-mtime, twin-dir, its one entry)
+    assert len(table) == 3 + 3 * 16
     names = device_file_names(8)
     assert names[0] == "file 0000" and names[-1] == "odd\nname"
     for inner in [*names, "sub", "sub/inner", "link-a", "link-b"]:
@@ -192,7 +194,30 @@ def test_single_device_control(base: Path) -> None:
         "link-b",
         "sub",
         "sub/inner",
+        "twin-dir",
+        "twin-dir/only-d000",
+        "twin-mtime",
+        "twin-same",
     ]
+
+
+@needs_root
+def test_twins_are_built_to_collide_or_not(base: Path) -> None:
+    """Which qids collide is decided by the build, not by the clock: twin-same and
+    twin-dir share inode number, size and mtime on every device, twin-mtime's mtimes
+    differ, and the device roots' mtimes differ so a collision stays on the twins."""
+    result = run_child({"devices": 3, "files": 2, "base": str(base)})
+    table, times = entries(result), result["summary"]["times"]
+    for name in ("twin-same", "twin-mtime", "twin-dir"):
+        assert len({table[f"{p}{name}"][1] for p in ("", "dev01/", "dev02/")}) == 1, name
+        assert len({times[f"{p}{name}"][1] for p in ("", "dev01/", "dev02/")}) == 1, name
+    assert {times[f"{p}twin-same"][0] for p in ("", "dev01/", "dev02/")} == {1_700_000_000}
+    assert {times[f"{p}twin-dir"][0] for p in ("", "dev01/", "dev02/")} == {1_700_000_000}
+    assert [times[f"{p}twin-mtime"][0] for p in ("", "dev01/", "dev02/")] == [
+        1_700_000_000, 1_700_000_004, 1_700_000_008]
+    assert [times[p][0] for p in (".", "dev01", "dev02")] == [
+        1_700_000_064, 1_700_000_128, 1_700_000_192]
+    assert table["dev01/twin-dir/only-d001"][1] == table["dev02/twin-dir/only-d002"][1]
 
 
 @needs_root
@@ -256,7 +281,7 @@ def test_scale_many_devices_and_many_files(base: Path) -> None:
     assert wide["summary"]["devices"][-1][1] == "dev127"
     assert wide["mounts_after"] == 0
     deep = run_child({"devices": 2, "files": 20_000, "base": str(base)})
-    assert len(deep["summary"]["entries"]) == 2 * (20_000 + 4) + 2
+    assert len(deep["summary"]["entries"]) == 2 * (20_000 + 4 + 4) + 2  # + the twins
     assert deep["mounts_after"] == 0
 
 

@@ -59,7 +59,7 @@ def test_encode_paths_rejects_what_the_agent_cannot_resolve(bad: str) -> None:
 def _collection(stat: str, tar: str = "@@TAR 0\n", read: str = "") -> str:
     read = read or "".join(f"R {i} {p.encode().hex()}\n" for i, p in enumerate(PATHS))
     return (f"@@STAT\n{stat}{tar}@@READ\n{read}END {len(PATHS)}\n@@TARERR\n"
-            "tar: warning\n@@DONE\n")
+            "tar: warning\n@@DMESG\n@@DONE\n")
 
 
 def test_parse_collection_splits_every_section() -> None:
@@ -70,7 +70,9 @@ def test_parse_collection_splits_every_section() -> None:
 
 
 def test_parse_collection_without_witness() -> None:
-    view = parse_collection(f"@@STAT\n{STAT_OK}@@DONE\n", PATHS, witness=False, passes=2)
+    view = parse_collection(f"@@STAT\n{STAT_OK}@@DMESG\n[ 1.0] 9p: x\n@@DONE\n", PATHS,
+                            witness=False, passes=2)
+    assert view.dmesg == "[ 1.0] 9p: x\n" and view.harm is None
     assert not view.tar_ran and view.tar_rc is None and view.extracted == {}
 
 

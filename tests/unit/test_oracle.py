@@ -402,6 +402,18 @@ def test_warn_fails_with_the_warning_twice() -> None:
     assert verdict.observed == "3 collisions, 0 denied, 2 warnings"
 
 
+def test_a_later_export_of_the_mode_may_miss_the_message_but_not_repeat_it() -> None:
+    # QEMU printed it for an earlier export of this mode in the same process.
+    quiet = judge(Mode.WARN, OLD, TRUTH, observe(TRUTH, passed_through), NOISE, INTACT,
+                  message_printed=True)
+    assert quiet.passed, quiet.failures
+    assert quiet.notes[0].startswith("message already printed by this QEMU")
+    twice = judge(Mode.FORBID, OLD, TRUTH, observe(TRUTH, passed_through),
+                  f"{FORBID_MESSAGE}\n{FORBID_MESSAGE}\n", INTACT, message_printed=True)
+    assert "expected the multidevs=forbid message at most once on QEMU stderr (already " \
+        "printed for an earlier export), found it 2 times" in twice.failures
+
+
 def test_warn_fails_without_a_collision() -> None:
     verdict = judge(Mode.WARN, OLD, TRUTH, observe(TRUTH, remapped), WARNING, INTACT)
     assert verdict.failures == (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.config import ALL_MODES, ExportLayout, Mode
+from harness.config import ALL_MODES, Cache, ExportLayout, Mode
 from harness.matrix import _outside
 from harness.plan import plan_guests, row_rank
 
@@ -64,3 +64,33 @@ def test_stderr_outside_every_slice_is_everything_else() -> None:
     assert (text[first], text[second]) == ("A1\n", "B1\n")
     assert _outside(text, [second, first]) == "boot\n\nmid\n\nshutdown\n"
     assert _outside(text, []) == text
+
+
+def test_each_mode_gets_a_device_per_cache_mode_in_its_guest() -> None:
+    plans = plan_guests(ALL_MODES, LAYOUT, True, caches=(Cache.NONE, Cache.LOOSE))
+    assert [(g.name, [e.row for e in g.exports]) for g in plans] == [
+        ("remap+forbid+warn", ["remap", "remap+loose", "forbid", "forbid+loose", "warn",
+                               "warn+loose"]),
+        ("control+default", ["control-remap", "control-warn", "control-forbid",
+                             "control-default", "default", "default+loose"]),
+    ]
+    exports = {e.row: e for g in plans for e in g.exports}
+    assert exports["warn+loose"].cache == "loose" and exports["warn"].cache == "none"
+    # QEMU prints each message once per process: only the first of a mode can show it.
+    assert [r for r, e in exports.items() if e.message_printed] == [
+        "remap+loose", "forbid+loose", "warn+loose", "default+loose"]
+    assert all(e.cache == "none" for r, e in exports.items() if r.startswith("control-"))
+
+
+def test_isolated_modes_keep_their_cache_devices_together() -> None:
+    plans = plan_guests((Mode.WARN,), LAYOUT, False, share=False,
+                        caches=(Cache.LOOSE, Cache.NONE))
+    assert [(g.name, [(e.row, e.message_printed) for e in g.exports]) for g in plans] == [
+        ("warn", [("warn+loose", False), ("warn", True)])]
+
+
+def test_rows_sort_by_mode_then_cache_as_asked() -> None:
+    rank = row_rank((Mode.WARN, Mode.REMAP), (Cache.LOOSE, Cache.NONE))
+    rows = ["control-warn", "remap", "warn", "remap+loose", "warn+loose"]
+    assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
+        "warn+loose", "warn", "remap+loose", "remap", "control-warn"]
