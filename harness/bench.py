@@ -32,7 +32,7 @@ from .machine import Machine
 from .namespace import enter_private_namespace
 from .observe import SCALE_AGENT_THREADS
 from .oracle import Verdict
-from .plan import RunOptions
+from .plan import IDS, RunOptions
 from .recipe import recipe_names
 from .report import environment_json
 from .results import EnvironmentRecord
@@ -95,6 +95,7 @@ def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> di
     started = time.monotonic()
     scale = run_matrix(
         RunOptions(modes=(Mode.REMAP,), layout=layout, control=False, witness=False,
+                   checks=(IDS,),
                    passes=1, guest_cpus=args.scale_cpus, agent_threads=SCALE_AGENT_THREADS),
         progress, env=env,
     )

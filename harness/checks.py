@@ -7,62 +7,22 @@ all of them: it builds the export, boots the guest, calls the family's ``observe
 while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
 the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a
 module of its own and one entry in ``FAMILIES``; the matrix does not change.
+The types a family implements live in ``family``, so a family module needs nothing
+from here (no import cycle).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
 from .config import ExportSpec
 from .export import Export
+from .family import CheckFamily, Judging, Observation
 from .guest import Guest
 from .observe import GuestView, collect
-from .oracle import RejectionVerdict, Verdict, judge, judge_witness
-from .plan import ExportPlan, RunOptions
+from .ops_checks import OPS_FAMILIES
+from .oracle import Verdict, judge, judge_witness
+from .plan import RunOptions
 
-Version = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a family saw of one export; ``data`` is the family's own record.
-
-    ``tar_rc`` is kept here because rows report it whatever the family.
-    """
-
-    data: object
-    tar_rc: int | None = None
-
-
-@dataclass(frozen=True)
-class Judging:
-    """Everything a family's verdict may depend on, gathered once the guest is down."""
-
-    plan: ExportPlan
-    export: Export
-    spec: ExportSpec
-    qemu_version: Version
-    stderr: str  # what QEMU wrote while this export alone was observed
-    stderr_outside: str  # what it wrote outside every export's observation
-    command_failures: Sequence[str]  # what is wrong with the generated command line
-
-
-class CheckFamily(Protocol):
-    """One family of checks (see the module docstring)."""
-
-    name: str
-
-    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
-        """Ask the running guest (and, if the family needs, the host) about ``export``."""
-        ...
-
-    def judge(self, judging: Judging, observation: Observation) -> Verdict | RejectionVerdict:
-        """The verdict of this export; pure."""
-        ...
-
+__all__ = ["FAMILIES", "CheckFamily", "IdsCheck", "Judging", "Observation"]
 
 class IdsCheck:
     """Guest ids against host ids, QEMU's messages and the tar witness (``oracle.judge``)."""
@@ -86,4 +46,5 @@ class IdsCheck:
         )
 
 
-FAMILIES: dict[str, CheckFamily] = {IdsCheck.name: IdsCheck()}
+FAMILIES: dict[str, CheckFamily] = {
+    IdsCheck.name: IdsCheck(), **{family.name: family for family in OPS_FAMILIES}}

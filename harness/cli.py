@@ -79,6 +79,17 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     listing.add_argument("--json", action="store_true")
 
 
+def _add_check_option(run: argparse.ArgumentParser) -> None:
+    # Imported here: the plan module pulls in the SSH client, which --help should not wait for.
+    from .plan import CHECKS, DEFAULT_CHECKS
+
+    run.add_argument(
+        "--checks", default=",".join(DEFAULT_CHECKS),
+        help=f"comma-separated check families: {','.join(CHECKS)} "
+        f"(default: {','.join(DEFAULT_CHECKS)})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface."""
     parser = _Parser(
@@ -110,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(m.value for m in ALL_MODES),
         help="comma-separated: remap,warn,forbid,default",
     )
+    _add_check_option(run)
     run.add_argument("--devices", type=_whole_number, default=3,
                      help="host devices in the export (1..128; 1 = control only)")
     run.add_argument("--files", type=_whole_number, default=8, help="files per device")
@@ -214,7 +226,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import report as rep
-    from .plan import RunOptions
+    from .plan import RunOptions, parse_checks
     from .run import run_matrix
 
     options = RunOptions(
@@ -233,6 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         via=Via(args.via),
         share=not args.isolate,
+        checks=parse_checks(args.checks),
     )
     result = run_matrix(options, progress=progress)
     print(rep.table(result))

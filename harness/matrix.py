@@ -25,7 +25,7 @@ from .errors import GuestCrashed, HarnessError, QemuFailed
 from .export import Export, build_export
 from .guest import Guest, check_alive
 from .oracle import Status, unobserved
-from .plan import ExportPlan, GuestPlan, RunOptions
+from .plan import ExportPlan, GuestPlan, RunOptions, apply_checks
 from .results import GuestRecord, ResultRow
 
 Progress = Callable[[str], None]
@@ -213,6 +213,10 @@ def run_guest(run: MatrixRun, plan: GuestPlan) -> list[ResultRow]:
     observed at all gives ERROR rows, each naming why.
     """
     log_dir = run.log_root / plan.name
+    # plan_guests places the ids exports; the other families join their mode's guest.
+    plan = apply_checks(plan, run.options.checks)
+    if not plan.exports:
+        return []
     try:
         return _run_guest(run, plan, log_dir)
     except GuestCrashed as exc:

@@ -13,12 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Accel, ExportLayout, Mode, Via
+from .errors import UsageError
 from .observe import AGENT_THREADS, STAT_PASSES
 
 CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.
 _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
+
+IDS = "ids"
+# Every check family, in report order; ``checks.FAMILIES`` implements each (a unit
+# test holds the two together).
+CHECKS = (IDS, "operations", "cross_device")
+# What a run does unless --checks says otherwise: every family costing seconds at most.
+DEFAULT_CHECKS = CHECKS
+# Families that ask a mode's own questions of a small export of their own, observed
+# after the mode's ids export in the same QEMU.  They need no fresh multi-device
+# message (QEMU prints each once per process): they judge "the mode's own message at
+# most once, no other", and the ids row before them holds the exactly-once rule.
+_TRAILING = ("operations", "cross_device")
+# Two devices: the root one and one foreign; two files each keep the mounts cheap.
+_FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class RunOptions:
     # A second vCPU and agent threads only pay off for very large exports.
     guest_cpus: int = 1
     agent_threads: int = AGENT_THREADS
+    # Check families to run (``CHECKS`` names them); see ``apply_checks``.
+    checks: tuple[str, ...] = DEFAULT_CHECKS
 
 
 @dataclass(frozen=True)
@@ -105,14 +122,53 @@ def plan_guests(
     return guests
 
 
-def row_rank(modes: Sequence[Mode]) -> dict[str, int]:
-    """Sort keys for result rows: modes in the order asked for, then their controls.
+def family_row(check: str, mode: Mode) -> str:
+    """The result row name of family ``check`` on ``mode`` (``operations-forbid``)."""
+    return f"{check}-{mode.value}"
 
-    Rows missing from the map (the libvirt rejection checks) sort after both.
+
+def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
+    """``plan`` (from ``plan_guests``: ids exports only) with the families of
+    ``checks``: ids exports (and controls) kept only if ``ids`` is asked for, then one
+    export per further family and multi-device mode of the guest, in family order.
+
+    The matrix applies it to each guest, so every family's export shares the QEMU of
+    its mode's ids export and comes after it (see ``_TRAILING``).  A single-device
+    run has no foreign device to operate on and gets no family exports.
     """
-    rank = {m.value: i for i, m in enumerate(modes)}
-    rank.update({f"{CONTROL_PREFIX}{m.value}": len(modes) + i for i, m in enumerate(modes)})
-    return rank
+    modes = [e.mode for e in plan.exports if e.layout.devices > 1]
+    kept = tuple(plan.exports) if IDS in checks else ()
+    extra = tuple(ExportPlan(family_row(check, mode), mode, _FAMILY_LAYOUT, check)
+                  for check in _TRAILING if check in checks for mode in modes)
+    return GuestPlan(plan.name, kept + extra)
+
+
+def parse_checks(text: str) -> tuple[str, ...]:
+    """Parse ``ids,operations`` into family names, rejecting unknown ones."""
+    checks: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name not in CHECKS:
+            raise UsageError(f"unknown check family {raw.strip()!r}",
+                             hint=f"choose from {','.join(CHECKS)}")
+        if name not in checks:
+            checks.append(name)
+    if not checks:
+        raise UsageError("no check family given", hint=f"for example --checks {IDS},operations")
+    return tuple(checks)
+
+
+def row_rank(modes: Sequence[Mode]) -> dict[str, int]:
+    """Sort keys for result rows: modes in the order asked for, then their controls,
+    then each further family's rows (family order, then modes as asked).
+
+    Rows missing from the map (the libvirt rejection checks) sort after all of them.
+    """
+    names = [m.value for m in modes] + [f"{CONTROL_PREFIX}{m.value}" for m in modes]
+    names += [family_row(check, m) for check in CHECKS if check != IDS for m in modes]
+    return {name: i for i, name in enumerate(names)}
 
 
 def default_jobs() -> int:
