@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
+from harness.checks import FAMILIES
 from harness.config import ALL_MODES, ExportLayout, Mode
+from harness.errors import UsageError
 from harness.matrix import _outside
-from harness.plan import plan_guests, row_rank
+from harness.plan import (
+    CHECKS,
+    DEFAULT_CHECKS,
+    apply_checks,
+    parse_checks,
+    plan_guests,
+    row_rank,
+)
 
 LAYOUT = ExportLayout(devices=3, files_per_device=8)
 
@@ -64,3 +75,65 @@ def test_stderr_outside_every_slice_is_everything_else() -> None:
     assert (text[first], text[second]) == ("A1\n", "B1\n")
     assert _outside(text, [second, first]) == "boot\n\nmid\n\nshutdown\n"
     assert _outside(text, []) == text
+
+
+def _families(modes: tuple[Mode, ...], checks: tuple[str, ...],
+              layout: ExportLayout = LAYOUT) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(g.name, [(e.row, e.check) for e in apply_checks(g, checks).exports])
+            for g in plan_guests(modes, layout, True)]
+
+
+def test_families_follow_their_modes_ids_export_in_the_same_guest() -> None:
+    # After the ids export of the same mode: QEMU prints each message once per
+    # process, so the ids row keeps its exactly-once rule.
+    assert _families(ALL_MODES, DEFAULT_CHECKS) == [
+        ("remap+forbid+warn", [
+            ("remap", "ids"), ("forbid", "ids"), ("warn", "ids"),
+            ("operations-remap", "operations"), ("operations-forbid", "operations"),
+            ("operations-warn", "operations"), ("cross_device-remap", "cross_device"),
+            ("cross_device-forbid", "cross_device"), ("cross_device-warn", "cross_device")]),
+        ("control+default", [
+            ("control-remap", "ids"), ("control-warn", "ids"), ("control-forbid", "ids"),
+            ("control-default", "ids"), ("default", "ids"),
+            ("operations-default", "operations"), ("cross_device-default", "cross_device")]),
+    ]
+
+
+def test_checks_without_ids_keep_only_the_asked_families() -> None:
+    assert _families((Mode.FORBID, Mode.DEFAULT), ("cross_device",)) == [
+        ("forbid", [("cross_device-forbid", "cross_device")]),
+        ("control+default", [("cross_device-default", "cross_device")]),
+    ]
+
+
+def test_a_single_device_run_has_no_foreign_device_to_operate_on() -> None:
+    assert _families((Mode.WARN,), DEFAULT_CHECKS, ExportLayout(devices=1)) == [
+        ("warn", [("warn", "ids")])]
+
+
+def test_family_exports_are_small_two_device_exports() -> None:
+    (guest,) = [apply_checks(g, ("operations",)) for g in plan_guests((Mode.WARN,), LAYOUT,
+                                                                       control=False)]
+    assert [(e.layout.devices, e.layout.files_per_device) for e in guest.exports] == [(2, 2)]
+
+
+def test_every_planned_family_is_implemented() -> None:
+    assert set(FAMILIES) == set(CHECKS)
+
+
+def test_parse_checks() -> None:
+    assert parse_checks(" operations,ids,operations ") == ("operations", "ids")
+    with pytest.raises(UsageError, match="unknown check family 'bogus'") as caught:
+        parse_checks("ids,bogus")
+    assert caught.value.hint is not None and "cross_device" in caught.value.hint
+    with pytest.raises(UsageError, match="no check family"):
+        parse_checks(",")
+
+
+def test_family_rows_sort_after_ids_and_controls() -> None:
+    rank = row_rank((Mode.WARN, Mode.REMAP))
+    rows = ["cross_device-warn", "operations-remap", "control-warn", "remap",
+            "operations-warn", "warn"]
+    assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
+        "warn", "remap", "control-warn", "operations-warn", "operations-remap",
+        "cross_device-warn"]
