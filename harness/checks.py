@@ -17,6 +17,7 @@ from .config import ExportSpec
 from .export import Export
 from .family import CheckFamily, Judging, Observation
 from .guest import Guest
+from .live_checks import LIVE_FAMILIES
 from .observe import GuestView, collect
 from .ops_checks import OPS_FAMILIES
 from .oracle import Verdict, judge, judge_witness
@@ -47,4 +48,4 @@ class IdsCheck:
 
 
 FAMILIES: dict[str, CheckFamily] = {
-    IdsCheck.name: IdsCheck(), **{family.name: family for family in OPS_FAMILIES}}
+    family.name: family for family in (IdsCheck(), *OPS_FAMILIES, *LIVE_FAMILIES)}

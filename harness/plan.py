@@ -24,16 +24,22 @@ _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
 IDS = "ids"
 # Every check family, in report order; ``checks.FAMILIES`` implements each (a unit
 # test holds the two together).
-CHECKS = (IDS, "operations", "cross_device")
+BIND = "bind"
+CHECKS = (IDS, "operations", "cross_device", "runtime_mount", BIND, "remount")
 # What a run does unless --checks says otherwise: every family costing seconds at most.
 DEFAULT_CHECKS = CHECKS
 # Families that ask a mode's own questions of a small export of their own, observed
 # after the mode's ids export in the same QEMU.  They need no fresh multi-device
 # message (QEMU prints each once per process): they judge "the mode's own message at
-# most once, no other", and the ids row before them holds the exactly-once rule.
-_TRAILING = ("operations", "cross_device")
+# most once, no other" (runtime_mount: none at all once its device is added), and
+# the ids row before them holds the exactly-once rule.
+_TRAILING = ("operations", "cross_device", "runtime_mount", "remount")
 # Two devices: the root one and one foreign; two files each keep the mounts cheap.
 _FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
+# bind's export is one device whatever the mode, so it must say nothing; that is
+# only judgeable while no export of its QEMU has printed a message yet, so it rides
+# in the control guest right after the (silent) controls.
+_BIND_LAYOUT = ExportLayout(devices=1, files_per_device=2)
 
 
 @dataclass(frozen=True)
@@ -133,14 +139,21 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
     export per further family and multi-device mode of the guest, in family order.
 
     The matrix applies it to each guest, so every family's export shares the QEMU of
-    its mode's ids export and comes after it (see ``_TRAILING``).  A single-device
-    run has no foreign device to operate on and gets no family exports.
+    its mode's ids export and comes after it (see ``_TRAILING``); ``bind`` joins the
+    control guest, one export per mode, after the controls and before anything that
+    may print a message.  A single-device run has no foreign device to operate on and
+    gets no trailing family exports; a run without controls gets no bind rows.
     """
-    modes = [e.mode for e in plan.exports if e.layout.devices > 1]
-    kept = tuple(plan.exports) if IDS in checks else ()
-    extra = tuple(ExportPlan(family_row(check, mode), mode, _FAMILY_LAYOUT, check)
-                  for check in _TRAILING if check in checks for mode in modes)
-    return GuestPlan(plan.name, kept + extra)
+    controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
+    others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
+    modes = [e.mode for e in others if e.layout.devices > 1]
+    binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND)
+             for e in controls] if BIND in checks else []
+    extra = [ExportPlan(family_row(check, mode), mode, _FAMILY_LAYOUT, check)
+             for check in _TRAILING if check in checks for mode in modes]
+    if IDS not in checks:
+        controls, others = [], []
+    return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
 
 
 def parse_checks(text: str) -> tuple[str, ...]:

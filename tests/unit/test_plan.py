@@ -85,24 +85,24 @@ def _families(modes: tuple[Mode, ...], checks: tuple[str, ...],
 
 def test_families_follow_their_modes_ids_export_in_the_same_guest() -> None:
     # After the ids export of the same mode: QEMU prints each message once per
-    # process, so the ids row keeps its exactly-once rule.
+    # process, so the ids row keeps its exactly-once rule.  bind must stay silent, so
+    # it comes before anything in its guest that prints (after the silent controls).
+    trailing = ("operations", "cross_device", "runtime_mount", "remount")
+    shared = ("remap", "forbid", "warn")
     assert _families(ALL_MODES, DEFAULT_CHECKS) == [
-        ("remap+forbid+warn", [
-            ("remap", "ids"), ("forbid", "ids"), ("warn", "ids"),
-            ("operations-remap", "operations"), ("operations-forbid", "operations"),
-            ("operations-warn", "operations"), ("cross_device-remap", "cross_device"),
-            ("cross_device-forbid", "cross_device"), ("cross_device-warn", "cross_device")]),
-        ("control+default", [
-            ("control-remap", "ids"), ("control-warn", "ids"), ("control-forbid", "ids"),
-            ("control-default", "ids"), ("default", "ids"),
-            ("operations-default", "operations"), ("cross_device-default", "cross_device")]),
+        ("remap+forbid+warn", [(m, "ids") for m in shared]
+         + [(f"{c}-{m}", c) for c in trailing for m in shared]),
+        ("control+default", [(f"control-{m.value}", "ids") for m in ALL_MODES]
+         + [(f"bind-{m.value}", "bind") for m in ALL_MODES] + [("default", "ids")]
+         + [(f"{c}-default", c) for c in trailing]),
     ]
 
 
 def test_checks_without_ids_keep_only_the_asked_families() -> None:
-    assert _families((Mode.FORBID, Mode.DEFAULT), ("cross_device",)) == [
+    assert _families((Mode.FORBID, Mode.DEFAULT), ("cross_device", "bind")) == [
         ("forbid", [("cross_device-forbid", "cross_device")]),
-        ("control+default", [("cross_device-default", "cross_device")]),
+        ("control+default", [("bind-forbid", "bind"), ("bind-default", "bind"),
+                             ("cross_device-default", "cross_device")]),
     ]
 
 
@@ -115,6 +115,8 @@ def test_family_exports_are_small_two_device_exports() -> None:
     (guest,) = [apply_checks(g, ("operations",)) for g in plan_guests((Mode.WARN,), LAYOUT,
                                                                        control=False)]
     assert [(e.layout.devices, e.layout.files_per_device) for e in guest.exports] == [(2, 2)]
+    (_, control) = [apply_checks(g, ("bind",)) for g in plan_guests((Mode.WARN,), LAYOUT, True)]
+    assert [(e.row, e.layout.devices) for e in control.exports] == [("bind-warn", 1)]
 
 
 def test_every_planned_family_is_implemented() -> None:
