@@ -156,6 +156,20 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
     return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
 
 
+# Families that mount on the host after QEMU started.  libvirt starts QEMU in a mount
+# namespace of its own, a copy taken at start that our private "/" never propagates
+# into, so under --via libvirt these families would test nothing.
+AFTER_START_MOUNTS = ("runtime_mount", BIND)
+
+
+def checks_for(via: Via, checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The families ``via`` can run, and those it cannot (``AFTER_START_MOUNTS``)."""
+    if via is Via.QEMU:
+        return tuple(checks), ()
+    return (tuple(c for c in checks if c not in AFTER_START_MOUNTS),
+            tuple(c for c in checks if c in AFTER_START_MOUNTS))
+
+
 def parse_checks(text: str) -> tuple[str, ...]:
     """Parse ``ids,operations`` into family names, rejecting unknown ones."""
     checks: list[str] = []

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from harness.checks import FAMILIES
-from harness.config import ALL_MODES, ExportLayout, Mode
+from harness.config import ALL_MODES, ExportLayout, Mode, Via
 from harness.errors import UsageError
 from harness.matrix import _outside
 from harness.plan import (
     CHECKS,
     DEFAULT_CHECKS,
     apply_checks,
+    checks_for,
     parse_checks,
     plan_guests,
     row_rank,
@@ -139,3 +140,9 @@ def test_family_rows_sort_after_ids_and_controls() -> None:
     assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
         "warn", "remap", "control-warn", "operations-warn", "operations-remap",
         "cross_device-warn"]
+
+
+def test_libvirt_runs_no_family_that_mounts_after_qemu_started() -> None:
+    assert checks_for(Via.QEMU, CHECKS) == (CHECKS, ())
+    assert checks_for(Via.LIBVIRT, CHECKS) == (
+        ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "bind"))
