@@ -156,7 +156,7 @@ def host_tree(root: Path, top: str) -> dict[str, bytes | None]:
     return found
 
 
-def _modes(root: Path, top: str) -> dict[str, str]:
+def _described_tree(root: Path, top: str) -> dict[str, str]:
     """The host tree below ``top`` with each path's mode and xattr, for change checks."""
     described = {}
     for path, content in host_tree(root, top).items():
@@ -182,11 +182,11 @@ class OperationsCheck:
         _lay_targets(foreign.path, ("file", "dir", "symlink"), xattr)
         cases = operation_cases(".", 0, xattr, KINDS[:4])
         cases += operation_cases(foreign.relpath, foreign.index, xattr, KINDS)
-        before = _modes(export.root, foreign.relpath)
+        before = _described_tree(export.root, foreign.relpath)
         requests = [OpRequest(c.op, c.path, c.path2) for c in cases]
         requests.append(OpRequest("readdir", "."))
         answer, _ = run_ops(guest, spec.mount_point, requests)
-        after = _modes(export.root, foreign.relpath)
+        after = _described_tree(export.root, foreign.relpath)
         changes = [f"{path}: {before.get(path, 'absent')} -> {after.get(path, 'absent')}"
                    for path in sorted(set(before) | set(after))
                    if before.get(path) != after.get(path)]

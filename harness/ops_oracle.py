@@ -139,9 +139,8 @@ def expected_result(case: OpCase, expectation: Expectation) -> int:
     return case.natural
 
 
-def _verdict(mode: Mode, expectation: Expectation, text: str, outcomes: Sequence[OpOutcome],
-             failures: Sequence[str], stderr: str, devices: int,
-             notes: Sequence[str] = ()) -> OpsVerdict:
+def _verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: Sequence[str],
+             stderr: str, devices: int) -> OpsVerdict:
     wrong = sum(not outcome.ok for outcome in outcomes)
     messages = find_multidevs_messages(stderr).all
     observed = (f"{len(outcomes) - wrong} of {len(outcomes)} operations as expected, "
@@ -150,7 +149,7 @@ def _verdict(mode: Mode, expectation: Expectation, text: str, outcomes: Sequence
         mode=mode, expectation=text, observed=observed,
         status=Status.FAIL if failures else Status.PASS, failures=tuple(failures),
         outcomes=tuple(outcomes), qemu_message=messages[0] if messages else None,
-        host_devices=devices, notes=tuple(notes),
+        host_devices=devices,
     )
 
 
@@ -189,7 +188,7 @@ def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr:
     text = ("foreign operations ENODEV, root-device operations work, root lists mount points"
             if expectation is Expectation.DENY_FOREIGN else
             "every operation gives its ordinary result on every device")
-    return _verdict(mode, expectation, text, outcomes, failures, stderr, seen.devices)
+    return _verdict(mode, text, outcomes, failures, stderr, seen.devices)
 
 
 @dataclass(frozen=True)
@@ -249,4 +248,4 @@ def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: st
     failures += message_failures(expectation, stderr, stderr_outside) + list(extra)
     text = ("cross-device operations ENODEV, mv fails, host unchanged" if forbid else
             "cross-device rename/link EXDEV, mv copies: nothing lost or duplicated")
-    return _verdict(mode, expectation, text, outcomes, failures, stderr, seen.devices)
+    return _verdict(mode, text, outcomes, failures, stderr, seen.devices)
