@@ -10,6 +10,7 @@ on success, failure, timeout and Ctrl-C.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
@@ -30,6 +31,7 @@ from .results import GuestRecord, ResultRow
 
 Progress = Callable[[str], None]
 MOUNT_BASE = "/mnt"
+CRASH_GRACE = 1.0  # seconds; see _raise_if_crashed
 
 
 class Backend(Protocol):
@@ -145,13 +147,28 @@ def _observe(
             observed.append(Observed(item, export, spec, seen,
                                      slice(before, len(guest.stderr_text()))))
     except HarnessError as exc:
+        _raise_if_crashed(guest, exc)
+        raise
+    return observed
+
+
+def _raise_if_crashed(guest: Guest, exc: HarnessError) -> None:
+    """Raise GuestCrashed if QEMU ended (or the guest panicked) behind ``exc``.
+
+    A killed QEMU's sockets close during its exit, a moment before waitpid can see
+    it gone, so the SSH reset may come first: QEMU gets CRASH_GRACE seconds to show
+    as ended before ``exc`` counts as the harness's own trouble.
+    """
+    deadline = time.monotonic() + CRASH_GRACE
+    while True:
         try:
             check_alive(guest)
         except QemuFailed as crash:
             raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
                                hint=crash.hint, details=crash.details) from exc
-        raise
-    return observed
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
 
 
 def _outside(stderr: str, slices: Sequence[slice]) -> str:
