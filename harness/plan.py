@@ -1,8 +1,9 @@
 """Planning a run: what was asked, which guests to boot with which exports, in what order.
 
 Pure: no guest is booted here.  ``plan_guests`` decides which modes may share a
-QEMU process (its messages are printed once per process), and ``row_rank`` puts
-the result rows in the order a reader expects.
+QEMU process (its messages are printed once per process), ``apply_checks`` adds
+each further check family's exports to the guests of their modes, and ``row_rank``
+puts the result rows in the order a reader expects.
 """
 
 from __future__ import annotations
