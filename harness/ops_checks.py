@@ -94,17 +94,16 @@ def _xattr_natural(directory: Path) -> int:
         probe.unlink()
 
 
-def _lay_targets(base: Path, kinds: tuple[str, ...], xattr: int) -> None:
+def _lay_targets(base: Path, xattr: int) -> None:
+    """A file, an empty directory and a symlink per operation under ``base/ops``, so
+    no operation's outcome depends on another's."""
     ops = base / OPS_DIR
     ops.mkdir()
     (ops / _TARGET).write_bytes(b"target\n")
     for op in OPERATIONS:
-        if "file" in kinds:
-            (ops / f"file-{op}").write_bytes(f"file-{op}\n".encode())
-        if "dir" in kinds:
-            (ops / f"dir-{op}").mkdir()
-        if "symlink" in kinds:
-            (ops / f"symlink-{op}").symlink_to(_TARGET)
+        (ops / f"file-{op}").write_bytes(f"file-{op}\n".encode())
+        (ops / f"dir-{op}").mkdir()
+        (ops / f"symlink-{op}").symlink_to(_TARGET)
     if xattr == 0:
         for path in (ops / "file-getxattr", ops / "dir-getxattr", base):
             os.setxattr(path, XATTR, b"host")
@@ -178,8 +177,8 @@ class OperationsCheck:
                 options: RunOptions) -> Observation:
         foreign = export.devices[1]
         xattr = _xattr_natural(export.root)
-        _lay_targets(export.root, ("file", "dir", "symlink"), xattr)
-        _lay_targets(foreign.path, ("file", "dir", "symlink"), xattr)
+        _lay_targets(export.root, xattr)
+        _lay_targets(foreign.path, xattr)
         cases = operation_cases(".", 0, xattr, KINDS[:4])
         cases += operation_cases(foreign.relpath, foreign.index, xattr, KINDS)
         before = _described_tree(export.root, foreign.relpath)
