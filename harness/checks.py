@@ -1,69 +1,30 @@
 """Check families: what is observed of one export while its guest runs, and how it is judged.
 
-A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
-messages, the tar witness, and the harm colliding ids do through the guest's
-inode cache: aliased twins, a moved cwd, the kernel's log) and, as they are added,
-operations, cross-device moves, runtime mounts...  The run loop (``matrix``) is the same for
+A family is one kind of question asked of an export: ``ids`` (today's: guest ids,
+QEMU's messages, the tar witness) and, as they are added, operations, cross-device
+moves, runtime mounts, cache-mode harm...  The run loop (``matrix``) is the same for
 all of them: it builds the export, boots the guest, calls the family's ``observe``
 while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
 the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a
 module of its own and one entry in ``FAMILIES``; the matrix does not change.
+The types a family implements live in ``family``, so a family module needs nothing
+from here (no import cycle).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
 from .config import Cache, ExportSpec, Mode
 from .export import Export
+from .family import CheckFamily, Judging, Observation
 from .guest import Guest
 from .harm import HarmProbe, harm_probe
+from .live_checks import LIVE_FAMILIES
 from .observe import GuestView, collect
-from .oracle import HarmInput, RejectionVerdict, Verdict, judge, judge_witness
-from .plan import ExportPlan, RunOptions
+from .ops_checks import OPS_FAMILIES
+from .oracle import HarmInput, Verdict, judge, judge_witness
+from .plan import RunOptions
 
-Version = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a family saw of one export; ``data`` is the family's own record.
-
-    ``tar_rc`` is kept here because rows report it whatever the family.
-    """
-
-    data: object
-    tar_rc: int | None = None
-
-
-@dataclass(frozen=True)
-class Judging:
-    """Everything a family's verdict may depend on, gathered once the guest is down."""
-
-    plan: ExportPlan
-    export: Export
-    spec: ExportSpec
-    qemu_version: Version
-    stderr: str  # what QEMU wrote while this export alone was observed
-    stderr_outside: str  # what it wrote outside every export's observation
-    command_failures: Sequence[str]  # what is wrong with the generated command line
-
-
-class CheckFamily(Protocol):
-    """One family of checks (see the module docstring)."""
-
-    name: str
-
-    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
-        """Ask the running guest (and, if the family needs, the host) about ``export``."""
-        ...
-
-    def judge(self, judging: Judging, observation: Observation) -> Verdict | RejectionVerdict:
-        """The verdict of this export; pure."""
-        ...
+__all__ = ["FAMILIES", "CheckFamily", "IdsCheck", "Judging", "Observation"]
 
 
 class IdsCheck:
@@ -103,4 +64,5 @@ def _probe(spec: ExportSpec, export: Export) -> HarmProbe | None:
     return harm_probe([device.relpath for device in export.devices])
 
 
-FAMILIES: dict[str, CheckFamily] = {IdsCheck.name: IdsCheck()}
+FAMILIES: dict[str, CheckFamily] = {
+    family.name: family for family in (IdsCheck(), *OPS_FAMILIES, *LIVE_FAMILIES)}

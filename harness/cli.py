@@ -115,6 +115,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the guest's 9p cache modes, comma-separated (" +
         ",".join(c.value for c in ALL_CACHES) + "); each mode gets one row per cache mode",
     )
+    _add_check_option(run)
     run.add_argument("--devices", type=_whole_number, default=3,
                      help="host devices in the export (1..128; 1 = control only)")
     run.add_argument("--files", type=_whole_number, default=8, help="files per device")
@@ -133,6 +134,17 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for 'git bisect run': pass 0, fail 1, error or "
                      "inconclusive 125 (skip the commit)")
+
+
+def _add_check_option(run: argparse.ArgumentParser) -> None:
+    # Imported here: the plan module pulls in the SSH client, which --help should not wait for.
+    from .plan import CHECKS, DEFAULT_CHECKS
+
+    run.add_argument(
+        "--checks", default=",".join(DEFAULT_CHECKS),
+        help=f"comma-separated check families: {','.join(CHECKS)} "
+        f"(default: {','.join(DEFAULT_CHECKS)})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +289,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import report as rep
-    from .plan import RunOptions
+    from .plan import RunOptions, parse_checks
     from .run import run_matrix
 
     options = RunOptions(
@@ -298,6 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         via=Via(args.via),
         share=not args.isolate,
+        checks=parse_checks(args.checks),
     )
     result = run_matrix(options, progress=progress)
     print(rep.table(result))

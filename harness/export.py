@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import ExportLayout
 from .errors import ExportError
-from .namespace import mount_tmpfs, private_namespace, unmount
+from .namespace import bind_mount, mount_tmpfs, private_namespace, unmount
 
 # The scratch tmpfs holds only empty mount-point directories.
 SCRATCH_DIR_NAME = "exports"
@@ -444,6 +444,49 @@ def _mount(stack: ExitStack, problems: list[str], target: Path, files: int) -> i
 
     stack.callback(release)
     return os.stat(target).st_dev
+
+
+@contextmanager
+def extra_device(export: Export, relpath: str, index: int) -> Iterator[ExportDevice]:
+    """Mount one more tmpfs at ``relpath`` (a new directory) in a built export while it
+    is in use, populated like the others so its inode numbers repeat theirs; unmount
+    it on exit (lazily if busy), leaving the directory it covered.
+
+    For checks of a device set that changes while the guest runs.  Raises
+    ExportError when it cannot be mounted.
+    """
+    target = export.root / relpath
+    problems: list[str] = []
+    with ExitStack() as stack:
+        target.mkdir(mode=0o755)
+        st_dev = _mount(stack, problems, target, export.layout.files_per_device)
+        try:
+            _populate(target, relpath, export.layout.files_per_device)
+        except OSError as exc:
+            raise ExportError(f"populating the extra device {target} failed: {exc}",
+                              hint="check free memory for tmpfs") from exc
+        yield ExportDevice(index, target, relpath, st_dev)
+    if problems:
+        raise ExportError("could not unmount the extra device: " + "; ".join(problems),
+                          hint="the mount vanishes when the harness process exits")
+
+
+@contextmanager
+def bind_twice(export: Export, source: str, targets: Sequence[str]) -> Iterator[None]:
+    """Bind-mount the export's directory ``source`` at each of ``targets`` (new
+    directories): one filesystem reachable by several paths, one device.  Unmounted
+    in reverse order on exit."""
+    with ExitStack() as stack:
+        for relpath in targets:
+            target = export.root / relpath
+            target.mkdir(mode=0o755)
+            try:
+                bind_mount(export.root / source, target)
+            except OSError as exc:
+                raise ExportError(f"cannot bind-mount {source} on {target}: {exc.strerror}",
+                                  hint="the harness must be root in its namespace") from exc
+            stack.callback(unmount, target, lazy=True)
+        yield
 
 
 def _build(stack: ExitStack, problems: list[str], layout: ExportLayout, root: Path) -> Export:

@@ -39,10 +39,11 @@ from .ssh import CommandResult, GuestSsh
 _USERNET_PORT = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22")
 
 Progress = Callable[[str], None]
-# 9p device slots of a restorable guest: the most exports one guest of the matrix
-# holds, with room to spare.  A state is made for this many; a guest with more
-# exports boots cold.
-SLOTS = 8
+# 9p device slots of a restorable guest: the most exports one guest of the default
+# matrix holds (18: three modes, two cache modes each, and four families per mode),
+# with room to spare; q35's root bus has 32 slots.  A state is made for this many; a
+# guest with more exports boots cold.
+SLOTS = 24
 # Bumped when what a saved state assumes changes (the init, the mount protocol).
 STATE_FORMAT = "mdh-state-1"
 

@@ -26,7 +26,7 @@ from .errors import GuestCrashed, HarnessError, QemuFailed
 from .export import Export, build_export
 from .guest import Guest, check_alive
 from .oracle import Status, unobserved
-from .plan import ExportPlan, GuestPlan, RunOptions
+from .plan import ExportPlan, GuestPlan, RunOptions, apply_checks, checks_for
 from .results import GuestRecord, ResultRow
 
 Progress = Callable[[str], None]
@@ -229,6 +229,15 @@ def run_guest(run: MatrixRun, plan: GuestPlan) -> list[ResultRow]:
     observed at all gives ERROR rows, each naming why.
     """
     log_dir = run.log_root / plan.name
+    # plan_guests places the ids exports; the other families join their mode's guest.
+    checks, skipped = checks_for(run.backend.via, run.options.checks)
+    if skipped:
+        run.progress(f"{plan.name}: {','.join(skipped)} skipped: {run.backend.via.value} "
+                     "starts QEMU in a mount namespace of its own, which host mounts "
+                     "made later never reach")
+    plan = apply_checks(plan, checks)
+    if not plan.exports:
+        return []
     try:
         return _run_guest(run, plan, log_dir)
     except GuestCrashed as exc:

@@ -28,6 +28,7 @@ from .errors import NamespaceError
 # From <linux/sched.h> and <linux/mount.h>; Python 3.11 has no os.unshare.
 CLONE_NEWNS = 0x0002_0000
 CLONE_NEWUSER = 0x1000_0000
+MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
@@ -128,6 +129,19 @@ def mount_tmpfs(target: str | os.PathLike[str], options: str) -> None:
             hint="call enter_private_namespace() first",
         )
     if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, options.encode()) != 0:
+        _raise_errno(target)
+
+
+def bind_mount(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Bind-mount ``source`` on ``target`` (mount --bind): the same filesystem, so the
+    same st_dev, at a second place.  Refused outside the private namespace like
+    ``mount_tmpfs``."""
+    if private_namespace() is None:
+        raise NamespaceError(
+            f"refusing to bind-mount on {os.fspath(target)} outside a private namespace",
+            hint="call enter_private_namespace() first",
+        )
+    if _libc().mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
         _raise_errno(target)
 
 

@@ -1,8 +1,9 @@
 """Planning a run: what was asked, which guests to boot with which exports, in what order.
 
 Pure: no guest is booted here.  ``plan_guests`` decides which modes may share a
-QEMU process (its messages are printed once per process), and ``row_rank`` puts
-the result rows in the order a reader expects.
+QEMU process (its messages are printed once per process), ``apply_checks`` adds
+each further check family's exports to the guests of their modes, and ``row_rank``
+puts the result rows in the order a reader expects.
 """
 
 from __future__ import annotations
@@ -13,12 +14,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via
+from .errors import UsageError
 from .observe import AGENT_THREADS, STAT_PASSES
 
 CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.
 _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
+
+IDS = "ids"
+# Every check family, in report order; ``checks.FAMILIES`` implements each (a unit
+# test holds the two together).
+BIND = "bind"
+CHECKS = (IDS, "operations", "cross_device", "runtime_mount", BIND, "remount")
+# What a run does unless --checks says otherwise: every family costing seconds at most.
+DEFAULT_CHECKS = CHECKS
+# Families that ask a mode's own questions of a small export of their own, observed
+# after the mode's ids export in the same QEMU.  They need no fresh multi-device
+# message (QEMU prints each once per process): they judge "the mode's own message at
+# most once, no other" (runtime_mount: none at all once its device is added), and
+# the ids row before them holds the exactly-once rule.
+_TRAILING = ("operations", "cross_device", "runtime_mount", "remount")
+# Two devices: the root one and one foreign; two files each keep the mounts cheap.
+_FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
+# bind's export is one device whatever the mode, so it must say nothing; that is
+# only judgeable while no export of its QEMU has printed a message yet, so it rides
+# in the control guest right after the (silent) controls.
+_BIND_LAYOUT = ExportLayout(devices=1, files_per_device=2)
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class RunOptions:
     # A second vCPU and agent threads only pay off for very large exports.
     guest_cpus: int = 1
     agent_threads: int = AGENT_THREADS
+    # Check families to run (``CHECKS`` names them); see ``apply_checks``.
+    checks: tuple[str, ...] = DEFAULT_CHECKS
 
 
 @dataclass(frozen=True)
@@ -136,14 +160,76 @@ def plan_guests(
     return guests
 
 
+def family_row(check: str, mode: Mode) -> str:
+    """The result row name of family ``check`` on ``mode`` (``operations-forbid``)."""
+    return f"{check}-{mode.value}"
+
+
+def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
+    """``plan`` (from ``plan_guests``: ids exports only) with the families of
+    ``checks``: ids exports (and controls) kept only if ``ids`` is asked for, then one
+    export per further family and multi-device mode of the guest, in family order.
+
+    The matrix applies it to each guest, so every family's export shares the QEMU of
+    its mode's ids export and comes after it (see ``_TRAILING``); ``bind`` joins the
+    control guest, one export per mode, after the controls and before anything that
+    may print a message.  A single-device run has no foreign device to operate on and
+    gets no trailing family exports; a run without controls gets no bind rows.
+    """
+    controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
+    others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
+    # One family export per mode, however many cache exports the mode has.
+    modes = list(dict.fromkeys(e.mode for e in others if e.layout.devices > 1))
+    binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND)
+             for e in controls] if BIND in checks else []
+    extra = [ExportPlan(family_row(check, mode), mode, _FAMILY_LAYOUT, check)
+             for check in _TRAILING if check in checks for mode in modes]
+    if IDS not in checks:
+        controls, others = [], []
+    return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
+
+
+# Families that mount on the host after QEMU started.  libvirt starts QEMU in a mount
+# namespace of its own, a copy taken at start that our private "/" never propagates
+# into, so under --via libvirt these families would test nothing.
+AFTER_START_MOUNTS = ("runtime_mount", BIND)
+
+
+def checks_for(via: Via, checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The families ``via`` can run, and those it cannot (``AFTER_START_MOUNTS``)."""
+    if via is Via.QEMU:
+        return tuple(checks), ()
+    return (tuple(c for c in checks if c not in AFTER_START_MOUNTS),
+            tuple(c for c in checks if c in AFTER_START_MOUNTS))
+
+
+def parse_checks(text: str) -> tuple[str, ...]:
+    """Parse ``ids,operations`` into family names, rejecting unknown ones."""
+    checks: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name not in CHECKS:
+            raise UsageError(f"unknown check family {raw.strip()!r}",
+                             hint=f"choose from {','.join(CHECKS)}")
+        if name not in checks:
+            checks.append(name)
+    if not checks:
+        raise UsageError("no check family given", hint=f"for example --checks {IDS},operations")
+    return tuple(checks)
+
+
 def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> dict[str, int]:
     """Sort keys for result rows: modes in the order asked for (each with its cache
-    modes in the order asked), then their controls.
+    modes in the order asked), then their controls, then each further family's rows
+    (family order, then modes as asked).
 
-    Rows missing from the map (the libvirt rejection checks) sort after both.
+    Rows missing from the map (the libvirt rejection checks) sort after all of them.
     """
     names = [row_name(m, c) for m in modes for c in caches]
     names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
+    names += [family_row(check, m) for check in CHECKS if check != IDS for m in modes]
     return {name: i for i, name in enumerate(names)}
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .ops_oracle import OpsVerdict
 from .oracle import RejectionVerdict, Status, Verdict
 from .results import EnvironmentRecord, ResultRow, RunReport
 
@@ -123,6 +124,19 @@ def _rejection_dict(verdict: RejectionVerdict) -> dict[str, Any]:
     }
 
 
+def _ops_dict(verdict: OpsVerdict) -> dict[str, Any]:
+    return {
+        "mode": verdict.mode.value,
+        "host_devices": verdict.host_devices,
+        "qemu_message": verdict.qemu_message,
+        "operations": [
+            {"op": o.op, "target": o.target, "device": o.device, "path": o.path,
+             "result": o.result, "expected": o.expected, "ok": o.ok}
+            for o in verdict.outcomes
+        ],
+    }
+
+
 def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     """The JSON object of one result row (keys documented in the README).
 
@@ -155,6 +169,8 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     }
     if isinstance(verdict, Verdict):
         data.update(_ids_dict(verdict, row))
+    elif isinstance(verdict, OpsVerdict):
+        data.update(_ops_dict(verdict))
     else:
         data.update(_rejection_dict(verdict))
     return data

@@ -17,7 +17,7 @@ from .environment import prepare
 from .logs import log_root
 from .matrix import MOUNT_BASE, LiveGuests, MatrixRun, run_guest
 from .namespace import enter_private_namespace, in_user_namespace
-from .plan import ExportPlan, GuestPlan, RunOptions, row_name
+from .plan import IDS, ExportPlan, GuestPlan, RunOptions, row_name
 from .results import ResultRow
 from .run import QemuBackend
 
@@ -59,7 +59,7 @@ def reproduce(
     enter_private_namespace()
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence
-        options = RunOptions(modes=(mode,), layout=layout, caches=(cache,))
+        options = RunOptions(modes=(mode,), layout=layout, caches=(cache,), checks=(IDS,))
         run = MatrixRun(env, QemuBackend(env, 1, progress), options, log_dir.path, progress,
                         LiveGuests())
         name = row_name(mode, cache)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AccelDecision, Start, Via
+from .ops_oracle import OpsVerdict
 from .oracle import RejectionVerdict, Status, Verdict
 from .probe import QemuInfo
 
@@ -106,13 +107,14 @@ class ResultRow:
     """One check's outcome: what was judged, the verdict, and where the evidence is.
 
     ``check`` is the family: ``ids`` for the multi-device id checks of one export,
+    ``operations`` and ``cross_device`` for the operation families (``ops_oracle``),
     ``rejection`` for a configuration libvirt must refuse.
     """
 
     case: str
     check: str
     via: Via
-    verdict: Verdict | RejectionVerdict
+    verdict: Verdict | RejectionVerdict | OpsVerdict
     cache: str | None = None  # the guest's 9p cache mode (None: no export, a rejection)
     guest: GuestRecord | None = None
     start: Start | None = None  # how the row's guest came up (None: no guest)

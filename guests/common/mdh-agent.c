@@ -14,6 +14,8 @@
  *   mdh-agent harm ROOT          paths in pairs (a twin, then its twin on another
  *                                device): C/M/T/L/N/W/P/X records, END n
  *                                (see harm_pair and harm_dirs below)
+ *   mdh-agent ops ROOT           input: OP PATH PATH2 triples, each NUL-terminated;
+ *                                L i HEXNAME (readdir only), O i errno, END n
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -26,6 +28,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define READ_MAX 4096
@@ -402,6 +405,107 @@ static int cmd_harm(const char *root)
 	return 0;
 }
 
+/*
+ * One filesystem operation per request, answered with its errno (0: success), so
+ * the host can judge each operation on each kind of target by itself.  Requests
+ * are triples on stdin (OP, PATH, PATH2; PATH2 empty where the operation takes one
+ * path), NUL-terminated like the stat input, so any name passes.  Operations run in
+ * input order: the host orders them so that none depends on another's outcome.
+ */
+static int ops_readdir(size_t i, const char *path)
+{
+	DIR *dir = opendir(path);
+	struct dirent *ent;
+
+	if (!dir)
+		return errno;
+	errno = 0;
+	while ((ent = readdir(dir)) != NULL) {
+		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
+			continue;
+		printf("L %zu ", i);
+		put_hex((const unsigned char *)ent->d_name, strlen(ent->d_name));
+		putchar('\n');
+	}
+	closedir(dir);
+	return errno;
+}
+
+static int ops_fd(int fd)
+{
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
+static int ops_one(size_t i, const char *op, const char *path, const char *path2)
+{
+	char buf[256];
+	struct stat st;
+	DIR *dir;
+
+	if (!strcmp(op, "stat"))
+		return stat(path, &st) ? errno : 0;
+	if (!strcmp(op, "lstat"))
+		return lstat(path, &st) ? errno : 0;
+	if (!strcmp(op, "open"))
+		return ops_fd(open(path, O_RDONLY | O_CLOEXEC));
+	if (!strcmp(op, "opendir")) {
+		dir = opendir(path);
+		if (!dir)
+			return errno;
+		closedir(dir);
+		return 0;
+	}
+	if (!strcmp(op, "readdir"))
+		return ops_readdir(i, path);
+	if (!strcmp(op, "readlink"))
+		return readlink(path, buf, sizeof(buf)) < 0 ? errno : 0;
+	if (!strcmp(op, "unlink"))
+		return unlink(path) ? errno : 0;
+	if (!strcmp(op, "mkdir"))
+		return mkdir(path, 0755) ? errno : 0;
+	if (!strcmp(op, "rmdir"))
+		return rmdir(path) ? errno : 0;
+	if (!strcmp(op, "creat"))
+		return ops_fd(open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+	if (!strcmp(op, "rename"))
+		return rename(path, path2) ? errno : 0;
+	if (!strcmp(op, "link"))
+		return link(path, path2) ? errno : 0;
+	if (!strcmp(op, "symlink"))  /* PATH2 is the link's text, PATH the new name */
+		return symlink(path2, path) ? errno : 0;
+	if (!strcmp(op, "chmod"))
+		return chmod(path, 0640) ? errno : 0;
+	if (!strcmp(op, "truncate"))
+		return truncate(path, 1) ? errno : 0;
+	if (!strcmp(op, "getxattr"))
+		return lgetxattr(path, "user.mdh", buf, sizeof(buf)) < 0 ? errno : 0;
+	if (!strcmp(op, "setxattr"))
+		return lsetxattr(path, "user.mdh", "set", 3, 0) ? errno : 0;
+	return -1;
+}
+
+static int cmd_ops(void)
+{
+	if (npaths % 3) {
+		fprintf(stderr, "mdh-agent: ops input has %zu fields, not triples\n", npaths);
+		return 2;
+	}
+	for (size_t i = 0; i < npaths / 3; i++) {
+		int err = ops_one(i, paths[3 * i], paths[3 * i + 1], paths[3 * i + 2]);
+
+		if (err < 0) {
+			fprintf(stderr, "mdh-agent: unknown operation %s\n", paths[3 * i]);
+			return 2;
+		}
+		printf("O %zu %d\n", i, err);
+	}
+	printf("END %zu\n", npaths / 3);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -421,6 +525,8 @@ int main(int argc, char **argv)
 		return cmd_read();
 	if (!strcmp(argv[1], "harm") && argc == 3)
 		return cmd_harm(argv[2]);
+	if (!strcmp(argv[1], "ops") && argc == 3)
+		return cmd_ops();
 	fprintf(stderr, "mdh-agent: unknown command %s\n", argv[1]);
 	return 2;
 }

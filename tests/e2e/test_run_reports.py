@@ -49,7 +49,8 @@ def test_run_exits_0_and_prints_the_table(reports: tuple[Any, Any, Any]) -> None
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split()
     assert header[:2] == ["case", "expectation"] and header[-1] == "verdict"
-    for case in ("remap", "warn", "forbid", "default", "control-remap"):
+    for case in ("remap", "warn", "forbid", "default", "control-remap", "operations-forbid",
+                 "cross_device-remap", "runtime_mount-warn", "bind-default", "remount-remap"):
         assert any(line.startswith(case + " ") and line.endswith("PASS")
                    for line in result.stdout.splitlines()), case
     assert "booting guest" in result.stderr, "progress must be shown while guests boot"
@@ -63,14 +64,18 @@ def test_json_has_the_promised_keys_and_values(reports: tuple[Any, Any, Any]) ->
     assert data["accel"]["used"] == "tcg" and data["accel"]["reason"]
     assert data["guest"]["kernel"].endswith("-amd64")
     for result in data["results"]:
+        assert result["passed"] is True and result["failures"] == []
+        assert result["guest"]["kernel"] == data["guest"]["kernel"]
+        assert result["guest"]["boot"] in ("remap+forbid+warn", "control+default")
+        if result["check"] not in ("ids", "bind"):
+            continue
         for key in ("mode", "passed", "host_devices", "files_checked", "guest_collisions",
                     "denied", "qemu_message", "witness", "boot_seconds", "failures"):
             assert key in result, key
         assert "tar_intact" in result["witness"]
-        assert result["passed"] is True and result["failures"] == []
-        assert result["status"] == "pass" and result["check"] == "ids"
-        assert result["guest"]["kernel"] == data["guest"]["kernel"]
-        assert result["guest"]["boot"] in ("remap+forbid+warn", "control+default")
+        assert result["status"] == "pass"
+    checks = {r["check"] for r in data["results"]}
+    assert checks == {"ids", "operations", "cross_device", "runtime_mount", "bind", "remount"}
     assert data["exit_code"] == 0 and data["accel"]["fell_back"] in (True, False)
     warn, remap, forbid = (_result(data, m) for m in ("warn", "remap", "forbid"))
     assert warn["guest_collisions"] > 0 and warn["witness"]["tar_intact"] is False
@@ -163,3 +168,30 @@ def test_the_cache_axis_shows_the_harm_where_it_belongs(reports: tuple[Any, Any,
     assert loose["qemu_message"] is None
     assert any(n.startswith("message already printed") for n in loose["notes"])
     assert _result(data, "forbid+loose")["aliased"] is None  # no twins reachable
+
+
+def _ops(row: dict[str, Any]) -> dict[tuple[str, str, int], int]:
+    return {(o["op"], o["target"], o["device"]): o["result"] for o in row["operations"]}
+
+
+def test_families_show_what_each_mode_does(reports: tuple[Any, Any, Any]) -> None:
+    _, data, _ = reports
+    forbid = _ops(_result(data, "operations-forbid"))
+    remap = _ops(_result(data, "operations-remap"))
+    assert {result for (_, _, device), result in forbid.items() if device == 1} == {19}
+    assert forbid[("creat", "missing", 0)] == 0 and forbid[("readlink", "symlink", 0)] == 0
+    assert forbid[("stat", "missing", 0)] == 2  # ENOENT: the root device answers normally
+    assert remap[("unlink", "file", 1)] == 0 and remap[("rmdir", "mountpoint", 1)] == 16
+    for mode, errno_, mv in (("remap", 18, 0), ("warn", 18, 0), ("forbid", 19, 1)):
+        row = _result(data, f"cross_device-{mode}")
+        steps = [(o["op"], o["result"]) for o in row["operations"]]
+        assert steps == [("rename", errno_), ("link", errno_), ("rename", errno_), ("mv", mv),
+                         ("mv", mv)], mode
+    assert _result(data, "runtime_mount-remap")["observed"].endswith(" 0 collisions")
+    assert not _result(data, "runtime_mount-warn")["observed"].endswith(" 0 collisions")
+    assert _result(data, "runtime_mount-forbid")["observed"].startswith("0 of ")
+    for mode in ("remap", "warn", "forbid", "default"):
+        bind = _result(data, f"bind-{mode}")
+        assert bind["guest_collisions"] == 0 and bind["qemu_message"] is None
+        seen, _, total = _result(data, f"remount-{mode}")["observed"].partition(" of ")
+        assert total.startswith(f"{seen} paths unchanged"), mode

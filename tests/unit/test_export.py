@@ -99,12 +99,13 @@ def base() -> Iterator[Path]:
         assert leftovers == [], f"export left directories behind: {leftovers}"
 
 
-def run_child(args: dict[str, Any], prefix: list[str] | None = None) -> dict[str, Any]:
+def run_child(args: dict[str, Any], prefix: list[str] | None = None,
+              child: str = CHILD) -> dict[str, Any]:
     python = sys.executable
     if prefix:
         python = "/usr/bin/python3" if _cannot_run(prefix, python) else python
     proc = subprocess.run(
-        [*(prefix or []), python, "-c", CHILD, json.dumps(args)],
+        [*(prefix or []), python, "-c", child, json.dumps(args)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -334,3 +335,64 @@ def test_host_truth_helpers() -> None:
     assert truth.repeated_inodes() == {1: (1, 2)}
     assert truth.device_count == 2
     assert truth.by_path["b"].file_id == (1, 2)
+
+
+# --- a device set that changes while the export is in use ---------------------------
+
+LIVE_CHILD = r"""
+import json, os, sys
+from pathlib import Path
+from harness.config import ExportLayout
+from harness.export import SUBDIR, bind_twice, build_export, extra_device, record_truth
+from harness.namespace import enter_private_namespace
+
+args = json.loads(sys.argv[1])
+info = enter_private_namespace()
+mounts = lambda: open("/proc/self/mountinfo").read()
+ids = lambda path: list(os.lstat(path)[1:3][::-1])  # (st_dev, st_ino)
+out = {"kind": str(info.kind)}
+with build_export(ExportLayout(2, 2), base_dir=Path(args["base"])) as export:
+    root = export.root
+    with extra_device(export, "late", 2) as device:
+        truth = record_truth(root, (*export.devices, device))
+        out["late_devices"] = truth.device_count
+        out["late_file"] = ids(root / "late" / "file 0000")
+        out["dev01_file"] = ids(root / "dev01" / "file 0000")
+        out["late_mounted"] = str(root / "late") in mounts()
+    out["late_after"] = [os.listdir(root / "late"), str(root / "late") in mounts()]
+    with bind_twice(export, SUBDIR, ("bind-a", "bind-b")):
+        out["bind_ids"] = [ids(root / p / "inner") for p in (SUBDIR, "bind-a", "bind-b")]
+        out["bind_devices"] = record_truth(root, export.devices).device_count
+    out["bind_after"] = [os.listdir(root / "bind-a"), str(root / "bind-a") in mounts()]
+    out["summary"] = {"root": str(root)}
+out["mounts_after"] = mounts().count(out["summary"]["root"])
+print(json.dumps(out))
+"""
+
+
+def _check_live(result: dict[str, Any]) -> None:
+    # The runtime device repeats the others' inode numbers on a device of its own...
+    assert result["late_devices"] == 3 and result["late_mounted"] is True
+    assert result["late_file"][1] == result["dev01_file"][1]
+    assert result["late_file"][0] != result["dev01_file"][0]
+    # ... and once unmounted leaves the empty directory it covered.
+    assert result["late_after"] == [[], False]
+    # Three paths, one file, and no device beyond the export's own two.
+    assert len({tuple(i) for i in result["bind_ids"]}) == 1 and result["bind_devices"] == 2
+    assert result["bind_after"] == [[], False]
+    assert result["mounts_after"] == 0
+
+
+@needs_root
+def test_runtime_device_and_binds_as_root(base: Path) -> None:
+    _check_live(run_child({"base": str(base)}, child=LIVE_CHILD))
+
+
+@needs_root
+def test_runtime_device_and_binds_rootless(base: Path) -> None:
+    probe = subprocess.run([*NOBODY, "unshare", "-Urm", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {probe.stderr!r}")
+    result = run_child({"base": str(base)}, prefix=NOBODY, child=LIVE_CHILD)
+    assert result["kind"] == "user+mount"
+    _check_live(result)

@@ -169,6 +169,8 @@ def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
 
     # Guard rails: the real syscalls must never run in the test process.
     monkeypatch.setattr(namespace, "_unshare", refuse)
+    # An xdist worker runs an I/O thread of its own; the thread rule has its own test.
+    monkeypatch.setattr(namespace, "_thread_count", lambda: 1)
     monkeypatch.setattr(namespace, "make_rprivate", _never)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(os, "getuid", lambda: 1000)
@@ -196,6 +198,7 @@ def test_root_falls_back_to_a_user_namespace_and_reports_both(
         raise OSError(errno.EPERM if len(calls) == 1 else errno.ENOSPC, "refused")
 
     monkeypatch.setattr(namespace, "_unshare", refuse)
+    monkeypatch.setattr(namespace, "_thread_count", lambda: 1)  # as above
     monkeypatch.setattr(namespace, "make_rprivate", _never)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(os, "getuid", lambda: 0)

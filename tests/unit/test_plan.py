@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from harness.config import ALL_MODES, Cache, ExportLayout, Mode
+import pytest
+
+from harness.checks import FAMILIES
+from harness.config import ALL_MODES, Cache, ExportLayout, Mode, Via
+from harness.errors import UsageError
 from harness.matrix import _outside
-from harness.plan import plan_guests, row_rank
+from harness.plan import (
+    CHECKS,
+    DEFAULT_CHECKS,
+    apply_checks,
+    checks_for,
+    parse_checks,
+    plan_guests,
+    row_rank,
+)
 
 LAYOUT = ExportLayout(devices=3, files_per_device=8)
 
@@ -94,3 +106,79 @@ def test_rows_sort_by_mode_then_cache_as_asked() -> None:
     rows = ["control-warn", "remap", "warn", "remap+loose", "warn+loose"]
     assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
         "warn+loose", "warn", "remap+loose", "remap", "control-warn"]
+
+
+def _families(modes: tuple[Mode, ...], checks: tuple[str, ...],
+              layout: ExportLayout = LAYOUT) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(g.name, [(e.row, e.check) for e in apply_checks(g, checks).exports])
+            for g in plan_guests(modes, layout, True)]
+
+
+def test_families_follow_their_modes_ids_export_in_the_same_guest() -> None:
+    # After the ids export of the same mode: QEMU prints each message once per
+    # process, so the ids row keeps its exactly-once rule.  bind must stay silent, so
+    # it comes before anything in its guest that prints (after the silent controls).
+    trailing = ("operations", "cross_device", "runtime_mount", "remount")
+    shared = ("remap", "forbid", "warn")
+    assert _families(ALL_MODES, DEFAULT_CHECKS) == [
+        ("remap+forbid+warn", [(m, "ids") for m in shared]
+         + [(f"{c}-{m}", c) for c in trailing for m in shared]),
+        ("control+default", [(f"control-{m.value}", "ids") for m in ALL_MODES]
+         + [(f"bind-{m.value}", "bind") for m in ALL_MODES] + [("default", "ids")]
+         + [(f"{c}-default", c) for c in trailing]),
+    ]
+
+
+def test_checks_without_ids_keep_only_the_asked_families() -> None:
+    assert _families((Mode.FORBID, Mode.DEFAULT), ("cross_device", "bind")) == [
+        ("forbid", [("cross_device-forbid", "cross_device")]),
+        ("control+default", [("bind-forbid", "bind"), ("bind-default", "bind"),
+                             ("cross_device-default", "cross_device")]),
+    ]
+
+
+def test_a_single_device_run_has_no_foreign_device_to_operate_on() -> None:
+    assert _families((Mode.WARN,), DEFAULT_CHECKS, ExportLayout(devices=1)) == [
+        ("warn", [("warn", "ids")])]
+
+
+def test_family_exports_are_small_two_device_exports() -> None:
+    (guest,) = [apply_checks(g, ("operations",)) for g in plan_guests((Mode.WARN,), LAYOUT,
+                                                                       control=False)]
+    assert [(e.layout.devices, e.layout.files_per_device) for e in guest.exports] == [(2, 2)]
+    (_, control) = [apply_checks(g, ("bind",)) for g in plan_guests((Mode.WARN,), LAYOUT, True)]
+    assert [(e.row, e.layout.devices) for e in control.exports] == [("bind-warn", 1)]
+
+
+def test_every_planned_family_is_implemented() -> None:
+    assert set(FAMILIES) == set(CHECKS)
+
+
+def test_parse_checks() -> None:
+    assert parse_checks(" operations,ids,operations ") == ("operations", "ids")
+    with pytest.raises(UsageError, match="unknown check family 'bogus'") as caught:
+        parse_checks("ids,bogus")
+    assert caught.value.hint is not None and "cross_device" in caught.value.hint
+    with pytest.raises(UsageError, match="no check family"):
+        parse_checks(",")
+
+
+def test_family_rows_sort_after_ids_and_controls() -> None:
+    rank = row_rank((Mode.WARN, Mode.REMAP))
+    rows = ["cross_device-warn", "operations-remap", "control-warn", "remap",
+            "operations-warn", "warn"]
+    assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
+        "warn", "remap", "control-warn", "operations-warn", "operations-remap",
+        "cross_device-warn"]
+
+
+def test_libvirt_runs_no_family_that_mounts_after_qemu_started() -> None:
+    assert checks_for(Via.QEMU, CHECKS) == (CHECKS, ())
+    assert checks_for(Via.LIBVIRT, CHECKS) == (
+        ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "bind"))
+
+
+def test_families_join_once_per_mode_whatever_its_cache_exports() -> None:
+    plans = plan_guests((Mode.WARN,), LAYOUT, False, caches=(Cache.NONE, Cache.LOOSE))
+    rows = [e.row for e in apply_checks(plans[0], DEFAULT_CHECKS).exports]
+    assert rows.count("operations-warn") == 1 and rows[:2] == ["warn", "warn+loose"]

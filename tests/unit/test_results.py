@@ -11,6 +11,7 @@ import pytest
 
 from harness.bench import header
 from harness.config import Accel, AccelDecision, Mode, Via
+from harness.ops_oracle import OpCase, OperationsSeen, judge_operations
 from harness.oracle import Attempt, Status, TarWitness, judge_rejection, unobserved
 from harness.probe import QemuInfo, QemuVersion
 from harness.report import environment_json, row_dict, table, to_json, to_junit
@@ -50,6 +51,14 @@ def _rejection_row() -> ResultRow:
                               ("multidevs", "bogus"))
     return ResultRow(case="reject-invalid-multidevs", check="rejection", via=Via.LIBVIRT,
                      verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
+
+
+def _ops_row() -> ResultRow:
+    case = OpCase("unlink", "file", 1, "dev01/ops/file-unlink")
+    seen = OperationsSeen((case,), (19,), ("dev01",), 0, ("dev01",), (), 2)
+    verdict = judge_operations(Mode.FORBID, (7, 2, 22), seen, "", "")
+    return ResultRow(case="operations-forbid", check="operations", via=Via.QEMU,
+                     verdict=verdict, guest=GUEST, cache="none")
 
 
 def _report(*rows: ResultRow) -> RunReport:
@@ -163,7 +172,7 @@ def test_witness_detail_is_written_out() -> None:
 
 def test_readme_documents_every_json_key() -> None:
     documented = set(re.findall(r"`([a-z_.\[\]]+)`", README.read_text()))
-    report = _report(_row("remap", Status.PASS), _rejection_row())
+    report = _report(_row("remap", Status.PASS), _rejection_row(), _ops_row())
     data = to_json(report)
     keys = {k for k in data if k not in ("results", "qemu", "accel", "guest")}
     keys |= set(ENVIRONMENT_KEYS) | {"results[].backend.domain"}
@@ -172,6 +181,8 @@ def test_readme_documents_every_json_key() -> None:
         for nested in ("guest", "witness", "backend", "qemu"):
             if isinstance(row.get(nested), dict):
                 keys |= {f"results[].{nested}.{k}" for k in row[nested]}
+        for item in row.get("operations", []):
+            keys |= {f"results[].operations[].{k}" for k in item}
     missing = sorted(k for k in keys if k not in documented)
     assert missing == []
 
@@ -186,3 +197,12 @@ def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
     two = table(_report(_row("remap", Status.PASS), other))
     assert two.splitlines()[0].split()[:2] == ["case", "guest"]
     assert "6.12.57+deb13-amd64" in two and "6.1.0-56-amd64" in two
+
+
+def test_ops_row_json_names_every_operation_and_its_result() -> None:
+    data = row_dict(_ops_row())
+    assert (data["check"], data["mode"], data["status"]) == ("operations", "forbid", "pass")
+    assert data["operations"] == [{"op": "unlink", "target": "file", "device": 1,
+                                   "path": "dev01/ops/file-unlink", "result": 19,
+                                   "expected": 19, "ok": True}]
+    assert "tar_rc" not in data and "witness" not in data

@@ -1,0 +1,132 @@
+"""runtime_mount, remount and bind: each rule with a case where it must say fail."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from dataclasses import replace
+
+from harness.config import Mode
+from harness.export import EntryKind, HostEntry, HostTruth
+from harness.live_checks import _forgive_host_gaps
+from harness.live_oracle import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
+from harness.observe import GuestObservation, GuestResult, GuestStat
+from harness.oracle import Status
+
+V7 = (7, 2, 22)
+DIR, FILE = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
+WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
+           "export, which might lead to file ID collisions and severe misbehaviours on guest!")
+
+
+def _entry(path: str, dev: int, ino: int, device: int, kind: EntryKind = EntryKind.FILE
+           ) -> HostEntry:
+    return HostEntry(path, dev, ino, 1, kind, device)
+
+
+BEFORE = HostTruth((_entry(".", 10, 1, 0, EntryKind.DIR), _entry("a", 10, 2, 0),
+                    _entry("dev01", 11, 1, 1, EntryKind.DIR), _entry("dev01/a", 11, 2, 1)))
+DURING = HostTruth((*BEFORE.entries, _entry("late", 12, 1, 2, EntryKind.DIR),
+                    _entry("late/a", 12, 2, 2)))
+
+
+def _remapped() -> dict[str, GuestResult]:
+    ids = {".": 1, "a": 2, "dev01": 3, "dev01/a": 4, "late": 5, "late/a": 6}
+    files = {"a", "dev01/a", "late/a"}
+    return {p: GuestStat(40, i, 1, FILE if p in files else DIR) for p, i in ids.items()}
+
+
+def _runtime(**changes: object) -> RuntimeSeen:
+    seen = _remapped()
+    first = {p: seen[p] for p in BEFORE.paths}
+    third = {**first, "late": GuestStat(40, 7, 1, DIR)}
+    return replace(RuntimeSeen(BEFORE, DURING, "late", 2, first, seen, third, (), ""),
+                   **changes)  # type: ignore[arg-type]  # test-only field overrides
+
+
+def test_remap_runtime_mount_passes_with_unique_ids_and_the_covered_directory() -> None:
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(), "", "")
+    assert verdict.status is Status.PASS, verdict.failures
+
+
+def test_a_duplicate_id_after_a_runtime_mount_under_remap_fails() -> None:
+    second = {**_remapped(), "late/a": GuestStat(40, 2, 1, FILE)}  # the id of "a"
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(second=second), "", "")
+    assert verdict.status is Status.FAIL
+    assert verdict.failures[0].startswith("collision after the runtime mount: guest id "
+                                          "(dev 40, ino 2) is shared by 'a'")
+
+
+def test_an_old_id_changing_when_a_device_comes_or_goes_fails() -> None:
+    second = {**_remapped(), "dev01/a": GuestStat(40, 9, 1, FILE)}
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(second=second), "", "")
+    assert "'dev01/a' changed when a device was mounted: (dev 40, ino 4) -> (dev 40, ino 9)" \
+        in verdict.failures
+    third = {**_runtime().third, "a": errno.ENOENT}
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(third=third), "", "")
+    assert verdict.failures[0].startswith("'a' changed when a device was unmounted")
+
+
+def test_a_message_for_the_runtime_device_fails_in_every_mode() -> None:
+    for mode in (Mode.WARN, Mode.FORBID, Mode.REMAP):
+        verdict = judge_runtime(mode, V7, _runtime(stderr_during=WARNING), "", "")
+        assert any(f.startswith("QEMU printed a message for the device mounted at runtime")
+                   for f in verdict.failures), (mode, verdict.failures)
+
+
+def test_warn_wants_the_runtime_device_to_collide() -> None:
+    verdict = judge_runtime(Mode.WARN, V7, _runtime(), WARNING, "")
+    assert verdict.failures == ("expected the device mounted at runtime to collide with an "
+                                "earlier one (its inode numbers repeat theirs), found no "
+                                "collision",)
+    colliding = {**_remapped(), "late/a": GuestStat(40, 2, 1, FILE)}
+    assert judge_runtime(Mode.WARN, V7, _runtime(second=colliding), WARNING, "").passed
+
+
+def test_forbid_wants_enodev_on_the_runtime_device() -> None:
+    denied = {**_remapped(), "late": errno.ENODEV, "late/a": errno.ENODEV}
+    assert judge_runtime(Mode.FORBID, V7, _runtime(second=denied), "", "").passed
+    verdict = judge_runtime(Mode.FORBID, V7, _runtime(), "", "")
+    assert "'late' on the device mounted at runtime gave (dev 40, ino 5) under forbid, " \
+        "expected ENODEV" in verdict.failures
+
+
+def test_after_the_unmount_the_covered_directory_must_show_empty() -> None:
+    gone = {**_runtime().third, "late": errno.ENOENT}
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(third=gone), "", "")
+    assert verdict.failures[0].startswith("after the unmount the covered directory 'late' gave "
+                                          "errno 2 (ENOENT)")
+    stale = judge_runtime(Mode.REMAP, V7, _runtime(late_listing=("a",)), "", "")
+    assert stale.failures[0].startswith("after the unmount readdir of 'late' gave ('a',)")
+
+
+def _remount(after: dict[str, GuestResult], rc: int = 0) -> RemountSeen:
+    before: dict[str, GuestResult] = {"a": GuestStat(40, 2, 1, FILE), "dev01": errno.ENODEV}
+    return RemountSeen(("a", "dev01"), before, after, rc, "umount: busy", 2)
+
+
+def test_remount_keeps_every_id() -> None:
+    same: dict[str, GuestResult] = {"a": GuestStat(40, 2, 1, FILE), "dev01": errno.ENODEV}
+    assert judge_remount(Mode.REMAP, V7, _remount(same), "", "").passed
+
+
+def test_an_id_that_changes_across_a_remount_fails() -> None:
+    moved: dict[str, GuestResult] = {"a": GuestStat(40, 3, 1, FILE), "dev01": errno.ENODEV}
+    verdict = judge_remount(Mode.REMAP, V7, _remount(moved), "", "")
+    assert verdict.failures == (
+        "'a' changed across the remount: (dev 40, ino 2) -> (dev 40, ino 3)",)
+
+
+def test_a_failed_remount_fails() -> None:
+    same: dict[str, GuestResult] = {"a": GuestStat(40, 2, 1, FILE), "dev01": errno.ENODEV}
+    verdict = judge_remount(Mode.FORBID, V7, _remount(same, rc=32), "", "")
+    assert verdict.failures == ("the guest could not remount the export (rc 32): umount: busy",)
+
+
+def test_bind_mount_point_dinos_are_forgiven_only_for_the_hosts_own_gap() -> None:
+    observation = GuestObservation(
+        ({"bind-a": GuestStat(40, 6, 2, DIR), "bind-b": GuestStat(40, 6, 2, DIR)},),
+        {".": (("bind-a", 9), ("bind-b", 12))}, {})
+    forgiven = _forgive_host_gaps(observation, {"bind-a": 3, "bind-b": 3})
+    # bind-a repeats the host's gap (d_ino - ino = 3); bind-b does not and stays wrong.
+    assert forgiven.dirents["."] == (("bind-a", 6), ("bind-b", 12))

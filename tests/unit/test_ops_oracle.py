@@ -1,0 +1,196 @@
+"""The operation families' rules, each with a case where it must say fail."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+
+import pytest
+
+from harness.config import Mode
+from harness.ops_checks import operation_cases
+from harness.ops_oracle import (
+    CrossSeen,
+    OpCase,
+    OperationsSeen,
+    expected_host_state,
+    judge_cross_device,
+    judge_operations,
+)
+from harness.oracle import Status
+
+V7 = (7, 2, 22)
+WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
+           "export, which might lead to file ID collisions and severe misbehaviours on guest!")
+FORBID = ("qemu-system-x86_64: 9p: Multiple devices detected in same VirtFS export. Access "
+          "of guest to file 'x' denied due to virtfs option 'multidevs=forbid' being effective.")
+
+
+def _cases() -> list[OpCase]:
+    return operation_cases(".", 0, 0, ("file", "dir", "symlink", "missing")) + \
+        operation_cases("dev01", 1, 0, ("file", "dir", "symlink", "missing", "mountpoint"))
+
+
+def _seen(answers: list[int], **changes: object) -> OperationsSeen:
+    cases = _cases()
+    seen = OperationsSeen(tuple(cases), tuple(answers), ("dev01", "file 0000"), 0, ("dev01",),
+                          (), 2)
+    return replace(seen, **changes)  # type: ignore[arg-type]  # test-only field overrides
+
+
+def _as_measured(forbid: bool) -> list[int]:
+    return [errno.ENODEV if forbid and c.device else c.natural for c in _cases()]
+
+
+def test_the_cases_cover_every_operation_on_every_kind_of_target() -> None:
+    cases = _cases()
+    ops = {c.op for c in cases}
+    assert len(ops) == 16 and "readdir" not in ops
+    assert {(c.device, c.target) for c in cases} == {
+        (0, "file"), (0, "dir"), (0, "symlink"), (0, "missing"),
+        (1, "file"), (1, "dir"), (1, "symlink"), (1, "missing"), (1, "mountpoint")}
+    # Renaming the mount point could move a host mount: never asked.
+    assert not [c for c in cases if c.target == "mountpoint" and c.op == "rename"]
+    assert {c.path for c in cases if c.target == "mountpoint"} == {"dev01"}
+
+
+def test_forbid_passes_when_every_foreign_operation_is_enodev() -> None:
+    verdict = judge_operations(Mode.FORBID, V7, _seen(_as_measured(True)), FORBID, "")
+    assert verdict.status is Status.PASS, verdict.failures
+    assert verdict.qemu_message == FORBID
+
+
+def test_a_foreign_operation_that_succeeds_under_forbid_fails_and_is_named() -> None:
+    answers = _as_measured(True)
+    index = next(i for i, c in enumerate(_cases())
+                 if c.device == 1 and c.op == "unlink" and c.target == "file")
+    answers[index] = 0
+    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    assert verdict.status is Status.FAIL
+    assert verdict.failures == (
+        "unlink on file 'dev01/ops/file-unlink' (device 1) gave success, "
+        "expected errno 19 (ENODEV)",)
+
+
+def test_enoent_for_a_missing_name_under_a_foreign_directory_fails_under_forbid() -> None:
+    # The walk must stop at the foreign directory, not report the name as absent.
+    answers = _as_measured(True)
+    index = next(i for i, c in enumerate(_cases()) if c.device == 1 and c.target == "missing")
+    answers[index] = errno.ENOENT
+    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    assert verdict.status is Status.FAIL and "ENOENT" in verdict.failures[0]
+
+
+def test_a_root_device_operation_denied_under_forbid_fails() -> None:
+    answers = _as_measured(True)
+    index = next(i for i, c in enumerate(_cases()) if c.device == 0 and c.op == "creat")
+    answers[index] = errno.ENODEV
+    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    assert verdict.status is Status.FAIL and "the root device" in verdict.failures[0]
+
+
+def test_remap_wants_natural_results_on_foreign_devices_too() -> None:
+    assert judge_operations(Mode.REMAP, V7, _seen(_as_measured(False)), "", "").passed
+    denied = judge_operations(Mode.REMAP, V7, _seen(_as_measured(True)), "", "")
+    assert denied.status is Status.FAIL
+    assert len(denied.failures) == sum(1 for c in _cases() if c.device == 1)
+
+
+def test_readdir_of_the_root_must_list_every_mount_point() -> None:
+    seen = _seen(_as_measured(True), root_listing=("file 0000",))
+    verdict = judge_operations(Mode.FORBID, V7, seen, "", "")
+    assert verdict.failures == (
+        "readdir of the export root does not list the mount point 'dev01'",)
+    failed = judge_operations(Mode.FORBID, V7, _seen(_as_measured(True), root_listing=None,
+                                                     root_readdir_errno=errno.ENODEV), "", "")
+    assert "readdir of the export root failed" in failed.failures[0]
+
+
+def test_a_foreign_device_changed_under_forbid_fails() -> None:
+    seen = _seen(_as_measured(True), foreign_changes=("ops/file-unlink: ... -> absent",))
+    verdict = judge_operations(Mode.FORBID, V7, seen, "", "")
+    assert verdict.status is Status.FAIL and "foreign device changed" in verdict.failures[0]
+
+
+@pytest.mark.parametrize(("mode", "stderr", "outside", "complaint"), [
+    (Mode.REMAP, WARNING, "", "unexpected multi-device message"),
+    (Mode.FORBID, WARNING, "", "unexpected multi-device message"),
+    (Mode.WARN, FORBID, "", "unexpected multi-device message"),
+    (Mode.WARN, f"{WARNING}\n{WARNING}", "", "appeared 2 times"),
+    (Mode.WARN, "", WARNING, "outside every observation"),
+])
+def test_message_rules(mode: Mode, stderr: str, outside: str, complaint: str) -> None:
+    verdict = judge_operations(mode, V7, _seen(_as_measured(mode is Mode.FORBID)), stderr,
+                               outside)
+    assert verdict.status is Status.FAIL
+    assert any(complaint in f for f in verdict.failures), verdict.failures
+
+
+def test_the_mode_message_may_be_absent_when_an_earlier_export_printed_it() -> None:
+    assert judge_operations(Mode.WARN, V7, _seen(_as_measured(False)), "", "").passed
+    assert judge_operations(Mode.WARN, V7, _seen(_as_measured(False)), WARNING, "").passed
+
+
+# --- cross_device -------------------------------------------------------------------
+
+BEFORE: dict[str, bytes | None] = {
+    "xdev": None, "xdev/rename-file": b"r\n", "xdev/link-file": b"l\n",
+    "xdev/mv-file": b"m\n", "xdev/mv-dir": None, "xdev/mv-dir/a": b"a\n",
+    "dev01/xdev": None,
+}
+MOVES = {"xdev/mv-file": "dev01/xdev/mv-file", "xdev/mv-dir": "dev01/xdev/mv-dir"}
+STEPS = (OpCase("rename", "file", 0, "xdev/rename-file", "dev01/xdev/rename-file"),
+         OpCase("link", "file", 0, "xdev/link-file", "dev01/xdev/link-file"),
+         OpCase("mv", "file", 0, "xdev/mv-file", "dev01/xdev/mv-file"))
+
+
+def _cross(results: tuple[int, ...], after: dict[str, bytes | None]) -> CrossSeen:
+    return CrossSeen(tuple(zip(STEPS, results, strict=True)), BEFORE, after, MOVES, 2)
+
+
+def test_host_state_after_the_moves() -> None:
+    assert expected_host_state(BEFORE, MOVES) == {
+        "xdev": None, "xdev/rename-file": b"r\n", "xdev/link-file": b"l\n",
+        "dev01/xdev/mv-file": b"m\n", "dev01/xdev/mv-dir": None,
+        "dev01/xdev/mv-dir/a": b"a\n", "dev01/xdev": None}
+
+
+def test_remap_cross_device_passes_with_exdev_and_a_copying_mv() -> None:
+    seen = _cross((errno.EXDEV, errno.EXDEV, 0), expected_host_state(BEFORE, MOVES))
+    assert judge_cross_device(Mode.REMAP, V7, seen, "", "").passed
+
+
+def test_a_lost_file_after_a_cross_device_mv_under_remap_fails() -> None:
+    after = expected_host_state(BEFORE, MOVES)
+    del after["dev01/xdev/mv-dir/a"]
+    verdict = judge_cross_device(Mode.REMAP, V7, _cross((18, 18, 0), after), "", "")
+    assert verdict.failures == ("host lost 'dev01/xdev/mv-dir/a'",)
+
+
+def test_a_duplicated_or_altered_file_fails() -> None:
+    after = expected_host_state(BEFORE, MOVES) | {"xdev/mv-file": b"m\n"}
+    after["dev01/xdev/mv-dir/a"] = b""
+    verdict = judge_cross_device(Mode.WARN, V7, _cross((18, 18, 0), after), "", "")
+    assert verdict.failures == (
+        "host has 'xdev/mv-file', which should not exist (duplicated or left behind)",
+        "host content of 'dev01/xdev/mv-dir/a' is b'', expected b'a\\n'")
+
+
+def test_a_silent_no_op_mv_fails() -> None:
+    # mv said it moved the file (exit 0) but the host still has it where it was.
+    verdict = judge_cross_device(Mode.WARN, V7, _cross((18, 18, 0), dict(BEFORE)), "", "")
+    assert verdict.status is Status.FAIL
+    assert "host lost 'dev01/xdev/mv-file'" in verdict.failures
+
+
+def test_forbid_wants_enodev_a_failing_mv_and_an_untouched_host() -> None:
+    ok = _cross((errno.ENODEV, errno.ENODEV, 1), dict(BEFORE))
+    assert judge_cross_device(Mode.FORBID, V7, ok, FORBID, "").passed
+    wrong = _cross((errno.EXDEV, errno.ENODEV, 0), expected_host_state(BEFORE, MOVES))
+    verdict = judge_cross_device(Mode.FORBID, V7, wrong, "", "")
+    assert verdict.failures[:2] == (
+        "rename on file 'xdev/rename-file' (the root device) gave errno 18 (EXDEV), "
+        "expected errno 19 (ENODEV)",
+        "mv on file 'xdev/mv-file' (the root device) gave exit status 0, expected a "
+        "non-zero exit status")
+    assert "host lost 'xdev/mv-file'" in verdict.failures
