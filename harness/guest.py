@@ -28,8 +28,11 @@ from .errors import (
 from .proc import tail_file
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
-# The guest init prints this once every step of its boot succeeded.
+# The guest init prints this once every step of its boot succeeded, or the other
+# one, with the step and why, at the first step that failed.
 READY_MARKER = "MDH-READY"
+FAILED_MARKER = "MDH-FAILED"
+_FAILED_GRACE_S = 1.0
 # "end Kernel panic" lines contain it too.
 PANIC_MARKERS = ("Kernel panic",)
 _POLL_S = 0.01
@@ -181,6 +184,7 @@ def _wait_console(guest: Booting, until: float, seconds: float) -> None:
     """
     offset = 0
     text = ""
+    failed_at: float | None = None
     while True:
         check_alive(guest)
         try:
@@ -191,12 +195,15 @@ def _wait_console(guest: Booting, until: float, seconds: float) -> None:
             chunk = b""
         offset += len(chunk)
         text = (text + chunk.decode(errors="replace"))[-_CONSOLE_KEPT:]
-        if chunk:
-            failure = init_failure(text)
-            if failure is not None:
+        failure = init_failure(text) if chunk or failed_at is not None else None
+        if failure is not None:
+            # The step's report can be read a moment before the init's last line
+            # (MDH-FAILED with the detail); wait briefly for it so the error is whole.
+            failed_at = failed_at or time.monotonic()
+            if FAILED_MARKER in failure or time.monotonic() - failed_at > _FAILED_GRACE_S:
                 raise _init_failed(guest, failure)
-            if READY_MARKER in text:
-                return
+        elif chunk and READY_MARKER in text:
+            return
         if time.monotonic() > until:
             raise boot_timeout(guest, seconds, "no readiness line on the serial console")
         time.sleep(_POLL_S)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.environment import Environment
+from harness.environment import STATES_DIR, Environment
+from harness.image import default_cache_root
 from harness.machine import Machine
 from harness.snapshot import STATE_FILE, StateCache
 
@@ -49,9 +51,11 @@ def test_restored_guests_give_the_cold_verdicts(tmp_path: Path) -> None:
 
 
 def _state_of(env: Environment, tmp_path: Path) -> tuple[StateCache, str]:
-    machine = Machine(env.machine_spec((), tmp_path / "key"))
-    assert machine.restorable and env.state_cache is not None
-    return StateCache(env.state_cache), machine.state_key()
+    # Whatever --mdh-cold says: these tests are about the states themselves.
+    states = default_cache_root() / STATES_DIR
+    machine = Machine(replace(env, state_cache=states).machine_spec((), tmp_path / "key"))
+    assert machine.restorable
+    return StateCache(states), machine.state_key()
 
 
 def _exec(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
@@ -60,27 +64,29 @@ def _exec(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_a_damaged_state_is_never_used_and_is_rebuilt(
-    mdh_environment: Environment, tmp_path: Path, damage: str
+    mdh_environment: Environment, tmp_path: Path
 ) -> None:
+    # Both damages in one test: they act on the same state file, so they must not
+    # run at the same time on two workers.
     cache, key = _state_of(mdh_environment, tmp_path)
     sandbox = Sandbox(tmp_path / "sandbox")
     _exec(sandbox)  # make sure a state exists
     state = cache.root / key / STATE_FILE
-    size = state.stat().st_size
-    if damage == "truncated":
-        state.write_bytes(state.read_bytes()[: size // 2])
-    else:
-        state.write_bytes(b"\0" * size)  # same size: only QEMU can tell
-    result = _exec(sandbox)
-    assert "(cold)" in result.stderr, result.stderr
-    if damage == "corrupt":
-        assert "the saved guest state was not usable" in result.stderr
-    rebuilt = cache.find(key)
-    assert rebuilt is not None and rebuilt.stat().st_size > 0
-    assert rebuilt.read_bytes()[:4096] != b"\0" * 4096
-    assert "(restored)" in _exec(sandbox).stderr
+    for damage in ("truncated", "corrupt"):
+        size = state.stat().st_size
+        if damage == "truncated":
+            state.write_bytes(state.read_bytes()[: size // 2])
+        else:
+            state.write_bytes(b"\0" * size)  # same size: only QEMU can tell
+        result = _exec(sandbox)
+        assert "(cold)" in result.stderr, (damage, result.stderr)
+        if damage == "corrupt":
+            assert "the saved guest state was not usable" in result.stderr
+        rebuilt = cache.find(key)
+        assert rebuilt is not None and rebuilt.stat().st_size > 0, damage
+        assert rebuilt.read_bytes()[:4096] != b"\0" * 4096, damage
+        assert "(restored)" in _exec(sandbox).stderr, damage
     sandbox.assert_clean()
 
 
