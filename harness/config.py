@@ -6,6 +6,7 @@ plugin) and handed down to the export, image, machine, oracle and report code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -206,43 +207,34 @@ class MachineSpec:
             raise ValueError("MachineSpec needs a resolved accelerator (kvm or tcg)")
 
 
-def parse_modes(text: str) -> tuple[Mode, ...]:
-    """Parse ``remap,warn`` into modes, rejecting unknown names with the valid list."""
-    modes: list[Mode] = []
+def parse_choices(text: str, allowed: Sequence[str], what: str, example: str) -> tuple[
+        str, ...]:
+    """Parse a comma-separated list of names from ``allowed``, in order, without
+    repeats; an unknown or missing name is a UsageError naming the valid ones."""
+    chosen: list[str] = []
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
             continue
-        try:
-            mode = Mode(name)
-        except ValueError:
-            valid = ",".join(m.value for m in ALL_MODES)
-            raise UsageError(
-                f"unknown multidevs mode {raw.strip()!r}", hint=f"choose from {valid}"
-            ) from None
-        if mode not in modes:
-            modes.append(mode)
-    if not modes:
-        raise UsageError("no mode given", hint="for example --modes remap,warn,forbid,default")
-    return tuple(modes)
+        if name not in allowed:
+            raise UsageError(f"unknown {what} {raw.strip()!r}",
+                             hint=f"choose from {','.join(allowed)}")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise UsageError(f"no {what} given", hint=f"for example {example}")
+    return tuple(chosen)
+
+
+def parse_modes(text: str) -> tuple[Mode, ...]:
+    """Parse ``remap,warn`` into modes."""
+    names = parse_choices(text, [m.value for m in ALL_MODES], "multidevs mode",
+                          "--modes remap,warn,forbid,default")
+    return tuple(Mode(name) for name in names)
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:
-    """Parse ``none,loose`` into cache modes, rejecting unknown names with the valid list."""
-    caches: list[Cache] = []
-    for raw in text.split(","):
-        name = raw.strip().lower()
-        if not name:
-            continue
-        try:
-            cache = Cache(name)
-        except ValueError:
-            valid = ",".join(c.value for c in ALL_CACHES)
-            raise UsageError(
-                f"unknown 9p cache mode {raw.strip()!r}", hint=f"choose from {valid}"
-            ) from None
-        if cache not in caches:
-            caches.append(cache)
-    if not caches:
-        raise UsageError("no cache mode given", hint="for example --cache none,loose")
-    return tuple(caches)
+    """Parse ``none,loose`` into 9p cache modes."""
+    names = parse_choices(text, [c.value for c in ALL_CACHES], "9p cache mode",
+                          "--cache none,loose")
+    return tuple(Cache(name) for name in names)

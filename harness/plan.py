@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via
-from .errors import UsageError
+from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via, parse_choices
 from .observe import AGENT_THREADS, STAT_PASSES
 
 CONTROL_PREFIX = "control-"
@@ -205,19 +204,7 @@ def checks_for(via: Via, checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[
 
 def parse_checks(text: str) -> tuple[str, ...]:
     """Parse ``ids,operations`` into family names, rejecting unknown ones."""
-    checks: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip().lower()
-        if not name:
-            continue
-        if name not in CHECKS:
-            raise UsageError(f"unknown check family {raw.strip()!r}",
-                             hint=f"choose from {','.join(CHECKS)}")
-        if name not in checks:
-            checks.append(name)
-    if not checks:
-        raise UsageError("no check family given", hint=f"for example --checks {IDS},operations")
-    return tuple(checks)
+    return parse_choices(text, CHECKS, "check family", f"--checks {IDS},operations")
 
 
 def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> dict[str, int]:

@@ -223,6 +223,26 @@ static int cmd_stat(int passes, int threads)
 	return 0;
 }
 
+/*
+ * Read up to size bytes of fd into buf (retrying on EINTR); *len is how many were
+ * read.  Returns the last read()'s result: negative on an error, with errno set.
+ */
+static ssize_t read_prefix(int fd, unsigned char *buf, size_t size, size_t *len)
+{
+	ssize_t got = 0;
+
+	*len = 0;
+	while (*len < size) {
+		got = read(fd, buf + *len, size - *len);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		*len += (size_t)got;
+	}
+	return got;
+}
+
 static int cmd_read(void)
 {
 	unsigned char buf[READ_MAX];
@@ -236,14 +256,7 @@ static int cmd_read(void)
 			printf("RE %zu %d\n", i, errno);
 			continue;
 		}
-		while (len < sizeof(buf)) {
-			got = read(fd, buf + len, sizeof(buf) - len);
-			if (got < 0 && errno == EINTR)
-				continue;
-			if (got <= 0)
-				break;
-			len += (size_t)got;
-		}
+		got = read_prefix(fd, buf, sizeof(buf), &len);
 		if (got < 0) {
 			printf("RE %zu %d\n", i, errno);
 		} else {
@@ -285,14 +298,7 @@ static int harm_open(size_t i)
 		harm_fail(i, "open");
 		return -1;
 	}
-	while (len < sizeof(buf)) {
-		got = read(fd, buf + len, sizeof(buf) - len);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0)
-			break;
-		len += (size_t)got;
-	}
+	got = read_prefix(fd, buf, sizeof(buf), &len);
 	if (got < 0) {
 		harm_fail(i, "read");
 	} else {
