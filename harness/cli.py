@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import (
@@ -28,6 +28,9 @@ from .config import (
 )
 from .errors import HarnessError, UsageError
 from .results import EXIT_ERROR, EXIT_OK
+
+if TYPE_CHECKING:
+    from .environment import Setup
 
 
 def progress(message: str) -> None:
@@ -268,6 +271,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
 
 
+def _setup(args: argparse.Namespace) -> Setup:
+    """The machine options of exec and reproduce (see ``_add_machine_options``)."""
+    from .environment import Setup
+
+    return Setup(qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
+                 modules=args.modules, guest=args.guest, cold=args.cold)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from .exec_guest import exec_in_guest
 
@@ -276,11 +287,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
-    result = exec_in_guest(
-        command, qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
-        logs=args.logs, progress=progress, guest=args.guest, modules_dir=args.modules,
-        cold=args.cold,
-    )
+    result = exec_in_guest(command, _setup(args), logs=args.logs, progress=progress)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -332,11 +339,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .results import exit_code
 
     found = reproduce(
-        Mode(args.mode),
-        ExportLayout(devices=args.devices, files_per_device=args.files),
-        qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel, logs=args.logs,
-        progress=progress, guest=args.guest, modules_dir=args.modules, cold=args.cold,
-        cache=Cache(args.cache),
+        Mode(args.mode), ExportLayout(devices=args.devices, files_per_device=args.files),
+        _setup(args), cache=Cache(args.cache), logs=args.logs, progress=progress,
     )
     verdict = found.row.verdict
     assert isinstance(verdict, Verdict)  # reproduce judges one export's ids

@@ -78,6 +78,24 @@ class Environment:
         )
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a one-guest command (exec, reproduce) asks of its environment: the CLI's
+    machine options, prepared with ``Setup.prepare``."""
+
+    qemu: str | None = None
+    accel: Accel = Accel.AUTO
+    kernel: Path | None = None
+    modules: Path | None = None
+    guest: str | None = None
+    cold: bool = False
+
+    def prepare(self, progress: Progress = _quiet) -> Environment:
+        """``prepare`` with these options."""
+        return prepare(self.qemu, self.accel, self.kernel, progress, guest=self.guest,
+                       modules_dir=self.modules, cold=self.cold)
+
+
 def resolve_qemu(qemu: str | None) -> Path:
     """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
     return resolve_binary(qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU)

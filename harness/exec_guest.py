@@ -6,8 +6,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import Accel
-from .environment import prepare
+from .environment import Setup
 from .logs import log_root
 from .machine import Machine
 from .ssh import CommandResult
@@ -21,19 +20,13 @@ def _quiet(_: str) -> None:
 
 def exec_in_guest(
     command: Sequence[str],
+    setup: Setup,
     *,
-    qemu: str | None = None,
-    accel: Accel = Accel.AUTO,
-    kernel: Path | None = None,
     logs: Path | None = None,
     progress: Progress = _quiet,
-    guest: str | None = None,
-    modules_dir: Path | None = None,
-    cold: bool = False,
 ) -> CommandResult:
     """Boot a guest with no export, run ``command`` over SSH, shut the guest down."""
-    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir,
-                  cold=cold)
+    env = setup.prepare(progress)
     with log_root(logs, "exec", progress) as log_dir:
         spec = env.machine_spec((), log_dir.path)
         progress(f"booting guest ({env.accel.used.value}); logs in {log_dir.path}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import byhand
 from .byhand import EXPORT_VAR
-from .config import Accel, Cache, ExportLayout, ExportSpec, Mode
-from .environment import prepare
+from .config import Cache, ExportLayout, ExportSpec, Mode
+from .environment import Setup
 from .logs import log_root
 from .matrix import MOUNT_BASE, LiveGuests, MatrixRun, run_guest
 from .namespace import enter_private_namespace, in_user_namespace
@@ -41,21 +41,15 @@ class Reproduction:
 def reproduce(
     mode: Mode,
     layout: ExportLayout,
+    setup: Setup,
     *,
-    qemu: str | None = None,
-    accel: Accel = Accel.AUTO,
-    kernel: Path | None = None,
+    cache: Cache = Cache.NONE,
     logs: Path | None = None,
     progress: Progress = _quiet,
-    guest: str | None = None,
-    modules_dir: Path | None = None,
-    cold: bool = False,
-    cache: Cache = Cache.NONE,
 ) -> Reproduction:
     """Boot one guest in ``mode`` with the export mounted ``cache``, judge it, and write
     a by-hand reproduction script."""
-    env = prepare(qemu, accel, kernel, progress, guest=guest, modules_dir=modules_dir,
-                  cold=cold)
+    env = setup.prepare(progress)
     enter_private_namespace()
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence
