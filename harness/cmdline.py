@@ -154,6 +154,20 @@ def net_args(host_port: int, rom: bool = False) -> list[str]:
     ]  # fmt: skip
 
 
+# A forward to the guest's port 22 bound on 127.0.0.1, as net_args renders it (the
+# guest address differs between QEMU's default net and libvirt's).
+_USERNET_SSH = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b")
+
+
+def forwarded_port(usernet: str) -> int | None:
+    """The host port of the guest's SSH forward in HMP ``info usernet``, else None.
+
+    net_args binds port 0, so QEMU picked the port itself; this reads which.
+    """
+    match = _USERNET_SSH.search(usernet)
+    return int(match.group(1)) if match else None
+
+
 def serial_args(console_path: Path) -> list[str]:
     """The guest's serial console (ttyS0) written to ``console_path``."""
     return [

@@ -37,9 +37,6 @@ TCG_CPU_FEATURES = ("rdrand",)
 VIRTIOFS_REJECTION = "virtiofs does not support multidevs"
 BOGUS_MULTIDEVS = "bogus"
 
-_USERNET_PORT = re.compile(
-    r"HOST_FORWARD\]\s+\d+\s+" + re.escape(SSH_ADDRESS) + r"\s+(\d+)\s+\S+\s+22\b"
-)
 # "-msg timestamp=on" (libvirt's default) prefixes QEMU's own messages.
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\s+")
 _LOG_START = "starting up libvirt version"
@@ -300,12 +297,6 @@ def qemu_output(domain_log: str) -> str:
     if starts and index < len(lines):
         index += 1
     return "\n".join(_TIMESTAMP.sub("", line) for line in lines[index:])
-
-
-def forwarded_port(usernet: str) -> int | None:
-    """The host port of the guest's SSH forward in HMP ``info usernet``, else None."""
-    match = _USERNET_PORT.search(usernet)
-    return int(match.group(1)) if match else None
 
 
 # --- the rejections libvirt promises ---------------------------------------------------

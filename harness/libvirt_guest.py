@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cmdline import shell_quote_command
+from .cmdline import forwarded_port, shell_quote_command
 from .config import GuestImage, Start, Timeouts
 from .errors import QemuFailed
 from .guest import BootDeadline, Launched, check_alive, wait_ready
 from .libvirt_daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, Reaper, error_text, import_libvirt
-from .libvirt_domain import DomainSpec, forwarded_port, qemu_output, render_domain_xml
+from .libvirt_domain import DomainSpec, qemu_output, render_domain_xml
 from .proc import tail_file
 from .ssh import CommandResult, GuestSsh
 

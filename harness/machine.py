@@ -9,7 +9,6 @@ harness itself is killed, so no QEMU outlives the harness.
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -19,7 +18,13 @@ from contextlib import ExitStack, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from .cmdline import kernel_append, render_command, shell_quote_command, slot_exports
+from .cmdline import (
+    forwarded_port,
+    kernel_append,
+    render_command,
+    shell_quote_command,
+    slot_exports,
+)
 from .config import ExportSpec, MachineSpec, Mode, Start
 from .errors import QemuFailed, QmpError, SshUnavailable
 from .guest import BootDeadline, Launched, check_alive, connect, wait_console, wait_ready
@@ -35,8 +40,6 @@ from .snapshot import (
     wait_restored,
 )
 from .ssh import CommandResult, GuestSsh
-
-_USERNET_PORT = re.compile(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22")
 
 Progress = Callable[[str], None]
 # 9p device slots of a restorable guest: the most exports one guest of the default
@@ -192,15 +195,15 @@ class Machine(Launched):
     def _read_forwarded_port(self) -> int:
         # QEMU bound port 0 itself, so no other process can hold it; ask which it got.
         text = self.qmp.human("info usernet", timeout=self.spec.timeouts.qmp)
-        match = _USERNET_PORT.search(text)
-        if not match:
+        port = forwarded_port(text)
+        if port is None:
             raise QemuFailed(
                 "QEMU did not report the SSH port forward in 'info usernet'",
                 hint="is this QEMU built with slirp (user networking)?",
                 command=self.argv,
                 stderr_tail=text,
             )
-        return int(match.group(1))
+        return port
 
     @property
     def qmp(self) -> Qmp:

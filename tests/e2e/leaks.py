@@ -51,16 +51,7 @@ def qemu_pids() -> set[int]:
 
 def marked_qemu_pids(marker: str) -> set[int]:
     """Live QEMU processes whose environment carries ``MARKER_ENV=marker``."""
-    wanted = f"{MARKER_ENV}={marker}".encode()
-    found = set()
-    for pid in qemu_pids():
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if wanted in environ:
-            found.add(pid)
-    return found
+    return processes_with_env(MARKER_ENV, marker)
 
 
 def assert_no_qemu_left(*pids: int, within: float = 10.0) -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.cmdline import forwarded_port
 from harness.config import Accel, Mode
 from harness.libvirt_domain import (
     QEMU_NS,
     VIRTIOFS_REJECTION,
     DomainSpec,
     Filesystem,
-    forwarded_port,
     fsdev_options,
     multidevs_failures,
     qemu_output,
