@@ -1,7 +1,7 @@
 """Check families: what is observed of one export while its guest runs, and how it is judged.
 
-A family is one kind of question asked of an export: ``ids`` (today's: guest ids,
-QEMU's messages, the tar witness) and, as they are added, operations, cross-device
+A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
+messages, the harm of colliding ids, the witnesses) and, as they are added, operations, cross-device
 moves, runtime mounts, cache-mode harm...  The run loop (``matrix``) is the same for
 all of them: it builds the export, boots the guest, calls the family's ``observe``
 while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
@@ -18,31 +18,31 @@ from .export import Export
 from .family import CheckFamily, Judging, Observation
 from .guest import Guest
 from .harm import HarmProbe, harm_probe
+from .ids_seen import IdsSeen, observe_ids, witnesses_of
 from .live_checks import LIVE_FAMILIES
-from .observe import GuestView, collect
 from .ops_checks import OPS_FAMILIES
-from .oracle import HarmInput, Verdict, judge, judge_witness
+from .oracle import HarmInput, Verdict, judge
 from .plan import RunOptions
 
 __all__ = ["FAMILIES", "CheckFamily", "IdsCheck", "Judging", "Observation"]
 
 
 class IdsCheck:
-    """Guest ids against host ids, QEMU's messages and the tar witness (``oracle.judge``)."""
+    """Guest ids against host ids, QEMU's messages, the harm and the witnesses
+    (``oracle.judge``)."""
 
     name = "ids"
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 options: RunOptions) -> Observation:
         probe = _probe(spec, export)
-        view = collect(guest, spec.mount_point, export.truth.paths, options.witness,
-                       options.passes, options.agent_threads,
-                       harm=probe.paths if probe else ())
-        return Observation(view, view.tar_rc)
+        return Observation(observe_ids(guest, spec.mount_point, export.truth.paths, options,
+                                       harm=probe.paths if probe else ()))
 
     def judge(self, judging: Judging, observation: Observation) -> Verdict:
-        view = observation.data
-        assert isinstance(view, GuestView)
+        seen = observation.data
+        assert isinstance(seen, IdsSeen)
+        view = seen.view
         truth = judging.export.truth
         probe = _probe(judging.spec, judging.export)
         harm = None
@@ -50,9 +50,10 @@ class IdsCheck:
             harm = HarmInput(probe, view.harm, judging.spec.mount_point, Cache(judging.spec.cache))
         return judge(
             judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
-            judge_witness(truth, view.extracted) if view.tar_ran else None,
+            witnesses_of(truth, seen),
             stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
-            message_printed=judging.plan.message_printed, harm=harm, dmesg=view.dmesg,
+            message_printed=judging.plan.message_printed, harm=harm,
+            dmesg=seen.dmesg,
         )
 
 

@@ -125,7 +125,8 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
     run.add_argument("--no-control", action="store_true",
                      help="skip the single-device control guest")
-    run.add_argument("--no-witness", action="store_true", help="skip the tar witness")
+    run.add_argument("--no-witness", action="store_true",
+                     help="skip the witnesses (tar, cp -a, rsync -aH, du, find)")
     run.add_argument("--isolate", action="store_true",
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
@@ -334,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .oracle import Verdict
-    from .report import collision_table, harm_text
+    from .report import collision_table, harm_text, witnesses_text
     from .reproduce import reproduce
     from .results import exit_code
 
@@ -350,7 +351,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"  - {line}")
     print("\ncollisions (guest id <- host files):")
     print(collision_table([found.row]))
-    print(f"\ntar witness (tar -cf in the guest, extract, compare): {verdict.witness.detail}")
+    print(f"\n{witnesses_text(verdict)}")
     print(f"\n{harm_text(verdict)}")
     print(f"QEMU message: {verdict.qemu_message or '(none)'}")
     print("\nto reproduce by hand:")

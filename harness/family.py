@@ -22,13 +22,9 @@ Version = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class Observation:
-    """What a family saw of one export; ``data`` is the family's own record.
-
-    ``tar_rc`` is kept here because rows report it whatever the family.
-    """
+    """What a family saw of one export; ``data`` is the family's own record."""
 
     data: object
-    tar_rc: int | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from .apt import PackageInfo, PrivateApt
 from .config import GuestImage
 from .errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
 from .initramfs import (
+    TOOLS_DIR,
     Contents,
     Keys,
     ModuleTree,
@@ -43,7 +44,7 @@ from .kernelfile import check_same_release, extract_vmlinux, kernel_release, mod
 from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
 
 # Bump when the way an image is assembled changes, so old cache entries are not reused.
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 # An image used by some run within this many seconds is never pruned.
 IN_USE_S = 24 * 3600
 USED_STAMP = ".last-used"
@@ -464,11 +465,20 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
         busybox=busybox.read_bytes(),
         applets=applets,
         dropbear=(recipe.dropbear, resolve_in_tree(userland, recipe.dropbear).read_bytes()),
-        libraries=library_closure(userland, recipe.dropbear),
+        libraries=_libraries(userland, (recipe.dropbear, *recipe.witness_tools.values())),
+        tools={f"{TOOLS_DIR}/{name}": resolve_in_tree(userland, path)
+               for name, path in recipe.witness_tools.items()},
         agent=agent.read_bytes(),
         keys=keys,
         modules=[(name, tree.plain(name)) for name in order],
     )
+
+
+def _libraries(userland: Path, binaries: Sequence[str]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for binary in binaries:
+        found.update(library_closure(userland, binary))
+    return found
 
 
 # --- listing ------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from .kernelfile import decompress_module, module_suffix
 # Where glibc looks without an ld.so.cache, in both the pre- and merged-/usr layouts.
 LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64",
                 "lib", "usr/lib")
+# The witnesses' tools (GNU tar, cp, du, find, rsync): apart from busybox's applets.
+TOOLS_DIR = "opt/mdh/bin"
 _GUEST_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc/dropbear", "etc/mdh", "proc",
-               "sys", "dev", "tmp", "run", "var/run", "mnt")
+               "sys", "dev", "tmp", "run", "var/run", "mnt", "opt", "opt/mdh", TOOLS_DIR)
 
 
 # --- kernel modules -----------------------------------------------------------------
@@ -213,6 +215,7 @@ class Contents:
     applets: Iterable[str]
     dropbear: tuple[str, bytes]
     libraries: Mapping[str, Path]
+    tools: Mapping[str, Path]  # guest path (under TOOLS_DIR) -> file in the packages
     agent: bytes
     keys: Keys
     modules: Sequence[tuple[str, bytes]]
@@ -231,7 +234,7 @@ def write_initramfs(path: Path, contents: Contents) -> None:
             if applet.strip("/") != "bin/busybox":
                 cpio.symlink(applet, "/bin/busybox")
         cpio.file(contents.dropbear[0], contents.dropbear[1], mode=0o755)
-        for guest, real in sorted(contents.libraries.items()):
+        for guest, real in sorted({**contents.libraries, **contents.tools}.items()):
             cpio.file(guest, real.read_bytes(), mode=0o755)
         cpio.file("bin/mdh-agent", contents.agent, mode=0o755)
         cpio.file("etc/dropbear/host_key", contents.keys.host_dropbear, mode=0o600)

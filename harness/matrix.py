@@ -202,7 +202,7 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
             qemu_command=shell_quote_command(guest.argv),
             guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
             f"{item.spec.mount_point}",
-            tar_rc=item.observation.tar_rc, environment=run.env.record, backend=facts,
+            environment=run.env.record, backend=facts,
         ))
     return rows
 

@@ -36,7 +36,7 @@ from .errors import GuestOutputError
 from .ssh import CommandResult
 
 AGENT = "mdh-agent"
-# The agent reads at most this much of each file; the witness compares only this prefix.
+# The agent reads at most this much of each file; the witnesses compare only this prefix.
 READ_LIMIT = 4096
 
 STAT_PASSES = 2
@@ -47,7 +47,6 @@ STAT_PASSES = 2
 # one thread and only the scale benchmark opts into more.
 AGENT_THREADS = 1
 SCALE_AGENT_THREADS = 8
-_WORK = "/tmp/mdh-witness"
 
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
@@ -375,13 +374,9 @@ class Shell(Protocol):
 
 @dataclass(frozen=True)
 class GuestView:
-    """What the guest reported: stat passes, tar's exit status and extracted contents."""
+    """What the guest reported: stat passes, the harm probe and the kernel log."""
 
     observation: GuestObservation
-    tar_ran: bool
-    tar_rc: int | None
-    tar_stderr: str
-    extracted: Mapping[str, bytes | int]
     # The harm probe (None when no pairs were probed) and the kernel log written since
     # the previous collection in this guest (``dmesg -c``: each line is read once).
     harm: HarmObservation | None = None
@@ -389,16 +384,15 @@ class GuestView:
 
 
 def collection_script(
-    mount_point: str, witness: bool, passes: int = STAT_PASSES, threads: int = AGENT_THREADS,
+    mount_point: str, passes: int = STAT_PASSES, threads: int = AGENT_THREADS,
     harm: Sequence[str] = (),
 ) -> str:
-    """The guest shell script; only constants, a quoted mount point and the harm pairs
-    (octal-escaped) go into it.
+    """The guest shell script; only constants and the harm pairs (octal-escaped) go
+    into it.
 
     The harm probe runs first, before any stat has filled the client's caches, so it
     meets the twins in the order it chooses (one held, then the other).
     """
-    point = shlex.quote(mount_point)
     lines = ["cat > /tmp/mdh-paths"]
     if harm:
         lines += [
@@ -410,18 +404,6 @@ def collection_script(
         "echo @@STAT",
         f"{stat_command(mount_point, passes, threads)} < /tmp/mdh-paths",
     ]
-    if witness:
-        lines += [
-            f"rm -rf {_WORK}; mkdir -p {_WORK}/out",
-            f"(cd {point} && tar -cf {_WORK}/export.tar .) 2> {_WORK}/tar.err",
-            "echo @@TAR $?",
-            f"tar -xf {_WORK}/export.tar -C {_WORK}/out 2>> {_WORK}/tar.err",
-            "echo @@READ",
-            f"{read_command(_WORK + '/out')} < /tmp/mdh-paths",
-            "echo @@TARERR",
-            f"head -c 2000 {_WORK}/tar.err",
-            f"rm -rf {_WORK}",
-        ]
     lines += ["echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
 
@@ -438,41 +420,29 @@ def _section(text: str, start: str, end: str) -> str:
 
 
 def parse_collection(
-    text: str, paths: Sequence[str], witness: bool, passes: int = STAT_PASSES,
-    harm: Sequence[str] = (),
+    text: str, paths: Sequence[str], passes: int = STAT_PASSES, harm: Sequence[str] = (),
 ) -> GuestView:
     """Split the collection script's output into its sections and parse each.
 
     Exactly ``passes`` stat passes must be there: a lost pass would otherwise let
     "stable on a second look" pass on one look.
     """
-    stat_text = _section(text, "@@STAT", "@@TAR" if witness else "@@DMESG")
-    observation = parse_stat_output(stat_text, paths, passes=passes)
+    observation = parse_stat_output(_section(text, "@@STAT", "@@DMESG"), paths, passes=passes)
     seen = parse_harm_output(_section(text, "@@HARM", "@@STAT"), harm) if harm else None
-    dmesg = _section(text, "@@DMESG", "@@DONE")
-    if not witness:
-        return GuestView(observation, False, None, "", {}, seen, dmesg)
-    tar_line = text.partition("@@TAR ")[2].partition("\n")[0].strip()
-    if not _DECIMAL.fullmatch(tar_line):
-        raise GuestOutputError(f"guest output has no tar exit status (@@TAR {tar_line!r})",
-                               details=text[-2000:])
-    extracted = parse_read_output(_section(text, "@@READ", "@@TARERR"), paths)
-    tar_stderr = _section(text, "@@TARERR", "@@DMESG")
-    return GuestView(observation, True, int(tar_line), tar_stderr, extracted, seen, dmesg)
+    return GuestView(observation, seen, _section(text, "@@DMESG", "@@DONE"))
 
 
 def collect(
     guest: Shell,
     mount_point: str,
     paths: Sequence[str],
-    witness: bool,
     passes: int = STAT_PASSES,
     threads: int = AGENT_THREADS,
     harm: Sequence[str] = (),
 ) -> GuestView:
     """Run the collection script in ``guest`` over ``paths`` and parse what it printed;
     ``harm`` (pairs of paths) adds the harm probe."""
-    script = collection_script(mount_point, witness, passes, threads, harm)
+    script = collection_script(mount_point, passes, threads, harm)
     result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
     text = result.stdout.decode(errors="replace")
     if "@@DONE" not in text:
@@ -481,7 +451,7 @@ def collect(
             hint=f"see {guest.console_path}",
             details=result.stderr.decode(errors="replace")[-2000:],
         )
-    return parse_collection(text, paths, witness, passes, harm)
+    return parse_collection(text, paths, passes, harm)
 
 
 # --- the harm probe: what colliding qids do under an inode cache ---------------------

@@ -10,15 +10,16 @@ numbers repeat across devices (the premise; without it the run is inconclusive):
 
 * remap (and the default from QEMU 10.0): guest (dev, ino) is a bijection with host
   (dev, ino), stable between passes, readdir's d_ino agrees with lstat, no message,
-  every path stat-able, the tar witness intact.
+  every path stat-able, every witness (``witnesses``: busybox and GNU tar, cp -a,
+  rsync -aH, du, find run over the export) intact.
 * warn (and the default for QEMU 4.2 to 9.x): at least one guest id collision, the
-  warning exactly once, no ENODEV. A broken tar witness is the expected damage and
+  warning exactly once, no ENODEV. Broken witnesses are the expected damage and
   only recorded.
 * forbid: every path on the root device stat-able, every path on another device
   (its mount point included) ENODEV, the forbid message exactly once.
 
 A single-device export is the control: whatever the mode, no message, no collision,
-everything stat-able and the witness intact.
+everything stat-able and every witness intact.
 
 On top, per cache mode (``harm``): remap (and the default from 10.0) lets nothing
 alias in any cache mode; warn (and the default before 10.0) lets nothing alias with
@@ -37,9 +38,10 @@ from enum import StrEnum
 
 from .config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Cache, Mode
 from .errors import QemuTooOld
-from .export import EntryKind, HostTruth, kind_of_mode
+from .export import HostTruth, kind_of_mode
 from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
-from .observe import READ_LIMIT, GuestObservation, GuestResult, GuestStat, HarmObservation
+from .observe import GuestObservation, GuestResult, GuestStat, HarmObservation
+from .witnesses import Witness
 
 Version = tuple[int, int, int]
 
@@ -164,26 +166,6 @@ class Collision:
 
 
 @dataclass(frozen=True)
-class TarWitness:
-    """Whether a tar round trip in the guest reproduced every file's content.
-
-    tar recognises hard links by (st_dev, st_ino); when ids collide it stores one file
-    as a link to another and the extracted copy gets the wrong content. That is the
-    user-visible damage the multidevs option exists to prevent.
-    """
-
-    ran: bool
-    intact: bool | None
-    wrong_files: tuple[str, ...]
-    detail: str
-
-    @classmethod
-    def not_run(cls, reason: str) -> TarWitness:
-        """A witness that was skipped, with why."""
-        return cls(ran=False, intact=None, wrong_files=(), detail=reason)
-
-
-@dataclass(frozen=True)
 class Verdict:
     """The judgement of one mode on one export, with everything a report shows.
 
@@ -199,7 +181,7 @@ class Verdict:
     denied: int  # paths that got ENODEV in pass 1
     files_checked: int
     qemu_message: str | None
-    witness: TarWitness
+    witnesses: tuple[Witness, ...]  # empty: no witness ran (not asked, not observed)
     host_devices: int
     # Recorded facts that are not failures (a broken witness under warn, say).
     notes: tuple[str, ...] = ()
@@ -213,9 +195,10 @@ class Verdict:
         return self.status is Status.PASS
 
     @property
-    def witness_intact(self) -> bool | None:
-        """True/False when the tar witness ran, None when it did not."""
-        return self.witness.intact if self.witness.ran else None
+    def witnesses_intact(self) -> bool | None:
+        """Whether every witness that ran was intact; None when none ran."""
+        ran = [w.intact for w in self.witnesses if w.ran]
+        return all(ran) if ran else None
 
 
 def _errno_text(code: int) -> str:
@@ -257,38 +240,6 @@ def find_collisions(truth: HostTruth, obs_pass: Mapping[str, GuestResult]) -> tu
         for guest_id, files in owners.items()
         if len(files) > 1
     )
-
-
-def judge_witness(truth: HostTruth, extracted: Mapping[str, bytes | int]) -> TarWitness:
-    """Compare files extracted from the guest's tar archive with the host contents.
-
-    ``extracted`` is what ``parse_read_output`` returned for the extracted copy: the
-    content (at most READ_LIMIT bytes, so only that prefix is compared) or the errno.
-    """
-    wrong: list[str] = []
-    reasons: list[str] = []
-    checked = 0
-    for entry in truth.entries:
-        if entry.kind is not EntryKind.FILE or entry.content is None:
-            continue
-        checked += 1
-        expected = entry.content[:READ_LIMIT]
-        got = extracted.get(entry.path)
-        if got == expected:
-            continue
-        wrong.append(entry.path)
-        if got is None:
-            reasons.append(f"{entry.path!r} missing")
-        elif isinstance(got, int):
-            reasons.append(f"{entry.path!r} unreadable: {_errno_text(got)}")
-        else:
-            reasons.append(f"{entry.path!r} has {got!r}, expected {expected!r}")
-    if not wrong:
-        return TarWitness(True, True, (), f"all {checked} files intact")
-    shown = "; ".join(reasons[:5]) + (
-        f"; ... and {len(reasons) - 5} more" if len(reasons) > 5 else ""
-    )
-    return TarWitness(True, False, tuple(wrong), f"{len(wrong)} of {checked} files differ: {shown}")
 
 
 def _message_failures(expectation: Expectation | None, messages: QemuMessages,
@@ -437,14 +388,24 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
     return _capped(failures, "readdir problems")
 
 
-def _witness_failures(witness: TarWitness) -> list[str]:
-    if witness.ran and not witness.intact:
-        return [f"tar witness not intact: {witness.detail}"]
-    return []
+def _witness_notes(witnesses: Sequence[Witness], judged: bool) -> list[str]:
+    """Witnesses not run, and under warn/forbid (not ``judged``: those modes promise
+    nothing about the tools) which ones broke: that is the harm, recorded."""
+    notes = [f"witness {w.tool} not run: {w.detail}" for w in witnesses if not w.ran]
+    broken = [w.tool for w in witnesses if w.ran and not w.intact]
+    if broken and not judged:
+        notes.insert(0, f"witnesses broken: {', '.join(broken)} (results[].witnesses and "
+                        f"reproduce say how)")
+    return notes
+
+
+def _witness_failures(witnesses: Sequence[Witness]) -> list[str]:
+    return [f"witness {w.tool} not intact: {w.detail}" for w in witnesses
+            if w.ran and not w.intact]
 
 
 def _unique_id_failures(
-    truth: HostTruth, observation: GuestObservation, witness: TarWitness
+    truth: HostTruth, observation: GuestObservation, witnesses: Sequence[Witness]
 ) -> list[str]:
     """Rules shared by remap and the single-device control."""
     first = observation.passes[0]
@@ -454,7 +415,7 @@ def _unique_id_failures(
     )
     failures += _hard_link_failures(truth, first)
     failures += _dirent_failures(truth, observation)
-    failures += _witness_failures(witness)
+    failures += _witness_failures(witnesses)
     return failures
 
 
@@ -535,7 +496,7 @@ def _outside_failures(stderr_outside: str) -> list[str]:
 
 def _rule_failures(
     expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
-    witness: TarWitness,
+    witnesses: Sequence[Witness],
 ) -> list[str]:
     """The observation rules of one mode (module docstring), as exact failures."""
     failures = _coverage_failures(truth, observation)
@@ -545,14 +506,14 @@ def _rule_failures(
     failures += _kind_failures(truth, first)
     failures += _stability_failures(truth, observation)
     if control:
-        return failures + _unique_id_failures(truth, observation, witness)
+        return failures + _unique_id_failures(truth, observation, witnesses)
     if expectation is Expectation.UNIQUE_IDS:
         # Stability needs a second look: another lstat pass, or readdir's d_ino
         # (checked against lstat for every entry) for the scale run.
         if len(observation.passes) < 2 and not observation.dirents:
             failures.append("only 1 stat pass and no readdir observed; a second look is "
                             "needed to show ids are stable")
-        return failures + _unique_id_failures(truth, observation, witness)
+        return failures + _unique_id_failures(truth, observation, witnesses)
     if expectation is Expectation.COLLIDE_AND_WARN:
         return failures + _warn_failures(truth, observation)
     return failures + _forbid_failures(truth, observation)
@@ -630,7 +591,7 @@ def judge(
     truth: HostTruth,
     observation: GuestObservation,
     qemu_stderr: str,
-    witness: TarWitness | None = None,
+    witnesses: Sequence[Witness] = (),
     *,
     stderr_outside: str = "",
     command_failures: Sequence[str] = (),
@@ -642,13 +603,12 @@ def judge(
 
     ``qemu_stderr``: what QEMU wrote while this export alone was observed;
     ``stderr_outside``: outside every observation of its guest.  ``command_failures``:
-    what is wrong with a command line someone else generated (libvirt).  ``witness``
-    None: no tar round trip.  ``message_printed``: an earlier export of this mode in
-    this QEMU showed the message.  ``harm``: the harm probe; ``dmesg``: the guest
-    kernel's log meanwhile.  Raises QemuTooOld below 4.2.
+    what is wrong with a command line someone else generated (libvirt).  ``witnesses``:
+    the tools run over the export (none: not asked).  ``message_printed``: an
+    earlier export of this mode in this QEMU showed the message.  ``harm``: the harm
+    probe; ``dmesg``: the guest kernel's log meanwhile.  Raises QemuTooOld below 4.2.
     """
     expectation = expected_behaviour(mode, qemu_version)
-    witness = witness or TarWitness.not_run("tar witness not requested")
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}
@@ -658,16 +618,13 @@ def judge(
     if not truth.premise_holds:
         status, failures = Status.INCONCLUSIVE, [_premise_failure(truth)]
     else:
-        failures = _rule_failures(expectation, control, truth, observation, witness)
+        failures = _rule_failures(expectation, control, truth, observation, witnesses)
         failures += _message_failures(None if control else expectation, messages,
                                       message_printed)
         failures += _outside_failures(stderr_outside)
         failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
-        if witness.ran and not control and expectation is not Expectation.UNIQUE_IDS:
-            # warn/forbid promise nothing about tar; what it did is worth a line anyway.
-            notes.append(f"tar witness {'intact' if witness.intact else 'not intact'}: "
-                         f"{witness.detail}")
+        notes += _witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
     return Verdict(
         mode=mode,
         expectation=_expectation_text(mode, expectation, control, qemu_version),
@@ -678,7 +635,7 @@ def judge(
         denied=denied,
         files_checked=len(truth.entries),
         qemu_message=messages.all[0] if messages.all else None,
-        witness=witness,
+        witnesses=tuple(witnesses),
         host_devices=truth.device_count,
         notes=tuple(notes),
         harm=extra.harm,
@@ -704,7 +661,7 @@ def unobserved(mode: Mode, devices: int, reason: str, status: Status) -> Verdict
         denied=0,
         files_checked=0,
         qemu_message=None,
-        witness=TarWitness.not_run("not observed"),
+        witnesses=(),
         host_devices=devices,
     )
 

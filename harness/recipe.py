@@ -29,6 +29,9 @@ class Recipe:
     # Paths inside the unpacked userland packages (the guest's own paths).
     busybox: str
     dropbear: str
+    # The tools the witnesses run (name -> path in the packages), put at
+    # /opt/mdh/bin/<name> in the guest so they never shadow busybox's applets.
+    witness_tools: Mapping[str, str]
     init: Path
     agent: Path
     host_packages: tuple[str, ...]
@@ -81,9 +84,7 @@ def parse_recipe(data: Mapping[str, object], directory: Path) -> Recipe:
     """Turn the TOML tables of a recipe into a Recipe (KeyError if a key is missing)."""
     debian, kernel = _table(data, "debian"), _table(data, "kernel")
     userland, host = _table(data, "userland"), _table(data, "host")
-    tools = host.get("tools", {})
-    if not isinstance(tools, dict):
-        raise TypeError("host.tools must be a table")
+    tools, witness_tools = _mapping(host, "tools"), _mapping(userland, "witnesses")
     return Recipe(
         name=str(data["name"]),
         directory=directory,
@@ -98,11 +99,19 @@ def parse_recipe(data: Mapping[str, object], directory: Path) -> Recipe:
         userland_packages=_strings(userland, "packages"),
         busybox=str(userland["busybox"]),
         dropbear=str(userland["dropbear"]),
+        witness_tools=witness_tools,
         init=(directory / str(userland["init"])).resolve(),
         agent=(directory / str(userland["agent"])).resolve(),
         host_packages=_strings(host, "packages"),
-        tool_packages={str(k): str(v) for k, v in tools.items()},
+        tool_packages=tools,
     )
+
+
+def _mapping(table: Mapping[str, object], key: str) -> dict[str, str]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be a table")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _table(data: Mapping[str, object], key: str) -> Mapping[str, object]:

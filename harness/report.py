@@ -14,15 +14,18 @@ from typing import Any
 from .ops_oracle import OpsVerdict
 from .oracle import RejectionVerdict, Status, Verdict
 from .results import EnvironmentRecord, ResultRow, RunReport
+from .witnesses import TOOLS_DIR
 
 # How many colliding ids a JSON row lists (the count is always whole).
 JSON_COLLISIONS = 50
 
 
 def _witness_text(row: ResultRow) -> str:
-    if not isinstance(row.verdict, Verdict) or row.verdict.witness_intact is None:
+    if not isinstance(row.verdict, Verdict) or row.verdict.witnesses_intact is None:
         return "n/a"
-    return "intact" if row.verdict.witness_intact else "BROKEN"
+    ran = [w for w in row.verdict.witnesses if w.ran]
+    broken = sum(1 for w in ran if not w.intact)
+    return f"{broken}/{len(ran)} broken" if broken else "intact"
 
 
 def _guest_text(row: ResultRow) -> str:
@@ -40,10 +43,10 @@ def _qemu_version(row: ResultRow) -> str:
 
 
 def table(report: RunReport) -> str:
-    """A fixed-width table (case, expectation, observed, tar witness, verdict), then
+    """A fixed-width table (case, expectation, observed, witnesses, verdict), then
     every failure and note behind the name of its row.  A qemu and a guest column are
     added when the rows are about more than one QEMU or guest kernel."""
-    headers = ["case", "expectation", "observed", "tar witness", "verdict"]
+    headers = ["case", "expectation", "observed", "witnesses", "verdict"]
     rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
              r.status.value.upper()] for r in report.rows]
     # Columns that tell rows apart only when the run spans several of them.
@@ -96,9 +99,8 @@ def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
         ],
         "denied": verdict.denied,
         "qemu_message": verdict.qemu_message,
-        "witness": {"tar_intact": verdict.witness_intact, "tar_detail": verdict.witness.detail,
-                    "tar_rc": row.tar_rc},
-        "tar_rc": row.tar_rc,
+        "witnesses": {w.tool: {"intact": w.intact, "detail": w.detail, "rc": w.rc}
+                      for w in verdict.witnesses},
         **_harm_dict(verdict),
     }
 
@@ -243,6 +245,19 @@ def write_junit(report: RunReport, path: Path) -> None:
     tree = ET.ElementTree(to_junit(report))
     ET.indent(tree)
     tree.write(path, encoding="utf-8", xml_declaration=True)
+
+
+def witnesses_text(verdict: Verdict) -> str:
+    """Each witness's one line (for ``reproduce``)."""
+    lines = ["witnesses (each tool run over the export in the guest, compared with the host):"]
+    lines += [f"  {'intact' if w.intact else 'BROKEN' if w.ran else 'not run'}: {w.detail}"
+              for w in verdict.witnesses] or ["  none run"]
+    if verdict.witnesses:
+        t = TOOLS_DIR
+        lines.append(f"by hand, in the guest's mount: {t}/find . > /dev/null; {t}/du -ab . | "
+                     f"tail -1; {t}/tar -cf - . | {t}/tar -tvf - | grep 'link to'; "
+                     f"{t}/cp -a . /tmp/copy; {t}/rsync -aH ./ /tmp/rcopy/")
+    return "\n".join(lines)
 
 
 def harm_text(verdict: Verdict) -> str:

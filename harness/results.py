@@ -122,7 +122,6 @@ class ResultRow:
     log_dir: Path | None = None
     qemu_command: str = ""
     guest_command: str = ""
-    tar_rc: int | None = None
     # The QEMU, accelerator and guest this row is about (runs may span several QEMUs).
     environment: EnvironmentRecord | None = None
     # Facts of the backend that started the guest (libvirt: its version, the domain).

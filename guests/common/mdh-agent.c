@@ -279,14 +279,23 @@ static void harm_fail(size_t i, const char *op)
 	printf("X %zu %s %d\n", i, op, errno);
 }
 
+static void harm_lock(size_t i, int fd)
+{
+	printf("L %zu %d\n", i, flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno);
+}
+
 /*
  * Open path i and report what it shows: its bytes through read(2) (C), through a
  * private read-only mapping (M), its mtime from fstat (T) and whether an exclusive
  * non-blocking flock is granted (L 0) or refused (L errno).  The fd stays open and
  * locked (returned) so the twin opened next meets a held file: an inode cache that
  * took the twin for this file then serves this file's pages, times and lock.
+ * The held file (held != 0) is locked before it is read and the other one after:
+ * the 9p client drops an inode's cached pages whenever a lock is asked for, so the
+ * held file's pages must be read in after its lock, and the twin must be read
+ * before its own lock attempt throws them away.
  */
-static int harm_open(size_t i)
+static int harm_open(size_t i, int held)
 {
 	unsigned char buf[READ_MAX];
 	size_t len = 0;
@@ -298,6 +307,8 @@ static int harm_open(size_t i)
 		harm_fail(i, "open");
 		return -1;
 	}
+	if (held)
+		harm_lock(i, fd);
 	got = read_prefix(fd, buf, sizeof(buf), &len);
 	if (got < 0) {
 		harm_fail(i, "read");
@@ -326,14 +337,15 @@ static int harm_open(size_t i)
 			printf("M %zu \n", i);
 		}
 	}
-	printf("L %zu %d\n", i, flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno);
+	if (!held)
+		harm_lock(i, fd);
 	return fd;
 }
 
 static void harm_pair(size_t a, size_t b)
 {
-	int held = harm_open(a);
-	int other = harm_open(b);
+	int held = harm_open(a, 1);
+	int other = harm_open(b, 0);
 
 	if (other >= 0)
 		close(other);

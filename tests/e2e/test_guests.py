@@ -53,7 +53,7 @@ def test_trixie_mounts_9p_and_the_agent_sees_every_path(
     with Machine(trixie.machine_spec(specs, tmp_path / "guest"), name="trixie") as guest:
         guest.wait_ready()
         mounts = guest.run("grep ' 9p ' /proc/mounts").text
-        view = collect(guest, "/mnt/mdh0", export.truth.paths, witness=False)
+        view = collect(guest, "/mnt/mdh0", export.truth.paths)
         console = guest.console_path.read_text(errors="replace")
     assert "mdh0 /mnt/mdh0 9p" in mounts
     if guest.start is Start.COLD:  # a restored guest mounts over SSH, after its init

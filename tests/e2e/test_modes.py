@@ -9,17 +9,20 @@ from harness.environment import Environment
 from harness.export import Export, build_export
 from harness.machine import Machine
 from harness.observe import collect
-from harness.oracle import Verdict, judge, judge_witness
+from harness.oracle import Verdict, judge
 from harness.plugin import MachineFactory
+from harness.witnesses import TOOL_NAMES, judge_witnesses, run_witnesses
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _judge(env: Environment, machine: Machine, export: Export, mode: Mode) -> Verdict:
-    view = collect(machine, "/mnt/mdh0", export.truth.paths, witness=True)
-    witness = judge_witness(export.truth, view.extracted)
+def _judge(env: Environment, machine: Machine, export: Export, mode: Mode,
+           mount_point: str = "/mnt/mdh0") -> Verdict:
+    view = collect(machine, mount_point, export.truth.paths)
+    runs = run_witnesses(machine, mount_point, export.truth.paths)
+    witnesses = judge_witnesses(export.truth, runs, view.observation.passes[0])
     return judge(mode, env.info.version.as_tuple(), export.truth, view.observation,
-                 machine.stderr_text(), witness)
+                 machine.stderr_text(), witnesses)
 
 
 @pytest.mark.multidevs(mode="remap")
@@ -29,7 +32,8 @@ def test_remap_keeps_ids_unique(
     verdict = _judge(mdh_environment, machine, multidevs_export, Mode.REMAP)
     assert verdict.passed, verdict.failures
     assert verdict.collisions == () and verdict.denied == 0
-    assert verdict.witness_intact is True
+    assert verdict.witnesses_intact is True
+    assert [w.tool for w in verdict.witnesses] == list(TOOL_NAMES)
     assert verdict.qemu_message is None
 
 
@@ -41,8 +45,10 @@ def test_warn_collides_and_warns_once(
     assert verdict.passed, verdict.failures
     assert len(verdict.collisions) > 0
     assert verdict.qemu_message is not None and "file ID collisions" in verdict.qemu_message
-    # The harm is real: busybox tar stores colliding files as hard links.
-    assert verdict.witness_intact is False
+    # The harm is real, and every tool shows it: tar and rsync -aH store colliding
+    # files as hard links, cp -a refuses to link a device root to the export root,
+    # find and du take the device roots for loops.
+    assert {w.tool for w in verdict.witnesses if w.intact is False} == set(TOOL_NAMES)
 
 
 @pytest.mark.multidevs(mode="forbid")
@@ -74,11 +80,9 @@ def test_control_single_device_is_quiet_in_every_mode(
         exports = [(a, Mode.REMAP), (b, Mode.WARN), (c, Mode.FORBID), (d, Mode.DEFAULT)]
         guest = machine_factory(exports=exports)
         for index, (export, mode) in enumerate(exports):
-            view = collect(guest, f"/mnt/mdh{index}", export.truth.paths, witness=True)
-            verdict = judge(mode, mdh_environment.info.version.as_tuple(), export.truth,
-                            view.observation, guest.stderr_text(),
-                            judge_witness(export.truth, view.extracted))
+            verdict = _judge(mdh_environment, guest, export, mode, f"/mnt/mdh{index}")
             assert verdict.passed, (mode, verdict.failures)
+            assert verdict.witnesses_intact is True
             assert verdict.collisions == () and verdict.qemu_message is None
 
 
@@ -91,3 +95,6 @@ def test_remap_verdict_fails_on_a_warn_guest(
         verdict = _judge(mdh_environment, guest, export, Mode.REMAP)
         assert not verdict.passed
         assert any("collide" in f or "collision" in f for f in verdict.failures), verdict.failures
+        # Each witness is a rule of its own that must say fail here.
+        broken = {f.split()[1] for f in verdict.failures if f.startswith("witness ")}
+        assert broken == set(TOOL_NAMES), verdict.failures

@@ -56,37 +56,28 @@ def test_encode_paths_rejects_what_the_agent_cannot_resolve(bad: str) -> None:
         encode_paths([".", bad])
 
 
-def _collection(stat: str, tar: str = "@@TAR 0\n", read: str = "") -> str:
-    read = read or "".join(f"R {i} {p.encode().hex()}\n" for i, p in enumerate(PATHS))
-    return (f"@@STAT\n{stat}{tar}@@READ\n{read}END {len(PATHS)}\n@@TARERR\n"
-            "tar: warning\n@@DMESG\n@@DONE\n")
+def _collection(stat: str) -> str:
+    return f"@@STAT\n{stat}@@DMESG\n[ 1.0] 9p: x\n@@DONE\n"
 
 
 def test_parse_collection_splits_every_section() -> None:
-    view = parse_collection(_collection(STAT_OK), PATHS, witness=True, passes=2)
+    view = parse_collection(_collection(STAT_OK), PATHS, passes=2)
     assert len(view.observation.passes) == 2
-    assert view.tar_ran and view.tar_rc == 0 and view.tar_stderr == "tar: warning\n"
-    assert view.extracted["odd\nname"] == b"odd\nname"
-
-
-def test_parse_collection_without_witness() -> None:
-    view = parse_collection(f"@@STAT\n{STAT_OK}@@DMESG\n[ 1.0] 9p: x\n@@DONE\n", PATHS,
-                            witness=False, passes=2)
     assert view.dmesg == "[ 1.0] 9p: x\n" and view.harm is None
-    assert not view.tar_ran and view.tar_rc is None and view.extracted == {}
 
 
 def test_parse_collection_refuses_a_lost_second_pass() -> None:
     # One pass where two were asked for: "stable on a second look" would pass on one.
     one_pass = STAT_OK.split("S 2 0")[0] + "END 5\n"
     with pytest.raises(GuestOutputError, match="pass 2 answered 0 of 5 paths"):
-        parse_collection(_collection(one_pass), PATHS, witness=True, passes=2)
+        parse_collection(_collection(one_pass), PATHS, passes=2)
 
 
-@pytest.mark.parametrize("tar", ["", "@@TAR \n", "@@TAR x\n"])
-def test_parse_collection_needs_tar_exit_status(tar: str) -> None:
-    with pytest.raises(GuestOutputError):
-        parse_collection(_collection(STAT_OK, tar=tar), PATHS, witness=True, passes=2)
+def test_parse_collection_needs_its_sections() -> None:
+    with pytest.raises(GuestOutputError, match="no @@STAT section"):
+        parse_collection("@@DMESG\n@@DONE\n", PATHS, passes=2)
+    with pytest.raises(GuestOutputError, match="ends inside the @@STAT section"):
+        parse_collection(f"@@STAT\n{STAT_OK}", PATHS, passes=2)
 
 
 def test_parse_stat_output_maps_records_back_to_paths() -> None:

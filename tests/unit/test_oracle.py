@@ -20,14 +20,13 @@ from harness.oracle import (
     Collision,
     Expectation,
     Status,
-    TarWitness,
     expected_behaviour,
     find_collisions,
     find_multidevs_messages,
     judge,
-    judge_witness,
     unobserved,
 )
+from harness.witnesses import Witness
 
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644
@@ -151,8 +150,10 @@ def with_result(obs: GuestObservation, path: str, result: GuestResult) -> GuestO
     return GuestObservation(passes, obs.dirents, obs.dirent_errors)
 
 
-INTACT = TarWitness(True, True, (), "all 6 files intact")
-BROKEN = TarWitness(True, False, ("dev01/l1",), "1 of 6 files differ: ...")
+INTACT = (Witness("tar", True, "GNU tar: all 6 files intact", 0),
+          Witness("find", True, "find: listed 8 of 8 paths", 0))
+BROKEN = (Witness("tar", False, "GNU tar: 1 of 6 files wrong or missing: ...", 0),
+          Witness("find", True, "find: listed 8 of 8 paths", 0))
 
 
 # --- the version table ------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_remap_passes_with_unique_stable_ids() -> None:
     assert verdict.observed == "0 collisions, 0 denied, no message"
     assert verdict.files_checked == 8
     assert verdict.host_devices == 2
-    assert verdict.witness_intact is True
+    assert verdict.witnesses_intact is True
     assert verdict.qemu_message is None
 
 
@@ -314,14 +315,15 @@ def test_remap_fails_when_hard_links_get_two_ids() -> None:
 
 def test_remap_fails_on_a_broken_witness() -> None:
     verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), "", BROKEN)
-    assert verdict.failures == ("tar witness not intact: 1 of 6 files differ: ...",)
-    assert verdict.witness_intact is False
+    assert verdict.failures == (
+        "witness tar not intact: GNU tar: 1 of 6 files wrong or missing: ...",)
+    assert verdict.witnesses_intact is False
 
 
 def test_remap_witness_not_run_is_not_a_failure() -> None:
-    verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), "", None)
+    verdict = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), "")
     assert verdict.passed
-    assert verdict.witness_intact is None
+    assert verdict.witnesses_intact is None
 
 
 def test_remap_fails_on_readdir_problems() -> None:
@@ -363,7 +365,7 @@ def test_long_failure_lists_are_capped() -> None:
         prefix = "dev01/" if device else ""
         entries += [f(f"{prefix}f{i:02d}", dev, 2 + i, device, "x") for i in range(25)]
     truth = HostTruth(tuple(entries))
-    verdict = judge(Mode.REMAP, OLD, truth, observe(truth, passed_through), "", None)
+    verdict = judge(Mode.REMAP, OLD, truth, observe(truth, passed_through), "")
     collisions = [line for line in verdict.failures if line.startswith("collision")]
     assert len(collisions) == 20
     assert "... and 6 more collisions" in verdict.failures
@@ -381,8 +383,9 @@ def test_warn_passes_with_collisions_and_one_warning() -> None:
     assert verdict.observed == "3 collisions, 0 denied, 1 warning"
     assert verdict.qemu_message == WARNING
     # the broken witness is the expected damage: recorded, not failed
-    assert verdict.witness_intact is False
-    assert verdict.notes == ("tar witness not intact: 1 of 6 files differ: ...",)
+    assert verdict.witnesses_intact is False
+    assert verdict.notes == ("witnesses broken: tar (results[].witnesses and reproduce say "
+                             "how)",)
 
 
 def test_warn_fails_without_the_warning() -> None:
@@ -390,7 +393,7 @@ def test_warn_fails_without_the_warning() -> None:
     assert verdict.failures == (
         "expected the multi-device warning exactly once on QEMU stderr, found it 0 times",
     )
-    assert verdict.notes == ("tar witness intact: all 6 files intact",)
+    assert verdict.notes == ()
 
 
 def test_warn_fails_with_the_warning_twice() -> None:
@@ -435,7 +438,7 @@ def test_warn_fails_on_enodev_and_a_forbid_message() -> None:
 def test_warn_fails_on_an_unrecognised_message() -> None:
     odd = "qemu: 9p: Multiple devices detected in same VirtFS export (reworded)"
     verdict = judge(
-        Mode.WARN, OLD, TRUTH, observe(TRUTH, passed_through), f"{WARNING}\n{odd}", None
+        Mode.WARN, OLD, TRUTH, observe(TRUTH, passed_through), f"{WARNING}\n{odd}"
     )
     assert verdict.failures == (f"unrecognised multi-device message on QEMU stderr: {odd!r}",)
 
@@ -454,7 +457,7 @@ def test_forbid_passes_when_foreign_devices_are_denied() -> None:
 
 def test_forbid_fails_on_a_readable_foreign_file() -> None:
     obs = with_result(observe(TRUTH, forbidden), "dev01/a", GuestStat(GUEST_DEV, 4, 1, FILE_MODE))
-    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE, None)
+    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE)
     assert verdict.failures == (
         "foreign path 'dev01/a' (device 1) was stat-able under multidevs=forbid, expected ENODEV",
         # and being readable it collides with the root's "a"
@@ -465,7 +468,7 @@ def test_forbid_fails_on_a_readable_foreign_file() -> None:
 
 def test_forbid_fails_on_a_foreign_path_with_another_errno() -> None:
     obs = with_result(observe(TRUTH, forbidden), "dev01/l1", errno.ENOENT)
-    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE, None)
+    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE)
     assert verdict.failures == (
         "foreign path 'dev01/l1' (device 1) failed with errno 2 (ENOENT), expected ENODEV",
     )
@@ -473,17 +476,17 @@ def test_forbid_fails_on_a_foreign_path_with_another_errno() -> None:
 
 def test_forbid_fails_when_the_root_device_is_denied() -> None:
     obs = with_result(observe(TRUTH, forbidden), "l1", errno.ENODEV)
-    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE, None)
+    verdict = judge(Mode.FORBID, OLD, TRUTH, obs, FORBID_MESSAGE)
     assert verdict.failures == ("'l1' is not stat-able in the guest: errno 19 (ENODEV)",)
 
 
 def test_forbid_fails_on_message_count_and_kind() -> None:
     obs = observe(TRUTH, forbidden)
-    assert judge(Mode.FORBID, OLD, TRUTH, obs, "", None).failures == (
+    assert judge(Mode.FORBID, OLD, TRUTH, obs, "").failures == (
         "expected the multidevs=forbid message exactly once on QEMU stderr, found it 0 times",
     )
     twice = f"{FORBID_MESSAGE}\n{FORBID_MESSAGE}\n{WARNING}\n"
-    assert judge(Mode.FORBID, OLD, TRUTH, obs, twice, None).failures == (
+    assert judge(Mode.FORBID, OLD, TRUTH, obs, twice).failures == (
         "expected the multidevs=forbid message exactly once on QEMU stderr, found it 2 times",
         f"unexpected multi-device warning on QEMU stderr: {WARNING!r}",
     )
@@ -493,10 +496,10 @@ def test_forbid_fails_on_message_count_and_kind() -> None:
 
 
 def test_default_before_10_judges_like_warn() -> None:
-    verdict = judge(Mode.DEFAULT, OLD, TRUTH, observe(TRUTH, passed_through), WARNING, None)
+    verdict = judge(Mode.DEFAULT, OLD, TRUTH, observe(TRUTH, passed_through), WARNING)
     assert verdict.passed
     assert verdict.expectation == "id collisions, one warning (default of QEMU 9.2.0)"
-    failing = judge(Mode.DEFAULT, OLD, TRUTH, observe(TRUTH, remapped), "", None)
+    failing = judge(Mode.DEFAULT, OLD, TRUTH, observe(TRUTH, remapped), "")
     assert failing.failures == (
         "expected at least one guest id collision (host inode numbers repeat across 2 "
         "devices), found none",
@@ -569,7 +572,7 @@ def test_control_fails_on_a_collision_and_a_broken_witness() -> None:
         "and 'l1' (host dev 100, ino 3)",
         f"hard links of one host file got different guest ids: 'l1' (dev {GUEST_DEV}, ino 4) "
         f"and 'l2' (dev {GUEST_DEV}, ino 5)",
-        "tar witness not intact: 1 of 6 files differ: ...",
+        "witness tar not intact: GNU tar: 1 of 6 files wrong or missing: ...",
     )
 
 
@@ -579,7 +582,7 @@ def test_control_fails_on_a_collision_and_a_broken_witness() -> None:
 def test_no_repeated_inode_is_inconclusive() -> None:
     assert NO_OVERLAP.repeated_inodes() == {}
     assert not NO_OVERLAP.premise_holds
-    verdict = judge(Mode.WARN, OLD, NO_OVERLAP, observe(NO_OVERLAP, passed_through), WARNING, None)
+    verdict = judge(Mode.WARN, OLD, NO_OVERLAP, observe(NO_OVERLAP, passed_through), WARNING)
     assert verdict.status is Status.INCONCLUSIVE
     assert verdict.failures == (
         "premise failed: the export spans 2 host devices but no inode number repeats across "
@@ -594,42 +597,12 @@ def test_premise_holds_on_the_fixture_and_the_control() -> None:
     assert CONTROL.premise_holds
 
 
-# --- the tar witness ------------------------------------------------------------------------
-
-
-def test_judge_witness_intact() -> None:
-    extracted: dict[str, bytes | int] = {
-        e.path: e.content for e in TRUTH.entries if e.content is not None
-    }
-    extracted["."] = errno.EISDIR  # directories are not compared
-    assert judge_witness(TRUTH, extracted) == TarWitness(True, True, (), "all 6 files intact")
-
-
-def test_judge_witness_names_each_wrong_file() -> None:
-    extracted: dict[str, bytes | int] = {
-        e.path: e.content for e in TRUTH.entries if e.content is not None
-    }
-    # tar stored dev01/l1 as a hard link to l1 (same guest id), so it has l1's content
-    extracted["dev01/l1"] = b"dev00/l1\n"
-    extracted["dev01/l2"] = b"dev00/l1\n"
-    extracted["a"] = errno.ENOENT
-    del extracted["l2"]
-    witness = judge_witness(TRUTH, extracted)
-    assert witness.ran and witness.intact is False
-    assert witness.wrong_files == ("a", "dev01/l1", "dev01/l2", "l2")
-    assert witness.detail == (
-        "4 of 6 files differ: 'a' unreadable: errno 2 (ENOENT); 'dev01/l1' has "
-        "b'dev00/l1\\n', expected b'dev01/l1\\n'; 'dev01/l2' has b'dev00/l1\\n', expected "
-        "b'dev01/l1\\n'; 'l2' missing"
-    )
-
-
 def test_unobserved_is_an_error_when_the_check_could_not_run() -> None:
     verdict = unobserved(Mode.FORBID, 3, "GuestBootTimeout: no SSH after 90 s", Status.ERROR)
     assert verdict.status is Status.ERROR and not verdict.passed
     assert verdict.failures == ("GuestBootTimeout: no SSH after 90 s",)
     assert verdict.observed == "not observed: the check could not run"
-    assert verdict.host_devices == 3 and verdict.witness_intact is None
+    assert verdict.host_devices == 3 and verdict.witnesses_intact is None
 
 
 def test_unobserved_is_a_failure_when_the_guest_crashed_under_test() -> None:

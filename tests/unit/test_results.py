@@ -11,8 +11,10 @@ import pytest
 
 from harness.bench import header
 from harness.config import Accel, AccelDecision, Mode, Via
+from harness.export import HostTruth
+from harness.observe import GuestObservation
 from harness.ops_oracle import OpCase, OperationsSeen, judge_operations
-from harness.oracle import Attempt, Status, TarWitness, judge_rejection, unobserved
+from harness.oracle import Attempt, Status, judge, judge_rejection, unobserved
 from harness.probe import QemuInfo, QemuVersion
 from harness.report import environment_json, row_dict, table, to_json, to_junit
 from harness.results import (
@@ -23,6 +25,7 @@ from harness.results import (
     RunReport,
     exit_code,
 )
+from harness.witnesses import Witness
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, True, False,
@@ -144,8 +147,7 @@ def test_ids_row_json() -> None:
     assert data["check"] == "ids" and data["mode"] == "remap"
     assert data["guest"] == {"name": "debian-bookworm-x86_64", "kernel": "6.1.0-56-amd64",
                              "boot": "remap+forbid+warn"}
-    assert data["witness"] == {"tar_intact": None, "tar_detail": "not observed",
-                               "tar_rc": None}
+    assert data["witnesses"] == {}
     assert row_dict(row, logs_kept=False)["log_dir"] is None
 
 
@@ -154,33 +156,40 @@ def test_rejection_row_is_its_own_kind() -> None:
     assert (data["check"], data["mode"], data["driver"]) == ("rejection", "bogus", "path")
     assert data["libvirt_errors"] == {"defineXML": "invalid multidevs 'bogus'"}
     assert data["backend"] == {"libvirt_version": "9.0.0"}
-    for ids_only in ("host_devices", "guest_collisions", "witness", "denied"):
+    for ids_only in ("host_devices", "guest_collisions", "witnesses", "denied"):
         assert ids_only not in data
     assert data["notes"] == ["libvirt: invalid multidevs 'bogus'"]
 
 
-def test_witness_detail_is_written_out() -> None:
-    from harness.export import HostTruth
-    from harness.observe import GuestObservation
-    from harness.oracle import judge
-
+def _witnessed_row() -> ResultRow:
     verdict = judge(Mode.REMAP, (7, 2, 0), HostTruth(()), GuestObservation(({},), {}, {}), "",
-                    TarWitness(True, True, (), "all 0 files intact"))
-    row = ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
-    assert row_dict(row)["witness"]["tar_detail"] == "all 0 files intact"
+                    (Witness("du", False, "du -ab: counted 0 B of 9 B of files", 1),
+                     Witness.not_run("find", "find: not in the guest image")))
+    return ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
+
+
+def test_each_witness_is_written_out_under_its_tool() -> None:
+    row = _witnessed_row()
+    assert row_dict(row)["witnesses"] == {
+        "du": {"intact": False, "detail": "du -ab: counted 0 B of 9 B of files", "rc": 1},
+        "find": {"intact": None, "detail": "find: not in the guest image", "rc": None},
+    }
+    assert table(_report(row)).splitlines()[2].split()[-3:] == ["1/1", "broken", "FAIL"]
 
 
 def test_readme_documents_every_json_key() -> None:
-    documented = set(re.findall(r"`([a-z_.\[\]]+)`", README.read_text()))
-    report = _report(_row("remap", Status.PASS), _rejection_row(), _ops_row())
+    documented = set(re.findall(r"`([a-z_.<>\[\]]+)`", README.read_text()))
+    report = _report(_row("remap", Status.PASS), _rejection_row(), _ops_row(), _witnessed_row())
     data = to_json(report)
     keys = {k for k in data if k not in ("results", "qemu", "accel", "guest")}
     keys |= set(ENVIRONMENT_KEYS) | {"results[].backend.domain"}
     for row in data["results"]:
         keys |= {f"results[].{k}" for k in row}
-        for nested in ("guest", "witness", "backend", "qemu"):
+        for nested in ("guest", "backend", "qemu"):
             if isinstance(row.get(nested), dict):
                 keys |= {f"results[].{nested}.{k}" for k in row[nested]}
+        for witness in (row.get("witnesses") or {}).values():
+            keys |= {f"results[].witnesses.<tool>.{k}" for k in witness}
         for item in row.get("operations", []):
             keys |= {f"results[].operations[].{k}" for k in item}
     missing = sorted(k for k in keys if k not in documented)
@@ -189,7 +198,7 @@ def test_readme_documents_every_json_key() -> None:
 
 def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
     one = table(_report(_row("remap", Status.PASS)))
-    assert one.splitlines()[0].split() == ["case", "expectation", "observed", "tar", "witness",
+    assert one.splitlines()[0].split() == ["case", "expectation", "observed", "witnesses",
                                            "verdict"]
     other = ResultRow(case="warn", check="ids", via=Via.QEMU, guest=GuestRecord(
         "debian-trixie-x86_64", "6.12.57+deb13-amd64", "warn"),
@@ -205,4 +214,4 @@ def test_ops_row_json_names_every_operation_and_its_result() -> None:
     assert data["operations"] == [{"op": "unlink", "target": "file", "device": 1,
                                    "path": "dev01/ops/file-unlink", "result": 19,
                                    "expected": 19, "ok": True}]
-    assert "tar_rc" not in data and "witness" not in data
+    assert "witnesses" not in data

@@ -1,0 +1,403 @@
+"""The witnesses: the tools people use, run over the export in the guest and checked
+against the host.
+
+Colliding guest ids matter because programs tell files apart by (st_dev, st_ino).
+GNU tar and busybox tar store a second file with a known id as a hard link to the
+first, ``cp -a`` and ``rsync -aH`` link the copies, ``du`` counts the second file as
+already seen, and ``find``/``du`` take a directory whose id equals an ancestor's for
+a file system loop and skip it.  Each witness runs one tool the way a user would,
+over the whole export, and the result is compared with the host truth:
+
+- copying tools (busybox tar, GNU tar, ``cp -a``, ``rsync -aH``): every file of the
+  copy must have its host file's content;
+- listing tools (``find``, ``du -a``): every path must be listed (``du``: one path
+  per hard-linked host file) and ``du``'s total must be the host's.
+
+A tool's non-zero exit status breaks the witness too.  GNU tools come from the guest
+suite's own packages (see the recipe's ``[userland] witnesses``) at ``TOOLS_DIR``;
+a guest image without one reports that witness as not run.
+
+Script and parsing are pure; ``run_witnesses`` is one SSH round trip.
+"""
+
+from __future__ import annotations
+
+import errno
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import GuestOutputError
+from .export import EntryKind, HostTruth
+from .observe import (
+    READ_LIMIT,
+    GuestResult,
+    GuestStat,
+    Shell,
+    encode_paths,
+    parse_read_output,
+    read_command,
+)
+
+TOOLS_DIR = "/opt/mdh/bin"
+_WORK = "/tmp/mdh-witness"
+_ERR_LIMIT = 600  # bytes of a tool's stderr kept (its first complaint is what matters)
+
+
+class Kind(StrEnum):
+    """How a witness's result is compared with the host."""
+
+    COPY = "copy"  # a copy of the export in $W/out, read back file by file
+    LIST = "list"  # NUL-separated paths in $W/list
+    SIZES = "sizes"  # du -0ab: "SIZE<TAB>PATH" NUL-separated in $W/list
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One witness: its name (the JSON key), how it reads in a sentence, and the shell
+    command run with the mount point as cwd ($T: TOOLS_DIR, $W: a fresh work dir)."""
+
+    name: str
+    label: str
+    kind: Kind
+    command: str
+    binary: str | None  # under TOOLS_DIR; None: busybox, always there
+
+
+TOOLS: tuple[Tool, ...] = (
+    Tool("busybox-tar", "busybox tar", Kind.COPY,
+         'tar -cf "$W/a.tar" . && tar -xf "$W/a.tar" -C "$W/out"', None),
+    Tool("tar", "GNU tar", Kind.COPY,
+         '"$T/tar" -cf "$W/a.tar" . && "$T/tar" -xf "$W/a.tar" -C "$W/out"',
+         "tar"),
+    Tool("cp", "cp -a", Kind.COPY, '"$T/cp" -a . "$W/out"', "cp"),
+    Tool("rsync", "rsync -aH", Kind.COPY, '"$T/rsync" -aH ./ "$W/out/"', "rsync"),
+    Tool("du", "du -ab", Kind.SIZES, '"$T/du" -0ab . > "$W/list"', "du"),
+    Tool("find", "find", Kind.LIST, '"$T/find" . -print0 > "$W/list"', "find"),
+)
+TOOL_NAMES = tuple(tool.name for tool in TOOLS)
+
+# Bytes as one line of hex: names may hold newlines, stderr may quote them.
+_HEX_OF = "{0} 2>/dev/null | od -An -v -tx1 | tr -d ' \\n'; echo"
+
+
+# --- the guest side ------------------------------------------------------------------
+
+
+def _tool_lines(tool: Tool, point: str) -> list[str]:
+    body = [
+        # $W/out exists before the tool runs, so a tool that fails early leaves an
+        # empty copy (every file missing), not a read-back of nothing.
+        f'rm -rf "$W"; mkdir -p "$W/out"; (cd {point} && {tool.command}) 2> "$W.err"',
+        'echo "@@RC $?"',
+    ]
+    if tool.kind is Kind.COPY:
+        body += ["echo @@READ", f"{read_command(_WORK + '/out')} < /tmp/mdh-wpaths"]
+    else:
+        body += ["printf '@@LIST '", _HEX_OF.format('cat "$W/list"')]
+    body += ["printf '@@ERR '", _HEX_OF.format(f'head -c {_ERR_LIMIT} "$W.err"')]
+    lines = [f"echo '@@W {tool.name}'"]
+    if tool.binary is None:
+        return lines + body
+    return [*lines, f'if [ -x "$T/{tool.binary}" ]; then', *body, "else echo @@ABSENT; fi"]
+
+
+def witness_script(mount_point: str, tools: Sequence[Tool] = TOOLS) -> str:
+    """The guest shell script: every tool in turn over ``mount_point`` (paths for the
+    read-back on stdin), then the kernel log the tools caused."""
+    point = shlex.quote(mount_point)
+    lines = ["cat > /tmp/mdh-wpaths", f"T={TOOLS_DIR}; W={_WORK}"]
+    for tool in tools:
+        lines += _tool_lines(tool, point)
+    lines += ['rm -rf "$W" "$W.err" /tmp/mdh-wpaths', "echo @@DMESG", "dmesg -c", "echo @@DONE"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What one tool did: exit status, stderr, and the copy read back (COPY) or what
+    it listed (LIST: paths; SIZES: (path, size)); ``rc`` None: not in the image."""
+
+    tool: str
+    rc: int | None
+    stderr: str = ""
+    copied: Mapping[str, bytes | int] | None = None
+    listed: tuple[tuple[str, int | None], ...] | None = None
+
+
+@dataclass(frozen=True)
+class WitnessRuns:
+    """Every tool's run and the kernel log written meanwhile."""
+
+    runs: Mapping[str, ToolRun]
+    dmesg: str
+
+
+def _unhex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise GuestOutputError(f"witness output: {what} is not hex",
+                               details=text[:400]) from None
+
+
+def _relative(raw: bytes) -> str:
+    path = raw.decode("utf-8", "surrogateescape")
+    return "." if path == "." else path.removeprefix("./")
+
+
+def parse_listing(data: bytes, sizes: bool) -> tuple[tuple[str, int | None], ...]:
+    """``find -print0`` (paths) or ``du -0ab`` (``SIZE\\tPATH``) output, paths made
+    relative like the host truth's ("." for the root)."""
+    items: list[tuple[str, int | None]] = []
+    records = data.split(b"\0") if data else []
+    for record in records[:-1] if data.endswith(b"\0") else records:
+        if not sizes:
+            items.append((_relative(record), None))
+            continue
+        size, tab, path = record.partition(b"\t")
+        if not tab or not size.isdigit():
+            raise GuestOutputError(f"du output record is not SIZE<TAB>PATH: {record[:80]!r}")
+        items.append((_relative(path), int(size)))
+    return tuple(items)
+
+
+def _parse_block(block: str, paths: Sequence[str]) -> ToolRun:
+    name, _, rest = block.partition("\n")
+    tool = next((t for t in TOOLS if t.name == name.strip()), None)
+    if tool is None:
+        raise GuestOutputError(f"witness output names an unknown tool {name!r}")
+    if rest.startswith("@@ABSENT"):
+        return ToolRun(tool.name, None)
+    head, _, rest = rest.partition("\n")
+    if not head.startswith("@@RC ") or not head[5:].strip().isdigit():
+        raise GuestOutputError(f"witness {tool.name}: no exit status", details=block[:400])
+    rc = int(head[5:])
+    body, sep, err = rest.rpartition("@@ERR ")
+    if not sep:
+        raise GuestOutputError(f"witness {tool.name}: output ends early", details=block[-400:])
+    stderr = _unhex(err, f"{tool.name}'s stderr").decode(errors="replace")
+    if tool.kind is Kind.COPY:
+        copied = parse_read_output(body.removeprefix("@@READ\n"), paths)
+        return ToolRun(tool.name, rc, stderr, copied=copied)
+    listing = _unhex(body.removeprefix("@@LIST "), f"{tool.name}'s listing")
+    return ToolRun(tool.name, rc, stderr, listed=parse_listing(listing, tool.kind is Kind.SIZES))
+
+
+def parse_witness_output(text: str, paths: Sequence[str]) -> WitnessRuns:
+    """Split the script's output per tool; every tool of TOOLS must be there."""
+    body, sep, tail = text.partition("@@DMESG\n")
+    dmesg, done, _ = tail.partition("@@DONE")
+    if not sep or not done:
+        raise GuestOutputError("witness output has no @@DMESG ... @@DONE", details=text[-400:])
+    runs = {run.tool: run for run in (_parse_block(block, paths)
+                                      for block in body.split("@@W ")[1:])}
+    missing = [name for name in TOOL_NAMES if name not in runs]
+    if missing:
+        raise GuestOutputError(f"witness output lacks {', '.join(missing)}", details=text[-400:])
+    return WitnessRuns(runs, dmesg)
+
+
+def run_witnesses(guest: Shell, mount_point: str, paths: Sequence[str]) -> WitnessRuns:
+    """Run every witness over ``mount_point`` in ``guest`` (``paths``: the host truth's)."""
+    result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point))}",
+                       stdin=encode_paths(paths))
+    text = result.stdout.decode(errors="replace")
+    if "@@DONE" not in text:
+        raise GuestOutputError(f"guest witness script failed (rc {result.rc})",
+                               hint=f"see {guest.console_path}",
+                               details=result.stderr.decode(errors="replace")[-2000:])
+    return parse_witness_output(text, paths)
+
+
+# --- judging ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Witness:
+    """Whether one tool's result matched the host: ``intact`` None when it did not run;
+    ``detail`` is one line saying what went wrong (or what was checked)."""
+
+    tool: str
+    intact: bool | None
+    detail: str
+    rc: int | None = None
+    wrong: tuple[str, ...] = ()
+
+    @property
+    def ran(self) -> bool:
+        return self.intact is not None
+
+    @classmethod
+    def not_run(cls, tool: str, reason: str) -> Witness:
+        """A witness that was skipped, with why."""
+        return cls(tool, None, reason)
+
+
+def _fold(missing: Sequence[str], files: Sequence[str]) -> list[str]:
+    """Missing files, a directory all of whose files are missing standing for them
+    ("'dev01' (all 14 files)")."""
+    gone = set(missing)
+    dirs = sorted({path.rsplit("/", depth)[0] for path in gone
+                   for depth in range(1, path.count("/") + 1)}, key=lambda d: (d.count("/"), d))
+    shown: list[str] = []
+    covered: set[str] = set()
+    for directory in dirs:
+        below = [f for f in files if f.startswith(f"{directory}/")]
+        if below and not covered.issuperset(below) and gone.issuperset(below):
+            covered.update(below)
+            shown.append(f"{directory!r} (all {len(below)} files)" if len(below) > 1
+                         else f"{directory!r} (its one file)")
+    return shown + [repr(path) for path in sorted(gone - covered)]
+
+
+def _first_line(text: str) -> str:
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    return line.strip()[:200]
+
+
+def _exit_text(run: ToolRun) -> str:
+    if run.rc == 0:
+        return ""
+    complaint = _first_line(run.stderr)
+    return f"; exit {run.rc}" + (f": {complaint}" if complaint else "")
+
+
+def _shown(items: Sequence[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _owner_of(truth: HostTruth, content: bytes) -> str | None:
+    """The first host file whose content (prefix) is ``content``."""
+    for entry in truth.entries:
+        if entry.content is not None and entry.content[:READ_LIMIT] == content:
+            return entry.path
+    return None
+
+
+def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun) -> Witness:
+    copied = run.copied or {}
+    files = [e for e in truth.entries if e.kind is EntryKind.FILE and e.content is not None]
+    missing: list[str] = []
+    wrong: dict[str, str] = {}
+    for entry in files:
+        got = copied.get(entry.path)
+        if got == (entry.content or b"")[:READ_LIMIT]:
+            continue
+        if got is None or got == errno.ENOENT:
+            missing.append(entry.path)
+        elif isinstance(got, int):
+            wrong[entry.path] = f"{entry.path!r} unreadable (errno {got})"
+        else:
+            owner = _owner_of(truth, got)
+            wrong[entry.path] = (f"{entry.path!r} has the content of {owner!r}" if owner
+                                 else f"{entry.path!r} has {got[:40]!r}")
+    bad = len(missing) + len(wrong)
+    parts = [_shown(list(wrong.values()))] if wrong else []
+    if missing:
+        parts.append(f"missing {_shown(_fold(missing, [e.path for e in files]))}")
+    intact = bad == 0 and run.rc == 0
+    summary = (f"all {len(files)} files intact" if bad == 0 else
+               f"{bad} of {len(files)} files wrong or missing: {'; '.join(parts)}")
+    return Witness(tool.name, intact, f"{tool.label}: {summary}{_exit_text(run)}", run.rc,
+                   tuple(sorted({*missing, *wrong})))
+
+
+def _expected_groups(truth: HostTruth) -> list[tuple[str, ...]]:
+    """What ``du`` counts once: the paths of each hard-linked host file together, every
+    other path alone (du, like tar, only looks for hard links among files whose
+    st_nlink is above 1: a file reached twice through a bind mount counts twice)."""
+    groups: list[tuple[str, ...]] = []
+    for paths in truth.by_file_id.values():
+        if truth.by_path[paths[0]].nlink > 1 and truth.by_path[paths[0]].kind is not EntryKind.DIR:
+            groups.append(paths)
+        else:
+            groups += [(path,) for path in paths]
+    return groups
+
+
+def _why_missing(truth: HostTruth, path: str, listed: set[str],
+                 ids: Mapping[str, GuestResult]) -> str:
+    """Why a listing tool left ``path`` out, from the guest ids it saw."""
+    mine = ids.get(path)
+    if not isinstance(mine, GuestStat):
+        return "not listed"
+    if mine.is_dir:
+        parts = path.split("/")
+        ancestors = ["/".join(parts[:depth]) or "." for depth in range(len(parts) - 1, -1, -1)]
+        loop = next((a for a in ancestors if isinstance(seen := ids.get(a), GuestStat)
+                     and seen.guest_id == mine.guest_id), None)
+        return f"taken for a loop with {loop!r}" if loop else "not listed"
+    twin = next((p for p in listed if p != path and isinstance(s := ids.get(p), GuestStat)
+                 and s.guest_id == mine.guest_id and truth.by_path[p].file_id
+                 != truth.by_path[path].file_id), None)
+    return f"taken for a hard link of {twin!r}" if twin else "not listed"
+
+
+def _listing_problems(truth: HostTruth, listed: Sequence[str], one_per_file: bool,
+                      ids: Mapping[str, GuestResult]) -> tuple[list[str], list[str]]:
+    """(problems, missing paths) of a listing: ``find`` must print every path, ``du``
+    one path of each hard-linked host file."""
+    got = set(listed)
+    if one_per_file:
+        missing = [path for group in _expected_groups(truth) if got.isdisjoint(group)
+                   for path in group]
+    else:
+        missing = [path for path in truth.paths if path not in got]
+    tops = [p for p in missing if not any(p.startswith(f"{m}/") for m in missing)]
+    problems = []
+    for top in tops:
+        below = sum(1 for p in missing if p.startswith(f"{top}/"))
+        extra = f" (and the {below} paths below)" if below else ""
+        problems.append(f"{top!r} {_why_missing(truth, top, got, ids)}{extra}")
+    if one_per_file:
+        problems += [f"hard links {_shown([repr(p) for p in group])} all counted"
+                     for group in _expected_groups(truth) if len(got.intersection(group)) > 1]
+    problems += [f"{p!r} listed twice" for p in sorted({p for p in listed if listed.count(p) > 1})]
+    problems += [f"{p!r} listed, which the host does not have"
+                 for p in sorted(got - set(truth.paths))]
+    return problems, missing
+
+
+def _listing_witness(tool: Tool, truth: HostTruth, run: ToolRun,
+                     ids: Mapping[str, GuestResult]) -> Witness:
+    sizes = tool.kind is Kind.SIZES
+    listed = [path for path, _ in run.listed or ()]
+    problems, missing = _listing_problems(truth, listed, sizes, ids)
+    if sizes:
+        # Files only: what du makes of a directory's own size differs between coreutils
+        # versions (9.1 adds st_size, 9.7 does not), a file's size does not.
+        files = {p: e.size for p, e in truth.by_path.items() if e.kind is EntryKind.FILE}
+        want = sum(truth.by_path[group[0]].size for group in _expected_groups(truth)
+                   if group[0] in files)
+        counted_sizes = [(path, size) for path, size in run.listed or () if path in files]
+        counted = f"counted {sum(size or 0 for _, size in counted_sizes)} B of {want} B of files"
+        problems += [f"{path!r} counted as {size} B, the host has {files[path]} B"
+                     for path, size in counted_sizes if size != files[path]]
+    else:
+        counted = f"listed {len(set(listed) & set(truth.paths))} of {len(truth.paths)} paths"
+    intact = not problems and run.rc == 0
+    summary = "; ".join([counted, _shown(problems)] if problems else [counted])
+    return Witness(tool.name, intact, f"{tool.label}: {summary}{_exit_text(run)}", run.rc,
+                   tuple(sorted(missing)))
+
+
+def judge_witnesses(truth: HostTruth, runs: WitnessRuns | None,
+                    ids: Mapping[str, GuestResult]) -> tuple[Witness, ...]:
+    """Every tool's witness, in TOOLS order; ``ids``: the guest's first stat pass
+    (which says why a listing tool skipped a path)."""
+    if runs is None:
+        return ()
+    witnesses = []
+    for tool in TOOLS:
+        run = runs.runs[tool.name]
+        if run.rc is None:
+            witnesses.append(Witness.not_run(
+                tool.name, f"{tool.label}: not in the guest image ({TOOLS_DIR}/{tool.binary})"))
+        elif tool.kind is Kind.COPY:
+            witnesses.append(_copy_witness(tool, truth, run))
+        else:
+            witnesses.append(_listing_witness(tool, truth, run, ids))
+    return tuple(witnesses)
