@@ -68,13 +68,35 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
         append=append,
     )
     unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
-    files = layout.files_per_device
     return "\n".join([
         "#!/bin/sh",
         f"# Reproduce multidevs={export.mode.value} by hand: {layout.devices} tmpfs devices in",
         "# one 9p export, files created in the same order on each so inode numbers repeat.",
         "set -eu",
         f'[ "${{1:-}}" = inner ] || exec {unshare} sh "$0" inner',
+        *(_loop_lines(layout) if layout.loop else _standard_lines(layout)),
+        "exec " + shlex.join(argv),
+    ]) + "\n"
+
+
+def _loop_lines(layout: ExportLayout) -> list[str]:
+    """The loop layout (``export._build_loop``): the root holds only dev01, dev01 only
+    sub; both roots one entry, one mtime and inode 1, so their qids match."""
+    return [
+        f"mkdir -p {EXPORT_VAR}",
+        f"mount -t tmpfs tmpfs {EXPORT_VAR}",
+        f"mkdir {EXPORT_VAR}/dev01; mount -t tmpfs tmpfs {EXPORT_VAR}/dev01",
+        f"mkdir {EXPORT_VAR}/dev01/sub",
+        f'i=0; while [ "$i" -lt {layout.files_per_device} ]; do',
+        f'    f=$(printf "file %04d" "$i"); echo "dev01/sub/$f" > "{EXPORT_VAR}/dev01/sub/$f"',
+        '    i=$((i + 1)); done',
+        f"touch -d @{TWIN_EPOCH} {EXPORT_VAR}/dev01 {EXPORT_VAR}",
+    ]
+
+
+def _standard_lines(layout: ExportLayout) -> list[str]:
+    files = layout.files_per_device
+    return [
         populate_function().rstrip(),
         f"mkdir -p {EXPORT_VAR}",
         f"mount -t tmpfs tmpfs {EXPORT_VAR}",
@@ -88,8 +110,7 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
         f'n=0; for d in . $(cd {EXPORT_VAR} && ls -d dev[0-9]* 2>/dev/null); do',
         f'    touch -d @$(({TWIN_EPOCH} + {ROOT_STEP} * (n + 1))) "{EXPORT_VAR}/$d"; '
         'n=$((n + 1)); done',
-        "exec " + shlex.join(argv),
-    ]) + "\n"
+    ]
 
 
 def guest_hint(spec: MachineSpec, export: ExportSpec) -> str:

@@ -62,7 +62,7 @@ def _probe(spec: ExportSpec, export: Export) -> HarmProbe | None:
     are denied) or on a single device (no twins)."""
     if spec.mode is Mode.FORBID:
         return None
-    return harm_probe([device.relpath for device in export.devices])
+    return harm_probe([device.relpath for device in export.devices], export.layout.loop)
 
 
 FAMILIES: dict[str, CheckFamily] = {

@@ -38,6 +38,8 @@ def progress(message: str) -> None:
     print(f"[multidevs-harness] {message}", file=sys.stderr, flush=True)
 
 
+LAYOUTS = ("standard", "loop")
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -123,6 +125,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="host devices in the export (1..128; 1 = control only)")
     run.add_argument("--files", type=_whole_number, default=8, help="files per device")
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
+    _add_layout_option(run)
     run.add_argument("--no-control", action="store_true",
                      help="skip the single-device control guest")
     run.add_argument("--no-witness", action="store_true",
@@ -138,6 +141,24 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for 'git bisect run': pass 0, fail 1, error or "
                      "inconclusive 125 (skip the commit)")
+
+
+def _add_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default=LAYOUTS[0],
+        help="standard: devNN tmpfs mounts with files, hard links and twins; loop: the "
+        "root holds only dev01 and shares its qid under warn (a client with an inode "
+        "cache takes dev01 for its own parent: ELOOP on Linux 6.12); sets --devices 2",
+    )
+
+
+def _layout(args: argparse.Namespace) -> ExportLayout:
+    """The export shape of run and reproduce (``--layout loop`` is two devices)."""
+    if args.layout == "loop":
+        return ExportLayout(devices=2, files_per_device=args.files,
+                            nested=getattr(args, "nested", False), loop=True)
+    return ExportLayout(devices=args.devices, files_per_device=args.files,
+                        nested=getattr(args, "nested", False))
 
 
 def _add_check_option(run: argparse.ArgumentParser) -> None:
@@ -182,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the guest's 9p cache mode (loose shows aliasing under warn)")
     repro.add_argument("--devices", type=_whole_number, default=3)
     repro.add_argument("--files", type=_whole_number, default=8)
+    _add_layout_option(repro)
     return parser
 
 
@@ -303,8 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         modes=parse_modes(args.modes),
         caches=parse_caches(args.cache),
-        layout=ExportLayout(devices=args.devices, files_per_device=args.files,
-                            nested=args.nested),
+        layout=_layout(args),
         qemus=tuple(args.qemu),
         guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
         modules=args.modules,
@@ -340,7 +361,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .results import exit_code
 
     found = reproduce(
-        Mode(args.mode), ExportLayout(devices=args.devices, files_per_device=args.files),
+        Mode(args.mode), _layout(args),
         _setup(args), cache=Cache(args.cache), logs=args.logs, progress=progress,
     )
     verdict = found.row.verdict

@@ -164,8 +164,18 @@ class ExportLayout:
     devices: int = 3
     files_per_device: int = 8
     nested: bool = False
+    # ``--layout loop``: the root tmpfs holds only the mount point dev01, and both
+    # roots get one entry and one mtime, so under warn the root and dev01 share a
+    # qid (type, path and version): a client with an inode cache takes dev01 for
+    # its own parent.  Always two devices, the files in dev01/sub.
+    loop: bool = False
 
     def __post_init__(self) -> None:
+        if self.loop and (self.devices != 2 or self.nested):
+            raise UsageError(
+                "the loop layout is exactly two devices, not nested",
+                hint="--layout loop sets them itself; drop --devices and --nested",
+            )
         if not 1 <= self.devices <= MAX_DEVICES:
             raise UsageError(
                 f"--devices must be between 1 and {MAX_DEVICES}, got {self.devices}",

@@ -489,7 +489,52 @@ def bind_twice(export: Export, source: str, targets: Sequence[str]) -> Iterator[
         yield
 
 
+def _build_loop(stack: ExitStack, problems: list[str], layout: ExportLayout,
+                root: Path) -> Export:
+    """The loop layout (``ExportLayout.loop``): the root holds only dev01, dev01 only
+    ``sub`` with the files; both roots one entry each (same size), one mtime, and
+    inode 1 of their tmpfs, so their qids match under warn."""
+    files = layout.files_per_device
+    root_dev = _mount(stack, problems, root, files)
+    target = root / device_relpath(1, False, 2)
+    target.mkdir(mode=0o755)
+    st_dev = _mount(stack, problems, target, files)
+    sub = target / SUBDIR
+    sub.mkdir(mode=0o755)
+    _populate_files(sub, f"dev01/{SUBDIR}", files)
+    devices = (ExportDevice(0, root, ".", root_dev),
+               ExportDevice(1, target, target.name, st_dev))
+    for device in devices:
+        os.utime(device.path, (TWIN_EPOCH,) * 2)
+    truth = record_truth(root, devices)
+    root_entry, mount_entry = truth.by_path["."], truth.by_path[target.name]
+    if (root_entry.ino, root_entry.size, root_entry.mtime) != (
+            mount_entry.ino, mount_entry.size, mount_entry.mtime):
+        raise ExportError(
+            f"the loop layout's roots differ: root ino/size/mtime {root_entry.ino}/"
+            f"{root_entry.size}/{root_entry.mtime}, dev01 {mount_entry.ino}/"
+            f"{mount_entry.size}/{mount_entry.mtime}",
+            hint="this host's tmpfs numbers or sizes directories differently",
+        )
+    return Export(root=root, layout=layout, devices=devices, truth=truth)
+
+
+def _populate_files(directory: Path, label: str, files: int) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in device_file_names(files):
+            _write_file(name, f"{label}/{name}\n".encode(), dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _build(stack: ExitStack, problems: list[str], layout: ExportLayout, root: Path) -> Export:
+    if layout.loop:
+        try:
+            return _build_loop(stack, problems, layout, root)
+        except OSError as exc:
+            raise ExportError(f"building the loop export under {root} failed: {exc}",
+                              hint="check free memory for tmpfs") from exc
     files = layout.files_per_device
     total = layout.devices + (1 if layout.nested else 0)
     devices: list[ExportDevice] = []

@@ -95,15 +95,18 @@ def _join(relpath: str, name: str) -> str:
     return name if relpath == "." else f"{relpath}/{name}"
 
 
-def harm_probe(device_paths: Sequence[str]) -> HarmProbe | None:
+def harm_probe(device_paths: Sequence[str], loop: bool = False) -> HarmProbe | None:
     """The probe of an export whose devices sit at ``device_paths`` ("." first).
 
     The twins of devices 1 and 2 are compared when there are three or more (two
     device roots alike in all but mtime), else those of devices 0 and 1; a single
-    device has no twins (None).
+    device has no twins (None).  The loop layout has no twins: its pair is the root
+    (the cwd) and dev01, the mount point that shares the root's qid.
     """
     if len(device_paths) < 2:
         return None
+    if loop:
+        return HarmProbe(files=(), dirs=((".", device_paths[1]),))
     first, second = device_paths[1:3] if len(device_paths) >= 3 else device_paths[:2]
 
     def pair(name: str) -> tuple[str, str]:
@@ -183,7 +186,7 @@ def _dir_aliasing(truth: HostTruth, seen: HarmObservation, held: str, other: str
     cwd = seen.cwd.get(held)
     if cwd is None:
         return found, None, f"cwd test in {held!r} did not run"
-    if cwd == f"{mount_point}/{held}":
+    if cwd == (mount_point if held == "." else f"{mount_point}/{held}"):
         return found, False, f"cwd stayed in {held!r} after listing {other!r}"
     return found, True, f"cwd moved from {held!r} to {cwd!r} after listing {other!r}"
 
@@ -259,6 +262,6 @@ def harm_rules(harm: Harm, unique_ids: bool, cache: Cache) -> tuple[list[str], l
             f"{harm.cwd_detail}")
     for error in harm.errors:
         (notes if error[0] in allowed else failures).append(_error_text(*error))
-    if allowed and not harm.aliased and not harm.cwd_moved:
+    if allowed and not harm.aliased and not harm.cwd_moved and not harm.errors:
         notes.append(f"predicted aliasing of {len(allowed)} probed paths did not show")
     return failures, notes

@@ -419,10 +419,16 @@ def _unique_id_failures(
     return failures
 
 
-def _warn_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+def _warn_failures(truth: HostTruth, observation: GuestObservation,
+                   allowed: frozenset[str]) -> list[str]:
+    """warn's rules; ``allowed``: paths whose failed lstat is predicted harm (an inode
+    cache took a directory for its parent: ELOOP), noted by ``_extra`` instead."""
     first = observation.passes[0]
     failures: list[str] = []
-    if not find_collisions(truth, first):
+    # An inode cache that made the colliding paths unreachable (ELOOP) hides the
+    # collision behind worse harm: that counts as having shown it.
+    unreachable = any(isinstance(first.get(path), int) for path in allowed)
+    if not find_collisions(truth, first) and not unreachable:
         failures.append(
             f"expected at least one guest id collision (host inode numbers repeat across "
             f"{truth.device_count} devices), found none"
@@ -436,6 +442,7 @@ def _warn_failures(truth: HostTruth, observation: GuestObservation) -> list[str]
         f"{path!r} is not stat-able in the guest: {_errno_text(result)}"
         for path in truth.paths
         if isinstance(result := first.get(path), int) and result != errno.ENODEV
+        and path not in allowed
     ]
     failures += _capped(others, "unstat-able paths")
     failures += _hard_link_failures(truth, first)
@@ -496,7 +503,7 @@ def _outside_failures(stderr_outside: str) -> list[str]:
 
 def _rule_failures(
     expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
-    witnesses: Sequence[Witness],
+    witnesses: Sequence[Witness], allowed: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The observation rules of one mode (module docstring), as exact failures."""
     failures = _coverage_failures(truth, observation)
@@ -515,7 +522,7 @@ def _rule_failures(
                             "needed to show ids are stable")
         return failures + _unique_id_failures(truth, observation, witnesses)
     if expectation is Expectation.COLLIDE_AND_WARN:
-        return failures + _warn_failures(truth, observation)
+        return failures + _warn_failures(truth, observation, allowed)
     return failures + _forbid_failures(truth, observation)
 
 
@@ -547,25 +554,39 @@ class _Extra:
     failures: tuple[str, ...]
     notes: tuple[str, ...]
     dmesg: tuple[str, ...]
+    # Paths an inode cache may make unreachable here (warn, loose/fscache, predicted).
+    allowed: frozenset[str] = frozenset()
+
+
+def _unreachable_notes(truth: HostTruth, first: Mapping[str, GuestResult],
+                       allowed: frozenset[str]) -> list[str]:
+    return _capped([f"predicted harm: {path!r} is not stat-able: {_errno_text(result)}"
+                    for path in truth.paths if path in allowed
+                    and isinstance(result := first.get(path), int)], "unstat-able paths")
 
 
 def _extra(expectation: Expectation, control: bool, truth: HostTruth, harm: HarmInput | None,
-           dmesg: str, message_printed: bool) -> _Extra:
+           dmesg: str, message_printed: bool, first: Mapping[str, GuestResult]) -> _Extra:
     """Harm (multi-device, not forbid), kernel trouble (every row), and the note that
     a message was already printed by this QEMU for an earlier export."""
     failures: list[str] = []
     notes: list[str] = []
     found = None
+    allowed: frozenset[str] = frozenset()
     if harm is not None and not control and expectation is not Expectation.DENY_FOREIGN:
         unique = expectation is Expectation.UNIQUE_IDS
-        found = assess(truth, harm.probe, harm.seen, harm.mount_point, predict(truth, unique))
+        prediction = predict(truth, unique)
+        found = assess(truth, harm.probe, harm.seen, harm.mount_point, prediction)
         failures, notes = harm_rules(found, unique, harm.cache)
+        if not unique and harm.cache.reuses_inodes:
+            allowed = prediction.may_alias
+            notes += _unreachable_notes(truth, first, allowed)
     kept, trouble = kernel_lines(dmesg)
     failures += [f"the guest kernel is in trouble (dmesg): {line!r}" for line in trouble]
     if message_printed and not control and expectation is not Expectation.UNIQUE_IDS:
         notes.append("message already printed by this QEMU (once per process) for an "
                      "earlier export of this mode")
-    return _Extra(found, tuple(failures), tuple(notes), kept)
+    return _Extra(found, tuple(failures), tuple(notes), kept, allowed)
 
 
 def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
@@ -582,7 +603,10 @@ def _harm_text(harm: Harm | None) -> str:
     if harm is None:
         return ""
     moved = {None: "", True: ", cwd moved", False: ", cwd stayed"}[harm.cwd_moved]
-    return f"; {len({a.path for a in harm.aliased})} aliased{moved}"
+    codes = sorted({errno.errorcode.get(code, str(code)) for _, _, code in harm.errors if code})
+    errors = f", {len(harm.errors)} access error{'s' * (len(harm.errors) != 1)} " \
+        f"({', '.join(codes)})" if codes else ""
+    return f"; {len({a.path for a in harm.aliased})} aliased{errors}{moved}"
 
 
 def judge(
@@ -613,12 +637,13 @@ def judge(
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}
     collisions, denied = find_collisions(truth, first), _denied(truth, first)
-    extra = _extra(expectation, control, truth, harm, dmesg, message_printed)
+    extra = _extra(expectation, control, truth, harm, dmesg, message_printed, first)
     notes = list(extra.notes)
     if not truth.premise_holds:
         status, failures = Status.INCONCLUSIVE, [_premise_failure(truth)]
     else:
-        failures = _rule_failures(expectation, control, truth, observation, witnesses)
+        failures = _rule_failures(expectation, control, truth, observation, witnesses,
+                                  extra.allowed)
         failures += _message_failures(None if control else expectation, messages,
                                       message_printed)
         failures += _outside_failures(stderr_outside)

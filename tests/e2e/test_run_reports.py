@@ -199,3 +199,26 @@ def test_families_show_what_each_mode_does(reports: tuple[Any, Any, Any]) -> Non
         assert bind["guest_collisions"] == 0 and bind["qemu_message"] is None
         seen, _, total = _result(data, f"remount-{mode}")["observed"].partition(" of ")
         assert total.startswith(f"{seen} paths unchanged"), mode
+
+
+def test_loop_layout_gives_eloop_on_6_12_only_where_predicted(tmp_path: Path) -> None:
+    """--layout loop on Debian 13's 6.12: under warn + loose every path below dev01
+    is ELOOP (the predicted harm, noted; the row passes), while warn + none and remap
+    + loose reach everything."""
+    out = tmp_path / "loop.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--accel", "tcg", "--layout", "loop",
+         "--modes", "remap,warn", "--cache", "none,loose", "--checks", "ids", "--no-control",
+         "--no-witness", "--guest", "debian-trixie-x86_64", "--json", str(out)],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert_no_qemu_left()
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    loose = _result(data, "warn+loose")
+    assert {"path": "dev01", "op": "opendir", "errno": 40} in loose["access_errors"]
+    assert any("would have caused loop" in line for line in loose["dmesg"]), loose["dmesg"]
+    assert "predicted harm: 'dev01' is not stat-able: errno 40 (ELOOP)" in loose["notes"]
+    for case in ("warn", "remap", "remap+loose"):
+        row = _result(data, case)
+        assert row["access_errors"] == [] and not any("ELOOP" in n for n in row["notes"]), row

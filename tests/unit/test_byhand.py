@@ -45,3 +45,14 @@ def test_rootless_script_uses_a_user_namespace(tmp_path: Path) -> None:
     spec, export = _spec(tmp_path)
     text = script(spec, export, ExportLayout(devices=2), root=False)
     assert 'exec unshare -Urm sh "$0" inner' in text
+
+
+def test_loop_script_builds_the_loop_layout(tmp_path: Path) -> None:
+    spec, export = _spec(tmp_path)
+    text = script(spec, export, ExportLayout(devices=2, files_per_device=2, loop=True),
+                  root=True)
+    assert f"mkdir {EXPORT_VAR}/dev01/sub" in text and "populate" not in text
+    assert f"touch -d @1700000000 {EXPORT_VAR}/dev01 {EXPORT_VAR}" in text
+    checked = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stderr

@@ -59,7 +59,8 @@ def summary(export):
     }
 
 out = {"kind": str(info.kind)}
-layout = ExportLayout(args["devices"], args["files"], args.get("nested", False))
+layout = ExportLayout(args["devices"], args["files"], args.get("nested", False),
+                      args.get("loop", False))
 root = Path(args["root"]) if args.get("root") else None
 base = Path(args["base"]) if args.get("base") else None
 try:
@@ -179,6 +180,28 @@ def test_nested_device_is_an_extra_device(base: Path) -> None:
     assert table["dev01/nested/file 0000"][1] == table["dev01/file 0000"][1]
     assert table["dev01/nested/link-a"][1] == table["link-a"][1]
     assert result["mounts_after"] == 0
+
+
+@needs_root
+def test_loop_layout_root_and_mount_point_share_a_qid(base: Path) -> None:
+    result = run_child({"devices": 2, "files": 3, "loop": True, "base": str(base)})
+    summary = result["summary"]
+    # The root holds only dev01, dev01 only sub: one entry each, so one size.
+    assert [p for p, *_ in summary["entries"]] == [
+        ".", "dev01", "dev01/sub", "dev01/sub/file 0000", "dev01/sub/file 0001",
+        "dev01/sub/odd\nname"]
+    table = entries(result)
+    assert table["."][1] == table["dev01"][1]  # inode 1 of each tmpfs
+    assert summary["times"]["."] == summary["times"]["dev01"]  # mtime and size
+    assert table["."][0] != table["dev01"][0] and result["mounts_after"] == 0
+
+
+def test_loop_layout_is_two_devices() -> None:
+    from harness.config import ExportLayout
+    from harness.errors import UsageError
+
+    with pytest.raises(UsageError, match="exactly two devices"):
+        ExportLayout(devices=3, loop=True)
 
 
 @needs_root

@@ -27,6 +27,7 @@ from harness.harm import (
 from harness.observe import (
     FileSeen,
     GuestObservation,
+    GuestResult,
     GuestStat,
     HarmObservation,
     parse_harm_output,
@@ -264,3 +265,53 @@ def test_reproduce_text_names_the_aliased_paths_and_the_commands() -> None:
     assert "'dev02/twin-same': lock identity from 'dev01/twin-same'" in text
     assert "cwd moved from 'dev01/twin-dir'" in text
     assert "cd dev01/twin-dir; ls ../../dev02/twin-dir; readlink /proc/self/cwd" in text
+
+
+# --- the loop layout: a mount point that shares its parent's qid ----------------------
+
+LOOP = HostTruth((_dir(".", 100, 1, 0, T), _dir("dev01", 200, 1, 1, T),
+                  _file("dev01/f", 200, 2, 1, T)))
+LOOP_PROBE = HarmProbe(files=(), dirs=((".", "dev01"),))
+
+
+def test_loop_probe_holds_the_root_and_lists_the_mount_point() -> None:
+    assert harm_probe([".", "dev01"], loop=True) == LOOP_PROBE
+    assert predict(LOOP, remapped=False).colliding == ((".", "dev01"),)
+
+
+def _judge_loop(mode: Mode, cache: Cache, eloop: bool) -> tuple[Status, tuple[str, ...]]:
+    """6.12 with an inode cache: everything under dev01 gives ELOOP (or, ``eloop``
+    False, every path stats as QEMU passed it through)."""
+    stats: dict[str, GuestResult] = {e.path: GuestStat(
+        50, e.ino, e.nlink, 0o040755 if e.kind is EntryKind.DIR else 0o100644)
+        for e in LOOP.entries}
+    errors: tuple[tuple[str, str, int], ...] = ()
+    if eloop:
+        stats.update({"dev01": errno.ELOOP, "dev01/f": errno.ELOOP})
+        errors = (("dev01", "opendir", errno.ELOOP),)
+    seen = HarmObservation({}, {} if eloop else {"dev01": ("f",)}, {".": MOUNT},
+                           {".": ("dev01",)}, errors)
+    warning = "qemu: warning: 9p: Multiple devices detected in same VirtFS export, which " \
+        "might lead to file ID collisions"
+    verdict = judge(mode, (9, 2, 0), LOOP, GuestObservation((stats, stats), {}, {}),
+                    warning if mode is Mode.WARN else "",
+                    harm=HarmInput(LOOP_PROBE, seen, MOUNT, cache))
+    return verdict.status, verdict.failures + verdict.notes
+
+
+def test_eloop_is_the_predicted_harm_of_warn_with_an_inode_cache() -> None:
+    status, lines = _judge_loop(Mode.WARN, Cache.LOOSE, eloop=True)
+    assert status is Status.PASS, lines
+    assert "predicted harm: 'dev01/f' is not stat-able: errno 40 (ELOOP)" in lines
+    # No collision could be seen (dev01 is unreachable): the ELOOP stands for it.
+    assert not any("expected at least one guest id collision" in line for line in lines)
+    assert _judge_loop(Mode.WARN, Cache.LOOSE, eloop=False)[0] is Status.PASS
+
+
+def test_eloop_fails_without_an_inode_cache_and_under_remap() -> None:
+    status, lines = _judge_loop(Mode.WARN, Cache.NONE, eloop=True)
+    assert status is Status.FAIL
+    assert "'dev01/f' is not stat-able in the guest: errno 40 (ELOOP)" in lines
+    status, lines = _judge_loop(Mode.REMAP, Cache.LOOSE, eloop=True)
+    assert status is Status.FAIL
+    assert "opendir of 'dev01' failed: errno 40 (ELOOP)" in lines
