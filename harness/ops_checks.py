@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from .agent_ops import (
@@ -21,12 +22,14 @@ from .agent_ops import (
     ops_command,
     parse_ops_output,
 )
-from .config import ExportSpec
+from .config import Cache, ExportSpec
 from .errors import GuestOutputError
-from .export import Export
+from .export import TWIN_SAME, Export
 from .family import CheckFamily, Judging, Observation
 from .guest import Guest
+from .harm import qid
 from .ops_oracle import (
+    TWIN_TARGET,
     CrossSeen,
     OpCase,
     OperationsSeen,
@@ -222,9 +225,19 @@ def _lay_cross(export: Export) -> tuple[list[OpCase], dict[str, str]]:
     dest = f"{foreign}/{XDEV_DIR}"
     cases = [OpCase("rename", "file", 0, f"{XDEV_DIR}/rename-file", f"{dest}/rename-file"),
              OpCase("link", "file", 0, f"{XDEV_DIR}/link-file", f"{dest}/link-file"),
-             OpCase("rename", "dir", 0, f"{XDEV_DIR}/rename-dir", f"{dest}/rename-dir")]
+             OpCase("rename", "dir", 0, f"{XDEV_DIR}/rename-dir", f"{dest}/rename-dir"),
+             # Onto an existing file that shares the source's qid under warn.
+             OpCase("rename", TWIN_TARGET, 0, TWIN_SAME, f"{foreign}/{TWIN_SAME}")]
     moves = {f"{XDEV_DIR}/{name}": f"{dest}/{name}" for name in _MOVES}
     return cases, moves
+
+
+def _cross_state(root: Path, tops: Sequence[str], twins: Sequence[str]
+                 ) -> dict[str, bytes | None]:
+    """The host side of the cross-device cases: both trees and both twins."""
+    state = {k: v for top in tops for k, v in host_tree(root, top).items()}
+    state.update({twin: (root / twin).read_bytes() for twin in twins if (root / twin).exists()})
+    return state
 
 
 class CrossDeviceCheck:
@@ -237,7 +250,8 @@ class CrossDeviceCheck:
         cases, moves = _lay_cross(export)
         foreign = export.devices[1].relpath
         tops = (XDEV_DIR, f"{foreign}/{XDEV_DIR}")
-        before = {k: v for top in tops for k, v in host_tree(export.root, top).items()}
+        twins = (TWIN_SAME, f"{foreign}/{TWIN_SAME}")
+        before = _cross_state(export.root, tops, twins)
         point = shlex.quote(spec.mount_point)
         # busybox mv falls back to copy + unlink on EXDEV; its exit status is the outcome.
         mv = "".join(f"(cd {point} && mv {shlex.quote(src)} {shlex.quote(dst.rpartition('/')[0])}"
@@ -254,9 +268,11 @@ class CrossDeviceCheck:
                                        details=text[-2000:])
             raw.append((OpCase("mv", kind, 0, f"{XDEV_DIR}/{name}", moves[f"{XDEV_DIR}/{name}"]),
                         int(status)))
-        after = {k: v for top in tops for k, v in host_tree(export.root, top).items()}
+        after = _cross_state(export.root, tops, twins)
+        share = len({qid(export.truth.by_path[p], remapped=False) for p in twins}) == 1
         return Observation(CrossSeen(tuple(raw), before, after, moves,
-                                     export.truth.device_count))
+                                     export.truth.device_count,
+                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes))
 
     def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
         seen = observation.data

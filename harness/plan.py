@@ -34,6 +34,10 @@ DEFAULT_CHECKS = CHECKS
 # most once, no other" (runtime_mount: none at all once its device is added), and
 # the ids row before them holds the exactly-once rule.
 _TRAILING = ("operations", "cross_device", "runtime_mount", "remount")
+# Families that also get one export per inode-caching cache mode of the run (loose,
+# fscache): cross_device, whose rename between twins that share a guest inode is a
+# silent no-op there.
+CACHED_FAMILIES = ("cross_device",)
 # Two devices: the root one and one foreign; two files each keep the mounts cheap.
 _FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
 # bind's export is one device whatever the mode, so it must say nothing; that is
@@ -159,9 +163,16 @@ def plan_guests(
     return guests
 
 
-def family_row(check: str, mode: Mode) -> str:
-    """The result row name of family ``check`` on ``mode`` (``operations-forbid``)."""
-    return f"{check}-{mode.value}"
+def family_row(check: str, mode: Mode, cache: Cache = Cache.NONE) -> str:
+    """The result row name of family ``check`` on ``mode`` (``operations-forbid``,
+    ``cross_device-warn+loose``)."""
+    return f"{check}-{row_name(mode, cache)}"
+
+
+def _family_caches(check: str, caches: Sequence[Cache]) -> list[Cache]:
+    """cache=none, then (CACHED_FAMILIES only) every cache mode that reuses inodes."""
+    extra = [c for c in caches if c.reuses_inodes] if check in CACHED_FAMILIES else []
+    return [Cache.NONE, *extra]
 
 
 def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
@@ -177,12 +188,15 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
     """
     controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
     others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
+    caches = list(dict.fromkeys(Cache(e.cache) for e in others))
     # One family export per mode, however many cache exports the mode has.
     modes = list(dict.fromkeys(e.mode for e in others if e.layout.devices > 1))
     binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND)
              for e in controls] if BIND in checks else []
-    extra = [ExportPlan(family_row(check, mode), mode, _FAMILY_LAYOUT, check)
-             for check in _TRAILING if check in checks for mode in modes]
+    extra = [ExportPlan(family_row(check, mode, cache), mode, _FAMILY_LAYOUT, check,
+                        cache=cache.value)
+             for check in _TRAILING if check in checks for mode in modes
+             for cache in _family_caches(check, caches)]
     if IDS not in checks:
         controls, others = [], []
     return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
@@ -216,7 +230,8 @@ def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> 
     """
     names = [row_name(m, c) for m in modes for c in caches]
     names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
-    names += [family_row(check, m) for check in CHECKS if check != IDS for m in modes]
+    names += [family_row(check, m, c) for check in CHECKS if check != IDS for m in modes
+              for c in _family_caches(check, caches)]
     return {name: i for i, name in enumerate(names)}
 
 

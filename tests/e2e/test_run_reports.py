@@ -189,8 +189,14 @@ def test_families_show_what_each_mode_does(reports: tuple[Any, Any, Any]) -> Non
     for mode, errno_, mv in (("remap", 18, 0), ("warn", 18, 0), ("forbid", 19, 1)):
         row = _result(data, f"cross_device-{mode}")
         steps = [(o["op"], o["result"]) for o in row["operations"]]
-        assert steps == [("rename", errno_), ("link", errno_), ("rename", errno_), ("mv", mv),
-                         ("mv", mv)], mode
+        assert steps == [("rename", errno_), ("link", errno_), ("rename", errno_),
+                         ("rename", errno_), ("mv", mv), ("mv", mv)], mode
+    # With an inode cache, warn's rename between twins (one guest inode) is a silent
+    # no-op: 0, the host unchanged; remap's stays EXDEV.
+    for case, result in (("warn+loose", 0), ("remap+loose", 18), ("forbid+loose", 19)):
+        row = _result(data, f"cross_device-{case}")
+        twin = [o["result"] for o in row["operations"] if o["target"] == "twin"]
+        assert twin == [result] and row["status"] == "pass", row
     assert _result(data, "runtime_mount-remap")["observed"].endswith(" 0 collisions")
     assert not _result(data, "runtime_mount-warn")["observed"].endswith(" 0 collisions")
     assert _result(data, "runtime_mount-forbid")["observed"].startswith("0 of ")

@@ -10,6 +10,7 @@ import pytest
 from harness.config import Mode
 from harness.ops_checks import operation_cases
 from harness.ops_oracle import (
+    TWIN_TARGET,
     CrossSeen,
     OpCase,
     OperationsSeen,
@@ -194,3 +195,38 @@ def test_forbid_wants_enodev_a_failing_mv_and_an_untouched_host() -> None:
         "mv on file 'xdev/mv-file' (the root device) gave exit status 0, expected a "
         "non-zero exit status")
     assert "host lost 'xdev/mv-file'" in verdict.failures
+
+
+# --- the twin rename: a silent no-op when the guest takes both names for one inode ----
+
+TWIN = OpCase("rename", TWIN_TARGET, 0, "twin-same", "dev01/twin-same")
+TWINS: dict[str, bytes | None] = {"twin-same": b"dev00\n", "dev01/twin-same": b"dev01\n"}
+
+
+def _twin(result: int, aliasable: bool, after: dict[str, bytes | None] | None = None,
+          mode: Mode = Mode.WARN) -> tuple[bool, tuple[str, ...]]:
+    seen = CrossSeen(((TWIN, result),), TWINS, TWINS if after is None else after, {}, 2,
+                     twins_may_alias=aliasable)
+    verdict = judge_cross_device(mode, V7, seen, WARNING if mode is Mode.WARN else "", "")
+    return verdict.passed, verdict.failures + verdict.notes
+
+
+def test_warn_with_an_inode_cache_records_the_no_op_rename() -> None:
+    passed, lines = _twin(0, aliasable=True)
+    assert passed, lines
+    assert lines == ("predicted harm: rename('twin-same', 'dev01/twin-same') returned 0 and "
+                     "moved nothing: the guest took both names for one inode",)
+    passed, lines = _twin(errno.EXDEV, aliasable=True)
+    assert passed and lines == ("predicted no-op rename between twins did not show (EXDEV)",)
+
+
+def test_a_no_op_rename_fails_where_no_inode_may_be_shared() -> None:
+    assert not _twin(0, aliasable=False)[0]  # warn, cache=none
+    assert not _twin(0, aliasable=True, mode=Mode.REMAP)[0]
+
+
+def test_a_twin_rename_that_changed_the_host_fails_even_when_predicted() -> None:
+    moved = {"dev01/twin-same": b"dev00\n"}
+    passed, lines = _twin(0, aliasable=True, after=moved)
+    assert not passed
+    assert "host lost 'twin-same'" in lines
