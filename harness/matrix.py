@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -143,7 +143,10 @@ def _observe(
     try:
         for item, export, spec in exports:
             before = len(guest.stderr_text())
-            seen = FAMILIES[item.check].observe(guest, spec, export, run.options)
+            options = run.options
+            if not item.witness:
+                options = replace(options, witness=False)
+            seen = FAMILIES[item.check].observe(guest, spec, export, options)
             observed.append(Observed(item, export, spec, seen,
                                      slice(before, len(guest.stderr_text()))))
     except HarnessError as exc:

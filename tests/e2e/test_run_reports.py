@@ -159,7 +159,7 @@ def test_the_cache_axis_shows_the_harm_where_it_belongs(reports: tuple[Any, Any,
         row = _result(data, case)
         assert row["aliased"] == [] and row["cwd_moved"] is False, row
         assert row["access_errors"] == [], row
-    for case in ("remap", "remap+loose", "control-warn", "control-default"):
+    for case in ("remap", "remap+loose", "control-remap"):
         witnesses = _result(data, case)["witnesses"]
         assert len(witnesses) == 6 and all(w["intact"] for w in witnesses.values()), witnesses
     loose = _result(data, "warn+loose")

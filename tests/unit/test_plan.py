@@ -182,3 +182,22 @@ def test_families_join_once_per_mode_whatever_its_cache_exports() -> None:
     plans = plan_guests((Mode.WARN,), LAYOUT, False, caches=(Cache.NONE, Cache.LOOSE))
     rows = [e.row for e in apply_checks(plans[0], DEFAULT_CHECKS).exports]
     assert rows.count("operations-warn") == 1 and rows[:2] == ["warn", "warn+loose"]
+
+
+def test_cross_device_gets_a_row_per_inode_caching_cache_mode() -> None:
+    plans = plan_guests((Mode.WARN,), LAYOUT, False,
+                        caches=(Cache.NONE, Cache.MMAP, Cache.LOOSE, Cache.FSCACHE))
+    exports = apply_checks(plans[0], ("cross_device",)).exports
+    assert [(e.row, e.cache) for e in exports] == [
+        ("cross_device-warn", "none"), ("cross_device-warn+loose", "loose"),
+        ("cross_device-warn+fscache", "fscache")]
+    rank = row_rank((Mode.WARN,), (Cache.NONE, Cache.LOOSE))
+    assert rank["cross_device-warn"] < rank["cross_device-warn+loose"] < rank["runtime_mount-warn"]
+
+
+def test_witnesses_run_where_their_verdict_says_something() -> None:
+    plans = plan_guests(ALL_MODES, LAYOUT, True, caches=(Cache.NONE, Cache.LOOSE))
+    witnessed = {e.row for g in plans for e in g.exports if e.witness}
+    # Not forbid (every tool just fails there), one control (all controls are alike).
+    assert witnessed == {"remap", "remap+loose", "warn", "warn+loose", "default",
+                         "default+loose", "control-remap"}
