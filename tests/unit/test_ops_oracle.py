@@ -226,7 +226,7 @@ def test_a_no_op_rename_fails_where_no_inode_may_be_shared() -> None:
 
 
 def test_a_twin_rename_that_changed_the_host_fails_even_when_predicted() -> None:
-    moved = {"dev01/twin-same": b"dev00\n"}
+    moved: dict[str, bytes | None] = {"dev01/twin-same": b"dev00\n"}
     passed, lines = _twin(0, aliasable=True, after=moved)
     assert not passed
     assert "host lost 'twin-same'" in lines
