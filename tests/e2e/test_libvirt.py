@@ -229,6 +229,7 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     rows = {row_name(m, c) for m in ALL_MODES for c in DEFAULT_CACHES}
     # runtime_mount and bind need host mounts QEMU's own namespace would never see.
     families = {f"{c}-{m}" for c in ("operations", "cross_device", "remount") for m in modes}
+    families |= {f"cross_device-{m}+loose" for m in modes}  # one per inode-caching cache
     assert cases == rows | {f"control-{m}" for m in modes} | families | {
         "reject-virtiofs-multidevs", "reject-invalid-multidevs"}
     assert all(r["passed"] for r in run.report["results"]), run.stdout
@@ -245,9 +246,9 @@ def test_generated_command_line_carries_the_mode(libvirt_run: LibvirtRun) -> Non
     for mode in ALL_MODES:
         command = libvirt_run.result(mode.value)["qemu_command"]
         fsdevs = [arg for arg in command.split() if arg.startswith("local,")]
-        # One ids device per cache mode, and the mode's operations, cross_device and
-        # remount exports.
-        assert len(fsdevs) == len(DEFAULT_CACHES) + 3, command
+        # One ids device per cache mode, and the mode's operations, cross_device (one
+        # per cache mode: none, loose) and remount exports.
+        assert len(fsdevs) == len(DEFAULT_CACHES) + 4, command
         for fsdev in fsdevs:
             if mode is Mode.DEFAULT:
                 assert "multidevs=" not in fsdev
