@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import errno
 import shlex
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from .errors import GuestOutputError
 from .export import EntryKind, HostTruth
+from .initramfs import TOOLS_DIR as IMAGE_TOOLS_DIR
 from .observe import (
     READ_LIMIT,
     GuestResult,
@@ -40,7 +42,8 @@ from .observe import (
     read_command,
 )
 
-TOOLS_DIR = "/opt/mdh/bin"
+# Where the image puts the tools (``initramfs.TOOLS_DIR``), as the guest sees it.
+TOOLS_DIR = f"/{IMAGE_TOOLS_DIR}"
 _WORK = "/tmp/mdh-witness"
 _ERR_LIMIT = 600  # bytes of a tool's stderr kept (its first complaint is what matters)
 
@@ -103,12 +106,12 @@ def _tool_lines(tool: Tool, point: str) -> list[str]:
     return [*lines, f'if [ -x "$T/{tool.binary}" ]; then', *body, "else echo @@ABSENT; fi"]
 
 
-def witness_script(mount_point: str, tools: Sequence[Tool] = TOOLS) -> str:
+def witness_script(mount_point: str) -> str:
     """The guest shell script: every tool in turn over ``mount_point`` (paths for the
     read-back on stdin), then the kernel log the tools caused."""
     point = shlex.quote(mount_point)
     lines = ["cat > /tmp/mdh-wpaths", f"T={TOOLS_DIR}; W={_WORK}"]
-    for tool in tools:
+    for tool in TOOLS:
         lines += _tool_lines(tool, point)
     lines += ['rm -rf "$W" "$W.err" /tmp/mdh-wpaths', "echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
@@ -235,21 +238,23 @@ class Witness:
         return cls(tool, None, reason)
 
 
+def _dirs_above(path: str) -> list[str]:
+    """The directories ``path`` lies in, nearest first, "." (the root) not included."""
+    parts = path.split("/")
+    return ["/".join(parts[:depth]) for depth in range(len(parts) - 1, 0, -1)]
+
+
 def _fold(missing: Sequence[str], files: Sequence[str]) -> list[str]:
     """Missing files, a directory all of whose files are missing standing for them
     ("'dev01' (all 14 files)")."""
-    gone = set(missing)
-    dirs = sorted({path.rsplit("/", depth)[0] for path in gone
-                   for depth in range(1, path.count("/") + 1)}, key=lambda d: (d.count("/"), d))
-    shown: list[str] = []
-    covered: set[str] = set()
-    for directory in dirs:
-        below = [f for f in files if f.startswith(f"{directory}/")]
-        if below and not covered.issuperset(below) and gone.issuperset(below):
-            covered.update(below)
-            shown.append(f"{directory!r} (all {len(below)} files)" if len(below) > 1
-                         else f"{directory!r} (its one file)")
-    return shown + [repr(path) for path in sorted(gone - covered)]
+    total = Counter(d for f in files for d in _dirs_above(f))
+    lost = Counter(d for f in missing for d in _dirs_above(f))
+    whole = {d for d, count in lost.items() if count == total[d]}
+    tops = sorted((d for d in whole if whole.isdisjoint(_dirs_above(d))),
+                  key=lambda d: (d.count("/"), d))
+    shown = [f"{d!r} (all {total[d]} files)" if total[d] > 1 else f"{d!r} (its one file)"
+             for d in tops]
+    return shown + [repr(p) for p in sorted(missing) if whole.isdisjoint(_dirs_above(p))]
 
 
 def _first_line(text: str) -> str:
@@ -269,15 +274,17 @@ def _shown(items: Sequence[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def _owner_of(truth: HostTruth, content: bytes) -> str | None:
-    """The first host file whose content (prefix) is ``content``."""
+def _owners(truth: HostTruth) -> dict[bytes, str]:
+    """Content (the prefix the agent reads) -> the first host file that has it."""
+    owners: dict[bytes, str] = {}
     for entry in truth.entries:
-        if entry.content is not None and entry.content[:READ_LIMIT] == content:
-            return entry.path
-    return None
+        if entry.content is not None:
+            owners.setdefault(entry.content[:READ_LIMIT], entry.path)
+    return owners
 
 
-def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun) -> Witness:
+def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun,
+                  owners: Mapping[bytes, str]) -> Witness:
     copied = run.copied or {}
     files = [e for e in truth.entries if e.kind is EntryKind.FILE and e.content is not None]
     missing: list[str] = []
@@ -291,7 +298,7 @@ def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun) -> Witness:
         elif isinstance(got, int):
             wrong[entry.path] = f"{entry.path!r} unreadable (errno {got})"
         else:
-            owner = _owner_of(truth, got)
+            owner = owners.get(got)
             wrong[entry.path] = (f"{entry.path!r} has the content of {owner!r}" if owner
                                  else f"{entry.path!r} has {got[:40]!r}")
     bad = len(missing) + len(wrong)
@@ -318,44 +325,54 @@ def _expected_groups(truth: HostTruth) -> list[tuple[str, ...]]:
     return groups
 
 
-def _why_missing(truth: HostTruth, path: str, listed: set[str],
-                 ids: Mapping[str, GuestResult]) -> str:
+def _listed_ids(truth: HostTruth, listed: set[str], ids: Mapping[str, GuestResult]
+                ) -> dict[tuple[int, int], list[str]]:
+    """Guest id -> the listed paths that had it, in host truth order."""
+    index: dict[tuple[int, int], list[str]] = {}
+    for path in truth.paths:
+        if path in listed and isinstance(seen := ids.get(path), GuestStat):
+            index.setdefault(seen.guest_id, []).append(path)
+    return index
+
+
+def _why_missing(truth: HostTruth, path: str, ids: Mapping[str, GuestResult],
+                 listed_ids: Mapping[tuple[int, int], list[str]]) -> str:
     """Why a listing tool left ``path`` out, from the guest ids it saw."""
     mine = ids.get(path)
     if not isinstance(mine, GuestStat):
         return "not listed"
     if mine.is_dir:
-        parts = path.split("/")
-        ancestors = ["/".join(parts[:depth]) or "." for depth in range(len(parts) - 1, -1, -1)]
-        loop = next((a for a in ancestors if isinstance(seen := ids.get(a), GuestStat)
+        loop = next((a for a in (*_dirs_above(path), ".")
+                     if isinstance(seen := ids.get(a), GuestStat)
                      and seen.guest_id == mine.guest_id), None)
         return f"taken for a loop with {loop!r}" if loop else "not listed"
-    twin = next((p for p in listed if p != path and isinstance(s := ids.get(p), GuestStat)
-                 and s.guest_id == mine.guest_id and truth.by_path[p].file_id
-                 != truth.by_path[path].file_id), None)
+    host = truth.by_path[path].file_id
+    twin = next((p for p in listed_ids.get(mine.guest_id, ())
+                 if truth.by_path[p].file_id != host), None)
     return f"taken for a hard link of {twin!r}" if twin else "not listed"
 
 
-def _listing_problems(truth: HostTruth, listed: Sequence[str], one_per_file: bool,
+def _listing_problems(truth: HostTruth, listed: Sequence[str],
+                      groups: Sequence[tuple[str, ...]] | None,
                       ids: Mapping[str, GuestResult]) -> tuple[list[str], list[str]]:
-    """(problems, missing paths) of a listing: ``find`` must print every path, ``du``
-    one path of each hard-linked host file."""
+    """(problems, missing paths) of a listing: ``find`` (``groups`` None) must print
+    every path, ``du`` one path of each of ``groups`` (``_expected_groups``)."""
     got = set(listed)
-    if one_per_file:
-        missing = [path for group in _expected_groups(truth) if got.isdisjoint(group)
-                   for path in group]
+    if groups is not None:
+        missing = [path for group in groups if got.isdisjoint(group) for path in group]
     else:
         missing = [path for path in truth.paths if path not in got]
-    tops = [p for p in missing if not any(p.startswith(f"{m}/") for m in missing)]
+    gone = set(missing)
+    tops = [p for p in missing if gone.isdisjoint(_dirs_above(p))]
+    below = Counter(top for p in missing for top in _dirs_above(p) if top in gone)
+    listed_ids = _listed_ids(truth, got, ids)
     problems = []
     for top in tops:
-        below = sum(1 for p in missing if p.startswith(f"{top}/"))
-        extra = f" (and the {below} paths below)" if below else ""
-        problems.append(f"{top!r} {_why_missing(truth, top, got, ids)}{extra}")
-    if one_per_file:
-        problems += [f"hard links {_shown([repr(p) for p in group])} all counted"
-                     for group in _expected_groups(truth) if len(got.intersection(group)) > 1]
-    problems += [f"{p!r} listed twice" for p in sorted({p for p in listed if listed.count(p) > 1})]
+        extra = f" (and the {below[top]} paths below)" if below[top] else ""
+        problems.append(f"{top!r} {_why_missing(truth, top, ids, listed_ids)}{extra}")
+    problems += [f"hard links {_shown([repr(p) for p in group])} all counted"
+                 for group in groups or () if len(got.intersection(group)) > 1]
+    problems += [f"{p!r} listed twice" for p, n in sorted(Counter(listed).items()) if n > 1]
     problems += [f"{p!r} listed, which the host does not have"
                  for p in sorted(got - set(truth.paths))]
     return problems, missing
@@ -363,15 +380,14 @@ def _listing_problems(truth: HostTruth, listed: Sequence[str], one_per_file: boo
 
 def _listing_witness(tool: Tool, truth: HostTruth, run: ToolRun,
                      ids: Mapping[str, GuestResult]) -> Witness:
-    sizes = tool.kind is Kind.SIZES
+    groups = _expected_groups(truth) if tool.kind is Kind.SIZES else None
     listed = [path for path, _ in run.listed or ()]
-    problems, missing = _listing_problems(truth, listed, sizes, ids)
-    if sizes:
+    problems, missing = _listing_problems(truth, listed, groups, ids)
+    if groups is not None:
         # Files only: what du makes of a directory's own size differs between coreutils
         # versions (9.1 adds st_size, 9.7 does not), a file's size does not.
         files = {p: e.size for p, e in truth.by_path.items() if e.kind is EntryKind.FILE}
-        want = sum(truth.by_path[group[0]].size for group in _expected_groups(truth)
-                   if group[0] in files)
+        want = sum(truth.by_path[group[0]].size for group in groups if group[0] in files)
         counted_sizes = [(path, size) for path, size in run.listed or () if path in files]
         counted = f"counted {sum(size or 0 for _, size in counted_sizes)} B of {want} B of files"
         problems += [f"{path!r} counted as {size} B, the host has {files[path]} B"
@@ -390,6 +406,7 @@ def judge_witnesses(truth: HostTruth, runs: WitnessRuns | None,
     (which says why a listing tool skipped a path)."""
     if runs is None:
         return ()
+    owners = _owners(truth)
     witnesses = []
     for tool in TOOLS:
         run = runs.runs[tool.name]
@@ -397,7 +414,7 @@ def judge_witnesses(truth: HostTruth, runs: WitnessRuns | None,
             witnesses.append(Witness.not_run(
                 tool.name, f"{tool.label}: not in the guest image ({TOOLS_DIR}/{tool.binary})"))
         elif tool.kind is Kind.COPY:
-            witnesses.append(_copy_witness(tool, truth, run))
+            witnesses.append(_copy_witness(tool, truth, run, owners))
         else:
             witnesses.append(_listing_witness(tool, truth, run, ids))
     return tuple(witnesses)
