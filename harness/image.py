@@ -465,20 +465,13 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
         busybox=busybox.read_bytes(),
         applets=applets,
         dropbear=(recipe.dropbear, resolve_in_tree(userland, recipe.dropbear).read_bytes()),
-        libraries=_libraries(userland, (recipe.dropbear, *recipe.witness_tools.values())),
+        libraries=library_closure(userland, recipe.dropbear, *recipe.witness_tools.values()),
         tools={f"{TOOLS_DIR}/{name}": resolve_in_tree(userland, path)
                for name, path in recipe.witness_tools.items()},
         agent=agent.read_bytes(),
         keys=keys,
         modules=[(name, tree.plain(name)) for name in order],
     )
-
-
-def _libraries(userland: Path, binaries: Sequence[str]) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for binary in binaries:
-        found.update(library_closure(userland, binary))
-    return found
 
 
 # --- listing ------------------------------------------------------------------------------

@@ -127,15 +127,18 @@ def resolve_in_tree(root: Path, path: str) -> Path:
     raise ImageBuildError(f"{path} is not in the unpacked guest packages ({root})")
 
 
-def library_closure(root: Path, binary: str) -> dict[str, Path]:
-    """Guest path -> file in ``root`` for the interpreter and every library ``binary`` loads.
+def library_closure(root: Path, *binaries: str) -> dict[str, Path]:
+    """Guest path -> file in ``root`` for the interpreter and every library ``binaries``
+    load.
 
-    Follows DT_NEEDED transitively, looking in the directories glibc searches.
+    Follows DT_NEEDED transitively, looking in the directories glibc searches; one walk
+    for all of them, so a library several binaries need is read once.
     """
     found: dict[str, Path] = {}
-    pending = [binary]
+    pending = list(binaries)
     while pending:
-        info = dynamic_info(resolve_in_tree(root, pending.pop()).read_bytes(), binary)
+        path = pending.pop()
+        info = dynamic_info(resolve_in_tree(root, path).read_bytes(), path)
         if info.interpreter and info.interpreter not in found:
             found[info.interpreter] = resolve_in_tree(root, info.interpreter)
         for name in info.needed:
