@@ -154,11 +154,9 @@ def _add_layout_option(parser: argparse.ArgumentParser) -> None:
 
 def _layout(args: argparse.Namespace) -> ExportLayout:
     """The export shape of run and reproduce (``--layout loop`` is two devices)."""
-    if args.layout == "loop":
-        return ExportLayout(devices=2, files_per_device=args.files,
-                            nested=getattr(args, "nested", False), loop=True)
-    return ExportLayout(devices=args.devices, files_per_device=args.files,
-                        nested=getattr(args, "nested", False))
+    loop = args.layout == "loop"
+    return ExportLayout(devices=2 if loop else args.devices, files_per_device=args.files,
+                        nested=getattr(args, "nested", False), loop=loop)
 
 
 def _add_check_option(run: argparse.ArgumentParser) -> None:

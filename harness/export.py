@@ -220,11 +220,9 @@ def _populate(directory: Path, relpath: str, files: int, index: int = 0) -> None
     """Fill one device; the same calls in the same order on every device, so inode
     numbers line up across devices."""
     label = _label(relpath)
-    # dir_fd-relative calls: no path lookup per file, which matters at 100,000 files.
+    _populate_files(directory, label, files)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for name in device_file_names(files):
-            _write_file(name, f"{label}/{name}\n".encode(), dir_fd)
         os.mkdir(SUBDIR, 0o755, dir_fd=dir_fd)
         inner = f"{SUBDIR}/{SUBDIR_FILE}"
         _write_file(inner, f"{label}/{inner}\n".encode(), dir_fd)
@@ -520,6 +518,8 @@ def _build_loop(stack: ExitStack, problems: list[str], layout: ExportLayout,
 
 
 def _populate_files(directory: Path, label: str, files: int) -> None:
+    """The regular files of one device (``device_file_names``), each naming itself."""
+    # dir_fd-relative calls: no path lookup per file, which matters at 100,000 files.
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in device_file_names(files):
@@ -529,37 +529,38 @@ def _populate_files(directory: Path, label: str, files: int) -> None:
 
 
 def _build(stack: ExitStack, problems: list[str], layout: ExportLayout, root: Path) -> Export:
-    if layout.loop:
-        try:
-            return _build_loop(stack, problems, layout, root)
-        except OSError as exc:
-            raise ExportError(f"building the loop export under {root} failed: {exc}",
-                              hint="check free memory for tmpfs") from exc
-    files = layout.files_per_device
-    total = layout.devices + (1 if layout.nested else 0)
-    devices: list[ExportDevice] = []
     try:
-        st_dev = _mount(stack, problems, root, files)
-        devices.append(ExportDevice(0, root, ".", st_dev))
-        # Populate the root before creating the devNN mount points, which would
-        # otherwise take its first inode numbers and shift it against the others.
-        _populate(root, ".", files)
-        for index in range(1, total):
-            relpath = device_relpath(index, layout.nested, layout.devices)
-            target = root / relpath
-            # The nested mount point is made after dev01 is populated (its loop turn
-            # comes last), so dev01 lines up with the other devices as well.
-            target.mkdir(mode=0o755)
-            st_dev = _mount(stack, problems, target, files)
-            devices.append(ExportDevice(index, target, relpath, st_dev))
-            _populate(target, relpath, files, index)
-        # Last, since every entry made in a directory moves its mtime.
-        for device in devices:
-            os.utime(device.path, (root_time(device.index),) * 2)
-        truth = record_truth(root, devices)
+        build = _build_loop if layout.loop else _build_standard
+        return build(stack, problems, layout, root)
     except OSError as exc:
         raise ExportError(
             f"building the export under {root} failed: {exc}",
             hint="check free memory for tmpfs, or lower --devices/--files",
         ) from exc
+
+
+def _build_standard(stack: ExitStack, problems: list[str], layout: ExportLayout,
+                    root: Path) -> Export:
+    """Device 0 at ``root``, devNN (and a nested one) inside it, every one populated."""
+    files = layout.files_per_device
+    total = layout.devices + (1 if layout.nested else 0)
+    devices: list[ExportDevice] = []
+    st_dev = _mount(stack, problems, root, files)
+    devices.append(ExportDevice(0, root, ".", st_dev))
+    # Populate the root before creating the devNN mount points, which would
+    # otherwise take its first inode numbers and shift it against the others.
+    _populate(root, ".", files)
+    for index in range(1, total):
+        relpath = device_relpath(index, layout.nested, layout.devices)
+        target = root / relpath
+        # The nested mount point is made after dev01 is populated (its loop turn
+        # comes last), so dev01 lines up with the other devices as well.
+        target.mkdir(mode=0o755)
+        st_dev = _mount(stack, problems, target, files)
+        devices.append(ExportDevice(index, target, relpath, st_dev))
+        _populate(target, relpath, files, index)
+    # Last, since every entry made in a directory moves its mtime.
+    for device in devices:
+        os.utime(device.path, (root_time(device.index),) * 2)
+    truth = record_truth(root, devices)
     return Export(root=root, layout=layout, devices=tuple(devices), truth=truth)
