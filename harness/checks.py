@@ -1,8 +1,8 @@
 """Check families: what is observed of one export while its guest runs, and how it is judged.
 
 A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
-messages, the harm of colliding ids, the witnesses) and, as they are added, operations, cross-device
-moves, runtime mounts, cache-mode harm...  The run loop (``matrix``) is the same for
+messages, the harm of colliding ids, the witnesses), operations, cross-device moves,
+runtime mounts, binds, remounts.  The run loop (``matrix``) is the same for
 all of them: it builds the export, boots the guest, calls the family's ``observe``
 while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
 the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a

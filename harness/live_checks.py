@@ -133,11 +133,8 @@ class BindCheck:
             with os.scandir(export.root) as entries:
                 host_gap = {e.name: e.inode() - e.stat(follow_symlinks=False).st_ino
                             for e in entries if e.name in BINDS}
-            # No witnesses: every path of a bind is one host file with one id (st_nlink
-            # 1, no ancestor shared), so the tools have nothing to get wrong that the
-            # ids rules do not already judge, and they cost ~1.3 s a row under TCG.
-            seen = observe_ids(guest, spec.mount_point, truth.paths,
-                               replace(options, witness=False))
+            # Witnesses only if the plan asks (it does not for bind: ``apply_checks``).
+            seen = observe_ids(guest, spec.mount_point, truth.paths, options)
         return Observation(BindSeen(truth, seen, host_gap))
 
     def judge(self, judging: Judging, observation: Observation) -> Verdict:

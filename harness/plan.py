@@ -200,7 +200,10 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
     caches = list(dict.fromkeys(Cache(e.cache) for e in others))
     # One family export per mode, however many cache exports the mode has.
     modes = list(dict.fromkeys(e.mode for e in others if e.layout.devices > 1))
-    binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND)
+    # No witnesses on bind: every path of a bind is one host file with one id (st_nlink
+    # 1, no ancestor shared), so the tools have nothing to get wrong that the ids rules
+    # do not already judge.
+    binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND, witness=False)
              for e in controls] if BIND in checks else []
     extra = [ExportPlan(family_row(check, mode, cache), mode, _FAMILY_LAYOUT, check,
                         cache=cache.value)

@@ -201,3 +201,6 @@ def test_witnesses_run_where_their_verdict_says_something() -> None:
     # Not forbid (every tool just fails there), one control (all controls are alike).
     assert witnessed == {"remap", "remap+loose", "warn", "warn+loose", "default",
                          "default+loose", "control-remap"}
+    # Nor bind (one host file per path, nothing the ids rules do not judge).
+    binds = [e for g in plans for e in apply_checks(g, CHECKS).exports if e.check == "bind"]
+    assert len(binds) == 4 and not any(e.witness for e in binds)
