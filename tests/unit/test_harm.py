@@ -193,13 +193,20 @@ def test_an_access_error_outside_the_prediction_fails() -> None:
     assert failures == ["open of 'dev02/twin-mtime' failed: errno 40 (ELOOP)"]
 
 
+WARNING = "qemu: warning: 9p: Multiple devices detected in same VirtFS export, which " \
+    "might lead to file ID collisions"
+
+
+def _stats(truth: HostTruth) -> dict[str, GuestResult]:
+    """Every path stat-able with its host inode number on one guest device (warn)."""
+    return {e.path: GuestStat(50, e.ino, e.nlink, 0o040755 if e.kind is EntryKind.DIR
+                              else 0o100644) for e in truth.entries}
+
+
 def _judge(seen: HarmObservation, mode: Mode, cache: Cache, dmesg: str = "") -> Status:
-    stats = {e.path: GuestStat(50, e.ino, e.nlink, 0o040755 if e.kind is EntryKind.DIR
-                               else 0o100644) for e in TRUTH.entries}
+    stats = _stats(TRUTH)
     observation = GuestObservation((stats, stats), {}, {})
-    warning = "qemu: warning: 9p: Multiple devices detected in same VirtFS export, which " \
-        "might lead to file ID collisions"
-    verdict = judge(mode, (9, 2, 0), TRUTH, observation, warning if mode is Mode.WARN else "",
+    verdict = judge(mode, (9, 2, 0), TRUTH, observation, WARNING if mode is Mode.WARN else "",
                     harm=HarmInput(PROBE, seen, MOUNT, cache), dmesg=dmesg)
     return verdict.status
 
@@ -282,19 +289,15 @@ def test_loop_probe_holds_the_root_and_lists_the_mount_point() -> None:
 def _judge_loop(mode: Mode, cache: Cache, eloop: bool) -> tuple[Status, tuple[str, ...]]:
     """6.12 with an inode cache: everything under dev01 gives ELOOP (or, ``eloop``
     False, every path stats as QEMU passed it through)."""
-    stats: dict[str, GuestResult] = {e.path: GuestStat(
-        50, e.ino, e.nlink, 0o040755 if e.kind is EntryKind.DIR else 0o100644)
-        for e in LOOP.entries}
+    stats = _stats(LOOP)
     errors: tuple[tuple[str, str, int], ...] = ()
     if eloop:
         stats.update({"dev01": errno.ELOOP, "dev01/f": errno.ELOOP})
         errors = (("dev01", "opendir", errno.ELOOP),)
     seen = HarmObservation({}, {} if eloop else {"dev01": ("f",)}, {".": MOUNT},
                            {".": ("dev01",)}, errors)
-    warning = "qemu: warning: 9p: Multiple devices detected in same VirtFS export, which " \
-        "might lead to file ID collisions"
     verdict = judge(mode, (9, 2, 0), LOOP, GuestObservation((stats, stats), {}, {}),
-                    warning if mode is Mode.WARN else "",
+                    WARNING if mode is Mode.WARN else "",
                     harm=HarmInput(LOOP_PROBE, seen, MOUNT, cache))
     return verdict.status, verdict.failures + verdict.notes
 
