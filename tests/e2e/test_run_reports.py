@@ -133,7 +133,12 @@ def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path)
                  f"'printf \"%s\\0%s\\0\" \"$1\" \"$(cat \"$1\")\"' _ {{}} \\; > {listing}")
     trimmed = tmp_path / "export-only.sh"
     trimmed.write_text("\n".join(lines) + "\n")
-    subprocess.run(["sh", str(trimmed)], check=True, timeout=60)
+    try:
+        subprocess.run(["sh", str(trimmed)], check=True, timeout=60)
+    finally:
+        # The script's mounts die with its namespace; the empty mount point it made in
+        # the host's /tmp does not.
+        Path(EXPORT_VAR).rmdir()
     fields = listing.read_bytes().split(b"\0")[:-1]
     built = {fields[i].decode()[2:]: fields[i + 1].decode() for i in range(0, len(fields), 2)}
     names = device_file_names(8)
