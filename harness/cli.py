@@ -210,7 +210,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .image import build_image
+    from .image.build import build_image
 
     image = build_image(args.guest, progress=progress, force=args.force, refresh=True,
                         modules_dir=args.modules)
@@ -225,8 +225,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def _state_cache() -> Any:
     from .environment import STATES_DIR
-    from .image import default_cache_root
-    from .snapshot import StateCache
+    from .image.build import default_cache_root
+    from .qemu.snapshot import StateCache
 
     return StateCache(default_cache_root() / STATES_DIR)
 
@@ -239,7 +239,7 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from .image import list_images
+    from .image.build import list_images
 
     listing = list_images()
     listing["states"] = [
@@ -256,7 +256,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
 
 def _print_image_listing(listing: dict[str, Any]) -> None:
-    from .snapshot import KEEP_STATES
+    from .qemu.snapshot import KEEP_STATES
 
     print(f"cache: {listing['cache_root']}")
     for recipe in listing["recipes"]:
@@ -301,7 +301,7 @@ def _setup(args: argparse.Namespace) -> Setup:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .exec_guest import exec_in_guest
+    from .commands.exec import exec_in_guest
 
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -353,10 +353,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .oracle import Verdict
+    from .commands.reproduce import reproduce
     from .report import collision_table, harm_text, witnesses_text
-    from .reproduce import reproduce
     from .results import exit_code
+    from .verdicts.ids import Verdict
 
     found = reproduce(
         Mode(args.mode), _layout(args),

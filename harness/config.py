@@ -17,6 +17,9 @@ MAX_DEVICES = 128
 # -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
 # default" landed in QEMU 10.0.
 MULTIDEVS_SINCE = (4, 2, 0)
+# Where the image puts the witness tools (GNU tar, coreutils, rsync, findutils) in the
+# guest: the image writes them there and the agent's witness script runs them from there.
+GUEST_TOOLS_DIR = "/opt/mdh/bin"
 REMAP_DEFAULT_SINCE = (10, 0, 0)
 MAX_FILES_PER_DEVICE = 100_000
 

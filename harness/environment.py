@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .accel import decide_accel, kvm_liveness_probe
 from .config import (
     Accel,
     AccelDecision,
@@ -20,9 +19,10 @@ from .config import (
     Timeouts,
 )
 from .errors import UsageError
-from .image import build_image, default_cache_root, mark_used
-from .kernelfile import check_same_release, kernel_release
-from .probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
+from .image.build import build_image, default_cache_root, mark_used
+from .image.kernelfile import check_same_release, kernel_release
+from .qemu.accel import decide_accel, kvm_liveness_probe
+from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .results import EnvironmentRecord
 
 # A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).

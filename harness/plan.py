@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .agent.stat import AGENT_THREADS, STAT_PASSES
 from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via, parse_choices
-from .observe import AGENT_THREADS, STAT_PASSES
 
 CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that

@@ -24,9 +24,10 @@ import pytest
 from .config import Accel, ExportLayout, ExportSpec, GuestImage, Mode
 from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
-from .export import Export, build_export
-from .machine import Machine
+from .host.export import build_export
+from .host.truth import Export
 from .proc import processes_with_env, tail_file
+from .qemu.machine import Machine
 
 MACHINES_KEY = pytest.StashKey[list[Machine]]()
 LOGDIR_KEY = pytest.StashKey[Path]()
@@ -83,7 +84,7 @@ def pytest_collection_modifyitems(
     # Unsharing the mount namespace needs a single-threaded process: do it now,
     # after collection and before any test (or paramiko) starts a thread.
     if any(FIXTURES_NEEDING_NAMESPACE & set(getattr(i, "fixturenames", ())) for i in items):
-        from .namespace import enter_private_namespace
+        from .host.namespace import enter_private_namespace
 
         try:
             # A pytest-xdist worker already runs an I/O thread; it stays outside.

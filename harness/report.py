@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .ops_oracle import OpsVerdict
-from .oracle import RejectionVerdict, Status, Verdict
+from .agent.witnesses import TOOLS_DIR
 from .results import EnvironmentRecord, ResultRow, RunReport
-from .witnesses import TOOLS_DIR
+from .verdicts.common import Status
+from .verdicts.ids import Verdict
+from .verdicts.ops import OpsVerdict
+from .verdicts.rejection import RejectionVerdict
 
 # How many colliding ids a JSON row lists (the count is always whole).
 JSON_COLLISIONS = 50

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import AccelDecision, Start, Via
-from .ops_oracle import OpsVerdict
-from .oracle import RejectionVerdict, Status, Verdict
-from .probe import QemuInfo
+from .qemu.probe import QemuInfo
+from .verdicts.common import Status
+from .verdicts.ids import Verdict
+from .verdicts.ops import OpsVerdict
+from .verdicts.rejection import RejectionVerdict
 
 EXIT_OK = 0
 EXIT_FAIL = 1

@@ -13,15 +13,15 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 
-from . import libvirt_run
 from .config import ExportSpec, Via
 from .environment import Environment, prepare
-from .guest import Guest
+from .guest.lifecycle import Guest
+from .host.namespace import enter_private_namespace
+from .libvirt import backend as libvirt_run
 from .logs import log_root
-from .machine import Machine
-from .matrix import Backend, LiveGuests, MatrixRun, run_guest, run_guests
-from .namespace import enter_private_namespace
 from .plan import GuestPlan, RunOptions, default_jobs, plan_guests, row_rank
+from .pool import Backend, LiveGuests, MatrixRun, run_guest, run_guests
+from .qemu.machine import Machine
 from .results import ResultRow, RunReport
 
 Progress = Callable[[str], None]

@@ -6,7 +6,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-from harness.image import build_image
+from harness.image.build import build_image
 
 
 @cache

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.export import SCRATCH_DIR_NAME
-from harness.image import default_cache_root
+from harness.host.export import SCRATCH_DIR_NAME
+from harness.image.build import default_cache_root
 from harness.proc import processes_with_env
 
 # Every QEMU started by a sandboxed harness inherits this variable from it.

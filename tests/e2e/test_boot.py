@@ -15,8 +15,8 @@ import pytest
 from harness.config import Timeouts
 from harness.environment import Environment
 from harness.errors import GuestPanic, SshUnavailable
-from harness.machine import Machine
 from harness.plugin import MachineFactory
+from harness.qemu.machine import Machine
 
 from .leaks import assert_no_qemu_left
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.errors import MissingPackages
-from harness.image import build_image, check_host_tools
-from harness.recipe import guests_dir, load_recipe
+from harness.image.build import build_image, check_host_tools
+from harness.image.recipe import guests_dir, load_recipe
 
 from .leaks import Sandbox, kept_log_dirs
 
@@ -216,8 +216,8 @@ import json, sys
 from pathlib import Path
 from harness.config import ExportLayout
 from harness.errors import ExportError
-from harness.export import build_export
-from harness.namespace import enter_private_namespace
+from harness.host.export import build_export
+from harness.host.namespace import enter_private_namespace
 
 enter_private_namespace()
 out = {}

@@ -28,7 +28,7 @@ import pytest
 from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, Mode
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
-from harness.libvirt_daemon import RUN_MARKER_ENV
+from harness.libvirt.daemon import RUN_MARKER_ENV
 from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from harness.agent.witnesses import TOOL_NAMES
+from harness.checks.ids import collect, run_witnesses
 from harness.config import ExportLayout, Mode
 from harness.environment import Environment
-from harness.export import Export, build_export
-from harness.machine import Machine
-from harness.observe import collect
-from harness.oracle import Verdict, judge
+from harness.host.export import build_export
+from harness.host.truth import Export
 from harness.plugin import MachineFactory
-from harness.witnesses import TOOL_NAMES, judge_witnesses, run_witnesses
+from harness.qemu.machine import Machine
+from harness.verdicts.ids import Verdict, judge
+from harness.verdicts.witnesses import judge_witnesses
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
 from harness.config import Accel
 from harness.errors import QemuNotFound, QemuTooOld
-from harness.probe import QemuVersion, probe_qemu, require_multidevs
+from harness.qemu.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
+from harness.qemu.probe import QemuVersion, probe_qemu, require_multidevs
 
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from harness.debian_qemu import fetch_debian_qemu
 from harness.errors import ArchiveUnreachable
-from harness.image import default_cache_root
+from harness.image.build import default_cache_root
+from harness.qemu.debian import fetch_debian_qemu
 
 from .leaks import Sandbox
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cmdline import kernel_append, render_command, shell_quote_command
 from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
-from harness.probe import probe_qemu
 from harness.proc import kill_process_group, tail_text
-from harness.qmp import Qmp
+from harness.qemu.cmdline import kernel_append, render_command, shell_quote_command
+from harness.qemu.probe import probe_qemu
+from harness.qemu.qmp import Qmp
 
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
 

@@ -39,10 +39,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.environment import Environment
 from harness.errors import HostKeyMismatch
-from harness.guest import check_alive
-from harness.machine import Machine
-from harness.qmp import Qmp
-from harness.ssh import connect_with_retry
+from harness.guest.lifecycle import check_alive
+from harness.guest.ssh import connect_with_retry
+from harness.qemu.machine import Machine
+from harness.qemu.qmp import Qmp
 
 from .leaks import (
     Sandbox,
@@ -531,7 +531,7 @@ SSH_RETRY_CHILD = r"""
 import socket, sys, threading, time
 from pathlib import Path
 from harness.errors import SshUnavailable
-from harness.ssh import connect_with_retry
+from harness.guest.ssh import connect_with_retry
 
 # Accepts and hangs up at once, as slirp's forward does while the guest's sshd is down.
 server = socket.create_server(("127.0.0.1", 0))
@@ -567,7 +567,7 @@ def test_ssh_retries_print_no_tracebacks(tmp_path: Path) -> None:
 LIVENESS_CHILD = r"""
 import sys
 from pathlib import Path
-from harness.accel import boot_liveness
+from harness.qemu.accel import boot_liveness
 from harness.config import Accel
 
 print("PROBING", flush=True)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from harness.environment import STATES_DIR, Environment
-from harness.image import default_cache_root
-from harness.machine import Machine
-from harness.snapshot import STATE_FILE, StateCache
+from harness.image.build import default_cache_root
+from harness.qemu.machine import Machine
+from harness.qemu.snapshot import STATE_FILE, StateCache
 
 from .leaks import Sandbox, assert_no_qemu_left
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from harness.byhand import EXPORT_VAR
-from harness.export import ODD_NAME, device_file_names
+from harness.commands.byhand import EXPORT_VAR
+from harness.host.truth import ODD_NAME, device_file_names
 from harness.results import ENVIRONMENT_KEYS
 
 from .leaks import assert_no_qemu_left

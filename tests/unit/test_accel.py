@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel
-from harness.accel import decide_accel, kvm_liveness_probe
 from harness.config import Accel, AccelDecision
 from harness.errors import KvmUnavailable
-from harness.probe import QemuInfo, QemuVersion
+from harness.qemu import accel
+from harness.qemu.accel import decide_accel, kvm_liveness_probe
+from harness.qemu.probe import QemuInfo, QemuVersion
 
 HANG = (
     "/dev/kvm opens but a guest kernel printed nothing within 8 s under KVM "

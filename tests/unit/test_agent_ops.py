@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.agent_ops import OpRequest, encode_requests, ops_command, parse_ops_output
+from harness.agent.ops import OpRequest, encode_requests, ops_command, parse_ops_output
 from harness.errors import GuestOutputError
 
 REQUESTS = [OpRequest("stat", "dev01/odd\nname"), OpRequest("readdir", "."),

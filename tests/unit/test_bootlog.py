@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.bootlog import Step, complete_lines, failed_step, init_failure, parse_steps
+from harness.guest.bootlog import Step, complete_lines, failed_step, init_failure, parse_steps
 
 READY = (
     "[    0.000000] Linux version 6.12.38+deb13-amd64\r\n"

@@ -5,15 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from harness.byhand import BYHAND_PORT, EXPORT_VAR, script
-from harness.config import (
-    Accel,
-    ExportLayout,
-    ExportSpec,
-    GuestImage,
-    MachineSpec,
-    Mode,
-)
+from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, script
+from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, MachineSpec, Mode
 
 
 def _spec(tmp: Path) -> tuple[MachineSpec, ExportSpec]:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from harness.cmdline import (
+from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.errors import UsageError
+from harness.qemu.cmdline import (
     escape_opt,
     fsdev_args,
     kernel_append,
@@ -19,8 +21,6 @@ from harness.cmdline import (
     render_command,
     serial_args,
 )
-from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
-from harness.errors import UsageError
 
 IMAGE = GuestImage(
     directory=Path("/cache/img"),

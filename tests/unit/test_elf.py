@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.elf import dynamic_info, modinfo, module_depends, section
 from harness.errors import ImageBuildError
-from harness.initramfs import library_closure, resolve_in_tree
+from harness.image.elf import dynamic_info, modinfo, module_depends, section
+from harness.image.initramfs import library_closure, resolve_in_tree
 
 VADDR = 0x400000
 
@@ -155,7 +155,7 @@ def _module(depends: str) -> bytes:
 def test_module_tree_orders_from_modinfo_and_stores_plain_ko(tmp_path: Path) -> None:
     import lzma
 
-    from harness.initramfs import ModuleTree
+    from harness.image.initramfs import ModuleTree
 
     moddir = tmp_path / "lib/modules/6.13.0-mdh"
     (moddir / "kernel/fs/9p").mkdir(parents=True)
@@ -174,7 +174,7 @@ def test_module_tree_orders_from_modinfo_and_stores_plain_ko(tmp_path: Path) -> 
 
 
 def test_module_tree_with_everything_built_in_needs_no_modules(tmp_path: Path) -> None:
-    from harness.initramfs import ModuleTree
+    from harness.image.initramfs import ModuleTree
 
     (tmp_path / "modules.builtin").write_text(
         "kernel/fs/9p/9p.ko\nkernel/net/9p/9pnet_virtio.ko\nkernel/net/9p/9pnet.ko\n"
@@ -183,7 +183,7 @@ def test_module_tree_with_everything_built_in_needs_no_modules(tmp_path: Path) -
 
 
 def test_module_neither_present_nor_built_in_is_named(tmp_path: Path) -> None:
-    from harness.initramfs import ModuleTree
+    from harness.image.initramfs import ModuleTree
 
     (tmp_path / "modules.builtin").write_text("")
     with pytest.raises(ImageBuildError, match="module 9p is neither in .* nor built in"):
@@ -191,7 +191,7 @@ def test_module_neither_present_nor_built_in_is_named(tmp_path: Path) -> None:
 
 
 def test_dropbear_key_format() -> None:
-    from harness.initramfs import dropbear_ed25519, generate_keys
+    from harness.image.initramfs import dropbear_ed25519, generate_keys
 
     key = dropbear_ed25519(b"s" * 32, b"p" * 32)
     assert key == b"\0\0\0\x0bssh-ed25519\0\0\0\x40" + b"s" * 32 + b"p" * 32

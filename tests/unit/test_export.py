@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.export import EntryKind, HostEntry, HostTruth, device_file_names
+from harness.host.truth import EntryKind, HostEntry, HostTruth, device_file_names
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -31,8 +31,8 @@ import json, os, sys
 from pathlib import Path
 from harness.config import ExportLayout
 from harness.errors import ExportError
-from harness.export import build_export
-from harness.namespace import enter_private_namespace
+from harness.host.export import build_export
+from harness.host.namespace import enter_private_namespace
 
 args = json.loads(sys.argv[1])
 info = enter_private_namespace()
@@ -366,8 +366,9 @@ LIVE_CHILD = r"""
 import json, os, sys
 from pathlib import Path
 from harness.config import ExportLayout
-from harness.export import SUBDIR, bind_twice, build_export, extra_device, record_truth
-from harness.namespace import enter_private_namespace
+from harness.host.truth import SUBDIR
+from harness.host.export import bind_twice, build_export, extra_device, record_truth
+from harness.host.namespace import enter_private_namespace
 
 args = json.loads(sys.argv[1])
 info = enter_private_namespace()

@@ -12,10 +12,13 @@ import errno
 
 import pytest
 
+from harness.agent.harm import FileSeen, HarmObservation, parse_harm_output, printf_command
+from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.config import Cache, Mode
 from harness.errors import GuestOutputError
-from harness.export import EntryKind, HostEntry, HostTruth
-from harness.harm import (
+from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.verdicts.common import Status
+from harness.verdicts.harm import (
     HarmProbe,
     assess,
     harm_probe,
@@ -24,16 +27,7 @@ from harness.harm import (
     predict,
     qid_version,
 )
-from harness.observe import (
-    FileSeen,
-    GuestObservation,
-    GuestResult,
-    GuestStat,
-    HarmObservation,
-    parse_harm_output,
-    printf_command,
-)
-from harness.oracle import HarmInput, Status, judge
+from harness.verdicts.ids import HarmInput, judge
 
 T = 1_700_000_000
 MOUNT = "/mnt/mdh1"

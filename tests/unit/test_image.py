@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import image as image_mod
-from harness.apt import PackageInfo
-from harness.cpio import NewcWriter
 from harness.errors import ImageBuildError
-from harness.image import (
+from harness.image import build as image_mod
+from harness.image.apt import PackageInfo
+from harness.image.build import (
     BUILDER_VERSION,
     Resolution,
     build_image,
@@ -22,8 +21,9 @@ from harness.image import (
     pick_kernel_package,
     store_resolution,
 )
-from harness.initramfs import module_name, parse_modules_builtin, resolve_module_order
-from harness.recipe import (
+from harness.image.cpio import NewcWriter
+from harness.image.initramfs import module_name, parse_modules_builtin, resolve_module_order
+from harness.image.recipe import (
     cache_key,
     load_recipe,
     parse_recipe,
@@ -214,7 +214,7 @@ def test_prune_spares_images_another_run_used_recently(tmp_path: Path) -> None:
     import os
     import time
 
-    from harness.image import IN_USE_S, _prune_old, mark_used
+    from harness.image.build import IN_USE_S, _prune_old, mark_used
 
     keep, recent, stale = (tmp_path / f"debian-bookworm-x86_64-{c * 16}" for c in "abc")
     for directory in (keep, recent, stale):

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from harness.errors import ImageBuildError, KernelModulesMismatch, KernelReleaseError
-from harness.kernelfile import (
+from harness.image.kernelfile import (
     check_same_release,
     decompress_module,
     extract_vmlinux,

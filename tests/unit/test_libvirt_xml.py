@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cmdline import forwarded_port
 from harness.config import Accel, Mode
-from harness.libvirt_domain import (
+from harness.libvirt.domain import (
     QEMU_NS,
     VIRTIOFS_REJECTION,
     DomainSpec,
@@ -23,7 +22,9 @@ from harness.libvirt_domain import (
     render_domain_xml,
     split_qemu_opts,
 )
-from harness.oracle import Attempt, Status, judge_rejection
+from harness.qemu.cmdline import forwarded_port
+from harness.verdicts.common import Status
+from harness.verdicts.rejection import Attempt, judge_rejection
 
 ODD = Path("/tmp/a&b <c> 'd' \"e\"/export,1")
 

@@ -6,12 +6,12 @@ import errno
 import stat
 from dataclasses import replace
 
+from harness.agent.stat import GuestObservation, GuestResult, GuestStat
+from harness.checks.live import _forgive_host_gaps
 from harness.config import Mode
-from harness.export import EntryKind, HostEntry, HostTruth
-from harness.live_checks import _forgive_host_gaps
-from harness.live_oracle import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
-from harness.observe import GuestObservation, GuestResult, GuestStat
-from harness.oracle import Status
+from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.verdicts.common import Status
+from harness.verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
 
 V7 = (7, 2, 22)
 DIR, FILE = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import namespace
 from harness.errors import NamespaceError
+from harness.host import namespace
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -29,8 +29,8 @@ NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 # the parent to look from outside, then exit without unmounting: the kernel must clean up.
 CHILD = r"""
 import json, os, sys
-from harness.namespace import enter_private_namespace, in_user_namespace, mount_tmpfs
-from harness.namespace import private_namespace
+from harness.host.namespace import enter_private_namespace, in_user_namespace, mount_tmpfs
+from harness.host.namespace import private_namespace
 info = enter_private_namespace()
 again = enter_private_namespace()
 target = sys.argv[1]

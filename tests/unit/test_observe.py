@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import GuestOutputError
-from harness.observe import (
+from harness.agent.collect import parse_collection
+from harness.agent.stat import (
     READ_LIMIT,
     GuestStat,
     encode_paths,
-    parse_collection,
     parse_read_output,
     parse_stat_output,
 )
+from harness.errors import GuestOutputError
 
 PATHS = (".", "a b", "odd\nname", "sub", "sub/x")
 DIR = 0o040755

@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from harness.checks.ops import operation_cases
 from harness.config import Mode
-from harness.ops_checks import operation_cases
-from harness.ops_oracle import (
+from harness.verdicts.common import Status
+from harness.verdicts.ops import (
     TWIN_TARGET,
     CrossSeen,
     OpCase,
@@ -18,7 +19,6 @@ from harness.ops_oracle import (
     judge_cross_device,
     judge_operations,
 )
-from harness.oracle import Status
 
 V7 = (7, 2, 22)
 WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "

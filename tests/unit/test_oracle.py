@@ -12,21 +12,18 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
+from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.config import Mode
 from harness.errors import QemuTooOld
-from harness.export import EntryKind, HostEntry, HostTruth
-from harness.observe import GuestObservation, GuestResult, GuestStat
-from harness.oracle import (
-    Collision,
+from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.verdicts.common import (
     Expectation,
     Status,
     expected_behaviour,
-    find_collisions,
     find_multidevs_messages,
-    judge,
-    unobserved,
 )
-from harness.witnesses import Witness
+from harness.verdicts.ids import Collision, find_collisions, judge, unobserved
+from harness.verdicts.witnesses import Witness
 
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644

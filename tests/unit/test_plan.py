@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.checks import FAMILIES
+from harness.checks.registry import FAMILIES
 from harness.config import ALL_MODES, Cache, ExportLayout, Mode, Via
 from harness.errors import UsageError
-from harness.matrix import _outside
 from harness.plan import (
     CHECKS,
     DEFAULT_CHECKS,
@@ -17,6 +16,7 @@ from harness.plan import (
     plan_guests,
     row_rank,
 )
+from harness.pool import _outside
 
 LAYOUT = ExportLayout(devices=3, files_per_device=8)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import QemuTooOld
-from harness.probe import QemuInfo, QemuVersion, require_multidevs
+from harness.qemu.probe import QemuInfo, QemuVersion, require_multidevs
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.apt import Suite
 from harness.cli import bisect_code
-from harness.cmdline import machine_args
 from harness.config import Accel, GuestImage, MachineSpec
-from harness.debian_qemu import cached_qemu, qemu_root
 from harness.environment import find_datadir
 from harness.errors import UsageError
-from harness.libvirt_domain import QEMU_NS, DomainSpec, render_domain_xml
+from harness.image.apt import Suite
+from harness.libvirt.domain import QEMU_NS, DomainSpec, render_domain_xml
+from harness.qemu.cmdline import machine_args
+from harness.qemu.debian import cached_qemu, qemu_root
 
 
 def _tree(root: Path, *files: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import QmpError
-from harness.qmp import Qmp
+from harness.qemu.qmp import Qmp
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                     "capabilities": []}}  # fmt: skip

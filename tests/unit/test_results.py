@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 
-from harness.bench import header
+from harness.agent.stat import GuestObservation
+from harness.bench.figures import header
 from harness.config import Accel, AccelDecision, Mode, Via
-from harness.export import HostTruth
-from harness.observe import GuestObservation
-from harness.ops_oracle import OpCase, OperationsSeen, judge_operations
-from harness.oracle import Attempt, Status, judge, judge_rejection, unobserved
-from harness.probe import QemuInfo, QemuVersion
+from harness.host.truth import HostTruth
+from harness.qemu.probe import QemuInfo, QemuVersion
 from harness.report import environment_json, row_dict, table, to_json, to_junit
 from harness.results import (
     ENVIRONMENT_KEYS,
@@ -25,7 +23,11 @@ from harness.results import (
     RunReport,
     exit_code,
 )
-from harness.witnesses import Witness
+from harness.verdicts.common import Status
+from harness.verdicts.ids import judge, unobserved
+from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
+from harness.verdicts.rejection import Attempt, judge_rejection
+from harness.verdicts.witnesses import Witness
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, True, False,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.config import Accel, ExportSpec, GuestImage, MachineSpec, Mode
-from harness.machine import SLOTS, Machine
-from harness.snapshot import KEEP_STATES, StateCache
+from harness.qemu.machine import SLOTS, Machine
+from harness.qemu.snapshot import KEEP_STATES, StateCache
 
 
 def _spec(tmp_path: Path, qemu: Path, **changes: object) -> MachineSpec:

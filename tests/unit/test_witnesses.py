@@ -7,20 +7,20 @@ import errno
 
 import pytest
 
-from harness.errors import GuestOutputError
-from harness.export import EntryKind, HostEntry, HostTruth
-from harness.observe import GuestResult, GuestStat
-from harness.witnesses import (
+from harness.agent.stat import GuestResult, GuestStat
+from harness.agent.witnesses import (
     TOOL_NAMES,
     TOOLS,
     TOOLS_DIR,
     ToolRun,
     WitnessRuns,
-    judge_witnesses,
     parse_listing,
     parse_witness_output,
     witness_script,
 )
+from harness.errors import GuestOutputError
+from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.verdicts.witnesses import judge_witnesses
 
 DIR, FILE = 0o040755, 0o100644
 
@@ -259,7 +259,7 @@ def test_listing_paths_are_made_relative_like_the_host_truth() -> None:
 
 
 def test_every_recipe_ships_every_gnu_tool_a_witness_runs() -> None:
-    from harness.recipe import load_recipe, recipe_names
+    from harness.image.recipe import load_recipe, recipe_names
 
     wanted = {tool.binary for tool in TOOLS if tool.binary}
     for name in recipe_names():

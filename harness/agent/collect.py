@@ -1,0 +1,79 @@
+"""One collection round trip: the guest script that runs the harm probe, the stat passes
+and reads the kernel log, and the split of its output into sections.  Pure; the SSH
+round trip itself is ``checks.ids.collect``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import GuestOutputError
+from .harm import HarmObservation, harm_command, parse_harm_output, printf_command
+from .stat import (
+    AGENT_THREADS,
+    STAT_PASSES,
+    GuestObservation,
+    encode_paths,
+    parse_stat_output,
+    stat_command,
+)
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """What the guest reported: stat passes, the harm probe and the kernel log."""
+
+    observation: GuestObservation
+    # The harm probe (None when no pairs were probed) and the kernel log written since
+    # the previous collection in this guest (``dmesg -c``: each line is read once).
+    harm: HarmObservation | None = None
+    dmesg: str = ""
+
+
+def collection_script(
+    mount_point: str, passes: int = STAT_PASSES, threads: int = AGENT_THREADS,
+    harm: Sequence[str] = (),
+) -> str:
+    """The guest shell script; only constants and the harm pairs (octal-escaped) go
+    into it.
+
+    The harm probe runs first, before any stat has filled the client's caches, so it
+    meets the twins in the order it chooses (one held, then the other).
+    """
+    lines = ["cat > /tmp/mdh-paths"]
+    if harm:
+        lines += [
+            f"{printf_command(encode_paths(harm))} > /tmp/mdh-harm",
+            "echo @@HARM",
+            f"{harm_command(mount_point)} < /tmp/mdh-harm",
+        ]
+    lines += [
+        "echo @@STAT",
+        f"{stat_command(mount_point, passes, threads)} < /tmp/mdh-paths",
+    ]
+    lines += ["echo @@DMESG", "dmesg -c", "echo @@DONE"]
+    return "\n".join(lines) + "\n"
+
+
+def _section(text: str, start: str, end: str) -> str:
+    _, sep, rest = text.partition(start + "\n")
+    if not sep:
+        raise GuestOutputError(f"guest output has no {start} section", details=text[-2000:])
+    body, sep, _ = rest.partition(end)
+    if not sep:
+        raise GuestOutputError(f"guest output ends inside the {start} section",
+                               details=text[-2000:])
+    return body
+
+
+def parse_collection(
+    text: str, paths: Sequence[str], passes: int = STAT_PASSES, harm: Sequence[str] = (),
+) -> GuestView:
+    """Split the collection script's output into its sections and parse each.
+
+    Exactly ``passes`` stat passes must be there: a lost pass would otherwise let
+    "stable on a second look" pass on one look.
+    """
+    observation = parse_stat_output(_section(text, "@@STAT", "@@DMESG"), paths, passes=passes)
+    seen = parse_harm_output(_section(text, "@@HARM", "@@STAT"), harm) if harm else None
+    return GuestView(observation, seen, _section(text, "@@DMESG", "@@DONE"))

@@ -1,0 +1,278 @@
+"""The speed benchmark behind ``scripts/bench``: figures, not pass/fail.
+
+Measures QEMU-start-to-SSH for the tuned guest and for a naive baseline in the same
+run, boot-to-SSH of every guest recipe, the whole ``exec -- uname -r`` round trip,
+the wall time of the default matrix (also on Debian's QEMU 10 build), and a
+64-device, 100,000-file remap run.
+Targets are printed beside the figures; machines are too noisy for timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..agent.stat import SCALE_AGENT_THREADS
+from ..config import ALL_MODES, Accel, BootMethod, Cache, ExportLayout, ExportSpec, Mode
+from ..environment import Environment, prepare
+from ..errors import ArchiveUnreachable
+from ..host.export import build_export
+from ..host.namespace import enter_private_namespace
+from ..image.build import default_cache_root
+from ..image.recipe import recipe_names
+from ..plan import IDS, RunOptions
+from ..qemu.debian import fetch_debian_qemu
+from ..qemu.machine import Machine
+from ..report import environment_json
+from ..results import EnvironmentRecord
+from ..run import run_matrix
+from ..verdicts.ids import Verdict
+
+Progress = Callable[[str], None]
+
+TARGET_BOOT_TCG_S = 2.0
+TARGET_BOOT_KVM_S = 0.5
+TARGET_MATRIX_OVER_BOOT = 2.0
+TARGET_SCALE_S = 30.0
+SCALE_DEVICES = 64
+SCALE_FILES = 100_000
+
+
+def _stats(samples: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(samples), 3),
+        "min": round(min(samples), 3),
+        "max": round(max(samples), 3),
+    }
+
+
+def time_boots(env: Environment, count: int, naive: bool, progress: Progress) -> list[float]:
+    """Seconds from QEMU's start to an SSH session with the export mounted, ``count``
+    times, one 3-device export.  Cold unless ``env`` restores saved states."""
+    samples: list[float] = []
+    with build_export(ExportLayout(devices=3, files_per_device=8)) as export:
+        share = ExportSpec(tag="mdh0", path=export.root, mode=Mode.REMAP,
+                           mount_point="/mnt/mdh0")
+        for index in range(count):
+            with tempfile.TemporaryDirectory(prefix="mdh-bench-") as logs:
+                spec = env.machine_spec([share], Path(logs))
+                if naive:
+                    spec = replace(spec, boot=BootMethod.BZIMAGE, tuned=False,
+                                   state_cache=None)
+                with Machine(spec, name="naive" if naive else "tuned") as machine:
+                    machine.wait_ready()
+                    assert machine.boot_seconds is not None
+                    samples.append(machine.boot_seconds)
+            how = "naive" if naive else ("restored" if env.state_cache else "cold")
+            progress(f"{how} boot {index + 1}/{count}: {samples[-1]:.2f} s")
+    return samples
+
+
+def header(record: EnvironmentRecord, boots: int) -> dict[str, Any]:
+    """The figures' first keys: the environment block every output shares, and the count."""
+    return {**environment_json(record), "boots": boots}
+
+
+def _matrix(env: Environment, tuned_median: float, progress: Progress) -> dict[str, Any]:
+    """The default matrix, cold and with restored guests, and the ids family alone
+    (restored), so what the other families cost shows as a difference."""
+    figures: dict[str, Any] = {}
+    for label, each in (("", replace(env, state_cache=None)), ("restored_", env)):
+        started = time.monotonic()
+        matrix = run_matrix(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress,
+                            env=each)
+        seconds = time.monotonic() - started
+        figures.update({f"{label}matrix_s": round(seconds, 3),
+                        f"{label}matrix_passed": matrix.passed})
+    figures["matrix_over_boot"] = round(figures["matrix_s"] / tuned_median, 2)
+    # The ids family alone: as run (cache none,loose, witnesses), without the cache
+    # axis, and without the witnesses, so what each costs shows as a difference.
+    ids_options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), checks=(IDS,))
+    for key, options in (
+            ("ids_only", ids_options),
+            ("ids_cache_none", replace(ids_options, caches=(Cache.NONE,))),
+            ("ids_no_witness", replace(ids_options, witness=False))):
+        started = time.monotonic()
+        ids = run_matrix(options, progress, env=env)
+        figures[f"restored_matrix_{key}_s"] = round(time.monotonic() - started, 3)
+        figures["restored_matrix_passed"] &= ids.passed
+    return figures
+
+
+def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    per_device = math.ceil(args.scale_files / args.scale_devices)
+    layout = ExportLayout(devices=args.scale_devices, files_per_device=per_device)
+    started = time.monotonic()
+    scale = run_matrix(
+        RunOptions(modes=(Mode.REMAP,), layout=layout, control=False, witness=False,
+                   checks=(IDS,),
+                   passes=1, guest_cpus=args.scale_cpus, agent_threads=SCALE_AGENT_THREADS),
+        progress, env=env,
+    )
+    seconds = time.monotonic() - started
+    checked = sum(r.verdict.files_checked for r in scale.rows if isinstance(r.verdict, Verdict))
+    return {"devices": args.scale_devices, "files_requested": args.scale_files,
+            "files_checked": checked, "wall_s": round(seconds, 3),
+            "files_per_s": round(checked / seconds, 1) if seconds else None,
+            "passed": scale.passed}
+
+
+def _guests(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Boot-to-SSH of every guest recipe, each with its own kernel."""
+    figures = {}
+    for name in recipe_names():
+        env = prepare(args.qemu, Accel(args.accel), progress=progress, guest=name, cold=True)
+        samples = time_boots(env, args.boots, naive=False, progress=progress)
+        figures[name] = {"kernel": env.image.kernel_release, "boot_to_ssh_s": _stats(samples)}
+    return figures
+
+
+def _exec_round_trip(args: argparse.Namespace, progress: Progress,
+                     cold: bool) -> dict[str, float]:
+    """``multidevs-harness exec -- uname -r`` as a user runs it: the whole CLI, a fresh
+    process each time (probe, image cache hit, boot or restore, SSH, shutdown)."""
+    samples = []
+    for index in range(args.boots):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "harness.cli", "exec", "--accel", args.accel,
+                        *(["--qemu", args.qemu] if args.qemu else []),
+                        *(["--cold"] if cold else []), "--", "uname", "-r"],
+                       check=True, capture_output=True, timeout=300)
+        samples.append(time.monotonic() - started)
+        progress(f"exec{' --cold' if cold else ''} -- uname -r {index + 1}/{args.boots}: "
+                 f"{samples[-1]:.2f} s")
+    return _stats(samples)
+
+
+def _qemu10(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """The default matrix on Debian's QEMU 10 build (bookworm-backports), if reachable."""
+    try:
+        binary = fetch_debian_qemu(default_cache_root(), progress=progress)
+    except ArchiveUnreachable as exc:
+        return {"skipped": exc.message}
+    env = prepare(str(binary), Accel(args.accel), progress=progress)
+    started = time.monotonic()
+    matrix = run_matrix(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress, env=env)
+    return {"version": str(env.info.version), "matrix_s": round(time.monotonic() - started, 3),
+            "matrix_passed": matrix.passed}
+
+
+def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Run every measurement and return the JSON-ready figures."""
+    env = prepare(args.qemu, Accel(args.accel), progress=progress)
+    enter_private_namespace()
+    result = header(env.record, args.boots)
+    tuned = time_boots(replace(env, state_cache=None), args.boots, naive=False,
+                       progress=progress)
+    result["boot_to_ssh_s"] = _stats(tuned)
+    time_boots(env, 1, naive=False, progress=progress)  # saves the state if none fits
+    restored = time_boots(env, args.boots, naive=False, progress=progress)
+    result["restored_boot_to_ssh_s"] = _stats(restored)
+    result["restored_over_cold"] = round(statistics.median(restored)
+                                         / statistics.median(tuned), 2)
+    if not args.skip_naive:
+        naive = time_boots(env, args.boots, naive=True, progress=progress)
+        result["naive_boot_to_ssh_s"] = _stats(naive)
+        result["naive_over_tuned"] = round(statistics.median(naive) / statistics.median(tuned), 2)
+    result["guests"] = _guests(args, progress)
+    result["exec_cold_s"] = _exec_round_trip(args, progress, cold=True)
+    result["exec_over_boot_s"] = round(
+        result["exec_cold_s"]["median"] - statistics.median(tuned), 3)
+    result["exec_s"] = _exec_round_trip(args, progress, cold=False)
+    result.update(_matrix(env, statistics.median(tuned), progress))
+    if not args.skip_qemu10:
+        result["qemu10"] = _qemu10(args, progress)
+    if not args.skip_scale:
+        result["scale"] = _scale(env, args, progress)
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Readable lines with each figure beside its target."""
+    boot = result["boot_to_ssh_s"]
+    accel = result["accel"]["used"]
+    target = TARGET_BOOT_KVM_S if accel == "kvm" else TARGET_BOOT_TCG_S
+    lines = [
+        f"QEMU {result['qemu']['version']}, guest kernel {result['guest']['kernel']}",
+        f"accelerator: {accel} ({result['accel']['reason']})",
+        f"boot to SSH (tuned, cold): median {boot['median']:.2f} s "
+        f"[min {boot['min']:.2f}, max {boot['max']:.2f}] over {result['boots']} boots "
+        f"(target <= {target} s {accel})",
+        f"boot to SSH (restored): median {result['restored_boot_to_ssh_s']['median']:.2f} s "
+        f"= {result['restored_over_cold']}x cold (target <= 0.25x)",
+    ]
+    if "naive_boot_to_ssh_s" in result:
+        naive = result["naive_boot_to_ssh_s"]
+        lines.append(
+            f"boot to SSH (naive bzImage, default devices): median {naive['median']:.2f} s "
+            f"-> {result['naive_over_tuned']}x slower"
+        )
+    for name, guest in result["guests"].items():
+        lines.append(f"boot to SSH, guest {name} ({guest['kernel']}): median "
+                     f"{guest['boot_to_ssh_s']['median']:.2f} s")
+    lines.append(f"exec --cold -- uname -r (whole CLI): median "
+                 f"{result['exec_cold_s']['median']:.2f} s, {result['exec_over_boot_s']:+.2f} s "
+                 f"over boot to SSH (target <= +0.6 s)")
+    lines.append(f"exec -- uname -r, warm state cache: median {result['exec_s']['median']:.2f} s")
+    lines.append(
+        f"default matrix: {result['matrix_s']:.2f} s cold = {result['matrix_over_boot']}x one "
+        f"boot (target <= {TARGET_MATRIX_OVER_BOOT}), {result['restored_matrix_s']:.2f} s "
+        f"restored (ids family alone: {result['restored_matrix_ids_only_s']:.2f} s); "
+        f"all passed: {result['matrix_passed'] and result['restored_matrix_passed']}"
+    )
+    lines.append(
+        f"ids family, restored: cache none,loose {result['restored_matrix_ids_only_s']:.2f} s, "
+        f"cache none only {result['restored_matrix_ids_cache_none_s']:.2f} s, "
+        f"none,loose without witnesses {result['restored_matrix_ids_no_witness_s']:.2f} s"
+    )
+    if "qemu10" in result:
+        q10 = result["qemu10"]
+        lines.append(f"default matrix on QEMU {q10['version']}: {q10['matrix_s']:.2f} s; all "
+                     f"passed: {q10['matrix_passed']}" if "version" in q10
+                     else f"QEMU 10: skipped ({q10['skipped']})")
+    if "scale" in result:
+        scale = result["scale"]
+        lines.append(
+            f"scale: remap, {scale['devices']} devices, {scale['files_checked']} paths checked "
+            f"in {scale['wall_s']:.1f} s ({scale['files_per_s']}/s; target <= "
+            f"{TARGET_SCALE_S} s); passed: {scale['passed']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.bench``: print JSON on stdout, the summary on stderr."""
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--qemu")
+    parser.add_argument("--accel", default="auto", choices=[a.value for a in Accel])
+    parser.add_argument("--boots", type=int, default=5)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-qemu10", action="store_true")
+    parser.add_argument("--scale-devices", type=int, default=SCALE_DEVICES)
+    parser.add_argument("--scale-files", type=int, default=SCALE_FILES)
+    parser.add_argument("--scale-cpus", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    result = run_bench(args, progress)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(summary(result), file=sys.stderr)
+    return 0
+

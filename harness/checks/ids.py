@@ -1,0 +1,136 @@
+"""Check families: what is observed of one export while its guest runs, and how it is judged.
+
+A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
+messages, the harm of colliding ids, the witnesses), operations, cross-device moves,
+runtime mounts, binds, remounts.  The run loop (``matrix``) is the same for
+all of them: it builds the export, boots the guest, calls the family's ``observe``
+while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
+the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a
+module of its own and one entry in ``FAMILIES``; the matrix does not change.
+The types a family implements live in ``family``, so a family module needs nothing
+from here (no import cycle).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..agent.collect import GuestView, collection_script, parse_collection
+from ..agent.stat import (
+    AGENT_THREADS,
+    STAT_PASSES,
+    encode_paths,
+)
+from ..agent.witnesses import WitnessRuns, parse_witness_output, witness_script
+from ..config import Cache, ExportSpec, Mode
+from ..errors import GuestOutputError
+from ..guest.lifecycle import Guest
+from ..guest.shell import Shell
+from ..host.truth import Export, HostTruth
+from ..plan import RunOptions
+from ..verdicts.harm import HarmProbe, harm_probe
+from ..verdicts.ids import HarmInput, Verdict, judge
+from ..verdicts.witnesses import Witness, judge_witnesses
+from .family import Judging, Observation
+
+
+def run_witnesses(guest: Shell, mount_point: str, paths: Sequence[str]) -> WitnessRuns:
+    """Run every witness over ``mount_point`` in ``guest`` (``paths``: the host truth's)."""
+    result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point))}",
+                       stdin=encode_paths(paths))
+    text = result.stdout.decode(errors="replace")
+    if "@@DONE" not in text:
+        raise GuestOutputError(f"guest witness script failed (rc {result.rc})",
+                               hint=f"see {guest.console_path}",
+                               details=result.stderr.decode(errors="replace")[-2000:])
+    return parse_witness_output(text, paths)
+
+
+def collect(
+    guest: Shell,
+    mount_point: str,
+    paths: Sequence[str],
+    passes: int = STAT_PASSES,
+    threads: int = AGENT_THREADS,
+    harm: Sequence[str] = (),
+) -> GuestView:
+    """Run the collection script in ``guest`` over ``paths`` and parse what it printed;
+    ``harm`` (pairs of paths) adds the harm probe."""
+    script = collection_script(mount_point, passes, threads, harm)
+    result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
+    text = result.stdout.decode(errors="replace")
+    if "@@DONE" not in text:
+        raise GuestOutputError(
+            f"guest collection script failed (rc {result.rc})",
+            hint=f"see {guest.console_path}",
+            details=result.stderr.decode(errors="replace")[-2000:],
+        )
+    return parse_collection(text, paths, passes, harm)
+
+
+class IdsCheck:
+    """Guest ids against host ids, QEMU's messages, the harm and the witnesses
+    (``oracle.judge``)."""
+
+    name = "ids"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        probe = _probe(spec, export)
+        return Observation(observe_ids(guest, spec.mount_point, export.truth.paths, options,
+                                       harm=probe.paths if probe else ()))
+
+    def judge(self, judging: Judging, observation: Observation) -> Verdict:
+        seen = observation.data
+        assert isinstance(seen, IdsSeen)
+        view = seen.view
+        truth = judging.export.truth
+        probe = _probe(judging.spec, judging.export)
+        harm = None
+        if probe is not None and view.harm is not None:
+            harm = HarmInput(probe, view.harm, judging.spec.mount_point, Cache(judging.spec.cache))
+        return judge(
+            judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
+            witnesses_of(truth, seen),
+            stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
+            message_printed=judging.plan.message_printed, harm=harm,
+            dmesg=seen.dmesg,
+        )
+
+
+def _probe(spec: ExportSpec, export: Export) -> HarmProbe | None:
+    """The twins to probe for aliasing: none under forbid (the twins on other devices
+    are denied) or on a single device (no twins)."""
+    if spec.mode is Mode.FORBID:
+        return None
+    return harm_probe([device.relpath for device in export.devices], export.layout.loop)
+
+
+@dataclass(frozen=True)
+class IdsSeen:
+    """The collection (harm probe, stat passes, kernel log) and the witnesses run after
+    it (None: not asked)."""
+
+    view: GuestView
+    witnesses: WitnessRuns | None
+
+    @property
+    def dmesg(self) -> str:
+        """The guest kernel's log over the whole observation, witnesses included."""
+        return self.view.dmesg + (self.witnesses.dmesg if self.witnesses else "")
+
+
+def observe_ids(guest: Shell, mount_point: str, paths: Sequence[str], options: RunOptions,
+                harm: Sequence[str] = ()) -> IdsSeen:
+    """One export's ids (and ``harm`` pairs), then the witnesses if asked."""
+    view = collect(guest, mount_point, paths, options.passes, options.agent_threads, harm=harm)
+    return IdsSeen(view, run_witnesses(guest, mount_point, paths) if options.witness else None)
+
+
+def witnesses_of(truth: HostTruth, seen: IdsSeen) -> tuple[Witness, ...]:
+    """The witnesses judged against ``truth`` (the first stat pass says why a listing
+    tool skipped a path)."""
+    passes = seen.view.observation.passes
+    return judge_witnesses(truth, seen.witnesses, passes[0] if passes else {})

@@ -1,0 +1,158 @@
+"""The families whose device set or mount changes while the guest runs:
+``runtime_mount``, ``remount`` and ``bind`` (rules in ``live_oracle``).
+
+The host side happens in the harness's private mount namespace, which QEMU shares,
+so a tmpfs mounted or a bind made here is what QEMU's next path lookup meets; the
+export is mounted cache=none, so the guest's next lstat asks QEMU.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from ..agent.collect import GuestView
+from ..agent.stat import GuestObservation, GuestStat
+from ..config import ExportSpec
+from ..guest.lifecycle import Guest
+from ..host.export import bind_twice, extra_device, record_truth
+from ..host.truth import SUBDIR, Export, HostTruth
+from ..plan import RunOptions
+from ..qemu.cmdline import mount_options
+from ..verdicts.common import Expectation, expected_behaviour
+from ..verdicts.ids import Verdict, judge
+from ..verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
+from ..verdicts.ops import OpsVerdict
+from .family import CheckFamily, Judging, Observation
+from .ids import IdsSeen, collect, observe_ids, witnesses_of
+
+LATE = "late"  # where the runtime device is mounted, a new directory on the root device
+BINDS = ("bind-a", "bind-b")  # where the root device's SUBDIR is bind-mounted
+
+
+def _look(guest: Guest, spec: ExportSpec, paths: tuple[str, ...]) -> GuestView:
+    # One lstat pass plus readdir: the families compare looks with each other.
+    return collect(guest, spec.mount_point, paths, passes=1)
+
+
+class RuntimeMountCheck:
+    """Look, mount a further tmpfs under the export, look, unmount it, look again."""
+
+    name = "runtime_mount"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        paths = export.truth.paths
+        first = _look(guest, spec, paths)
+        index = len(export.devices)
+        with extra_device(export, LATE, index) as device:
+            during = record_truth(export.root, (*export.devices, device))
+            start = len(guest.stderr_text())
+            second = _look(guest, spec, during.paths)
+            stderr_during = guest.stderr_text()[start:]
+        third = _look(guest, spec, (*paths, LATE))
+        listing = None if LATE in third.observation.dirent_errors else tuple(
+            name for name, _ in third.observation.dirents.get(LATE, ()))
+        return Observation(RuntimeSeen(
+            export.truth, during, LATE, index, first.observation.passes[0],
+            second.observation.passes[0], third.observation.passes[0], listing,
+            stderr_during))
+
+    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
+        seen = observation.data
+        assert isinstance(seen, RuntimeSeen)
+        return judge_runtime(judging.plan.mode, judging.qemu_version, seen, judging.stderr,
+                             judging.stderr_outside, judging.command_failures)
+
+
+class RemountCheck:
+    """Look, let the guest unmount and remount the export, look again."""
+
+    name = "remount"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        paths = export.truth.paths
+        before = _look(guest, spec, paths)
+        point = shlex.quote(spec.mount_point)
+        result = guest.run(f"umount {point} && mount -t 9p -o {mount_options(spec)} "
+                           f"{shlex.quote(spec.tag)} {point}")
+        after = _look(guest, spec, paths)
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        return Observation(RemountSeen(paths, before.observation.passes[0],
+                                       after.observation.passes[0], result.rc, output,
+                                       export.truth.device_count))
+
+    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
+        seen = observation.data
+        assert isinstance(seen, RemountSeen)
+        return judge_remount(judging.plan.mode, judging.qemu_version, seen, judging.stderr,
+                             judging.stderr_outside, judging.command_failures)
+
+
+@dataclass(frozen=True)
+class BindSeen:
+    """The export's truth with the binds in place, and what the guest saw of it."""
+
+    truth: HostTruth
+    seen: IdsSeen
+    host_gap: Mapping[str, int]  # per bind mount point: host readdir d_ino - lstat ino
+
+
+def _forgive_host_gaps(observation: GuestObservation, host_gap: Mapping[str, int]
+                        ) -> GuestObservation:
+    """``observation`` with the root's entries for the bind mount points taken at their
+    lstat ino where their readdir d_ino differs from it exactly as on the host.
+
+    Linux's readdir gives a mount point the inode of the directory it covers, while
+    lstat gives the mounted root's; QEMU passes that d_ino through unless remap makes
+    it stat every entry.  Outside remap the guest then repeats the host's own answer
+    (shifted by whatever its 9p client adds to every qid), which is no fault of 9p,
+    so those entries are not held to "d_ino equals lstat".
+    """
+    first = observation.passes[0] if observation.passes else {}
+    kept = []
+    for name, d_ino in observation.dirents.get(".", ()):
+        result = first.get(name)
+        if name in host_gap and isinstance(result, GuestStat) \
+                and d_ino - result.ino == host_gap[name]:
+            d_ino = result.ino  # the host's own gap: judged as if it agreed with lstat
+        kept.append((name, d_ino))
+    return replace(observation, dirents={**observation.dirents, ".": tuple(kept)})
+
+
+class BindCheck:
+    """The root device's subdirectory bind-mounted twice: one device, three paths to
+    each of its files; judged as the single-device export it is (``oracle.judge``)."""
+
+    name = "bind"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        with bind_twice(export, SUBDIR, BINDS):
+            truth = record_truth(export.root, export.devices)
+            with os.scandir(export.root) as entries:
+                host_gap = {e.name: e.inode() - e.stat(follow_symlinks=False).st_ino
+                            for e in entries if e.name in BINDS}
+            # Witnesses only if the plan asks (it does not for bind: ``apply_checks``).
+            seen = observe_ids(guest, spec.mount_point, truth.paths, options)
+        return Observation(BindSeen(truth, seen, host_gap))
+
+    def judge(self, judging: Judging, observation: Observation) -> Verdict:
+        seen = observation.data
+        assert isinstance(seen, BindSeen)
+        truth = seen.truth
+        looked = seen.seen.view.observation
+        if expected_behaviour(judging.plan.mode, judging.qemu_version) \
+                is not Expectation.UNIQUE_IDS:
+            looked = _forgive_host_gaps(looked, seen.host_gap)
+        return judge(judging.plan.mode, judging.qemu_version, truth, looked,
+                     judging.stderr,
+                     witnesses_of(truth, seen.seen),
+                     stderr_outside=judging.stderr_outside,
+                     command_failures=judging.command_failures, dmesg=seen.seen.dmesg)
+
+
+LIVE_FAMILIES: tuple[CheckFamily, ...] = (RuntimeMountCheck(), RemountCheck(), BindCheck())

@@ -1,0 +1,285 @@
+"""The operation families: ``operations`` and ``cross_device`` (see ``ops_oracle``).
+
+Each family lays its own fixture into its export on the host right before it asks
+the guest (the export is mounted cache=none, so the guest sees it at once), runs the
+operations through ``mdh-agent ops`` in one SSH round trip, and reads the host state
+back where the rule needs it.  Verdicts are ``ops_oracle``'s.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..agent.ops import (
+    OPERATIONS,
+    OpRequest,
+    OpsAnswer,
+    encode_requests,
+    ops_command,
+    parse_ops_output,
+)
+from ..config import Cache, ExportSpec
+from ..errors import GuestOutputError
+from ..guest.lifecycle import Guest
+from ..host.truth import TWIN_SAME, Export
+from ..plan import RunOptions
+from ..verdicts.harm import qid
+from ..verdicts.ops import (
+    TWIN_TARGET,
+    CrossSeen,
+    OpCase,
+    OperationsSeen,
+    OpsVerdict,
+    judge_cross_device,
+    judge_operations,
+)
+from .family import CheckFamily, Judging, Observation
+
+OPS_DIR = "ops"
+XDEV_DIR = "xdev"
+XATTR = "user.mdh"
+KINDS = ("file", "dir", "symlink", "missing", "mountpoint")
+_TARGET = "target"  # what every fixture symlink points at: a file beside it
+
+# What each operation gives on an ordinary filesystem (a tmpfs seen through 9p, as
+# root), per kind of target: 0 or the errno.  Measured on 6.1 and 6.12 guests; the
+# xattr operations on files, directories and mount points are measured on the host
+# at run time instead (tmpfs has user xattrs only from Linux 6.6).
+_ERRORS: dict[str, dict[str, int]] = {
+    "file": {"opendir": errno.ENOTDIR, "readlink": errno.EINVAL, "mkdir": errno.EEXIST,
+             "rmdir": errno.ENOTDIR, "creat": errno.EEXIST, "symlink": errno.EEXIST},
+    "dir": {"readlink": errno.EINVAL, "unlink": errno.EISDIR, "mkdir": errno.EEXIST,
+            "creat": errno.EEXIST, "link": errno.EPERM, "symlink": errno.EEXIST,
+            "truncate": errno.EISDIR},
+    # The guest VFS refuses user xattrs on a symlink before 9p is asked.
+    "symlink": {"opendir": errno.ENOTDIR, "mkdir": errno.EEXIST, "rmdir": errno.ENOTDIR,
+                "creat": errno.EEXIST, "symlink": errno.EEXIST, "getxattr": errno.ENODATA,
+                "setxattr": errno.EPERM},
+    "missing": {op: errno.ENOENT for op in OPERATIONS if op not in ("mkdir", "creat", "symlink")},
+    "mountpoint": {"readlink": errno.EINVAL, "unlink": errno.EISDIR, "mkdir": errno.EEXIST,
+                   "rmdir": errno.EBUSY, "creat": errno.EEXIST, "link": errno.EPERM,
+                   "symlink": errno.EEXIST, "truncate": errno.EISDIR},
+}
+_XATTR_KINDS = ("file", "dir", "mountpoint")
+# Renaming a mount point would move a host mount if anything let it through.
+_SKIP = {("mountpoint", "rename")}
+
+
+def run_ops(guest: Guest, mount_point: str, requests: list[OpRequest],
+            after: str = "") -> tuple[OpsAnswer, str]:
+    """Run ``requests`` in the guest below ``mount_point``, then the shell text
+    ``after`` (its output is returned, from the line after ``@@AFTER``)."""
+    script = f"{ops_command(mount_point)}\necho @@AFTER\n{after}"
+    result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_requests(requests))
+    text = result.stdout.decode(errors="replace")
+    ops_text, found, rest = text.partition("@@AFTER\n")
+    if not found:
+        raise GuestOutputError(f"guest ops script failed (rc {result.rc})",
+                               hint=f"see {guest.console_path}",
+                               details=result.stderr.decode(errors="replace")[-2000:])
+    return parse_ops_output(ops_text, requests), rest
+
+
+def _xattr_natural(directory: Path) -> int:
+    """0 when the host filesystem takes user xattrs, else the errno it refuses with."""
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, XATTR, b"1")
+        return 0
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    finally:
+        probe.unlink()
+
+
+def _lay_targets(base: Path, xattr: int) -> None:
+    """A file, an empty directory and a symlink per operation under ``base/ops``, so
+    no operation's outcome depends on another's."""
+    ops = base / OPS_DIR
+    ops.mkdir()
+    (ops / _TARGET).write_bytes(b"target\n")
+    for op in OPERATIONS:
+        (ops / f"file-{op}").write_bytes(f"file-{op}\n".encode())
+        (ops / f"dir-{op}").mkdir()
+        (ops / f"symlink-{op}").symlink_to(_TARGET)
+    if xattr == 0:
+        for path in (ops / "file-getxattr", ops / "dir-getxattr", base):
+            os.setxattr(path, XATTR, b"host")
+
+
+def _natural(kind: str, op: str, xattr: int) -> int:
+    if kind in _XATTR_KINDS and op in ("getxattr", "setxattr"):
+        return xattr
+    return _ERRORS[kind].get(op, 0)
+
+
+def operation_cases(relpath: str, device: int, xattr: int, kinds: tuple[str, ...]
+                    ) -> list[OpCase]:
+    """Every operation on every kind of target of one device (``relpath`` from the
+    export root; the mount point kind is the device's root itself)."""
+    prefix = "" if relpath == "." else f"{relpath}/"
+    cases = []
+    for kind in kinds:
+        for op in OPERATIONS:
+            if op == "readdir" or (kind, op) in _SKIP:
+                continue
+            if kind == "mountpoint":
+                path = relpath
+            else:
+                name = f"absent-{op}" if kind == "missing" else f"{kind}-{op}"
+                path = f"{prefix}{OPS_DIR}/{name}"
+            second = _TARGET if op == "symlink" else f"{path}.to" if op in ("rename", "link") \
+                else ""
+            cases.append(OpCase(op, kind, device, path, second, _natural(kind, op, xattr)))
+    return cases
+
+
+def host_tree(root: Path, top: str) -> dict[str, bytes | None]:
+    """Relative path (from ``root``) -> content of every file below ``root/top``,
+    None for a directory; a symlink is its text, prefixed ``->``."""
+    found: dict[str, bytes | None] = {}
+    start = root / top
+    for directory, dirs, files in os.walk(start):
+        here = Path(directory)
+        found[here.relative_to(root).as_posix()] = None
+        for name in dirs:
+            if (here / name).is_symlink():
+                files.append(name)
+        for name in files:
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            found[rel] = b"->" + os.fsencode(os.readlink(path)) if path.is_symlink() \
+                else path.read_bytes()
+    return found
+
+
+def _described_tree(root: Path, top: str) -> dict[str, str]:
+    """The host tree below ``top`` with each path's mode and xattr, for change checks."""
+    described = {}
+    for path, content in host_tree(root, top).items():
+        st = os.lstat(root / path)
+        try:
+            attr = os.getxattr(root / path, XATTR, follow_symlinks=False)
+        except OSError:
+            attr = b""
+        described[path] = f"{content!r} mode {st.st_mode:o} xattr {attr!r}"
+    return described
+
+
+class OperationsCheck:
+    """Every operation on every kind of target, on the root device and a foreign one."""
+
+    name = "operations"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        foreign = export.devices[1]
+        xattr = _xattr_natural(export.root)
+        _lay_targets(export.root, xattr)
+        _lay_targets(foreign.path, xattr)
+        cases = operation_cases(".", 0, xattr, KINDS[:4])
+        cases += operation_cases(foreign.relpath, foreign.index, xattr, KINDS)
+        before = _described_tree(export.root, foreign.relpath)
+        requests = [OpRequest(c.op, c.path, c.path2) for c in cases]
+        requests.append(OpRequest("readdir", "."))
+        answer, _ = run_ops(guest, spec.mount_point, requests)
+        after = _described_tree(export.root, foreign.relpath)
+        changes = [f"{path}: {before.get(path, 'absent')} -> {after.get(path, 'absent')}"
+                   for path in sorted(set(before) | set(after))
+                   if before.get(path) != after.get(path)]
+        seen = OperationsSeen(
+            tuple(cases), answer.errnos[:-1], answer.listings.get(len(cases)),
+            answer.errnos[-1], tuple(d.relpath for d in export.devices[1:] if "/" not in
+                                     d.relpath),
+            tuple(changes), export.truth.device_count)
+        return Observation(seen)
+
+    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
+        seen = observation.data
+        assert isinstance(seen, OperationsSeen)
+        return judge_operations(judging.plan.mode, judging.qemu_version, seen,
+                                judging.stderr, judging.stderr_outside,
+                                judging.command_failures)
+
+
+_MOVES = {"mv-file": "file", "mv-dir": "dir"}
+
+
+def _lay_cross(export: Export) -> tuple[list[OpCase], dict[str, str]]:
+    """Sources on the root device, an empty destination directory on device 1."""
+    root, foreign = export.root, export.devices[1].relpath
+    source = root / XDEV_DIR
+    source.mkdir()
+    for name in ("rename-file", "link-file", "mv-file"):
+        (source / name).write_bytes(f"{XDEV_DIR}/{name}\n".encode())
+    for name, files in (("rename-dir", ("inner",)), ("mv-dir", ("a", "b"))):
+        (source / name).mkdir()
+        for file in files:
+            (source / name / file).write_bytes(f"{XDEV_DIR}/{name}/{file}\n".encode())
+    (root / foreign / XDEV_DIR).mkdir()
+    dest = f"{foreign}/{XDEV_DIR}"
+    cases = [OpCase("rename", "file", 0, f"{XDEV_DIR}/rename-file", f"{dest}/rename-file"),
+             OpCase("link", "file", 0, f"{XDEV_DIR}/link-file", f"{dest}/link-file"),
+             OpCase("rename", "dir", 0, f"{XDEV_DIR}/rename-dir", f"{dest}/rename-dir"),
+             # Onto an existing file that shares the source's qid under warn.
+             OpCase("rename", TWIN_TARGET, 0, TWIN_SAME, f"{foreign}/{TWIN_SAME}")]
+    moves = {f"{XDEV_DIR}/{name}": f"{dest}/{name}" for name in _MOVES}
+    return cases, moves
+
+
+def _cross_state(root: Path, tops: Sequence[str], twins: Sequence[str]
+                 ) -> dict[str, bytes | None]:
+    """The host side of the cross-device cases: both trees and both twins."""
+    state = {k: v for top in tops for k, v in host_tree(root, top).items()}
+    state.update({twin: (root / twin).read_bytes() for twin in twins if (root / twin).exists()})
+    return state
+
+
+class CrossDeviceCheck:
+    """rename, link and busybox mv from the root device to another; host read back."""
+
+    name = "cross_device"
+
+    def observe(self, guest: Guest, spec: ExportSpec, export: Export,
+                options: RunOptions) -> Observation:
+        cases, moves = _lay_cross(export)
+        foreign = export.devices[1].relpath
+        tops = (XDEV_DIR, f"{foreign}/{XDEV_DIR}")
+        twins = (TWIN_SAME, f"{foreign}/{TWIN_SAME}")
+        before = _cross_state(export.root, tops, twins)
+        point = shlex.quote(spec.mount_point)
+        # busybox mv falls back to copy + unlink on EXDEV; its exit status is the outcome.
+        mv = "".join(f"(cd {point} && mv {shlex.quote(src)} {shlex.quote(dst.rpartition('/')[0])}"
+                     f"/) 2>/dev/null; echo {name} $?\n"
+                     for (src, dst), name in zip(moves.items(), _MOVES, strict=True))
+        answer, text = run_ops(guest, spec.mount_point,
+                               [OpRequest(c.op, c.path, c.path2) for c in cases], mv)
+        results = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+        raw: list[tuple[OpCase, int]] = list(zip(cases, answer.errnos, strict=True))
+        for name, kind in _MOVES.items():
+            status = results.get(name, "")
+            if not status.isdigit():
+                raise GuestOutputError(f"no exit status of the guest's mv of {name}",
+                                       details=text[-2000:])
+            raw.append((OpCase("mv", kind, 0, f"{XDEV_DIR}/{name}", moves[f"{XDEV_DIR}/{name}"]),
+                        int(status)))
+        after = _cross_state(export.root, tops, twins)
+        share = len({qid(export.truth.by_path[p], remapped=False) for p in twins}) == 1
+        return Observation(CrossSeen(tuple(raw), before, after, moves,
+                                     export.truth.device_count,
+                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes))
+
+    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
+        seen = observation.data
+        assert isinstance(seen, CrossSeen)
+        return judge_cross_device(judging.plan.mode, judging.qemu_version, seen,
+                                  judging.stderr, judging.stderr_outside,
+                                  judging.command_failures)
+
+
+OPS_FAMILIES: tuple[CheckFamily, ...] = (OperationsCheck(), CrossDeviceCheck())

@@ -1,0 +1,124 @@
+"""A shell script that reproduces one case without the harness (for bug reports).
+
+It builds the same multi-device tmpfs export inside a private mount namespace,
+starts QEMU with the command line the harness used (minus the harness's own QMP
+socket, with a fixed SSH port) and says how to look at the collision from the guest.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import ExportLayout, ExportSpec, MachineSpec
+from ..host.truth import (
+    ODD_NAME,
+    ROOT_STEP,
+    TWIN_DIR,
+    TWIN_ENTRY,
+    TWIN_EPOCH,
+    TWIN_MTIME,
+    TWIN_SAME,
+)
+from ..qemu.cmdline import kernel_append, mount_options, render_command
+
+EXPORT_VAR = "/tmp/mdh-byhand-export"
+BYHAND_PORT = 10022
+
+
+def populate_function() -> str:
+    """The shell function that fills one device (DIR LABEL FILES INDEX) in the
+    harness's order, twins included (``export._add_twins``).
+
+    Names as ``export.device_file_names`` makes them: "file NNNN", the last one of
+    two or more being the name with a newline (single-quoted, so sh keeps it).
+    """
+    odd = shlex.quote(ODD_NAME)
+    return (
+        'populate() {  # DIR LABEL FILES INDEX\n'
+        '    i=0; while [ "$i" -lt "$3" ]; do\n'
+        '        f=$(printf "file %04d" "$i")\n'
+        f'        if [ "$3" -ge 2 ] && [ "$i" -eq $(($3 - 1)) ]; then f={odd}; fi\n'
+        '        printf "%s/%s\\n" "$2" "$f" > "$1/$f"\n'
+        '        i=$((i + 1)); done\n'
+        '    mkdir "$1/sub"; printf "%s/sub/inner\\n" "$2" > "$1/sub/inner"\n'
+        '    printf "%s/link-a\\n" "$2" > "$1/link-a"; ln "$1/link-a" "$1/link-b"\n'
+        f'    printf "%s/{TWIN_SAME}\\n" "$2" > "$1/{TWIN_SAME}"\n'
+        f'    printf "%s/{TWIN_MTIME}\\n" "$2" > "$1/{TWIN_MTIME}"\n'
+        f'    mkdir "$1/{TWIN_DIR}"; printf "%s\\n" "$2" > '
+        f'"$1/{TWIN_DIR}/{TWIN_ENTRY}$(printf %03d "$4")"\n'
+        f'    touch -d @{TWIN_EPOCH} "$1/{TWIN_SAME}" "$1/{TWIN_DIR}"\n'
+        f'    touch -d @$(({TWIN_EPOCH} + 4 * $4)) "$1/{TWIN_MTIME}"\n'
+        '}\n'
+    )
+
+
+def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bool) -> str:
+    """The whole reproduction script for ``export`` shared by ``spec``'s QEMU.
+
+    The script re-runs itself inside a private mount namespace (a user namespace
+    too without root), so its mounts vanish with QEMU.
+    """
+    shared = replace(export, path=Path(EXPORT_VAR))
+    hand = replace(spec, exports=(shared,))
+    append = kernel_append(hand.exports, hand.extra_append)
+    argv = render_command(
+        hand, console_path=Path("/dev/stdout"), qmp_fd=None, host_port=BYHAND_PORT,
+        append=append,
+    )
+    unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
+    return "\n".join([
+        "#!/bin/sh",
+        f"# Reproduce multidevs={export.mode.value} by hand: {layout.devices} tmpfs devices in",
+        "# one 9p export, files created in the same order on each so inode numbers repeat.",
+        "set -eu",
+        f'[ "${{1:-}}" = inner ] || exec {unshare} sh "$0" inner',
+        *(_loop_lines(layout) if layout.loop else _standard_lines(layout)),
+        "exec " + shlex.join(argv),
+    ]) + "\n"
+
+
+def _loop_lines(layout: ExportLayout) -> list[str]:
+    """The loop layout (``export._build_loop``): the root holds only dev01, dev01 only
+    sub; both roots one entry, one mtime and inode 1, so their qids match."""
+    return [
+        f"mkdir -p {EXPORT_VAR}",
+        f"mount -t tmpfs tmpfs {EXPORT_VAR}",
+        f"mkdir {EXPORT_VAR}/dev01; mount -t tmpfs tmpfs {EXPORT_VAR}/dev01",
+        f"mkdir {EXPORT_VAR}/dev01/sub",
+        f'i=0; while [ "$i" -lt {layout.files_per_device} ]; do',
+        f'    f=$(printf "file %04d" "$i"); echo "dev01/sub/$f" > "{EXPORT_VAR}/dev01/sub/$f"',
+        '    i=$((i + 1)); done',
+        f"touch -d @{TWIN_EPOCH} {EXPORT_VAR}/dev01 {EXPORT_VAR}",
+    ]
+
+
+def _standard_lines(layout: ExportLayout) -> list[str]:
+    files = layout.files_per_device
+    return [
+        populate_function().rstrip(),
+        f"mkdir -p {EXPORT_VAR}",
+        f"mount -t tmpfs tmpfs {EXPORT_VAR}",
+        f"populate {EXPORT_VAR} dev00 {files} 0",
+        f"n=1; while [ $n -lt {layout.devices} ]; do",
+        '    d=$(printf "dev%02d" "$n")',
+        f'    mkdir "{EXPORT_VAR}/$d"; mount -t tmpfs tmpfs "{EXPORT_VAR}/$d"',
+        f'    populate "{EXPORT_VAR}/$d" "$d" {files} "$n"; n=$((n + 1))',
+        "done",
+        "# Device roots last, with distinct mtimes, as the harness does (export.root_time).",
+        f'n=0; for d in . $(cd {EXPORT_VAR} && ls -d dev[0-9]* 2>/dev/null); do',
+        f'    touch -d @$(({TWIN_EPOCH} + {ROOT_STEP} * (n + 1))) "{EXPORT_VAR}/$d"; '
+        'n=$((n + 1)); done',
+    ]
+
+
+def guest_hint(spec: MachineSpec, export: ExportSpec) -> str:
+    """How to reach the guest started by the script and look at the ids."""
+    key = spec.image.client_key
+    return (
+        f"ssh -i {key} -o StrictHostKeyChecking=no -p {BYHAND_PORT} root@127.0.0.1 "
+        f"'cd {export.mount_point} && ls -i -R .'   "
+        f"(the guest mounted it as: mount -t 9p -o {mount_options(export)} "
+        f"{export.tag} {export.mount_point})"
+    )

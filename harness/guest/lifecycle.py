@@ -1,0 +1,226 @@
+"""One guest interface, and the boot wait every kind of guest shares.
+
+A ``Guest`` is a running Linux guest the harness can observe, however it was
+started: ``machine.Machine`` runs QEMU directly, ``libvirt_guest.LibvirtGuest`` has
+libvirtd start it.  Both hand their boot to ``wait_ready`` below, so the readiness
+line, panic detection, the init's own failure report and the boot deadline are
+decided in this one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from ..config import GuestImage, Start
+from ..errors import GuestBootTimeout, GuestInitFailed, GuestPanic, QemuFailed, SshUnavailable
+from ..proc import tail_file
+from .bootlog import init_failure
+from .ssh import CommandResult, GuestSsh, connect_with_retry
+
+# The guest init prints this once every step of its boot succeeded, or the other
+# one, with the step and why, at the first step that failed.
+READY_MARKER = "MDH-READY"
+FAILED_MARKER = "MDH-FAILED"
+_FAILED_GRACE_S = 1.0
+# "end Kernel panic" lines contain it too.
+PANIC_MARKERS = ("Kernel panic",)
+_POLL_S = 0.01
+# Console text held while waiting: enough for the init's steps and the kernel's
+# complaints before them.
+_CONSOLE_KEPT = 65536
+
+
+class Booting(Protocol):
+    """What the shared boot wait needs to know of a guest being started."""
+
+    name: str
+    console_path: Path
+    log_dir: Path
+
+    @property
+    def argv(self) -> Sequence[str]:
+        """The QEMU command line that runs this guest."""
+        ...
+
+    def stopped(self) -> str | None:
+        """None while QEMU runs; else how it ended ("QEMU exited with status 1")."""
+        ...
+
+    def stderr_text(self) -> str:
+        """Everything QEMU wrote to stderr so far."""
+        ...
+
+
+class Guest(Booting, Protocol):
+    """A running guest: a shell over SSH, its console log and QEMU's stderr."""
+
+    start: Start  # booted cold or restored from a saved state
+
+    @property
+    def boot_seconds(self) -> float | None:
+        """Seconds from QEMU's start to an SSH session; None before one was opened."""
+        ...
+
+    def wait_ready(self) -> None:
+        """Block until the guest accepts SSH; raise a HarnessError if it never will."""
+        ...
+
+    def run(
+        self, command: str, stdin: bytes = b"", timeout: float | None = None
+    ) -> CommandResult:
+        """Run a shell command in the guest over SSH."""
+        ...
+
+    def kill(self) -> None:
+        """Stop the guest at once (for Ctrl-C from another thread)."""
+        ...
+
+
+class Launched:
+    """The lifecycle both kinds of guest share: ``launch`` on enter, ``shutdown`` on
+    exit, and ``shutdown`` too when ``launch`` itself fails half-way (Ctrl-C included),
+    so nothing started is left behind."""
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+@dataclass(frozen=True)
+class BootDeadline:
+    """When the boot started, how long it may take, and how to reach the guest."""
+
+    started: float
+    seconds: float
+    host_port: int
+    image: GuestImage
+
+
+def check_alive(guest: Booting) -> None:
+    """Raise GuestPanic or QemuFailed at once if the guest panicked or QEMU ended."""
+    console = tail_file(guest.console_path, 60)
+    if any(marker in console for marker in PANIC_MARKERS):
+        raise GuestPanic(
+            f"{guest.name}: the guest kernel panicked",
+            hint=f"see {guest.console_path}",
+            command=guest.argv,
+            stderr_tail=guest.stderr_text()[-2000:],
+            console_tail=console,
+        )
+    ended = guest.stopped()
+    if ended is not None:
+        raise QemuFailed(
+            f"{guest.name}: {ended}",
+            hint=f"see {guest.log_dir}",
+            command=guest.argv,
+            stderr_tail=guest.stderr_text()[-2000:],
+            console_tail=tail_file(guest.console_path),
+        )
+
+
+def wait_ready(guest: Booting, deadline: BootDeadline) -> GuestSsh:
+    """Wait for the readiness line, then an SSH session, both before one deadline.
+
+    Returns the open session.  A panic or an exited QEMU ends the wait at once;
+    a silent guest ends it at the deadline with the console tail in the error.
+    """
+    wait_console(guest, deadline)
+    return connect(guest, deadline)
+
+
+def wait_console(guest: Booting, deadline: BootDeadline) -> None:
+    """Wait for the init's readiness line (or its report of a failed step)."""
+    _wait_console(guest, deadline.started + deadline.seconds, deadline.seconds)
+
+
+def connect(guest: Booting, deadline: BootDeadline) -> GuestSsh:
+    """An SSH session to the guest before the deadline, its host key pinned."""
+    until = deadline.started + deadline.seconds
+    try:
+        return connect_with_retry(
+            "127.0.0.1", deadline.host_port, deadline.image.client_key,
+            deadline.image.host_key_pub, until, lambda: check_alive(guest),
+        )
+    except SshUnavailable as exc:
+        if type(exc) is not SshUnavailable:  # a wrong host key is no timeout
+            raise
+        raise boot_timeout(guest, deadline.seconds, exc.message) from exc
+
+
+def _wait_console(guest: Booting, until: float, seconds: float) -> None:
+    """Read the console as it grows until the init says ready, or says which step failed.
+
+    A failed step ends the wait at once (GuestInitFailed with the init's own
+    account), not at the deadline with an SSH error that hides the reason.
+    """
+    offset = 0
+    text = ""
+    failed_at: float | None = None
+    while True:
+        check_alive(guest)
+        try:
+            with open(guest.console_path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        text = (text + chunk.decode(errors="replace"))[-_CONSOLE_KEPT:]
+        failure = init_failure(text) if chunk or failed_at is not None else None
+        if failure is not None:
+            # The step's report can be read a moment before the init's last line
+            # (MDH-FAILED with the detail); wait briefly for it so the error is whole.
+            failed_at = failed_at or time.monotonic()
+            if FAILED_MARKER in failure or time.monotonic() - failed_at > _FAILED_GRACE_S:
+                raise _init_failed(guest, failure)
+        elif chunk and READY_MARKER in text:
+            return
+        if time.monotonic() > until:
+            raise boot_timeout(guest, seconds, "no readiness line on the serial console")
+        time.sleep(_POLL_S)
+
+
+def _init_failed(guest: Booting, failure: str) -> GuestInitFailed:
+    last = failure.strip().splitlines()[-1].strip()
+    return GuestInitFailed(
+        f"{guest.name}: the guest's init failed: {last}",
+        hint=f"the guest image does not fit this kernel or QEMU; logs in {guest.log_dir}",
+        command=guest.argv,
+        stderr_tail=guest.stderr_text()[-2000:],
+        console_tail=failure,
+    )
+
+
+def boot_timeout(guest: Booting, seconds: float, what: str) -> GuestBootTimeout:
+    """The error of a guest that was not ready in time, with its console tail."""
+    return GuestBootTimeout(
+        f"{guest.name}: guest not ready within {seconds:.0f} s ({what})",
+        hint=f"logs in {guest.log_dir}; under TCG a loaded machine boots slowly "
+        "(MDH_TIMEOUT_SCALE=2 doubles every deadline)",
+        command=guest.argv,
+        stderr_tail=guest.stderr_text()[-2000:],
+        console_tail=tail_file(guest.console_path),
+    )

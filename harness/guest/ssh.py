@@ -1,0 +1,224 @@
+"""SSH into the guest with paramiko: pinned host key, key auth, CommandResult.
+
+Shaped after pytest-testinfra's paramiko backend: one lazily connected client,
+commands through ``open_session()``, results as a small dataclass.  The guest's host
+key was generated when the image was built, so it is pinned here and any other key
+is refused: there is no trust-on-first-use step an attacker could ride.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import paramiko
+
+from ..errors import GuestCommandTimeout, HostKeyMismatch, SshUnavailable
+
+USER = "root"
+
+# paramiko's transport thread logs each failed banner read (sshd not up yet, QEMU
+# gone) with a traceback, which Python prints on stderr when nothing configured
+# logging: once per retry.  The same failure reaches us as an exception and is
+# reported once; a program that configures logging still gets these records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command run in the guest."""
+
+    command: str
+    rc: int
+    stdout: bytes
+    stderr: bytes
+    duration: float
+
+    @property
+    def text(self) -> str:
+        """stdout decoded leniently (guest output is not always UTF-8)."""
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def load_pinned_key(path: Path) -> paramiko.PKey:
+    """Read an OpenSSH public key line (``ssh-ed25519 AAAA...``) as a paramiko key."""
+    try:
+        kind, b64 = path.read_text().split()[:2]
+        return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        raise SshUnavailable(
+            f"cannot read the pinned guest host key {path}: {exc}",
+            hint="rebuild the guest image: multidevs-harness image build --force",
+        ) from exc
+
+
+class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the key the image build generated, refuse everything else."""
+
+    def __init__(self, pinned: paramiko.PKey) -> None:
+        self.pinned = pinned
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if key.get_name() != self.pinned.get_name() or key.asbytes() != self.pinned.asbytes():
+            raise HostKeyMismatch(
+                f"guest at {hostname} presented host key {key.get_name()} "
+                f"{key.fingerprint}, but the image pinned {self.pinned.fingerprint}",
+                hint="refusing to connect: is another service on that port? "
+                "If the image was rebuilt, rerun so the new key is used",
+            )
+
+
+class GuestSsh:
+    """A connected SSH session to a guest; use ``connect_with_retry`` to make one."""
+
+    def __init__(self, client: paramiko.SSHClient, host: str, port: int) -> None:
+        self._client = client
+        self.host = host
+        self.port = port
+
+    def __enter__(self) -> GuestSsh:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the transport; safe to call twice and after the guest died."""
+        self._client.close()
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> CommandResult:
+        """Run ``command`` through the guest's shell, feeding ``stdin``; never raise on rc.
+
+        ``command`` is interpreted by the guest's /bin/sh; callers build it from
+        constants and ``shlex.quote`` d values, never from raw user strings.
+        """
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshUnavailable(
+                f"SSH session to {self.host}:{self.port} is closed",
+                hint="the guest may have crashed; see the console log",
+            )
+        start = time.monotonic()
+        deadline = start + timeout
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.settimeout(max(0.1, timeout))
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            out = bytearray()
+            err = bytearray()
+            while True:
+                if channel.recv_ready():
+                    out += channel.recv(1 << 16)
+                elif channel.recv_stderr_ready():
+                    err += channel.recv_stderr(1 << 16)
+                elif channel.exit_status_ready():
+                    break
+                elif time.monotonic() > deadline:
+                    channel.close()
+                    raise GuestCommandTimeout(
+                        f"guest command did not finish within {timeout:.0f} s: {command}",
+                        hint="the guest may be overloaded (TCG is slow); see the console log",
+                    )
+                else:
+                    # The channel's fileno turns readable on stdout data and on
+                    # close; stderr is caught by the short timeout.
+                    select.select([channel], [], [], 0.02)
+            while channel.recv_ready():
+                out += channel.recv(1 << 16)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(1 << 16)
+            rc = channel.recv_exit_status()
+            channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshUnavailable(
+                f"SSH command failed in transport: {command}: {exc}",
+                hint="the guest or QEMU may have died; see the console log",
+            ) from exc
+        return CommandResult(command, rc, bytes(out), bytes(err), time.monotonic() - start)
+
+
+def _client_key(path: Path) -> paramiko.Ed25519Key:
+    try:
+        return paramiko.Ed25519Key.from_private_key_file(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise SshUnavailable(
+            f"cannot read the client key {path}: {exc}",
+            hint="rebuild the guest image: multidevs-harness image build --force",
+        ) from exc
+
+
+def connect_with_retry(
+    host: str,
+    port: int,
+    client_key: Path,
+    host_key_pub: Path,
+    deadline: float,
+    alive: Callable[[], None],
+) -> GuestSsh:
+    """Connect as root before ``deadline`` (a time.monotonic() value).
+
+    Retries while sshd is not yet up (refused connections, missing banner, reset)
+    but calls ``alive()`` between attempts, which raises as soon as QEMU has exited
+    or the guest panicked, so a dead guest fails at once instead of at the deadline.
+    A host key mismatch is never retried.
+    """
+    pinned = load_pinned_key(host_key_pub)
+    pkey = _client_key(client_key)
+    last_error = "no attempt made"
+    while True:
+        alive()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SshUnavailable(
+                f"no SSH session to the guest at {host}:{port} before the deadline "
+                f"(last error: {last_error})",
+                hint="see the console log; under TCG raise the boot timeout",
+            )
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_PinnedKeyPolicy(pinned))
+        try:
+            client.connect(
+                host,
+                port=port,
+                username=USER,
+                pkey=pkey,
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=min(remaining, 5.0),
+                banner_timeout=min(remaining, 10.0),
+                auth_timeout=min(remaining, 10.0),
+            )
+            return GuestSsh(client, host, port)
+        except HostKeyMismatch:
+            client.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SshUnavailable(
+                f"guest refused the harness's client key: {exc}",
+                hint="rebuild the guest image: multidevs-harness image build --force",
+            ) from exc
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)

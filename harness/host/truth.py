@@ -1,0 +1,193 @@
+"""The host truth: what the export holds (path -> st_dev, st_ino, kind, size, mtime),
+the names and fixtures every device gets, and the premise a multi-device row needs.
+Pure data and rules; building and recording the export is ``host.export``."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from ..config import ExportLayout
+
+SUBDIR = "sub"
+
+
+SUBDIR_FILE = "inner"
+
+
+LINK_A = "link-a"
+
+
+LINK_B = "link-b"
+
+
+NESTED = "nested"
+
+
+ODD_NAME = "odd\nname"
+
+
+# Twins built to provoke aliasing under an inode cache (see ``_add_twins``).  QEMU's
+# qid.version is mtime seconds XOR size<<8, and the Linux client reuses a cached inode
+# when type, path (st_ino under warn) and version match, so:
+TWIN_SAME = "twin-same"  # same size, same mtime on every device: qids collide
+
+
+TWIN_MTIME = "twin-mtime"  # same size, mtimes 4 s apart per device: qids differ
+
+
+TWIN_DIR = "twin-dir"  # a directory with a different entry per device, same mtime
+
+
+TWIN_ENTRY = "only-d"  # + device index: the entry that tells twin-dir's devices apart
+
+
+# A fixed, whole-second time for the twins, so whether qids collide does not depend
+# on when the export was built.
+TWIN_EPOCH = 1_700_000_000
+
+
+# Device roots get TWIN_EPOCH + ROOT_STEP * (index + 1): distinct mtimes keep their
+# qids apart, so a collision stays on the twins and does not swallow a whole device.
+ROOT_STEP = 64
+
+
+class EntryKind(StrEnum):
+    """The file type of one host path, from its lstat."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class HostEntry:
+    """One path under the export root as the host sees it (lstat, never following links)."""
+
+    path: str  # relative to the export root; the root itself is "."
+    dev: int
+    ino: int
+    nlink: int
+    kind: EntryKind
+    device: int  # index into Export.devices: 0 is the root tmpfs
+    content: bytes | None = None  # regular files only
+    # st_mtime in whole seconds and st_size: with ino and kind they make QEMU's qid.
+    mtime: int = 0
+    size: int = 0
+
+    @property
+    def file_id(self) -> tuple[int, int]:
+        """(st_dev, st_ino): what makes a host file distinct; hard links share it."""
+        return (self.dev, self.ino)
+
+
+@dataclass(frozen=True)
+class HostTruth:
+    """Every path of the export with its host identity, in a fixed order.
+
+    The order (depth first, names sorted, "." first) is the order in which paths are fed
+    to the guest agent, so guest records can be matched back by index.
+    """
+
+    entries: tuple[HostEntry, ...]
+
+    @cached_property
+    def paths(self) -> tuple[str, ...]:
+        """The relative paths in truth order."""
+        return tuple(entry.path for entry in self.entries)
+
+    @cached_property
+    def by_path(self) -> dict[str, HostEntry]:
+        """Entries keyed by relative path."""
+        return {entry.path: entry for entry in self.entries}
+
+    @cached_property
+    def device_count(self) -> int:
+        """How many distinct host devices (st_dev values) the export spans."""
+        return len({entry.dev for entry in self.entries})
+
+    @cached_property
+    def by_file_id(self) -> dict[tuple[int, int], tuple[str, ...]]:
+        """Paths per distinct host file; a hard-link pair is one key with two paths."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for entry in self.entries:
+            groups.setdefault(entry.file_id, []).append(entry.path)
+        return {key: tuple(paths) for key, paths in groups.items()}
+
+    def repeated_inodes(self) -> dict[int, tuple[int, ...]]:
+        """Inode numbers found on more than one host device -> those st_dev values, sorted.
+
+        These are the numbers that collide in the guest when QEMU passes st_ino through
+        unchanged (multidevs=warn). Empty means the premise of the test does not hold.
+        """
+        devs_per_ino: dict[int, set[int]] = {}
+        for entry in self.entries:
+            devs_per_ino.setdefault(entry.ino, set()).add(entry.dev)
+        return {ino: tuple(sorted(devs)) for ino, devs in devs_per_ino.items() if len(devs) > 1}
+
+    @property
+    def premise_holds(self) -> bool:
+        """A single device needs no premise; several must share at least one inode number."""
+        return self.device_count <= 1 or bool(self.repeated_inodes())
+
+
+@dataclass(frozen=True)
+class ExportDevice:
+    """One tmpfs of the export."""
+
+    index: int
+    path: Path  # absolute mount point
+    relpath: str  # mount point relative to the export root ("." for device 0)
+    st_dev: int
+
+
+@dataclass(frozen=True)
+class Export:
+    """A built export: where it is, its devices, and the host truth recorded after building."""
+
+    root: Path
+    layout: ExportLayout
+    devices: tuple[ExportDevice, ...]
+    truth: HostTruth
+
+
+def device_file_names(count: int) -> tuple[str, ...]:
+    """The regular-file names every device gets, in creation order.
+
+    All contain a space ("file 0000", ...); with two or more files the last one is
+    "odd\\nname" instead, so a path with a newline is in every device too. The agent's
+    NUL-separated input and hex output must carry both unharmed.
+    """
+    names = [f"file {i:04d}" for i in range(count)]
+    if count >= 2:
+        names[-1] = ODD_NAME
+    return tuple(names)
+
+
+def device_relpath(index: int, nested: bool, devices: int) -> str:
+    """Where device ``index`` is mounted, relative to the export root."""
+    if index == 0:
+        return "."
+    if nested and index == devices:
+        return f"dev01/{NESTED}"
+    return f"dev{index:02d}"
+
+
+def root_time(index: int) -> int:
+    """The mtime device ``index``'s root directory is given once the export is built."""
+    return TWIN_EPOCH + ROOT_STEP * (index + 1)
+
+
+def kind_of_mode(mode: int) -> EntryKind:
+    """The EntryKind of an st_mode (host or guest: 9p passes the host mode through)."""
+    if stat.S_ISREG(mode):
+        return EntryKind.FILE
+    if stat.S_ISDIR(mode):
+        return EntryKind.DIR
+    if stat.S_ISLNK(mode):
+        return EntryKind.SYMLINK
+    return EntryKind.OTHER

@@ -1,0 +1,523 @@
+"""Build and cache the guest image described by a recipe in guests/.
+
+Every package that goes in (the distro kernel, busybox, dropbear and the libraries
+dropbear links) comes from the recipe's Debian suite through a private apt
+configuration: downloaded with ``apt-get download`` and unpacked with ``dpkg-deb -x``,
+never installed.  So the image is the same whatever host builds it, and the host
+needs only QEMU, Python, dpkg/apt, Debian's keyring and a C compiler for the agent.
+
+Package versions are resolved (one apt-get update and apt-cache show per suite) on
+an explicit ``image build``, when no image exists, or when the stored resolution is
+older than a day; otherwise the newest built image is reused without any apt call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import GuestImage
+from ..errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
+from .apt import PackageInfo, PrivateApt
+from .initramfs import (
+    TOOLS_DIR,
+    Contents,
+    Keys,
+    ModuleTree,
+    generate_keys,
+    library_closure,
+    resolve_in_tree,
+    write_initramfs,
+)
+from .kernelfile import check_same_release, extract_vmlinux, kernel_release, modules_release
+from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
+
+# Bump when the way an image is assembled changes, so old cache entries are not reused.
+BUILDER_VERSION = "5"
+# An image used by some run within this many seconds is never pruned.
+IN_USE_S = 24 * 3600
+USED_STAMP = ".last-used"
+RESOLUTION_MAX_AGE = 24 * 3600.0
+_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def default_cache_root() -> Path:
+    """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/..."""
+    env = os.environ.get("MDH_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "multidevs-harness"
+
+
+# --- host tools ----------------------------------------------------------------------
+
+
+def which(tool: str) -> str | None:
+    """Find a tool on PATH or in the sbin directories a non-root PATH lacks."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    for directory in _SBIN_DIRS:
+        candidate = Path(directory) / tool
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def check_host_tools(recipe: Recipe) -> None:
+    """Raise MissingPackages naming the packages whose tools are absent."""
+    missing = {pkg for tool, pkg in recipe.tool_packages.items() if which(tool) is None}
+    if missing:
+        raise MissingPackages(sorted(missing))
+
+
+def _run(argv: Sequence[str], cwd: Path | None = None, what: str = "") -> str:
+    result = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageBuildError(
+            f"{what or argv[0]} failed (exit {result.returncode}): {' '.join(argv)}",
+            details=result.stderr.strip()[-2000:],
+        )
+    return result.stdout
+
+
+# --- package resolution ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The package versions a recipe resolved to, and when (stored in the cache)."""
+
+    kernel_package: str
+    versions: Mapping[str, str]
+    resolved_at: float
+
+    def fresh(self, now: float) -> bool:
+        """Young enough to skip apt: a kernel update is picked up within a day."""
+        return 0 <= now - self.resolved_at < RESOLUTION_MAX_AGE
+
+
+def pick_kernel_package(meta: PackageInfo, pattern: str) -> str:
+    """The concrete kernel package the metapackage depends on (matching ``pattern``)."""
+    wanted = re.compile(pattern)
+    for name in meta.depends:
+        if wanted.match(name):
+            return name
+    raise ImageBuildError(
+        f"{meta.name} {meta.version} does not depend on a package matching {pattern}",
+        hint="the recipe's [kernel] package_pattern must match the suite's kernel",
+    )
+
+
+def dependency_closure(
+    roots: Iterable[str], show: Callable[[list[str]], Mapping[str, PackageInfo]]
+) -> dict[str, str]:
+    """Package -> version for ``roots`` and everything they Depend on, transitively.
+
+    ``show`` answers for a batch of names, so each level of the tree is one apt call.
+    """
+    versions: dict[str, str] = {}
+    pending = sorted(set(roots))
+    while pending:
+        infos = show(pending)
+        for info in infos.values():
+            versions[info.name] = info.version
+        pending = sorted({d for i in infos.values() for d in i.depends} - set(versions))
+    return versions
+
+
+def resolve(recipe: Recipe, apt: PrivateApt, progress: Progress) -> Resolution:
+    """Refresh the suite's lists and pin every package the image needs."""
+    progress(f"apt-get update (Debian {recipe.suite.name}, private lists)")
+    apt.update()
+    meta = apt.show([recipe.kernel_metapackage])[recipe.kernel_metapackage]
+    kernel = pick_kernel_package(meta, recipe.kernel_package_pattern)
+    # The kernel's own Depends (kmod, initramfs-tools) are for installing it: not needed.
+    versions = {kernel: apt.show([kernel])[kernel].version}
+    versions.update(dependency_closure(recipe.userland_packages, apt.show))
+    return Resolution(kernel, versions, time.time())
+
+
+def _resolution_path(cache_root: Path, recipe: Recipe) -> Path:
+    return cache_root / "resolved" / f"{recipe.name}.json"
+
+
+def load_resolution(cache_root: Path, recipe: Recipe) -> Resolution | None:
+    """The stored resolution, or None if there is none (or it cannot be read)."""
+    try:
+        data = json.loads(_resolution_path(cache_root, recipe).read_text())
+        return Resolution(str(data["kernel_package"]),
+                          {str(k): str(v) for k, v in data["versions"].items()},
+                          float(data["resolved_at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def store_resolution(cache_root: Path, recipe: Recipe, resolution: Resolution) -> None:
+    """Write the resolution next to the images (atomically: readers never see half)."""
+    path = _resolution_path(cache_root, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "recipe": recipe.name, "suite": recipe.suite.name,
+        "kernel_package": resolution.kernel_package,
+        "versions": dict(resolution.versions), "resolved_at": resolution.resolved_at,
+    }, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --- the cache ------------------------------------------------------------------------
+
+
+def image_paths(directory: Path, manifest: Mapping[str, Any]) -> GuestImage:
+    """The GuestImage of a cache directory, from its manifest."""
+    return GuestImage(
+        directory=directory,
+        recipe=str(manifest["recipe"]),
+        cache_key=str(manifest["key"]),
+        kernel_release=str(manifest["kernel_release"]),
+        modules_release=str(manifest.get("modules_release", "")),
+        vmlinux=directory / "vmlinux",
+        vmlinuz=directory / "vmlinuz",
+        initrd=directory / "initrd.cpio",
+        host_key_pub=directory / "host_key.pub",
+        client_key=directory / "client_key",
+        client_key_pub=directory / "client_key.pub",
+    )
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """A cache directory's manifest if the image in it is complete, else None."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    names = ("vmlinux", "vmlinuz", "initrd.cpio", "host_key.pub", "client_key")
+    return manifest if all((directory / n).is_file() for n in names) else None
+
+
+def cached_images(cache_root: Path, recipe: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Complete images of ``recipe`` (distro and modules variants), newest first."""
+    found = []
+    for directory in cache_root.glob(f"{recipe}[-+]*"):
+        manifest = read_manifest(directory)
+        if manifest is not None and manifest.get("recipe") == recipe:
+            found.append((directory, manifest))
+    return sorted(found, key=lambda item: float(item[1].get("built_at", 0)), reverse=True)
+
+
+def _ensure_writable(cache_root: Path) -> None:
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise CacheDirError(
+            f"cannot write the image cache {cache_root}: {exc.strerror}",
+            hint="set MDH_CACHE_DIR (or XDG_CACHE_HOME) to a writable directory",
+        ) from exc
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def mark_used(directory: Path) -> None:
+    """Note that a run uses this image now, so no other run prunes it meanwhile."""
+    with contextlib.suppress(OSError):
+        (directory / USED_STAMP).touch()
+
+
+def _last_used(directory: Path) -> float:
+    stamps = [directory / USED_STAMP, directory]
+    return max((p.stat().st_mtime for p in stamps if p.exists()), default=0.0)
+
+
+def _prune_old(cache_root: Path, prefix: str, keep: Path) -> None:
+    # An image is ~80 MB; older builds of the same recipe (and variant) are rarely
+    # used again once a newer one exists.  But another checkout or harness version
+    # sharing this cache may be running from one right now (its recipe files or
+    # builder differ): images used within IN_USE_S stay.
+    pattern = re.compile(re.escape(prefix) + r"-[0-9a-f]{16}")
+    now = time.time()
+    for old in cache_root.glob(f"{prefix}-*"):
+        if old != keep and old.is_dir() and pattern.fullmatch(old.name) \
+                and now - _last_used(old) > IN_USE_S:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def tree_digest(moddir: Path) -> str:
+    """Hash of every file in a modules tree (names and contents)."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in moddir.rglob("*") if p.is_file()):
+        hasher.update(f"{path.relative_to(moddir)} {path.stat().st_size}\n".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()
+
+
+# --- the build --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one build_image call settled on before touching the cache."""
+
+    recipe: Recipe
+    digest: str
+    resolution: Resolution
+    key: str
+    directory: Path
+    modules_dir: Path | None
+
+
+def build_image(
+    recipe: Recipe | str | None = None,
+    cache_root: Path | None = None,
+    progress: Progress = _quiet,
+    force: bool = False,
+    refresh: bool = False,
+    modules_dir: Path | None = None,
+) -> GuestImage:
+    """Return the cached image for ``recipe`` (a Recipe, a name, None = default).
+
+    ``refresh`` (what ``image build`` passes) resolves package versions through apt
+    now; otherwise a stored resolution younger than a day is used, and without one
+    the newest image built from the same recipe files is reused, so a cache hit makes
+    no apt call.  ``force`` rebuilds even on a hit.  ``modules_dir`` (a
+    ``make modules_install INSTALL_MOD_PATH=DIR`` tree) builds a variant whose
+    initramfs carries that tree's modules, keyed by the tree's content.
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    cache_root = cache_root or default_cache_root()
+    _ensure_writable(cache_root)
+    check_host_tools(recipe)
+    digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
+    if modules_dir is not None:
+        digest = recipe_digest({"modules-tree": tree_digest(_moddir(modules_dir)).encode(),
+                                "recipe": digest.encode()}, BUILDER_VERSION)
+    with _lock(cache_root / ".lock"):
+        if not (force or refresh):
+            hit = _reuse(recipe, cache_root, digest, modules_dir, progress)
+            if hit is not None:
+                return hit
+        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        resolution = load_resolution(cache_root, recipe)
+        # A day-fresh resolution (perhaps made by _reuse a moment ago) still matches
+        # the private lists, so only an explicit build or an old one asks apt again.
+        if force or refresh or resolution is None or not resolution.fresh(time.time()):
+            resolution = resolve(recipe, apt, progress)
+            store_resolution(cache_root, recipe, resolution)
+        plan = _plan(recipe, cache_root, digest, resolution, modules_dir)
+        manifest = None if force else read_manifest(plan.directory)
+        if manifest is not None:
+            return replace(image_paths(plan.directory, manifest), cache_hit=True)
+        image = _build(plan, apt, cache_root, progress)
+    progress(f"guest image ready: kernel {image.kernel_release}")
+    return image
+
+
+def _plan(recipe: Recipe, cache_root: Path, digest: str, resolution: Resolution,
+          modules_dir: Path | None) -> _Plan:
+    key = cache_key(digest, resolution.versions)
+    prefix = recipe.name if modules_dir is None else f"{recipe.name}+modules"
+    return _Plan(recipe, digest, resolution, key, cache_root / f"{prefix}-{key[:16]}",
+                 modules_dir)
+
+
+def _reuse(recipe: Recipe, cache_root: Path, digest: str, modules_dir: Path | None,
+           progress: Progress) -> GuestImage | None:
+    """A cached image usable without apt, or None when versions must be resolved."""
+    stored = load_resolution(cache_root, recipe)
+    if stored is not None and stored.fresh(time.time()):
+        plan = _plan(recipe, cache_root, digest, stored, modules_dir)
+        manifest = read_manifest(plan.directory)
+        if manifest is not None:
+            return replace(image_paths(plan.directory, manifest), cache_hit=True)
+        return None
+    same = [(d, m) for d, m in cached_images(cache_root, recipe.name) if m.get("digest") == digest]
+    if not same:
+        return None
+    if stored is None:
+        # Images but no resolution (a copied cache): the newest is as good as any.
+        return replace(image_paths(*same[0]), cache_hit=True)
+    try:
+        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        fresh = resolve(recipe, apt, progress)
+    except HarnessError as exc:
+        # Offline with a day-old resolution: say so and keep working.
+        progress(f"cannot refresh package versions ({exc.message}); reusing {same[0][0].name}")
+        return replace(image_paths(*same[0]), cache_hit=True)
+    store_resolution(cache_root, recipe, fresh)
+    directory = _plan(recipe, cache_root, digest, fresh, modules_dir).directory
+    manifest = read_manifest(directory)
+    return None if manifest is None else replace(image_paths(directory, manifest),
+                                                 cache_hit=True)
+
+
+def _build(plan: _Plan, apt: PrivateApt, cache_root: Path, progress: Progress) -> GuestImage:
+    progress(f"building guest image {plan.recipe.name} into {plan.directory}")
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".work-", dir=cache_root) as tmp:
+            manifest = _assemble(plan, apt, staging, Path(tmp), progress)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if plan.directory.exists():
+            shutil.rmtree(plan.directory)
+        staging.rename(plan.directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune_old(cache_root, plan.directory.name[:-17], keep=plan.directory)
+    return image_paths(plan.directory, manifest)
+
+
+def _unpack(deb: Path, root: Path) -> None:
+    _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"dpkg-deb -x {deb.name}")
+
+
+def _moddir(tree: Path) -> Path:
+    """``tree/(usr/)lib/modules/<release>`` of a modules tree or unpacked kernel package."""
+    release = modules_release(tree)
+    if tree.name == release:
+        return tree
+    for base in ("lib/modules", "usr/lib/modules"):
+        if (tree / base / release).is_dir():
+            return tree / base / release
+    raise ImageBuildError(f"{tree} has no lib/modules/{release}")
+
+
+def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
+              progress: Progress) -> dict[str, Any]:
+    recipe, kernel_pkg = plan.recipe, plan.resolution.kernel_package
+    progress(f"apt-get download {len(plan.resolution.versions)} packages from "
+             f"Debian {recipe.suite.name}")
+    (work / "debs").mkdir()
+    debs = apt.download(plan.resolution.versions, work / "debs")
+    for deb in debs:
+        _unpack(deb, work / ("kernel" if deb.name.startswith(f"{kernel_pkg}_") else "userland"))
+    vmlinuz = next((work / "kernel" / "boot").glob("vmlinuz-*"), None)
+    if vmlinuz is None:
+        raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-*")
+    release = kernel_release(vmlinuz)
+    check_same_release(release, vmlinuz.name.removeprefix("vmlinuz-"), f"{kernel_pkg} file name")
+    shutil.copyfile(vmlinuz, out / "vmlinuz")
+    progress("extracting vmlinux (PVH entry) from vmlinuz")
+    (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+    tree = ModuleTree(_moddir(plan.modules_dir or work / "kernel"))
+    order = tree.order(recipe.modules)
+    progress(f"modules from {tree.moddir.name}: {' '.join(order) or 'all built in'}")
+    keys = generate_keys()
+    (out / "host_key.pub").write_bytes(keys.host_public)
+    (out / "client_key").write_bytes(keys.client_private)
+    (out / "client_key").chmod(0o600)
+    (out / "client_key.pub").write_bytes(keys.client_public)
+    write_initramfs(out / "initrd.cpio", _contents(recipe, work, keys, tree, order))
+    return {
+        "recipe": recipe.name, "suite": recipe.suite.name, "key": plan.key,
+        "digest": plan.digest, "builder": BUILDER_VERSION, "built_at": time.time(),
+        "kernel_release": release,
+        "modules_release": tree.moddir.name if order else "",
+        "modules": order, "modules_tree": str(plan.modules_dir or ""),
+        "versions": dict(plan.resolution.versions),
+    }
+
+
+def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
+              order: Sequence[str]) -> Contents:
+    userland = work / "userland"
+    busybox = resolve_in_tree(userland, recipe.busybox)
+    busybox.chmod(0o755)
+    # busybox-static is a static x86_64 binary like the host, so asking it for its
+    # applet list runs nothing of the host's and needs no loader.
+    applets = _run([str(busybox), "--list-full"], what="busybox --list-full").split()
+    agent = work / "mdh-agent"
+    _run([str(which("gcc") or "gcc"), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
+          str(recipe.agent)], what="gcc mdh-agent")
+    return Contents(
+        init=recipe.init.read_bytes(),
+        busybox=busybox.read_bytes(),
+        applets=applets,
+        dropbear=(recipe.dropbear, resolve_in_tree(userland, recipe.dropbear).read_bytes()),
+        libraries=library_closure(userland, recipe.dropbear, *recipe.witness_tools.values()),
+        tools={f"{TOOLS_DIR}/{name}": resolve_in_tree(userland, path)
+               for name, path in recipe.witness_tools.items()},
+        agent=agent.read_bytes(),
+        keys=keys,
+        modules=[(name, tree.plain(name)) for name in order],
+    )
+
+
+# --- listing ------------------------------------------------------------------------------
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
+def list_images(cache_root: Path | None = None) -> dict[str, Any]:
+    """Every recipe and what the cache holds for it (no apt call, nothing built).
+
+    ``current`` marks the image a run would use now: built from the recipe's present
+    files and, if a resolution is stored, from its package versions.
+    """
+    from .recipe import DEFAULT_RECIPE, recipe_names
+
+    cache_root = cache_root or default_cache_root()
+    recipes = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
+        stored = load_resolution(cache_root, recipe)
+        key = cache_key(digest, stored.versions) if stored else None
+        images = [
+            {
+                "directory": str(directory),
+                "variant": "modules" if directory.name.startswith(f"{name}+") else "distro",
+                "kernel_release": manifest.get("kernel_release"),
+                "modules_release": manifest.get("modules_release"),
+                "size_bytes": _size(directory),
+                "built_at": _iso(manifest.get("built_at")),
+                "current": manifest.get("key") == key if key else manifest.get("digest") == digest,
+            }
+            for directory, manifest in cached_images(cache_root, name)
+        ]
+        recipes.append({
+            "name": name, "default": name == DEFAULT_RECIPE, "suite": recipe.suite.name,
+            "kernel_package": stored.kernel_package if stored else None,
+            "resolved_at": _iso(stored.resolved_at) if stored else None,
+            "images": images,
+        })
+    return {"cache_root": str(cache_root), "recipes": recipes}

@@ -1,0 +1,362 @@
+"""The --via libvirt path's daemons: a virtlogd and a libvirtd private to the harness.
+
+The exports are built, as on the direct path, inside the harness's private mount
+namespace, where nothing can leak onto the host.  A libvirtd already running on the
+host could not see them, so the harness always starts a libvirtd (and the virtlogd it
+needs) of its own, as its children, *after* entering that namespace: they share it,
+and libvirt's per-domain mount namespace, copied from libvirtd's when a guest starts,
+holds the export mounts too.  Their state is private as well: empty tmpfs mounts
+over /etc/libvirt (holding only the harness's qemu.conf), /run, /var/lib/libvirt
+and /var/log/libvirt, so this libvirtd sees none of the host's
+persistent domains, networks or pools (nothing autostarts), cannot clash with a host
+libvirtd, and leaves no socket, definition, status file or domain log behind.
+Clients in the namespace reach it at qemu:///system as usual.  Only libvirt's
+capability cache in /var/cache/libvirt is shared with the host, on purpose: it saves
+a QEMU probe of a few seconds per run.
+
+The daemons get SIGTERM at the end, or through the parent-death signal if the
+harness is killed; the ``Reaper`` kills the guests' QEMUs (which libvirt daemonizes,
+out of reach of such a signal) if the harness dies first.  Since no directory is
+created on the host, concurrent runs cannot trip over each other's mount points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from ..errors import LibvirtError
+from ..host.namespace import mount_tmpfs, unmount
+from ..proc import indent, kill_process_group, spawn_tied, tail_file
+
+Progress = Callable[[str], None]
+URI = "qemu:///system"
+
+# The daemons' config and state, each on an empty tmpfs of its own in the harness's
+# namespace.  All of /run, not /run/libvirt: that directory may not exist, and one
+# the harness made on the host could only be removed again by racing other runs (an
+# rmdir on the host detaches another run's tmpfs mounted on it).  Nothing else under
+# /run is needed, and hiding the host's /run/dbus and /run/systemd keeps the private
+# libvirtd from talking to the host's firewalld or machined.
+PRIVATE_DIRS = (Path("/etc/libvirt"), Path("/run"), Path("/var/lib/libvirt"),
+                Path("/var/log/libvirt"))
+_PRIVATE_TMPFS = "mode=0755,size=64m"
+RUN_DIR = Path("/run/libvirt")
+SOCKET = RUN_DIR / "libvirt-sock"
+VIRTLOGD_SOCKET = RUN_DIR / "virtlogd-sock"
+DOMAIN_LOG_DIR = Path("/var/log/libvirt/qemu")
+DOMAIN_RUN_DIR = RUN_DIR / "qemu"
+DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# In the environment of every helper process a run starts (daemons, reaper), set to
+# the run's domain-name prefix, so a leak check can tell one run's processes apart
+# from those of another run on the same machine.
+RUN_MARKER_ENV = "MDH_LIBVIRT_RUN"
+
+# The private libvirtd's qemu.conf.
+#  - user/group root: QEMU reads the kernel from root's image cache and the export
+#    as root, like the direct path.  It also keeps libvirt's capability cache valid
+#    where /dev/kvm is root-only: probing as "libvirt-qemu" (with CAP_DAC_OVERRIDE)
+#    finds KVM but the later access check as that user does not, so libvirt 9.0
+#    re-probes QEMU on every lookup (measured: 60 s to start one guest).
+#  - no cgroup controllers: resource control is not under test, and libvirt would
+#    otherwise leave machine/ cgroup directories on the host.
+QEMU_CONF = """\
+# Written by multidevs-harness for the libvirtd it runs in its own mount namespace.
+user = "root"
+group = "root"
+cgroup_controllers = [ ]
+"""
+
+_DAEMON_START_TIMEOUT = 30.0
+_DAEMON_STOP_TIMEOUT = 15.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- preconditions -----------------------------------------------------------------------
+
+
+def require_root() -> None:
+    """Raise LibvirtError unless the harness runs as root (qemu:///system needs it)."""
+    if os.geteuid() != 0:
+        raise LibvirtError(
+            "--via libvirt needs root: it runs its own libvirtd for qemu:///system",
+            hint="run it as root (sudo), or use --via qemu, which works rootless",
+        )
+
+
+@functools.cache
+def import_libvirt() -> tuple[Any, Any]:
+    """The ``libvirt`` and ``libvirt_qemu`` modules, or a LibvirtError saying how to get them."""
+    try:
+        import libvirt
+        import libvirt_qemu
+    except ImportError as exc:
+        raise LibvirtError(
+            f"the libvirt Python bindings are not installed ({exc})",
+            hint="pip install '.[libvirt]' (builds libvirt-python; needs libvirt-dev, "
+            "pkg-config and gcc: ./scripts/setup installs them)",
+        ) from exc
+    # libvirt prints every error to stderr by default, even ones the caller handles
+    # (the rejection checks expect some); they reach us as exceptions instead.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt, libvirt_qemu
+
+
+def find_daemon(name: str) -> str:
+    """The daemon's path in the system directories, or a LibvirtError naming the package."""
+    found = shutil.which(name, path=DAEMON_PATH)
+    if found is None:
+        raise LibvirtError(
+            f"{name} is not installed",
+            hint="apt-get install libvirt-daemon-system (./scripts/setup does)",
+        )
+    return found
+
+
+def error_text(exc: BaseException) -> str:
+    """libvirt's own message of a ``libvirtError`` (``str()`` of anything else)."""
+    getter = getattr(exc, "get_error_message", None)
+    text = getter() if callable(getter) else None
+    return str(text or exc)
+
+
+# --- the private daemons -----------------------------------------------------------------
+
+
+def _socket_ready(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class _Daemon:
+    """One libvirt daemon run in the foreground as our child, logging to a file."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], sock: Path, log_path: Path, run_id: str
+    ) -> None:
+        self.name = name
+        self.run_id = run_id
+        self.argv = list(argv)
+        self.socket = sock
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float) -> float:
+        """Start it and wait until its socket accepts; returns the seconds it took."""
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            try:
+                # SIGTERM, not SIGKILL, if the harness dies: the daemons then exit
+                # cleanly (the state they wrote is on tmpfs mounts that vanish with them).
+                self.proc = spawn_tied(
+                    self.argv, stdout=log, stderr=log, death_signal=signal.SIGTERM,
+                    env={"PATH": DAEMON_PATH, "LC_ALL": "C", RUN_MARKER_ENV: self.run_id},
+                )
+            except OSError as exc:
+                raise LibvirtError(f"cannot start {self.name}: {exc.strerror}",
+                                   hint=f"check {self.argv[0]}") from exc
+        deadline = started + timeout
+        while not _socket_ready(self.socket):
+            if self.proc.poll() is not None:
+                raise LibvirtError(
+                    f"{self.name} exited with status {self.proc.returncode} while starting",
+                    hint=f"see {self.log_path}",
+                    details="  log (tail):\n" + indent(tail_file(self.log_path, 15)),
+                )
+            if time.monotonic() > deadline:
+                raise LibvirtError(
+                    f"{self.name} did not open {self.socket} within {timeout:.0f} s",
+                    hint=f"see {self.log_path}",
+                    details="  log (tail):\n" + indent(tail_file(self.log_path, 15)),
+                )
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    def stop(self, timeout: float, progress: Progress) -> None:
+        """SIGTERM, wait, then SIGKILL the daemon's process group. Safe to call twice."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            progress(f"{self.name} ignored SIGTERM for {timeout:.0f} s; killing it")
+        kill_process_group(proc, wait=10, progress=progress)
+
+
+@contextlib.contextmanager
+def _private_state(progress: Progress) -> Iterator[None]:
+    """Empty tmpfs mounts over libvirt's config and state directories, in our namespace.
+
+    Only existing directories are mounted on (the packages make them): a directory
+    created on the host for a mount point would be left behind.
+    """
+    missing = [str(d) for d in PRIVATE_DIRS if not d.is_dir()]
+    if missing:
+        raise LibvirtError(
+            f"libvirt's directories are missing: {', '.join(missing)}",
+            hint="apt-get install --reinstall libvirt-daemon-system",
+        )
+    with ExitStack() as stack:
+        for directory in PRIVATE_DIRS:
+            try:
+                mount_tmpfs(directory, _PRIVATE_TMPFS)
+            except OSError as exc:
+                raise LibvirtError(
+                    f"cannot mount a private tmpfs on {directory}: {exc.strerror}",
+                    hint="the harness must be root in its own mount namespace",
+                ) from exc
+            stack.callback(_unmount_quietly, directory, progress)
+        (PRIVATE_DIRS[0] / "qemu.conf").write_text(QEMU_CONF)
+        RUN_DIR.mkdir(mode=0o755)
+        yield
+
+
+def _unmount_quietly(path: Path, progress: Progress) -> None:
+    try:
+        unmount(path)
+    except OSError:
+        try:
+            unmount(path, lazy=True)
+        except OSError as exc:
+            # Still private to our namespace: it goes when the harness exits.
+            progress(f"warning: cannot unmount {path}: {exc.strerror}")
+
+
+@contextlib.contextmanager
+def private_libvirt(
+    log_dir: Path, progress: Progress = _quiet, run_id: str = ""
+) -> Iterator[Any]:
+    """virtlogd and libvirtd of our own, in our namespace; yields a qemu:///system connection.
+
+    Must run in the harness's private mount namespace (as root), before any worker
+    thread.  ``run_id`` goes into the daemons' environment (``RUN_MARKER_ENV``).  On
+    exit, also on errors and Ctrl-C: every domain still running is destroyed, the
+    daemons are stopped, the private tmpfs mounts are unmounted.
+    """
+    libvirt, _ = import_libvirt()
+    daemons = [
+        _Daemon("virtlogd", [find_daemon("virtlogd"), "--pid-file",
+                             str(RUN_DIR / "virtlogd.pid")],
+                VIRTLOGD_SOCKET, log_dir / "virtlogd.log", run_id),
+        _Daemon("libvirtd", [find_daemon("libvirtd"), "--pid-file",
+                             str(RUN_DIR / "libvirtd.pid")],
+                SOCKET, log_dir / "libvirtd.log", run_id),
+    ]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        stack.enter_context(_private_state(progress))
+        for daemon in daemons:
+            # Registered before starting, so a daemon that fails to come up is stopped.
+            stack.callback(daemon.stop, _DAEMON_STOP_TIMEOUT, progress)
+            seconds = daemon.start(_DAEMON_START_TIMEOUT)
+            progress(f"{daemon.name} up in {seconds:.2f} s (private to the harness)")
+        try:
+            conn = libvirt.open(URI)
+        except libvirt.libvirtError as exc:
+            raise LibvirtError(f"cannot connect to {URI}: {error_text(exc)}",
+                               hint=f"see {log_dir / 'libvirtd.log'}") from exc
+        stack.callback(_close_connection, conn, libvirt, progress)
+        yield conn
+
+
+def _close_connection(conn: Any, libvirt: Any, progress: Progress) -> None:
+    # The safety net: whatever is still running here is ours and must not outlive
+    # the daemon (libvirtd leaves running guests alone when it exits).
+    try:
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            progress(f"destroying leftover domain {dom.name()}")
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+    except libvirt.libvirtError as exc:
+        progress(f"warning: cannot list domains: {error_text(exc)}")
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
+def libvirt_version(conn: Any) -> str:
+    """The daemon's libvirt version as "X.Y.Z"."""
+    number = int(conn.getLibVersion())
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+# --- the reaper --------------------------------------------------------------------------
+
+# The reaper's whole program: read "PID NAME" lines until the harness's end of the
+# pipe closes (normal exit, crash or SIGKILL alike), then SIGKILL each listed QEMU
+# that still runs as that guest (the name check guards against a reused pid).
+_REAPER = """\
+import os, signal, sys
+for line in sys.stdin.read().splitlines():
+    pid, _, name = line.partition(" ")
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if f"guest={name},".encode() in handle.read():
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+"""
+
+
+class Reaper:
+    """A helper process that kills this run's QEMUs if the harness is killed outright.
+
+    libvirt starts QEMU as a daemon, so unlike on the direct path no parent-death
+    signal reaches it: after a SIGKILL of the harness (whose own daemons do die by
+    theirs) the guests would run on, holding the export mounts in their namespaces.
+    The reaper learns each QEMU's pid as it starts and waits for EOF on a pipe only
+    the harness holds.  On a normal exit the domains are destroyed already and it
+    finds nothing to do.
+    """
+
+    def __init__(self, run_id: str = "") -> None:
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _REAPER], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, RUN_MARKER_ENV: run_id},
+        )
+
+    def watch_guest(self, pid: int, name: str) -> None:
+        """Kill QEMU ``pid`` (guest ``name``) if the harness dies before destroying it."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            return
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            stdin.write(f"{pid} {name}\n".encode())
+            stdin.flush()
+
+    def close(self) -> None:
+        """Let the reaper run now (normally a no-op) and wait for it."""
+        with self._lock:
+            if self._proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

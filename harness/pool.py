@@ -1,0 +1,302 @@
+"""Running the planned guests: the pool, and one guest from exports to result rows.
+
+The steps of one guest are the same whoever starts it: build its exports, start it
+(a ``Backend`` does that: QEMU directly or libvirtd), wait for SSH, observe each
+export in turn, shut down, then judge every export with the oracle.  Everything sits
+on an ExitStack, so mounts, guests and temporary directories unwind in reverse order
+on success, failure, timeout and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from .checks.family import Judging, Observation
+from .checks.registry import FAMILIES
+from .config import ExportSpec, Via
+from .environment import Environment
+from .errors import GuestCrashed, HarnessError, QemuFailed
+from .guest.lifecycle import Guest, check_alive
+from .host.export import build_export
+from .host.truth import Export
+from .plan import ExportPlan, GuestPlan, RunOptions, apply_checks, checks_for
+from .qemu.cmdline import mount_options, shell_quote_command
+from .results import GuestRecord, ResultRow
+from .verdicts.common import Status
+from .verdicts.ids import unobserved
+
+Progress = Callable[[str], None]
+MOUNT_BASE = "/mnt"
+_CRASH_GRACE_S = 1.0
+
+
+class Backend(Protocol):
+    """How a run's guests are started: QEMU run directly, or a private libvirtd."""
+
+    via: Via
+    # True when QEMU's stderr can be read as it is written, so one guest may serve
+    # several exports, each judged on its own slice of it.
+    live_stderr: bool
+
+    def start(
+        self, plan: GuestPlan, exports: Sequence[ExportSpec], log_dir: Path
+    ) -> AbstractContextManager[Guest]:
+        """A guest serving ``exports``; entering it starts QEMU, leaving it stops QEMU."""
+        ...
+
+    def command_failures(
+        self, guest: Guest, exports: Sequence[ExportSpec]
+    ) -> Mapping[Path, Sequence[str]]:
+        """Per export path, what is wrong with the QEMU command line (libvirt's rule)."""
+        ...
+
+    def facts(self, guest: Guest) -> tuple[tuple[str, str], ...]:
+        """Backend facts for each row of ``guest`` (libvirt: its version, the domain)."""
+        ...
+
+    def extra_rows(self, log_root: Path) -> list[ResultRow]:
+        """Checks of the backend itself, run after the guests (libvirt's refusals)."""
+        ...
+
+
+class LiveGuests:
+    """Guests currently running, so Ctrl-C in the main thread can stop them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guests: set[Guest] = set()
+        self._stopping = False
+
+    def add(self, guest: Guest) -> None:
+        """Track ``guest``; after ``kill_all`` it is killed at once instead.
+
+        A worker may be starting its guest when Ctrl-C comes: that guest must not
+        then run a whole observation while the main thread waits for the worker.
+        """
+        with self._lock:
+            self._guests.add(guest)
+            stopping = self._stopping
+        if stopping:
+            guest.kill()
+
+    def discard(self, guest: Guest) -> None:
+        with self._lock:
+            self._guests.discard(guest)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._stopping = True
+            guests = list(self._guests)
+        for guest in guests:
+            guest.kill()
+
+
+@dataclass(frozen=True)
+class MatrixRun:
+    """What every guest of one run shares."""
+
+    env: Environment
+    backend: Backend
+    options: RunOptions
+    log_root: Path
+    progress: Progress
+    live: LiveGuests
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One export of a guest and what the guest saw of it."""
+
+    plan: ExportPlan
+    export: Export
+    spec: ExportSpec
+    observation: Observation
+    stderr: slice  # the part of QEMU's stderr written while it alone was observed
+
+
+def _build_exports(
+    stack: ExitStack, plan: GuestPlan
+) -> list[tuple[ExportPlan, Export, ExportSpec]]:
+    """Build every export of ``plan`` on ``stack``, shared as mdhN at /mnt/mdhN."""
+    built = []
+    for index, item in enumerate(plan.exports):
+        export = stack.enter_context(build_export(item.layout))
+        spec = ExportSpec(tag=f"mdh{index}", path=export.root, mode=item.mode,
+                          mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache)
+        built.append((item, export, spec))
+    return built
+
+
+def _observe(
+    run: MatrixRun, guest: Guest, exports: Sequence[tuple[ExportPlan, Export, ExportSpec]]
+) -> list[Observed]:
+    """Observe each export in turn (its check family decides how), noting which stderr
+    QEMU wrote meanwhile.
+
+    A guest that dies here crashed under test (GuestCrashed: a failure, not an error).
+    """
+    observed = []
+    try:
+        for item, export, spec in exports:
+            before = len(guest.stderr_text())
+            options = run.options
+            if not item.witness:
+                options = replace(options, witness=False)
+            seen = FAMILIES[item.check].observe(guest, spec, export, options)
+            observed.append(Observed(item, export, spec, seen,
+                                     slice(before, len(guest.stderr_text()))))
+    except HarnessError as exc:
+        crash = _crash(guest)
+        if crash is not None:
+            raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
+                               hint=crash.hint, details=crash.details) from exc
+        raise
+    return observed
+
+
+def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
+    """Why the guest died, if it did.  The SSH session can break a moment before
+    QEMU's exit can be seen, so a guest that looks alive is asked again briefly."""
+    until = time.monotonic() + grace
+    while True:
+        try:
+            check_alive(guest)
+        except QemuFailed as crash:
+            return crash
+        if time.monotonic() > until:
+            return None
+        time.sleep(0.05)
+
+
+def _outside(stderr: str, slices: Sequence[slice]) -> str:
+    """What QEMU wrote outside every observation slice (boot, shutdown, in between)."""
+    parts, position = [], 0
+    for part in sorted(slices, key=lambda s: s.start):
+        parts.append(stderr[position:part.start])
+        position = part.stop
+    parts.append(stderr[position:])
+    return "\n".join(parts)
+
+
+def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Observed],
+          log_dir: Path) -> list[ResultRow]:
+    """Judge every export of a guest that has been shut down (its stderr is complete)."""
+    stderr = guest.stderr_text()
+    live = run.backend.live_stderr
+    outside = _outside(stderr, [o.stderr for o in observed]) if live else ""
+    problems = run.backend.command_failures(guest, [o.spec for o in observed])
+    record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
+    facts = run.backend.facts(guest)
+    version = run.env.info.version.as_tuple()
+    rows = []
+    for item in observed:
+        judging = Judging(item.plan, item.export, item.spec, version,
+                          stderr[item.stderr] if live else stderr, outside,
+                          problems.get(item.spec.path, ()))
+        verdict = FAMILIES[item.plan.check].judge(judging, item.observation)
+        rows.append(ResultRow(
+            case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
+            via=run.backend.via, verdict=verdict,
+            guest=record, start=guest.start, boot_seconds=guest.boot_seconds, log_dir=log_dir,
+            qemu_command=shell_quote_command(guest.argv),
+            guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
+            f"{item.spec.mount_point}",
+            environment=run.env.record, backend=facts,
+        ))
+    return rows
+
+
+def _run_guest(run: MatrixRun, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
+    with ExitStack() as stack:
+        exports = _build_exports(stack, plan)
+        guest = stack.enter_context(
+            run.backend.start(plan, [spec for _, _, spec in exports], log_dir))
+        run.live.add(guest)
+        stack.callback(run.live.discard, guest)
+        run.progress(f"{plan.name}: booting guest ({run.env.accel.used.value})")
+        guest.wait_ready()
+        run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
+                     f"({guest.start.value}); observing")
+        observed = _observe(run, guest, exports)
+    return _rows(run, plan, guest, observed, log_dir)
+
+
+def run_guest(run: MatrixRun, plan: GuestPlan) -> list[ResultRow]:
+    """Boot one planned guest, observe and judge each of its exports.
+
+    A guest that crashes under test gives FAIL rows; one that cannot be booted or
+    observed at all gives ERROR rows, each naming why.
+    """
+    log_dir = run.log_root / plan.name
+    # plan_guests places the ids exports; the other families join their mode's guest.
+    checks, skipped = checks_for(run.backend.via, run.options.checks)
+    if skipped:
+        run.progress(f"{plan.name}: {','.join(skipped)} skipped: {run.backend.via.value} "
+                     "starts QEMU in a mount namespace of its own, which host mounts "
+                     "made later never reach")
+    plan = apply_checks(plan, checks)
+    if not plan.exports:
+        return []
+    try:
+        return _run_guest(run, plan, log_dir)
+    except GuestCrashed as exc:
+        run.progress(f"{plan.name}: {exc.message}")
+        return unobserved_rows(run, plan, log_dir, exc.message, Status.FAIL)
+    except HarnessError as exc:
+        run.progress(f"{plan.name}: {exc.message}")
+        return unobserved_rows(run, plan, log_dir, f"{type(exc).__name__}: {exc.message}",
+                               Status.ERROR)
+
+
+def unobserved_rows(run: MatrixRun, plan: GuestPlan, log_dir: Path, reason: str,
+                    status: Status) -> list[ResultRow]:
+    """One row per export of a guest that was never observed (or died under test)."""
+    record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
+    return [
+        ResultRow(case=item.row, check=item.check, cache=item.cache, via=run.backend.via,
+                  guest=record,
+                  verdict=unobserved(item.mode, item.layout.devices, reason, status),
+                  log_dir=log_dir, environment=run.env.record)
+        for item in plan.exports
+    ]
+
+
+def run_guests(
+    plans: Sequence[GuestPlan],
+    run_one: Callable[[GuestPlan], list[ResultRow]],
+    jobs: int,
+    live: LiveGuests,
+) -> list[ResultRow]:
+    """Run ``run_one`` for every plan, ``jobs`` at a time; on any exception (Ctrl-C
+    included) stop every live guest so blocked workers unwind, then re-raise.
+
+    Each worker thread owns its guest from launch to shutdown: QEMU's parent-death
+    signal follows the thread that forked it.
+    """
+    rows: list[ResultRow] = []
+    if jobs <= 1:
+        try:
+            for plan in plans:
+                rows += run_one(plan)
+            return rows
+        except BaseException:
+            live.kill_all()
+            raise
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="guest") as pool:
+        futures: list[Future[list[ResultRow]]] = [pool.submit(run_one, p) for p in plans]
+        try:
+            for future in futures:
+                rows += future.result()
+            return rows
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            live.kill_all()
+            raise

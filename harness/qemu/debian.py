@@ -1,0 +1,85 @@
+"""A second QEMU to test against: Debian's own build, fetched and unpacked, never installed.
+
+bookworm-backports carries QEMU 10.0.x built for Debian 12, whose binary runs on a
+Debian 12 host next to the system's 7.2.  It comes through the same private apt as
+the guest packages (state under the harness cache), is unpacked with ``dpkg-deb -x``
+into ``<cache>/qemu/<suite>-<version>/`` and found again there without any apt call
+on the next run.  Its firmware is in the unpacked ``usr/share/qemu``, which the
+environment passes as ``-L`` (``environment.find_datadir``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ImageBuildError
+from ..image.apt import PrivateApt, Suite
+
+Progress = Callable[[str], None]
+BOOKWORM_BACKPORTS = Suite(name="bookworm-backports", pockets=("bookworm-backports",))
+# The binary, its shared data (firmware, keymaps) and the common helpers it loads.
+PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-system-data")
+BINARY = Path("usr/bin/qemu-system-x86_64")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def qemu_root(cache_root: Path, suite: Suite, version: str) -> Path:
+    """Where one Debian QEMU build is unpacked (a version's ':' epoch made safe)."""
+    return cache_root / "qemu" / f"{suite.name}-{re.sub(r'[^A-Za-z0-9.+~-]', '_', version)}"
+
+
+def cached_qemu(cache_root: Path, suite: Suite = BOOKWORM_BACKPORTS) -> Path | None:
+    """The newest unpacked QEMU of ``suite`` already in the cache, or None."""
+    found = sorted((cache_root / "qemu").glob(f"{suite.name}-*/{BINARY}"))
+    return found[-1] if found else None
+
+
+def fetch_debian_qemu(
+    cache_root: Path, suite: Suite = BOOKWORM_BACKPORTS, progress: Progress = _quiet,
+    refresh: bool = False,
+) -> Path:
+    """The path of Debian's ``qemu-system-x86_64`` from ``suite``, fetched if needed.
+
+    Without ``refresh`` a build already in the cache is used as it is.  Raises
+    ArchiveUnreachable when the archive cannot be reached (tests skip on that) and
+    ImageBuildError when the packages do not unpack into a binary.
+    """
+    if not refresh and (binary := cached_qemu(cache_root, suite)) is not None:
+        return binary
+    apt = PrivateApt(suite, cache_root / "apt" / suite.name)
+    progress(f"apt-get update (Debian {suite.name}, private lists)")
+    apt.update()
+    infos = apt.show(PACKAGES)
+    version = infos[PACKAGES[0]].version
+    root = qemu_root(cache_root, suite, version)
+    if (root / BINARY).is_file():
+        return root / BINARY
+    progress(f"fetching QEMU {version} from Debian {suite.name}")
+    with tempfile.TemporaryDirectory(prefix=".qemu-", dir=cache_root) as tmp:
+        work = Path(tmp)
+        debs = apt.download({name: infos[name].version for name in PACKAGES}, work)
+        staging = work / "root"
+        for deb in debs:
+            _unpack(deb, staging)
+        if not (staging / BINARY).is_file():
+            raise ImageBuildError(f"{' '.join(PACKAGES)} {version} hold no {BINARY}")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        staging.rename(root)
+    return root / BINARY
+
+
+def _unpack(deb: Path, into: Path) -> None:
+    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise ImageBuildError(f"dpkg-deb -x {deb.name} failed (exit {result.returncode})",
+                              details=result.stderr.strip()[-2000:])

@@ -1,0 +1,537 @@
+"""Verdicts: host truth + guest observations + QEMU's stderr -> pass, fail or inconclusive.
+
+Everything here is pure, so every rule is unit-tested with hand-made truths and
+observations. A verdict carries exact failures (which paths collided with which, which
+message was missing or repeated, which foreign path was readable), because "remap
+failed" alone sends a developer back to square one.
+
+What each mode must show, on an export spanning several host devices whose inode
+numbers repeat across devices (the premise; without it the run is inconclusive):
+
+* remap (and the default from QEMU 10.0): guest (dev, ino) is a bijection with host
+  (dev, ino), stable between passes, readdir's d_ino agrees with lstat, no message,
+  every path stat-able, every witness (``witnesses``: busybox and GNU tar, cp -a,
+  rsync -aH, du, find run over the export) intact.
+* warn (and the default for QEMU 4.2 to 9.x): at least one guest id collision, the
+  warning exactly once, no ENODEV. Broken witnesses are the expected damage and
+  only recorded.
+* forbid: every path on the root device stat-able, every path on another device
+  (its mount point included) ENODEV, the forbid message exactly once.
+
+A single-device export is the control: whatever the mode, no message, no collision,
+everything stat-able and every witness intact.
+
+On top, per cache mode (``harm``): remap (and the default from 10.0) lets nothing
+alias in any cache mode; warn (and the default before 10.0) lets nothing alias with
+cache none or mmap, and with loose or fscache only the twins whose qids collide
+(predicted from the host truth), recording that harm.  A kernel WARNING, BUG or
+Oops in the guest's log fails any row.  When several exports of one mode share a
+QEMU, only the first can show the mode's message (once per process).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..agent.harm import HarmObservation
+from ..agent.stat import GuestObservation, GuestResult, GuestStat
+from ..config import Cache, Mode
+from ..host.truth import HostTruth, kind_of_mode
+from .common import (
+    Expectation,
+    QemuMessages,
+    Status,
+    Version,
+    _capped,
+    _errno_text,
+    _join,
+    _message_failures,
+    _outside_failures,
+    _version_text,
+    expected_behaviour,
+    find_multidevs_messages,
+)
+from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
+from .witnesses import Witness
+
+_CONTROL_TEXT = "single device (control): unique ids, no message"
+
+
+@dataclass(frozen=True)
+class Collision:
+    """One guest id shared by several distinct host files."""
+
+    guest_id: tuple[int, int]
+    # (path, host st_dev, host st_ino), one per distinct host file, in truth order.
+    host_files: tuple[tuple[str, int, int], ...]
+
+    def describe(self) -> str:
+        """One line naming the guest id and every host file behind it."""
+        files = _join(f"{path!r} (host dev {dev}, ino {ino})" for path, dev, ino in self.host_files)
+        dev, ino = self.guest_id
+        return f"guest id (dev {dev}, ino {ino}) is shared by {files}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one mode on one export, with everything a report shows.
+
+    Made whole by ``judge`` (or ``unobserved``) and never edited afterwards.
+    """
+
+    mode: Mode
+    expectation: str
+    observed: str
+    status: Status
+    failures: tuple[str, ...]
+    collisions: tuple[Collision, ...]
+    denied: int  # paths that got ENODEV in pass 1
+    files_checked: int
+    qemu_message: str | None
+    witnesses: tuple[Witness, ...]  # empty: no witness ran (not asked, not observed)
+    host_devices: int
+    # Recorded facts that are not failures (a broken witness under warn, say).
+    notes: tuple[str, ...] = ()
+    # What the harm probe found (None: no probe: a control, forbid, or not asked).
+    harm: Harm | None = None
+    # The guest kernel's log lines about 9p, netfs, FS-Cache, the VFS or trouble.
+    dmesg: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @property
+    def witnesses_intact(self) -> bool | None:
+        """Whether every witness that ran was intact; None when none ran."""
+        ran = [w.intact for w in self.witnesses if w.ran]
+        return all(ran) if ran else None
+
+
+def _result_text(result: GuestResult) -> str:
+    if isinstance(result, GuestStat):
+        return f"(dev {result.dev}, ino {result.ino})"
+    return _errno_text(result)
+
+
+def find_collisions(truth: HostTruth, obs_pass: Mapping[str, GuestResult]) -> tuple[Collision, ...]:
+    """Guest ids that stand for more than one distinct host file in one pass.
+
+    Hard links are one host file (same host dev and ino), so a link pair sharing a
+    guest id is correct, not a collision. Paths the guest could not stat are ignored.
+    """
+    owners: dict[tuple[int, int], dict[tuple[int, int], str]] = {}
+    for entry in truth.entries:
+        result = obs_pass.get(entry.path)
+        if isinstance(result, GuestStat):
+            owners.setdefault(result.guest_id, {}).setdefault(entry.file_id, entry.path)
+    return tuple(
+        Collision(guest_id, tuple((path, dev, ino) for (dev, ino), path in files.items()))
+        for guest_id, files in owners.items()
+        if len(files) > 1
+    )
+
+
+def _stability_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    failures: list[str] = []
+    for number in range(1, len(observation.passes)):
+        before, after = observation.passes[number - 1], observation.passes[number]
+        for path in truth.paths:
+            old, new = before.get(path), after.get(path)
+            if old is None or new is None:
+                continue
+            old_id = old.guest_id if isinstance(old, GuestStat) else old
+            new_id = new.guest_id if isinstance(new, GuestStat) else new
+            if old_id == new_id and type(old) is type(new):
+                continue
+            what = (
+                "guest id"
+                if isinstance(old, GuestStat) and isinstance(new, GuestStat)
+                else "result"
+            )
+            failures.append(
+                f"{what} of {path!r} changed between pass {number} and pass {number + 1}: "
+                f"{_result_text(old)} -> {_result_text(new)}"
+            )
+    return _capped(failures, "paths changed between passes")
+
+
+def _coverage_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    if not observation.passes:
+        return ["no stat pass was observed"]
+    failures = []
+    for number, results in enumerate(observation.passes, start=1):
+        missing = [path for path in truth.paths if path not in results]
+        failures += _capped(
+            [f"{path!r} was not observed in pass {number}" for path in missing], "unobserved paths"
+        )
+    return failures
+
+
+def _kind_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[str]:
+    failures = []
+    for entry in truth.entries:
+        result = first.get(entry.path)
+        # The guest's st_mode comes from QEMU's host lstat, so the file type must match.
+        if isinstance(result, GuestStat) and kind_of_mode(result.mode) is not entry.kind:
+            failures.append(
+                f"{entry.path!r} is a {entry.kind} on the host but a "
+                f"{kind_of_mode(result.mode)} in the guest"
+            )
+    return _capped(failures, "type mismatches")
+
+
+def _hard_link_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[str]:
+    failures = []
+    for paths in truth.by_file_id.values():
+        if len(paths) < 2:
+            continue
+        ids = {
+            result.guest_id for path in paths if isinstance(result := first.get(path), GuestStat)
+        }
+        if len(ids) > 1:
+            shown = _join(f"{path!r} {_result_text(first[path])}" for path in paths)
+            failures.append(f"hard links of one host file got different guest ids: {shown}")
+    return _capped(failures, "split hard links")
+
+
+def _unstatable(
+    truth: HostTruth, first: Mapping[str, GuestResult], devices: set[int] | None
+) -> list[str]:
+    failures = []
+    for entry in truth.entries:
+        result = first.get(entry.path)
+        if isinstance(result, int) and (devices is None or entry.device in devices):
+            failures.append(f"{entry.path!r} is not stat-able in the guest: {_errno_text(result)}")
+    return _capped(failures, "unstat-able paths")
+
+
+def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    """readdir must list the host's names with the d_ino that lstat gives.
+
+    Used where ids must be unique: QEMU stats every entry under remap (and on a single
+    device d_ino is st_ino anyway), so a d_ino differing from lstat's st_ino is a
+    second id for one file, which confuses find, du and tar as much as a collision.
+    """
+    first = observation.passes[0]
+    children: dict[str, set[str]] = {}
+    for path in truth.paths:
+        if path != ".":
+            parent, _, name = path.rpartition("/")
+            children.setdefault(parent or ".", set()).add(name)
+    failures: list[str] = []
+    for directory, code in observation.dirent_errors.items():
+        failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
+    for directory, entries in observation.dirents.items():
+        listed = set()
+        for name, d_ino in entries:
+            listed.add(name)
+            child = name if directory == "." else f"{directory}/{name}"
+            result = first.get(child)
+            if isinstance(result, GuestStat) and result.ino != d_ino:
+                failures.append(
+                    f"readdir of {directory!r} gives {name!r} d_ino {d_ino}, "
+                    f"but lstat gives ino {result.ino}"
+                )
+        host = children.get(directory, set())
+        for name in sorted(host - listed):
+            failures.append(f"readdir of {directory!r} does not list {name!r}")
+        for name in sorted(listed - host):
+            failures.append(
+                f"readdir of {directory!r} lists {name!r}, which the host does not have"
+            )
+    return _capped(failures, "readdir problems")
+
+
+def _witness_notes(witnesses: Sequence[Witness], judged: bool) -> list[str]:
+    """Witnesses not run, and under warn/forbid (not ``judged``: those modes promise
+    nothing about the tools) which ones broke: that is the harm, recorded."""
+    notes = [f"witness {w.tool} not run: {w.detail}" for w in witnesses if not w.ran]
+    broken = [w.tool for w in witnesses if w.ran and not w.intact]
+    if broken and not judged:
+        notes.insert(0, f"witnesses broken: {', '.join(broken)} (results[].witnesses and "
+                        f"reproduce say how)")
+    return notes
+
+
+def _witness_failures(witnesses: Sequence[Witness]) -> list[str]:
+    return [f"witness {w.tool} not intact: {w.detail}" for w in witnesses
+            if w.ran and not w.intact]
+
+
+def _unique_id_failures(
+    truth: HostTruth, observation: GuestObservation, witnesses: Sequence[Witness]
+) -> list[str]:
+    """Rules shared by remap and the single-device control."""
+    first = observation.passes[0]
+    failures = _unstatable(truth, first, None)
+    failures += _capped(
+        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+    )
+    failures += _hard_link_failures(truth, first)
+    failures += _dirent_failures(truth, observation)
+    failures += _witness_failures(witnesses)
+    return failures
+
+
+def _warn_failures(truth: HostTruth, observation: GuestObservation,
+                   allowed: frozenset[str]) -> list[str]:
+    """warn's rules; ``allowed``: paths whose failed lstat is predicted harm (an inode
+    cache took a directory for its parent: ELOOP), noted by ``_extra`` instead."""
+    first = observation.passes[0]
+    failures: list[str] = []
+    # An inode cache that made the colliding paths unreachable (ELOOP) hides the
+    # collision behind worse harm: that counts as having shown it.
+    unreachable = any(isinstance(first.get(path), int) for path in allowed)
+    if not find_collisions(truth, first) and not unreachable:
+        failures.append(
+            f"expected at least one guest id collision (host inode numbers repeat across "
+            f"{truth.device_count} devices), found none"
+        )
+    denied = [path for path in truth.paths if first.get(path) == errno.ENODEV]
+    failures += _capped(
+        [f"{path!r} was denied (ENODEV), which only multidevs=forbid may do" for path in denied],
+        "denied paths",
+    )
+    others = [
+        f"{path!r} is not stat-able in the guest: {_errno_text(result)}"
+        for path in truth.paths
+        if isinstance(result := first.get(path), int) and result != errno.ENODEV
+        and path not in allowed
+    ]
+    failures += _capped(others, "unstat-able paths")
+    failures += _hard_link_failures(truth, first)
+    return failures
+
+
+def _forbid_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+    first = observation.passes[0]
+    failures = _unstatable(truth, first, {0})
+    foreign: list[str] = []
+    for entry in truth.entries:
+        if entry.device == 0:
+            continue
+        result = first.get(entry.path)
+        if isinstance(result, GuestStat):
+            foreign.append(
+                f"foreign path {entry.path!r} (device {entry.device}) was stat-able under "
+                f"multidevs=forbid, expected ENODEV"
+            )
+        elif result is not None and result != errno.ENODEV:
+            foreign.append(
+                f"foreign path {entry.path!r} (device {entry.device}) failed with "
+                f"{_errno_text(result)}, expected ENODEV"
+            )
+    failures += _capped(foreign, "foreign paths not denied")
+    failures += _capped(
+        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+    )
+    failures += _hard_link_failures(truth, first)
+    return failures
+
+
+def _observed_text(collisions: int, denied: int, messages: QemuMessages) -> str:
+    parts = [
+        f"{len(lines)} {name}{'' if len(lines) == 1 else 's'}"
+        for lines, name in (
+            (messages.warn, "warning"),
+            (messages.forbid, "forbid message"),
+            (messages.unknown, "unrecognised message"),
+        )
+        if lines
+    ]
+    said = ", ".join(parts) if parts else "no message"
+    plural = "" if collisions == 1 else "s"
+    return f"{collisions} collision{plural}, {denied} denied, {said}"
+
+
+def _rule_failures(
+    expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
+    witnesses: Sequence[Witness], allowed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The observation rules of one mode (module docstring), as exact failures."""
+    failures = _coverage_failures(truth, observation)
+    if not observation.passes:
+        return failures
+    first = observation.passes[0]
+    failures += _kind_failures(truth, first)
+    failures += _stability_failures(truth, observation)
+    if control:
+        return failures + _unique_id_failures(truth, observation, witnesses)
+    if expectation is Expectation.UNIQUE_IDS:
+        # Stability needs a second look: another lstat pass, or readdir's d_ino
+        # (checked against lstat for every entry) for the scale run.
+        if len(observation.passes) < 2 and not observation.dirents:
+            failures.append("only 1 stat pass and no readdir observed; a second look is "
+                            "needed to show ids are stable")
+        return failures + _unique_id_failures(truth, observation, witnesses)
+    if expectation is Expectation.COLLIDE_AND_WARN:
+        return failures + _warn_failures(truth, observation, allowed)
+    return failures + _forbid_failures(truth, observation)
+
+
+def _expectation_text(mode: Mode, expectation: Expectation, control: bool,
+                      qemu_version: Version) -> str:
+    if control:
+        return _CONTROL_TEXT
+    if mode is Mode.DEFAULT:
+        return f"{expectation.text} (default of QEMU {_version_text(qemu_version)})"
+    return expectation.text
+
+
+@dataclass(frozen=True)
+class HarmInput:
+    """The harm probe of one export: which twins, what the guest showed, where it was
+    mounted, and the cache mode it was mounted with."""
+
+    probe: HarmProbe
+    seen: HarmObservation
+    mount_point: str
+    cache: Cache
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a row adds beyond the ids rules: harm, kernel log, a repeated message."""
+
+    harm: Harm | None
+    failures: tuple[str, ...]
+    notes: tuple[str, ...]
+    dmesg: tuple[str, ...]
+    # Paths an inode cache may make unreachable here (warn, loose/fscache, predicted).
+    allowed: frozenset[str] = frozenset()
+
+
+def _unreachable_notes(truth: HostTruth, first: Mapping[str, GuestResult],
+                       allowed: frozenset[str]) -> list[str]:
+    return _capped([f"predicted harm: {path!r} is not stat-able: {_errno_text(result)}"
+                    for path in truth.paths if path in allowed
+                    and isinstance(result := first.get(path), int)], "unstat-able paths")
+
+
+def _extra(expectation: Expectation, control: bool, truth: HostTruth, harm: HarmInput | None,
+           dmesg: str, message_printed: bool, first: Mapping[str, GuestResult]) -> _Extra:
+    """Harm (multi-device, not forbid), kernel trouble (every row), and the note that
+    a message was already printed by this QEMU for an earlier export."""
+    failures: list[str] = []
+    notes: list[str] = []
+    found = None
+    allowed: frozenset[str] = frozenset()
+    if harm is not None and not control and expectation is not Expectation.DENY_FOREIGN:
+        unique = expectation is Expectation.UNIQUE_IDS
+        prediction = predict(truth, unique)
+        found = assess(truth, harm.probe, harm.seen, harm.mount_point, prediction)
+        failures, notes = harm_rules(found, unique, harm.cache)
+        if not unique and harm.cache.reuses_inodes:
+            allowed = prediction.may_alias
+            notes += _unreachable_notes(truth, first, allowed)
+    kept, trouble = kernel_lines(dmesg)
+    failures += [f"the guest kernel is in trouble (dmesg): {line!r}" for line in trouble]
+    if message_printed and not control and expectation is not Expectation.UNIQUE_IDS:
+        notes.append("message already printed by this QEMU (once per process) for an "
+                     "earlier export of this mode")
+    return _Extra(found, tuple(failures), tuple(notes), kept, allowed)
+
+
+def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
+    return sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
+
+
+def _premise_failure(truth: HostTruth) -> str:
+    return (f"premise failed: the export spans {truth.device_count} host devices but no "
+            f"inode number repeats across them, so guest ids cannot collide and this run "
+            f"proves nothing (inconclusive)")
+
+
+def _harm_text(harm: Harm | None) -> str:
+    if harm is None:
+        return ""
+    moved = {None: "", True: ", cwd moved", False: ", cwd stayed"}[harm.cwd_moved]
+    codes = sorted({errno.errorcode.get(code, str(code)) for _, _, code in harm.errors if code})
+    errors = f", {len(harm.errors)} access error{'s' * (len(harm.errors) != 1)} " \
+        f"({', '.join(codes)})" if codes else ""
+    return f"; {len({a.path for a in harm.aliased})} aliased{errors}{moved}"
+
+
+def judge(
+    mode: Mode,
+    qemu_version: Version,
+    truth: HostTruth,
+    observation: GuestObservation,
+    qemu_stderr: str,
+    witnesses: Sequence[Witness] = (),
+    *,
+    stderr_outside: str = "",
+    command_failures: Sequence[str] = (),
+    message_printed: bool = False,
+    harm: HarmInput | None = None,
+    dmesg: str = "",
+) -> Verdict:
+    """Judge one mode's export: the rules of the module docstring, as exact failures.
+
+    ``qemu_stderr``: what QEMU wrote while this export alone was observed;
+    ``stderr_outside``: outside every observation of its guest.  ``command_failures``:
+    what is wrong with a command line someone else generated (libvirt).  ``witnesses``:
+    the tools run over the export (none: not asked).  ``message_printed``: an
+    earlier export of this mode in this QEMU showed the message.  ``harm``: the harm
+    probe; ``dmesg``: the guest kernel's log meanwhile.  Raises QemuTooOld below 4.2.
+    """
+    expectation = expected_behaviour(mode, qemu_version)
+    control = truth.device_count <= 1
+    messages = find_multidevs_messages(qemu_stderr)
+    first = observation.passes[0] if observation.passes else {}
+    collisions, denied = find_collisions(truth, first), _denied(truth, first)
+    extra = _extra(expectation, control, truth, harm, dmesg, message_printed, first)
+    notes = list(extra.notes)
+    if not truth.premise_holds:
+        status, failures = Status.INCONCLUSIVE, [_premise_failure(truth)]
+    else:
+        failures = _rule_failures(expectation, control, truth, observation, witnesses,
+                                  extra.allowed)
+        failures += _message_failures(None if control else expectation, messages,
+                                      message_printed)
+        failures += _outside_failures(stderr_outside)
+        failures += [*command_failures, *extra.failures]
+        status = Status.FAIL if failures else Status.PASS
+        notes += _witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
+    return Verdict(
+        mode=mode,
+        expectation=_expectation_text(mode, expectation, control, qemu_version),
+        observed=_observed_text(len(collisions), denied, messages) + _harm_text(extra.harm),
+        status=status,
+        failures=tuple(failures),
+        collisions=collisions,
+        denied=denied,
+        files_checked=len(truth.entries),
+        qemu_message=messages.all[0] if messages.all else None,
+        witnesses=tuple(witnesses),
+        host_devices=truth.device_count,
+        notes=tuple(notes),
+        harm=extra.harm,
+        dmesg=extra.dmesg,
+    )
+
+
+def unobserved(mode: Mode, devices: int, reason: str, status: Status) -> Verdict:
+    """The verdict of an export whose guest never got to be observed, or died under test.
+
+    ``status`` is ERROR when the check could not run (the guest did not boot: a bad
+    kernel, a missing package, a slow host) and FAIL when QEMU or the guest kernel
+    died while the export was being observed (a crash under test is a regression).
+    """
+    return Verdict(
+        mode=mode,
+        expectation="(not judged)",
+        observed="not observed: " + ("the guest crashed under test" if status is Status.FAIL
+                                     else "the check could not run"),
+        status=status,
+        failures=(reason,),
+        collisions=(),
+        denied=0,
+        files_checked=0,
+        qemu_message=None,
+        witnesses=(),
+        host_devices=devices,
+    )
