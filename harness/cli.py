@@ -11,26 +11,31 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import (
     ALL_CACHES,
+    ALL_CHECKS,
+    ALL_LAYOUTS,
     ALL_MODES,
     DEFAULT_CACHES,
     Accel,
     Cache,
     ExportLayout,
+    Layout,
+    MachineOptions,
     Mode,
     Via,
     parse_caches,
+    parse_checks,
     parse_modes,
 )
 from .errors import HarnessError, UsageError
 from .results import EXIT_ERROR, EXIT_OK
 
-if TYPE_CHECKING:
-    from .environment import Setup
+# Each command imports what it needs inside its function: ``--help`` and ``exec`` should
+# not wait for the verdicts, the report writers or the SSH client to load.
 
 
 def progress(message: str) -> None:
@@ -38,7 +43,6 @@ def progress(message: str) -> None:
     print(f"[multidevs-harness] {message}", file=sys.stderr, flush=True)
 
 
-LAYOUTS = ("standard", "loop")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -145,7 +149,8 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--layout", choices=LAYOUTS, default=LAYOUTS[0],
+        "--layout", choices=[layout.value for layout in ALL_LAYOUTS],
+        default=Layout.STANDARD.value,
         help="standard: devNN tmpfs mounts with files, hard links and twins; loop: the "
         "root holds only dev01 and shares its qid under warn (a client with an inode "
         "cache takes dev01 for its own parent: ELOOP on Linux 6.12); sets --devices 2",
@@ -154,19 +159,16 @@ def _add_layout_option(parser: argparse.ArgumentParser) -> None:
 
 def _layout(args: argparse.Namespace) -> ExportLayout:
     """The export shape of run and reproduce (``--layout loop`` is two devices)."""
-    loop = args.layout == "loop"
-    return ExportLayout(devices=2 if loop else args.devices, files_per_device=args.files,
-                        nested=getattr(args, "nested", False), loop=loop)
+    kind = Layout(args.layout)
+    return ExportLayout(devices=2 if kind is Layout.LOOP else args.devices,
+                        files_per_device=args.files, nested=getattr(args, "nested", False),
+                        kind=kind)
 
 
 def _add_check_option(run: argparse.ArgumentParser) -> None:
-    # Imported here: the plan module pulls in the SSH client, which --help should not wait for.
-    from .plan import CHECKS, DEFAULT_CHECKS
-
     run.add_argument(
-        "--checks", default=",".join(DEFAULT_CHECKS),
-        help=f"comma-separated check families: {','.join(CHECKS)} "
-        f"(default: {','.join(DEFAULT_CHECKS)})",
+        "--checks", default=",".join(ALL_CHECKS),
+        help=f"comma-separated check families: {','.join(ALL_CHECKS)} (default: all)",
     )
 
 
@@ -224,11 +226,10 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def _state_cache() -> Any:
-    from .environment import STATES_DIR
-    from .image.build import default_cache_root
+    from . import paths
     from .qemu.snapshot import StateCache
 
-    return StateCache(default_cache_root() / STATES_DIR)
+    return StateCache(paths.states_dir())
 
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
@@ -292,12 +293,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
 
 
-def _setup(args: argparse.Namespace) -> Setup:
-    """The machine options of exec and reproduce (see ``_add_machine_options``)."""
-    from .environment import Setup
-
-    return Setup(qemu=args.qemu, accel=Accel(args.accel), kernel=args.kernel,
-                 modules=args.modules, guest=args.guest, cold=args.cold)
+def _machine(args: argparse.Namespace) -> MachineOptions:
+    """The machine options (see ``_add_machine_options``); run's several ``--qemu`` and
+    ``--guest`` values stay in RunOptions."""
+    several = isinstance(args.qemu, list)
+    return MachineOptions(qemu=None if several else args.qemu, accel=Accel(args.accel),
+                          kernel=args.kernel, modules=args.modules,
+                          guest=None if several else args.guest, cold=args.cold,
+                          qemu_datadir=getattr(args, "qemu_datadir", None))
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -308,7 +311,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
-    result = exec_in_guest(command, _setup(args), logs=args.logs, progress=progress)
+    result = exec_in_guest(command, _machine(args), logs=args.logs, progress=progress)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -317,20 +320,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import report as rep
-    from .plan import RunOptions, parse_checks
-    from .run import run_matrix
+    from .plan import RunOptions
+    from .run import run_checks
 
     options = RunOptions(
         modes=parse_modes(args.modes),
         caches=parse_caches(args.cache),
         layout=_layout(args),
+        machine=_machine(args),
         qemus=tuple(args.qemu),
         guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
-        modules=args.modules,
-        qemu_datadir=args.qemu_datadir,
-        cold=args.cold,
-        accel=Accel(args.accel),
-        kernel=args.kernel,
         logs=args.logs,
         control=not args.no_control,
         witness=not args.no_witness,
@@ -339,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         share=not args.isolate,
         checks=parse_checks(args.checks),
     )
-    result = run_matrix(options, progress=progress)
+    result = run_checks(options, progress=progress)
     print(rep.table(result))
     print()
     print(rep.summary_line(result))
@@ -354,30 +353,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .commands.reproduce import reproduce
-    from .report import collision_table, harm_text, witnesses_text
     from .results import exit_code
-    from .verdicts.ids import Verdict
 
-    found = reproduce(
-        Mode(args.mode), _layout(args),
-        _setup(args), cache=Cache(args.cache), logs=args.logs, progress=progress,
-    )
-    verdict = found.row.verdict
-    assert isinstance(verdict, Verdict)  # reproduce judges one export's ids
-    print(f"mode {args.mode}: {verdict.observed}")
-    print(f"expected: {verdict.expectation} -> {found.row.status.value.upper()}")
-    for line in (*verdict.failures, *verdict.notes):
-        print(f"  - {line}")
-    print("\ncollisions (guest id <- host files):")
-    print(collision_table([found.row]))
-    print(f"\n{witnesses_text(verdict)}")
-    print(f"\n{harm_text(verdict)}")
-    print(f"QEMU message: {verdict.qemu_message or '(none)'}")
-    print("\nto reproduce by hand:")
-    print(f"  host:  sh {found.script}    (builds the export, then runs QEMU on this terminal)")
-    print(f"  guest: {found.guest_hint}")
-    print(f"  the harness ran: {found.row.qemu_command}")
-    print(f"\nlogs: {found.log_dir}")
+    found = reproduce(Mode(args.mode), _layout(args), _machine(args), cache=Cache(args.cache),
+                      logs=args.logs, progress=progress)
+    print(found.text())
     return exit_code([found.row.status])
 
 

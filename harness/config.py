@@ -6,21 +6,71 @@ plugin) and handed down to the export, image, machine, oracle and report code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import UsageError
 
 MAX_DEVICES = 128
+
+
+# Where a long step reports what it is doing: one line at a time, to the terminal.
+Progress = Callable[[str], None]
+
+
+_VERSION_RE = re.compile(r"version\s+(\d+)\.(\d+)(?:\.(\d+))?", re.IGNORECASE)
+
+
+class Version(NamedTuple):
+    """A QEMU release number (major, minor, micro); a tuple, so ordered and comparable with
+    literal version tuples: ``v >= (4, 2, 0)``."""
+
+    major: int
+    minor: int
+    micro: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.micro}"
+
+    @classmethod
+    def parse(cls, source: str | Mapping[str, object]) -> Version:
+        """Read a version from ``--version`` text or a QMP ``query-version`` answer.
+
+        Text: the first ``version X.Y[.Z]`` (so "QEMU emulator version 7.2.22
+        (Debian ...)" gives 7.2.22).  Mapping: either the whole query-version
+        return value or its ``qemu`` member.  Raises ValueError when nothing fits.
+        """
+        if isinstance(source, str):
+            match = _VERSION_RE.search(source)
+            if match is None:
+                snippet = source.strip().splitlines()[0][:80] if source.strip() else "nothing"
+                raise ValueError(f"no 'version X.Y.Z' in {snippet!r}")
+            major, minor, micro = match.groups()
+            return cls(int(major), int(minor), int(micro or 0))
+        inner = source.get("qemu", source)
+        if not isinstance(inner, Mapping):
+            raise ValueError(f"query-version answer has no 'qemu' object: {source!r}")
+        numbers = [inner.get(key) for key in ("major", "minor", "micro")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            raise ValueError(f"query-version answer has no integer major/minor/micro: {source!r}")
+        major_n, minor_n, micro_n = (int(str(n)) for n in numbers)
+        return cls(major_n, minor_n, micro_n)
+
+
+def quiet(_: str) -> None:
+    """A Progress that says nothing (library callers, tests)."""
+
 # -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
 # default" landed in QEMU 10.0.
-MULTIDEVS_SINCE = (4, 2, 0)
+MULTIDEVS_SINCE = Version(4, 2, 0)
 # Where the image puts the witness tools (GNU tar, coreutils, rsync, findutils) in the
 # guest: the image writes them there and the agent's witness script runs them from there.
 GUEST_TOOLS_DIR = "/opt/mdh/bin"
-REMAP_DEFAULT_SINCE = (10, 0, 0)
+REMAP_DEFAULT_SINCE = Version(10, 0, 0)
 MAX_FILES_PER_DEVICE = 100_000
 
 
@@ -64,6 +114,36 @@ class Cache(StrEnum):
 ALL_CACHES: tuple[Cache, ...] = (Cache.NONE, Cache.MMAP, Cache.LOOSE, Cache.FSCACHE)
 # none shows QEMU's ids as they are; loose is where collisions turn into aliasing.
 DEFAULT_CACHES: tuple[Cache, ...] = (Cache.NONE, Cache.LOOSE)
+
+
+class Check(StrEnum):
+    """A check family: one kind of question asked of an export (``checks.registry``
+    implements each).  Declared in report order."""
+
+    IDS = "ids"
+    OPERATIONS = "operations"
+    CROSS_DEVICE = "cross_device"
+    RUNTIME_MOUNT = "runtime_mount"
+    BIND = "bind"
+    REMOUNT = "remount"
+
+
+ALL_CHECKS: tuple[Check, ...] = tuple(Check)
+
+
+class Layout(StrEnum):
+    """The shape of the host tree behind an export (``--layout``)."""
+
+    # A tmpfs root with further tmpfs mounts populated alike: inode numbers repeat.
+    STANDARD = "standard"
+    # The root tmpfs holds only the mount point dev01 and both roots get one entry and
+    # one mtime, so under warn the root and dev01 share a qid (type, path and
+    # version): a client with an inode cache takes dev01 for its own parent.  Always
+    # two devices, the files in dev01/sub.
+    LOOP = "loop"
+
+
+ALL_LAYOUTS: tuple[Layout, ...] = tuple(Layout)
 
 
 class Via(StrEnum):
@@ -155,7 +235,7 @@ class ExportSpec:
     mount_point: str
     # cache=none makes every guest stat reach QEMU, so guest ids are QEMU's qids and
     # not whatever an inode cache merged.
-    cache: str = "none"
+    cache: Cache = Cache.NONE
     security_model: str = "none"
     readonly: bool = False
 
@@ -167,11 +247,12 @@ class ExportLayout:
     devices: int = 3
     files_per_device: int = 8
     nested: bool = False
-    # ``--layout loop``: the root tmpfs holds only the mount point dev01, and both
-    # roots get one entry and one mtime, so under warn the root and dev01 share a
-    # qid (type, path and version): a client with an inode cache takes dev01 for
-    # its own parent.  Always two devices, the files in dev01/sub.
-    loop: bool = False
+    kind: Layout = Layout.STANDARD
+
+    @property
+    def loop(self) -> bool:
+        """True for the loop layout (see ``Layout.LOOP``)."""
+        return self.kind is Layout.LOOP
 
     def __post_init__(self) -> None:
         if self.loop and (self.devices != 2 or self.nested):
@@ -190,6 +271,26 @@ class ExportLayout:
                 f"{self.files_per_device}",
                 hint="it counts files per device; the default is 8",
             )
+
+
+@dataclass(frozen=True)
+class MachineOptions:
+    """The machine a command runs its guests on, as a user names it: which QEMU, which
+    guest recipe or kernel, which accelerator, cold or restored boots.  One type for
+    run (once per ``--qemu`` and ``--guest``), exec, reproduce, the pytest plugin and
+    the benchmark; ``environment.prepare`` turns it into a prepared Environment."""
+
+    qemu: str | None = None
+    accel: Accel = Accel.AUTO
+    kernel: Path | None = None
+    # A modules tree for a self-built --kernel.
+    modules: Path | None = None
+    # A guest recipe name (a folder of guests/); None: the default recipe.
+    guest: str | None = None
+    # Boot every guest cold instead of restoring a saved state.
+    cold: bool = False
+    # QEMU's firmware directory (-L); None: found beside the binary or QEMU's own.
+    qemu_datadir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +345,13 @@ def parse_modes(text: str) -> tuple[Mode, ...]:
     names = parse_choices(text, [m.value for m in ALL_MODES], "multidevs mode",
                           "--modes remap,warn,forbid,default")
     return tuple(Mode(name) for name in names)
+
+
+def parse_checks(text: str) -> tuple[Check, ...]:
+    """Parse ``ids,operations`` into check families, rejecting unknown ones."""
+    names = parse_choices(text, [c.value for c in ALL_CHECKS], "check family",
+                          f"--checks {Check.IDS},{Check.OPERATIONS}")
+    return tuple(Check(name) for name in names)
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:

@@ -5,21 +5,25 @@ into the spec of one guest."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import paths
 from .config import (
     Accel,
     AccelDecision,
     BootMethod,
     ExportSpec,
     GuestImage,
+    MachineOptions,
     MachineSpec,
+    Progress,
     Timeouts,
+    quiet,
 )
 from .errors import UsageError
-from .image.build import build_image, default_cache_root, mark_used
+from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
 from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
@@ -27,11 +31,7 @@ from .results import EnvironmentRecord
 
 # A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).
 _BZIMAGE_MAGIC_AT = 0x202
-Progress = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -78,24 +78,6 @@ class Environment:
         )
 
 
-@dataclass(frozen=True)
-class Setup:
-    """What a one-guest command (exec, reproduce) asks of its environment: the CLI's
-    machine options, prepared with ``Setup.prepare``."""
-
-    qemu: str | None = None
-    accel: Accel = Accel.AUTO
-    kernel: Path | None = None
-    modules: Path | None = None
-    guest: str | None = None
-    cold: bool = False
-
-    def prepare(self, progress: Progress = _quiet) -> Environment:
-        """``prepare`` with these options."""
-        return prepare(self.qemu, self.accel, self.kernel, progress, guest=self.guest,
-                       modules_dir=self.modules, cold=self.cold)
-
-
 def resolve_qemu(qemu: str | None) -> Path:
     """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
     return resolve_binary(qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU)
@@ -103,8 +85,6 @@ def resolve_qemu(qemu: str | None) -> Path:
 
 # Where distributions install QEMU: its compiled-in firmware path is right for these.
 _MARKER_ROM = "linuxboot_dma.bin"
-# Saved guest states, beside the images in the cache.
-STATES_DIR = "states"
 _SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/usr/sbin"))
 
 
@@ -192,25 +172,19 @@ def check_kernel_modules(image: GuestImage, kernel: Path | None) -> None:
 
 
 def prepare(
-    qemu: str | None,
-    accel: Accel,
-    kernel: Path | None = None,
-    progress: Progress = _quiet,
+    machine: MachineOptions,
+    progress: Progress = quiet,
     timeout_scale: float | None = None,
-    datadir: Path | None = None,
-    guest: str | None = None,
-    modules_dir: Path | None = None,
-    cold: bool = False,
 ) -> Environment:
-    """Build (or reuse) the image, probe QEMU and decide the accelerator.
+    """Build (or reuse) the image, probe QEMU and decide the accelerator for ``machine``.
 
     ``timeout_scale`` stretches every harness deadline (default: $MDH_TIMEOUT_SCALE,
     else 1), for slow runners and for tests that must see a deadline pass quickly.
-    ``datadir`` is --qemu-datadir.  ``guest`` names the recipe (a folder of guests/;
-    None = the default recipe); ``modules_dir`` (a ``make modules_install`` tree)
-    puts its modules in the image, for booting a self-built ``kernel``.  ``cold``
-    turns boot by restore off.
+    ``machine.modules`` (a ``make modules_install`` tree) puts its modules in the
+    image, for booting a self-built ``machine.kernel``; ``machine.cold`` turns boot by
+    restore off.
     """
+    qemu, accel, kernel = machine.qemu, machine.accel, machine.kernel
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
     # image build that may download a kernel for minutes.
@@ -220,13 +194,13 @@ def prepare(
     progress(f"probing {binary}")
     info = probe_qemu(binary)
     require_multidevs(info)
-    image = build_image(guest, progress=progress, modules_dir=modules_dir)
+    image = build_image(machine.guest, progress=progress, modules_dir=machine.modules)
     mark_used(image.directory)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
     check_kernel_modules(image, kernel)
-    firmware = find_datadir(info.binary, datadir)
+    firmware = find_datadir(info.binary, machine.qemu_datadir)
     if firmware is not None:
         progress(f"QEMU firmware from {firmware} (-L)")
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
@@ -242,11 +216,11 @@ def prepare(
         boot=boot,
         timeouts=Timeouts.for_accel(decision.used, scale),
         datadir=firmware,
-        state_cache=None if cold else default_cache_root() / STATES_DIR,
+        state_cache=None if machine.cold else paths.states_dir(),
     )
 
 
-def probe_record(qemu: str | None, accel: Accel, progress: Progress = _quiet) -> EnvironmentRecord:
+def probe_record(qemu: str | None, accel: Accel, progress: Progress = quiet) -> EnvironmentRecord:
     """The environment ``multidevs-harness probe`` reports.
 
     The accelerator and the guest are decided only for a QEMU that has multidevs

@@ -188,10 +188,6 @@ class GuestOutputError(HarnessError):
         self.line = line
 
 
-class PortInUse(HarnessError):
-    """A port the user asked for is already held by someone else."""
-
-
 class LibvirtError(HarnessError):
     """libvirtd could not be reached or refused what the harness asked."""
 

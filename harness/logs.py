@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from . import paths
+from .config import Progress, quiet
 from .errors import CacheDirError
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class LogDir:
@@ -48,15 +43,10 @@ def _new_log_dir(base: Path, prefix: str, hint: str) -> Path:
         ) from exc
 
 
-def state_dir() -> Path:
-    """$XDG_STATE_HOME/multidevs-harness, else ~/.local/state/multidevs-harness."""
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "multidevs-harness"
-
 
 @contextlib.contextmanager
 def log_root(
-    logs: Path | None, prefix: str = "run", progress: Progress = _quiet
+    logs: Path | None, prefix: str = "run", progress: Progress = quiet
 ) -> Iterator[LogDir]:
     """A new log directory under ``logs`` (always kept) or the state directory.
 
@@ -68,7 +58,7 @@ def log_root(
         log_dir = LogDir(_new_log_dir(logs, prefix, "pass --logs with a writable directory"),
                          named=True)
     else:
-        log_dir = LogDir(_new_log_dir(state_dir() / "logs", prefix,
+        log_dir = LogDir(_new_log_dir(paths.logs_dir(), prefix,
                                       "set XDG_STATE_HOME or pass --logs DIR"), named=False)
     try:
         yield log_dir

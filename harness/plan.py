@@ -10,34 +10,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .agent.stat import AGENT_THREADS, STAT_PASSES
-from .config import DEFAULT_CACHES, Accel, Cache, ExportLayout, Mode, Via, parse_choices
+from .config import (
+    ALL_CHECKS,
+    DEFAULT_CACHES,
+    Cache,
+    Check,
+    ExportLayout,
+    MachineOptions,
+    Mode,
+    Via,
+)
 
 CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.
 _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
 
-IDS = "ids"
-# Every check family, in report order; ``checks.FAMILIES`` implements each (a unit
-# test holds the two together).
-BIND = "bind"
-CHECKS = (IDS, "operations", "cross_device", "runtime_mount", BIND, "remount")
 # What a run does unless --checks says otherwise: every family costing seconds at most.
-DEFAULT_CHECKS = CHECKS
+DEFAULT_CHECKS = ALL_CHECKS
 # Families that ask a mode's own questions of a small export of their own, observed
 # after the mode's ids export in the same QEMU.  They need no fresh multi-device
 # message (QEMU prints each once per process): they judge "the mode's own message at
 # most once, no other" (runtime_mount: none at all once its device is added), and
 # the ids row before them holds the exactly-once rule.
-_TRAILING = ("operations", "cross_device", "runtime_mount", "remount")
+_TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.REMOUNT)
 # Families that also get one export per inode-caching cache mode of the run (loose,
 # fscache): cross_device, whose rename between twins that share a guest inode is a
 # silent no-op there.
-CACHED_FAMILIES = ("cross_device",)
+CACHED_FAMILIES = (Check.CROSS_DEVICE,)
 # Two devices: the root one and one foreign; two files each keep the mounts cheap.
 _FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
 # bind's export is one device whatever the mode, so it must say nothing; that is
@@ -54,17 +58,13 @@ class RunOptions:
     layout: ExportLayout
     # The guest's 9p cache modes: each (mode, cache) pair is a row on its own device.
     caches: tuple[Cache, ...] = DEFAULT_CACHES
+    # Accelerator, kernel, modules, cold boots, firmware; its qemu and guest are
+    # replaced by each of ``qemus`` and ``guests``.
+    machine: MachineOptions = MachineOptions()
     # QEMU binaries to run the whole matrix on, in order; empty: the default one.
     qemus: tuple[str, ...] = ()
     # Guest recipes to run the whole matrix on, in order; empty: the default recipe.
     guests: tuple[str, ...] = ()
-    # A modules tree for a self-built --kernel.
-    modules: Path | None = None
-    qemu_datadir: Path | None = None
-    # Boot every guest cold instead of restoring a saved state.
-    cold: bool = False
-    accel: Accel = Accel.AUTO
-    kernel: Path | None = None
     logs: Path | None = None
     control: bool = True
     witness: bool = True
@@ -76,8 +76,8 @@ class RunOptions:
     # A second vCPU and agent threads only pay off for very large exports.
     guest_cpus: int = 1
     agent_threads: int = AGENT_THREADS
-    # Check families to run (``CHECKS`` names them); see ``apply_checks``.
-    checks: tuple[str, ...] = DEFAULT_CHECKS
+    # Check families to run; see ``apply_checks``.
+    checks: tuple[Check, ...] = DEFAULT_CHECKS
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,15 @@ class ExportPlan:
     row: str
     mode: Mode
     layout: ExportLayout
-    check: str = "ids"
-    cache: str = "none"
+    check: Check = Check.IDS
+    cache: Cache = Cache.NONE
     message_printed: bool = False
     # Whether this export runs the witnesses (when the run asks for them; see
     # ``plan_guests``): each costs ~1.3 s of guest time under TCG.
     witness: bool = True
+    # lstat passes of the ids observation and the agent's threads (``RunOptions``).
+    passes: int = STAT_PASSES
+    agent_threads: int = AGENT_THREADS
 
 
 def row_name(mode: Mode, cache: Cache) -> str:
@@ -111,7 +114,7 @@ def mode_exports(mode: Mode, layout: ExportLayout,
                  caches: Sequence[Cache]) -> tuple[ExportPlan, ...]:
     """One export per cache mode for ``mode``, in the order asked; every one after the
     first is marked ``message_printed`` (they share one QEMU)."""
-    return tuple(ExportPlan(row_name(mode, cache), mode, layout, cache=cache.value,
+    return tuple(ExportPlan(row_name(mode, cache), mode, layout, cache=cache,
                             message_printed=index > 0, witness=mode is not Mode.FORBID)
                  for index, cache in enumerate(caches))
 
@@ -172,19 +175,19 @@ def plan_guests(
     return guests
 
 
-def family_row(check: str, mode: Mode, cache: Cache = Cache.NONE) -> str:
+def family_row(check: Check, mode: Mode, cache: Cache = Cache.NONE) -> str:
     """The result row name of family ``check`` on ``mode`` (``operations-forbid``,
     ``cross_device-warn+loose``)."""
     return f"{check}-{row_name(mode, cache)}"
 
 
-def _family_caches(check: str, caches: Sequence[Cache]) -> list[Cache]:
+def _family_caches(check: Check, caches: Sequence[Cache]) -> list[Cache]:
     """cache=none, then (CACHED_FAMILIES only) every cache mode that reuses inodes."""
     extra = [c for c in caches if c.reuses_inodes] if check in CACHED_FAMILIES else []
     return [Cache.NONE, *extra]
 
 
-def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
+def apply_checks(plan: GuestPlan, checks: Sequence[Check]) -> GuestPlan:
     """``plan`` (from ``plan_guests``: ids exports only) with the families of
     ``checks``: ids exports (and controls) kept only if ``ids`` is asked for, then one
     export per further family and multi-device mode of the guest, in family order.
@@ -197,19 +200,20 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
     """
     controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
     others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
-    caches = list(dict.fromkeys(Cache(e.cache) for e in others))
+    caches = list(dict.fromkeys(e.cache for e in others))
     # One family export per mode, however many cache exports the mode has.
     modes = list(dict.fromkeys(e.mode for e in others if e.layout.devices > 1))
     # No witnesses on bind: every path of a bind is one host file with one id (st_nlink
     # 1, no ancestor shared), so the tools have nothing to get wrong that the ids rules
     # do not already judge.
-    binds = [ExportPlan(family_row(BIND, e.mode), e.mode, _BIND_LAYOUT, BIND, witness=False)
-             for e in controls] if BIND in checks else []
+    binds = [ExportPlan(family_row(Check.BIND, e.mode), e.mode, _BIND_LAYOUT, Check.BIND,
+                        witness=False)
+             for e in controls] if Check.BIND in checks else []
     extra = [ExportPlan(family_row(check, mode, cache), mode, _FAMILY_LAYOUT, check,
-                        cache=cache.value)
+                        cache=cache)
              for check in _TRAILING if check in checks for mode in modes
              for cache in _family_caches(check, caches)]
-    if IDS not in checks:
+    if Check.IDS not in checks:
         controls, others = [], []
     return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
 
@@ -217,20 +221,16 @@ def apply_checks(plan: GuestPlan, checks: Sequence[str]) -> GuestPlan:
 # Families that mount on the host after QEMU started.  libvirt starts QEMU in a mount
 # namespace of its own, a copy taken at start that our private "/" never propagates
 # into, so under --via libvirt these families would test nothing.
-AFTER_START_MOUNTS = ("runtime_mount", BIND)
+AFTER_START_MOUNTS = (Check.RUNTIME_MOUNT, Check.BIND)
 
 
-def checks_for(via: Via, checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def checks_for(via: Via, checks: Sequence[Check]) -> tuple[tuple[Check, ...], tuple[Check, ...]]:
     """The families ``via`` can run, and those it cannot (``AFTER_START_MOUNTS``)."""
     if via is Via.QEMU:
         return tuple(checks), ()
     return (tuple(c for c in checks if c not in AFTER_START_MOUNTS),
             tuple(c for c in checks if c in AFTER_START_MOUNTS))
 
-
-def parse_checks(text: str) -> tuple[str, ...]:
-    """Parse ``ids,operations`` into family names, rejecting unknown ones."""
-    return parse_choices(text, CHECKS, "check family", f"--checks {IDS},operations")
 
 
 def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> dict[str, int]:
@@ -242,9 +242,39 @@ def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> 
     """
     names = [row_name(m, c) for m in modes for c in caches]
     names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
-    names += [family_row(check, m, c) for check in CHECKS if check != IDS for m in modes
-              for c in _family_caches(check, caches)]
+    names += [family_row(check, m, c) for check in ALL_CHECKS if check is not Check.IDS
+              for m in modes for c in _family_caches(check, caches)]
     return {name: i for i, name in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every guest of one run on one QEMU and guest recipe, complete before the first
+    boot: each guest's exports with their families, and the families ``via`` cannot
+    run (with why)."""
+
+    guests: tuple[GuestPlan, ...]
+    skipped: tuple[Check, ...] = ()
+
+
+def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
+    """The whole plan of ``options``: guests (``plan_guests``; one guest per mode when
+    the backend cannot read QEMU's stderr live), the families joined to them
+    (``apply_checks``, less those ``options.via`` cannot run), and each export's
+    observation options resolved (witnesses only where both the plan and the run
+    want them)."""
+    checks, skipped = checks_for(options.via, options.checks)
+    guests = plan_guests(options.modes, options.layout, options.control,
+                         options.share and live_stderr, options.caches)
+    complete = []
+    for guest in guests:
+        planned = apply_checks(guest, checks)
+        exports = tuple(replace(e, witness=e.witness and options.witness,
+                                passes=options.passes, agent_threads=options.agent_threads)
+                        for e in planned.exports)
+        if exports:
+            complete.append(GuestPlan(planned.name, exports))
+    return RunPlan(tuple(complete), skipped)
 
 
 def default_jobs() -> int:

@@ -1,7 +1,8 @@
 """pytest plugin: options, fixtures and failure logs for tests that boot guests.
 
 Registered through the ``pytest11`` entry point, so any project with
-multidevs-harness installed gets ``--qemu``, ``--accel`` and ``--devices`` and the
+multidevs-harness installed gets ``--mdh-qemu``, ``--mdh-accel``, ``--mdh-devices`` (all
+options ``--mdh-`` prefixed) and the
 fixtures ``guest_image``, ``mdh_environment``, ``multidevs_export``, ``machine`` and
 ``machine_factory``.  When a test fails, the guest console tail and QEMU's stderr are
 attached to its report and its log directory is kept and named.
@@ -16,12 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from .config import Accel, ExportLayout, ExportSpec, GuestImage, Mode
+from .config import Accel, ExportLayout, ExportSpec, GuestImage, MachineOptions, Mode
 from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
 from .host.export import build_export
@@ -40,22 +41,19 @@ FIXTURES_NEEDING_NAMESPACE = {"multidevs_export", "machine", "machine_factory"}
 class HarnessOptions:
     """The plugin's command-line options, frozen for the session."""
 
-    qemu: str | None
-    accel: Accel
+    machine: MachineOptions
     devices: int
     logs: Path | None
-    guest: str | None = None
-    cold: bool = False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("multidevs-harness", "multidevs-harness (QEMU 9p multidevs)")
-    group.addoption("--qemu", default=None, help="QEMU binary under test")
+    group.addoption("--mdh-qemu", default=None, help="QEMU binary under test")
     group.addoption(
-        "--accel", default=Accel.AUTO.value, choices=[a.value for a in Accel],
+        "--mdh-accel", default=Accel.AUTO.value, choices=[a.value for a in Accel],
         help="accelerator: auto (KVM only if a guest starts under it), kvm or tcg",
     )
-    group.addoption("--devices", type=int, default=3, help="host devices per export")
+    group.addoption("--mdh-devices", type=int, default=3, help="host devices per export")
     group.addoption("--mdh-logs", default=None, help="keep every test's guest logs here")
     group.addoption("--mdh-cold", action="store_true",
                     help="boot every guest cold (default: restore saved guest states)")
@@ -104,13 +102,16 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 def mdh_options(pytestconfig: pytest.Config) -> HarnessOptions:
     """The session's harness options (from the command line)."""
     logs = pytestconfig.getoption("--mdh-logs")
-    return HarnessOptions(
-        qemu=pytestconfig.getoption("--qemu"),
-        accel=Accel(pytestconfig.getoption("--accel")),
-        devices=int(pytestconfig.getoption("--devices")),
-        logs=Path(logs) if logs else None,
+    machine = MachineOptions(
+        qemu=pytestconfig.getoption("--mdh-qemu"),
+        accel=Accel(pytestconfig.getoption("--mdh-accel")),
         guest=pytestconfig.getoption("--mdh-guest"),
         cold=bool(pytestconfig.getoption("--mdh-cold")),
+    )
+    return HarnessOptions(
+        machine=machine,
+        devices=int(pytestconfig.getoption("--mdh-devices")),
+        logs=Path(logs) if logs else None,
     )
 
 
@@ -135,11 +136,10 @@ def mdh_environments(mdh_options: HarnessOptions) -> EnvironmentFor:
     prepared: dict[str | None, Environment] = {}
 
     def environment_for(guest: str | None) -> Environment:
-        guest = guest or mdh_options.guest
+        guest = guest or mdh_options.machine.guest
         if guest not in prepared:
             try:
-                prepared[guest] = prepare(mdh_options.qemu, mdh_options.accel, guest=guest,
-                                          cold=mdh_options.cold)
+                prepared[guest] = prepare(replace(mdh_options.machine, guest=guest))
             except HarnessError as exc:
                 reason = skip_reason(exc)
                 if reason:

@@ -1,4 +1,4 @@
-"""Running the planned guests: the pool, and one guest from exports to result rows.
+"""The guest pool: running the planned guests, and one guest from exports to result rows.
 
 The steps of one guest are the same whoever starts it: build its exports, start it
 (a ``Backend`` does that: QEMU directly or libvirtd), wait for SSH, observe each
@@ -14,25 +14,25 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from .checks.family import Judging, Observation
+from .checks.family import Judging
 from .checks.registry import FAMILIES
-from .config import ExportSpec, Via
+from .config import ExportSpec, Progress, Via
 from .environment import Environment
 from .errors import GuestCrashed, HarnessError, QemuFailed
 from .guest.lifecycle import Guest, check_alive
 from .host.export import build_export
 from .host.truth import Export
-from .plan import ExportPlan, GuestPlan, RunOptions, apply_checks, checks_for
+from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import mount_options, shell_quote_command
 from .results import GuestRecord, ResultRow
-from .verdicts.common import Status
+from .verdicts.common import Status, Verdict
 from .verdicts.ids import unobserved
 
-Progress = Callable[[str], None]
 MOUNT_BASE = "/mnt"
 _CRASH_GRACE_S = 1.0
 
@@ -99,12 +99,12 @@ class LiveGuests:
 
 
 @dataclass(frozen=True)
-class MatrixRun:
-    """What every guest of one run shares."""
+class RunContext:
+    """What every guest of one run shares: the prepared environment, the backend that
+    starts guests, where logs go, progress, and the live guests (for Ctrl-C)."""
 
     env: Environment
     backend: Backend
-    options: RunOptions
     log_root: Path
     progress: Progress
     live: LiveGuests
@@ -117,7 +117,8 @@ class Observed:
     plan: ExportPlan
     export: Export
     spec: ExportSpec
-    observation: Observation
+    # The family's judge with its own record of this export bound (typed per family).
+    judge: Callable[[Judging], Verdict]
     stderr: slice  # the part of QEMU's stderr written while it alone was observed
 
 
@@ -135,7 +136,7 @@ def _build_exports(
 
 
 def _observe(
-    run: MatrixRun, guest: Guest, exports: Sequence[tuple[ExportPlan, Export, ExportSpec]]
+    run: RunContext, guest: Guest, exports: Sequence[tuple[ExportPlan, Export, ExportSpec]]
 ) -> list[Observed]:
     """Observe each export in turn (its check family decides how), noting which stderr
     QEMU wrote meanwhile.
@@ -146,11 +147,9 @@ def _observe(
     try:
         for item, export, spec in exports:
             before = len(guest.stderr_text())
-            options = run.options
-            if not item.witness:
-                options = replace(options, witness=False)
-            seen = FAMILIES[item.check].observe(guest, spec, export, options)
-            observed.append(Observed(item, export, spec, seen,
+            family = FAMILIES[item.check]
+            seen = family.observe(guest, spec, export, item)
+            observed.append(Observed(item, export, spec, partial(family.judge, seen=seen),
                                      slice(before, len(guest.stderr_text()))))
     except HarnessError as exc:
         crash = _crash(guest)
@@ -185,7 +184,7 @@ def _outside(stderr: str, slices: Sequence[slice]) -> str:
     return "\n".join(parts)
 
 
-def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Observed],
+def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Observed],
           log_dir: Path) -> list[ResultRow]:
     """Judge every export of a guest that has been shut down (its stderr is complete)."""
     stderr = guest.stderr_text()
@@ -194,13 +193,13 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
     problems = run.backend.command_failures(guest, [o.spec for o in observed])
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     facts = run.backend.facts(guest)
-    version = run.env.info.version.as_tuple()
+    version = run.env.info.version
     rows = []
     for item in observed:
         judging = Judging(item.plan, item.export, item.spec, version,
                           stderr[item.stderr] if live else stderr, outside,
                           problems.get(item.spec.path, ()))
-        verdict = FAMILIES[item.plan.check].judge(judging, item.observation)
+        verdict = item.judge(judging)
         rows.append(ResultRow(
             case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
             via=run.backend.via, verdict=verdict,
@@ -213,7 +212,7 @@ def _rows(run: MatrixRun, plan: GuestPlan, guest: Guest, observed: Sequence[Obse
     return rows
 
 
-def _run_guest(run: MatrixRun, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
+def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
     with ExitStack() as stack:
         exports = _build_exports(stack, plan)
         guest = stack.enter_context(
@@ -228,22 +227,13 @@ def _run_guest(run: MatrixRun, plan: GuestPlan, log_dir: Path) -> list[ResultRow
     return _rows(run, plan, guest, observed, log_dir)
 
 
-def run_guest(run: MatrixRun, plan: GuestPlan) -> list[ResultRow]:
+def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
     """Boot one planned guest, observe and judge each of its exports.
 
     A guest that crashes under test gives FAIL rows; one that cannot be booted or
     observed at all gives ERROR rows, each naming why.
     """
     log_dir = run.log_root / plan.name
-    # plan_guests places the ids exports; the other families join their mode's guest.
-    checks, skipped = checks_for(run.backend.via, run.options.checks)
-    if skipped:
-        run.progress(f"{plan.name}: {','.join(skipped)} skipped: {run.backend.via.value} "
-                     "starts QEMU in a mount namespace of its own, which host mounts "
-                     "made later never reach")
-    plan = apply_checks(plan, checks)
-    if not plan.exports:
-        return []
     try:
         return _run_guest(run, plan, log_dir)
     except GuestCrashed as exc:
@@ -255,7 +245,7 @@ def run_guest(run: MatrixRun, plan: GuestPlan) -> list[ResultRow]:
                                Status.ERROR)
 
 
-def unobserved_rows(run: MatrixRun, plan: GuestPlan, log_dir: Path, reason: str,
+def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str,
                     status: Status) -> list[ResultRow]:
     """One row per export of a guest that was never observed (or died under test)."""
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from .config import Progress
+
 _PR_SET_PDEATHSIG = 1
 # Looked up now, not in the forked child, where dlopen() could wait on a loader lock
 # some other thread held at fork time.
@@ -24,7 +26,6 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl
 HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 _TAIL_CHARS = 2000
 
-Progress = Callable[[str], None]
 
 
 def _tie_to_parent(death_signal: int) -> Callable[[], None]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from .agent.witnesses import TOOLS_DIR
 from .results import EnvironmentRecord, ResultRow, RunReport
-from .verdicts.common import Status
-from .verdicts.ids import Verdict
+from .verdicts.common import Status, Verdict
+from .verdicts.ids import IdsVerdict
 from .verdicts.ops import OpsVerdict
 from .verdicts.rejection import RejectionVerdict
 
@@ -22,10 +22,17 @@ from .verdicts.rejection import RejectionVerdict
 JSON_COLLISIONS = 50
 
 
+def ids_verdict(verdict: Verdict) -> IdsVerdict | None:
+    """``verdict`` when the ids rules made it (the rows that carry collisions, witnesses
+    and harm), else None."""
+    return verdict if isinstance(verdict, IdsVerdict) else None
+
+
 def _witness_text(row: ResultRow) -> str:
-    if not isinstance(row.verdict, Verdict) or row.verdict.witnesses_intact is None:
+    ids = ids_verdict(row.verdict)
+    if ids is None or ids.witnesses_intact is None:
         return "n/a"
-    ran = [w for w in row.verdict.witnesses if w.ran]
+    ran = [w for w in ids.witnesses if w.ran]
     broken = sum(1 for w in ran if not w.intact)
     return f"{broken}/{len(ran)} broken" if broken else "intact"
 
@@ -88,7 +95,7 @@ def summary_line(report: RunReport) -> str:
     )
 
 
-def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
+def _ids_dict(verdict: IdsVerdict) -> dict[str, Any]:
     return {
         "mode": verdict.mode.value,
         "host_devices": verdict.host_devices,
@@ -107,7 +114,7 @@ def _ids_dict(verdict: Verdict, row: ResultRow) -> dict[str, Any]:
     }
 
 
-def _harm_dict(verdict: Verdict) -> dict[str, Any]:
+def _harm_dict(verdict: IdsVerdict) -> dict[str, Any]:
     harm = verdict.harm
     return {
         "aliased": None if harm is None else [
@@ -171,13 +178,20 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
             "binary": str(row.environment.qemu.binary),
             "version": str(row.environment.qemu.version)},
     }
-    if isinstance(verdict, Verdict):
-        data.update(_ids_dict(verdict, row))
-    elif isinstance(verdict, OpsVerdict):
-        data.update(_ops_dict(verdict))
-    else:
-        data.update(_rejection_dict(verdict))
+    data.update(_details(verdict))
     return data
+
+
+def _details(verdict: Verdict) -> dict[str, Any]:
+    """The JSON keys of a verdict's own kind (the one place the kinds are told apart)."""
+    match verdict:
+        case IdsVerdict():
+            return _ids_dict(verdict)
+        case OpsVerdict():
+            return _ops_dict(verdict)
+        case RejectionVerdict():
+            return _rejection_dict(verdict)
+    raise TypeError(f"no JSON for a {type(verdict).__name__}")
 
 
 def environment_json(record: EnvironmentRecord) -> dict[str, Any]:
@@ -249,7 +263,7 @@ def write_junit(report: RunReport, path: Path) -> None:
     tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
-def witnesses_text(verdict: Verdict) -> str:
+def witnesses_text(verdict: IdsVerdict) -> str:
     """Each witness's one line (for ``reproduce``)."""
     lines = ["witnesses (each tool run over the export in the guest, compared with the host):"]
     lines += [f"  {'intact' if w.intact else 'BROKEN' if w.ran else 'not run'}: {w.detail}"
@@ -262,7 +276,7 @@ def witnesses_text(verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
-def harm_text(verdict: Verdict) -> str:
+def harm_text(verdict: IdsVerdict) -> str:
     """What the harm probe found (for ``reproduce``): aliased paths, the cwd, the kernel
     log, and how to see it by hand in the guest."""
     harm = verdict.harm
@@ -287,9 +301,8 @@ def collision_table(rows: Sequence[ResultRow]) -> str:
     """Guest id -> the distinct host files that share it (for ``reproduce``)."""
     lines: list[str] = []
     for row in rows:
-        if not isinstance(row.verdict, Verdict):
-            continue
-        for collision in row.verdict.collisions:
+        ids = ids_verdict(row.verdict)
+        for collision in ids.collisions if ids else ():
             dev, ino = collision.guest_id
             lines.append(f"guest (dev {dev}, ino {ino}) <- " + ", ".join(
                 f"{path!r} (host dev {hdev}, ino {hino})"

@@ -15,10 +15,7 @@ from typing import Any
 
 from .config import AccelDecision, Start, Via
 from .qemu.probe import QemuInfo
-from .verdicts.common import Status
-from .verdicts.ids import Verdict
-from .verdicts.ops import OpsVerdict
-from .verdicts.rejection import RejectionVerdict
+from .verdicts.common import Status, Verdict
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -116,7 +113,7 @@ class ResultRow:
     case: str
     check: str
     via: Via
-    verdict: Verdict | RejectionVerdict | OpsVerdict
+    verdict: Verdict
     cache: str | None = None  # the guest's 9p cache mode (None: no export, a rejection)
     guest: GuestRecord | None = None
     start: Start | None = None  # how the row's guest came up (None: no guest)

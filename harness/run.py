@@ -8,27 +8,22 @@ module its name says.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from .config import ExportSpec, Via
+from .config import ExportSpec, Progress, Via, quiet
 from .environment import Environment, prepare
 from .guest.lifecycle import Guest
 from .host.namespace import enter_private_namespace
 from .libvirt import backend as libvirt_run
 from .logs import log_root
-from .plan import GuestPlan, RunOptions, default_jobs, plan_guests, row_rank
-from .pool import Backend, LiveGuests, MatrixRun, run_guest, run_guests
+from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
+from .pool import Backend, LiveGuests, RunContext, run_guest, run_guests
 from .qemu.machine import Machine
 from .results import ResultRow, RunReport
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class QemuBackend:
@@ -75,19 +70,20 @@ def _run_environment(
     """The whole matrix on one QEMU: plan, run every guest, then the backend's checks."""
     opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
     with opener(env, options, progress, log_dir) as backend:
-        share = options.share and backend.live_stderr
-        if options.share and not share:
+        if options.share and not backend.live_stderr:
             progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-        plans = plan_guests(options.modes, options.layout, options.control, share,
-                            options.caches)
-        run = MatrixRun(env, backend, options, log_dir, progress, LiveGuests())
-        rows = run_guests(plans, partial(run_guest, run), options.jobs or default_jobs(),
+        plan = plan_run(options, backend.live_stderr)
+        if plan.skipped:
+            progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
+                     "a mount namespace of its own, which host mounts made later never reach")
+        run = RunContext(env, backend, log_dir, progress, LiveGuests())
+        rows = run_guests(plan.guests, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)
         return rows + backend.extra_rows(log_dir)
 
 
-def run_matrix(
-    options: RunOptions, progress: Progress = _quiet, env: Environment | None = None
+def run_checks(
+    options: RunOptions, progress: Progress = quiet, env: Environment | None = None
 ) -> RunReport:
     """Run every planned guest of ``options`` on each QEMU and guest recipe; one report.
 
@@ -100,8 +96,7 @@ def run_matrix(
     if options.via is Via.LIBVIRT:
         libvirt_run.preflight()
     envs = [env] if env is not None else [
-        prepare(qemu, options.accel, options.kernel, progress, datadir=options.qemu_datadir,
-                guest=guest, modules_dir=options.modules, cold=options.cold)
+        prepare(replace(options.machine, qemu=qemu, guest=guest), progress)
         for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
     with log_root(options.logs, progress=progress) as logs:

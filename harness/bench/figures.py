@@ -17,28 +17,36 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..agent.stat import SCALE_AGENT_THREADS
-from ..config import ALL_MODES, Accel, BootMethod, Cache, ExportLayout, ExportSpec, Mode
+from ..config import (
+    ALL_MODES,
+    Accel,
+    BootMethod,
+    Cache,
+    Check,
+    ExportLayout,
+    ExportSpec,
+    MachineOptions,
+    Mode,
+    Progress,
+)
 from ..environment import Environment, prepare
 from ..errors import ArchiveUnreachable
 from ..host.export import build_export
 from ..host.namespace import enter_private_namespace
-from ..image.build import default_cache_root
 from ..image.recipe import recipe_names
-from ..plan import IDS, RunOptions
+from ..plan import RunOptions
 from ..qemu.debian import fetch_debian_qemu
 from ..qemu.machine import Machine
-from ..report import environment_json
+from ..report import environment_json, ids_verdict
 from ..results import EnvironmentRecord
-from ..run import run_matrix
-from ..verdicts.ids import Verdict
-
-Progress = Callable[[str], None]
+from ..run import run_checks
 
 TARGET_BOOT_TCG_S = 2.0
 TARGET_BOOT_KVM_S = 0.5
@@ -89,7 +97,7 @@ def _matrix(env: Environment, tuned_median: float, progress: Progress) -> dict[s
     figures: dict[str, Any] = {}
     for label, each in (("", replace(env, state_cache=None)), ("restored_", env)):
         started = time.monotonic()
-        matrix = run_matrix(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress,
+        matrix = run_checks(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress,
                             env=each)
         seconds = time.monotonic() - started
         figures.update({f"{label}matrix_s": round(seconds, 3),
@@ -97,13 +105,13 @@ def _matrix(env: Environment, tuned_median: float, progress: Progress) -> dict[s
     figures["matrix_over_boot"] = round(figures["matrix_s"] / tuned_median, 2)
     # The ids family alone: as run (cache none,loose, witnesses), without the cache
     # axis, and without the witnesses, so what each costs shows as a difference.
-    ids_options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), checks=(IDS,))
+    ids_options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), checks=(Check.IDS,))
     for key, options in (
             ("ids_only", ids_options),
             ("ids_cache_none", replace(ids_options, caches=(Cache.NONE,))),
             ("ids_no_witness", replace(ids_options, witness=False))):
         started = time.monotonic()
-        ids = run_matrix(options, progress, env=env)
+        ids = run_checks(options, progress, env=env)
         figures[f"restored_matrix_{key}_s"] = round(time.monotonic() - started, 3)
         figures["restored_matrix_passed"] &= ids.passed
     return figures
@@ -113,25 +121,30 @@ def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> di
     per_device = math.ceil(args.scale_files / args.scale_devices)
     layout = ExportLayout(devices=args.scale_devices, files_per_device=per_device)
     started = time.monotonic()
-    scale = run_matrix(
+    scale = run_checks(
         RunOptions(modes=(Mode.REMAP,), layout=layout, control=False, witness=False,
-                   checks=(IDS,),
+                   checks=(Check.IDS,),
                    passes=1, guest_cpus=args.scale_cpus, agent_threads=SCALE_AGENT_THREADS),
         progress, env=env,
     )
     seconds = time.monotonic() - started
-    checked = sum(r.verdict.files_checked for r in scale.rows if isinstance(r.verdict, Verdict))
+    checked = sum(ids.files_checked for r in scale.rows if (ids := ids_verdict(r.verdict)))
     return {"devices": args.scale_devices, "files_requested": args.scale_files,
             "files_checked": checked, "wall_s": round(seconds, 3),
             "files_per_s": round(checked / seconds, 1) if seconds else None,
             "passed": scale.passed}
 
 
+def _machine(args: argparse.Namespace) -> MachineOptions:
+    """The benchmark's machine: ``--qemu`` and ``--accel`` as given, the default guest."""
+    return MachineOptions(qemu=args.qemu, accel=Accel(args.accel))
+
+
 def _guests(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Boot-to-SSH of every guest recipe, each with its own kernel."""
     figures = {}
     for name in recipe_names():
-        env = prepare(args.qemu, Accel(args.accel), progress=progress, guest=name, cold=True)
+        env = prepare(replace(_machine(args), guest=name, cold=True), progress)
         samples = time_boots(env, args.boots, naive=False, progress=progress)
         figures[name] = {"kernel": env.image.kernel_release, "boot_to_ssh_s": _stats(samples)}
     return figures
@@ -157,19 +170,19 @@ def _exec_round_trip(args: argparse.Namespace, progress: Progress,
 def _qemu10(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """The default matrix on Debian's QEMU 10 build (bookworm-backports), if reachable."""
     try:
-        binary = fetch_debian_qemu(default_cache_root(), progress=progress)
+        binary = fetch_debian_qemu(paths.cache_root(), progress=progress)
     except ArchiveUnreachable as exc:
         return {"skipped": exc.message}
-    env = prepare(str(binary), Accel(args.accel), progress=progress)
+    env = prepare(replace(_machine(args), qemu=str(binary)), progress)
     started = time.monotonic()
-    matrix = run_matrix(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress, env=env)
+    matrix = run_checks(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress, env=env)
     return {"version": str(env.info.version), "matrix_s": round(time.monotonic() - started, 3),
             "matrix_passed": matrix.passed}
 
 
 def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Run every measurement and return the JSON-ready figures."""
-    env = prepare(args.qemu, Accel(args.accel), progress=progress)
+    env = prepare(_machine(args), progress)
     enter_private_namespace()
     result = header(env.record, args.boots)
     tuned = time_boots(replace(env, state_cache=None), args.boots, naive=False,

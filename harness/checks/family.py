@@ -8,24 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from ..config import ExportSpec
+from ..config import Check, ExportSpec, Version
 from ..guest.lifecycle import Guest
 from ..host.truth import Export
-from ..plan import ExportPlan, RunOptions
-from ..verdicts.ids import Verdict
-from ..verdicts.ops import OpsVerdict
-from ..verdicts.rejection import RejectionVerdict
+from ..plan import ExportPlan
+from ..verdicts.common import Verdict
 
-Version = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a family saw of one export; ``data`` is the family's own record."""
-
-    data: object
+# What one family sees of an export: its own record type (IdsSeen, CrossSeen, ...).
+SeenT = TypeVar("SeenT")
 
 
 @dataclass(frozen=True)
@@ -41,17 +33,17 @@ class Judging:
     command_failures: Sequence[str]  # what is wrong with the generated command line
 
 
-class CheckFamily(Protocol):
-    """One family of checks (see ``checks``)."""
+class CheckFamily(Protocol[SeenT]):
+    """One family of checks (see ``checks.registry``), typed by what it observes: the
+    record ``observe`` returns is the one ``judge`` is given."""
 
-    name: str
+    name: Check
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> SeenT:
         """Ask the running guest (and, if the family needs, the host) about ``export``."""
         ...
 
-    def judge(self, judging: Judging,
-              observation: Observation) -> Verdict | RejectionVerdict | OpsVerdict:
+    def judge(self, judging: Judging, seen: SeenT) -> Verdict:
         """The verdict of this export; pure."""
         ...

@@ -24,16 +24,16 @@ from ..agent.stat import (
     encode_paths,
 )
 from ..agent.witnesses import WitnessRuns, parse_witness_output, witness_script
-from ..config import Cache, ExportSpec, Mode
+from ..config import Cache, Check, ExportSpec, Mode
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
 from ..host.truth import Export, HostTruth
-from ..plan import RunOptions
+from ..plan import ExportPlan
 from ..verdicts.harm import HarmProbe, harm_probe
-from ..verdicts.ids import HarmInput, Verdict, judge
+from ..verdicts.ids import HarmInput, IdsVerdict, judge
 from ..verdicts.witnesses import Witness, judge_witnesses
-from .family import Judging, Observation
+from .family import Judging
 
 
 def run_witnesses(guest: Shell, mount_point: str, paths: Sequence[str]) -> WitnessRuns:
@@ -74,17 +74,15 @@ class IdsCheck:
     """Guest ids against host ids, QEMU's messages, the harm and the witnesses
     (``oracle.judge``)."""
 
-    name = "ids"
+    name = Check.IDS
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> IdsSeen:
         probe = _probe(spec, export)
-        return Observation(observe_ids(guest, spec.mount_point, export.truth.paths, options,
-                                       harm=probe.paths if probe else ()))
+        return observe_ids(guest, spec.mount_point, export.truth.paths, plan,
+                                       harm=probe.paths if probe else ())
 
-    def judge(self, judging: Judging, observation: Observation) -> Verdict:
-        seen = observation.data
-        assert isinstance(seen, IdsSeen)
+    def judge(self, judging: Judging, seen: IdsSeen) -> IdsVerdict:
         view = seen.view
         truth = judging.export.truth
         probe = _probe(judging.spec, judging.export)
@@ -122,11 +120,11 @@ class IdsSeen:
         return self.view.dmesg + (self.witnesses.dmesg if self.witnesses else "")
 
 
-def observe_ids(guest: Shell, mount_point: str, paths: Sequence[str], options: RunOptions,
+def observe_ids(guest: Shell, mount_point: str, paths: Sequence[str], plan: ExportPlan,
                 harm: Sequence[str] = ()) -> IdsSeen:
     """One export's ids (and ``harm`` pairs), then the witnesses if asked."""
-    view = collect(guest, mount_point, paths, options.passes, options.agent_threads, harm=harm)
-    return IdsSeen(view, run_witnesses(guest, mount_point, paths) if options.witness else None)
+    view = collect(guest, mount_point, paths, plan.passes, plan.agent_threads, harm=harm)
+    return IdsSeen(view, run_witnesses(guest, mount_point, paths) if plan.witness else None)
 
 
 def witnesses_of(truth: HostTruth, seen: IdsSeen) -> tuple[Witness, ...]:

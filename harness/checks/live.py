@@ -15,17 +15,17 @@ from dataclasses import dataclass, replace
 
 from ..agent.collect import GuestView
 from ..agent.stat import GuestObservation, GuestStat
-from ..config import ExportSpec
+from ..config import Check, ExportSpec
 from ..guest.lifecycle import Guest
 from ..host.export import bind_twice, extra_device, record_truth
 from ..host.truth import SUBDIR, Export, HostTruth
-from ..plan import RunOptions
+from ..plan import ExportPlan
 from ..qemu.cmdline import mount_options
 from ..verdicts.common import Expectation, expected_behaviour
-from ..verdicts.ids import Verdict, judge
+from ..verdicts.ids import IdsVerdict, judge
 from ..verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
 from ..verdicts.ops import OpsVerdict
-from .family import CheckFamily, Judging, Observation
+from .family import Judging
 from .ids import IdsSeen, collect, observe_ids, witnesses_of
 
 LATE = "late"  # where the runtime device is mounted, a new directory on the root device
@@ -40,10 +40,10 @@ def _look(guest: Guest, spec: ExportSpec, paths: tuple[str, ...]) -> GuestView:
 class RuntimeMountCheck:
     """Look, mount a further tmpfs under the export, look, unmount it, look again."""
 
-    name = "runtime_mount"
+    name = Check.RUNTIME_MOUNT
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> RuntimeSeen:
         paths = export.truth.paths
         first = _look(guest, spec, paths)
         index = len(export.devices)
@@ -55,14 +55,12 @@ class RuntimeMountCheck:
         third = _look(guest, spec, (*paths, LATE))
         listing = None if LATE in third.observation.dirent_errors else tuple(
             name for name, _ in third.observation.dirents.get(LATE, ()))
-        return Observation(RuntimeSeen(
+        return RuntimeSeen(
             export.truth, during, LATE, index, first.observation.passes[0],
             second.observation.passes[0], third.observation.passes[0], listing,
-            stderr_during))
+            stderr_during)
 
-    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
-        seen = observation.data
-        assert isinstance(seen, RuntimeSeen)
+    def judge(self, judging: Judging, seen: RuntimeSeen) -> OpsVerdict:
         return judge_runtime(judging.plan.mode, judging.qemu_version, seen, judging.stderr,
                              judging.stderr_outside, judging.command_failures)
 
@@ -70,10 +68,10 @@ class RuntimeMountCheck:
 class RemountCheck:
     """Look, let the guest unmount and remount the export, look again."""
 
-    name = "remount"
+    name = Check.REMOUNT
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> RemountSeen:
         paths = export.truth.paths
         before = _look(guest, spec, paths)
         point = shlex.quote(spec.mount_point)
@@ -81,13 +79,11 @@ class RemountCheck:
                            f"{shlex.quote(spec.tag)} {point}")
         after = _look(guest, spec, paths)
         output = (result.stdout + result.stderr).decode(errors="replace")
-        return Observation(RemountSeen(paths, before.observation.passes[0],
+        return RemountSeen(paths, before.observation.passes[0],
                                        after.observation.passes[0], result.rc, output,
-                                       export.truth.device_count))
+                                       export.truth.device_count)
 
-    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
-        seen = observation.data
-        assert isinstance(seen, RemountSeen)
+    def judge(self, judging: Judging, seen: RemountSeen) -> OpsVerdict:
         return judge_remount(judging.plan.mode, judging.qemu_version, seen, judging.stderr,
                              judging.stderr_outside, judging.command_failures)
 
@@ -127,22 +123,20 @@ class BindCheck:
     """The root device's subdirectory bind-mounted twice: one device, three paths to
     each of its files; judged as the single-device export it is (``oracle.judge``)."""
 
-    name = "bind"
+    name = Check.BIND
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> BindSeen:
         with bind_twice(export, SUBDIR, BINDS):
             truth = record_truth(export.root, export.devices)
             with os.scandir(export.root) as entries:
                 host_gap = {e.name: e.inode() - e.stat(follow_symlinks=False).st_ino
                             for e in entries if e.name in BINDS}
             # Witnesses only if the plan asks (it does not for bind: ``apply_checks``).
-            seen = observe_ids(guest, spec.mount_point, truth.paths, options)
-        return Observation(BindSeen(truth, seen, host_gap))
+            seen = observe_ids(guest, spec.mount_point, truth.paths, plan)
+        return BindSeen(truth, seen, host_gap)
 
-    def judge(self, judging: Judging, observation: Observation) -> Verdict:
-        seen = observation.data
-        assert isinstance(seen, BindSeen)
+    def judge(self, judging: Judging, seen: BindSeen) -> IdsVerdict:
         truth = seen.truth
         looked = seen.seen.view.observation
         if expected_behaviour(judging.plan.mode, judging.qemu_version) \
@@ -154,5 +148,3 @@ class BindCheck:
                      stderr_outside=judging.stderr_outside,
                      command_failures=judging.command_failures, dmesg=seen.seen.dmesg)
 
-
-LIVE_FAMILIES: tuple[CheckFamily, ...] = (RuntimeMountCheck(), RemountCheck(), BindCheck())

@@ -22,11 +22,11 @@ from ..agent.ops import (
     ops_command,
     parse_ops_output,
 )
-from ..config import Cache, ExportSpec
+from ..config import Cache, Check, ExportSpec
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..host.truth import TWIN_SAME, Export
-from ..plan import RunOptions
+from ..plan import ExportPlan
 from ..verdicts.harm import qid
 from ..verdicts.ops import (
     TWIN_TARGET,
@@ -37,7 +37,7 @@ from ..verdicts.ops import (
     judge_cross_device,
     judge_operations,
 )
-from .family import CheckFamily, Judging, Observation
+from .family import Judging
 
 OPS_DIR = "ops"
 XDEV_DIR = "xdev"
@@ -174,10 +174,10 @@ def _described_tree(root: Path, top: str) -> dict[str, str]:
 class OperationsCheck:
     """Every operation on every kind of target, on the root device and a foreign one."""
 
-    name = "operations"
+    name = Check.OPERATIONS
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> OperationsSeen:
         foreign = export.devices[1]
         xattr = _xattr_natural(export.root)
         _lay_targets(export.root, xattr)
@@ -197,11 +197,9 @@ class OperationsCheck:
             answer.errnos[-1], tuple(d.relpath for d in export.devices[1:] if "/" not in
                                      d.relpath),
             tuple(changes), export.truth.device_count)
-        return Observation(seen)
+        return seen
 
-    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
-        seen = observation.data
-        assert isinstance(seen, OperationsSeen)
+    def judge(self, judging: Judging, seen: OperationsSeen) -> OpsVerdict:
         return judge_operations(judging.plan.mode, judging.qemu_version, seen,
                                 judging.stderr, judging.stderr_outside,
                                 judging.command_failures)
@@ -243,10 +241,10 @@ def _cross_state(root: Path, tops: Sequence[str], twins: Sequence[str]
 class CrossDeviceCheck:
     """rename, link and busybox mv from the root device to another; host read back."""
 
-    name = "cross_device"
+    name = Check.CROSS_DEVICE
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
-                options: RunOptions) -> Observation:
+                plan: ExportPlan) -> CrossSeen:
         cases, moves = _lay_cross(export)
         foreign = export.devices[1].relpath
         tops = (XDEV_DIR, f"{foreign}/{XDEV_DIR}")
@@ -270,16 +268,12 @@ class CrossDeviceCheck:
                         int(status)))
         after = _cross_state(export.root, tops, twins)
         share = len({qid(export.truth.by_path[p], remapped=False) for p in twins}) == 1
-        return Observation(CrossSeen(tuple(raw), before, after, moves,
+        return CrossSeen(tuple(raw), before, after, moves,
                                      export.truth.device_count,
-                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes))
+                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes)
 
-    def judge(self, judging: Judging, observation: Observation) -> OpsVerdict:
-        seen = observation.data
-        assert isinstance(seen, CrossSeen)
+    def judge(self, judging: Judging, seen: CrossSeen) -> OpsVerdict:
         return judge_cross_device(judging.plan.mode, judging.qemu_version, seen,
                                   judging.stderr, judging.stderr_outside,
                                   judging.command_failures)
 
-
-OPS_FAMILIES: tuple[CheckFamily, ...] = (OperationsCheck(), CrossDeviceCheck())

@@ -69,12 +69,3 @@ def init_failure(console_text: str) -> str | None:
         start -= 1
     return "\n".join(lines[start:last + 1])
 
-
-def failed_step(console_text: str) -> tuple[str, str] | None:
-    """(step, detail) of the ``MDH-FAILED`` line, or of a failed step report; else None."""
-    for line in complete_lines(console_text):
-        match = _FAILED.search(line)
-        if match:
-            return match["name"], match["detail"]
-    failed = next((s for s in parse_steps(console_text) if not s.ok), None)
-    return (failed.name, failed.detail) if failed else None

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from .. import paths
 from ..config import ExportLayout
 from ..errors import ExportError
 from .namespace import bind_mount, mount_tmpfs, private_namespace, unmount
@@ -48,7 +49,6 @@ from .truth import (
 )
 
 # The scratch tmpfs holds only empty mount-point directories.
-SCRATCH_DIR_NAME = "exports"
 
 
 _SCRATCH_OPTIONS = "mode=0700,size=1m"
@@ -187,7 +187,7 @@ def _check_user_root(root: Path) -> None:
 def scratch_dir() -> Path | None:
     """A directory on a tmpfs that only this process's private namespace sees.
 
-    The tmpfs is mounted once per namespace on ``<image cache>/exports``, a directory
+    The tmpfs is mounted once per namespace on ``paths.scratch_anchor()``, a directory
     that persists and always looks empty from the host.  A directory made with
     mkdtemp in the shared temp dir instead stays behind, empty, when the harness is
     SIGKILLed (its mounts vanish with the namespace, but nobody runs the rmdir);
@@ -195,15 +195,13 @@ def scratch_dir() -> Path | None:
     tmpfs on the same directory and never see each other's.  Returns None (callers
     then use the temp dir) when the directory cannot be made or mounted on.
     """
-    from ..image.build import default_cache_root
-
     info = private_namespace()
     if info is None:
         return None
     with _scratch_lock:
         if info.mnt_ns in _scratch:
             return _scratch[info.mnt_ns]
-        anchor = default_cache_root() / SCRATCH_DIR_NAME
+        anchor = paths.scratch_anchor()
         try:
             anchor.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Never mount through a symlink someone planted in place of the directory.

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import GuestImage
+from .. import paths
+from ..config import GuestImage, Progress, quiet
 from ..errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
 from .apt import PackageInfo, PrivateApt
 from .initramfs import (
@@ -51,20 +52,9 @@ USED_STAMP = ".last-used"
 RESOLUTION_MAX_AGE = 24 * 3600.0
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
-Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    pass
 
-
-def default_cache_root() -> Path:
-    """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/..."""
-    env = os.environ.get("MDH_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "multidevs-harness"
 
 
 # --- host tools ----------------------------------------------------------------------
@@ -157,7 +147,7 @@ def resolve(recipe: Recipe, apt: PrivateApt, progress: Progress) -> Resolution:
 
 
 def _resolution_path(cache_root: Path, recipe: Recipe) -> Path:
-    return cache_root / "resolved" / f"{recipe.name}.json"
+    return paths.resolved_dir(cache_root) / f"{recipe.name}.json"
 
 
 def load_resolution(cache_root: Path, recipe: Recipe) -> Resolution | None:
@@ -301,7 +291,7 @@ class _Plan:
 def build_image(
     recipe: Recipe | str | None = None,
     cache_root: Path | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     force: bool = False,
     refresh: bool = False,
     modules_dir: Path | None = None,
@@ -316,7 +306,7 @@ def build_image(
     initramfs carries that tree's modules, keyed by the tree's content.
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    cache_root = cache_root or default_cache_root()
+    cache_root = cache_root or paths.cache_root()
     _ensure_writable(cache_root)
     check_host_tools(recipe)
     digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
@@ -328,7 +318,7 @@ def build_image(
             hit = _reuse(recipe, cache_root, digest, modules_dir, progress)
             if hit is not None:
                 return hit
-        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        apt = PrivateApt(recipe.suite, paths.apt_dir(recipe.suite.name, cache_root))
         resolution = load_resolution(cache_root, recipe)
         # A day-fresh resolution (perhaps made by _reuse a moment ago) still matches
         # the private lists, so only an explicit build or an old one asks apt again.
@@ -369,7 +359,7 @@ def _reuse(recipe: Recipe, cache_root: Path, digest: str, modules_dir: Path | No
         # Images but no resolution (a copied cache): the newest is as good as any.
         return replace(image_paths(*same[0]), cache_hit=True)
     try:
-        apt = PrivateApt(recipe.suite, cache_root / "apt" / recipe.suite.name)
+        apt = PrivateApt(recipe.suite, paths.apt_dir(recipe.suite.name, cache_root))
         fresh = resolve(recipe, apt, progress)
     except HarnessError as exc:
         # Offline with a day-old resolution: say so and keep working.
@@ -495,7 +485,7 @@ def list_images(cache_root: Path | None = None) -> dict[str, Any]:
     """
     from .recipe import DEFAULT_RECIPE, recipe_names
 
-    cache_root = cache_root or default_cache_root()
+    cache_root = cache_root or paths.cache_root()
     recipes = []
     for name in recipe_names():
         recipe = load_recipe(name)

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config import BootMethod, ExportSpec, Via
+from ..config import BootMethod, ExportSpec, Progress, Via
 from ..environment import Environment
 from ..errors import LibvirtError
 from ..guest.lifecycle import Guest
@@ -45,8 +45,6 @@ from .domain import (
     render_domain_xml,
 )
 from .guest import LibvirtGuest
-
-Progress = Callable[[str], None]
 
 
 def preflight() -> None:

@@ -32,16 +32,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from ..config import Progress, quiet
 from ..errors import LibvirtError
 from ..host.namespace import mount_tmpfs, unmount
 from ..proc import indent, kill_process_group, spawn_tied, tail_file
 
-Progress = Callable[[str], None]
 URI = "qemu:///system"
 
 # The daemons' config and state, each on an empty tmpfs of its own in the harness's
@@ -82,9 +82,6 @@ cgroup_controllers = [ ]
 _DAEMON_START_TIMEOUT = 30.0
 _DAEMON_STOP_TIMEOUT = 15.0
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # --- preconditions -----------------------------------------------------------------------
@@ -248,7 +245,7 @@ def _unmount_quietly(path: Path, progress: Progress) -> None:
 
 @contextlib.contextmanager
 def private_libvirt(
-    log_dir: Path, progress: Progress = _quiet, run_id: str = ""
+    log_dir: Path, progress: Progress = quiet, run_id: str = ""
 ) -> Iterator[Any]:
     """virtlogd and libvirtd of our own, in our namespace; yields a qemu:///system connection.
 

@@ -12,11 +12,10 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import GuestImage, Start, Timeouts
+from ..config import GuestImage, Progress, Start, Timeouts, quiet
 from ..errors import QemuFailed
 from ..guest.lifecycle import BootDeadline, Launched, check_alive, wait_ready
 from ..guest.ssh import CommandResult, GuestSsh
@@ -24,12 +23,6 @@ from ..proc import tail_file
 from ..qemu.cmdline import forwarded_port, shell_quote_command
 from .daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, Reaper, error_text, import_libvirt
 from .domain import DomainSpec, qemu_output, render_domain_xml
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class LibvirtGuest(Launched):
@@ -47,7 +40,7 @@ class LibvirtGuest(Launched):
         log_dir: Path,
         image: GuestImage,
         timeouts: Timeouts,
-        progress: Progress = _quiet,
+        progress: Progress = quiet,
         reaper: Reaper | None = None,
     ) -> None:
         self.conn = conn

@@ -14,36 +14,34 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from .. import paths
+from ..config import Progress, quiet
 from ..errors import ImageBuildError
 from ..image.apt import PrivateApt, Suite
 
-Progress = Callable[[str], None]
 BOOKWORM_BACKPORTS = Suite(name="bookworm-backports", pockets=("bookworm-backports",))
 # The binary, its shared data (firmware, keymaps) and the common helpers it loads.
 PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-system-data")
 BINARY = Path("usr/bin/qemu-system-x86_64")
 
 
-def _quiet(_: str) -> None:
-    pass
-
 
 def qemu_root(cache_root: Path, suite: Suite, version: str) -> Path:
     """Where one Debian QEMU build is unpacked (a version's ':' epoch made safe)."""
-    return cache_root / "qemu" / f"{suite.name}-{re.sub(r'[^A-Za-z0-9.+~-]', '_', version)}"
+    safe = re.sub(r"[^A-Za-z0-9.+~-]", "_", version)
+    return paths.qemu_builds_dir(cache_root) / f"{suite.name}-{safe}"
 
 
 def cached_qemu(cache_root: Path, suite: Suite = BOOKWORM_BACKPORTS) -> Path | None:
     """The newest unpacked QEMU of ``suite`` already in the cache, or None."""
-    found = sorted((cache_root / "qemu").glob(f"{suite.name}-*/{BINARY}"))
+    found = sorted(paths.qemu_builds_dir(cache_root).glob(f"{suite.name}-*/{BINARY}"))
     return found[-1] if found else None
 
 
 def fetch_debian_qemu(
-    cache_root: Path, suite: Suite = BOOKWORM_BACKPORTS, progress: Progress = _quiet,
+    cache_root: Path, suite: Suite = BOOKWORM_BACKPORTS, progress: Progress = quiet,
     refresh: bool = False,
 ) -> Path:
     """The path of Debian's ``qemu-system-x86_64`` from ``suite``, fetched if needed.
@@ -54,7 +52,7 @@ def fetch_debian_qemu(
     """
     if not refresh and (binary := cached_qemu(cache_root, suite)) is not None:
         return binary
-    apt = PrivateApt(suite, cache_root / "apt" / suite.name)
+    apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root))
     progress(f"apt-get update (Debian {suite.name}, private lists)")
     apt.update()
     infos = apt.show(PACKAGES)

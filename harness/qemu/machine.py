@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportSpec, MachineSpec, Mode, Start
+from ..config import ExportSpec, MachineSpec, Mode, Progress, Start, quiet
 from ..errors import QemuFailed, QmpError, SshUnavailable
 from ..guest.lifecycle import (
     BootDeadline,
@@ -48,7 +47,6 @@ from .snapshot import (
     wait_restored,
 )
 
-Progress = Callable[[str], None]
 # 9p device slots of a restorable guest: the most exports one guest of the default
 # matrix holds (18: three modes, two cache modes each, and four families per mode),
 # with room to spare; q35's root bus has 32 slots.  A state is made for this many; a
@@ -57,9 +55,6 @@ SLOTS = 24
 # Bumped when what a saved state assumes changes (the init, the mount protocol).
 STATE_FORMAT = "mdh-state-1"
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class Machine(Launched):
@@ -70,7 +65,7 @@ class Machine(Launched):
     Implements ``guest.Guest``.
     """
 
-    def __init__(self, spec: MachineSpec, *, progress: Progress = _quiet,
+    def __init__(self, spec: MachineSpec, *, progress: Progress = quiet,
                  name: str = "guest") -> None:
         self.spec = spec
         self.name = name

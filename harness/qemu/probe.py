@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import IO
 
 from qemu.qmp import ExecuteError
 
-from ..config import MULTIDEVS_SINCE
+from ..config import MULTIDEVS_SINCE, Version
 from ..errors import QemuNotFound, QemuTooOld, QmpError
 from ..proc import indent, kill_process_group, spawn_tied, tail_text
 from .cmdline import qmp_args, shell_quote_command
@@ -33,50 +32,9 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 KVM_DEVICE = Path("/dev/kvm")
 INSTALL_HINT = "install qemu-system-x86 or pass --qemu PATH"
 
-_VERSION_RE = re.compile(r"version\s+(\d+)\.(\d+)(?:\.(\d+))?", re.IGNORECASE)
 
 
 # --- version ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class QemuVersion:
-    """A QEMU release number; ordered, so ``v >= QemuVersion(4, 2, 0)`` works."""
-
-    major: int
-    minor: int
-    micro: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.micro}"
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        """``(major, minor, micro)``, for comparing with literal version tuples."""
-        return (self.major, self.minor, self.micro)
-
-    @classmethod
-    def parse(cls, source: str | Mapping[str, object]) -> QemuVersion:
-        """Read a version from ``--version`` text or a QMP ``query-version`` answer.
-
-        Text: the first ``version X.Y[.Z]`` (so "QEMU emulator version 7.2.22
-        (Debian ...)" gives 7.2.22).  Mapping: either the whole query-version
-        return value or its ``qemu`` member.  Raises ValueError when nothing fits.
-        """
-        if isinstance(source, str):
-            match = _VERSION_RE.search(source)
-            if match is None:
-                snippet = source.strip().splitlines()[0][:80] if source.strip() else "nothing"
-                raise ValueError(f"no 'version X.Y.Z' in {snippet!r}")
-            major, minor, micro = match.groups()
-            return cls(int(major), int(minor), int(micro or 0))
-        inner = source.get("qemu", source)
-        if not isinstance(inner, Mapping):
-            raise ValueError(f"query-version answer has no 'qemu' object: {source!r}")
-        numbers = [inner.get(key) for key in ("major", "minor", "micro")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-            raise ValueError(f"query-version answer has no integer major/minor/micro: {source!r}")
-        major_n, minor_n, micro_n = (int(str(n)) for n in numbers)
-        return cls(major_n, minor_n, micro_n)
 
 
 @dataclass(frozen=True)
@@ -84,7 +42,7 @@ class QemuInfo:
     """What the probe learnt about one QEMU binary."""
 
     binary: Path
-    version: QemuVersion
+    version: Version
     multidevs_supported: bool
     sandbox_supported: bool
     kvm_device: bool
@@ -145,12 +103,12 @@ def probe_qemu(
     rc, output = _run_capture([str(path), "--version"], timeout)
     version = _version_from_output(path, rc, output)
     kvm = kvm_device_usable()
-    if version < QemuVersion(*MULTIDEVS_SINCE):
+    if version < MULTIDEVS_SINCE:
         return QemuInfo(path, version, False, False, kvm)
     remaining = max(deadline - time.monotonic(), 1.0)
     answers = _query_over_qmp(path, remaining, qmp_log)
     try:
-        qmp_version = QemuVersion.parse(_mapping(answers["version"]))
+        qmp_version = Version.parse(_mapping(answers["version"]))
     except ValueError as err:
         raise QemuNotFound(f"{path}: {err}", hint=INSTALL_HINT) from err
     package = _mapping(answers["version"]).get("package", "")
@@ -167,7 +125,7 @@ def probe_qemu(
 def require_multidevs(info: QemuInfo) -> None:
     """Raise QemuTooOld unless ``info`` says multidevs can be used (QEMU >= 4.2)."""
     hint = "install qemu-system-x86 >= 4.2 (Debian 11, Ubuntu 20.04 or later) or pass --qemu PATH"
-    if info.version < QemuVersion(*MULTIDEVS_SINCE):
+    if info.version < MULTIDEVS_SINCE:
         raise QemuTooOld(
             f"{info.binary} is QEMU {info.version}; multidevs needs QEMU >= 4.2", hint=hint
         )
@@ -196,7 +154,7 @@ def _run_capture(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
         return rc, out.read().decode(errors="replace")
 
 
-def _version_from_output(path: Path, rc: int | None, output: str) -> QemuVersion:
+def _version_from_output(path: Path, rc: int | None, output: str) -> Version:
     line = next((ln for ln in output.splitlines() if "QEMU" in ln and "version" in ln), None)
     status = "timed out" if rc is None else f"exited {rc}"
     if line is None:
@@ -207,7 +165,7 @@ def _version_from_output(path: Path, rc: int | None, output: str) -> QemuVersion
             details="  output (tail):\n" + indent(tail_text(output) or "(nothing)"),
         )
     try:
-        return QemuVersion.parse(line)
+        return Version.parse(line)
     except ValueError as err:
         raise QemuNotFound(
             f"{path}: cannot read a version from {line.strip()!r}", hint=INSTALL_HINT

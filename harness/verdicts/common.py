@@ -10,11 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode
+from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode, Version
 from ..errors import QemuTooOld
-
-Version = tuple[int, int, int]
-
 
 MULTIDEVS_MARKER = "Multiple devices detected in same VirtFS export"
 
@@ -59,9 +56,6 @@ _EXPECTATION_TEXT = {
 }
 
 
-def _version_text(version: Version) -> str:
-    return ".".join(str(part) for part in version)
-
 
 def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     """The behaviour ``mode`` must show on this QEMU version.
@@ -71,8 +65,8 @@ def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     """
     if qemu_version < MULTIDEVS_SINCE:
         raise QemuTooOld(
-            f"QEMU {_version_text(qemu_version)} has no multidevs option "
-            f"(added in {_version_text(MULTIDEVS_SINCE)})",
+            f"QEMU {qemu_version} has no multidevs option "
+            f"(added in {MULTIDEVS_SINCE})",
             hint="install qemu-system-x86 4.2 or newer, or point --qemu at one",
         )
     if mode is Mode.REMAP:
@@ -84,6 +78,27 @@ def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     if qemu_version >= REMAP_DEFAULT_SINCE:
         return Expectation.UNIQUE_IDS
     return Expectation.COLLIDE_AND_WARN
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The shape every row's judgement shares, whatever its family: what was expected,
+    what was seen, the status, each failure and each recorded note.  Each family's
+    verdict (``IdsVerdict``, ``OpsVerdict``, ``RejectionVerdict``) adds its typed
+    details; a report reads these five fields alone except where it shows the
+    details.  Made whole by its judge and never edited afterwards."""
+
+    expectation: str
+    observed: str
+    status: Status
+    failures: tuple[str, ...]
+    # Recorded facts that are not failures (a broken witness under warn, say).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """True when every promise held."""
+        return self.status is Status.PASS
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,7 @@ def _capped(items: Sequence[str], what: str) -> list[str]:
     return [*items[:MAX_LISTED], f"... and {len(items) - MAX_LISTED} more {what}"]
 
 
-def _message_failures(expectation: Expectation | None, messages: QemuMessages,
+def message_failures(expectation: Expectation | None, messages: QemuMessages,
                       printed_before: bool = False) -> list[str]:
     """Message rules; ``expectation`` None is the single-device control.
 
@@ -174,7 +189,7 @@ def _message_failures(expectation: Expectation | None, messages: QemuMessages,
     return failures
 
 
-def _outside_failures(stderr_outside: str) -> list[str]:
+def outside_failures(stderr_outside: str) -> list[str]:
     """QEMU stderr written outside every export's observation (boot, shutdown).
 
     Nothing there may be a multi-device message: it would belong to no export, so
@@ -183,3 +198,12 @@ def _outside_failures(stderr_outside: str) -> list[str]:
     found = find_multidevs_messages(stderr_outside).all
     return [f"multi-device message on QEMU stderr outside every observation: {line!r}"
             for line in found]
+
+
+def later_message_failures(expectation: Expectation, stderr: str,
+                           stderr_outside: str) -> list[str]:
+    """The message rules of an export that may not be the first of its mode in its QEMU
+    (the families after the ids row): no message under remap, the mode's own message
+    at most once, never another's, and nothing outside every observation."""
+    return (message_failures(expectation, find_multidevs_messages(stderr), printed_before=True)
+            + outside_failures(stderr_outside))

@@ -37,21 +37,20 @@ from dataclasses import dataclass
 
 from ..agent.harm import HarmObservation
 from ..agent.stat import GuestObservation, GuestResult, GuestStat
-from ..config import Cache, Mode
+from ..config import Cache, Mode, Version
 from ..host.truth import HostTruth, kind_of_mode
 from .common import (
     Expectation,
     QemuMessages,
     Status,
-    Version,
+    Verdict,
     _capped,
     _errno_text,
     _join,
-    _message_failures,
-    _outside_failures,
-    _version_text,
     expected_behaviour,
     find_multidevs_messages,
+    message_failures,
+    outside_failures,
 )
 from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
 from .witnesses import Witness
@@ -74,34 +73,22 @@ class Collision:
         return f"guest id (dev {dev}, ino {ino}) is shared by {files}"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The judgement of one mode on one export, with everything a report shows.
-
-    Made whole by ``judge`` (or ``unobserved``) and never edited afterwards.
-    """
+@dataclass(frozen=True, kw_only=True)
+class IdsVerdict(Verdict):
+    """The judgement of one mode on one export by the ids rules: the collisions, the
+    denied paths, QEMU's message, the witnesses and the harm probe's findings."""
 
     mode: Mode
-    expectation: str
-    observed: str
-    status: Status
-    failures: tuple[str, ...]
     collisions: tuple[Collision, ...]
     denied: int  # paths that got ENODEV in pass 1
     files_checked: int
     qemu_message: str | None
     witnesses: tuple[Witness, ...]  # empty: no witness ran (not asked, not observed)
     host_devices: int
-    # Recorded facts that are not failures (a broken witness under warn, say).
-    notes: tuple[str, ...] = ()
     # What the harm probe found (None: no probe: a control, forbid, or not asked).
     harm: Harm | None = None
     # The guest kernel's log lines about 9p, netfs, FS-Cache, the VFS or trouble.
     dmesg: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return self.status is Status.PASS
 
     @property
     def witnesses_intact(self) -> bool | None:
@@ -377,7 +364,7 @@ def _expectation_text(mode: Mode, expectation: Expectation, control: bool,
     if control:
         return _CONTROL_TEXT
     if mode is Mode.DEFAULT:
-        return f"{expectation.text} (default of QEMU {_version_text(qemu_version)})"
+        return f"{expectation.text} (default of QEMU {qemu_version})"
     return expectation.text
 
 
@@ -468,7 +455,7 @@ def judge(
     message_printed: bool = False,
     harm: HarmInput | None = None,
     dmesg: str = "",
-) -> Verdict:
+) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
     ``qemu_stderr``: what QEMU wrote while this export alone was observed;
@@ -490,13 +477,13 @@ def judge(
     else:
         failures = _rule_failures(expectation, control, truth, observation, witnesses,
                                   extra.allowed)
-        failures += _message_failures(None if control else expectation, messages,
+        failures += message_failures(None if control else expectation, messages,
                                       message_printed)
-        failures += _outside_failures(stderr_outside)
+        failures += outside_failures(stderr_outside)
         failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
         notes += _witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
-    return Verdict(
+    return IdsVerdict(
         mode=mode,
         expectation=_expectation_text(mode, expectation, control, qemu_version),
         observed=_observed_text(len(collisions), denied, messages) + _harm_text(extra.harm),
@@ -514,14 +501,14 @@ def judge(
     )
 
 
-def unobserved(mode: Mode, devices: int, reason: str, status: Status) -> Verdict:
+def unobserved(mode: Mode, devices: int, reason: str, status: Status) -> IdsVerdict:
     """The verdict of an export whose guest never got to be observed, or died under test.
 
     ``status`` is ERROR when the check could not run (the guest did not boot: a bad
     kernel, a missing package, a slow host) and FAIL when QEMU or the guest kernel
     died while the export was being observed (a crash under test is a regression).
     """
-    return Verdict(
+    return IdsVerdict(
         mode=mode,
         expectation="(not judged)",
         observed="not observed: " + ("the guest crashed under test" if status is Status.FAIL

@@ -22,18 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..agent.stat import GuestResult, GuestStat
-from ..config import Mode
+from ..config import Mode, Version
 from ..host.truth import HostTruth
 from .common import (
     MAX_LISTED,
     Expectation,
     Status,
-    Version,
     expected_behaviour,
     find_multidevs_messages,
+    later_message_failures,
 )
 from .ids import find_collisions
-from .ops import OpsVerdict, message_failures
+from .ops import OpsVerdict
 
 
 def _text(result: GuestResult | None) -> str:
@@ -128,7 +128,7 @@ def judge_runtime(mode: Mode, version: Version, seen: RuntimeSeen, stderr: str,
                  for line in find_multidevs_messages(seen.stderr_during).all]
     failures += changed_results(old, seen.first, seen.third, "when a device was unmounted")
     failures += _covered_failures(seen)
-    failures += message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
     stat_able = sum(isinstance(seen.second.get(p), GuestStat) for p in new)
     text = {Expectation.UNIQUE_IDS: "a device mounted at runtime gets unique ids",
             Expectation.COLLIDE_AND_WARN: "a device mounted at runtime collides, no new message",
@@ -159,7 +159,7 @@ def judge_remount(mode: Mode, version: Version, seen: RemountSeen, stderr: str,
         f"the guest could not remount the export (rc {seen.remount_rc}): "
         f"{seen.remount_output.strip()[:300]}"]
     failures += changed_results(seen.paths, seen.before, seen.after, "across the remount")
-    failures += message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
     same = sum(_key(seen.before.get(p)) == _key(seen.after.get(p)) for p in seen.paths)
     return _plain(mode, "every guest id unchanged across a guest remount",
                   f"{same} of {len(seen.paths)} paths unchanged", failures, stderr,

@@ -26,8 +26,15 @@ import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..config import Mode
-from .common import Expectation, Status, Version, expected_behaviour, find_multidevs_messages
+from ..config import Mode, Version
+from .common import (
+    Expectation,
+    Status,
+    Verdict,
+    expected_behaviour,
+    find_multidevs_messages,
+    later_message_failures,
+)
 
 # Stands for "any non-zero exit status" (a failed mv) where an outcome expects one.
 NONZERO = -1
@@ -77,23 +84,14 @@ class OpOutcome:
                 f"{_code_text(self.op, self.expected)}")
 
 
-@dataclass(frozen=True)
-class OpsVerdict:
-    """The judgement of one export by an operation family; never edited afterwards."""
+@dataclass(frozen=True, kw_only=True)
+class OpsVerdict(Verdict):
+    """The judgement of one export by an operation family: each operation's outcome."""
 
     mode: Mode
-    expectation: str
-    observed: str
-    status: Status
-    failures: tuple[str, ...]
     outcomes: tuple[OpOutcome, ...]
     qemu_message: str | None
     host_devices: int
-    notes: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return self.status is Status.PASS
 
 
 def _code_text(op: str, code: int) -> str:
@@ -102,29 +100,6 @@ def _code_text(op: str, code: int) -> str:
     if code == 0:
         return "success"
     return f"errno {code} ({errno.errorcode.get(code, '?')})"
-
-
-def message_failures(expectation: Expectation, stderr: str, stderr_outside: str) -> list[str]:
-    """The message rules of a family that may not be the first of its mode in its QEMU:
-    no message under remap, the mode's own message at most once, never another's, and
-    nothing outside every observation."""
-    messages = find_multidevs_messages(stderr)
-    failures: list[str] = []
-    if expectation is Expectation.UNIQUE_IDS:
-        allowed: tuple[str, ...] = ()
-    elif expectation is Expectation.COLLIDE_AND_WARN:
-        allowed = messages.warn
-    else:
-        allowed = messages.forbid
-    failures += [f"unexpected multi-device message on QEMU stderr: {line!r}"
-                 for line in messages.all if line not in allowed]
-    if len(allowed) > 1:
-        failures.append(f"the mode's message appeared {len(allowed)} times; QEMU prints it "
-                        "once per process")
-    outside = find_multidevs_messages(stderr_outside).all
-    failures += [f"multi-device message on QEMU stderr outside every observation: {line!r}"
-                 for line in outside]
-    return failures
 
 
 def expected_result(case: OpCase, expectation: Expectation) -> int:
@@ -180,7 +155,7 @@ def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr:
     if expectation is Expectation.DENY_FOREIGN:
         failures += [f"foreign device changed on the host although every operation on it "
                      f"was denied: {change}" for change in seen.foreign_changes]
-    failures += message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
     text = ("foreign operations ENODEV, root-device operations work, root lists mount points"
             if expectation is Expectation.DENY_FOREIGN else
             "every operation gives its ordinary result on every device")
@@ -253,7 +228,7 @@ def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: st
     failures = [o.describe() for o in outcomes if not o.ok]
     moved = {source: dest for source, dest in seen.moves.items() if not forbid}
     failures += host_state_failures(expected_host_state(seen.before, moved), seen.after)
-    failures += message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
     text = ("cross-device operations ENODEV, mv fails, host unchanged" if forbid else
             "cross-device rename/link EXDEV, mv copies: nothing lost or duplicated")
     return _verdict(mode, text, outcomes, failures, stderr, seen.devices, notes)

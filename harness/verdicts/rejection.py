@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .common import Status
+from .common import Status, Verdict
 
 
 @dataclass(frozen=True)
@@ -17,22 +17,13 @@ class Attempt:
     error: str | None
 
 
-@dataclass(frozen=True)
-class RejectionVerdict:
+@dataclass(frozen=True, kw_only=True)
+class RejectionVerdict(Verdict):
     """The judgement of one configuration libvirt must refuse (its own kind of row)."""
 
     attribute: str  # the multidevs attribute value that was tried
     driver: str  # the filesystem driver it was tried on (path, virtiofs)
-    expectation: str
-    observed: str
-    status: Status
-    failures: tuple[str, ...]
     errors: tuple[Attempt, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return self.status is Status.PASS
 
 
 def judge_rejection(

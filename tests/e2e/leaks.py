@@ -21,8 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.host.export import SCRATCH_DIR_NAME
-from harness.image.build import default_cache_root
+from harness import paths
 from harness.proc import processes_with_env
 
 # Every QEMU started by a sandboxed harness inherits this variable from it.
@@ -90,7 +89,7 @@ def visible_tmpfs_mounts() -> set[str]:
 
 def scratch_anchor() -> Path:
     """The directory the harness mounts its private export scratch tmpfs on."""
-    return default_cache_root() / SCRATCH_DIR_NAME
+    return paths.scratch_anchor()
 
 
 def _parent_pid(pid: int) -> int:

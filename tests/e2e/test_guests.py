@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ TRIXIE = "debian-trixie-x86_64"
 def trixie(mdh_options: HarnessOptions) -> Environment:
     """The 6.12 guest's environment; built on first use (skipped if the archive is down)."""
     try:
-        return prepare(mdh_options.qemu, mdh_options.accel, guest=TRIXIE)
+        return prepare(replace(mdh_options.machine, guest=TRIXIE))
     except ArchiveUnreachable as exc:
         pytest.skip(f"Debian archive unreachable, cannot build {TRIXIE}: {exc.message}")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, Mode
+from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, MachineOptions, Mode
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
 from harness.libvirt.daemon import RUN_MARKER_ENV
@@ -64,7 +64,7 @@ def libvirt_ready() -> None:
     if reason:
         pytest.skip(reason)
     try:
-        prepare(None, Accel.TCG)
+        prepare(MachineOptions(accel=Accel.TCG))
     except HarnessError as exc:
         plugin_reason = plugin_skip_reason(exc)
         if plugin_reason:
@@ -339,12 +339,12 @@ def test_sigkill_of_the_harness_leaves_no_guest_daemon_or_mount(
 def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.config import Via
     from harness.plan import RunOptions
-    from harness.run import run_matrix
+    from harness.run import run_checks
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     messages: list[str] = []
     options = RunOptions(modes=(Mode.REMAP,), layout=ExportLayout(), via=Via.LIBVIRT)
     with pytest.raises(LibvirtError) as info:
-        run_matrix(options, messages.append)
+        run_checks(options, messages.append)
     assert "needs root" in info.value.message and info.value.exit_code == 2
     assert messages == []  # refused before probing, building or mounting anything

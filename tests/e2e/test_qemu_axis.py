@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from harness import paths
 from harness.errors import ArchiveUnreachable
-from harness.image.build import default_cache_root
 from harness.qemu.debian import fetch_debian_qemu
 
 from .leaks import Sandbox
@@ -28,7 +28,7 @@ SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
 @pytest.fixture(scope="module")
 def qemu10() -> Path:
     try:
-        return fetch_debian_qemu(default_cache_root())
+        return fetch_debian_qemu(paths.cache_root())
     except ArchiveUnreachable as exc:
         pytest.skip(f"Debian archive unreachable, no QEMU 10 to test: {exc.message}")
 

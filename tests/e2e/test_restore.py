@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from harness.environment import STATES_DIR, Environment
-from harness.image.build import default_cache_root
+from harness import paths
+from harness.environment import Environment
 from harness.qemu.machine import Machine
 from harness.qemu.snapshot import STATE_FILE, StateCache
 
@@ -52,7 +52,7 @@ def test_restored_guests_give_the_cold_verdicts(tmp_path: Path) -> None:
 
 def _state_of(env: Environment, tmp_path: Path) -> tuple[StateCache, str]:
     # Whatever --mdh-cold says: these tests are about the states themselves.
-    states = default_cache_root() / STATES_DIR
+    states = paths.states_dir()
     machine = Machine(replace(env, state_cache=states).machine_spec((), tmp_path / "key"))
     assert machine.restorable
     return StateCache(states), machine.state_key()

@@ -114,10 +114,11 @@ def test_a_foreign_device_changed_under_forbid_fails() -> None:
 
 
 @pytest.mark.parametrize(("mode", "stderr", "outside", "complaint"), [
-    (Mode.REMAP, WARNING, "", "unexpected multi-device message"),
-    (Mode.FORBID, WARNING, "", "unexpected multi-device message"),
-    (Mode.WARN, FORBID, "", "unexpected multi-device message"),
-    (Mode.WARN, f"{WARNING}\n{WARNING}", "", "appeared 2 times"),
+    (Mode.REMAP, WARNING, "", "expected no multi-device message on QEMU stderr, found 1"),
+    (Mode.FORBID, WARNING, "", "unexpected multi-device warning on QEMU stderr"),
+    (Mode.WARN, FORBID, "", "unexpected multidevs=forbid message on QEMU stderr"),
+    (Mode.WARN, f"{WARNING}\n{WARNING}", "", "at most once on QEMU stderr (already printed for "
+     "an earlier export), found it 2 times"),
     (Mode.WARN, "", WARNING, "outside every observation"),
 ])
 def test_message_rules(mode: Mode, stderr: str, outside: str, complaint: str) -> None:

@@ -1,0 +1,66 @@
+"""Where the harness keeps things on the host: one module knows every directory.
+
+The cache (``$MDH_CACHE_DIR``, else ``$XDG_CACHE_HOME/multidevs-harness``) holds what
+can be rebuilt: guest images, their package resolutions, the private apt trees, the
+QEMU builds unpacked from Debian, the saved guest states, and the anchor of the
+scratch tmpfs the exports are made on.  The state directory
+(``$XDG_STATE_HOME/multidevs-harness``) holds what a person may want to read later:
+the logs of failed runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Below the cache root.
+STATES = "states"  # saved guest states (boot by restore)
+SCRATCH = "exports"  # anchor of the per-namespace scratch tmpfs (see host.export)
+APT = "apt"  # one private apt tree per Debian suite
+QEMU_BUILDS = "qemu"  # QEMU builds unpacked from Debian's packages
+RESOLVED = "resolved"  # each recipe's resolved package versions
+
+
+def cache_root() -> Path:
+    """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/..."""
+    env = os.environ.get("MDH_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "multidevs-harness"
+
+
+def states_dir(root: Path | None = None) -> Path:
+    """Where saved guest states live."""
+    return (root or cache_root()) / STATES
+
+
+def scratch_anchor(root: Path | None = None) -> Path:
+    """The directory each private namespace mounts its scratch tmpfs on."""
+    return (root or cache_root()) / SCRATCH
+
+
+def apt_dir(suite: str, root: Path | None = None) -> Path:
+    """The private apt tree (lists, archives, state) of one Debian suite."""
+    return (root or cache_root()) / APT / suite
+
+
+def qemu_builds_dir(root: Path | None = None) -> Path:
+    """Where QEMU builds unpacked from Debian's packages live."""
+    return (root or cache_root()) / QEMU_BUILDS
+
+
+def resolved_dir(root: Path | None = None) -> Path:
+    """Where each recipe's resolved package versions are kept."""
+    return (root or cache_root()) / RESOLVED
+
+
+def state_home() -> Path:
+    """$XDG_STATE_HOME/multidevs-harness, else ~/.local/state/multidevs-harness."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "multidevs-harness"
+
+
+def logs_dir() -> Path:
+    """Where run logs go when no ``--logs`` is given."""
+    return state_home() / "logs"
