@@ -1,0 +1,1 @@
+"""Pure models and judgements: standard library only, no I/O, no guest."""
