@@ -1,1 +1,1 @@
-"""bench"""
+"""``scripts/bench``: speed figures (boots, restores, exec, the default matrix, scale)."""

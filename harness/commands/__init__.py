@@ -1,1 +1,2 @@
-"""commands"""
+"""The one-guest commands beside the main job: ``exec``, ``reproduce`` and the by-hand
+reproduction script."""

@@ -1,1 +1,2 @@
-"""host"""
+"""The host side of an export: the private mount namespace, building and recording
+the export, and the pure host truth the verdicts compare against."""
