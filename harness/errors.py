@@ -98,6 +98,10 @@ class ExportError(HarnessError):
     """The multi-device export could not be built on the host."""
 
 
+class ScriptedFsError(HarnessError):
+    """The scripted FUSE filesystem did not come up, or its mount would not go away."""
+
+
 class QemuFailed(HarnessError):
     """QEMU exited on its own (crash, bad option) while the harness needed it."""
 

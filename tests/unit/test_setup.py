@@ -48,7 +48,7 @@ def test_known_distro_gets_its_column(tmp_path: Path, os_release: str, table: st
     assert header.endswith(f": {table}")
     assert pkgconfig in names
     assert {"qemu-system-x86", "debian-archive-keyring", "libvirt-daemon-system"} <= set(names)
-    assert len(names) == 13
+    assert len(names) == 15
 
 
 def test_unknown_release_names_the_distro_and_the_override(tmp_path: Path) -> None:
