@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
 from ..errors import ScriptedFsError
-from .namespace import unmount
 from ..proc import indent, kill_process_group, spawn_tied, tail_text
+from .namespace import unmount
 
 Kind = Literal["dir", "file", "symlink"]
 KINDS: tuple[str, ...] = get_args(Kind)
