@@ -141,6 +141,34 @@ class Layout(StrEnum):
     # version): a client with an inode cache takes dev01 for its own parent.  Always
     # two devices, the files in dev01/sub.
     LOOP = "loop"
+    # The export root is an overlayfs (xino=on) over a tmpfs upper and three tmpfs
+    # lowers populated alike: one st_dev, the layer number in the inode's top bits.
+    OVERLAY = "overlay"
+    # A tmpfs root with an overlayfs (as above) mounted at dev01 and a tmpfs at dev02.
+    OVERLAY_MIXED = "overlay-mixed"
+    # A btrfs image on a loop device: subvolumes and a read-only snapshot of one (its
+    # own st_dev, its origin's inode numbers), beside a tmpfs.
+    BTRFS = "btrfs"
+    # XFS and ext4 images on loop devices beside tmpfs devices (other numbering schemes).
+    XFS = "xfs"
+    EXT4 = "ext4"
+    # FUSE filesystems whose inode numbers the harness chooses (``host.scripted_fs``):
+    # top bits set, numbers differing only in bits a remap key ignores, a device first
+    # seen after 255 keys (QEMU's 16-bit key truncation).
+    SCRIPTED = "scripted"
+    # As scripted, plus one device with 65,536 prefixes: QEMU's remap table overflows
+    # into its full map and warns "Potential degraded performance".  ~66,000 files.
+    SCRIPTED_FULLMAP = "scripted-fullmap"
+
+    @property
+    def needs_block_devices(self) -> bool:
+        """True where the layout formats images on loop devices (root only)."""
+        return self in (Layout.BTRFS, Layout.XFS, Layout.EXT4)
+
+    @property
+    def needs_fuse(self) -> bool:
+        """True where the layout runs FUSE filesystems (/dev/fuse, root in the namespace)."""
+        return self in (Layout.SCRIPTED, Layout.SCRIPTED_FULLMAP)
 
 
 ALL_LAYOUTS: tuple[Layout, ...] = tuple(Layout)
