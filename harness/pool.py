@@ -2,7 +2,7 @@
 
 The steps of one guest are the same whoever starts it: build its exports, start it
 (a ``Backend`` does that: QEMU directly or libvirtd), wait for SSH, observe each
-export in turn, shut down, then judge every export with the oracle.  Everything sits
+export in turn, shut down, then judge every export with its family's verdicts.  Everything sits
 on an ExitStack, so mounts, guests and temporary directories unwind in reverse order
 on success, failure, timeout and Ctrl-C.
 """

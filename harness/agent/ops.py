@@ -8,7 +8,7 @@ so no file name can break the input, and answers by request index::
     O i errno        request i finished: 0 on success, else the errno it failed with
     END count        count == number of requests; last line
 
-Pure like ``observe``: requests in, bytes out, text in, frozen data out; any
+Pure like the rest of ``agent``: requests in, bytes out, text in, frozen data out; any
 deviation from the protocol is a GuestOutputError naming the line.
 """
 

@@ -1,2 +1,10 @@
-"""The check families: what is observed of one export while its guest runs, and how
-it is judged.  ``registry`` maps each ``config.Check`` to its family."""
+"""Check families: what is observed of one export while its guest runs, and how it is judged.
+
+A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
+messages, the harm of colliding ids, the witnesses), operations, cross-device moves,
+runtime mounts, binds, remounts.  The run loop (``pool``) is the same for all of them:
+it builds the export, boots the guest, calls the family's ``observe`` while the guest
+runs (each export in turn, noting QEMU's stderr meanwhile), shuts the guest down, then
+calls ``judge`` with everything QEMU printed.  A family adds a module of its own (or a
+class in one) and one entry in ``registry``; the loop does not change.
+"""

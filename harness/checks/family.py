@@ -1,7 +1,7 @@
-"""What a check family implements, and what it is given (see ``checks``).
+"""What a check family implements, and what it is given (see ``checks.registry``).
 
-Kept apart from the registry in ``checks`` so that a family's own module can use
-these types while ``checks`` imports that module to register it.
+Kept apart from ``registry`` so that a family's own module can use these types
+while the registry imports that module to register it.
 """
 
 from __future__ import annotations

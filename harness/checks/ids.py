@@ -1,15 +1,6 @@
-"""Check families: what is observed of one export while its guest runs, and how it is judged.
-
-A family is one kind of question asked of an export: ``ids`` (guest ids, QEMU's
-messages, the harm of colliding ids, the witnesses), operations, cross-device moves,
-runtime mounts, binds, remounts.  The run loop (``matrix``) is the same for
-all of them: it builds the export, boots the guest, calls the family's ``observe``
-while the guest runs (each export in turn, noting QEMU's stderr meanwhile), shuts
-the guest down, then calls ``judge`` with everything QEMU printed.  A family adds a
-module of its own and one entry in ``FAMILIES``; the matrix does not change.
-The types a family implements live in ``family``, so a family module needs nothing
-from here (no import cycle).
-"""
+"""The ``ids`` family: guest ids against host ids, QEMU's messages, the harm of colliding
+ids and the witnesses.  Also the two SSH round trips the families share: ``collect``
+(harm probe, stat passes, kernel log) and ``run_witnesses``."""
 
 from __future__ import annotations
 
@@ -72,7 +63,7 @@ def collect(
 
 class IdsCheck:
     """Guest ids against host ids, QEMU's messages, the harm and the witnesses
-    (``oracle.judge``)."""
+    (``verdicts.ids.judge``)."""
 
     name = Check.IDS
 

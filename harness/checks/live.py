@@ -121,7 +121,7 @@ def _forgive_host_gaps(observation: GuestObservation, host_gap: Mapping[str, int
 
 class BindCheck:
     """The root device's subdirectory bind-mounted twice: one device, three paths to
-    each of its files; judged as the single-device export it is (``oracle.judge``)."""
+    each of its files; judged as the single-device export it is (``verdicts.ids.judge``)."""
 
     name = Check.BIND
 

@@ -7,7 +7,7 @@ its inodes from 1 (its root) upwards, so equal paths on different devices get eq
 inode numbers: exactly the situation in which ``multidevs=warn`` lets guest file ids
 collide and ``remap`` must keep them apart.
 
-All mounts happen in the harness's private mount namespace (see ``namespace``), so
+All mounts happen in the harness's private mount namespace (see ``host.namespace``), so
 even a SIGKILLed harness leaves no mount behind on the host.  The export directories
 themselves are made on a scratch tmpfs that exists only in that namespace (see
 ``scratch_dir``), so a SIGKILL leaves no empty directory behind either.

@@ -1,5 +1,5 @@
 """Verdicts of the families whose device set or mount changes while the guest runs.
-Pure, like ``oracle``.
+Pure, like every module of ``verdicts``.
 
 * ``runtime_mount``: a tmpfs mounted under the export after the guest looked at it
   (populated like the others, so its inode numbers repeat theirs) gets ids unique
@@ -10,7 +10,7 @@ Pure, like ``oracle``.
   empty directory on the root device), and no other path's id or errno changes.
 * ``remount``: the guest unmounts and remounts the export; QEMU's remap tables live
   as long as its 9p device, so no path's id (or errno) changes.
-* ``bind`` is judged by ``oracle.judge`` as the single-device export it is: paths
+* ``bind`` is judged by ``verdicts.ids.judge`` as the single-device export it is: paths
   that are one host file (here through two bind mounts) share one guest id in every
   mode, and no message.
 """

@@ -1,5 +1,5 @@
 """Verdicts of the operation families: each filesystem call's errno and the host state
-afterwards, against what the mode promises.  Pure, like ``oracle``.
+afterwards, against what the mode promises.  Pure, like every module of ``verdicts``.
 
 * ``operations``: under forbid every operation on a foreign device (a file, a
   directory, a symlink, a name that does not exist under a foreign directory, and
