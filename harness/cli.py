@@ -20,6 +20,7 @@ from .config import (
     ALL_LAYOUTS,
     ALL_MODES,
     DEFAULT_CACHES,
+    DEFAULT_LAYOUTS,
     Accel,
     Cache,
     ExportLayout,
@@ -29,9 +30,11 @@ from .config import (
     Via,
     parse_caches,
     parse_checks,
+    parse_layouts,
     parse_modes,
 )
 from .errors import HarnessError, UsageError
+from .plan import layout_shape
 from .results import EXIT_ERROR, EXIT_OK
 
 # Each command imports what it needs inside its function: ``--help`` and ``exec`` should
@@ -129,7 +132,16 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="host devices in the export (1..128; 1 = control only)")
     run.add_argument("--files", type=_whole_number, default=8, help="files per device")
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
-    _add_layout_option(run)
+    run.add_argument(
+        "--layout", default=",".join(DEFAULT_LAYOUTS), metavar="LAYOUT[,LAYOUT...]",
+        help=f"host layouts, each its own exports: {','.join(ALL_LAYOUTS)} (default: "
+        f"{','.join(DEFAULT_LAYOUTS)}); btrfs, xfs and ext4 need root (loop devices), "
+        "scripted ones FUSE; see the README's layout table")
+    run.add_argument("--known-issues", type=Path, metavar="FILE",
+                     help="known QEMU and kernel bugs (TOML) instead of the harness's own; "
+                     "an empty file: nothing is known")
+    run.add_argument("--strict-known", action="store_true",
+                     help="exit 1 when a known issue does not reproduce (a fixed QEMU)")
     run.add_argument("--no-control", action="store_true",
                      help="skip the single-device control guest")
     run.add_argument("--no-witness", action="store_true",
@@ -153,16 +165,20 @@ def _add_layout_option(parser: argparse.ArgumentParser) -> None:
         default=Layout.STANDARD.value,
         help="standard: devNN tmpfs mounts with files, hard links and twins; loop: the "
         "root holds only dev01 and shares its qid under warn (a client with an inode "
-        "cache takes dev01 for its own parent: ELOOP on Linux 6.12); sets --devices 2",
+        "cache takes dev01 for its own parent: ELOOP on Linux 6.12); overlay: the root "
+        "is an overlayfs (xino) over tmpfs layers; see the README for the others",
     )
 
 
+def _base_layout(args: argparse.Namespace) -> ExportLayout:
+    """The standard export's shape (``--devices``, ``--files``, ``--nested``)."""
+    return ExportLayout(devices=args.devices, files_per_device=args.files,
+                        nested=getattr(args, "nested", False))
+
+
 def _layout(args: argparse.Namespace) -> ExportLayout:
-    """The export shape of run and reproduce (``--layout loop`` is two devices)."""
-    kind = Layout(args.layout)
-    return ExportLayout(devices=2 if kind is Layout.LOOP else args.devices,
-                        files_per_device=args.files, nested=getattr(args, "nested", False),
-                        kind=kind)
+    """reproduce's export shape: its one ``--layout`` (loop is two devices)."""
+    return layout_shape(Layout(args.layout), _base_layout(args))
 
 
 def _add_check_option(run: argparse.ArgumentParser) -> None:
@@ -326,7 +342,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         modes=parse_modes(args.modes),
         caches=parse_caches(args.cache),
-        layout=_layout(args),
+        layout=_base_layout(args),
+        layouts=parse_layouts(args.layout),
         machine=_machine(args),
         qemus=tuple(args.qemu),
         guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
@@ -337,6 +354,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         via=Via(args.via),
         share=not args.isolate,
         checks=parse_checks(args.checks),
+        known_issues=args.known_issues,
+        strict_known=args.strict_known,
     )
     result = run_checks(options, progress=progress)
     print(rep.table(result))

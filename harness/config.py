@@ -67,6 +67,8 @@ def quiet(_: str) -> None:
 # -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
 # default" landed in QEMU 10.0.
 MULTIDEVS_SINCE = Version(4, 2, 0)
+# The known QEMU and kernel bugs shipped with the harness (package data, TOML).
+KNOWN_ISSUES_FILE = "known_issues.toml"
 # Where the image puts the witness tools (GNU tar, coreutils, rsync, findutils) in the
 # guest: the image writes them there and the agent's witness script runs them from there.
 GUEST_TOOLS_DIR = "/opt/mdh/bin"
@@ -172,6 +174,9 @@ class Layout(StrEnum):
 
 
 ALL_LAYOUTS: tuple[Layout, ...] = tuple(Layout)
+# The layouts of the default matrix: the standard tmpfs export and the overlay that
+# makes remap collide (cheap: tmpfs layers, no loop devices, no FUSE).
+DEFAULT_LAYOUTS: tuple[Layout, ...] = (Layout.STANDARD, Layout.OVERLAY)
 
 
 class Via(StrEnum):
@@ -380,6 +385,13 @@ def parse_checks(text: str) -> tuple[Check, ...]:
     names = parse_choices(text, [c.value for c in ALL_CHECKS], "check family",
                           f"--checks {Check.IDS},{Check.OPERATIONS}")
     return tuple(Check(name) for name in names)
+
+
+def parse_layouts(text: str) -> tuple[Layout, ...]:
+    """Parse ``standard,overlay`` into host layouts."""
+    names = parse_choices(text, [layout.value for layout in ALL_LAYOUTS], "layout",
+                          "--layout standard,overlay")
+    return tuple(Layout(name) for name in names)
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:

@@ -17,9 +17,11 @@ from .agent.stat import AGENT_THREADS, STAT_PASSES
 from .config import (
     ALL_CHECKS,
     DEFAULT_CACHES,
+    DEFAULT_LAYOUTS,
     Cache,
     Check,
     ExportLayout,
+    Layout,
     MachineOptions,
     Mode,
     Via,
@@ -55,7 +57,11 @@ class RunOptions:
     """What ``multidevs-harness run`` was asked to do."""
 
     modes: tuple[Mode, ...]
+    # The shape of the standard export (devices, files, nested); the other layouts
+    # take its file count (see ``layout_shape``).
     layout: ExportLayout
+    # Host layouts: each gets its own ids exports (one per mode and cache mode).
+    layouts: tuple[Layout, ...] = DEFAULT_LAYOUTS
     # The guest's 9p cache modes: each (mode, cache) pair is a row on its own device.
     caches: tuple[Cache, ...] = DEFAULT_CACHES
     # Accelerator, kernel, modules, cold boots, firmware; its qemu and guest are
@@ -78,6 +84,10 @@ class RunOptions:
     agent_threads: int = AGENT_THREADS
     # Check families to run; see ``apply_checks``.
     checks: tuple[Check, ...] = DEFAULT_CHECKS
+    # The known-issues list (None: the harness's own); --strict-known: a known issue
+    # that did not reproduce fails the run.
+    known_issues: Path | None = None
+    strict_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,19 +114,46 @@ class ExportPlan:
     agent_threads: int = AGENT_THREADS
 
 
-def row_name(mode: Mode, cache: Cache) -> str:
+def row_name(mode: Mode, cache: Cache, layout: Layout = Layout.STANDARD) -> str:
     """``warn`` for cache=none (the name rows had before the cache axis), ``warn+loose``
-    for any other cache mode."""
-    return mode.value if cache is Cache.NONE else f"{mode.value}+{cache.value}"
+    for any other cache mode; ``warn+loose@overlay`` on a layout other than standard."""
+    name = mode.value if cache is Cache.NONE else f"{mode.value}+{cache.value}"
+    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
 
 
-def mode_exports(mode: Mode, layout: ExportLayout,
+# Layouts whose export is one host device (the overlay's layers share its st_dev):
+# judged as a control, and no multi-device message can come of them.
+SINGLE_DEVICE_LAYOUTS = (Layout.OVERLAY,)
+# Too many files for the witnesses' copies under TCG (~66,000).
+NO_WITNESS_LAYOUTS = (Layout.SCRIPTED_FULLMAP,)
+
+
+def layout_shape(kind: Layout, base: ExportLayout) -> ExportLayout:
+    """The export shape of layout ``kind``: the standard one is ``base``; loop is two
+    devices; the overlay one; the others keep ``base``'s file count and say they are
+    multi-device (their builders decide the exact devices)."""
+    if kind is Layout.STANDARD:
+        return base
+    devices = 1 if kind in SINGLE_DEVICE_LAYOUTS else 2 if kind is Layout.LOOP else max(
+        base.devices, 2)
+    return ExportLayout(devices=devices, files_per_device=base.files_per_device, kind=kind)
+
+
+def mode_exports(mode: Mode, layouts: Sequence[ExportLayout],
                  caches: Sequence[Cache]) -> tuple[ExportPlan, ...]:
-    """One export per cache mode for ``mode``, in the order asked; every one after the
-    first is marked ``message_printed`` (they share one QEMU)."""
-    return tuple(ExportPlan(row_name(mode, cache), mode, layout, cache=cache,
-                            message_printed=index > 0, witness=mode is not Mode.FORBID)
-                 for index, cache in enumerate(caches))
+    """One export per layout and cache mode for ``mode``, in the order asked; every
+    multi-device one after the first is marked ``message_printed`` (they share one
+    QEMU, which prints the mode's message once)."""
+    exports: list[ExportPlan] = []
+    printed = False
+    for layout in layouts:
+        for cache in caches:
+            exports.append(ExportPlan(
+                row_name(mode, cache, layout.kind), mode, layout, cache=cache,
+                message_printed=printed and layout.devices > 1,
+                witness=mode is not Mode.FORBID and layout.kind not in NO_WITNESS_LAYOUTS))
+            printed = printed or layout.devices > 1
+    return tuple(exports)
 
 
 @dataclass(frozen=True)
@@ -129,7 +166,7 @@ class GuestPlan:
 
 def plan_guests(
     modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True,
-    caches: Sequence[Cache] = (Cache.NONE,),
+    caches: Sequence[Cache] = (Cache.NONE,), layouts: Sequence[Layout] = (Layout.STANDARD,),
 ) -> list[GuestPlan]:
     """Group the requested modes and the control exports into guests.
 
@@ -141,9 +178,10 @@ def plan_guests(
     The control guest holds a single-device export per mode (it must stay silent)
     and, when sharing, the default mode's exports last.
 
-    Every mode gets one export per cache mode, side by side in its guest; only the
-    first of them can see the mode's message (see ``ExportPlan.message_printed``).
-    Controls use cache=none only: a single device has no twins to alias.
+    Every mode gets one export per layout and cache mode, side by side in its guest;
+    only the first multi-device one can see the mode's message (see
+    ``ExportPlan.message_printed``).  Controls use the standard layout's single device
+    with cache=none only: a single device has no twins to alias.
 
     Witnesses run where their verdict says something: every mode but forbid (which
     denies the other devices by design, so every tool just fails) and the first
@@ -151,11 +189,12 @@ def plan_guests(
     witnesses themselves raise no false alarm).
     """
     single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
+    shapes = [layout_shape(kind, layout) for kind in layouts]
     with_control = control and layout.devices > 1
     controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single, witness=index == 0)
                 for index, m in enumerate(modes)]
     if not share:
-        isolated = [GuestPlan(m.value, mode_exports(m, layout, caches)) for m in modes]
+        isolated = [GuestPlan(m.value, mode_exports(m, shapes, caches)) for m in modes]
         if with_control:
             isolated.append(GuestPlan("control", tuple(controls)))
         return isolated
@@ -164,8 +203,8 @@ def plan_guests(
     if shared:
         name = "+".join(m.value for m in shared)
         guests.append(GuestPlan(name, tuple(e for m in shared
-                                            for e in mode_exports(m, layout, caches))))
-    default = list(mode_exports(Mode.DEFAULT, layout, caches)) if Mode.DEFAULT in modes \
+                                            for e in mode_exports(m, shapes, caches))))
+    default = list(mode_exports(Mode.DEFAULT, shapes, caches)) if Mode.DEFAULT in modes \
         else []
     if with_control:
         guests.append(GuestPlan("control+default" if default else "control",
@@ -233,14 +272,15 @@ def checks_for(via: Via, checks: Sequence[Check]) -> tuple[tuple[Check, ...], tu
 
 
 
-def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,)) -> dict[str, int]:
-    """Sort keys for result rows: modes in the order asked for (each with its cache
-    modes in the order asked), then their controls, then each further family's rows
-    (family order, then modes as asked).
+def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,),
+             layouts: Sequence[Layout] = (Layout.STANDARD,)) -> dict[str, int]:
+    """Sort keys for result rows: modes in the order asked for (each with its layouts
+    and cache modes in the order asked), then their controls, then each further
+    family's rows (family order, then modes as asked).
 
     Rows missing from the map (the libvirt rejection checks) sort after all of them.
     """
-    names = [row_name(m, c) for m in modes for c in caches]
+    names = [row_name(m, c, k) for m in modes for k in layouts for c in caches]
     names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
     names += [family_row(check, m, c) for check in ALL_CHECKS if check is not Check.IDS
               for m in modes for c in _family_caches(check, caches)]
@@ -265,7 +305,7 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
     want them)."""
     checks, skipped = checks_for(options.via, options.checks)
     guests = plan_guests(options.modes, options.layout, options.control,
-                         options.share and live_stderr, options.caches)
+                         options.share and live_stderr, options.caches, options.layouts)
     complete = []
     for guest in guests:
         planned = apply_checks(guest, checks)

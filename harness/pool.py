@@ -30,8 +30,9 @@ from .host.truth import Export
 from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import mount_options, shell_quote_command
 from .results import GuestRecord, ResultRow
-from .verdicts.common import Status, Verdict
-from .verdicts.ids import unobserved
+from .verdicts.common import Status, Verdict, expected_behaviour
+from .verdicts.ids import ids_verdict, unobserved
+from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
 
 MOUNT_BASE = "/mnt"
 _CRASH_GRACE_S = 1.0
@@ -108,6 +109,8 @@ class RunContext:
     log_root: Path
     progress: Progress
     live: LiveGuests
+    # Known QEMU and kernel bugs a failing row may match (``verdicts.known``).
+    known_issues: tuple[KnownIssue, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
                           stderr[item.stderr] if live else stderr, outside,
                           problems.get(item.spec.path, ()))
         verdict = item.judge(judging)
+        known, unreproduced = _known(run, item.plan, verdict)
         rows.append(ResultRow(
             case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
             via=run.backend.via, verdict=verdict,
@@ -207,9 +211,28 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
             qemu_command=shell_quote_command(guest.argv),
             guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
             f"{item.spec.mount_point}",
-            environment=run.env.record, backend=facts,
+            environment=run.env.record, backend=facts, layout=item.plan.layout.kind.value,
+            known_issue=known, unreproduced=unreproduced,
         ))
     return rows
+
+
+def _known(run: RunContext, plan: ExportPlan,
+           verdict: Verdict) -> tuple[KnownIssue | None, tuple[KnownIssue, ...]]:
+    """The known issue a failing row shows, and those a passing row did not show."""
+    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS):
+        return None, ()
+    ids = ids_verdict(verdict)
+    remap = ids.remap if ids is not None else None
+    facts = RowFacts(
+        check=plan.check.value, mode=plan.mode.value,
+        expectation=expected_behaviour(plan.mode, run.env.info.version).value,
+        layout=plan.layout.kind.value, cache=plan.cache.value, qemu=run.env.info.version,
+        kernel=run.env.image.kernel_release, failures=verdict.failures,
+        remap_agrees=None if remap is None else remap.agrees)
+    if verdict.status is Status.FAIL:
+        return match(run.known_issues, facts), ()
+    return None, unreproduced(run.known_issues, facts)
 
 
 def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
@@ -251,7 +274,7 @@ def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     return [
         ResultRow(case=item.row, check=item.check, cache=item.cache, via=run.backend.via,
-                  guest=record,
+                  guest=record, layout=item.layout.kind.value,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
                   log_dir=log_dir, environment=run.env.record)
         for item in plan.exports

@@ -14,18 +14,14 @@ from typing import Any
 from .agent.witnesses import TOOLS_DIR
 from .results import EnvironmentRecord, ResultRow, RunReport
 from .verdicts.common import Status, Verdict
-from .verdicts.ids import IdsVerdict
+from .verdicts.ids import IdsVerdict, ids_verdict
 from .verdicts.ops import OpsVerdict
 from .verdicts.rejection import RejectionVerdict
 
 # How many colliding ids a JSON row lists (the count is always whole).
 JSON_COLLISIONS = 50
-
-
-def ids_verdict(verdict: Verdict) -> IdsVerdict | None:
-    """``verdict`` when the ids rules made it (the rows that carry collisions, witnesses
-    and harm), else None."""
-    return verdict if isinstance(verdict, IdsVerdict) else None
+# Failure lines of a known-issue row shown in the table (the evidence, briefly).
+KNOWN_SHOWN = 4
 
 
 def _witness_text(row: ResultRow) -> str:
@@ -46,6 +42,15 @@ def _qemu_text(row: ResultRow) -> str:
     return f"{env.qemu.version} ({env.qemu.binary})" if env else "-"
 
 
+def _layout_text(row: ResultRow) -> str:
+    return row.layout or "-"
+
+
+def _verdict_text(row: ResultRow) -> str:
+    known = f" ({row.known_issue.id})" if row.known_issue else ""
+    return row.status.value.upper() + known
+
+
 def _qemu_version(row: ResultRow) -> str:
     # The table column; the summary line and JUnit name the binaries in full.
     return str(row.environment.qemu.version) if row.environment else "-"
@@ -57,9 +62,10 @@ def table(report: RunReport) -> str:
     added when the rows are about more than one QEMU or guest kernel."""
     headers = ["case", "expectation", "observed", "witnesses", "verdict"]
     rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
-             r.status.value.upper()] for r in report.rows]
+             _verdict_text(r)] for r in report.rows]
     # Columns that tell rows apart only when the run spans several of them.
-    for title, value, label in (("guest", _guest_text, _guest_text),
+    for title, value, label in (("layout", _layout_text, _layout_text),
+                                ("guest", _guest_text, _guest_text),
                                 ("qemu", _qemu_text, _qemu_version)):
         if len({value(r) for r in report.rows}) > 1:
             headers.insert(1, title)
@@ -71,10 +77,32 @@ def table(report: RunReport) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for title, attribute in (("failures", "failures"), ("notes", "notes")):
-        found = [(r.case, text) for r in report.rows for text in getattr(r.verdict, attribute)]
+        found = [(r.case, text) for r in report.rows for text in getattr(r.verdict, attribute)
+                 if r.status is not Status.KNOWN or attribute == "notes"]
         if found:
             lines += ["", f"{title}:"] + [f"  [{case}] {text}" for case, text in found]
+    lines += _known_lines(report)
     return "\n".join(lines)
+
+
+def _known_lines(report: RunReport) -> list[str]:
+    """The table's account of known issues: each row a known bug explains (with the
+    first of its failures, the evidence) and each known bug that did not reproduce."""
+    lines: list[str] = []
+    known = [(r, r.known_issue) for r in report.rows if r.known_issue is not None]
+    if known:
+        lines += ["", "known issues (failures a known bug explains; not counted as news):"]
+    for row, issue in known:
+        lines.append(f"  [{row.case}] {issue.id}: {issue.title} (reproduce: {issue.reproducer})")
+        lines += [f"      {text}" for text in row.verdict.failures[:KNOWN_SHOWN]]
+        if len(row.verdict.failures) > KNOWN_SHOWN:
+            lines.append(f"      ... ({len(row.verdict.failures) - KNOWN_SHOWN} more in the "
+                         "JSON report)")
+    absent = [(r.case, i.id) for r in report.rows for i in r.unreproduced]
+    if absent:
+        lines += ["", "known issues that did not reproduce (fixed? --strict-known fails):"]
+        lines += [f"  [{case}] {issue_id}" for case, issue_id in absent]
+    return lines
 
 
 def summary_line(report: RunReport) -> str:
@@ -88,10 +116,12 @@ def summary_line(report: RunReport) -> str:
     envs = report.environments or (report.environment,)
     qemus = ", ".join(dict.fromkeys(f"{e.qemu.version} ({e.qemu.binary})" for e in envs))
     kernels = ", ".join(dict.fromkeys(str(e.guest_kernel) for e in envs))
+    absent = report.unreproduced
+    unreproduced = f"; known issues not reproduced: {', '.join(absent)}" if absent else ""
     return (
         f"{counts[Status.PASS]}/{len(report.rows)} rows passed"
         f"{' (' + others + ')' if others else ''} in {report.wall_seconds:.1f} s "
-        f"under {accel['used']}{note}; QEMU {qemus}; guest kernel {kernels}"
+        f"under {accel['used']}{note}; QEMU {qemus}; guest kernel {kernels}{unreproduced}"
     )
 
 
@@ -111,6 +141,15 @@ def _ids_dict(verdict: IdsVerdict) -> dict[str, Any]:
         "witnesses": {w.tool: {"intact": w.intact, "detail": w.detail, "rc": w.rc}
                       for w in verdict.witnesses},
         **_harm_dict(verdict),
+        "remap_model": None if verdict.remap is None else {
+            "agrees": verdict.remap.agrees,
+            "compared": verdict.remap.compared,
+            "differences": list(verdict.remap.differences),
+            "predicted_collisions": [
+                {"paths": list(p.paths), "why": p.why} for p in verdict.remap.predicted],
+            "branches": dict(verdict.remap.branches),
+            "fullmap_reached": verdict.remap.fullmap_reached,
+        },
     }
 
 
@@ -157,6 +196,12 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "case": row.case,
         "check": row.check,
+        "layout": row.layout,
+        "known_issue": None if row.known_issue is None else {
+            "id": row.known_issue.id, "title": row.known_issue.title,
+            "reproducer": row.known_issue.reproducer,
+            "reference": row.known_issue.reference},
+        "known_unreproduced": [issue.id for issue in row.unreproduced],
         "cache": row.cache,
         "via": row.via.value,
         "status": row.status.value,
@@ -207,6 +252,7 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "exit_code": report.exit_code,
         "wall_seconds": round(report.wall_seconds, 3),
         "log_dir": report.log_dir if report.logs_kept else None,
+        "known_unreproduced": list(report.unreproduced),
         "environments": [environment_json(e) for e in report.environments],
         "results": [row_dict(r, report.logs_kept) for r in report.rows],
     }
@@ -225,6 +271,10 @@ def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
         ET.SubElement(case, "failure", message=message, type="regression").text = text
     elif row.status in (Status.ERROR, Status.INCONCLUSIVE):
         ET.SubElement(case, "error", message=message, type=row.status.value).text = text
+    elif row.known_issue is not None:
+        issue = row.known_issue
+        ET.SubElement(case, "skipped", message=f"known issue {issue.id}: {issue.title}"
+                      ).text = f"reproduce: {issue.reproducer}\n{text}"
 
 
 def to_junit(report: RunReport) -> ET.Element:
@@ -235,6 +285,7 @@ def to_junit(report: RunReport) -> ET.Element:
         "testsuite", name="multidevs-harness", tests=str(len(report.rows)),
         failures=str(statuses.count(Status.FAIL)),
         errors=str(statuses.count(Status.ERROR) + statuses.count(Status.INCONCLUSIVE)),
+        skipped=str(statuses.count(Status.KNOWN)),
         time=f"{report.wall_seconds:.3f}",
     )
     props = ET.SubElement(suite, "properties")

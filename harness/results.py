@@ -16,6 +16,7 @@ from typing import Any
 from .config import AccelDecision, Start, Via
 from .qemu.probe import QemuInfo
 from .verdicts.common import Status, Verdict
+from .verdicts.known import KnownIssue
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -125,9 +126,18 @@ class ResultRow:
     environment: EnvironmentRecord | None = None
     # Facts of the backend that started the guest (libvirt: its version, the domain).
     backend: tuple[tuple[str, str], ...] = ()
+    # The host layout of the row's export (``config.Layout``; None: no export).
+    layout: str | None = None
+    # The known bug this failing row shows (``verdicts.known``), and the known bugs
+    # expected on this passing row that did not show.
+    known_issue: KnownIssue | None = None
+    unreproduced: tuple[KnownIssue, ...] = ()
 
     @property
     def status(self) -> Status:
+        """The verdict's status, but KNOWN where a known issue explains the failure."""
+        if self.verdict.status is Status.FAIL and self.known_issue is not None:
+            return Status.KNOWN
         return self.verdict.status
 
     @property
@@ -146,14 +156,24 @@ class RunReport:
     logs_kept: bool = True
     # Every QEMU of the run, in the order given (--qemu A --qemu B).
     environments: tuple[EnvironmentRecord, ...] = ()
+    # --strict-known: a known issue that did not reproduce fails the run.
+    strict_known: bool = False
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.rows)
 
     @property
+    def unreproduced(self) -> tuple[str, ...]:
+        """Ids of the known issues that did not reproduce on some row in their scope."""
+        return tuple(dict.fromkeys(i.id for r in self.rows for i in r.unreproduced))
+
+    @property
     def exit_code(self) -> int:
-        return exit_code(r.status for r in self.rows)
+        code = exit_code(r.status for r in self.rows)
+        if code == EXIT_OK and self.strict_known and self.unreproduced:
+            return EXIT_FAIL
+        return code
 
 
 def exit_code(statuses: Iterable[Status]) -> int:
@@ -161,6 +181,7 @@ def exit_code(statuses: Iterable[Status]) -> int:
     2 when a check could not run or proved nothing (error, inconclusive, no rows).
 
     A definite failure outranks an error: it is a bug report whatever else happened.
+    A known failure (a known bug, reproduced) is news nobody has to act on: 0.
     """
     seen = set(statuses)
     if not seen:

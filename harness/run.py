@@ -12,10 +12,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from functools import partial
+from importlib import resources
 from pathlib import Path
 
-from .config import ExportSpec, Progress, Via, quiet
+from .config import KNOWN_ISSUES_FILE, ExportSpec, Progress, Via, quiet
 from .environment import Environment, prepare
+from .errors import UsageError
 from .guest.lifecycle import Guest
 from .host.namespace import enter_private_namespace
 from .libvirt import backend as libvirt_run
@@ -24,6 +26,7 @@ from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
 from .pool import Backend, LiveGuests, RunContext, run_guest, run_guests
 from .qemu.machine import Machine
 from .results import ResultRow, RunReport
+from .verdicts.known import KnownIssue, parse_known_issues
 
 
 class QemuBackend:
@@ -64,8 +67,24 @@ def _qemu_backend(env: Environment, options: RunOptions, progress: Progress,
     yield QemuBackend(env, options.guest_cpus, progress)
 
 
+def load_known_issues(path: Path | None) -> tuple[KnownIssue, ...]:
+    """The known-issues list: ``path`` (``--known-issues``; an empty file knows
+    nothing), else the one shipped with the harness."""
+    if path is None:
+        text = resources.files("harness").joinpath(KNOWN_ISSUES_FILE).read_text()
+        return parse_known_issues(text, f"harness/{KNOWN_ISSUES_FILE}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read --known-issues {path}: {exc.strerror}",
+                         hint="pass a readable TOML file (an empty one: nothing is known)"
+                         ) from exc
+    return parse_known_issues(text, str(path))
+
+
 def _run_environment(
-    env: Environment, options: RunOptions, progress: Progress, log_dir: Path
+    env: Environment, options: RunOptions, progress: Progress, log_dir: Path,
+    known: tuple[KnownIssue, ...],
 ) -> list[ResultRow]:
     """The whole matrix on one QEMU: plan, run every guest, then the backend's checks."""
     opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
@@ -76,7 +95,7 @@ def _run_environment(
         if plan.skipped:
             progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
                      "a mount namespace of its own, which host mounts made later never reach")
-        run = RunContext(env, backend, log_dir, progress, LiveGuests())
+        run = RunContext(env, backend, log_dir, progress, LiveGuests(), known)
         rows = run_guests(plan.guests, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)
         return rows + backend.extra_rows(log_dir)
@@ -93,6 +112,7 @@ def run_checks(
     Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
+    known = load_known_issues(options.known_issues)
     if options.via is Via.LIBVIRT:
         libvirt_run.preflight()
     envs = [env] if env is not None else [
@@ -100,16 +120,16 @@ def run_checks(
         for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
     with log_root(options.logs, progress=progress) as logs:
-        rank = row_rank(options.modes, options.caches)
+        rank = row_rank(options.modes, options.caches, options.layouts)
         rows: list[ResultRow] = []
         for index, each in enumerate(envs):
             # One log folder per QEMU and guest when there are several: plan names recur.
             log_dir = logs.path / f"{index}-{each.image.recipe}-qemu-{each.info.version}" \
                 if len(envs) > 1 else logs.path
-            found = _run_environment(each, options, progress, log_dir)
+            found = _run_environment(each, options, progress, log_dir, known)
             rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
         if not all(row.passed for row in rows):
-            logs.keep()
+            logs.keep()  # known failures too: the evidence of a bug still open
         return RunReport(
             environment=envs[0].record,
             rows=tuple(rows),
@@ -117,4 +137,5 @@ def run_checks(
             log_dir=str(logs.path),
             logs_kept=logs.kept,
             environments=tuple(e.record for e in envs),
+            strict_known=options.strict_known,
         )

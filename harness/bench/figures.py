@@ -44,9 +44,10 @@ from ..image.recipe import recipe_names
 from ..plan import RunOptions
 from ..qemu.debian import fetch_debian_qemu
 from ..qemu.machine import Machine
-from ..report import environment_json, ids_verdict
+from ..report import environment_json
 from ..results import EnvironmentRecord
 from ..run import run_checks
+from ..verdicts.ids import ids_verdict
 
 TARGET_BOOT_TCG_S = 2.0
 TARGET_BOOT_KVM_S = 0.5

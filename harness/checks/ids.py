@@ -15,7 +15,7 @@ from ..agent.stat import (
     encode_paths,
 )
 from ..agent.witnesses import WitnessRuns, parse_witness_output, witness_script
-from ..config import Cache, Check, ExportSpec, Mode
+from ..config import Check, ExportSpec, Layout, Mode
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
@@ -71,7 +71,7 @@ class IdsCheck:
                 plan: ExportPlan) -> IdsSeen:
         probe = _probe(spec, export)
         return observe_ids(guest, spec.mount_point, export.truth.paths, plan,
-                                       harm=probe.paths if probe else ())
+                           harm=probe.paths if probe else ())
 
     def judge(self, judging: Judging, seen: IdsSeen) -> IdsVerdict:
         view = seen.view
@@ -79,7 +79,7 @@ class IdsCheck:
         probe = _probe(judging.spec, judging.export)
         harm = None
         if probe is not None and view.harm is not None:
-            harm = HarmInput(probe, view.harm, judging.spec.mount_point, Cache(judging.spec.cache))
+            harm = HarmInput(probe, view.harm, judging.spec.mount_point, judging.spec.cache)
         return judge(
             judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
             witnesses_of(truth, seen),
@@ -89,10 +89,14 @@ class IdsCheck:
         )
 
 
+# Layouts whose devices carry the twins (``host.truth.TWIN_*``) the probe needs.
+_TWIN_LAYOUTS = (Layout.STANDARD, Layout.LOOP)
+
+
 def _probe(spec: ExportSpec, export: Export) -> HarmProbe | None:
     """The twins to probe for aliasing: none under forbid (the twins on other devices
-    are denied) or on a single device (no twins)."""
-    if spec.mode is Mode.FORBID:
+    are denied), on a single device or on a layout without twins."""
+    if spec.mode is Mode.FORBID or export.layout.kind not in _TWIN_LAYOUTS:
         return None
     return harm_probe([device.relpath for device in export.devices], export.layout.loop)
 

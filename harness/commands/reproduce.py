@@ -16,9 +16,10 @@ from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
 from ..plan import ExportPlan, GuestPlan, row_name
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
-from ..report import collision_table, harm_text, ids_verdict, witnesses_text
+from ..report import collision_table, harm_text, witnesses_text
 from ..results import ResultRow
 from ..run import QemuBackend
+from ..verdicts.ids import ids_verdict
 from .byhand import EXPORT_VAR
 
 

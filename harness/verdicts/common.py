@@ -27,11 +27,14 @@ class Status(StrEnum):
     PASS: every promise held.  FAIL: QEMU or the guest kernel did the wrong thing
     (a crash under test included).  INCONCLUSIVE: the premise did not hold, so the
     row proves nothing.  ERROR: the harness, the host or the inputs could not run
-    the check at all.  CI retries ERROR and files FAIL as a bug.
+    the check at all.  KNOWN: it failed exactly as a known QEMU or kernel bug does
+    (``verdicts.known``; set on the result row, never by a judge).  CI retries ERROR
+    and files FAIL as a bug.
     """
 
     PASS = "pass"
     FAIL = "fail"
+    KNOWN = "known"
     INCONCLUSIVE = "inconclusive"
     ERROR = "error"
 

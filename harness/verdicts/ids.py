@@ -53,6 +53,13 @@ from .common import (
     outside_failures,
 )
 from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
+from .remap import (
+    RemapCheck,
+    check_remap,
+    fullmap_warning_failures,
+    remap_failures,
+    remap_notes,
+)
 from .witnesses import Witness
 
 _CONTROL_TEXT = "single device (control): unique ids, no message"
@@ -89,12 +96,21 @@ class IdsVerdict(Verdict):
     harm: Harm | None = None
     # The guest kernel's log lines about 9p, netfs, FS-Cache, the VFS or trouble.
     dmesg: tuple[str, ...] = ()
+    # Where QEMU remaps (remap, the default from 10.0): the model's ids held against
+    # the guest's (None where QEMU passes host inode numbers through).
+    remap: RemapCheck | None = None
 
     @property
     def witnesses_intact(self) -> bool | None:
         """Whether every witness that ran was intact; None when none ran."""
         ran = [w.intact for w in self.witnesses if w.ran]
         return all(ran) if ran else None
+
+
+def ids_verdict(verdict: Verdict) -> IdsVerdict | None:
+    """``verdict`` when the ids rules made it (the rows that carry collisions, witnesses,
+    harm and the remap model), else None: the one place a row's kind is asked."""
+    return verdict if isinstance(verdict, IdsVerdict) else None
 
 
 def _result_text(result: GuestResult) -> str:
@@ -455,6 +471,7 @@ def judge(
     message_printed: bool = False,
     harm: HarmInput | None = None,
     dmesg: str = "",
+    premise_failure: str | None = None,
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
@@ -463,7 +480,9 @@ def judge(
     what is wrong with a command line someone else generated (libvirt).  ``witnesses``:
     the tools run over the export (none: not asked).  ``message_printed``: an
     earlier export of this mode in this QEMU showed the message.  ``harm``: the harm
-    probe; ``dmesg``: the guest kernel's log meanwhile.  Raises QemuTooOld below 4.2.
+    probe; ``dmesg``: the guest kernel's log meanwhile.  ``premise_failure``: why the
+    export's layout proves nothing here (``host.truth.layout_premise``), which makes
+    the row inconclusive.  Raises QemuTooOld below 4.2.
     """
     expectation = expected_behaviour(mode, qemu_version)
     control = truth.device_count <= 1
@@ -472,13 +491,22 @@ def judge(
     collisions, denied = find_collisions(truth, first), _denied(truth, first)
     extra = _extra(expectation, control, truth, harm, dmesg, message_printed, first)
     notes = list(extra.notes)
-    if not truth.premise_holds:
-        status, failures = Status.INCONCLUSIVE, [_premise_failure(truth)]
+    remap = None
+    if expectation is Expectation.UNIQUE_IDS and first:
+        remap = check_remap(truth, first, harm.probe.paths if harm else ())
+        notes += remap_notes(remap)
+    premise = premise_failure or (None if truth.premise_holds else _premise_failure(truth))
+    if premise is not None:
+        status, failures = Status.INCONCLUSIVE, [premise]
     else:
         failures = _rule_failures(expectation, control, truth, observation, witnesses,
                                   extra.allowed)
+        if remap is not None:
+            failures += remap_failures(remap, (frozenset((d, i) for _, d, i in c.host_files)
+                                               for c in collisions))
         failures += message_failures(None if control else expectation, messages,
                                       message_printed)
+        failures += fullmap_warning_failures(remap, qemu_stderr)
         failures += outside_failures(stderr_outside)
         failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
@@ -498,6 +526,7 @@ def judge(
         notes=tuple(notes),
         harm=extra.harm,
         dmesg=extra.dmesg,
+        remap=remap,
     )
 
 
