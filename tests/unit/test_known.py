@@ -1,0 +1,127 @@
+"""Known issues (``verdicts.known``): parsing, scope, which failures an issue explains,
+and what a row and a run report make of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import Version, Via
+from harness.errors import UsageError
+from harness.qemu.probe import QemuInfo
+from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunReport, exit_code
+from harness.run import load_known_issues
+from harness.verdicts.common import Status, Verdict
+from harness.verdicts.known import RowFacts, kernel_version, match, parse_known_issues, unreproduced
+
+ISSUE = """
+[[issue]]
+id = "qemu-remap-unkeyed-bits"
+title = "remap collides"
+component = "qemu"
+modes = ["remap", "default"]
+expectation = "unique_ids"
+layouts = ["overlay"]
+qemu_min = "4.2.0"
+failures = ['^collision: ', '^remap model: ']
+remap_model = "agrees"
+reproducer = "multidevs-harness reproduce --layout overlay --mode remap"
+"""
+COLLISION = "collision: guest id (dev 9, ino 20) is shared by 'l2/f0', 'l3/f0'"
+EXPLAINED = "remap model: 'l2/f0', 'l3/f0' share one qid: bits 62-61 dropped"
+
+
+def _facts(**changes: object) -> RowFacts:
+    base: dict[str, object] = dict(
+        check="ids", mode="remap", expectation="unique_ids", layout="overlay", cache="none",
+        qemu=Version(7, 2, 22), kernel="6.1.0-57-amd64", failures=(COLLISION, EXPLAINED),
+        remap_agrees=True)
+    base.update(changes)
+    return RowFacts(**base)  # type: ignore[arg-type]  # the test's own keyword bag
+
+
+ISSUES = parse_known_issues(ISSUE, "test")
+
+
+def test_a_failure_the_issue_explains_matches() -> None:
+    assert match(ISSUES, _facts()) is ISSUES[0]
+
+
+@pytest.mark.parametrize("changes", [
+    {"failures": (COLLISION, "witness cp not intact: 3 files wrong")},  # one unexplained
+    {"remap_agrees": False},  # a collision the model does not predict: another bug
+    {"layout": "standard"},
+    {"mode": "warn"},
+    {"expectation": "collide_and_warn"},  # default on QEMU 9.x is warn: not this bug
+    {"qemu": Version(4, 1, 0)},
+])
+def test_anything_the_issue_does_not_explain_stays_a_failure(changes: dict[str, object]
+                                                             ) -> None:
+    assert match(ISSUES, _facts(**changes)) is None
+
+
+def test_a_passing_row_in_scope_says_the_issue_did_not_reproduce() -> None:
+    assert unreproduced(ISSUES, _facts(failures=())) == ISSUES
+    assert unreproduced(ISSUES, _facts(failures=(), layout="standard")) == ()
+    assert unreproduced(ISSUES, _facts()) == ()
+
+
+def test_kernel_ranges_read_the_release() -> None:
+    assert kernel_version("6.12.118+deb13-amd64") == Version(6, 12, 118)
+    assert kernel_version("6.1-rc1") == Version(6, 1, 0)
+    assert kernel_version("custom") is None
+    ranged = parse_known_issues(ISSUE.replace('qemu_min = "4.2.0"',
+                                              'kernel_min = "6.9"\nkernel_max = "6.11.6"'), "t")
+    assert match(ranged, _facts(kernel="6.10.3-amd64")) is ranged[0]
+    assert match(ranged, _facts(kernel="6.11.6")) is None
+    assert match(ranged, _facts(kernel="6.1.0-57-amd64")) is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[issue]]\nid = 'x'\n", r"test: issue 1: missing title, component, modes, failures, "
+                              r"reproducer"),
+    (ISSUE + "colour = 'red'\n", r"unknown keys colour"),
+    (ISSUE.replace("'^collision: '", "'(('"), r"failures: bad regular expression"),
+    (ISSUE.replace('"4.2.0"', '"new"'), r"qemu_min: expected a version string"),
+    (ISSUE + ISSUE, r"an issue id appears twice"),
+    ("[issue]\nid = 1\n", r"expected only \[\[issue\]\] tables"),
+    ("not toml =", r"not valid TOML"),
+])
+def test_a_bad_file_is_a_usage_error_naming_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_known_issues(text, "test")
+
+
+def test_the_shipped_list_parses_and_an_empty_file_knows_nothing(tmp_path: Path) -> None:
+    shipped = load_known_issues(None)
+    assert "qemu-remap-unkeyed-bits" in {issue.id for issue in shipped}
+    empty = tmp_path / "none.toml"
+    empty.write_text("")
+    assert load_known_issues(empty) == ()
+    with pytest.raises(UsageError, match=r"cannot read --known-issues .*missing\.toml"):
+        load_known_issues(tmp_path / "missing.toml")
+
+
+def _row(status: Status, known: bool = False, absent: bool = False) -> ResultRow:
+    verdict = Verdict(expectation="e", observed="o", status=status,
+                      failures=(COLLISION,) if status is Status.FAIL else ())
+    return ResultRow("remap@overlay", "ids", Via.QEMU, verdict,
+                     known_issue=ISSUES[0] if known else None,
+                     unreproduced=ISSUES if absent else ())
+
+
+def test_a_known_failure_is_status_known_and_exits_0() -> None:
+    row = _row(Status.FAIL, known=True)
+    assert row.status is Status.KNOWN and not row.passed
+    assert exit_code([row.status, Status.PASS]) == EXIT_OK
+    assert exit_code([_row(Status.FAIL).status]) == EXIT_FAIL
+
+
+def test_strict_known_fails_a_run_where_a_known_issue_did_not_reproduce() -> None:
+    info = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), Version(7, 2, 22), True, True, False)
+    env = EnvironmentRecord(info, None, None, None)
+    rows = (_row(Status.PASS, absent=True),)
+    assert RunReport(env, rows).exit_code == EXIT_OK
+    assert RunReport(env, rows, strict_known=True).exit_code == EXIT_FAIL
+    assert RunReport(env, rows, strict_known=True).unreproduced == ("qemu-remap-unkeyed-bits",)
