@@ -1,10 +1,11 @@
 """Leak checks shared by the e2e tests: QEMU processes, tmpfs mounts, temp dirs.
 
-``Sandbox`` runs the ``multidevs-harness`` CLI in a subprocess with its own TMPDIR
-and XDG_STATE_HOME and a marker in its environment, which every QEMU it starts
-inherits.  So whatever the run leaves behind is attributable to it even while other
-harness runs share the machine: marked QEMU processes, files under the private
-directories, new tmpfs mounts on the host, anything in the export scratch directory.
+``Sandbox`` runs the ``multidevs-harness`` CLI in a subprocess (``helpers.harness_argv``)
+with its own TMPDIR and XDG_STATE_HOME and a marker in its environment, which every
+QEMU it starts inherits.  So whatever the run leaves behind is attributable to it even
+while other harness runs share the machine: marked QEMU processes, files under the
+private directories, new tmpfs mounts on the host, anything in the export scratch
+directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +23,8 @@ from pathlib import Path
 
 from harness import paths
 from harness.proc import processes_with_env
+
+from .helpers import harness_argv, run_command
 
 # Every QEMU started by a sandboxed harness inherits this variable from it.
 MARKER_ENV = "MDH_TEST_MARKER"
@@ -142,12 +144,6 @@ def own_pid() -> int:
     return os.getpid()
 
 
-def harness_command() -> list[str]:
-    """The installed ``multidevs-harness`` entry point of this venv."""
-    script = Path(sys.executable).parent / "multidevs-harness"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
-
-
 @dataclass
 class Running:
     """A harness started in the background; stderr is collected line by line."""
@@ -239,10 +235,6 @@ class Sandbox:
         self._files_before = tree(self.tmp) | tree(self.state)
         self._runs = 0
 
-    def harness_argv(self, args: Sequence[str]) -> list[str]:
-        """The CLI command line for ``args``."""
-        return [*harness_command(), *args]
-
     def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         return {**self.env, **(extra or {})}
 
@@ -250,12 +242,9 @@ class Sandbox:
         self, args: Sequence[str], timeout: float, env: Mapping[str, str] | None = None,
         argv: Sequence[str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the CLI (or ``argv``) to completion in the sandbox."""
-        return subprocess.run(
-            list(argv) if argv is not None else self.harness_argv(args),
-            env=self._env(env), capture_output=True, text=True, timeout=timeout,
-            check=False, stdin=subprocess.DEVNULL,
-        )
+        """Run the CLI with ``args`` (or ``argv`` instead) to completion in the sandbox."""
+        return run_command(argv if argv is not None else harness_argv(*args), timeout,
+                           self._env(env))
 
     def start(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> Running:
         """Start the CLI in the background; stdout goes to a file, stderr is watched."""
@@ -263,7 +252,7 @@ class Sandbox:
         stdout_path = self.root / f"stdout-{self._runs}.txt"
         with open(stdout_path, "w") as stdout:
             proc = subprocess.Popen(
-                self.harness_argv(args), env=self._env(env), stdin=subprocess.DEVNULL,
+                harness_argv(*args), env=self._env(env), stdin=subprocess.DEVNULL,
                 stdout=stdout, stderr=subprocess.PIPE, text=True,
             )
         return Running(proc, stdout_path)

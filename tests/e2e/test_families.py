@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from .helpers import HARNESS_TIMEOUT, needs_qemu, qemu_wrapper
 from .leaks import Sandbox, kept_log_dirs
-from .test_reliability import HARNESS_TIMEOUT, needs_qemu, qemu_wrapper
 
 pytestmark = [needs_qemu, pytest.mark.timeout(200)]
 

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from harness.errors import HarnessError, LibvirtError
 from harness.libvirt.daemon import RUN_MARKER_ENV
 from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
+
+from .helpers import harness_argv, run_harness
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,11 +71,6 @@ def libvirt_ready() -> None:
         if plugin_reason:
             pytest.skip(plugin_reason)
         raise
-
-
-def _harness() -> list[str]:
-    script = Path(sys.executable).parent / "multidevs-harness"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
 
 
 def run_id(stderr: str) -> str | None:
@@ -205,11 +201,8 @@ def libvirt_run(
     json_path = root / "report.json"
     before = HostState.capture()
     started = time.monotonic()
-    proc = subprocess.run(
-        [*_harness(), "run", "--via", "libvirt", "--accel", "tcg", "--json", str(json_path)],
-        env=_sandbox_env(root), capture_output=True, text=True, timeout=RUN_TIMEOUT,
-        check=False, stdin=subprocess.DEVNULL,
-    )
+    proc = run_harness(["run", "--via", "libvirt", "--accel", "tcg", "--json", str(json_path)],
+                       timeout=RUN_TIMEOUT, env=_sandbox_env(root))
     seconds = time.monotonic() - started
     if proc.returncode == 2 and not json_path.exists():
         pytest.fail(f"the harness could not run (exit 2):\n{proc.stderr}")
@@ -293,8 +286,8 @@ def _interrupted_run(tmp_path: Path, signum: signal.Signals, after: str) -> tupl
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
         proc = subprocess.Popen(
-            [*_harness(), "run", "--via", "libvirt", "--accel", "tcg", "--modes", "remap",
-             "--no-control"],
+            harness_argv("run", "--via", "libvirt", "--accel", "tcg", "--modes", "remap",
+                         "--no-control"),
             env=_sandbox_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
@@ -344,7 +337,7 @@ def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     messages: list[str] = []
     options = RunOptions(modes=(Mode.REMAP,), layout=ExportLayout(), via=Via.LIBVIRT)
-    with pytest.raises(LibvirtError) as info:
+    with pytest.raises(LibvirtError, match=r"^--via libvirt needs root: ") as info:
         run_checks(options, messages.append)
     assert "needs root" in info.value.message and info.value.exit_code == 2
     assert messages == []  # refused before probing, building or mounting anything

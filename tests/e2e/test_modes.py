@@ -1,30 +1,72 @@
-"""Every multidevs mode on a real guest, through the pytest plugin's fixtures."""
+"""Every multidevs mode on a real guest, through the pytest plugin's fixtures.
+
+Each export is observed and judged by the real ``ids`` check family, as the run loop
+(``harness.pool``) does it: observed in turn while the guest runs, each with the part
+of QEMU's stderr written meanwhile, then judged once the guest is shut down.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pytest
 
 from harness.agent.witnesses import TOOL_NAMES
-from harness.checks.ids import collect, run_witnesses
-from harness.config import ExportLayout, Mode
+from harness.checks.family import Judging, Observation
+from harness.checks.registry import FAMILIES
+from harness.config import ExportLayout, ExportSpec, Mode
 from harness.environment import Environment
 from harness.host.export import build_export
 from harness.host.truth import Export
+from harness.plan import ExportPlan, RunOptions
 from harness.plugin import MachineFactory
 from harness.qemu.machine import Machine
-from harness.verdicts.ids import Verdict, judge
-from harness.verdicts.witnesses import judge_witnesses
+from harness.verdicts.ids import Verdict
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _judge(env: Environment, machine: Machine, export: Export, mode: Mode,
-           mount_point: str = "/mnt/mdh0") -> Verdict:
-    view = collect(machine, mount_point, export.truth.paths)
-    runs = run_witnesses(machine, mount_point, export.truth.paths)
-    witnesses = judge_witnesses(export.truth, runs, view.observation.passes[0])
-    return judge(mode, env.info.version.as_tuple(), export.truth, view.observation,
-                 machine.stderr_text(), witnesses)
+def _outside(stderr: str, slices: Sequence[slice]) -> str:
+    """What QEMU wrote outside every observation (boot, shutdown, in between)."""
+    parts, position = [], 0
+    for part in sorted(slices, key=lambda s: s.start):
+        parts.append(stderr[position:part.start])
+        position = part.stop
+    parts.append(stderr[position:])
+    return "\n".join(parts)
+
+
+def _judge_all(env: Environment, guest: Machine,
+               judged: Sequence[tuple[Export, Mode]]) -> list[Verdict]:
+    """Each export of ``guest`` (``judged``: in the order it serves them), judged by the
+    ``ids`` family as the mode given (which need not be the mode it is served in),
+    witnesses included."""
+    family = FAMILIES["ids"]
+    observed: list[tuple[ExportSpec, Export, Mode, Observation, slice]] = []
+    for spec, (export, mode) in zip(guest.spec.exports, judged, strict=True):
+        assert spec.path == export.root, (spec, export.root)
+        options = RunOptions(modes=(mode,), layout=export.layout, witness=True)
+        before = len(guest.stderr_text())
+        seen = family.observe(guest, spec, export, options)
+        observed.append((spec, export, mode, seen, slice(before, len(guest.stderr_text()))))
+    guest.shutdown()  # the run loop judges a guest that is down: its stderr is complete
+    stderr = guest.stderr_text()
+    outside = _outside(stderr, [part for *_, part in observed])
+    version = env.info.version.as_tuple()
+    verdicts = []
+    for spec, export, mode, seen, part in observed:
+        plan = ExportPlan(mode.value, mode, export.layout, check="ids", cache=spec.cache)
+        verdict = family.judge(
+            Judging(plan, export, spec, version, stderr[part], outside, ()), seen)
+        assert isinstance(verdict, Verdict), verdict
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _judge(env: Environment, guest: Machine, export: Export, mode: Mode) -> Verdict:
+    """The guest's one export, judged by the ``ids`` family as ``mode``."""
+    [verdict] = _judge_all(env, guest, [(export, mode)])
+    return verdict
 
 
 @pytest.mark.multidevs(mode="remap")
@@ -81,8 +123,8 @@ def test_control_single_device_is_quiet_in_every_mode(
             build_export(layout) as c, build_export(layout) as d:
         exports = [(a, Mode.REMAP), (b, Mode.WARN), (c, Mode.FORBID), (d, Mode.DEFAULT)]
         guest = machine_factory(exports=exports)
-        for index, (export, mode) in enumerate(exports):
-            verdict = _judge(mdh_environment, guest, export, mode, f"/mnt/mdh{index}")
+        verdicts = _judge_all(mdh_environment, guest, exports)
+        for (_, mode), verdict in zip(exports, verdicts, strict=True):
             assert verdict.passed, (mode, verdict.failures)
             assert verdict.witnesses_intact is True
             assert verdict.collisions == () and verdict.qemu_message is None

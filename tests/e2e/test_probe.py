@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,15 +17,10 @@ from harness.errors import QemuNotFound, QemuTooOld
 from harness.qemu.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
 from harness.qemu.probe import QemuVersion, probe_qemu, require_multidevs
 
+from .helpers import needs_qemu, real_qemu
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
-
-# Whichever QEMU the run is about: $MDH_QEMU, else the one on PATH.
-QEMU = Path(shutil.which(os.environ.get("MDH_QEMU", "qemu-system-x86_64")) or "/nonexistent")
-needs_qemu = pytest.mark.skipif(
-    not QEMU.is_file(), reason=f"{QEMU} missing (apt-get install qemu-system-x86)"
-)
 
 
 def version_line(binary: Path) -> tuple[int, int, int]:
@@ -86,13 +80,14 @@ def fake_qemu(tmp_path: Path, version_line: str, otherwise: str) -> Path:
 
 @needs_qemu
 def test_probe_real_qemu(tmp_path: Path) -> None:
+    qemu = real_qemu()
     log = tmp_path / "qmp.jsonl"
     began = time.monotonic()
-    info = probe_qemu(QEMU, qmp_log=log)
+    info = probe_qemu(qemu, qmp_log=log)
     assert time.monotonic() - began < 15
-    assert info.binary == QEMU
+    assert info.binary == qemu
     # QMP's query-version must agree with what the binary prints.
-    assert info.version.as_tuple() == version_line(QEMU)
+    assert info.version.as_tuple() == version_line(qemu)
     assert info.version >= QemuVersion(4, 2, 0)
     assert info.multidevs_supported is True
     assert info.kvm_device == os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -104,8 +99,9 @@ def test_probe_real_qemu(tmp_path: Path) -> None:
 
 @needs_qemu
 def test_probe_finds_qemu_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(QEMU.parent))
-    assert probe_qemu("qemu-system-x86_64").binary == QEMU
+    qemu = real_qemu()
+    monkeypatch.setenv("PATH", str(qemu.parent))
+    assert probe_qemu("qemu-system-x86_64").binary == qemu
 
 
 def test_old_qemu_is_reported_then_refused(tmp_path: Path) -> None:
@@ -115,7 +111,8 @@ def test_old_qemu_is_reported_then_refused(tmp_path: Path) -> None:
     info = probe_qemu(fake, timeout=10)
     assert info.version == QemuVersion(4, 1, 0)
     assert info.multidevs_supported is False
-    with pytest.raises(QemuTooOld) as caught:
+    with pytest.raises(QemuTooOld, match=r"^" + re.escape(
+            f"{fake} is QEMU 4.1.0; multidevs needs QEMU >= 4.2")) as caught:
         require_multidevs(info)
     assert caught.value.message == f"{fake} is QEMU 4.1.0; multidevs needs QEMU >= 4.2"
     assert caught.value.exit_code == 2
@@ -127,7 +124,9 @@ def test_qemu_that_fails_qmp_is_not_found(tmp_path: Path) -> None:
         "QEMU emulator version 7.2.0",
         "echo 'qemu-system-x86_64: -chardev socket,id=qmp: nonsense 4711' >&2; exit 1",
     )
-    with pytest.raises(QemuNotFound) as caught:
+    with pytest.raises(QemuNotFound, match=r"^" + re.escape(
+            f"{fake} printed a QEMU version but did not answer QMP (exit status 1): ")
+    ) as caught:
         probe_qemu(fake, timeout=10)
     assert caught.value.message.startswith(
         f"{fake} printed a QEMU version but did not answer QMP (exit status 1): "
@@ -143,7 +142,9 @@ def test_silent_qemu_times_out_and_its_group_is_killed(tmp_path: Path) -> None:
     marker = f"299.{os.getpid()}"
     fake = fake_qemu(tmp_path, "QEMU emulator version 7.2.0", f"sleep {marker} & wait")
     began = time.monotonic()
-    with pytest.raises(QemuNotFound) as caught:
+    with pytest.raises(QemuNotFound, match=r"^" + re.escape(
+            f"{fake} printed a QEMU version but did not answer QMP (still running): "
+            "QEMU sent no QMP greeting within ")) as caught:
         probe_qemu(fake, timeout=2)
     assert time.monotonic() - began < 10
     assert "(still running)" in caught.value.message
@@ -153,7 +154,8 @@ def test_silent_qemu_times_out_and_its_group_is_killed(tmp_path: Path) -> None:
 
 
 def test_not_qemu_at_all(tmp_path: Path) -> None:
-    with pytest.raises(QemuNotFound) as caught:
+    with pytest.raises(QemuNotFound, match=r"^/bin/true is not QEMU: 'true --version' exited 0 "
+                       r"without a 'QEMU emulator version' line") as caught:
         probe_qemu(Path("/bin/true"))
     assert caught.value.message == (
         "/bin/true is not QEMU: 'true --version' exited 0 without a 'QEMU emulator version' line"
@@ -161,7 +163,8 @@ def test_not_qemu_at_all(tmp_path: Path) -> None:
     script = tmp_path / "qemu"
     script.write_text("#!/bin/sh\necho 'GNU bash, version 5.2.15(1)-release'\necho oops >&2\n")
     script.chmod(0o755)
-    with pytest.raises(QemuNotFound) as caught:
+    with pytest.raises(QemuNotFound, match=r"^" + re.escape(
+            f"{script} is not QEMU: 'qemu --version' exited 0")) as caught:
         probe_qemu(script)
     assert caught.value.message.startswith(f"{script} is not QEMU: 'qemu --version' exited 0")
     assert "GNU bash, version 5.2.15" in caught.value.details
@@ -169,7 +172,8 @@ def test_not_qemu_at_all(tmp_path: Path) -> None:
 
 
 def test_missing_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(QemuNotFound) as caught:
+    with pytest.raises(QemuNotFound, match=r"^" + re.escape(
+            f"QEMU binary {tmp_path / 'nope'} does not exist")) as caught:
         probe_qemu(tmp_path / "nope")
     assert caught.value.message == f"QEMU binary {tmp_path / 'nope'} does not exist"
     assert caught.value.hint == "install qemu-system-x86 or pass --qemu PATH"
@@ -189,9 +193,10 @@ needs_kernel = pytest.mark.skipif(KERNEL is None, reason=NO_KERNEL_REASON)
 @needs_kernel
 def test_kvm_liveness_answers_quickly_and_is_memoised() -> None:
     assert KERNEL is not None
+    qemu = real_qemu()
     clear_liveness_memo()
     began = time.monotonic()
-    ok, detail = kvm_liveness_probe(QEMU, KERNEL)
+    ok, detail = kvm_liveness_probe(qemu, KERNEL)
     took = time.monotonic() - began
     assert took < 20, f"liveness took {took:.1f} s"
     # Where KVM works the banner shows; here (nested virtualisation) it does not, and
@@ -201,7 +206,7 @@ def test_kvm_liveness_answers_quickly_and_is_memoised() -> None:
     else:
         assert "under KVM" in detail or detail.startswith("QEMU exited with status")
     began = time.monotonic()
-    assert kvm_liveness_probe(QEMU, KERNEL) == (ok, detail)
+    assert kvm_liveness_probe(qemu, KERNEL) == (ok, detail)
     assert time.monotonic() - began < 0.1
     assert own_children() == []
     clear_liveness_memo()
@@ -213,7 +218,7 @@ def test_liveness_machinery_sees_the_banner_under_tcg() -> None:
     # The positive control: the same boot under TCG must show the banner, so a
     # False from the KVM probe means KVM, not a broken probe.
     assert KERNEL is not None
-    ok, detail = boot_liveness(QEMU, KERNEL, Accel.TCG, timeout=20)
+    ok, detail = boot_liveness(real_qemu(), KERNEL, Accel.TCG, timeout=20)
     assert ok, detail
     assert detail.startswith("a guest kernel printed its banner after ")
     assert own_children() == []

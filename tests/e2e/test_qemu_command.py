@@ -21,11 +21,11 @@ from harness.qemu.cmdline import kernel_append, render_command, shell_quote_comm
 from harness.qemu.probe import probe_qemu
 from harness.qemu.qmp import Qmp
 
+from .helpers import needs_qemu, real_qemu
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-QEMU = Path("/usr/bin/qemu-system-x86_64")
 KERNEL = find_test_kernel()
 
 
@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.skipif(not QEMU.is_file(), reason=f"{QEMU} missing")
+@needs_qemu
 @pytest.mark.skipif(KERNEL is None, reason=NO_KERNEL_REASON)
 def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
     root = tmp_path / "odd,dir"
@@ -64,9 +64,10 @@ def test_rendered_command_is_accepted_by_qemu(tmp_path: Path) -> None:
         ExportSpec(tag="t0", path=shares[0], mode=Mode.REMAP, mount_point="/mnt/t0"),
         ExportSpec(tag="t1", path=shares[1], mode=Mode.DEFAULT, mount_point="/mnt/t1"),
     )
-    info = probe_qemu(QEMU)
+    qemu = real_qemu()
+    info = probe_qemu(qemu)
     spec = MachineSpec(
-        qemu=QEMU,
+        qemu=qemu,
         accel=Accel.TCG,
         image=image,
         log_dir=tmp_path,

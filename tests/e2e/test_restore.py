@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,14 @@ from harness.environment import Environment
 from harness.qemu.machine import Machine
 from harness.qemu.snapshot import STATE_FILE, StateCache
 
+from .helpers import run_harness
 from .leaks import Sandbox, assert_no_qemu_left
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def _run(*args: str, report: Path) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--accel", "tcg",
-                             "--json", str(report), *args],
-                            capture_output=True, text=True, timeout=200, check=False)
+    result = run_harness(["run", "--accel", "tcg", "--json", str(report), *args], timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
     data: dict[str, Any] = json.loads(report.read_text())
     return data

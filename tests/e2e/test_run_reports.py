@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from harness.commands.byhand import EXPORT_VAR
 from harness.host.truth import ODD_NAME, device_file_names
 from harness.results import ENVIRONMENT_KEYS
 
+from .helpers import needs_root, run_harness
 from .leaks import assert_no_qemu_left
 
 pytestmark = pytest.mark.timeout(240)
@@ -26,11 +25,8 @@ pytestmark = pytest.mark.timeout(240)
 def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
                                                                dict[str, Any], ET.Element]:
     out = tmp_path_factory.mktemp("reports")
-    result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--accel", "tcg",
-         "--json", str(out / "run.json"), "--junit", str(out / "run.xml")],
-        capture_output=True, text=True, timeout=200, check=False,
-    )
+    result = run_harness(["run", "--accel", "tcg", "--json", str(out / "run.json"),
+                          "--junit", str(out / "run.xml")], timeout=200)
     data = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     junit = ET.parse(out / "run.xml").getroot() if (out / "run.xml").exists() else ET.Element("x")
     assert_no_qemu_left()
@@ -97,10 +93,7 @@ def test_junit_has_one_testcase_per_case(reports: tuple[Any, Any, Any]) -> None:
 
 
 def test_probe_json_carries_the_environment_block() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "probe", "--accel", "tcg", "--json"],
-        capture_output=True, text=True, timeout=100, check=False,
-    )
+    result = run_harness(["probe", "--accel", "tcg", "--json"], timeout=100)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     keys = {f"{group}.{key}" for group in data for key in data[group]}
@@ -111,13 +104,10 @@ def test_probe_json_carries_the_environment_block() -> None:
     assert data["guest"]["kernel"].endswith("-amd64")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the by-hand script mounts tmpfs: needs root")
+@needs_root  # the by-hand script mounts tmpfs
 def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "reproduce", "--mode", "warn", "--accel", "tcg",
-         "--logs", str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=200, check=False,
-    )
+    result = run_harness(["reproduce", "--mode", "warn", "--accel", "tcg",
+                          "--logs", str(tmp_path / "logs")], timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "-> PASS" in result.stdout
     # One guest id, three host files: "guest (dev D, ino I) <- 'dev01/file 0000' (...), ..."
@@ -217,12 +207,10 @@ def test_loop_layout_gives_eloop_on_6_12_only_where_predicted(tmp_path: Path) ->
     is ELOOP (the predicted harm, noted; the row passes), while warn + none and remap
     + loose reach everything."""
     out = tmp_path / "loop.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--accel", "tcg", "--layout", "loop",
-         "--modes", "remap,warn", "--cache", "none,loose", "--checks", "ids", "--no-control",
-         "--no-witness", "--guest", "debian-trixie-x86_64", "--json", str(out)],
-        capture_output=True, text=True, timeout=200, check=False,
-    )
+    result = run_harness(
+        ["run", "--accel", "tcg", "--layout", "loop", "--modes", "remap,warn",
+         "--cache", "none,loose", "--checks", "ids", "--no-control", "--no-witness",
+         "--guest", "debian-trixie-x86_64", "--json", str(out)], timeout=200)
     assert_no_qemu_left()
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_auto_falls_back_without_a_device_and_skips_the_boot() -> None:
 
 
 def test_kvm_required_but_guest_hangs_raises() -> None:
-    with pytest.raises(KvmUnavailable) as caught:
+    with pytest.raises(KvmUnavailable, match="^" + re.escape(
+            f"--accel kvm was requested but KVM cannot run a guest here: {HANG}\n")) as caught:
         decide_accel(Accel.KVM, info(True), Liveness(*DEAD))
     assert caught.value.message == (
         f"--accel kvm was requested but KVM cannot run a guest here: {HANG}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from harness.agent.ops import OpRequest, encode_requests, ops_command, parse_ops_output
@@ -17,16 +19,22 @@ def test_requests_are_nul_separated_triples_so_any_name_passes() -> None:
     assert ops_command("/mnt/mdh 0") == "mdh-agent ops '/mnt/mdh 0'"
 
 
-@pytest.mark.parametrize("request_", [
-    OpRequest("chown", "x"),  # unknown: the agent would exit without END
-    OpRequest("stat", "/etc/passwd"),  # absolute: escapes the export
-    OpRequest("stat", ""),
-    OpRequest("stat", "a\0b"),
-    OpRequest("rename", "a"),  # rename needs its destination
-    OpRequest("unlink", "a", "b"),  # and unlink takes none
+@pytest.mark.parametrize(("request_", "refusal"), [
+    # unknown: the agent would exit without END
+    (OpRequest("chown", "x"), "unknown agent operation 'chown'"),
+    # absolute: escapes the export
+    (OpRequest("stat", "/etc/passwd"),
+     "agent path must be relative, NUL-free, non-empty: '/etc/passwd'"),
+    (OpRequest("stat", ""), "agent path must be relative, NUL-free, non-empty: ''"),
+    (OpRequest("stat", "a\0b"), "agent path must be relative, NUL-free, non-empty: 'a\\x00b'"),
+    # rename needs its destination
+    (OpRequest("rename", "a"), "rename takes two paths: OpRequest("),
+    # and unlink takes none
+    (OpRequest("unlink", "a", "b"), "unlink takes one path: OpRequest("),
 ])
-def test_requests_the_agent_could_not_answer_are_refused(request_: OpRequest) -> None:
-    with pytest.raises(ValueError):
+def test_requests_the_agent_could_not_answer_are_refused(request_: OpRequest,
+                                                         refusal: str) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(refusal)):
         encode_requests([request_])
 
 
@@ -53,6 +61,8 @@ def test_answers_parse_by_index_with_readdir_names() -> None:
     ("O 0 0\nX 1 0\nO 2 0\nEND 3\n", "expected 'L i HEX'"),
 ])
 def test_every_protocol_deviation_is_an_error_naming_it(text: str, complaint: str) -> None:
-    with pytest.raises(GuestOutputError) as caught:
+    # The complaint is in the message's own line, not in its hint.
+    with pytest.raises(GuestOutputError, match=r"^agent (ops output|output line \d+)\b.*"
+                       + re.escape(complaint)) as caught:
         parse_ops_output(text, REQUESTS)
     assert complaint in str(caught.value)

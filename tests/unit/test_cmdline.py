@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def test_port_zero_lets_qemu_pick() -> None:
 
 @pytest.mark.parametrize("port", [-1, 65536])
 def test_net_rejects_bad_ports(port: int) -> None:
-    with pytest.raises(UsageError) as caught:
+    with pytest.raises(UsageError, match=r"^SSH forward port must be 0\.\.65535 \(0: QEMU "
+                       rf"picks\), got {port}\n") as caught:
         net_args(port)
     assert caught.value.message == (
         f"SSH forward port must be 0..65535 (0: QEMU picks), got {port}"
@@ -257,7 +259,7 @@ def test_kernel_append_without_exports() -> None:
 )
 def test_kernel_append_rejects(field: str, value: str, message: str) -> None:
     changes: dict[str, Any] = {field: value}
-    with pytest.raises(UsageError) as caught:
+    with pytest.raises(UsageError, match="^" + re.escape(message)) as caught:
         kernel_append([export(**changes)])
     assert caught.value.message.startswith(message)
 

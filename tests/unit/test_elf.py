@@ -202,5 +202,5 @@ def test_dropbear_key_format() -> None:
     blob = base64.b64decode(keys.host_public.split()[1])
     assert blob.endswith(keys.host_dropbear[-32:])
     assert keys.client_private.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^ed25519 keys are 32 bytes$"):
         dropbear_ed25519(b"short", b"p" * 32)

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from harness.host.truth import EntryKind, HostEntry, HostTruth, device_file_names
+from harness.host.truth import HostTruth, device_file_names
+
+from .truths import host_dir, host_file
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -347,10 +349,10 @@ def test_refuses_to_mount_outside_a_private_namespace(tmp_path: Path) -> None:
 def test_host_truth_helpers() -> None:
     truth = HostTruth(
         (
-            HostEntry(".", 1, 1, 2, EntryKind.DIR, 0),
-            HostEntry("a", 1, 2, 2, EntryKind.FILE, 0, b"x"),
-            HostEntry("b", 1, 2, 2, EntryKind.FILE, 0, b"x"),
-            HostEntry("dev01", 2, 1, 2, EntryKind.DIR, 1),
+            host_dir(".", 1, 1, 0),
+            host_file("a", 1, 2, 0, b"x", nlink=2),
+            host_file("b", 1, 2, 0, b"x", nlink=2),
+            host_dir("dev01", 2, 1, 1),
         )
     )
     assert truth.paths == (".", "a", "b", "dev01")

@@ -29,31 +29,24 @@ from harness.verdicts.harm import (
 )
 from harness.verdicts.ids import HarmInput, judge
 
+from .truths import host_dir, host_file
+
 T = 1_700_000_000
 MOUNT = "/mnt/mdh1"
-
-
-def _dir(path: str, dev: int, ino: int, device: int, mtime: int) -> HostEntry:
-    return HostEntry(path, dev, ino, 2, EntryKind.DIR, device, None, mtime, 60)
-
-
-def _file(path: str, dev: int, ino: int, device: int, mtime: int) -> HostEntry:
-    content = f"{path}\n".encode()
-    return HostEntry(path, dev, ino, 1, EntryKind.FILE, device, content, mtime, len(content))
 
 
 def _device(n: int) -> list[HostEntry]:
     dev, rel = 200 + n, f"dev0{n}"
     return [
-        _dir(rel, dev, 1, n, T + 64 * (n + 1)),
-        _dir(f"{rel}/twin-dir", dev, 4, n, T),
-        _file(f"{rel}/twin-dir/only-d00{n}", dev, 5, n, T),
-        _file(f"{rel}/twin-mtime", dev, 3, n, T + 4 * n),
-        _file(f"{rel}/twin-same", dev, 2, n, T),
+        host_dir(rel, dev, 1, n, mtime=T + 64 * (n + 1)),
+        host_dir(f"{rel}/twin-dir", dev, 4, n, mtime=T),
+        host_file(f"{rel}/twin-dir/only-d00{n}", dev, 5, n, mtime=T),
+        host_file(f"{rel}/twin-mtime", dev, 3, n, mtime=T + 4 * n),
+        host_file(f"{rel}/twin-same", dev, 2, n, mtime=T),
     ]
 
 
-TRUTH = HostTruth((_dir(".", 100, 1, 0, T), *_device(1), *_device(2)))
+TRUTH = HostTruth((host_dir(".", 100, 1, 0, mtime=T), *_device(1), *_device(2)))
 PROBE = HarmProbe(files=(("dev01/twin-same", "dev02/twin-same"),
                          ("dev01/twin-mtime", "dev02/twin-mtime")),
                   dirs=(("dev01/twin-dir", "dev02/twin-dir"),))
@@ -270,8 +263,8 @@ def test_reproduce_text_names_the_aliased_paths_and_the_commands() -> None:
 
 # --- the loop layout: a mount point that shares its parent's qid ----------------------
 
-LOOP = HostTruth((_dir(".", 100, 1, 0, T), _dir("dev01", 200, 1, 1, T),
-                  _file("dev01/f", 200, 2, 1, T)))
+LOOP = HostTruth((host_dir(".", 100, 1, 0, mtime=T), host_dir("dev01", 200, 1, 1, mtime=T),
+                  host_file("dev01/f", 200, 2, 1, mtime=T)))
 LOOP_PROBE = HarmProbe(files=(), dirs=((".", "dev01"),))
 
 

@@ -108,7 +108,7 @@ def test_shared_file_changes_the_digest(tmp_path: Path) -> None:
 
 
 def test_recipe_missing_key_raises() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"^'suite'$"):  # the first key read: [debian] suite
         parse_recipe({"name": "x", "debian": {}, "kernel": {}, "userland": {}, "host": {}},
                       Path("."))
 

@@ -147,7 +147,8 @@ def test_kvm_domain_uses_the_host_cpu() -> None:
 
 
 def test_auto_accel_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError,
+                       match=r"^DomainSpec needs a resolved accelerator \(kvm or tcg\)$"):
         _spec(accel=Accel.AUTO)
 
 

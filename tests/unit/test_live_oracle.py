@@ -9,9 +9,11 @@ from dataclasses import replace
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.checks.live import _forgive_host_gaps
 from harness.config import Mode
-from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.host.truth import HostTruth
 from harness.verdicts.common import Status
 from harness.verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
+
+from .truths import host_dir, host_file
 
 V7 = (7, 2, 22)
 DIR, FILE = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
@@ -19,15 +21,10 @@ WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same V
            "export, which might lead to file ID collisions and severe misbehaviours on guest!")
 
 
-def _entry(path: str, dev: int, ino: int, device: int, kind: EntryKind = EntryKind.FILE
-           ) -> HostEntry:
-    return HostEntry(path, dev, ino, 1, kind, device)
-
-
-BEFORE = HostTruth((_entry(".", 10, 1, 0, EntryKind.DIR), _entry("a", 10, 2, 0),
-                    _entry("dev01", 11, 1, 1, EntryKind.DIR), _entry("dev01/a", 11, 2, 1)))
-DURING = HostTruth((*BEFORE.entries, _entry("late", 12, 1, 2, EntryKind.DIR),
-                    _entry("late/a", 12, 2, 2)))
+BEFORE = HostTruth((host_dir(".", 10, 1, 0), host_file("a", 10, 2, 0),
+                    host_dir("dev01", 11, 1, 1), host_file("dev01/a", 11, 2, 1)))
+DURING = HostTruth((*BEFORE.entries, host_dir("late", 12, 1, 2),
+                    host_file("late/a", 12, 2, 2)))
 
 
 def _remapped() -> dict[str, GuestResult]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -174,7 +175,9 @@ def test_failure_says_why_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(namespace, "make_rprivate", _never)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(os, "getuid", lambda: 1000)
-    with pytest.raises(NamespaceError) as info:
+    with pytest.raises(NamespaceError, match=r"^cannot create a private mount namespace for the "
+                       r"export mounts: unshare\(CLONE_NEWUSER\|CLONE_NEWNS\) as uid 1000: "
+                       r"Operation not permitted \(EPERM\)\n") as info:
         namespace.enter_private_namespace()
     assert info.value.message == (
         "cannot create a private mount namespace for the export mounts: "
@@ -202,7 +205,8 @@ def test_root_falls_back_to_a_user_namespace_and_reports_both(
     monkeypatch.setattr(namespace, "make_rprivate", _never)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(os, "getuid", lambda: 0)
-    with pytest.raises(NamespaceError) as info:
+    with pytest.raises(NamespaceError, match=r"^cannot create a private mount namespace for "
+                       r"the export mounts: unshare\(CLONE_NEWNS\) as root: ") as info:
         namespace.enter_private_namespace()
     assert calls == [namespace.CLONE_NEWNS, namespace.CLONE_NEWUSER | namespace.CLONE_NEWNS]
     assert info.value.message == (
@@ -218,7 +222,8 @@ def test_refuses_once_threads_run(monkeypatch: pytest.MonkeyPatch) -> None:
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        with pytest.raises(NamespaceError) as info:
+        with pytest.raises(NamespaceError, match=r"^cannot enter a private mount namespace: "
+                           r"this process already runs") as info:
             namespace.enter_private_namespace()
     finally:
         stop.set()
@@ -234,7 +239,8 @@ def _never(*args: object) -> None:
 
 
 def test_mount_tmpfs_refuses_outside_the_private_namespace(tmp_path: Path) -> None:
-    with pytest.raises(NamespaceError) as info:
+    with pytest.raises(NamespaceError, match="^" + re.escape(
+            f"refusing to mount a tmpfs on {tmp_path} outside a private namespace")) as info:
         namespace.mount_tmpfs(tmp_path, "size=1m")
     assert info.value.message == (
         f"refusing to mount a tmpfs on {tmp_path} outside a private namespace"
@@ -277,7 +283,8 @@ def test_root_that_cannot_be_made_private_is_refused_with_the_right_hint(
     monkeypatch.setattr(namespace, "_mountinfo", lambda: mountinfo)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(os, "getuid", lambda: 0)
-    with pytest.raises(NamespaceError) as info:
+    with pytest.raises(NamespaceError, match=r"^entered a mount namespace but could not make / "
+                       r"private: Invalid argument \(EINVAL\)\n") as info:
         namespace.enter_private_namespace()
     assert info.value.message == (
         "entered a mount namespace but could not make / private: Invalid argument (EINVAL)"

@@ -25,6 +25,8 @@ from harness.verdicts.common import (
 from harness.verdicts.ids import Collision, find_collisions, judge, unobserved
 from harness.verdicts.witnesses import Witness
 
+from .truths import host_dir, host_file
+
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644
 GUEST_DEV = 50
@@ -45,41 +47,33 @@ FORBID_MESSAGE = (
 NOISE = "qemu-system-x86_64: terminating on signal 15 from pid 4242\n"
 
 
-def d(path: str, dev: int, ino: int, device: int, nlink: int = 2) -> HostEntry:
-    return HostEntry(path, dev, ino, nlink, EntryKind.DIR, device)
-
-
-def f(path: str, dev: int, ino: int, device: int, content: str, nlink: int = 1) -> HostEntry:
-    return HostEntry(path, dev, ino, nlink, EntryKind.FILE, device, content.encode())
-
-
 TRUTH = HostTruth(
     (
-        d(".", 100, 1, 0, nlink=3),
-        f("a", 100, 2, 0, "dev00/a\n"),
-        d("dev01", 200, 1, 1),
-        f("dev01/a", 200, 2, 1, "dev01/a\n"),
-        f("dev01/l1", 200, 3, 1, "dev01/l1\n", nlink=2),
-        f("dev01/l2", 200, 3, 1, "dev01/l1\n", nlink=2),
-        f("l1", 100, 3, 0, "dev00/l1\n", nlink=2),
-        f("l2", 100, 3, 0, "dev00/l1\n", nlink=2),
+        host_dir(".", 100, 1, 0, nlink=3),
+        host_file("a", 100, 2, 0, "dev00/a\n"),
+        host_dir("dev01", 200, 1, 1),
+        host_file("dev01/a", 200, 2, 1, "dev01/a\n"),
+        host_file("dev01/l1", 200, 3, 1, "dev01/l1\n", nlink=2),
+        host_file("dev01/l2", 200, 3, 1, "dev01/l1\n", nlink=2),
+        host_file("l1", 100, 3, 0, "dev00/l1\n", nlink=2),
+        host_file("l2", 100, 3, 0, "dev00/l1\n", nlink=2),
     )
 )
 CONTROL = HostTruth(
     (
-        d(".", 100, 1, 0),
-        f("a", 100, 2, 0, "dev00/a\n"),
-        f("l1", 100, 3, 0, "dev00/l1\n", nlink=2),
-        f("l2", 100, 3, 0, "dev00/l1\n", nlink=2),
+        host_dir(".", 100, 1, 0),
+        host_file("a", 100, 2, 0, "dev00/a\n"),
+        host_file("l1", 100, 3, 0, "dev00/l1\n", nlink=2),
+        host_file("l2", 100, 3, 0, "dev00/l1\n", nlink=2),
     )
 )
 # Two devices, but every inode number is different: the premise cannot hold.
 NO_OVERLAP = HostTruth(
     (
-        d(".", 100, 1, 0),
-        f("a", 100, 2, 0, "dev00/a\n"),
-        d("dev01", 200, 11, 1),
-        f("dev01/a", 200, 12, 1, "dev01/a\n"),
+        host_dir(".", 100, 1, 0),
+        host_file("a", 100, 2, 0, "dev00/a\n"),
+        host_dir("dev01", 200, 11, 1),
+        host_file("dev01/a", 200, 12, 1, "dev01/a\n"),
     )
 )
 
@@ -179,11 +173,14 @@ def test_explicit_modes_do_not_depend_on_the_version(version: tuple[int, int, in
     assert expected_behaviour(Mode.FORBID, version) is Expectation.DENY_FOREIGN
 
 
+TOO_OLD = r"^QEMU 4\.1\.0 has no multidevs option \(added in 4\.2\.0\)"
+
+
 def test_qemu_before_4_2_is_an_error() -> None:
-    with pytest.raises(QemuTooOld) as info:
+    with pytest.raises(QemuTooOld, match=TOO_OLD) as info:
         expected_behaviour(Mode.REMAP, (4, 1, 0))
     assert info.value.message == "QEMU 4.1.0 has no multidevs option (added in 4.2.0)"
-    with pytest.raises(QemuTooOld):
+    with pytest.raises(QemuTooOld, match=TOO_OLD):
         judge(Mode.WARN, (4, 1, 0), TRUTH, observe(TRUTH, passed_through), WARNING)
 
 
@@ -355,12 +352,12 @@ def test_missing_observation_is_a_failure() -> None:
 
 
 def test_long_failure_lists_are_capped() -> None:
-    entries = [d(".", 100, 1, 0)]
+    entries = [host_dir(".", 100, 1, 0)]
     for device, dev in ((0, 100), (1, 200)):
         if device:
-            entries.append(d("dev01", dev, 1, 1))
+            entries.append(host_dir("dev01", dev, 1, 1))
         prefix = "dev01/" if device else ""
-        entries += [f(f"{prefix}f{i:02d}", dev, 2 + i, device, "x") for i in range(25)]
+        entries += [host_file(f"{prefix}f{i:02d}", dev, 2 + i, device, "x") for i in range(25)]
     truth = HostTruth(tuple(entries))
     verdict = judge(Mode.REMAP, OLD, truth, observe(truth, passed_through), "")
     collisions = [line for line in verdict.failures if line.startswith("collision")]

@@ -79,7 +79,8 @@ def test_require_multidevs_accepts_4_2_with_the_parameter() -> None:
 
 
 def test_require_multidevs_names_the_old_version() -> None:
-    with pytest.raises(QemuTooOld) as caught:
+    with pytest.raises(QemuTooOld, match=r"^/opt/qemu is QEMU 4\.1\.0; multidevs needs "
+                       r"QEMU >= 4\.2\n") as caught:
         require_multidevs(_info(QemuVersion(4, 1, 0), False))
     assert caught.value.message == "/opt/qemu is QEMU 4.1.0; multidevs needs QEMU >= 4.2"
     assert caught.value.exit_code == 2
@@ -87,7 +88,8 @@ def test_require_multidevs_names_the_old_version() -> None:
 
 
 def test_require_multidevs_when_the_parameter_is_missing() -> None:
-    with pytest.raises(QemuTooOld) as caught:
+    with pytest.raises(QemuTooOld, match=r"^/opt/qemu is QEMU 7\.2\.0 but lists no "
+                       r"'multidevs' parameter for -fsdev") as caught:
         require_multidevs(_info(QemuVersion(7, 2, 0), False))
     assert caught.value.message.startswith(
         "/opt/qemu is QEMU 7.2.0 but lists no 'multidevs' parameter for -fsdev"

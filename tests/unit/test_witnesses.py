@@ -19,34 +19,25 @@ from harness.agent.witnesses import (
     witness_script,
 )
 from harness.errors import GuestOutputError
-from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.host.truth import EntryKind, HostTruth
 from harness.verdicts.witnesses import judge_witnesses
 
+from .truths import host_dir, host_file
+
 DIR, FILE = 0o040755, 0o100644
-
-
-def _d(path: str, dev: int, ino: int, device: int) -> HostEntry:
-    return HostEntry(path, dev, ino, 2, EntryKind.DIR, device, size=60)
-
-
-def _f(path: str, dev: int, ino: int, device: int, nlink: int = 1,
-       content: bytes | None = None) -> HostEntry:
-    data = content if content is not None else f"{'dev00' if device == 0 else 'dev01'}/" \
-        f"{path.rsplit('/', 1)[-1]}\n".encode()
-    return HostEntry(path, dev, ino, nlink, EntryKind.FILE, device, data, size=len(data))
 
 
 # Two tmpfs devices numbered alike: the root device and dev01, each with a file and a
 # hard-link pair; under warn their guest ids collide (dev01 even with the root).
 TRUTH = HostTruth((
-    _d(".", 100, 1, 0),
-    _f("a", 100, 2, 0),
-    _d("dev01", 200, 1, 1),
-    _f("dev01/a", 200, 2, 1),
-    _f("dev01/l1", 200, 3, 1, nlink=2, content=b"dev01/l\n"),
-    _f("dev01/l2", 200, 3, 1, nlink=2, content=b"dev01/l\n"),
-    _f("l1", 100, 3, 0, nlink=2, content=b"dev00/l\n"),
-    _f("l2", 100, 3, 0, nlink=2, content=b"dev00/l\n"),
+    host_dir(".", 100, 1, 0),
+    host_file("a", 100, 2, 0),
+    host_dir("dev01", 200, 1, 1),
+    host_file("dev01/a", 200, 2, 1),
+    host_file("dev01/l1", 200, 3, 1, b"dev01/l\n", nlink=2),
+    host_file("dev01/l2", 200, 3, 1, b"dev01/l\n", nlink=2),
+    host_file("l1", 100, 3, 0, b"dev00/l\n", nlink=2),
+    host_file("l2", 100, 3, 0, b"dev00/l\n", nlink=2),
 ))
 FILES = [e.path for e in TRUTH.entries if e.kind is EntryKind.FILE]
 

@@ -1,0 +1,90 @@
+"""What the e2e test modules share: skip markers, the CLI in a subprocess, and the
+QEMU wrapper that breaks a guest on purpose.
+
+A test module takes its helpers from here (or from ``leaks``), never from another
+test module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Whichever QEMU the run is about, as the harness picks it: $MDH_QEMU, else the one
+# on PATH (None: there is none).
+_QEMU_NAME = os.environ.get("MDH_QEMU") or "qemu-system-x86_64"
+_QEMU_FOUND = shutil.which(_QEMU_NAME)
+QEMU: Path | None = Path(_QEMU_FOUND) if _QEMU_FOUND else None
+
+needs_qemu = pytest.mark.skipif(
+    QEMU is None, reason=f"{_QEMU_NAME} not found (apt-get install qemu-system-x86)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts tmpfs: needs root")
+
+
+def real_qemu() -> Path:
+    """The QEMU binary of ``QEMU``; only for tests marked ``needs_qemu``."""
+    assert QEMU is not None, "a test using the real QEMU must be marked needs_qemu"
+    return QEMU
+
+
+# Above the harness's own deadlines (Sandbox halves them: boot 45 s under TCG), below
+# each test's pytest-timeout: whichever layer fires first names the problem best.
+HARNESS_TIMEOUT = 120.0
+
+
+def harness_argv(*args: str) -> list[str]:
+    """The command line that runs the ``multidevs-harness`` CLI with ``args``: this
+    interpreter with ``-m harness.cli``, which imports the harness from the working
+    directory and $PYTHONPATH as this test process does (the installed script could
+    import another copy than the one under test)."""
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def run_command(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion: stdin closed, stdout and stderr kept as text, the
+    exit status returned, not checked."""
+    return subprocess.run(
+        list(argv), env=None if env is None else dict(env), capture_output=True, text=True,
+        timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+    )
+
+
+def run_harness(
+    args: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``args`` to completion (see ``run_command``)."""
+    return run_command(harness_argv(*args), timeout, env)
+
+
+WRAPPER = """\
+#!{python}
+# A QEMU that breaks the guest on purpose; probes (no -append) pass through untouched.
+import os, sys
+args = sys.argv[1:]
+if "-append" in args:
+    at = args.index("-append") + 1
+    args[at] = (args[at] + " " + {append!r}).strip()
+    args = [arg.replace({old!r}, {new!r}) for arg in args]
+os.execv({real!r}, [{real!r}, *args])
+"""
+
+
+def qemu_wrapper(directory: Path, append: str = "", old: str = "", new: str = "") -> Path:
+    """Write a ``--qemu`` wrapper that adds ``append`` to the kernel command line and
+    replaces ``old`` by ``new`` in every argument of a guest boot (exec: same process).
+    Only for tests marked ``needs_qemu``."""
+    path = directory / "qemu-wrapper"
+    path.write_text(WRAPPER.format(python=sys.executable, append=append, old=old or "\0",
+                                   new=new, real=str(real_qemu())))
+    path.chmod(0o755)
+    return path
