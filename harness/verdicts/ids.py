@@ -458,6 +458,15 @@ def _harm_text(harm: Harm | None) -> str:
     return f"; {len({a.path for a in harm.aliased})} aliased{errors}{moved}"
 
 
+def _remap_failures(remap: RemapCheck | None, collisions: Sequence[Collision],
+                    qemu_stderr: str) -> list[str]:
+    """The model's explanation of each collision it predicted, and the rule on QEMU's
+    full-map warning (expected exactly where the model's table overflows)."""
+    explained = remap_failures(remap, (frozenset((d, i) for _, d, i in c.host_files)
+                                       for c in collisions)) if remap is not None else []
+    return explained + fullmap_warning_failures(remap, qemu_stderr)
+
+
 def judge(
     mode: Mode,
     qemu_version: Version,
@@ -475,14 +484,10 @@ def judge(
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
-    ``qemu_stderr``: what QEMU wrote while this export alone was observed;
-    ``stderr_outside``: outside every observation of its guest.  ``command_failures``:
-    what is wrong with a command line someone else generated (libvirt).  ``witnesses``:
-    the tools run over the export (none: not asked).  ``message_printed``: an
-    earlier export of this mode in this QEMU showed the message.  ``harm``: the harm
-    probe; ``dmesg``: the guest kernel's log meanwhile.  ``premise_failure``: why the
-    export's layout proves nothing here (``host.truth.layout_premise``), which makes
-    the row inconclusive.  Raises QemuTooOld below 4.2.
+    ``qemu_stderr``: QEMU's stderr while this export alone was observed (outside every
+    observation: ``stderr_outside``); ``command_failures``: libvirt's command line;
+    ``message_printed``: an earlier export of this mode in this QEMU showed the message;
+    ``premise_failure``: why the layout proves nothing here (the row is inconclusive).
     """
     expectation = expected_behaviour(mode, qemu_version)
     control = truth.device_count <= 1
@@ -491,22 +496,18 @@ def judge(
     collisions, denied = find_collisions(truth, first), _denied(truth, first)
     extra = _extra(expectation, control, truth, harm, dmesg, message_printed, first)
     notes = list(extra.notes)
-    remap = None
-    if expectation is Expectation.UNIQUE_IDS and first:
-        remap = check_remap(truth, first, harm.probe.paths if harm else ())
-        notes += remap_notes(remap)
+    remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
+        if expectation is Expectation.UNIQUE_IDS and first else None
+    notes += remap_notes(remap) if remap is not None else []
     premise = premise_failure or (None if truth.premise_holds else _premise_failure(truth))
     if premise is not None:
         status, failures = Status.INCONCLUSIVE, [premise]
     else:
         failures = _rule_failures(expectation, control, truth, observation, witnesses,
                                   extra.allowed)
-        if remap is not None:
-            failures += remap_failures(remap, (frozenset((d, i) for _, d, i in c.host_files)
-                                               for c in collisions))
+        failures += _remap_failures(remap, collisions, qemu_stderr)
         failures += message_failures(None if control else expectation, messages,
                                       message_printed)
-        failures += fullmap_warning_failures(remap, qemu_stderr)
         failures += outside_failures(stderr_outside)
         failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
@@ -519,14 +520,9 @@ def judge(
         failures=tuple(failures),
         collisions=collisions,
         denied=denied,
-        files_checked=len(truth.entries),
-        qemu_message=messages.all[0] if messages.all else None,
-        witnesses=tuple(witnesses),
-        host_devices=truth.device_count,
-        notes=tuple(notes),
-        harm=extra.harm,
-        dmesg=extra.dmesg,
-        remap=remap,
+        files_checked=len(truth.entries), qemu_message=next(iter(messages.all), None),
+        witnesses=tuple(witnesses), host_devices=truth.device_count, notes=tuple(notes),
+        harm=extra.harm, dmesg=extra.dmesg, remap=remap,
     )
 
 

@@ -12,16 +12,17 @@ from collections.abc import Sequence
 import pytest
 
 from harness.agent.witnesses import TOOL_NAMES
-from harness.checks.family import Judging, Observation
+from harness.checks.family import Judging
+from harness.checks.ids import IdsSeen
 from harness.checks.registry import FAMILIES
-from harness.config import ExportLayout, ExportSpec, Mode
+from harness.config import Check, ExportLayout, ExportSpec, Mode
 from harness.environment import Environment
 from harness.host.export import build_export
 from harness.host.truth import Export
-from harness.plan import ExportPlan, RunOptions
+from harness.plan import ExportPlan
 from harness.plugin import MachineFactory
 from harness.qemu.machine import Machine
-from harness.verdicts.ids import Verdict
+from harness.verdicts.ids import IdsVerdict, ids_verdict
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,33 +38,33 @@ def _outside(stderr: str, slices: Sequence[slice]) -> str:
 
 
 def _judge_all(env: Environment, guest: Machine,
-               judged: Sequence[tuple[Export, Mode]]) -> list[Verdict]:
+               judged: Sequence[tuple[Export, Mode]]) -> list[IdsVerdict]:
     """Each export of ``guest`` (``judged``: in the order it serves them), judged by the
     ``ids`` family as the mode given (which need not be the mode it is served in),
     witnesses included."""
-    family = FAMILIES["ids"]
-    observed: list[tuple[ExportSpec, Export, Mode, Observation, slice]] = []
+    family = FAMILIES[Check.IDS]
+    observed: list[tuple[ExportSpec, Export, Mode, IdsSeen, slice]] = []
     for spec, (export, mode) in zip(guest.spec.exports, judged, strict=True):
         assert spec.path == export.root, (spec, export.root)
-        options = RunOptions(modes=(mode,), layout=export.layout, witness=True)
+        plan = ExportPlan(mode.value, mode, export.layout, cache=spec.cache, witness=True)
         before = len(guest.stderr_text())
-        seen = family.observe(guest, spec, export, options)
+        seen = family.observe(guest, spec, export, plan)
         observed.append((spec, export, mode, seen, slice(before, len(guest.stderr_text()))))
     guest.shutdown()  # the run loop judges a guest that is down: its stderr is complete
     stderr = guest.stderr_text()
     outside = _outside(stderr, [part for *_, part in observed])
-    version = env.info.version.as_tuple()
+    version = env.info.version
     verdicts = []
     for spec, export, mode, seen, part in observed:
-        plan = ExportPlan(mode.value, mode, export.layout, check="ids", cache=spec.cache)
-        verdict = family.judge(
-            Judging(plan, export, spec, version, stderr[part], outside, ()), seen)
-        assert isinstance(verdict, Verdict), verdict
+        plan = ExportPlan(mode.value, mode, export.layout, cache=spec.cache)
+        verdict = ids_verdict(family.judge(
+            Judging(plan, export, spec, version, stderr[part], outside, ()), seen))
+        assert verdict is not None
         verdicts.append(verdict)
     return verdicts
 
 
-def _judge(env: Environment, guest: Machine, export: Export, mode: Mode) -> Verdict:
+def _judge(env: Environment, guest: Machine, export: Export, mode: Mode) -> IdsVerdict:
     """The guest's one export, judged by the ``ids`` family as ``mode``."""
     [verdict] = _judge_all(env, guest, [(export, mode)])
     return verdict
@@ -111,7 +112,7 @@ def test_default_follows_the_version_table(
 ) -> None:
     verdict = _judge(mdh_environment, machine, multidevs_export, Mode.DEFAULT)
     assert verdict.passed, verdict.failures
-    if mdh_environment.info.version.as_tuple() < (10, 0, 0):
+    if mdh_environment.info.version < (10, 0, 0):
         assert len(verdict.collisions) > 0
 
 

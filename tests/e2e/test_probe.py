@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel
+from harness.config import Accel, Version
 from harness.errors import QemuNotFound, QemuTooOld
 from harness.qemu.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
-from harness.qemu.probe import QemuVersion, probe_qemu, require_multidevs
+from harness.qemu.probe import probe_qemu, require_multidevs
 
 from .helpers import needs_qemu, real_qemu
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel
@@ -87,8 +87,8 @@ def test_probe_real_qemu(tmp_path: Path) -> None:
     assert time.monotonic() - began < 15
     assert info.binary == qemu
     # QMP's query-version must agree with what the binary prints.
-    assert info.version.as_tuple() == version_line(qemu)
-    assert info.version >= QemuVersion(4, 2, 0)
+    assert info.version == version_line(qemu)
+    assert info.version >= Version(4, 2, 0)
     assert info.multidevs_supported is True
     assert info.kvm_device == os.access("/dev/kvm", os.R_OK | os.W_OK)
     require_multidevs(info)
@@ -109,7 +109,7 @@ def test_old_qemu_is_reported_then_refused(tmp_path: Path) -> None:
     # failing every other invocation must not matter, and probe --json can report it.
     fake = fake_qemu(tmp_path, "QEMU emulator version 4.1.0", "echo 'qemu: bad option' >&2; exit 1")
     info = probe_qemu(fake, timeout=10)
-    assert info.version == QemuVersion(4, 1, 0)
+    assert info.version == Version(4, 1, 0)
     assert info.multidevs_supported is False
     with pytest.raises(QemuTooOld, match=r"^" + re.escape(
             f"{fake} is QEMU 4.1.0; multidevs needs QEMU >= 4.2")) as caught:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ScriptedFsError
+from harness.host.namespace import unmount
 from harness.host.scripted_fs import ScriptedEntry, is_mounted, scripted_mount
-from harness.namespace import unmount
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, AccelDecision
+from harness.config import Accel, AccelDecision, Version
 from harness.errors import KvmUnavailable
 from harness.qemu import accel
 from harness.qemu.accel import decide_accel, kvm_liveness_probe
-from harness.qemu.probe import QemuInfo, QemuVersion
+from harness.qemu.probe import QemuInfo
 
 HANG = (
     "/dev/kvm opens but a guest kernel printed nothing within 8 s under KVM "
@@ -22,7 +22,7 @@ NO_DEVICE = "/dev/kvm is missing or cannot be opened read-write"
 
 def info(kvm_device: bool) -> QemuInfo:
     return QemuInfo(
-        Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, True, kvm_device
+        Path("/usr/bin/qemu-system-x86_64"), Version(7, 2, 22), True, True, kvm_device
     )
 
 

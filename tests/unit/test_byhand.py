@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, script
-from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineSpec, Mode
 
 
 def _spec(tmp: Path) -> tuple[MachineSpec, ExportSpec]:
@@ -42,7 +42,7 @@ def test_rootless_script_uses_a_user_namespace(tmp_path: Path) -> None:
 
 def test_loop_script_builds_the_loop_layout(tmp_path: Path) -> None:
     spec, export = _spec(tmp_path)
-    text = script(spec, export, ExportLayout(devices=2, files_per_device=2, loop=True),
+    text = script(spec, export, ExportLayout(devices=2, files_per_device=2, kind=Layout.LOOP),
                   root=True)
     assert f"mkdir {EXPORT_VAR}/dev01/sub" in text and "populate" not in text
     assert f"touch -d @1700000000 {EXPORT_VAR}/dev01 {EXPORT_VAR}" in text

@@ -31,7 +31,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds tmpfs mounts: 
 CHILD = r"""
 import json, os, sys
 from pathlib import Path
-from harness.config import ExportLayout
+from harness.config import ExportLayout, Layout
 from harness.errors import ExportError
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace
@@ -62,7 +62,7 @@ def summary(export):
 
 out = {"kind": str(info.kind)}
 layout = ExportLayout(args["devices"], args["files"], args.get("nested", False),
-                      args.get("loop", False))
+                      Layout.LOOP if args.get("loop") else Layout.STANDARD)
 root = Path(args["root"]) if args.get("root") else None
 base = Path(args["base"]) if args.get("base") else None
 try:
@@ -199,11 +199,11 @@ def test_loop_layout_root_and_mount_point_share_a_qid(base: Path) -> None:
 
 
 def test_loop_layout_is_two_devices() -> None:
-    from harness.config import ExportLayout
+    from harness.config import ExportLayout, Layout
     from harness.errors import UsageError
 
     with pytest.raises(UsageError, match="exactly two devices"):
-        ExportLayout(devices=3, loop=True)
+        ExportLayout(devices=3, kind=Layout.LOOP)
 
 
 @needs_root

@@ -14,7 +14,7 @@ import pytest
 
 from harness.agent.harm import FileSeen, HarmObservation, parse_harm_output, printf_command
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Cache, Mode
+from harness.config import Cache, Mode, Version
 from harness.errors import GuestOutputError
 from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.verdicts.common import Status
@@ -193,7 +193,8 @@ def _stats(truth: HostTruth) -> dict[str, GuestResult]:
 def _judge(seen: HarmObservation, mode: Mode, cache: Cache, dmesg: str = "") -> Status:
     stats = _stats(TRUTH)
     observation = GuestObservation((stats, stats), {}, {})
-    verdict = judge(mode, (9, 2, 0), TRUTH, observation, WARNING if mode is Mode.WARN else "",
+    verdict = judge(mode, Version(9, 2, 0), TRUTH, observation,
+                    WARNING if mode is Mode.WARN else "",
                     harm=HarmInput(PROBE, seen, MOUNT, cache), dmesg=dmesg)
     return verdict.status
 
@@ -253,7 +254,7 @@ def test_printf_command_spells_out_every_unsafe_byte() -> None:
 def test_reproduce_text_names_the_aliased_paths_and_the_commands() -> None:
     from harness.report import harm_text
 
-    verdict = judge(Mode.WARN, (9, 2, 0), TRUTH, GuestObservation(({}, {}), {}, {}), "",
+    verdict = judge(Mode.WARN, Version(9, 2, 0), TRUTH, GuestObservation(({}, {}), {}, {}), "",
                     harm=HarmInput(PROBE, _aliased_same(), MOUNT, Cache.LOOSE))
     text = harm_text(verdict)
     assert "'dev02/twin-same': lock identity from 'dev01/twin-same'" in text
@@ -283,7 +284,7 @@ def _judge_loop(mode: Mode, cache: Cache, eloop: bool) -> tuple[Status, tuple[st
         errors = (("dev01", "opendir", errno.ELOOP),)
     seen = HarmObservation({}, {} if eloop else {"dev01": ("f",)}, {".": MOUNT},
                            {".": ("dev01",)}, errors)
-    verdict = judge(mode, (9, 2, 0), LOOP, GuestObservation((stats, stats), {}, {}),
+    verdict = judge(mode, Version(9, 2, 0), LOOP, GuestObservation((stats, stats), {}, {}),
                     WARNING if mode is Mode.WARN else "",
                     harm=HarmInput(LOOP_PROBE, seen, MOUNT, cache))
     return verdict.status, verdict.failures + verdict.notes

@@ -8,14 +8,14 @@ from dataclasses import replace
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.checks.live import _forgive_host_gaps
-from harness.config import Mode
+from harness.config import Mode, Version
 from harness.host.truth import HostTruth
 from harness.verdicts.common import Status
 from harness.verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
 
 from .truths import host_dir, host_file
 
-V7 = (7, 2, 22)
+V7 = Version(7, 2, 22)
 DIR, FILE = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
 WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
            "export, which might lead to file ID collisions and severe misbehaviours on guest!")

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from harness.checks.ops import operation_cases
-from harness.config import Mode
+from harness.config import Mode, Version
 from harness.verdicts.common import Status
 from harness.verdicts.ops import (
     TWIN_TARGET,
@@ -20,7 +20,7 @@ from harness.verdicts.ops import (
     judge_operations,
 )
 
-V7 = (7, 2, 22)
+V7 = Version(7, 2, 22)
 WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
            "export, which might lead to file ID collisions and severe misbehaviours on guest!")
 FORBID = ("qemu-system-x86_64: 9p: Multiple devices detected in same VirtFS export. Access "
@@ -165,14 +165,14 @@ def test_remap_cross_device_passes_with_exdev_and_a_copying_mv() -> None:
 def test_a_lost_file_after_a_cross_device_mv_under_remap_fails() -> None:
     after = expected_host_state(BEFORE, MOVES)
     del after["dev01/xdev/mv-dir/a"]
-    verdict = judge_cross_device(Mode.REMAP, V7, _cross((18, 18, 0), after), "", "")
+    verdict = judge_cross_device(Mode.REMAP, V7, _cross(Version(18, 18, 0), after), "", "")
     assert verdict.failures == ("host lost 'dev01/xdev/mv-dir/a'",)
 
 
 def test_a_duplicated_or_altered_file_fails() -> None:
     after = expected_host_state(BEFORE, MOVES) | {"xdev/mv-file": b"m\n"}
     after["dev01/xdev/mv-dir/a"] = b""
-    verdict = judge_cross_device(Mode.WARN, V7, _cross((18, 18, 0), after), "", "")
+    verdict = judge_cross_device(Mode.WARN, V7, _cross(Version(18, 18, 0), after), "", "")
     assert verdict.failures == (
         "host has 'xdev/mv-file', which should not exist (duplicated or left behind)",
         "host content of 'dev01/xdev/mv-dir/a' is b'', expected b'a\\n'")
@@ -180,7 +180,7 @@ def test_a_duplicated_or_altered_file_fails() -> None:
 
 def test_a_silent_no_op_mv_fails() -> None:
     # mv said it moved the file (exit 0) but the host still has it where it was.
-    verdict = judge_cross_device(Mode.WARN, V7, _cross((18, 18, 0), dict(BEFORE)), "", "")
+    verdict = judge_cross_device(Mode.WARN, V7, _cross(Version(18, 18, 0), dict(BEFORE)), "", "")
     assert verdict.status is Status.FAIL
     assert "host lost 'dev01/xdev/mv-file'" in verdict.failures
 

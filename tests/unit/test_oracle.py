@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import pytest
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Mode
+from harness.config import Mode, Version
 from harness.errors import QemuTooOld
 from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.verdicts.common import (
@@ -30,8 +30,8 @@ from .truths import host_dir, host_file
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644
 GUEST_DEV = 50
-OLD: tuple[int, int, int] = (9, 2, 0)
-NEW: tuple[int, int, int] = (10, 0, 0)
+OLD = Version(9, 2, 0)
+NEW = Version(10, 0, 0)
 
 WARNING = (
     "qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS export, "
@@ -153,21 +153,21 @@ BROKEN = (Witness("tar", False, "GNU tar: 1 of 6 files wrong or missing: ...", 0
 @pytest.mark.parametrize(
     ("version", "expected"),
     [
-        ((4, 2, 0), Expectation.COLLIDE_AND_WARN),
-        ((9, 2, 0), Expectation.COLLIDE_AND_WARN),
-        ((9, 2, 99), Expectation.COLLIDE_AND_WARN),
-        ((10, 0, 0), Expectation.UNIQUE_IDS),
-        ((10, 1, 2), Expectation.UNIQUE_IDS),
+        (Version(4, 2, 0), Expectation.COLLIDE_AND_WARN),
+        (Version(9, 2, 0), Expectation.COLLIDE_AND_WARN),
+        (Version(9, 2, 99), Expectation.COLLIDE_AND_WARN),
+        (Version(10, 0, 0), Expectation.UNIQUE_IDS),
+        (Version(10, 1, 2), Expectation.UNIQUE_IDS),
     ],
 )
 def test_default_mode_follows_the_version_table(
-    version: tuple[int, int, int], expected: Expectation
+    version: Version, expected: Expectation
 ) -> None:
     assert expected_behaviour(Mode.DEFAULT, version) is expected
 
 
-@pytest.mark.parametrize("version", [(4, 2, 0), (9, 2, 0), (10, 0, 0)])
-def test_explicit_modes_do_not_depend_on_the_version(version: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("version", [Version(4, 2, 0), Version(9, 2, 0), Version(10, 0, 0)])
+def test_explicit_modes_do_not_depend_on_the_version(version: Version) -> None:
     assert expected_behaviour(Mode.REMAP, version) is Expectation.UNIQUE_IDS
     assert expected_behaviour(Mode.WARN, version) is Expectation.COLLIDE_AND_WARN
     assert expected_behaviour(Mode.FORBID, version) is Expectation.DENY_FOREIGN
@@ -178,10 +178,10 @@ TOO_OLD = r"^QEMU 4\.1\.0 has no multidevs option \(added in 4\.2\.0\)"
 
 def test_qemu_before_4_2_is_an_error() -> None:
     with pytest.raises(QemuTooOld, match=TOO_OLD) as info:
-        expected_behaviour(Mode.REMAP, (4, 1, 0))
+        expected_behaviour(Mode.REMAP, Version(4, 1, 0))
     assert info.value.message == "QEMU 4.1.0 has no multidevs option (added in 4.2.0)"
     with pytest.raises(QemuTooOld, match=TOO_OLD):
-        judge(Mode.WARN, (4, 1, 0), TRUTH, observe(TRUTH, passed_through), WARNING)
+        judge(Mode.WARN, Version(4, 1, 0), TRUTH, observe(TRUTH, passed_through), WARNING)
 
 
 # --- messages ------------------------------------------------------------------------

@@ -5,14 +5,21 @@ from __future__ import annotations
 import pytest
 
 from harness.checks.registry import FAMILIES
-from harness.config import ALL_MODES, Cache, ExportLayout, Mode, Via
+from harness.config import (
+    ALL_CHECKS,
+    ALL_MODES,
+    Cache,
+    Check,
+    ExportLayout,
+    Mode,
+    Via,
+    parse_checks,
+)
 from harness.errors import UsageError
 from harness.plan import (
-    CHECKS,
     DEFAULT_CHECKS,
     apply_checks,
     checks_for,
-    parse_checks,
     plan_guests,
     row_rank,
 )
@@ -108,7 +115,7 @@ def test_rows_sort_by_mode_then_cache_as_asked() -> None:
         "warn+loose", "warn", "remap+loose", "remap", "control-warn"]
 
 
-def _families(modes: tuple[Mode, ...], checks: tuple[str, ...],
+def _families(modes: tuple[Mode, ...], checks: tuple[Check, ...],
               layout: ExportLayout = LAYOUT) -> list[tuple[str, list[tuple[str, str]]]]:
     return [(g.name, [(e.row, e.check) for e in apply_checks(g, checks).exports])
             for g in plan_guests(modes, layout, True)]
@@ -130,7 +137,7 @@ def test_families_follow_their_modes_ids_export_in_the_same_guest() -> None:
 
 
 def test_checks_without_ids_keep_only_the_asked_families() -> None:
-    assert _families((Mode.FORBID, Mode.DEFAULT), ("cross_device", "bind")) == [
+    assert _families((Mode.FORBID, Mode.DEFAULT), (Check.CROSS_DEVICE, Check.BIND)) == [
         ("forbid", [("cross_device-forbid", "cross_device")]),
         ("control+default", [("bind-forbid", "bind"), ("bind-default", "bind"),
                              ("cross_device-default", "cross_device")]),
@@ -143,15 +150,15 @@ def test_a_single_device_run_has_no_foreign_device_to_operate_on() -> None:
 
 
 def test_family_exports_are_small_two_device_exports() -> None:
-    (guest,) = [apply_checks(g, ("operations",)) for g in plan_guests((Mode.WARN,), LAYOUT,
+    (guest,) = [apply_checks(g, (Check.OPERATIONS,)) for g in plan_guests((Mode.WARN,), LAYOUT,
                                                                        control=False)]
     assert [(e.layout.devices, e.layout.files_per_device) for e in guest.exports] == [(2, 2)]
-    (_, control) = [apply_checks(g, ("bind",)) for g in plan_guests((Mode.WARN,), LAYOUT, True)]
+    (_, control) = [apply_checks(g, (Check.BIND,)) for g in plan_guests((Mode.WARN,), LAYOUT, True)]
     assert [(e.row, e.layout.devices) for e in control.exports] == [("bind-warn", 1)]
 
 
 def test_every_planned_family_is_implemented() -> None:
-    assert set(FAMILIES) == set(CHECKS)
+    assert set(FAMILIES) == set(ALL_CHECKS)
 
 
 def test_parse_checks() -> None:
@@ -173,8 +180,8 @@ def test_family_rows_sort_after_ids_and_controls() -> None:
 
 
 def test_libvirt_runs_no_family_that_mounts_after_qemu_started() -> None:
-    assert checks_for(Via.QEMU, CHECKS) == (CHECKS, ())
-    assert checks_for(Via.LIBVIRT, CHECKS) == (
+    assert checks_for(Via.QEMU, ALL_CHECKS) == (ALL_CHECKS, ())
+    assert checks_for(Via.LIBVIRT, ALL_CHECKS) == (
         ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "bind"))
 
 
@@ -187,7 +194,7 @@ def test_families_join_once_per_mode_whatever_its_cache_exports() -> None:
 def test_cross_device_gets_a_row_per_inode_caching_cache_mode() -> None:
     plans = plan_guests((Mode.WARN,), LAYOUT, False,
                         caches=(Cache.NONE, Cache.MMAP, Cache.LOOSE, Cache.FSCACHE))
-    exports = apply_checks(plans[0], ("cross_device",)).exports
+    exports = apply_checks(plans[0], (Check.CROSS_DEVICE,)).exports
     assert [(e.row, e.cache) for e in exports] == [
         ("cross_device-warn", "none"), ("cross_device-warn+loose", "loose"),
         ("cross_device-warn+fscache", "fscache")]
@@ -202,5 +209,5 @@ def test_witnesses_run_where_their_verdict_says_something() -> None:
     assert witnessed == {"remap", "remap+loose", "warn", "warn+loose", "default",
                          "default+loose", "control-remap"}
     # Nor bind (one host file per path, nothing the ids rules do not judge).
-    binds = [e for g in plans for e in apply_checks(g, CHECKS).exports if e.check == "bind"]
+    binds = [e for g in plans for e in apply_checks(g, ALL_CHECKS).exports if e.check == "bind"]
     assert len(binds) == 4 and not any(e.witness for e in binds)

@@ -1,4 +1,4 @@
-"""QemuVersion parsing and ordering, and require_multidevs on probe results."""
+"""Version parsing and ordering, and require_multidevs on probe results."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import Version
 from harness.errors import QemuTooOld
-from harness.qemu.probe import QemuInfo, QemuVersion, require_multidevs
+from harness.qemu.probe import QemuInfo, require_multidevs
 
 
 @pytest.mark.parametrize(
@@ -28,19 +29,19 @@ from harness.qemu.probe import QemuInfo, QemuVersion, require_multidevs
     ],
 )
 def test_parse_text(text: str, expected: tuple[int, int, int]) -> None:
-    assert QemuVersion.parse(text) == QemuVersion(*expected)
+    assert Version.parse(text) == Version(*expected)
 
 
 @pytest.mark.parametrize("text", ["", "hello world", "version", "version x.y.z", "7.2.22"])
 def test_parse_garbage_raises(text: str) -> None:
     with pytest.raises(ValueError, match="no 'version X.Y.Z' in"):
-        QemuVersion.parse(text)
+        Version.parse(text)
 
 
 def test_parse_query_version_answer() -> None:
     answer = {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2"}
-    assert QemuVersion.parse(answer) == QemuVersion(7, 2, 22)
-    assert QemuVersion.parse(answer["qemu"]) == QemuVersion(7, 2, 22)  # type: ignore[arg-type]  # the inner dict is a Mapping[str, int]
+    assert Version.parse(answer) == Version(7, 2, 22)
+    assert Version.parse(answer["qemu"]) == Version(7, 2, 22)  # type: ignore[arg-type]  # the inner dict is a Mapping[str, int]
 
 
 @pytest.mark.parametrize(
@@ -55,33 +56,33 @@ def test_parse_query_version_answer() -> None:
 )
 def test_parse_bad_query_version_answer(answer: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="query-version answer"):
-        QemuVersion.parse(answer)
+        Version.parse(answer)
 
 
 def test_ordering_and_text() -> None:
-    assert QemuVersion(4, 1, 0) < QemuVersion(4, 2, 0) < QemuVersion(4, 10, 0)
-    assert QemuVersion(10, 0, 0) > QemuVersion(9, 2, 99)
-    assert str(QemuVersion(7, 2, 22)) == "7.2.22"
-    assert QemuVersion(7, 2, 22).as_tuple() == (7, 2, 22)
-    assert sorted([QemuVersion(7, 2, 0), QemuVersion(4, 2, 1), QemuVersion(4, 2, 0)]) == [
-        QemuVersion(4, 2, 0),
-        QemuVersion(4, 2, 1),
-        QemuVersion(7, 2, 0),
+    assert Version(4, 1, 0) < Version(4, 2, 0) < Version(4, 10, 0)
+    assert Version(10, 0, 0) > Version(9, 2, 99)
+    assert str(Version(7, 2, 22)) == "7.2.22"
+    assert Version(7, 2, 22) == (7, 2, 22)
+    assert sorted([Version(7, 2, 0), Version(4, 2, 1), Version(4, 2, 0)]) == [
+        Version(4, 2, 0),
+        Version(4, 2, 1),
+        Version(7, 2, 0),
     ]
 
 
-def _info(version: QemuVersion, multidevs: bool) -> QemuInfo:
+def _info(version: Version, multidevs: bool) -> QemuInfo:
     return QemuInfo(Path("/opt/qemu"), version, multidevs, True, False)
 
 
 def test_require_multidevs_accepts_4_2_with_the_parameter() -> None:
-    require_multidevs(_info(QemuVersion(4, 2, 0), True))
+    require_multidevs(_info(Version(4, 2, 0), True))
 
 
 def test_require_multidevs_names_the_old_version() -> None:
     with pytest.raises(QemuTooOld, match=r"^/opt/qemu is QEMU 4\.1\.0; multidevs needs "
                        r"QEMU >= 4\.2\n") as caught:
-        require_multidevs(_info(QemuVersion(4, 1, 0), False))
+        require_multidevs(_info(Version(4, 1, 0), False))
     assert caught.value.message == "/opt/qemu is QEMU 4.1.0; multidevs needs QEMU >= 4.2"
     assert caught.value.exit_code == 2
     assert "--qemu PATH" in caught.value.hint
@@ -90,7 +91,7 @@ def test_require_multidevs_names_the_old_version() -> None:
 def test_require_multidevs_when_the_parameter_is_missing() -> None:
     with pytest.raises(QemuTooOld, match=r"^/opt/qemu is QEMU 7\.2\.0 but lists no "
                        r"'multidevs' parameter for -fsdev") as caught:
-        require_multidevs(_info(QemuVersion(7, 2, 0), False))
+        require_multidevs(_info(Version(7, 2, 0), False))
     assert caught.value.message.startswith(
         "/opt/qemu is QEMU 7.2.0 but lists no 'multidevs' parameter for -fsdev"
     )

@@ -11,9 +11,9 @@ import pytest
 
 from harness.agent.stat import GuestObservation
 from harness.bench.figures import header
-from harness.config import Accel, AccelDecision, Mode, Via
+from harness.config import Accel, AccelDecision, Mode, Version, Via
 from harness.host.truth import HostTruth
-from harness.qemu.probe import QemuInfo, QemuVersion
+from harness.qemu.probe import QemuInfo
 from harness.report import environment_json, row_dict, table, to_json, to_junit
 from harness.results import (
     ENVIRONMENT_KEYS,
@@ -30,7 +30,7 @@ from harness.verdicts.rejection import Attempt, judge_rejection
 from harness.verdicts.witnesses import Witness
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), QemuVersion(7, 2, 22), True, True, False,
+INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), Version(7, 2, 22), True, True, False,
                 "Debian 1:7.2")
 RECORD = EnvironmentRecord(
     INFO, AccelDecision(Accel.TCG, "KVM unusable, fell back to TCG: no /dev/kvm", True),
@@ -61,7 +61,7 @@ def _rejection_row() -> ResultRow:
 def _ops_row() -> ResultRow:
     case = OpCase("unlink", "file", 1, "dev01/ops/file-unlink")
     seen = OperationsSeen((case,), (19,), ("dev01",), 0, ("dev01",), (), 2)
-    verdict = judge_operations(Mode.FORBID, (7, 2, 22), seen, "", "")
+    verdict = judge_operations(Mode.FORBID, Version(7, 2, 22), seen, "", "")
     return ResultRow(case="operations-forbid", check="operations", via=Via.QEMU,
                      verdict=verdict, guest=GUEST, cache="none")
 
@@ -164,7 +164,8 @@ def test_rejection_row_is_its_own_kind() -> None:
 
 
 def _witnessed_row() -> ResultRow:
-    verdict = judge(Mode.REMAP, (7, 2, 0), HostTruth(()), GuestObservation(({},), {}, {}), "",
+    verdict = judge(Mode.REMAP, Version(7, 2, 0), HostTruth(()),
+                    GuestObservation(({},), {}, {}), "",
                     (Witness("du", False, "du -ab: counted 0 B of 9 B of files", 1),
                      Witness.not_run("find", "find: not in the guest image")))
     return ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
