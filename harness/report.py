@@ -327,6 +327,20 @@ def witnesses_text(verdict: IdsVerdict) -> str:
     return "\n".join(lines)
 
 
+def remap_text(verdict: IdsVerdict) -> list[str]:
+    """What QEMU's remap should have given, as the model computes it (for
+    ``reproduce``): whether the guest agrees, and why each predicted pair collides."""
+    remap = verdict.remap
+    if remap is None:
+        return []
+    agree = ("the guest's ids equal the model's at all "
+             f"{remap.compared} paths" if remap.agrees else
+             "the guest's ids differ from the model's: " + "; ".join(remap.differences))
+    lines = [f"remap model (QEMU's hw/9pfs/9p.c algorithm): {agree}"]
+    lines += [f"  {', '.join(map(repr, p.paths))}: {p.why}" for p in remap.predicted]
+    return [*lines, ""]
+
+
 def harm_text(verdict: IdsVerdict) -> str:
     """What the harm probe found (for ``reproduce``): aliased paths, the cwd, the kernel
     log, and how to see it by hand in the guest."""

@@ -11,7 +11,8 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportLayout, ExportSpec, MachineSpec
+from ..config import ExportLayout, ExportSpec, Layout, MachineSpec
+from ..errors import UsageError
 from ..host.truth import (
     ODD_NAME,
     ROOT_STEP,
@@ -24,7 +25,15 @@ from ..host.truth import (
 from ..qemu.cmdline import kernel_append, mount_options, render_command
 
 EXPORT_VAR = "/tmp/mdh-byhand-export"
+# The overlay's layers live beside the export, never in it (``host.overlay``).
+LAYERS_VAR = "/tmp/mdh-byhand-layers"
 BYHAND_PORT = 10022
+# The overlay layout as ``host.overlay`` builds it: the upper and three lower layers
+# (each a tmpfs, files made in the same order), the mount options, the file size.
+OVERLAY_UPPER = "up"
+OVERLAY_LOWERS = ("l1", "l2", "l3")
+OVERLAY_OPTIONS = "xino=on,index=off,redirect_dir=off,metacopy=off"
+OVERLAY_FILE_BYTES = 32
 
 
 def populate_function() -> str:
@@ -70,13 +79,62 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
     unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
     return "\n".join([
         "#!/bin/sh",
-        f"# Reproduce multidevs={export.mode.value} by hand: {layout.devices} tmpfs devices in",
-        "# one 9p export, files created in the same order on each so inode numbers repeat.",
+        f"# Reproduce multidevs={export.mode.value} by hand on the {layout.kind.value} layout:",
+        f"# {_LAYOUT_TEXT.get(layout.kind, 'see the README')}.",
         "set -eu",
         f'[ "${{1:-}}" = inner ] || exec {unshare} sh "$0" inner',
-        *(_loop_lines(layout) if layout.loop else _standard_lines(layout)),
+        *_build_lines(layout),
         "exec " + shlex.join(argv),
     ]) + "\n"
+
+
+_LAYOUT_TEXT = {
+    Layout.STANDARD: "tmpfs devices in one 9p export, files created in the same order on "
+    "each so inode numbers repeat",
+    Layout.LOOP: "the root tmpfs holds only dev01, both roots one entry and one mtime",
+    Layout.OVERLAY: "the export is an overlayfs (xino=on) over a tmpfs upper and three "
+    "tmpfs lowers made alike, so the layers' files differ only in the top inode bits",
+}
+
+
+def _build_lines(layout: ExportLayout) -> list[str]:
+    """The shell lines that build ``layout``'s export at EXPORT_VAR."""
+    if layout.kind is Layout.LOOP:
+        return _loop_lines(layout)
+    if layout.kind is Layout.OVERLAY:
+        return _overlay_lines(layout)
+    if layout.kind is Layout.STANDARD:
+        return _standard_lines(layout)
+    raise UsageError(f"the by-hand script cannot build the {layout.kind.value} layout",
+                     hint="reproduce by hand with --layout standard, loop or overlay")
+
+
+def _overlay_lines(layout: ExportLayout) -> list[str]:
+    """The overlay layout (``host.overlay``): each layer a tmpfs with data/ and work/,
+    ``files_per_device`` files of 32 bytes in data/<layer>, a hard-link pair on the
+    first lower; the overlay mounted with xino on the export directory."""
+    layers = (OVERLAY_UPPER, *OVERLAY_LOWERS)
+    lowerdir = ":".join(f"{LAYERS_VAR}/{name}/data" for name in OVERLAY_LOWERS)
+    upper = f"{LAYERS_VAR}/{OVERLAY_UPPER}"
+    return [
+        f"mkdir -p {EXPORT_VAR} {LAYERS_VAR}",
+        f"for l in {' '.join(layers)}; do",
+        f'    mkdir "{LAYERS_VAR}/$l"; mount -t tmpfs -o size=4m tmpfs "{LAYERS_VAR}/$l"',
+        f'    mkdir "{LAYERS_VAR}/$l/data" "{LAYERS_VAR}/$l/work" "{LAYERS_VAR}/$l/data/$l"',
+        f'    i=0; while [ "$i" -lt {layout.files_per_device} ]; do',
+        f'        printf "%-{OVERLAY_FILE_BYTES - 1}s\\n" "$l/f$i" > "{LAYERS_VAR}/$l/data/$l/f$i"',
+        '        i=$((i + 1)); done',
+        f'    if [ "$l" = {OVERLAY_LOWERS[0]} ]; then',
+        f'        printf "%-{OVERLAY_FILE_BYTES - 1}s\\n" "$l/link-a" > '
+        f'"{LAYERS_VAR}/$l/data/$l/link-a"',
+        f'        ln "{LAYERS_VAR}/$l/data/$l/link-a" "{LAYERS_VAR}/$l/data/$l/link-b"; fi',
+        f'    touch -d @{TWIN_EPOCH} "{LAYERS_VAR}/$l/data/$l"/* "{LAYERS_VAR}/$l/data/$l"',
+        "done",
+        f"mount -t overlay overlay -o lowerdir={lowerdir},upperdir={upper}/data,"
+        f"workdir={upper}/work,{OVERLAY_OPTIONS} {EXPORT_VAR}",
+        f"touch -d @{TWIN_EPOCH + ROOT_STEP} {EXPORT_VAR}",
+        f"# On the host: ls -i {EXPORT_VAR}/l2 {EXPORT_VAR}/l3 (distinct numbers, bits 63-62)",
+    ]
 
 
 def _loop_lines(layout: ExportLayout) -> list[str]:

@@ -16,7 +16,7 @@ from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
 from ..plan import ExportPlan, GuestPlan, row_name
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
-from ..report import collision_table, harm_text, witnesses_text
+from ..report import collision_table, harm_text, remap_text, witnesses_text
 from ..results import ResultRow
 from ..run import QemuBackend
 from ..verdicts.ids import ids_verdict
@@ -42,8 +42,12 @@ class Reproduction:
                  *(f"  - {line}" for line in (*verdict.failures, *verdict.notes)),
                  "", "collisions (guest id <- host files):", collision_table([row])]
         if ids is not None:  # None: the guest never got as far as the ids rules
-            lines += ["", witnesses_text(ids), "", harm_text(ids),
+            lines += ["", *remap_text(ids), witnesses_text(ids), "", harm_text(ids),
                       f"QEMU message: {ids.qemu_message or '(none)'}"]
+        if row.environment is not None:
+            qemu = row.environment.qemu
+            lines.append(f"QEMU {qemu.version} ({qemu.binary}); guest kernel "
+                         f"{row.guest.kernel if row.guest else '-'}")
         lines += ["", "to reproduce by hand:",
                   f"  host:  sh {self.script}    (builds the export, then runs QEMU on "
                   "this terminal)",

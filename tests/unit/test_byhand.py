@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, script
 from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineSpec, Mode
+from harness.errors import UsageError
 
 
 def _spec(tmp: Path) -> tuple[MachineSpec, ExportSpec]:
@@ -49,3 +52,23 @@ def test_loop_script_builds_the_loop_layout(tmp_path: Path) -> None:
     checked = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True,
                              check=False)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_overlay_script_builds_the_overlay_as_the_harness_does(tmp_path: Path) -> None:
+    spec, export = _spec(tmp_path)
+    text = script(spec, export, ExportLayout(devices=1, files_per_device=3,
+                                             kind=Layout.OVERLAY), root=True)
+    assert ("mount -t overlay overlay -o lowerdir=/tmp/mdh-byhand-layers/l1/data:"
+            "/tmp/mdh-byhand-layers/l2/data:/tmp/mdh-byhand-layers/l3/data,"
+            "upperdir=/tmp/mdh-byhand-layers/up/data,workdir=/tmp/mdh-byhand-layers/up/work,"
+            f"xino=on,index=off,redirect_dir=off,metacopy=off {EXPORT_VAR}") in text
+    assert 'while [ "$i" -lt 3 ]' in text
+    checked = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_layout_the_script_cannot_build_is_refused(tmp_path: Path) -> None:
+    spec, export = _spec(tmp_path)
+    with pytest.raises(UsageError, match="the by-hand script cannot build the btrfs layout"):
+        script(spec, export, ExportLayout(devices=2, kind=Layout.BTRFS), root=True)
