@@ -98,6 +98,17 @@ class ExportError(HarnessError):
     """The multi-device export could not be built on the host."""
 
 
+class LayoutRequirementMissing(ExportError):
+    """A host tool (mkfs.btrfs, mkfs.xfs, ...), /dev/fuse or a kernel filesystem that an
+    export layout needs is missing; the message names it, the hint how to get it."""
+
+
+class LayoutUnavailable(ExportError):
+    """The layout cannot be built the way this harness runs at all, whatever is
+    installed (loop devices from inside a user namespace): its rows are skipped, not
+    failed.  The message is one line saying why."""
+
+
 class ScriptedFsError(HarnessError):
     """The scripted FUSE filesystem did not come up, or its mount would not go away."""
 

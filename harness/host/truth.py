@@ -1,6 +1,7 @@
 """The host truth: what the export holds (path -> st_dev, st_ino, kind, size, mtime),
-the names and fixtures every device gets, and the premise a multi-device row needs.
-Pure data and rules; building and recording the export is ``host.export``."""
+the names and fixtures every device gets, and the premise each layout's rows need
+(``layout_premise``).  Pure data and rules; building and recording the export is
+``host.export`` and ``host.build``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from ..config import ExportLayout
+from ..config import ExportLayout, Layout
 
 SUBDIR = "sub"
 
@@ -191,3 +192,134 @@ def kind_of_mode(mode: int) -> EntryKind:
     if stat.S_ISLNK(mode):
         return EntryKind.SYMLINK
     return EntryKind.OTHER
+
+
+# --- what each layout's rows rest on ------------------------------------------------
+
+# overlayfs with xino puts the number of the layer a file comes from in the inode's top
+# bits (measured on Linux 6.18 with an upper and three lowers: lower 1 adds 2**62,
+# lower 2 2**63, lower 3 both); no tmpfs, XFS or ext4 number comes near.
+XINO_LOW_BIT = 62
+# The btrfs layout's names: subvolumes sv1 and sv2 in the btrfs at dev01, and snap, a
+# read-only snapshot of sv1 (same inode numbers, an st_dev of its own).
+BTRFS_DEVICE = "dev01"
+BTRFS_SUBVOLUMES = ("sv1", "sv2")
+BTRFS_ORIGIN = "sv1"
+BTRFS_SNAPSHOT = "snap"
+# The device the xfs and ext4 layouts format (the others are tmpfs).
+FORMATTED_DEVICE = 1
+# A scripted file says which inode number its spec gave it: "<path> ino=0x...\n".
+_SCRIPTED_INO_TAG = b" ino=0x"
+
+
+def scripted_content(path: str, ino: int) -> bytes:
+    """The content of a scripted file at ``path`` whose spec chose inode ``ino``."""
+    return path.encode() + _SCRIPTED_INO_TAG + f"{ino:x}\n".encode()
+
+
+def declared_ino(content: bytes | None) -> int | None:
+    """The inode number a scripted file's content says its spec chose, else None."""
+    if content is None or not content.endswith(b"\n") or _SCRIPTED_INO_TAG not in content:
+        return None
+    digits = content[:-1].rpartition(_SCRIPTED_INO_TAG)[2]
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
+
+def layout_premise(kind: Layout, truth: HostTruth) -> str | None:
+    """Whether what layout ``kind`` is built to show is in ``truth``: None when it is,
+    else the one-line reason a row on this export proves nothing.
+
+    standard, loop: an inode number repeats across host devices.  overlay: xino put
+    the layer in the top bits (and one st_dev serves every layer); overlay-mixed: that
+    and a repeat across devices.  btrfs: the snapshot has its origin's inode numbers
+    on another st_dev.  xfs, ext4: a number of the formatted device repeats on
+    another device.  scripted, scripted-fullmap: lstat shows the numbers the spec
+    chose.
+    """
+    return _PREMISES.get(kind, _repeats)(truth)
+
+
+def _repeats(truth: HostTruth) -> str | None:
+    if truth.premise_holds:
+        return None
+    return (f"the export spans {truth.device_count} host devices but no inode number "
+            "repeats across them")
+
+
+def _top_bits(truth: HostTruth) -> str | None:
+    if any(entry.ino >> XINO_LOW_BIT for entry in truth.entries):
+        return None
+    return (f"no inode number has bit {XINO_LOW_BIT} or above set: overlayfs's xino did "
+            "not put the layer in the top bits")
+
+
+def _overlay(truth: HostTruth) -> str | None:
+    if truth.device_count != 1:
+        return (f"the overlay export spans {truth.device_count} st_dev values, not one: "
+                "xino is not in effect")
+    return _top_bits(truth)
+
+
+def _overlay_mixed(truth: HostTruth) -> str | None:
+    return _top_bits(truth) or _repeats(truth)
+
+
+def _snapshot(truth: HostTruth) -> str | None:
+    snap = f"{BTRFS_DEVICE}/{BTRFS_SNAPSHOT}"
+    origin = f"{BTRFS_DEVICE}/{BTRFS_ORIGIN}"
+    pairs = [(entry, truth.by_path.get(origin + entry.path[len(snap):]))
+             for entry in truth.entries
+             if entry.path == snap or entry.path.startswith(snap + "/")]
+    if not pairs:
+        return f"the export has no btrfs snapshot {snap}"
+    for copy, first in pairs:
+        if first is None:
+            return f"{copy.path} has no counterpart in its origin {origin}"
+        if copy.ino != first.ino:
+            return (f"{copy.path} is inode {copy.ino}, its origin {first.path} {first.ino}: "
+                    "the snapshot does not share its origin's inode numbers")
+        if copy.dev == first.dev:
+            return f"{copy.path} is on its origin's st_dev {copy.dev}: no device of its own"
+    return None
+
+
+def _formatted_repeats(truth: HostTruth) -> str | None:
+    formatted = {entry.ino for entry in truth.entries if entry.device == FORMATTED_DEVICE}
+    if not formatted:
+        return f"the export has no device {FORMATTED_DEVICE} (the formatted filesystem)"
+    others = {entry.ino for entry in truth.entries if entry.device != FORMATTED_DEVICE}
+    if formatted & others:
+        return None
+    return (f"no inode number of the formatted device (dev{FORMATTED_DEVICE:02d}, "
+            f"{min(formatted)}..{max(formatted)}) appears on another device")
+
+
+def _scripted(truth: HostTruth) -> str | None:
+    checked = 0
+    for entry in truth.entries:
+        chosen = declared_ino(entry.content)
+        if chosen is None:
+            continue
+        if chosen != entry.ino:
+            return (f"{entry.path}: the spec chose inode {chosen:#x}, lstat shows "
+                    f"{entry.ino:#x}: the FUSE server's numbers did not reach the kernel")
+        checked += 1
+    if checked == 0:
+        return "no scripted file in the export says which inode number its spec chose"
+    return None
+
+
+_PREMISES = {
+    Layout.STANDARD: _repeats,
+    Layout.LOOP: _repeats,
+    Layout.OVERLAY: _overlay,
+    Layout.OVERLAY_MIXED: _overlay_mixed,
+    Layout.BTRFS: _snapshot,
+    Layout.XFS: _formatted_repeats,
+    Layout.EXT4: _formatted_repeats,
+    Layout.SCRIPTED: _scripted,
+    Layout.SCRIPTED_FULLMAP: _scripted,
+}

@@ -48,7 +48,8 @@ def test_known_distro_gets_its_column(tmp_path: Path, os_release: str, table: st
     assert header.endswith(f": {table}")
     assert pkgconfig in names
     assert {"qemu-system-x86", "debian-archive-keyring", "libvirt-daemon-system"} <= set(names)
-    assert len(names) == 15
+    assert {"btrfs-progs", "xfsprogs", "e2fsprogs"} <= set(names)  # the disk layouts
+    assert len(names) == 18
 
 
 def test_unknown_release_names_the_distro_and_the_override(tmp_path: Path) -> None:
