@@ -21,9 +21,9 @@ from typing import Protocol
 
 from .checks.family import Judging
 from .checks.registry import FAMILIES
-from .config import ExportSpec, Progress, Via
+from .config import ExportSpec, Layout, Progress, Via
 from .environment import Environment
-from .errors import GuestCrashed, HarnessError, QemuFailed
+from .errors import ExportError, GuestCrashed, HarnessError, QemuFailed
 from .guest.lifecycle import Guest, check_alive
 from .host.export import build_export
 from .host.truth import Export
@@ -126,16 +126,35 @@ class Observed:
 
 
 def _build_exports(
-    stack: ExitStack, plan: GuestPlan
-) -> list[tuple[ExportPlan, Export, ExportSpec]]:
-    """Build every export of ``plan`` on ``stack``, shared as mdhN at /mnt/mdhN."""
-    built = []
-    for index, item in enumerate(plan.exports):
-        export = stack.enter_context(build_export(item.layout))
+    run: RunContext, stack: ExitStack, plan: GuestPlan
+) -> tuple[list[tuple[ExportPlan, Export, ExportSpec]], list[tuple[ExportPlan, ExportError]]]:
+    """Build every export of ``plan`` on ``stack``, shared as mdhN at /mnt/mdhN.
+
+    An export whose layout cannot be built here (a missing mkfs or kernel filesystem)
+    becomes that export's error row; the guest serves the others, so one missing
+    tool does not take every row of a shared guest with it.  Built exports of one
+    layout are alike, so one failure skips that layout's later exports too.
+    """
+    built: list[tuple[ExportPlan, Export, ExportSpec]] = []
+    failed: list[tuple[ExportPlan, ExportError]] = []
+    broken: dict[Layout, ExportError] = {}
+    for item in plan.exports:
+        kind = item.layout.kind
+        if kind in broken:
+            failed.append((item, broken[kind]))
+            continue
+        try:
+            export = stack.enter_context(build_export(item.layout, progress=run.progress))
+        except ExportError as exc:
+            run.progress(f"{plan.name}: {kind.value} layout not built: {exc.message}")
+            broken[kind] = exc
+            failed.append((item, exc))
+            continue
+        index = len(built)
         spec = ExportSpec(tag=f"mdh{index}", path=export.root, mode=item.mode,
                           mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache)
         built.append((item, export, spec))
-    return built
+    return built, failed
 
 
 def _observe(
@@ -237,7 +256,13 @@ def _known(run: RunContext, plan: ExportPlan,
 
 def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
     with ExitStack() as stack:
-        exports = _build_exports(stack, plan)
+        exports, failed = _build_exports(run, stack, plan)
+        rows = [row for item, exc in failed for row in unobserved_rows(
+            run, GuestPlan(plan.name, (item,)), log_dir,
+            f"{type(exc).__name__}: {exc.message} ({exc.hint})" if exc.hint
+            else f"{type(exc).__name__}: {exc.message}", Status.ERROR)]
+        if not exports:
+            return rows
         guest = stack.enter_context(
             run.backend.start(plan, [spec for _, _, spec in exports], log_dir))
         run.live.add(guest)
@@ -247,7 +272,7 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
         observed = _observe(run, guest, exports)
-    return _rows(run, plan, guest, observed, log_dir)
+    return _rows(run, plan, guest, observed, log_dir) + rows
 
 
 def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:

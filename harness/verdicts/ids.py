@@ -499,7 +499,9 @@ def judge(
     remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
         if expectation is Expectation.UNIQUE_IDS and first else None
     notes += remap_notes(remap) if remap is not None else []
-    premise = premise_failure or (None if truth.premise_holds else _premise_failure(truth))
+    premise = _premise_failure(truth) if not truth.premise_holds else (
+        f"premise failed: {premise_failure}, so this row proves nothing (inconclusive)"
+        if premise_failure else None)
     if premise is not None:
         status, failures = Status.INCONCLUSIVE, [premise]
     else:
