@@ -65,11 +65,10 @@ class RuntimeMountCheck:
                              judging.stderr_outside, judging.command_failures)
 
 
-def another_order(export: Export) -> tuple[str, ...]:
+def another_order(truth: HostTruth) -> tuple[str, ...]:
     """The export's paths with the devices in reverse order (each device's own paths
     in truth order), so a QEMU that rebuilt its remap tables on the remount would
     hand the prefixes out differently and show it; with one device, the reverse."""
-    truth = export.truth
     by_device: dict[int, list[str]] = {}
     for entry in truth.entries:
         by_device.setdefault(entry.device, []).append(entry.path)
@@ -91,7 +90,7 @@ class RemountCheck:
         point = shlex.quote(spec.mount_point)
         result = guest.run(f"umount {point} && mount -t 9p -o {mount_options(spec)} "
                            f"{shlex.quote(spec.tag)} {point}")
-        order = another_order(export)
+        order = another_order(export.truth)
         after = _look(guest, spec, order)
         output = (result.stdout + result.stderr).decode(errors="replace")
         return RemountSeen(paths, before.observation.passes[0],
