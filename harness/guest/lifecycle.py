@@ -9,6 +9,7 @@ decided in this one place.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ FAILED_MARKER = "MDH-FAILED"
 _FAILED_GRACE_S = 1.0
 # "end Kernel panic" lines contain it too.
 PANIC_MARKERS = ("Kernel panic",)
+_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 _POLL_S = 0.01
 # Console text held while waiting: enough for the init's steps and the kernel's
 # complaints before them.
@@ -142,7 +144,7 @@ def check_alive(guest: Booting) -> None:
     if any(marker in console for marker in PANIC_MARKERS):
         # Name the panic (and, under oops=panic, the oops behind it) where the console
         # shows it: "panicked" alone sends the reader to the log.
-        said = [line.strip() for line in console.splitlines()
+        said = [_STAMP.sub("", line.strip()) for line in console.splitlines()
                 if any(marker in line for marker in PANIC_MARKERS)
                 and not line.lstrip().startswith("---[ end")]
         raise GuestPanic(
