@@ -46,6 +46,9 @@ _TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.RE
 CACHED_FAMILIES = (Check.CROSS_DEVICE,)
 # Two devices: the root one and one foreign; two files each keep the mounts cheap.
 _FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
+# remount looks again with the devices in another order, which only shows a QEMU that
+# hands its remap prefixes out afresh if there are at least three devices to reorder.
+_REMOUNT_LAYOUT = ExportLayout(devices=3, files_per_device=2)
 # bind's export is one device whatever the mode, so it must say nothing; that is
 # only judgeable while no export of its QEMU has printed a message yet, so it rides
 # in the control guest right after the (silent) controls.
@@ -248,7 +251,8 @@ def apply_checks(plan: GuestPlan, checks: Sequence[Check]) -> GuestPlan:
     binds = [ExportPlan(family_row(Check.BIND, e.mode), e.mode, _BIND_LAYOUT, Check.BIND,
                         witness=False)
              for e in controls] if Check.BIND in checks else []
-    extra = [ExportPlan(family_row(check, mode, cache), mode, _FAMILY_LAYOUT, check,
+    extra = [ExportPlan(family_row(check, mode, cache), mode,
+                        _REMOUNT_LAYOUT if check is Check.REMOUNT else _FAMILY_LAYOUT, check,
                         cache=cache)
              for check in _TRAILING if check in checks for mode in modes
              for cache in _family_caches(check, caches)]

@@ -24,7 +24,7 @@ from .checks.registry import FAMILIES
 from .config import ExportSpec, Layout, Progress, Via
 from .environment import Environment
 from .errors import ExportError, GuestCrashed, HarnessError, QemuFailed
-from .guest.lifecycle import Guest, check_alive
+from .guest.lifecycle import Guest, check_alive, qemu_end
 from .host.export import build_export
 from .host.truth import Export
 from .plan import ExportPlan, GuestPlan
@@ -33,6 +33,7 @@ from .results import GuestRecord, ResultRow
 from .verdicts.common import Status, Verdict, expected_behaviour
 from .verdicts.ids import ids_verdict, unobserved
 from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
+from .verdicts.qemu_end import end_failures, stderr_trouble, with_findings
 
 MOUNT_BASE = "/mnt"
 _CRASH_GRACE_S = 1.0
@@ -196,9 +197,10 @@ def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
         time.sleep(0.05)
 
 
-def _outside(stderr: str, slices: Sequence[slice]) -> str:
-    """What QEMU wrote outside every observation slice (boot, shutdown, in between)."""
-    parts, position = [], 0
+def _outside(stderr: str, slices: Sequence[slice], start: int = 0) -> str:
+    """What QEMU wrote outside every observation slice (boot, shutdown, in between),
+    from ``start`` (where this guest's own QEMU began writing)."""
+    parts, position = [], start
     for part in sorted(slices, key=lambda s: s.start):
         parts.append(stderr[position:part.start])
         position = part.stop
@@ -211,7 +213,11 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     """Judge every export of a guest that has been shut down (its stderr is complete)."""
     stderr = guest.stderr_text()
     live = run.backend.live_stderr
-    outside = _outside(stderr, [o.stderr for o in observed]) if live else ""
+    end = qemu_end(guest)
+    outside = _outside(stderr, [o.stderr for o in observed],
+                       end.stderr_from if end else 0) if live else ""
+    # QEMU's own end and its trouble outside every observation concern every row.
+    shared = end_failures(end) + stderr_trouble(outside, "outside every observation")
     problems = run.backend.command_failures(guest, [o.spec for o in observed])
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     facts = run.backend.facts(guest)
@@ -221,7 +227,8 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
         judging = Judging(item.plan, item.export, item.spec, version,
                           stderr[item.stderr] if live else stderr, outside,
                           problems.get(item.spec.path, ()))
-        verdict = item.judge(judging)
+        verdict = with_findings(item.judge(judging), shared + stderr_trouble(
+            judging.stderr, "while this export was observed" if live else "(libvirt's log)"))
         known, unreproduced = _known(run, item.plan, verdict)
         rows.append(ResultRow(
             case=item.plan.row, check=item.plan.check, cache=item.plan.cache,

@@ -58,11 +58,24 @@ class RuntimeMountCheck:
         return RuntimeSeen(
             export.truth, during, LATE, index, first.observation.passes[0],
             second.observation.passes[0], third.observation.passes[0], listing,
-            stderr_during)
+            stderr_during, dmesg=first.dmesg + second.dmesg + third.dmesg)
 
     def judge(self, judging: Judging, seen: RuntimeSeen) -> OpsVerdict:
         return judge_runtime(judging.plan.mode, judging.qemu_version, seen, judging.stderr,
                              judging.stderr_outside, judging.command_failures)
+
+
+def another_order(truth: HostTruth) -> tuple[str, ...]:
+    """The export's paths with the devices in reverse order (each device's own paths
+    in truth order), so a QEMU that rebuilt its remap tables on the remount would
+    hand the prefixes out differently and show it; with one device, the reverse."""
+    by_device: dict[int, list[str]] = {}
+    for entry in truth.entries:
+        by_device.setdefault(entry.device, []).append(entry.path)
+    if len(by_device) <= 1:
+        return tuple(reversed(truth.paths))
+    return tuple(path for device in sorted(by_device, reverse=True)
+                 for path in by_device[device])
 
 
 class RemountCheck:
@@ -77,11 +90,12 @@ class RemountCheck:
         point = shlex.quote(spec.mount_point)
         result = guest.run(f"umount {point} && mount -t 9p -o {mount_options(spec)} "
                            f"{shlex.quote(spec.tag)} {point}")
-        after = _look(guest, spec, paths)
+        order = another_order(export.truth)
+        after = _look(guest, spec, order)
         output = (result.stdout + result.stderr).decode(errors="replace")
         return RemountSeen(paths, before.observation.passes[0],
-                                       after.observation.passes[0], result.rc, output,
-                                       export.truth.device_count)
+                           after.observation.passes[0], result.rc, output,
+                           export.truth.device_count, order, before.dmesg + after.dmesg)
 
     def judge(self, judging: Judging, seen: RemountSeen) -> OpsVerdict:
         return judge_remount(judging.plan.mode, judging.qemu_version, seen, judging.stderr,

@@ -12,6 +12,7 @@ import errno
 import os
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..agent.ops import (
@@ -69,19 +70,30 @@ _XATTR_KINDS = ("file", "dir", "mountpoint")
 _SKIP = {("mountpoint", "rename")}
 
 
+@dataclass(frozen=True)
+class OpsRun:
+    """What one ops round trip gave: the agent's answer, the output of the shell text
+    run after it, and the kernel log read last (``dmesg -c``: what these calls caused)."""
+
+    answer: OpsAnswer
+    after: str
+    dmesg: str
+
+
 def run_ops(guest: Guest, mount_point: str, requests: list[OpRequest],
-            after: str = "") -> tuple[OpsAnswer, str]:
+            after: str = "") -> OpsRun:
     """Run ``requests`` in the guest below ``mount_point``, then the shell text
-    ``after`` (its output is returned, from the line after ``@@AFTER``)."""
-    script = f"{ops_command(mount_point)}\necho @@AFTER\n{after}"
+    ``after``, then read the kernel log."""
+    script = f"{ops_command(mount_point)}\necho @@AFTER\n{after}\necho @@DMESG\ndmesg -c\n"
     result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_requests(requests))
     text = result.stdout.decode(errors="replace")
     ops_text, found, rest = text.partition("@@AFTER\n")
-    if not found:
+    rest, found_dmesg, dmesg = rest.rpartition("@@DMESG\n")
+    if not found or not found_dmesg:
         raise GuestOutputError(f"guest ops script failed (rc {result.rc})",
                                hint=f"see {guest.console_path}",
                                details=result.stderr.decode(errors="replace")[-2000:])
-    return parse_ops_output(ops_text, requests), rest
+    return OpsRun(parse_ops_output(ops_text, requests), rest, dmesg)
 
 
 def _xattr_natural(directory: Path) -> int:
@@ -187,7 +199,8 @@ class OperationsCheck:
         before = _described_tree(export.root, foreign.relpath)
         requests = [OpRequest(c.op, c.path, c.path2) for c in cases]
         requests.append(OpRequest("readdir", "."))
-        answer, _ = run_ops(guest, spec.mount_point, requests)
+        run = run_ops(guest, spec.mount_point, requests)
+        answer = run.answer
         after = _described_tree(export.root, foreign.relpath)
         changes = [f"{path}: {before.get(path, 'absent')} -> {after.get(path, 'absent')}"
                    for path in sorted(set(before) | set(after))
@@ -196,7 +209,7 @@ class OperationsCheck:
             tuple(cases), answer.errnos[:-1], answer.listings.get(len(cases)),
             answer.errnos[-1], tuple(d.relpath for d in export.devices[1:] if "/" not in
                                      d.relpath),
-            tuple(changes), export.truth.device_count)
+            tuple(changes), export.truth.device_count, run.dmesg)
         return seen
 
     def judge(self, judging: Judging, seen: OperationsSeen) -> OpsVerdict:
@@ -255,8 +268,9 @@ class CrossDeviceCheck:
         mv = "".join(f"(cd {point} && mv {shlex.quote(src)} {shlex.quote(dst.rpartition('/')[0])}"
                      f"/) 2>/dev/null; echo {name} $?\n"
                      for (src, dst), name in zip(moves.items(), _MOVES, strict=True))
-        answer, text = run_ops(guest, spec.mount_point,
-                               [OpRequest(c.op, c.path, c.path2) for c in cases], mv)
+        run = run_ops(guest, spec.mount_point,
+                      [OpRequest(c.op, c.path, c.path2) for c in cases], mv)
+        answer, text = run.answer, run.after
         results = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
         raw: list[tuple[OpCase, int]] = list(zip(cases, answer.errnos, strict=True))
         for name, kind in _MOVES.items():
@@ -270,7 +284,8 @@ class CrossDeviceCheck:
         share = len({qid(export.truth.by_path[p], remapped=False) for p in twins}) == 1
         return CrossSeen(tuple(raw), before, after, moves,
                                      export.truth.device_count,
-                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes)
+                                     twins_may_alias=share and Cache(spec.cache).reuses_inodes,
+                                     dmesg=run.dmesg)
 
     def judge(self, judging: Judging, seen: CrossSeen) -> OpsVerdict:
         return judge_cross_device(judging.plan.mode, judging.qemu_version, seen,

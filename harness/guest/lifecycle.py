@@ -9,16 +9,18 @@ decided in this one place.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from ..config import GuestImage, Start
 from ..errors import GuestBootTimeout, GuestInitFailed, GuestPanic, QemuFailed, SshUnavailable
 from ..proc import tail_file
+from ..verdicts.qemu_end import QemuEnd
 from .bootlog import init_failure
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
@@ -29,6 +31,7 @@ FAILED_MARKER = "MDH-FAILED"
 _FAILED_GRACE_S = 1.0
 # "end Kernel panic" lines contain it too.
 PANIC_MARKERS = ("Kernel panic",)
+_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 _POLL_S = 0.01
 # Console text held while waiting: enough for the init's steps and the kernel's
 # complaints before them.
@@ -81,6 +84,22 @@ class Guest(Booting, Protocol):
         ...
 
 
+@runtime_checkable
+class Ended(Protocol):
+    """A guest whose QEMU is the harness's own child, so how it ended is known
+    (``machine.Machine``; libvirt's QEMU is libvirtd's child, and is not)."""
+
+    @property
+    def end(self) -> QemuEnd | None:
+        """How shutdown found and left QEMU; None before shutdown ran."""
+        ...
+
+
+def qemu_end(guest: Booting) -> QemuEnd | None:
+    """How ``guest``'s QEMU ended, where its backend can tell; else None."""
+    return guest.end if isinstance(guest, Ended) else None
+
+
 class Launched:
     """The lifecycle both kinds of guest share: ``launch`` on enter, ``shutdown`` on
     exit, and ``shutdown`` too when ``launch`` itself fails half-way (Ctrl-C included),
@@ -123,8 +142,14 @@ def check_alive(guest: Booting) -> None:
     """Raise GuestPanic or QemuFailed at once if the guest panicked or QEMU ended."""
     console = tail_file(guest.console_path, 60)
     if any(marker in console for marker in PANIC_MARKERS):
+        # Name the panic (and, under oops=panic, the oops behind it) where the console
+        # shows it: "panicked" alone sends the reader to the log.
+        said = [_STAMP.sub("", line.strip()) for line in console.splitlines()
+                if any(marker in line for marker in PANIC_MARKERS)
+                and not line.lstrip().startswith("---[ end")]
         raise GuestPanic(
-            f"{guest.name}: the guest kernel panicked",
+            f"{guest.name}: the guest kernel panicked"
+            + (f" ({said[0][:200]!r})" if said else ""),
             hint=f"see {guest.console_path}",
             command=guest.argv,
             stderr_tail=guest.stderr_text()[-2000:],

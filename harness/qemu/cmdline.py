@@ -32,7 +32,10 @@ _CMDLINE_MAX = 2047
 # init by 0.2-0.3 s.  tsc=reliable, no_timer_check, mitigations=off and nokaslr made
 # no difference above run-to-run noise, so they are not here.  'quiet' matters:
 # every console line is an emulated UART write.
-BASE_APPEND: tuple[str, ...] = ("console=ttyS0", "panic=-1", "quiet", "cryptomgr.notests")
+# oops=panic: an oops while an export is observed stops the guest at once, and the
+# harness fails the rows (GuestCrashed) instead of observing a half-dead kernel.
+BASE_APPEND: tuple[str, ...] = ("console=ttyS0", "panic=-1", "oops=panic", "quiet",
+                                "cryptomgr.notests")
 
 # Tags and mount points travel through the kernel command line and a shell `for`
 # loop in the guest init: no spaces, no quotes, no ':' (the field separator).

@@ -29,6 +29,7 @@ from ..guest.lifecycle import (
 )
 from ..guest.ssh import CommandResult, GuestSsh
 from ..proc import HELD_SIGNALS, kill_process_group, spawn_tied
+from ..verdicts.qemu_end import EndHow, QemuEnd
 from .cmdline import (
     forwarded_port,
     kernel_append,
@@ -73,6 +74,9 @@ class Machine(Launched):
         self.log_dir = spec.log_dir
         self.console_path = spec.log_dir / "console.log"
         self.stderr_path = spec.log_dir / "qemu-stderr.log"
+        # Apart from stderr: QEMU's messages are promised on stderr, and one printed on
+        # stdout must not pass for them.
+        self.stdout_path = spec.log_dir / "qemu-stdout.log"
         self.qmp_log_path = spec.log_dir / "qmp.log"
         self.command_path = spec.log_dir / "command.txt"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,6 +90,10 @@ class Machine(Launched):
         self.host_port = 0
         self.boot_seconds: float | None = None
         self.exit_code: int | None = None
+        # How shutdown found and left QEMU (None until it ran); ``verdicts.qemu_end``.
+        self.end: QemuEnd | None = None
+        # Where this QEMU's stderr begins in the log (after a rejected restore's).
+        self._stderr_from = 0
         self.start = Start.COLD
         self._cache = StateCache(spec.state_cache) if spec.state_cache else None
         self._key: str | None = None
@@ -167,15 +175,19 @@ class Machine(Launched):
             incoming=incoming_args(self._restore) if self._restore else ())
         self.command_path.write_text(shell_quote_command(self.argv) + "\n")
         # Appended: a failed restore's stderr stays next to the cold boot's.
+        self._stderr_from = len(self.stderr_text())
+        self.end = None
         stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - closed by the ExitStack
         self._stack.callback(stderr.close)
+        stdout = open(self.stdout_path, "ab")  # noqa: SIM115 - closed by the ExitStack
+        self._stack.callback(stdout.close)
         self._start = time.monotonic()
         # A Ctrl-C/SIGTERM arriving during fork() would be raised inside an at-fork
         # hook, where CPython ignores it, and the run would go on.  Hold both until
         # Popen returned and the pid is recorded, so shutdown() can kill this QEMU.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            self._proc = spawn_tied(self.argv, stdout=stderr, stderr=stderr,
+            self._proc = spawn_tied(self.argv, stdout=stdout, stderr=stderr,
                                     pass_fds=(theirs.fileno(),))
         except OSError as exc:
             raise QemuFailed(
@@ -308,23 +320,31 @@ class Machine(Launched):
             return ""
 
     def shutdown(self) -> None:
-        """Stop QEMU: QMP quit, wait, then SIGKILL the group. Safe to call twice."""
+        """Stop QEMU: QMP quit, wait, then SIGKILL the group; ``end`` records how it
+        went. Safe to call twice (the second call finds nothing to stop)."""
         try:
             if self._ssh is not None:
                 self._ssh.close()
                 self._ssh = None
             proc = self._proc
-            if proc is not None and proc.poll() is None:
-                self._soft_stop(proc)
-            if proc is not None and proc.poll() is None:
-                kill_process_group(proc, wait=10, progress=self.progress)
-            if proc is not None:
+            if proc is not None and self.end is None:
+                self.end = self._stop(proc)
                 self.exit_code = proc.poll()
         finally:
             if self._qmp is not None:
                 self._qmp.close()
                 self._qmp = None
             self._stack.close()
+
+    def _stop(self, proc: subprocess.Popen[bytes]) -> QemuEnd:
+        if proc.poll() is not None:
+            return QemuEnd(EndHow.GONE, proc.returncode, self._stderr_from)
+        self._soft_stop(proc)
+        if proc.poll() is not None:
+            return QemuEnd(EndHow.QUIT, proc.returncode, self._stderr_from)
+        status = kill_process_group(proc, wait=10, progress=self.progress)
+        return QemuEnd(EndHow.KILLED, status, self._stderr_from,
+                       self.spec.timeouts.shutdown)
 
     def _soft_stop(self, proc: subprocess.Popen[bytes]) -> None:
         # Without a QMP session (interrupted during launch) nothing asks QEMU to quit,

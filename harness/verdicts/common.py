@@ -6,6 +6,7 @@ on these and nothing here knows how an observation was made."""
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,7 +14,18 @@ from enum import StrEnum
 from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode, Version
 from ..errors import QemuTooOld
 
-MULTIDEVS_MARKER = "Multiple devices detected in same VirtFS export"
+# QEMU's multi-device messages (hw/9pfs/9p.c) are matched by their stable parts, not
+# by one sentence: a reworded message must still count as one (and fail where none may
+# appear), never slip through as "no message".  A line is one when it speaks of
+# multiple devices and of 9p, its export or the option; which message it is comes
+# from the mode it names (or, for the warning, the collisions it warns of).
+_MANY_DEVICES = re.compile(r"multiple\s+devices", re.IGNORECASE)
+_NINEP = re.compile(r"\b9p|virtfs|\bexport|multidevs", re.IGNORECASE)
+_FORBID_WORDS = re.compile(r"multidevs\s*=\s*'?forbid|\bdenied\b", re.IGNORECASE)
+_WARN_WORDS = re.compile(r"multidevs\s*=\s*'?remap|collision", re.IGNORECASE)
+# "9pfs: make multidevs=remap default" landed during the 10.0 cycle, when QEMU's
+# VERSION read 9.2.50: builds from then until 10.0.0 may have it or not.
+REMAP_DEFAULT_FROM_DEV = Version(9, 2, 50)
 
 
 # Failures of one kind beyond this many are summarised in one line, so a 100,000-file
@@ -63,8 +75,10 @@ _EXPECTATION_TEXT = {
 def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     """The behaviour ``mode`` must show on this QEMU version.
 
-    Without the option, QEMU 4.2 to 9.x behaves like warn and 10.0 on like remap.
-    Raises QemuTooOld below 4.2, which has no multidevs option at all.
+    Without the option, QEMU 4.2 to 9.x behaves like warn and 10.0 on like remap;
+    between 9.2.50 and 10.0.0 this says warn, and ``decided_behaviour`` lets the guest
+    decide (the rows judge by that).  Raises QemuTooOld below 4.2, which has no
+    multidevs option at all.
     """
     if qemu_version < MULTIDEVS_SINCE:
         raise QemuTooOld(
@@ -81,6 +95,44 @@ def expected_behaviour(mode: Mode, qemu_version: Version) -> Expectation:
     if qemu_version >= REMAP_DEFAULT_SINCE:
         return Expectation.UNIQUE_IDS
     return Expectation.COLLIDE_AND_WARN
+
+
+def default_undecided(mode: Mode, qemu_version: Version) -> bool:
+    """True for the default mode of a QEMU between the commit that made remap the
+    default (VERSION 9.2.50) and 10.0.0: such a build may behave either way."""
+    return mode is Mode.DEFAULT and REMAP_DEFAULT_FROM_DEV <= qemu_version < REMAP_DEFAULT_SINCE
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """The behaviour a row is judged by, and (in the undecided window) the note saying
+    which one the guest showed."""
+
+    expectation: Expectation
+    note: str | None = None
+
+    def text(self, base: str) -> str:
+        """``base`` (the row's expectation text), marked when the guest decided it."""
+        if self.note is None:
+            return base
+        seen = "remap" if self.expectation is Expectation.UNIQUE_IDS else "warn"
+        return f"{base} (undecided default: the guest showed {seen}'s behaviour)"
+
+
+def decided_behaviour(mode: Mode, qemu_version: Version, shows_warn: bool) -> Behaviour:
+    """``expected_behaviour``, except in the undecided window (``default_undecided``),
+    where what the guest shows decides: ``shows_warn`` (a warning, or a collision)
+    picks warn, else remap.  Either way the row is then held to every rule of the
+    behaviour chosen, so a guest showing half of each still fails."""
+    expectation = expected_behaviour(mode, qemu_version)
+    if not default_undecided(mode, qemu_version):
+        return Behaviour(expectation)
+    chosen = Expectation.COLLIDE_AND_WARN if shows_warn else Expectation.UNIQUE_IDS
+    seen = "warn" if shows_warn else "remap"
+    return Behaviour(chosen, (
+        f"QEMU {qemu_version} lies between {REMAP_DEFAULT_FROM_DEV} (the commit making "
+        f"multidevs=remap the default) and {REMAP_DEFAULT_SINCE}: its default may be either; "
+        f"the guest showed {seen}'s behaviour, so the row is held to all of {seen}'s rules"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,13 +166,20 @@ class QemuMessages:
     unknown: tuple[str, ...]
 
 
+def is_multidevs_line(line: str) -> bool:
+    """Whether ``line`` is one of QEMU's multi-device messages, however worded."""
+    return bool(_MANY_DEVICES.search(line) and _NINEP.search(line))
+
+
 def find_multidevs_messages(qemu_stderr: str) -> QemuMessages:
     """Pick QEMU's multi-device lines out of its stderr and classify each.
 
-    Matched on the common sentence, not the whole line: the program-name prefix
-    (qemu-system-x86_64, qemu-kvm, ...) differs between builds. A line that has the
-    sentence but neither known ending is kept as "unknown" so a reworded message fails
-    loudly instead of passing as "no message".
+    Matched on stable parts (``is_multidevs_line``), not the whole line: the program
+    name prefix (qemu-system-x86_64, qemu-kvm, ...) differs between builds and the
+    sentence has been edited before.  forbid's names multidevs=forbid (or a denial),
+    the warning names multidevs=remap (its advice) or the collisions; a line with
+    neither is kept as "unknown" so it fails loudly instead of passing as "no message".
+    Only stderr is given here: a message on QEMU's stdout is not the promised one.
     """
     found: list[str] = []
     warn: list[str] = []
@@ -128,12 +187,12 @@ def find_multidevs_messages(qemu_stderr: str) -> QemuMessages:
     unknown: list[str] = []
     for raw in qemu_stderr.splitlines():
         line = raw.strip()
-        if MULTIDEVS_MARKER not in line:
+        if not is_multidevs_line(line):
             continue
         found.append(line)
-        if "multidevs=forbid" in line:
+        if _FORBID_WORDS.search(line):
             forbid.append(line)
-        elif "might lead to file ID collisions" in line or "multidevs=remap" in line:
+        elif _WARN_WORDS.search(line):
             warn.append(line)
         else:
             unknown.append(line)

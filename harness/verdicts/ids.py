@@ -32,14 +32,16 @@ QEMU, only the first can show the mode's message (once per process).
 from __future__ import annotations
 
 import errno
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..agent.harm import HarmObservation
 from ..agent.stat import GuestObservation, GuestResult, GuestStat
 from ..config import Cache, Mode, Version
-from ..host.truth import HostTruth, kind_of_mode
+from ..host.truth import EntryKind, HostTruth, kind_of_mode
 from .common import (
+    Behaviour,
     Expectation,
     QemuMessages,
     Status,
@@ -47,12 +49,13 @@ from .common import (
     _capped,
     _errno_text,
     _join,
-    expected_behaviour,
+    decided_behaviour,
     find_multidevs_messages,
     message_failures,
     outside_failures,
 )
-from .harm import Harm, HarmProbe, assess, harm_rules, kernel_lines, predict
+from .harm import Harm, HarmProbe, assess, harm_rules, predict
+from .kernel import kernel_failures, kernel_lines
 from .remap import (
     RemapCheck,
     check_remap,
@@ -186,6 +189,21 @@ def _kind_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[s
     return _capped(failures, "type mismatches")
 
 
+def _nlink_failures(truth: HostTruth, first: Mapping[str, GuestResult],
+                    excused: frozenset[str]) -> list[str]:
+    """Every stat-able path's st_nlink must be the host's: QEMU's getattr passes the
+    host's lstat through (9P2000.L), so a count that differs is a file taken for
+    another or a lost hard link.  ``excused``: paths an inode cache may alias (warn,
+    predicted), whose count may then be their twin's."""
+    failures = [
+        f"{entry.path!r} has st_nlink {result.nlink} in the guest, {entry.nlink} on the host"
+        for entry in truth.entries
+        if isinstance(result := first.get(entry.path), GuestStat)
+        and result.nlink != entry.nlink and entry.path not in excused
+    ]
+    return _capped(failures, "st_nlink differences")
+
+
 def _hard_link_failures(truth: HostTruth, first: Mapping[str, GuestResult]) -> list[str]:
     failures = []
     for paths in truth.by_file_id.values():
@@ -228,9 +246,12 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
     for directory, code in observation.dirent_errors.items():
         failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
     for directory, entries in observation.dirents.items():
-        listed = set()
+        # A multiset: a name listed twice is a broken readdir (tar and cp would copy
+        # it twice), not one name.
+        listed = Counter(name for name, _ in entries)
+        failures += [f"readdir of {directory!r} lists {name!r} {count} times"
+                     for name, count in sorted(listed.items()) if count > 1]
         for name, d_ino in entries:
-            listed.add(name)
             child = name if directory == "." else f"{directory}/{name}"
             result = first.get(child)
             if isinstance(result, GuestStat) and result.ino != d_ino:
@@ -239,9 +260,9 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
                     f"but lstat gives ino {result.ino}"
                 )
         host = children.get(directory, set())
-        for name in sorted(host - listed):
+        for name in sorted(host - set(listed)):
             failures.append(f"readdir of {directory!r} does not list {name!r}")
-        for name in sorted(listed - host):
+        for name in sorted(set(listed) - host):
             failures.append(
                 f"readdir of {directory!r} lists {name!r}, which the host does not have"
             )
@@ -279,20 +300,49 @@ def _unique_id_failures(
     return failures
 
 
-def _warn_failures(truth: HostTruth, observation: GuestObservation,
-                   allowed: frozenset[str]) -> list[str]:
-    """warn's rules; ``allowed``: paths whose failed lstat is predicted harm (an inode
-    cache took a directory for its parent: ELOOP), noted by ``_extra`` instead."""
-    first = observation.passes[0]
-    failures: list[str] = []
+def _predicted_loop(first: Mapping[str, GuestResult], path: str,
+                    allowed: frozenset[str]) -> bool:
+    """``path`` failed with ELOOP where the prediction allows it: an inode cache took a
+    colliding directory for its twin (Linux 6.12 with loose or fscache; "VFS: Lookup
+    of ... would have caused loop").  That is the one errno this harm is known to
+    give, on the colliding paths alone: any other errno, or ELOOP elsewhere, fails."""
+    return path in allowed and first.get(path) == errno.ELOOP
+
+
+def _file_collision_expected(truth: HostTruth) -> bool:
+    """Whether distinct regular files on different devices share an inode number, so
+    warn must show a collision among files, not only among directories."""
+    seen: dict[int, int] = {}
+    for entry in truth.entries:
+        if entry.kind is EntryKind.FILE and seen.setdefault(entry.ino, entry.dev) != entry.dev:
+            return True
+    return False
+
+
+def _collision_failures(truth: HostTruth, first: Mapping[str, GuestResult],
+                        allowed: frozenset[str]) -> list[str]:
+    collisions = find_collisions(truth, first)
     # An inode cache that made the colliding paths unreachable (ELOOP) hides the
     # collision behind worse harm: that counts as having shown it.
-    unreachable = any(isinstance(first.get(path), int) for path in allowed)
-    if not find_collisions(truth, first) and not unreachable:
-        failures.append(
-            f"expected at least one guest id collision (host inode numbers repeat across "
-            f"{truth.device_count} devices), found none"
-        )
+    if any(_predicted_loop(first, path, allowed) for path in allowed):
+        return []
+    if not collisions:
+        return [f"expected at least one guest id collision (host inode numbers repeat "
+                f"across {truth.device_count} devices), found none"]
+    files = [c for c in collisions
+             if any(truth.by_path[path].kind is EntryKind.FILE for path, _, _ in c.host_files)]
+    if not files and _file_collision_expected(truth):
+        return ["expected guest id collisions among regular files (their host inode numbers "
+                "repeat across devices), found them only among directories"]
+    return []
+
+
+def _warn_failures(truth: HostTruth, observation: GuestObservation,
+                   allowed: frozenset[str]) -> list[str]:
+    """warn's rules; ``allowed``: paths an inode cache may make unreachable with ELOOP
+    (predicted harm), noted by ``_extra`` instead."""
+    first = observation.passes[0]
+    failures = _collision_failures(truth, first, allowed)
     denied = [path for path in truth.paths if first.get(path) == errno.ENODEV]
     failures += _capped(
         [f"{path!r} was denied (ENODEV), which only multidevs=forbid may do" for path in denied],
@@ -302,7 +352,7 @@ def _warn_failures(truth: HostTruth, observation: GuestObservation,
         f"{path!r} is not stat-able in the guest: {_errno_text(result)}"
         for path in truth.paths
         if isinstance(result := first.get(path), int) and result != errno.ENODEV
-        and path not in allowed
+        and not _predicted_loop(first, path, allowed)
     ]
     failures += _capped(others, "unstat-able paths")
     failures += _hard_link_failures(truth, first)
@@ -360,6 +410,7 @@ def _rule_failures(
         return failures
     first = observation.passes[0]
     failures += _kind_failures(truth, first)
+    failures += _nlink_failures(truth, first, allowed)
     failures += _stability_failures(truth, observation)
     if control:
         return failures + _unique_id_failures(truth, observation, witnesses)
@@ -375,13 +426,14 @@ def _rule_failures(
     return failures + _forbid_failures(truth, observation)
 
 
-def _expectation_text(mode: Mode, expectation: Expectation, control: bool,
+def _expectation_text(mode: Mode, behaviour: Behaviour, control: bool,
                       qemu_version: Version) -> str:
     if control:
         return _CONTROL_TEXT
+    text = behaviour.expectation.text
     if mode is Mode.DEFAULT:
-        return f"{expectation.text} (default of QEMU {qemu_version})"
-    return expectation.text
+        return behaviour.text(f"{text} (default of QEMU {qemu_version})")
+    return text
 
 
 @dataclass(frozen=True)
@@ -409,9 +461,9 @@ class _Extra:
 
 def _unreachable_notes(truth: HostTruth, first: Mapping[str, GuestResult],
                        allowed: frozenset[str]) -> list[str]:
-    return _capped([f"predicted harm: {path!r} is not stat-able: {_errno_text(result)}"
-                    for path in truth.paths if path in allowed
-                    and isinstance(result := first.get(path), int)], "unstat-able paths")
+    return _capped([f"predicted harm: {path!r} is not stat-able: {_errno_text(errno.ELOOP)}"
+                    for path in truth.paths if _predicted_loop(first, path, allowed)],
+                   "unstat-able paths")
 
 
 def _extra(expectation: Expectation, control: bool, truth: HostTruth, harm: HarmInput | None,
@@ -430,8 +482,8 @@ def _extra(expectation: Expectation, control: bool, truth: HostTruth, harm: Harm
         if not unique and harm.cache.reuses_inodes:
             allowed = prediction.may_alias
             notes += _unreachable_notes(truth, first, allowed)
-    kept, trouble = kernel_lines(dmesg)
-    failures += [f"the guest kernel is in trouble (dmesg): {line!r}" for line in trouble]
+    kept, _ = kernel_lines(dmesg)
+    failures += kernel_failures(dmesg)
     if message_printed and not control and expectation is not Expectation.UNIQUE_IDS:
         notes.append("message already printed by this QEMU (once per process) for an "
                      "earlier export of this mode")
@@ -489,13 +541,14 @@ def judge(
     ``message_printed``: an earlier export of this mode in this QEMU showed the message;
     ``premise_failure``: why the layout proves nothing here (the row is inconclusive).
     """
-    expectation = expected_behaviour(mode, qemu_version)
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}
     collisions, denied = find_collisions(truth, first), _denied(truth, first)
+    behaviour = decided_behaviour(mode, qemu_version, bool(messages.warn or collisions))
+    expectation = behaviour.expectation
     extra = _extra(expectation, control, truth, harm, dmesg, message_printed, first)
-    notes = list(extra.notes)
+    notes = ([behaviour.note] if behaviour.note and not control else []) + list(extra.notes)
     remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
         if expectation is Expectation.UNIQUE_IDS and first else None
     notes += remap_notes(remap) if remap is not None else []
@@ -516,7 +569,7 @@ def judge(
         notes += _witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
     return IdsVerdict(
         mode=mode,
-        expectation=_expectation_text(mode, expectation, control, qemu_version),
+        expectation=_expectation_text(mode, behaviour, control, qemu_version),
         observed=_observed_text(len(collisions), denied, messages) + _harm_text(extra.harm),
         status=status,
         failures=tuple(failures),

@@ -8,8 +8,11 @@ Pure, like every module of ``verdicts``.
   message for it (it prints each once per process, and under remap none at all).
   Once that device is unmounted again the guest sees the directory it covered (an
   empty directory on the root device), and no other path's id or errno changes.
-* ``remount``: the guest unmounts and remounts the export; QEMU's remap tables live
-  as long as its 9p device, so no path's id (or errno) changes.
+* ``remount``: the guest unmounts and remounts the export, then looks again with the
+  devices in the reverse order; QEMU's remap tables live as long as its 9p device, so
+  no path's st_ino (or errno) changes, whatever order the paths are met in.  The new
+  superblock may get another anonymous st_dev with nothing wrong, so st_dev is only
+  held constant within each look.
 * ``bind`` is judged by ``verdicts.ids.judge`` as the single-device export it is: paths
   that are one host file (here through two bind mounts) share one guest id in every
   mode, and no message.
@@ -28,12 +31,10 @@ from .common import (
     MAX_LISTED,
     Expectation,
     Status,
-    expected_behaviour,
     find_multidevs_messages,
-    later_message_failures,
 )
 from .ids import find_collisions
-from .ops import OpsVerdict
+from .ops import OpsVerdict, behaviour_of, common_failures
 
 
 def _text(result: GuestResult | None) -> str:
@@ -58,13 +59,41 @@ def changed_results(paths: Sequence[str], before: Mapping[str, GuestResult],
     return changed
 
 
+def _ino_key(result: GuestResult | None) -> object:
+    return result.ino if isinstance(result, GuestStat) else result
+
+
+def changed_inodes(paths: Sequence[str], before: Mapping[str, GuestResult],
+                   after: Mapping[str, GuestResult], when: str) -> list[str]:
+    """Every path whose guest st_ino (or errno) differs between two looks, capped."""
+    changed = [f"{path!r} changed {when}: {_text(before.get(path))} -> {_text(after.get(path))}"
+               for path in paths if _ino_key(before.get(path)) != _ino_key(after.get(path))]
+    if len(changed) > MAX_LISTED:
+        changed = [*changed[:MAX_LISTED], f"... and {len(changed) - MAX_LISTED} more paths"]
+    return changed
+
+
+def split_devices(look: Mapping[str, GuestResult], which: str) -> list[str]:
+    """One 9p mount is one guest device: every stat-able path of one look must share
+    one st_dev (another would make tools see a mount where none is)."""
+    devs: dict[int, str] = {}
+    for path, result in look.items():
+        if isinstance(result, GuestStat):
+            devs.setdefault(result.dev, path)
+    if len(devs) <= 1:
+        return []
+    shown = ", ".join(f"{dev} ({path!r})" for dev, path in sorted(devs.items()))
+    return [f"the {which} look shows several guest st_dev values in one mount: {shown}"]
+
+
 def _plain(mode: Mode, text: str, observed: str, failures: Sequence[str], stderr: str,
-           devices: int) -> OpsVerdict:
+           devices: int, notes: Sequence[str] = ()) -> OpsVerdict:
     messages = find_multidevs_messages(stderr).all
     return OpsVerdict(mode=mode, expectation=text, observed=observed,
                       status=Status.FAIL if failures else Status.PASS,
                       failures=tuple(failures), outcomes=(),
-                      qemu_message=messages[0] if messages else None, host_devices=devices)
+                      qemu_message=messages[0] if messages else None, host_devices=devices,
+                      notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,7 @@ class RuntimeSeen:
     third: Mapping[str, GuestResult]
     late_listing: tuple[str, ...] | None  # readdir of the covered directory; None: failed
     stderr_during: str  # what QEMU wrote while the extra device was looked at
+    dmesg: str = ""  # the guest kernel's log read by all three looks
 
 
 def _late_device_failures(expectation: Expectation, seen: RuntimeSeen,
@@ -118,7 +148,9 @@ def _covered_failures(seen: RuntimeSeen) -> list[str]:
 def judge_runtime(mode: Mode, version: Version, seen: RuntimeSeen, stderr: str,
                   stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
     """The ``runtime_mount`` rules (module docstring), each failure exact."""
-    expectation = expected_behaviour(mode, version)
+    behaviour = behaviour_of(mode, version, stderr,
+                             bool(find_collisions(seen.during, seen.second)))
+    expectation = behaviour.expectation
     old = seen.before.paths
     new = [e.path for e in seen.during.entries if e.device == seen.late_device]
     failures = [] if new else ["the device mounted at runtime holds no path (not mounted?)"]
@@ -128,7 +160,7 @@ def judge_runtime(mode: Mode, version: Version, seen: RuntimeSeen, stderr: str,
                  for line in find_multidevs_messages(seen.stderr_during).all]
     failures += changed_results(old, seen.first, seen.third, "when a device was unmounted")
     failures += _covered_failures(seen)
-    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += common_failures(behaviour, stderr, stderr_outside, seen.dmesg, extra)
     stat_able = sum(isinstance(seen.second.get(p), GuestStat) for p in new)
     text = {Expectation.UNIQUE_IDS: "a device mounted at runtime gets unique ids",
             Expectation.COLLIDE_AND_WARN: "a device mounted at runtime collides, no new message",
@@ -136,12 +168,14 @@ def judge_runtime(mode: Mode, version: Version, seen: RuntimeSeen, stderr: str,
             }[expectation] + "; unmounted, its directory shows, other ids stay"
     observed = (f"{stat_able} of {len(new)} runtime paths stat-able, "
                 f"{len(find_collisions(seen.during, seen.second))} collisions")
-    return _plain(mode, text, observed, failures, stderr, seen.during.device_count)
+    return _plain(mode, behaviour.text(text), observed, failures, stderr,
+                  seen.during.device_count, [behaviour.note] if behaviour.note else [])
 
 
 @dataclass(frozen=True)
 class RemountSeen:
-    """Every path's result before and after the guest remounted the export."""
+    """Every path's result before and after the guest remounted the export (the second
+    look met the devices in another order: ``after_order``)."""
 
     paths: tuple[str, ...]
     before: Mapping[str, GuestResult]
@@ -149,19 +183,23 @@ class RemountSeen:
     remount_rc: int
     remount_output: str
     devices: int
+    after_order: tuple[str, ...] = ()
+    dmesg: str = ""  # the guest kernel's log read by both looks and the remount
 
 
 def judge_remount(mode: Mode, version: Version, seen: RemountSeen, stderr: str,
                   stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
-    """The ``remount`` rule: the remount works and no path's result changes."""
-    expectation = expected_behaviour(mode, version)
+    """The ``remount`` rule: the remount works, no path's st_ino (or errno) changes,
+    and each look shows one st_dev."""
+    behaviour = behaviour_of(mode, version, stderr)
     failures = [] if seen.remount_rc == 0 else [
         f"the guest could not remount the export (rc {seen.remount_rc}): "
         f"{seen.remount_output.strip()[:300]}"]
-    failures += changed_results(seen.paths, seen.before, seen.after, "across the remount")
-    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
-    same = sum(_key(seen.before.get(p)) == _key(seen.after.get(p)) for p in seen.paths)
-    return _plain(mode, "every guest id unchanged across a guest remount",
+    failures += split_devices(seen.before, "first") + split_devices(seen.after, "second")
+    failures += changed_inodes(seen.paths, seen.before, seen.after, "across the remount")
+    failures += common_failures(behaviour, stderr, stderr_outside, seen.dmesg, extra)
+    same = sum(_ino_key(seen.before.get(p)) == _ino_key(seen.after.get(p)) for p in seen.paths)
+    return _plain(mode, behaviour.text("every guest st_ino unchanged across a guest remount, "
+                                       "looked at in another order"),
                   f"{same} of {len(seen.paths)} paths unchanged", failures, stderr,
-                  seen.devices)
-
+                  seen.devices, [behaviour.note] if behaviour.note else [])

@@ -28,13 +28,15 @@ from dataclasses import dataclass
 
 from ..config import Mode, Version
 from .common import (
+    Behaviour,
     Expectation,
     Status,
     Verdict,
-    expected_behaviour,
+    decided_behaviour,
     find_multidevs_messages,
     later_message_failures,
 )
+from .kernel import kernel_failures
 
 # Stands for "any non-zero exit status" (a failed mv) where an outcome expects one.
 NONZERO = -1
@@ -110,6 +112,14 @@ def expected_result(case: OpCase, expectation: Expectation) -> int:
     return case.natural
 
 
+def behaviour_of(mode: Mode, version: Version, stderr: str, collided: bool = False
+                 ) -> Behaviour:
+    """The behaviour a later family's row is judged by: ``decided_behaviour``, where a
+    warning in its slice (or ``collided``: a collision it saw) shows warn's."""
+    return decided_behaviour(mode, version,
+                             collided or bool(find_multidevs_messages(stderr).warn))
+
+
 def _verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: Sequence[str],
              stderr: str, devices: int, notes: Sequence[str] = ()) -> OpsVerdict:
     wrong = sum(not outcome.ok for outcome in outcomes)
@@ -124,6 +134,14 @@ def _verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: Seq
     )
 
 
+def common_failures(behaviour: Behaviour, stderr: str, stderr_outside: str, dmesg: str,
+                    extra: Sequence[str]) -> list[str]:
+    """What every later family's row also judges: the message rules, the kernel log
+    its observation read, and the command line's problems."""
+    return (later_message_failures(behaviour.expectation, stderr, stderr_outside)
+            + kernel_failures(dmesg) + list(extra))
+
+
 @dataclass(frozen=True)
 class OperationsSeen:
     """What the operations family saw: each case's answer, readdir of the export root,
@@ -136,12 +154,14 @@ class OperationsSeen:
     mount_points: tuple[str, ...]
     foreign_changes: tuple[str, ...]
     devices: int
+    dmesg: str = ""  # the guest kernel's log read at the end of the operations
 
 
 def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr: str,
                      stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
     """The ``operations`` rules (module docstring); each wrong answer is named."""
-    expectation = expected_behaviour(mode, version)
+    behaviour = behaviour_of(mode, version, stderr)
+    expectation = behaviour.expectation
     outcomes = [OpOutcome(c.op, c.target, c.device, c.path, answer, expected_result(c, expectation))
                 for c, answer in zip(seen.cases, seen.answers, strict=True)]
     failures = [o.describe() for o in outcomes if not o.ok]
@@ -155,11 +175,12 @@ def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr:
     if expectation is Expectation.DENY_FOREIGN:
         failures += [f"foreign device changed on the host although every operation on it "
                      f"was denied: {change}" for change in seen.foreign_changes]
-    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += common_failures(behaviour, stderr, stderr_outside, seen.dmesg, extra)
     text = ("foreign operations ENODEV, root-device operations work, root lists mount points"
             if expectation is Expectation.DENY_FOREIGN else
             "every operation gives its ordinary result on every device")
-    return _verdict(mode, text, outcomes, failures, stderr, seen.devices)
+    return _verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
+                    [behaviour.note] if behaviour.note else [])
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,7 @@ class CrossSeen:
     # export was mounted with a cache mode that reuses inodes, so the guest may take
     # them for one inode and rename(2) returns 0 having done nothing.
     twins_may_alias: bool = False
+    dmesg: str = ""  # the guest kernel's log read at the end of the operations
 
 
 def expected_host_state(before: Mapping[str, bytes | None],
@@ -207,10 +229,11 @@ def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: st
                        stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
     """The ``cross_device`` rules (module docstring): the errno or exit status of each
     step, then the host state they imply, compared path by path."""
-    expectation = expected_behaviour(mode, version)
+    behaviour = behaviour_of(mode, version, stderr)
+    expectation = behaviour.expectation
     forbid = expectation is Expectation.DENY_FOREIGN
     aliasable = seen.twins_may_alias and expectation is Expectation.COLLIDE_AND_WARN
-    outcomes, notes = [], []
+    outcomes, notes = [], [behaviour.note] if behaviour.note else []
     for case, result in seen.outcomes_raw:
         if case.op == "mv":
             expected = NONZERO if forbid else 0
@@ -228,7 +251,8 @@ def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: st
     failures = [o.describe() for o in outcomes if not o.ok]
     moved = {source: dest for source, dest in seen.moves.items() if not forbid}
     failures += host_state_failures(expected_host_state(seen.before, moved), seen.after)
-    failures += later_message_failures(expectation, stderr, stderr_outside) + list(extra)
+    failures += common_failures(behaviour, stderr, stderr_outside, seen.dmesg, extra)
     text = ("cross-device operations ENODEV, mv fails, host unchanged" if forbid else
             "cross-device rename/link EXDEV, mv copies: nothing lost or duplicated")
-    return _verdict(mode, text, outcomes, failures, stderr, seen.devices, notes)
+    return _verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
+                    notes)

@@ -88,3 +88,44 @@ def qemu_wrapper(directory: Path, append: str = "", old: str = "", new: str = ""
                                    new=new, real=str(real_qemu())))
     path.chmod(0o755)
     return path
+
+
+CHILD_WRAPPER = """\
+#!{python}
+# A QEMU run as this script's child, its stderr passed through line by line: each
+# line has {old!r} replaced by {new!r}; multi-device lines go to stdout when asked
+# ({to_stdout!r}); once QEMU has exited, the last step runs.  Probes (no -append)
+# run the real QEMU unchanged.
+import os, subprocess, sys
+real = {real!r}
+args = sys.argv[1:]
+if "-append" not in args:
+    os.execv(real, [real, *args])
+# close_fds=False: QEMU's QMP socket is an inherited descriptor.
+child = subprocess.Popen([real, *args], stderr=subprocess.PIPE, close_fds=False)
+for raw in child.stderr:
+    line = raw.decode(errors="replace").replace({old!r}, {new!r})
+    out = sys.stdout if {to_stdout!r} and "Multiple devices" in line else sys.stderr
+    out.write(line)
+    out.flush()
+status = child.wait()
+{last}
+sys.exit(status if status >= 0 else 128 - status)
+"""
+# The last step of a QEMU that "asserts" at exit: the line, then SIGABRT.
+ABORT_AT_EXIT = ("sys.stderr.write(\"qemu-system-x86_64: ../hw/9pfs/9p.c:1870: v9fs_walk: "
+                 "Assertion `fidp->fid_type == P9_FID_NONE' failed.\\n\"); "
+                 "sys.stderr.flush(); os.abort()")
+
+
+def qemu_child_wrapper(directory: Path, old: str = "", new: str = "", to_stdout: bool = False,
+                       last: str = "") -> Path:
+    """Write a ``--qemu`` wrapper that runs the real QEMU as its child and rewrites its
+    stderr (``CHILD_WRAPPER``); ``last`` is Python run after QEMU exited (e.g.
+    ``ABORT_AT_EXIT``).  Only for tests marked ``needs_qemu``."""
+    path = directory / "qemu-child-wrapper"
+    path.write_text(CHILD_WRAPPER.format(python=sys.executable, old=old or "\0", new=new,
+                                         to_stdout=to_stdout, last=last,
+                                         real=str(real_qemu())))
+    path.chmod(0o755)
+    return path

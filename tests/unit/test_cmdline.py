@@ -231,7 +231,7 @@ def test_kernel_append_base_and_mdh_items() -> None:
         ["loglevel=7"],
     )
     assert line == (
-        "console=ttyS0 panic=-1 quiet cryptomgr.notests "
+        "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests "
         f"mdh_9p=t0:/mnt/x:{OPTS} "
         "mdh_9p=data_1:/mnt/d-1.x:trans=virtio,version=9p2000.L,cache=loose,msize=131072 "
         "loglevel=7"
@@ -243,7 +243,7 @@ def test_kernel_append_readonly_mounts_ro() -> None:
 
 
 def test_kernel_append_without_exports() -> None:
-    assert kernel_append([]) == "console=ttyS0 panic=-1 quiet cryptomgr.notests"
+    assert kernel_append([]) == "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests"
 
 
 @pytest.mark.parametrize(

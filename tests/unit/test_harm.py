@@ -23,11 +23,11 @@ from harness.verdicts.harm import (
     assess,
     harm_probe,
     harm_rules,
-    kernel_lines,
     predict,
     qid_version,
 )
 from harness.verdicts.ids import HarmInput, judge
+from harness.verdicts.kernel import kernel_lines
 
 from .truths import host_dir, host_file
 
@@ -274,14 +274,15 @@ def test_loop_probe_holds_the_root_and_lists_the_mount_point() -> None:
     assert predict(LOOP, remapped=False).colliding == ((".", "dev01"),)
 
 
-def _judge_loop(mode: Mode, cache: Cache, eloop: bool) -> tuple[Status, tuple[str, ...]]:
-    """6.12 with an inode cache: everything under dev01 gives ELOOP (or, ``eloop``
-    False, every path stats as QEMU passed it through)."""
+def _judge_loop(mode: Mode, cache: Cache, eloop: bool,
+                code: int = errno.ELOOP) -> tuple[Status, tuple[str, ...]]:
+    """6.12 with an inode cache: everything under dev01 gives ELOOP (``code``; or,
+    ``eloop`` False, every path stats as QEMU passed it through)."""
     stats = _stats(LOOP)
     errors: tuple[tuple[str, str, int], ...] = ()
     if eloop:
-        stats.update({"dev01": errno.ELOOP, "dev01/f": errno.ELOOP})
-        errors = (("dev01", "opendir", errno.ELOOP),)
+        stats.update({"dev01": code, "dev01/f": code})
+        errors = (("dev01", "opendir", code),)
     seen = HarmObservation({}, {} if eloop else {"dev01": ("f",)}, {".": MOUNT},
                            {".": ("dev01",)}, errors)
     verdict = judge(mode, Version(9, 2, 0), LOOP, GuestObservation((stats, stats), {}, {}),
@@ -306,3 +307,32 @@ def test_eloop_fails_without_an_inode_cache_and_under_remap() -> None:
     status, lines = _judge_loop(Mode.REMAP, Cache.LOOSE, eloop=True)
     assert status is Status.FAIL
     assert "opendir of 'dev01' failed: errno 40 (ELOOP)" in lines
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE, errno.ENOENT])
+def test_only_eloop_is_the_predicted_harm_of_an_unreachable_device(code: int) -> None:
+    # The whole foreign device failing with another errno is not what the kernel is
+    # known to do for a collision: it fails, in the stat pass and in the probe.
+    status, lines = _judge_loop(Mode.WARN, Cache.LOOSE, eloop=True, code=code)
+    assert status is Status.FAIL
+    name = errno.errorcode[code]
+    assert f"'dev01/f' is not stat-able in the guest: errno {code} ({name})" in lines
+    assert f"opendir of 'dev01' failed: errno {code} ({name})" in lines
+    # And with nothing reachable, no collision stands in for the one warn promises.
+    assert any("expected at least one guest id collision" in line for line in lines)
+
+
+def _with_error(path: str, code: int) -> HarmObservation:
+    seen = _intact()
+    return HarmObservation(seen.files, seen.listed, seen.cwd, seen.cwd_listed,
+                           ((path, "open", code),))
+
+
+def test_on_a_predicted_twin_only_eloop_is_predicted_harm() -> None:
+    twin = "dev02/twin-same"  # its qid collides with dev01's: the prediction covers it
+    failures, notes = _rules(_with_error(twin, errno.ELOOP), False, Cache.LOOSE)
+    assert failures == [] and f"open of {twin!r} failed: errno 40 (ELOOP)" in notes
+    for code in (errno.EIO, errno.ESTALE):
+        failures, _ = _rules(_with_error(twin, code), False, Cache.LOOSE)
+        assert failures == [f"open of {twin!r} failed: errno {code} "
+                            f"({errno.errorcode[code]})"]

@@ -7,7 +7,7 @@ import stat
 from dataclasses import replace
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.checks.live import _forgive_host_gaps
+from harness.checks.live import _forgive_host_gaps, another_order
 from harness.config import Mode, Version
 from harness.host.truth import HostTruth
 from harness.verdicts.common import Status
@@ -127,3 +127,41 @@ def test_bind_mount_point_dinos_are_forgiven_only_for_the_hosts_own_gap() -> Non
     forgiven = _forgive_host_gaps(observation, {"bind-a": 3, "bind-b": 3})
     # bind-a repeats the host's gap (d_ino - ino = 3); bind-b does not and stays wrong.
     assert forgiven.dirents["."] == (("bind-a", 6), ("bind-b", 12))
+
+
+OOPS = "[ 9.9] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+
+
+def test_a_kernel_bug_during_a_runtime_mount_fails_the_row() -> None:
+    verdict = judge_runtime(Mode.REMAP, V7, _runtime(dmesg=OOPS), "", "")
+    assert verdict.failures == ("the guest kernel is in trouble (dmesg): 'BUG: kernel NULL "
+                                "pointer dereference, address: 0000000000000008'",)
+
+
+def test_a_kernel_warning_during_a_remount_fails_the_row() -> None:
+    same: dict[str, GuestResult] = {"a": GuestStat(40, 2, 1, FILE), "dev01": errno.ENODEV}
+    verdict = judge_remount(Mode.REMAP, V7, replace(_remount(same), dmesg=OOPS), "", "")
+    assert verdict.status is Status.FAIL
+
+
+def test_a_new_superblock_device_number_after_the_remount_passes() -> None:
+    # A new anonymous st_dev for the new superblock is nothing wrong; the inodes hold.
+    moved_dev: dict[str, GuestResult] = {"a": GuestStat(41, 2, 1, FILE), "dev01": errno.ENODEV}
+    verdict = judge_remount(Mode.REMAP, V7, _remount(moved_dev), "", "")
+    assert verdict.passed, verdict.failures
+
+
+def test_two_st_dev_values_in_one_look_fail() -> None:
+    before: dict[str, GuestResult] = {"a": GuestStat(40, 2, 1, FILE),
+                                      "dev01": GuestStat(41, 3, 2, DIR)}
+    seen = RemountSeen(("a", "dev01"), before, before, 0, "", 2)
+    verdict = judge_remount(Mode.REMAP, V7, seen, "", "")
+    assert verdict.failures[0] == ("the first look shows several guest st_dev values in one "
+                                   "mount: 40 ('a'), 41 ('dev01')")
+
+
+def test_remount_looks_again_with_the_devices_in_reverse_order() -> None:
+    truth = HostTruth((host_dir(".", 10, 1, 0), host_file("a", 10, 2, 0),
+                       host_dir("dev01", 11, 1, 1), host_file("dev01/a", 11, 2, 1),
+                       host_dir("dev02", 12, 1, 2), host_file("dev02/a", 12, 2, 2)))
+    assert another_order(truth) == ("dev02", "dev02/a", "dev01", "dev01/a", ".", "a")

@@ -231,3 +231,34 @@ def test_a_twin_rename_that_changed_the_host_fails_even_when_predicted() -> None
     passed, lines = _twin(0, aliasable=True, after=moved)
     assert not passed
     assert "host lost 'twin-same'" in lines
+
+
+OOPS = ("[  42.123456] general protection fault, probably for non-canonical address "
+        "0xdead000000000100: 0000 [#1] PREEMPT SMP NOPTI\n")
+WARN_SPLAT = "[  42.1] WARNING: CPU: 0 PID: 77 at fs/9p/vfs_inode.c:1108 v9fs_vfs_rename+0x3e\n"
+
+
+def test_a_kernel_warning_during_the_operations_fails_the_row() -> None:
+    verdict = judge_operations(Mode.REMAP, V7, _seen(_as_measured(False), dmesg=WARN_SPLAT),
+                               "", "")
+    assert verdict.failures == ("the guest kernel is in trouble (dmesg): 'WARNING: CPU: 0 "
+                                "PID: 77 at fs/9p/vfs_inode.c:1108 v9fs_vfs_rename+0x3e'",)
+
+
+def test_an_oops_during_the_cross_device_moves_fails_the_row() -> None:
+    seen = replace(_cross((errno.EXDEV, errno.EXDEV, 0), expected_host_state(BEFORE, MOVES)),
+                   dmesg=OOPS)
+    verdict = judge_cross_device(Mode.REMAP, V7, seen, "", "")
+    assert verdict.status is Status.FAIL
+    assert verdict.failures[0].startswith("the guest kernel is in trouble (dmesg): 'general "
+                                          "protection fault")
+
+
+def test_the_undecided_default_takes_warn_when_the_slice_warns() -> None:
+    verdict = judge_operations(Mode.DEFAULT, Version(9, 2, 50), _seen(_as_measured(False)),
+                               WARNING, "")
+    assert verdict.passed, verdict.failures
+    assert "showed warn's behaviour" in verdict.notes[0]
+    # Outside the window the same default is warn's and the warning is simply allowed.
+    assert not judge_operations(Mode.DEFAULT, V7, _seen(_as_measured(False)), WARNING,
+                                "").notes

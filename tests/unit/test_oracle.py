@@ -558,7 +558,7 @@ def test_control_fails_with_a_message(mode: Mode) -> None:
 
 
 def test_control_fails_on_a_collision_and_a_broken_witness() -> None:
-    obs = with_result(observe(CONTROL, passed_through), "l1", GuestStat(GUEST_DEV, 4, 1, FILE_MODE))
+    obs = with_result(observe(CONTROL, passed_through), "l1", GuestStat(GUEST_DEV, 4, 2, FILE_MODE))
     obs = GuestObservation(obs.passes, {}, {})
     verdict = judge(Mode.WARN, OLD, CONTROL, obs, "", BROKEN)
     assert verdict.failures == (
@@ -604,3 +604,94 @@ def test_unobserved_is_a_failure_when_the_guest_crashed_under_test() -> None:
                          Status.FAIL)
     assert verdict.status is Status.FAIL
     assert verdict.observed == "not observed: the guest crashed under test"
+
+
+# --- issue 21: the oracle's remaining holes ------------------------------------------
+
+REWORDED_WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in the same "
+                    "VirtFS export, which may cause file ID collisions; use multidevs=remap")
+REWORDED_FORBID = ("qemu-system-x86_64: 9p: multiple devices in one export: access denied "
+                   "(multidevs=forbid)")
+
+
+def test_a_reworded_message_still_counts_by_its_stable_parts() -> None:
+    messages = find_multidevs_messages(f"{REWORDED_WARNING}\n{REWORDED_FORBID}\n")
+    assert messages.warn == (REWORDED_WARNING,) and messages.forbid == (REWORDED_FORBID,)
+    warn = judge(Mode.WARN, OLD, TRUTH, observe(TRUTH, passed_through), REWORDED_WARNING)
+    assert warn.passed, warn.failures
+    forbid = judge(Mode.FORBID, OLD, TRUTH, observe(TRUTH, forbidden), REWORDED_FORBID)
+    assert forbid.passed, forbid.failures
+
+
+@pytest.mark.parametrize("line", [REWORDED_WARNING, REWORDED_FORBID,
+                                  "qemu: 9p: Multiple devices detected in the same export"])
+def test_any_multi_device_line_fails_remap_and_a_control(line: str) -> None:
+    remap = judge(Mode.REMAP, OLD, TRUTH, observe(TRUTH, remapped), line)
+    assert remap.failures == (f"expected no multi-device message on QEMU stderr, found 1: "
+                              f"{line!r}",)
+    control = judge(Mode.WARN, OLD, CONTROL, observe(CONTROL, passed_through), line)
+    assert control.status is Status.FAIL
+
+
+WINDOW = Version(9, 2, 50)
+
+
+@pytest.mark.parametrize("version", [Version(9, 2, 50), Version(9, 2, 99)])
+def test_the_undecided_default_is_judged_by_what_the_guest_shows(version: Version) -> None:
+    warn = judge(Mode.DEFAULT, version, TRUTH, observe(TRUTH, passed_through), WARNING, BROKEN)
+    assert warn.passed, warn.failures
+    assert "showed warn's behaviour" in warn.notes[0]
+    assert warn.expectation.endswith("(undecided default: the guest showed warn's behaviour)")
+    remap = judge(Mode.DEFAULT, version, TRUTH, observe(TRUTH, remapped), "", INTACT)
+    assert remap.passed, remap.failures
+    assert "showed remap's behaviour" in remap.notes[0]
+
+
+def test_the_undecided_default_still_needs_one_behaviour_whole() -> None:
+    # Collisions (warn's) without the warning, and a remap-like guest with a warning.
+    half = judge(Mode.DEFAULT, WINDOW, TRUTH, observe(TRUTH, passed_through), "", INTACT)
+    assert half.failures == (
+        "expected the multi-device warning exactly once on QEMU stderr, found it 0 times",)
+    other = judge(Mode.DEFAULT, WINDOW, TRUTH, observe(TRUTH, remapped), WARNING, INTACT)
+    assert other.failures == ("expected at least one guest id collision (host inode numbers "
+                              "repeat across 2 devices), found none",)
+
+
+def test_outside_the_window_the_default_is_fixed() -> None:
+    remap_like = judge(Mode.DEFAULT, Version(9, 2, 49), TRUTH, observe(TRUTH, remapped), "")
+    assert remap_like.status is Status.FAIL
+    warn_like = judge(Mode.DEFAULT, NEW, TRUTH, observe(TRUTH, passed_through), WARNING)
+    assert warn_like.status is Status.FAIL
+    assert not any("lies between" in note for note in warn_like.notes)
+
+
+def test_a_name_readdir_lists_twice_fails() -> None:
+    obs = observe(TRUTH, remapped)
+    dirents = dict(obs.dirents)
+    dirents["."] = (*dirents["."], dirents["."][0])
+    verdict = judge(Mode.REMAP, OLD, TRUTH, GuestObservation(obs.passes, dirents, {}), "")
+    name = dirents["."][0][0]
+    assert verdict.failures == (f"readdir of '.' lists {name!r} 2 times",)
+
+
+def test_a_guest_nlink_differing_from_the_host_fails_in_every_mode() -> None:
+    for mode, view, stderr in ((Mode.REMAP, remapped, ""),
+                               (Mode.WARN, passed_through, WARNING),
+                               (Mode.FORBID, forbidden, FORBID_MESSAGE)):
+        obs = observe(TRUTH, view)
+        seen = obs.passes[0]["l1"]
+        assert isinstance(seen, GuestStat)
+        wrong = with_result(obs, "l1", GuestStat(GUEST_DEV, seen.ino, 1, FILE_MODE))
+        verdict = judge(mode, OLD, TRUTH, wrong, stderr)
+        assert "'l1' has st_nlink 1 in the guest, 2 on the host" in verdict.failures, mode
+
+
+def test_warn_with_collisions_among_directories_only_fails() -> None:
+    # Files keep apart (as under remap), only the device roots share an id.
+    view = remapped(TRUTH)
+    view["dev01"] = GuestStat(GUEST_DEV, view["."].ino, 2, DIR_MODE)  # type: ignore[union-attr]
+    obs = GuestObservation((view, view), dirents_of(TRUTH, view), {})
+    verdict = judge(Mode.WARN, OLD, TRUTH, obs, WARNING)
+    assert verdict.failures == ("expected guest id collisions among regular files (their host "
+                                "inode numbers repeat across devices), found them only among "
+                                "directories",)

@@ -40,7 +40,7 @@ def _overlay() -> HostTruth:
 
 
 def _guest(truth: HostTruth, inos: dict[str, int]) -> dict[str, GuestResult]:
-    return {e.path: GuestStat(9, inos[e.path], 1, DIR if e.kind is EntryKind.DIR else FILE)
+    return {e.path: GuestStat(9, inos[e.path], e.nlink, DIR if e.kind is EntryKind.DIR else FILE)
             for e in truth.entries}
 
 
