@@ -9,7 +9,7 @@ puts the result rows in the order a reader expects.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -124,6 +124,8 @@ def row_name(mode: Mode, cache: Cache, layout: Layout = Layout.STANDARD) -> str:
     return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
 
 
+# Layouts the mode guests (and the check families) are planned around.
+_MAIN_LAYOUTS = (Layout.STANDARD, Layout.LOOP)
 # Layouts whose export is one host device (the overlay's layers share its st_dev):
 # judged as a control, and no multi-device message can come of them.
 SINGLE_DEVICE_LAYOUTS = (Layout.OVERLAY,)
@@ -142,6 +144,17 @@ def layout_shape(kind: Layout, base: ExportLayout) -> ExportLayout:
     return ExportLayout(devices=devices, files_per_device=base.files_per_device, kind=kind)
 
 
+def _witnessed(mode: Mode, layout: ExportLayout) -> bool:
+    """Whether an export's witnesses can say something: not under forbid (it denies the
+    other devices by design: every tool just fails), not on a layout too large for
+    them, and on a single-device layout only where QEMU may remap (remap; the default
+    from 10.0): warn and forbid pass one device's numbers through, as for a control,
+    whose first export already runs them."""
+    if mode is Mode.FORBID or layout.kind in NO_WITNESS_LAYOUTS:
+        return False
+    return layout.devices > 1 or mode in (Mode.REMAP, Mode.DEFAULT)
+
+
 def mode_exports(mode: Mode, layouts: Sequence[ExportLayout],
                  caches: Sequence[Cache]) -> tuple[ExportPlan, ...]:
     """One export per layout and cache mode for ``mode``, in the order asked; every
@@ -154,7 +167,7 @@ def mode_exports(mode: Mode, layouts: Sequence[ExportLayout],
             exports.append(ExportPlan(
                 row_name(mode, cache, layout.kind), mode, layout, cache=cache,
                 message_printed=printed and layout.devices > 1,
-                witness=mode is not Mode.FORBID and layout.kind not in NO_WITNESS_LAYOUTS))
+                witness=_witnessed(mode, layout)))
             printed = printed or layout.devices > 1
     return tuple(exports)
 
@@ -192,28 +205,47 @@ def plan_guests(
     witnesses themselves raise no false alarm).
     """
     single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
-    shapes = [layout_shape(kind, layout) for kind in layouts]
     with_control = control and layout.devices > 1
     controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single, witness=index == 0)
                 for index, m in enumerate(modes)]
+    main = [layout_shape(k, layout) for k in layouts if k in _MAIN_LAYOUTS]
+    quiet = [layout_shape(k, layout) for k in layouts if k in SINGLE_DEVICE_LAYOUTS]
+    apart = [layout_shape(k, layout) for k in layouts
+             if k not in _MAIN_LAYOUTS and k not in SINGLE_DEVICE_LAYOUTS]
+    silent = [e for m in modes for e in mode_exports(m, quiet, caches)]
     if not share:
-        isolated = [GuestPlan(m.value, mode_exports(m, shapes, caches)) for m in modes]
+        guests = [GuestPlan(m.value, mode_exports(m, [*main, *quiet], caches)) for m in modes]
         if with_control:
-            isolated.append(GuestPlan("control", tuple(controls)))
-        return isolated
+            guests.append(GuestPlan("control", tuple(controls)))
+    else:
+        guests = _shared_guests(modes, main, caches, "")
+        default = guests.pop() if guests and guests[-1].name == Mode.DEFAULT.value else None
+        if with_control:
+            # Single-device layouts print nothing in any mode: they ride with the
+            # silent controls, before the default's exports.
+            guests.append(GuestPlan("control+default" if default else "control",
+                                    (*controls, *silent, *(default.exports if default else ()))))
+        else:
+            guests += [g for g in (GuestPlan("quiet", tuple(silent)), default) if g and g.exports]
+    for shape in apart:  # each further layout in guests of its own: one QEMU has 24 slots
+        guests += _shared_guests(modes, [shape], caches, f"@{shape.kind.value}") if share \
+            else [GuestPlan(f"{m.value}@{shape.kind.value}", mode_exports(m, [shape], caches))
+                  for m in modes]
+    return guests
+
+
+def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
+                   caches: Sequence[Cache], suffix: str) -> list[GuestPlan]:
+    """remap, forbid and warn in one guest and the default in another (it shares
+    warn's message before QEMU 10), each mode with an export per layout and cache."""
     shared = [m for m in _SHARED_ORDER if m in modes]
-    guests: list[GuestPlan] = []
-    if shared:
-        name = "+".join(m.value for m in shared)
-        guests.append(GuestPlan(name, tuple(e for m in shared
-                                            for e in mode_exports(m, shapes, caches))))
-    default = list(mode_exports(Mode.DEFAULT, shapes, caches)) if Mode.DEFAULT in modes \
-        else []
-    if with_control:
-        guests.append(GuestPlan("control+default" if default else "control",
-                                (*controls, *default)))
-    elif default:
-        guests.append(GuestPlan(Mode.DEFAULT.value, tuple(default)))
+    guests = []
+    if shared and shapes:
+        guests.append(GuestPlan("+".join(m.value for m in shared) + suffix, tuple(
+            e for m in shared for e in mode_exports(m, shapes, caches))))
+    if Mode.DEFAULT in modes and shapes:
+        guests.append(GuestPlan(Mode.DEFAULT.value + suffix,
+                                mode_exports(Mode.DEFAULT, shapes, caches)))
     return guests
 
 
@@ -229,7 +261,8 @@ def _family_caches(check: Check, caches: Sequence[Cache]) -> list[Cache]:
     return [Cache.NONE, *extra]
 
 
-def apply_checks(plan: GuestPlan, checks: Sequence[Check]) -> GuestPlan:
+def apply_checks(plan: GuestPlan, checks: Sequence[Check],
+                 done: Collection[Mode] = ()) -> GuestPlan:
     """``plan`` (from ``plan_guests``: ids exports only) with the families of
     ``checks``: ids exports (and controls) kept only if ``ids`` is asked for, then one
     export per further family and multi-device mode of the guest, in family order.
@@ -238,13 +271,15 @@ def apply_checks(plan: GuestPlan, checks: Sequence[Check]) -> GuestPlan:
     its mode's ids export and comes after it (see ``_TRAILING``); ``bind`` joins the
     control guest, one export per mode, after the controls and before anything that
     may print a message.  A single-device run has no foreign device to operate on and
-    gets no trailing family exports; a run without controls gets no bind rows.
+    gets no trailing family exports; a run without controls gets no bind rows.  Modes
+    in ``done`` got their families in an earlier guest (a further layout's guest).
     """
     controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
     others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
     caches = list(dict.fromkeys(e.cache for e in others))
     # One family export per mode, however many cache exports the mode has.
-    modes = list(dict.fromkeys(e.mode for e in others if e.layout.devices > 1))
+    modes = list(dict.fromkeys(e.mode for e in others
+                               if e.layout.devices > 1 and e.mode not in done))
     # No witnesses on bind: every path of a bind is one host file with one id (st_nlink
     # 1, no ancestor shared), so the tools have nothing to get wrong that the ids rules
     # do not already judge.
@@ -311,8 +346,10 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
     guests = plan_guests(options.modes, options.layout, options.control,
                          options.share and live_stderr, options.caches, options.layouts)
     complete = []
+    done: set[Mode] = set()
     for guest in guests:
-        planned = apply_checks(guest, checks)
+        planned = apply_checks(guest, checks, done)
+        done |= {e.mode for e in planned.exports if e.check in _TRAILING}
         exports = tuple(replace(e, witness=e.witness and options.witness,
                                 passes=options.passes, agent_threads=options.agent_threads)
                         for e in planned.exports)

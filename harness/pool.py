@@ -278,7 +278,10 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         guest.wait_ready()
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
+        started = time.monotonic()
         observed = _observe(run, guest, exports)
+        run.progress(f"{plan.name}: {len(observed)} exports observed in "
+                     f"{time.monotonic() - started:.1f} s")
     return _rows(run, plan, guest, observed, log_dir) + rows
 
 
