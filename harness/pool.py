@@ -23,7 +23,7 @@ from .checks.family import Judging
 from .checks.registry import FAMILIES
 from .config import ExportSpec, Layout, Progress, Via
 from .environment import Environment
-from .errors import ExportError, GuestCrashed, HarnessError, QemuFailed
+from .errors import ExportError, GuestCrashed, HarnessError, LayoutUnavailable, QemuFailed
 from .guest.lifecycle import Guest, check_alive, qemu_end
 from .host.export import build_export
 from .host.truth import Export
@@ -142,10 +142,17 @@ def _build_exports(
     for item in plan.exports:
         kind = item.layout.kind
         if kind in broken:
-            failed.append((item, broken[kind]))
+            if not isinstance(broken[kind], LayoutUnavailable):
+                failed.append((item, broken[kind]))
             continue
         try:
             export = stack.enter_context(build_export(item.layout, progress=run.progress))
+        except LayoutUnavailable as exc:
+            # Not a failure of anything: this harness cannot build it (rootless).
+            if kind not in broken:
+                run.progress(f"{plan.name}: {exc.message}")
+            broken[kind] = exc
+            continue
         except ExportError as exc:
             run.progress(f"{plan.name}: {kind.value} layout not built: {exc.message}")
             broken[kind] = exc
