@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent.witnesses import TOOLS_DIR
-from .results import EnvironmentRecord, ResultRow, RunReport
+from .results import EnvironmentRecord, ResultRow, RunResults
 from .verdicts.common import Status, Verdict
 from .verdicts.ids import IdsVerdict, ids_verdict
 from .verdicts.ops import OpsVerdict
@@ -56,7 +56,7 @@ def _qemu_version(row: ResultRow) -> str:
     return str(row.environment.qemu.version) if row.environment else "-"
 
 
-def table(report: RunReport) -> str:
+def table(report: RunResults) -> str:
     """A fixed-width table (case, expectation, observed, witnesses, verdict), then
     every failure and note behind the name of its row.  A qemu and a guest column are
     added when the rows are about more than one QEMU or guest kernel."""
@@ -85,7 +85,7 @@ def table(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def _known_lines(report: RunReport) -> list[str]:
+def _known_lines(report: RunResults) -> list[str]:
     """The table's account of known issues: each row a known bug explains (with the
     first of its failures, the evidence) and each known bug that did not reproduce."""
     lines: list[str] = []
@@ -105,7 +105,7 @@ def _known_lines(report: RunReport) -> list[str]:
     return lines
 
 
-def summary_line(report: RunReport) -> str:
+def summary_line(report: RunResults) -> str:
     """One line for the end of the terminal output."""
     counts = {s: sum(r.status is s for r in report.rows) for s in Status}
     others = ", ".join(f"{counts[s]} {s.value}" for s in Status
@@ -212,7 +212,7 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
         "failures": list(verdict.failures),
         "notes": list(verdict.notes),
         "guest": None if row.guest is None else {
-            "name": row.guest.name, "kernel": row.guest.kernel, "boot": row.guest.boot},
+            "name": row.guest.name, "kernel": row.guest.kernel, "plan": row.guest.plan},
         "boot": None if row.start is None else row.start.value,
         "boot_seconds": None if row.boot_seconds is None else round(row.boot_seconds, 3),
         "log_dir": None if row.log_dir is None or not logs_kept else str(row.log_dir),
@@ -244,7 +244,7 @@ def environment_json(record: EnvironmentRecord) -> dict[str, Any]:
     return dict(record.as_dict())
 
 
-def to_json(report: RunReport) -> dict[str, Any]:
+def to_json(report: RunResults) -> dict[str, Any]:
     """``run --json``: the environment block, the run's facts and every row."""
     return {
         **report.environment.as_dict(),
@@ -277,7 +277,7 @@ def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
                       ).text = f"reproduce: {issue.reproducer}\n{text}"
 
 
-def to_junit(report: RunReport) -> ET.Element:
+def to_junit(report: RunResults) -> ET.Element:
     """JUnit XML: one testcase per row; fail is a <failure>, error and inconclusive
     an <error> (CI retries those), each carrying the exact reasons."""
     statuses = [r.status for r in report.rows]
@@ -306,7 +306,7 @@ def to_junit(report: RunReport) -> ET.Element:
     return suite
 
 
-def write_junit(report: RunReport, path: Path) -> None:
+def write_junit(report: RunResults, path: Path) -> None:
     """Write the JUnit XML report (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tree = ET.ElementTree(to_junit(report))

@@ -99,7 +99,7 @@ class GuestRecord:
 
     name: str
     kernel: str
-    boot: str  # the guest plan's name: which exports shared this QEMU
+    plan: str  # the guest plan's name: which exports shared this QEMU
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
-class RunReport:
+class RunResults:
     """Everything a run found, plus the facts needed to reproduce it."""
 
     environment: EnvironmentRecord  # the first QEMU's (the top-level JSON block)

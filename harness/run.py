@@ -25,7 +25,7 @@ from .logs import log_root
 from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
 from .pool import Backend, LiveGuests, RunContext, run_guest, run_guests
 from .qemu.machine import Machine
-from .results import ResultRow, RunReport
+from .results import ResultRow, RunResults
 from .verdicts.known import KnownIssue, parse_known_issues
 
 
@@ -103,7 +103,7 @@ def _run_environment(
 
 def run_checks(
     options: RunOptions, progress: Progress = quiet, env: Environment | None = None
-) -> RunReport:
+) -> RunResults:
     """Run every planned guest of ``options`` on each QEMU and guest recipe; one report.
 
     ``env`` reuses an already prepared environment (the benchmark times the matrix
@@ -130,7 +130,7 @@ def run_checks(
             rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
         if not all(row.passed for row in rows):
             logs.keep()  # known failures too: the evidence of a bug still open
-        return RunReport(
+        return RunResults(
             environment=envs[0].record,
             rows=tuple(rows),
             wall_seconds=time.monotonic() - started,

@@ -62,7 +62,7 @@ def test_json_has_the_promised_keys_and_values(reports: tuple[Any, Any, Any]) ->
     for result in data["results"]:
         assert result["passed"] is True and result["failures"] == []
         assert result["guest"]["kernel"] == data["guest"]["kernel"]
-        assert result["guest"]["boot"] in ("remap+forbid+warn", "control+default")
+        assert result["guest"]["plan"] in ("remap+forbid+warn", "control+default")
         if result["check"] not in ("ids", "bind"):
             continue
         for key in ("mode", "passed", "host_devices", "files_checked", "guest_collisions",

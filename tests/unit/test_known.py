@@ -10,7 +10,7 @@ import pytest
 from harness.config import Version, Via
 from harness.errors import UsageError
 from harness.qemu.probe import QemuInfo
-from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunReport, exit_code
+from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunResults, exit_code
 from harness.run import load_known_issues
 from harness.verdicts.common import Status, Verdict
 from harness.verdicts.known import RowFacts, kernel_version, match, parse_known_issues, unreproduced
@@ -122,6 +122,6 @@ def test_strict_known_fails_a_run_where_a_known_issue_did_not_reproduce() -> Non
     info = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), Version(7, 2, 22), True, True, False)
     env = EnvironmentRecord(info, None, None, None)
     rows = (_row(Status.PASS, absent=True),)
-    assert RunReport(env, rows).exit_code == EXIT_OK
-    assert RunReport(env, rows, strict_known=True).exit_code == EXIT_FAIL
-    assert RunReport(env, rows, strict_known=True).unreproduced == ("qemu-remap-unkeyed-bits",)
+    assert RunResults(env, rows).exit_code == EXIT_OK
+    assert RunResults(env, rows, strict_known=True).exit_code == EXIT_FAIL
+    assert RunResults(env, rows, strict_known=True).unreproduced == ("qemu-remap-unkeyed-bits",)

@@ -20,7 +20,7 @@ from harness.results import (
     EnvironmentRecord,
     GuestRecord,
     ResultRow,
-    RunReport,
+    RunResults,
     exit_code,
 )
 from harness.verdicts.common import Status
@@ -66,8 +66,8 @@ def _ops_row() -> ResultRow:
                      verdict=verdict, guest=GUEST, cache="none")
 
 
-def _report(*rows: ResultRow) -> RunReport:
-    return RunReport(RECORD, rows, 1.0, "/logs", logs_kept=True)
+def _report(*rows: ResultRow) -> RunResults:
+    return RunResults(RECORD, rows, 1.0, "/logs", logs_kept=True)
 
 
 # --- one environment block ---------------------------------------------------------
@@ -148,7 +148,7 @@ def test_ids_row_json() -> None:
     data = row_dict(row)
     assert data["check"] == "ids" and data["mode"] == "remap"
     assert data["guest"] == {"name": "debian-bookworm-x86_64", "kernel": "6.1.0-56-amd64",
-                             "boot": "remap+forbid+warn"}
+                             "plan": "remap+forbid+warn"}
     assert data["witnesses"] == {}
     assert row_dict(row, logs_kept=False)["log_dir"] is None
 
