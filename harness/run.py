@@ -26,6 +26,7 @@ from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
 from .pool import Backend, LiveGuests, RunContext, run_guest, run_guests
 from .qemu.machine import Machine
 from .results import ResultRow, RunResults
+from .verdicts.common import Status
 from .verdicts.known import KnownIssue, parse_known_issues
 
 
@@ -128,8 +129,10 @@ def run_checks(
                 if len(envs) > 1 else logs.path
             found = _run_environment(each, options, progress, log_dir, known)
             rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
-        if not all(row.passed for row in rows):
-            logs.keep()  # known failures too: the evidence of a bug still open
+        # Logs are kept when the run is news; a known bug reproduced is not (its
+        # reproducer says how to look at it again).
+        if any(row.status not in (Status.PASS, Status.KNOWN) for row in rows):
+            logs.keep()
         return RunResults(
             environment=envs[0].record,
             rows=tuple(rows),
