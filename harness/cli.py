@@ -6,9 +6,7 @@ import argparse
 import json
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -228,72 +226,26 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .image.build import build_image
+    from .commands.image import build, image_json, image_text
 
-    image = build_image(args.guest, progress=progress, force=args.force, refresh=True,
-                        modules_dir=args.modules)
-    if args.json:
-        _print_json({k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()})
-    else:
-        state = "cache hit" if image.cache_hit else "built"
-        print(f"{image.recipe} ({state}): kernel {image.kernel_release}")
-        print(f"  vmlinux  {image.vmlinux}\n  vmlinuz  {image.vmlinuz}\n  initrd   {image.initrd}")
+    image = build(args.guest, args.modules, args.force, progress)
+    print(json.dumps(image_json(image), indent=2) if args.json else image_text(image))
     return EXIT_OK
 
 
-def _state_cache() -> Any:
-    from . import paths
-    from .qemu.snapshot import StateCache
-
-    return StateCache(paths.states_dir())
-
-
 def cmd_image_prune(args: argparse.Namespace) -> int:
-    removed = _state_cache().prune(keep=0)
-    print(f"removed {len(removed)} saved guest states "
-          f"({sum(e.size for e in removed) / 2**20:.0f} MiB)")
+    from .commands.image import prune
+
+    print(prune())
     return EXIT_OK
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    from .image.build import list_images
+    from .commands.image import listing, listing_text
 
-    listing = list_images()
-    listing["states"] = [
-        {"key": e.key, "path": str(e.path), "size_bytes": e.size,
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.created)),
-         "description": e.description}
-        for e in _state_cache().entries()
-    ]
-    if args.json:
-        _print_json(listing)
-        return EXIT_OK
-    _print_image_listing(listing)
+    found = listing()
+    print(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
     return EXIT_OK
-
-
-def _print_image_listing(listing: dict[str, Any]) -> None:
-    from .qemu.snapshot import KEEP_STATES
-
-    print(f"cache: {listing['cache_root']}")
-    for recipe in listing["recipes"]:
-        default = " (default)" if recipe["default"] else ""
-        print(f"{recipe['name']}{default}: Debian {recipe['suite']}, "
-              f"resolved {recipe['resolved_at'] or 'never'}")
-        for image in recipe["images"] or [None]:
-            if image is None:
-                print("  (nothing cached)")
-                continue
-            mib = image["size_bytes"] / 2**20
-            modules = (f"  modules {image['modules_release']}"
-                       if image["variant"] == "modules" else "")
-            print(f"  {image['kernel_release']:28} {mib:6.1f} MiB  built {image['built_at']}"
-                  f"{'  current' if image['current'] else ''}{modules}\n"
-                  f"    {image['directory']}")
-    print(f"saved guest states: {len(listing['states'])} (newest {KEEP_STATES} kept)")
-    for state in listing["states"]:
-        print(f"  {state['key']}  {state['size_bytes'] / 2**20:6.1f} MiB  "
-              f"{state['created']}  {state['description']}")
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
