@@ -214,9 +214,12 @@ def plan_guests(
              if k not in _MAIN_LAYOUTS and k not in SINGLE_DEVICE_LAYOUTS]
     silent = [e for m in modes for e in mode_exports(m, quiet, caches)]
     if not share:
-        guests = [GuestPlan(m.value, mode_exports(m, [*main, *quiet], caches)) for m in modes]
-        if with_control:
-            guests.append(GuestPlan("control", tuple(controls)))
+        # A guest per mode; the single-device layouts still apart from every message
+        # (a backend without live stderr judges each export on the whole of it).
+        guests = [GuestPlan(m.value, mode_exports(m, main, caches)) for m in modes]
+        quiet_guest = GuestPlan("control" if with_control else "quiet",
+                                (*(controls if with_control else ()), *silent))
+        guests += [quiet_guest] if quiet_guest.exports else []
     else:
         guests = _shared_guests(modes, main, caches, "")
         default = guests.pop() if guests and guests[-1].name == Mode.DEFAULT.value else None

@@ -55,7 +55,9 @@ from .leaks import (
 pytestmark = [needs_qemu]
 
 # One guest with one remap export: the shortest real run (about 4 s under TCG).
-RUN = ["run", "--accel", "tcg", "--modes", "remap", "--no-control", "--cache", "none"]
+# One guest, one export: the standard layout alone (the overlay would add a guest).
+RUN = ["run", "--accel", "tcg", "--modes", "remap", "--no-control", "--cache", "none",
+       "--layout", "standard"]
 
 
 # --- how a run ends -----------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_pytest_timeout_in_a_guest_test_leaves_no_guest(tmp_path: Path, method: 
     sandbox = Sandbox(tmp_path / "sandbox")
     argv = [sys.executable, "-m", "pytest", str(inner / "test_inner.py"), "-c",
             str(inner / "pytest.ini"), "--rootdir", str(inner), "-p", "no:cacheprovider",
-            "-s", "-q", "--accel", "tcg", "--timeout", "3", "--timeout-method", method]
+            "-s", "-q", "--mdh-accel", "tcg", "--timeout", "3", "--timeout-method", method]
     result = sandbox.run([], argv=argv, timeout=120)
     output = result.stdout + result.stderr
     assert "GUEST-UP" in output, output
