@@ -86,8 +86,8 @@ def test_run_on_both_guests_reports_each_kernel(trixie: Environment, tmp_path: P
     junit = tmp_path / "run.xml"
     sandbox = Sandbox(tmp_path / "sandbox")
     result = sandbox.run(["run", "--accel", "tcg", "--modes", "remap,warn", "--no-control",
-                          "--layout", "standard", "--guest", f"debian-bookworm-x86_64,{TRIXIE}", "--json", str(report),
-                          "--junit", str(junit)], timeout=200)
+                          "--layout", "standard", "--guest", f"debian-bookworm-x86_64,{TRIXIE}",
+                          "--json", str(report), "--junit", str(junit)], timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
     kernels = {(r["case"], r["guest"]["name"]): r["guest"]["kernel"] for r in data["results"]
