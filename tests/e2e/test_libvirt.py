@@ -223,9 +223,13 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     # runtime_mount and bind need host mounts QEMU's own namespace would never see.
     families = {f"{c}-{m}" for c in ("operations", "cross_device", "remount") for m in modes}
     families |= {f"cross_device-{m}+loose" for m in modes}  # one per inode-caching cache
-    assert cases == rows | {f"control-{m}" for m in modes} | families | {
+    overlay = {f"{r}@overlay" for r in rows}
+    assert cases == rows | overlay | {f"control-{m}" for m in modes} | families | {
         "reject-virtiofs-multidevs", "reject-invalid-multidevs"}
-    assert all(r["passed"] for r in run.report["results"]), run.stdout
+    # The overlay's remap collision is QEMU 7.2's known issue; everything else passes.
+    known = {r["case"] for r in run.report["results"] if r["status"] == "known"}
+    assert known == {"remap@overlay", "remap+loose@overlay"}, run.stdout
+    assert all(r["passed"] for r in run.report["results"] if r["case"] not in known), run.stdout
     assert {r["via"] for r in run.report["results"]} == {"libvirt"}
     assert run.report["accel"]["used"] == "tcg"
     # The modes really did what they do (the oracle judged real guests).
