@@ -19,7 +19,7 @@ from ..config import Check, ExportSpec, Layout, Mode
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
-from ..host.truth import Export, HostTruth, layout_premise
+from ..host.truth import Export, HostTruth
 from ..plan import ExportPlan
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
@@ -85,7 +85,7 @@ class IdsCheck:
             witnesses_of(truth, seen),
             stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
             message_printed=judging.plan.message_printed, harm=harm,
-            dmesg=seen.dmesg, premise_failure=layout_premise(judging.export.layout.kind, truth),
+            dmesg=seen.dmesg, layout=judging.export.layout.kind,
         )
 
 

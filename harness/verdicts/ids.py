@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 from ..agent.harm import HarmObservation
 from ..agent.stat import GuestObservation, GuestResult, GuestStat
-from ..config import Cache, Mode, Version
-from ..host.truth import EntryKind, HostTruth, kind_of_mode
+from ..config import Cache, Layout, Mode, Version
+from ..host.truth import EntryKind, HostTruth, kind_of_mode, layout_premise
 from .common import (
     Behaviour,
     Expectation,
@@ -322,10 +322,17 @@ def _file_collision_expected(truth: HostTruth) -> bool:
 def _collision_failures(truth: HostTruth, first: Mapping[str, GuestResult],
                         allowed: frozenset[str]) -> list[str]:
     collisions = find_collisions(truth, first)
+    # warn passes st_ino through: files collide exactly where their host numbers do.
+    unexplained = [f"collision of files with different host inode numbers: {c.describe()}"
+                   for c in collisions if len({ino for _, _, ino in c.host_files}) > 1]
+    if unexplained:
+        return _capped(unexplained, "unexplained collisions")
     # An inode cache that made the colliding paths unreachable (ELOOP) hides the
     # collision behind worse harm: that counts as having shown it.
     if any(_predicted_loop(first, path, allowed) for path in allowed):
         return []
+    if not truth.repeated_inodes():
+        return []  # nothing repeats (a layout that chose its numbers): nothing may collide
     if not collisions:
         return [f"expected at least one guest id collision (host inode numbers repeat "
                 f"across {truth.device_count} devices), found none"]
@@ -494,10 +501,14 @@ def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
     return sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
 
 
-def _premise_failure(truth: HostTruth) -> str:
-    return (f"premise failed: the export spans {truth.device_count} host devices but no "
-            f"inode number repeats across them, so guest ids cannot collide and this run "
-            f"proves nothing (inconclusive)")
+def _premise(truth: HostTruth, layout: Layout | None) -> str | None:
+    """Why the row proves nothing (its inconclusive failure), or None: the layout's own
+    premise, else that an inode number repeats across the export's devices."""
+    reason = layout_premise(layout, truth) if layout is not None else None if \
+        truth.premise_holds else (f"the export spans {truth.device_count} host devices but "
+                                  "no inode number repeats across them")
+    return f"premise failed: {reason}, so this row proves nothing (inconclusive)" \
+        if reason else None
 
 
 def _harm_text(harm: Harm | None) -> str:
@@ -532,14 +543,15 @@ def judge(
     message_printed: bool = False,
     harm: HarmInput | None = None,
     dmesg: str = "",
-    premise_failure: str | None = None,
+    layout: Layout | None = None,
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
     ``qemu_stderr``: QEMU's stderr while this export alone was observed (outside every
     observation: ``stderr_outside``); ``command_failures``: libvirt's command line;
     ``message_printed``: an earlier export of this mode in this QEMU showed the message;
-    ``premise_failure``: why the layout proves nothing here (the row is inconclusive).
+    ``layout``: the export's layout, whose premise (``host.truth.layout_premise``) the
+    row needs (None: an inode number repeats across devices, or a single device).
     """
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
@@ -552,9 +564,7 @@ def judge(
     remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
         if expectation is Expectation.UNIQUE_IDS and first else None
     notes += remap_notes(remap) if remap is not None else []
-    premise = _premise_failure(truth) if not truth.premise_holds else (
-        f"premise failed: {premise_failure}, so this row proves nothing (inconclusive)"
-        if premise_failure else None)
+    premise = _premise(truth, layout)
     if premise is not None:
         status, failures = Status.INCONCLUSIVE, [premise]
     else:

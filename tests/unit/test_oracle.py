@@ -580,7 +580,7 @@ def test_no_repeated_inode_is_inconclusive() -> None:
     assert verdict.status is Status.INCONCLUSIVE
     assert verdict.failures == (
         "premise failed: the export spans 2 host devices but no inode number repeats across "
-        "them, so guest ids cannot collide and this run proves nothing (inconclusive)",
+        "them, so this row proves nothing (inconclusive)",
     )
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Mode, Version
-from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.config import Layout, Mode, Version
+from harness.host.truth import EntryKind, HostEntry, HostTruth, scripted_content
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge
 from harness.verdicts.remap import (
@@ -132,3 +132,43 @@ def test_the_fullmap_warning_must_show_once_where_the_table_overflows() -> None:
     assert fullmap_warning_failures(check, "") == [
         f"expected QEMU's {FULLMAP_WARNING!r} warning once (the model's remap table "
         "overflows into the full map), found it 0 times"]
+
+
+WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
+           "export, which might lead to file ID collisions and severe misbehaviours on "
+           "guest! You should either use a separate export for each device shared from "
+           "host or use virtfs option 'multidevs=remap'!")
+
+
+def _two_devices() -> HostTruth:
+    """Numbers chosen so nothing repeats across the two devices (as the scripted
+    layout chooses them)."""
+    return HostTruth((
+        HostEntry(".", 40, 1, 3, EntryKind.DIR, 0),
+        HostEntry("a", 40, 7, 1, EntryKind.FILE, 0, scripted_content("a", 7), size=1),
+        HostEntry("dev01", 41, 2, 2, EntryKind.DIR, 1),
+        HostEntry("dev01/b", 41, 8, 1, EntryKind.FILE, 1, scripted_content("dev01/b", 8),
+                  size=1)))
+
+
+def test_warn_expects_collisions_exactly_where_host_numbers_repeat() -> None:
+    truth = _two_devices()
+    host = {e.path: e.ino + 2 for e in truth.entries}
+    verdict = judge(Mode.WARN, QEMU, truth, _observation(truth, host), WARNING,
+                    layout=Layout.SCRIPTED)
+    assert verdict.status is Status.PASS, verdict.failures  # nothing repeats: none expected
+    merged = dict(host, **{"dev01/b": host["a"]})  # two different numbers made one
+    verdict = judge(Mode.WARN, QEMU, truth, _observation(truth, merged), WARNING,
+                    layout=Layout.SCRIPTED)
+    assert verdict.status is Status.FAIL
+    assert verdict.failures[0].startswith(
+        "collision of files with different host inode numbers: guest id (dev 9, ino 9)")
+
+
+def test_a_layout_premise_that_fails_makes_the_row_inconclusive() -> None:
+    truth = _two_devices()  # no inode number with the overlay's top bits
+    host = {e.path: e.ino + 2 for e in truth.entries}
+    verdict = judge(Mode.WARN, QEMU, truth, _observation(truth, host), WARNING,
+                    layout=Layout.OVERLAY_MIXED)
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.failures[0].startswith("premise failed: ")
