@@ -18,7 +18,7 @@ from ..plan import ExportPlan, GuestPlan, row_name
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
 from ..report import collision_table, harm_text, remap_text, witnesses_text
 from ..results import ResultRow
-from ..run import QemuBackend
+from ..run import QemuBackend, load_known_issues
 from ..verdicts.ids import ids_verdict
 from .byhand import EXPORT_VAR
 
@@ -73,7 +73,7 @@ def reproduce(
     with log_root(logs, "reproduce", progress) as log_dir:
         log_dir.keep()  # the point of reproduce is the evidence
         run = RunContext(env, QemuBackend(env, 1, progress), log_dir.path, progress,
-                         LiveGuests())
+                         LiveGuests(), load_known_issues(None))
         name = row_name(mode, cache)
         plan = ExportPlan(name, mode, layout, cache=cache)
         rows = run_guest(run, GuestPlan(name, (plan,)))

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.commands.byhand import EXPORT_VAR
+from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, LAYERS_VAR
+from harness.guest.ssh import connect_with_retry
 from harness.host.truth import ODD_NAME, device_file_names
 from harness.results import ENVIRONMENT_KEYS
 
@@ -275,3 +279,44 @@ def test_loop_layout_gives_eloop_on_6_12_only_where_predicted(tmp_path: Path) ->
     for case in ("warn@loop", "remap@loop", "remap+loose@loop"):
         row = _result(data, case)
         assert row["access_errors"] == [] and not any("ELOOP" in n for n in row["notes"]), row
+
+
+@needs_root  # the by-hand script mounts the overlay's layers
+@pytest.mark.timeout(300)
+def test_the_overlay_by_hand_script_reproduces_the_finding_on_its_own(tmp_path: Path) -> None:
+    """reproduce --layout overlay --mode remap explains the collision, and the script it
+    writes, run with no harness at all, boots a guest in which l2/f0 and l3/f0 share one
+    inode number while the host's differ."""
+    result = run_harness(["reproduce", "--layout", "overlay", "--mode", "remap", "--accel",
+                          "tcg", "--logs", str(tmp_path / "logs")], timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr  # known: not news
+    assert "-> KNOWN" in result.stdout, result.stdout
+    assert "'l2/f0', 'l3/f0': bits 62-61 dropped" in result.stdout, result.stdout
+    assert "QEMU 7.2" in result.stdout or "QEMU " in result.stdout
+    script = Path(re.search(r"host:  sh (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
+    key = re.search(r"ssh -i (\S+) ", result.stdout).group(1)  # type: ignore[union-attr]
+    host_key = Path(key).with_name("host_key.pub")
+    proc = subprocess.Popen(["sh", str(script)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        with connect_with_retry("127.0.0.1", BYHAND_PORT, Path(key), host_key,
+                                time.monotonic() + 150, lambda: _still_running(proc)) as ssh:
+            ids = ssh.run("stat -c '%n %i' /mnt/mdh0/l2/f0 /mnt/mdh0/l3/f0 /mnt/mdh0/l1/f0")
+        inos = dict(line.split() for line in ids.stdout.decode().splitlines())
+        assert inos["/mnt/mdh0/l2/f0"] == inos["/mnt/mdh0/l3/f0"] == "44", ids
+        assert inos["/mnt/mdh0/l1/f0"] != "44"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        for leftover in (Path(EXPORT_VAR), Path(LAYERS_VAR)):
+            for layer in leftover.glob("*") if leftover == Path(LAYERS_VAR) else ():
+                layer.rmdir()
+            if leftover.exists():
+                leftover.rmdir()
+    assert_no_qemu_left()
+
+
+def _still_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        raise AssertionError(f"the by-hand script exited with {proc.returncode}")
