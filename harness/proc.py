@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -85,12 +86,30 @@ def kill_process_group(
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
     try:
-        return proc.wait(timeout=wait)
+        status = proc.wait(timeout=wait)
     except subprocess.TimeoutExpired:
         if progress is not None:
             progress(f"warning: pid {proc.pid} did not die after SIGKILL")
         return None
+    # SIGKILL is delivered at once but a member dies when the kernel next runs it: wait
+    # for the rest of the group too, so the caller never sees a helper still alive.
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return status
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies are dead)."""
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # it exited while we looked
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def tail_text(data: bytes | str, limit: int = _TAIL_CHARS) -> str:

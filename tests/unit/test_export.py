@@ -331,7 +331,7 @@ def test_refuses_to_mount_outside_a_private_namespace(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from harness.config import ExportLayout\n"
         "from harness.errors import ExportError\n"
-        "from harness.export import build_export\n"
+        "from harness.host.export import build_export\n"
         "try:\n"
         f"    with build_export(ExportLayout(2, 2), base_dir=Path({str(tmp_path)!r})):\n"
         "        print('MOUNTED')\n"
