@@ -126,6 +126,7 @@ class Check(StrEnum):
     OPERATIONS = "operations"
     CROSS_DEVICE = "cross_device"
     RUNTIME_MOUNT = "runtime_mount"
+    HELD_FD = "held_fd"
     BIND = "bind"
     REMOUNT = "remount"
 

@@ -39,7 +39,12 @@ DEFAULT_CHECKS = ALL_CHECKS
 # message (QEMU prints each once per process): they judge "the mode's own message at
 # most once, no other" (runtime_mount: none at all once its device is added), and
 # the ids row before them holds the exactly-once rule.
-_TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.REMOUNT)
+_TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.HELD_FD,
+             Check.REMOUNT)
+# Families that ask a question only one mode promises an answer to: held_fd asks
+# whether a device mounted under a directory the guest holds open stays untouched,
+# which only forbid promises (the other modes may change any device).
+_ONE_MODE = {Check.HELD_FD: Mode.FORBID}
 # Families that also get one export per inode-caching cache mode of the run (loose,
 # fscache): cross_device, whose rename between twins that share a guest inode is a
 # silent no-op there.
@@ -293,6 +298,7 @@ def apply_checks(plan: GuestPlan, checks: Sequence[Check],
                         _REMOUNT_LAYOUT if check is Check.REMOUNT else _FAMILY_LAYOUT, check,
                         cache=cache)
              for check in _TRAILING if check in checks for mode in modes
+             if _ONE_MODE.get(check, mode) is mode
              for cache in _family_caches(check, caches)]
     if Check.IDS not in checks:
         controls, others = [], []
@@ -302,7 +308,7 @@ def apply_checks(plan: GuestPlan, checks: Sequence[Check],
 # Families that mount on the host after QEMU started.  libvirt starts QEMU in a mount
 # namespace of its own, a copy taken at start that our private "/" never propagates
 # into, so under --via libvirt these families would test nothing.
-AFTER_START_MOUNTS = (Check.RUNTIME_MOUNT, Check.BIND)
+AFTER_START_MOUNTS = (Check.RUNTIME_MOUNT, Check.HELD_FD, Check.BIND)
 
 
 def checks_for(via: Via, checks: Sequence[Check]) -> tuple[tuple[Check, ...], tuple[Check, ...]]:
@@ -325,7 +331,8 @@ def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,),
     names = [row_name(m, c, k) for m in modes for k in layouts for c in caches]
     names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
     names += [family_row(check, m, c) for check in ALL_CHECKS if check is not Check.IDS
-              for m in modes for c in _family_caches(check, caches)]
+              for m in modes if _ONE_MODE.get(check, m) is m
+              for c in _family_caches(check, caches)]
     return {name: i for i, name in enumerate(names)}
 
 

@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
 from .checks.registry import FAMILIES
-from .config import ExportSpec, Layout, Progress, Via
+from .config import Cache, ExportSpec, Layout, Progress, Version, Via
 from .environment import Environment
 from .errors import ExportError, GuestCrashed, HarnessError, LayoutUnavailable, QemuFailed
 from .guest.lifecycle import Guest, check_alive, qemu_end
@@ -30,8 +31,9 @@ from .host.truth import Export
 from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import mount_options, shell_quote_command
 from .results import GuestRecord, ResultRow
+from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
 from .verdicts.common import Status, Verdict, expected_behaviour
-from .verdicts.ids import ids_verdict, unobserved
+from .verdicts.ids import IdsVerdict, ids_verdict, unobserved
 from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
 from .verdicts.qemu_end import end_failures, stderr_trouble, with_findings
 
@@ -167,9 +169,10 @@ def _build_exports(
 
 def _observe(
     run: RunContext, guest: Guest, exports: Sequence[tuple[ExportPlan, Export, ExportSpec]]
-) -> list[Observed]:
+) -> tuple[list[Observed], str]:
     """Observe each export in turn (its check family decides how), noting which stderr
-    QEMU wrote meanwhile.
+    QEMU wrote meanwhile; then the guest's /proc/mounts, which says what cache mode
+    each export really got (read once, last: the remount family remounts).
 
     A guest that dies here crashed under test (GuestCrashed: a failure, not an error).
     """
@@ -181,13 +184,20 @@ def _observe(
             seen = family.observe(guest, spec, export, item)
             observed.append(Observed(item, export, spec, partial(family.judge, seen=seen),
                                      slice(before, len(guest.stderr_text()))))
+        mounts = guest.run("cat /proc/mounts")
     except HarnessError as exc:
         crash = _crash(guest)
         if crash is not None:
             raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
                                hint=crash.hint, details=crash.details) from exc
         raise
-    return observed
+    return observed, mounts.stdout.decode(errors="replace") if mounts.rc == 0 else ""
+
+
+def _mounted(proc_mounts: str, spec: ExportSpec) -> MountedCache | None:
+    """The cache mode ``spec``'s 9p mount shows in ``proc_mounts`` (None: not there)."""
+    found = proc_mounts_options(proc_mounts).get(spec.mount_point)
+    return mounted_cache(found[1]) if found is not None and found[0] == "9p" else None
 
 
 def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
@@ -216,8 +226,9 @@ def _outside(stderr: str, slices: Sequence[slice], start: int = 0) -> str:
 
 
 def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Observed],
-          log_dir: Path) -> list[ResultRow]:
-    """Judge every export of a guest that has been shut down (its stderr is complete)."""
+          log_dir: Path, proc_mounts: str) -> list[ResultRow]:
+    """Judge every export of a guest that has been shut down (its stderr is complete);
+    a row whose export did not get the cache mode asked for is inconclusive."""
     stderr = guest.stderr_text()
     live = run.backend.live_stderr
     end = qemu_end(guest)
@@ -234,7 +245,9 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
         judging = Judging(item.plan, item.export, item.spec, version,
                           stderr[item.stderr] if live else stderr, outside,
                           problems.get(item.spec.path, ()))
-        verdict = with_findings(item.judge(judging), shared + stderr_trouble(
+        mounted = _mounted(proc_mounts, item.spec)
+        judged = with_premise(item.judge(judging), cache_premise(item.plan.cache, mounted))
+        verdict = with_findings(judged, shared + stderr_trouble(
             judging.stderr, "while this export was observed" if live else "(libvirt's log)"))
         known, unreproduced = _known(run, item.plan, verdict)
         rows.append(ResultRow(
@@ -246,6 +259,7 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
             f"{item.spec.mount_point}",
             environment=run.env.record, backend=facts, layout=item.plan.layout.kind.value,
             known_issue=known, unreproduced=unreproduced,
+            mounted_cache=mounted.spelling if mounted else None,
         ))
     return rows
 
@@ -286,10 +300,10 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
         started = time.monotonic()
-        observed = _observe(run, guest, exports)
+        observed, proc_mounts = _observe(run, guest, exports)
         run.progress(f"{plan.name}: {len(observed)} exports observed in "
                      f"{time.monotonic() - started:.1f} s")
-    return _rows(run, plan, guest, observed, log_dir) + rows
+    return _rows(run, plan, guest, observed, log_dir, proc_mounts) + rows
 
 
 def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
@@ -355,3 +369,25 @@ def run_guests(
                 future.cancel()
             live.kill_all()
             raise
+
+
+def _power_facts(row: ResultRow, version: Version) -> PowerFacts | None:
+    verdict = row.verdict
+    if not isinstance(verdict, IdsVerdict) or row.cache is None or row.guest is None:
+        return None
+    return PowerFacts(
+        group=row.guest.name, check=row.check, mode=verdict.mode,
+        expectation=expected_behaviour(verdict.mode, version), cache=Cache(row.cache),
+        layout=row.layout or "", status=verdict.status, harm=verdict.harm)
+
+
+def judge_power(rows: Sequence[ResultRow], version: Version) -> list[ResultRow]:
+    """``rows`` (every row of one QEMU) with the probe-power rule's finding on each row
+    it concerns (``verdicts.cache.probe_power``): it needs the other rows, so it runs
+    once all of them are judged, and gives a row a finding instead of editing its
+    verdict."""
+    facts = [(row, _power_facts(row, version)) for row in rows]
+    judged = [f for _, f in facts if f is not None]
+    findings = iter(probe_power(judged))
+    return [replace(row, power=next(findings)) if fact is not None else row
+            for row, fact in facts]

@@ -77,7 +77,7 @@ def table(report: RunResults) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for title, attribute in (("failures", "failures"), ("notes", "notes")):
-        found = [(r.case, text) for r in report.rows for text in getattr(r.verdict, attribute)
+        found = [(r.case, text) for r in report.rows for text in getattr(r, attribute)
                  if r.status is not Status.KNOWN or attribute == "notes"]
         if found:
             lines += ["", f"{title}:"] + [f"  [{case}] {text}" for case, text in found]
@@ -94,9 +94,9 @@ def _known_lines(report: RunResults) -> list[str]:
         lines += ["", "known issues (failures a known bug explains; not counted as news):"]
     for row, issue in known:
         lines.append(f"  [{row.case}] {issue.id}: {issue.title} (reproduce: {issue.reproducer})")
-        lines += [f"      {text}" for text in row.verdict.failures[:KNOWN_SHOWN]]
-        if len(row.verdict.failures) > KNOWN_SHOWN:
-            lines.append(f"      ... ({len(row.verdict.failures) - KNOWN_SHOWN} more in the "
+        lines += [f"      {text}" for text in row.failures[:KNOWN_SHOWN]]
+        if len(row.failures) > KNOWN_SHOWN:
+            lines.append(f"      ... ({len(row.failures) - KNOWN_SHOWN} more in the "
                          "JSON report)")
     absent = [(r.case, i.id) for r in report.rows for i in r.unreproduced]
     if absent:
@@ -203,14 +203,15 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
             "reference": row.known_issue.reference},
         "known_unreproduced": [issue.id for issue in row.unreproduced],
         "cache": row.cache,
+        "mounted_cache": row.mounted_cache,
         "via": row.via.value,
         "status": row.status.value,
         "passed": row.passed,
         "inconclusive": row.status is Status.INCONCLUSIVE,
         "expectation": verdict.expectation,
         "observed": verdict.observed,
-        "failures": list(verdict.failures),
-        "notes": list(verdict.notes),
+        "failures": list(row.failures),
+        "notes": list(row.notes),
         "guest": None if row.guest is None else {
             "name": row.guest.name, "kernel": row.guest.kernel, "plan": row.guest.plan},
         "boot": None if row.start is None else row.start.value,
@@ -265,8 +266,8 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
-    text = "\n".join(row.verdict.failures) + f"\nlogs: {row.log_dir}\n"
-    message = "; ".join(row.verdict.failures)[:1000]
+    text = "\n".join(row.failures) + f"\nlogs: {row.log_dir}\n"
+    message = "; ".join(row.failures)[:1000]
     if row.status is Status.FAIL:
         ET.SubElement(case, "failure", message=message, type="regression").text = text
     elif row.status in (Status.ERROR, Status.INCONCLUSIVE):
@@ -302,7 +303,7 @@ def to_junit(report: RunResults) -> ET.Element:
         out = ET.SubElement(case, "system-out")
         out.text = "".join(f"{line}\n" for line in (
             f"status: {row.status.value}", f"expectation: {row.verdict.expectation}",
-            f"observed: {row.verdict.observed}", *(f"note: {n}" for n in row.verdict.notes)))
+            f"observed: {row.verdict.observed}", *(f"note: {n}" for n in row.notes)))
     return suite
 
 

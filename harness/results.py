@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import AccelDecision, Start, Via
 from .qemu.probe import QemuInfo
+from .verdicts.cache import PowerFinding
 from .verdicts.common import Status, Verdict
 from .verdicts.known import KnownIssue
 
@@ -132,17 +133,42 @@ class ResultRow:
     # expected on this passing row that did not show.
     known_issue: KnownIssue | None = None
     unreproduced: tuple[KnownIssue, ...] = ()
+    # The cache mode the guest's /proc/mounts showed for the export, as spelt there
+    # (``agent.mounts``; None: not read, e.g. no export or no guest).
+    mounted_cache: str | None = None
+    # The rule judged over several rows after all of a QEMU's rows (``verdicts.cache``
+    # ``probe_power``): a note, or the reason a passing row proves nothing.
+    power: PowerFinding | None = None
 
     @property
     def status(self) -> Status:
-        """The verdict's status, but KNOWN where a known issue explains the failure."""
+        """The verdict's status, but KNOWN where a known issue explains the failure and
+        INCONCLUSIVE where a passing row's probe lost its power."""
         if self.verdict.status is Status.FAIL and self.known_issue is not None:
             return Status.KNOWN
+        if self.verdict.status is Status.PASS and self.power is not None \
+                and self.power.inconclusive:
+            return Status.INCONCLUSIVE
         return self.verdict.status
 
     @property
     def passed(self) -> bool:
-        return self.verdict.status is Status.PASS
+        return self.status is Status.PASS
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The verdict's failures, and the power rule's reason when it made the row
+        inconclusive."""
+        power = self.power
+        extra = (power.text,) if power is not None and power.inconclusive else ()
+        return (*self.verdict.failures, *extra)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The verdict's notes, and the power rule's note."""
+        power = self.power
+        extra = (power.text,) if power is not None and not power.inconclusive else ()
+        return (*self.verdict.notes, *extra)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .host.namespace import enter_private_namespace
 from .libvirt import backend as libvirt_run
 from .logs import log_root
 from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
-from .pool import Backend, LiveGuests, RunContext, run_guest, run_guests
+from .pool import Backend, LiveGuests, RunContext, judge_power, run_guest, run_guests
 from .qemu.machine import Machine
 from .results import ResultRow, RunResults
 from .verdicts.common import Status
@@ -99,7 +99,8 @@ def _run_environment(
         run = RunContext(env, backend, log_dir, progress, LiveGuests(), known)
         rows = run_guests(plan.guests, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)
-        return rows + backend.extra_rows(log_dir)
+        # A rule over several rows (the probe's power) needs all of this QEMU's rows.
+        return judge_power(rows, env.info.version) + backend.extra_rows(log_dir)
 
 
 def run_checks(

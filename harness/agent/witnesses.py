@@ -12,9 +12,14 @@ from enum import StrEnum
 
 from ..config import GUEST_TOOLS_DIR
 from ..errors import GuestOutputError
+from .harm import printf_command
 from .stat import (
+    GuestResult,
+    encode_paths,
     parse_read_output,
+    parse_stat_output,
     read_command,
+    stat_command,
 )
 
 TOOLS_DIR = GUEST_TOOLS_DIR
@@ -66,7 +71,7 @@ TOOL_NAMES = tuple(tool.name for tool in TOOLS)
 _HEX_OF = "{0} 2>/dev/null | od -An -v -tx1 | tr -d ' \\n'; echo"
 
 
-def _tool_lines(tool: Tool, point: str) -> list[str]:
+def _tool_lines(tool: Tool, point: str, kinds: bool) -> list[str]:
     body = [
         # $W/out exists before the tool runs, so a tool that fails early leaves an
         # empty copy (every file missing), not a read-back of nothing.
@@ -75,6 +80,10 @@ def _tool_lines(tool: Tool, point: str) -> list[str]:
     ]
     if tool.kind is Kind.COPY:
         body += ["echo @@READ", f"{read_command(_WORK + '/out')} < /tmp/mdh-wpaths"]
+        if kinds:
+            # The copies of the symlinks, FIFOs and sockets are lstat'ed, never opened:
+            # a FIFO would block the read-back.
+            body += ["echo @@KINDS", f"{stat_command(_WORK + '/out', 1, 1)} < /tmp/mdh-wspecial"]
     else:
         body += ["printf '@@LIST '", _HEX_OF.format('cat "$W/list"')]
     body += ["printf '@@ERR '", _HEX_OF.format(f'head -c {_ERR_LIMIT} "$W.err"')]
@@ -84,14 +93,18 @@ def _tool_lines(tool: Tool, point: str) -> list[str]:
     return [*lines, f'if [ -x "$T/{tool.binary}" ]; then', *body, "else echo @@ABSENT; fi"]
 
 
-def witness_script(mount_point: str) -> str:
+def witness_script(mount_point: str, specials: Sequence[str] = ()) -> str:
     """The guest shell script: every tool in turn over ``mount_point`` (paths for the
-    read-back on stdin), then the kernel log the tools caused."""
+    read-back on stdin, none of them a FIFO or a socket; ``specials``: the paths whose
+    copies are lstat'ed instead), then the kernel log the tools caused."""
     point = shlex.quote(mount_point)
     lines = ["cat > /tmp/mdh-wpaths", f"T={TOOLS_DIR}; W={_WORK}"]
+    if specials:
+        lines.append(f"{printf_command(encode_paths(specials))} > /tmp/mdh-wspecial")
     for tool in TOOLS:
-        lines += _tool_lines(tool, point)
-    lines += ['rm -rf "$W" "$W.err" /tmp/mdh-wpaths', "echo @@DMESG", "dmesg -c", "echo @@DONE"]
+        lines += _tool_lines(tool, point, bool(specials))
+    lines += ['rm -rf "$W" "$W.err" /tmp/mdh-wpaths /tmp/mdh-wspecial', "echo @@DMESG",
+              "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +118,8 @@ class ToolRun:
     stderr: str = ""
     copied: Mapping[str, bytes | int] | None = None
     listed: tuple[tuple[str, int | None], ...] | None = None
+    # COPY: the lstat of each special path (symlink, FIFO, socket) in the copy.
+    kinds: Mapping[str, GuestResult] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +159,7 @@ def parse_listing(data: bytes, sizes: bool) -> tuple[tuple[str, int | None], ...
     return tuple(items)
 
 
-def _parse_block(block: str, paths: Sequence[str]) -> ToolRun:
+def _parse_block(block: str, paths: Sequence[str], specials: Sequence[str]) -> ToolRun:
     name, _, rest = block.partition("\n")
     tool = next((t for t in TOOLS if t.name == name.strip()), None)
     if tool is None:
@@ -160,19 +175,27 @@ def _parse_block(block: str, paths: Sequence[str]) -> ToolRun:
         raise GuestOutputError(f"witness {tool.name}: output ends early", details=block[-400:])
     stderr = _unhex(err, f"{tool.name}'s stderr").decode(errors="replace")
     if tool.kind is Kind.COPY:
-        copied = parse_read_output(body.removeprefix("@@READ\n"), paths)
-        return ToolRun(tool.name, rc, stderr, copied=copied)
+        read, found, stats = body.removeprefix("@@READ\n").partition("@@KINDS\n")
+        if bool(found) != bool(specials):
+            raise GuestOutputError(f"witness {tool.name}: the special files' section is "
+                                   f"{'unexpected' if found else 'missing'}",
+                                   details=block[-400:])
+        kinds = parse_stat_output(stats, specials, passes=1).passes[0] if specials else {}
+        return ToolRun(tool.name, rc, stderr, copied=parse_read_output(read, paths),
+                       kinds=kinds)
     listing = _unhex(body.removeprefix("@@LIST "), f"{tool.name}'s listing")
     return ToolRun(tool.name, rc, stderr, listed=parse_listing(listing, tool.kind is Kind.SIZES))
 
 
-def parse_witness_output(text: str, paths: Sequence[str]) -> WitnessRuns:
-    """Split the script's output per tool; every tool of TOOLS must be there."""
+def parse_witness_output(text: str, paths: Sequence[str],
+                         specials: Sequence[str] = ()) -> WitnessRuns:
+    """Split the script's output per tool; every tool of TOOLS must be there.  ``paths``
+    and ``specials`` as given to ``witness_script``."""
     body, sep, tail = text.partition("@@DMESG\n")
     dmesg, done, _ = tail.partition("@@DONE")
     if not sep or not done:
         raise GuestOutputError("witness output has no @@DMESG ... @@DONE", details=text[-400:])
-    runs = {run.tool: run for run in (_parse_block(block, paths)
+    runs = {run.tool: run for run in (_parse_block(block, paths, specials)
                                       for block in body.split("@@W ")[1:])}
     missing = [name for name in TOOL_NAMES if name not in runs]
     if missing:

@@ -19,7 +19,7 @@ from ..config import Check, ExportSpec, Layout, Mode
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
-from ..host.truth import Export, HostTruth
+from ..host.truth import EntryKind, Export, HostTruth
 from ..plan import ExportPlan
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
@@ -27,16 +27,19 @@ from ..verdicts.witnesses import Witness, judge_witnesses
 from .family import Judging
 
 
-def run_witnesses(guest: Shell, mount_point: str, paths: Sequence[str]) -> WitnessRuns:
-    """Run every witness over ``mount_point`` in ``guest`` (``paths``: the host truth's)."""
-    result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point))}",
+def run_witnesses(guest: Shell, mount_point: str, truth: HostTruth) -> WitnessRuns:
+    """Run every witness over ``mount_point`` in ``guest``: the copies' files are read
+    back, their symlinks, FIFOs and sockets lstat'ed (a FIFO is never opened)."""
+    paths = [e.path for e in truth.entries if e.kind is not EntryKind.OTHER]
+    specials = [e.path for e in truth.entries if e.kind in (EntryKind.SYMLINK, EntryKind.OTHER)]
+    result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point, specials))}",
                        stdin=encode_paths(paths))
     text = result.stdout.decode(errors="replace")
     if "@@DONE" not in text:
         raise GuestOutputError(f"guest witness script failed (rc {result.rc})",
                                hint=f"see {guest.console_path}",
                                details=result.stderr.decode(errors="replace")[-2000:])
-    return parse_witness_output(text, paths)
+    return parse_witness_output(text, paths, specials)
 
 
 def collect(
@@ -70,7 +73,7 @@ class IdsCheck:
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> IdsSeen:
         probe = _probe(spec, export)
-        return observe_ids(guest, spec.mount_point, export.truth.paths, plan,
+        return observe_ids(guest, spec.mount_point, export.truth, plan,
                            harm=probe.paths if probe else ())
 
     def judge(self, judging: Judging, seen: IdsSeen) -> IdsVerdict:
@@ -115,11 +118,11 @@ class IdsSeen:
         return self.view.dmesg + (self.witnesses.dmesg if self.witnesses else "")
 
 
-def observe_ids(guest: Shell, mount_point: str, paths: Sequence[str], plan: ExportPlan,
+def observe_ids(guest: Shell, mount_point: str, truth: HostTruth, plan: ExportPlan,
                 harm: Sequence[str] = ()) -> IdsSeen:
     """One export's ids (and ``harm`` pairs), then the witnesses if asked."""
-    view = collect(guest, mount_point, paths, plan.passes, plan.agent_threads, harm=harm)
-    return IdsSeen(view, run_witnesses(guest, mount_point, paths) if plan.witness else None)
+    view = collect(guest, mount_point, truth.paths, plan.passes, plan.agent_threads, harm=harm)
+    return IdsSeen(view, run_witnesses(guest, mount_point, truth) if plan.witness else None)
 
 
 def witnesses_of(truth: HostTruth, seen: IdsSeen) -> tuple[Witness, ...]:

@@ -147,7 +147,7 @@ class BindCheck:
                 host_gap = {e.name: e.inode() - e.stat(follow_symlinks=False).st_ino
                             for e in entries if e.name in BINDS}
             # Witnesses only if the plan asks (it does not for bind: ``apply_checks``).
-            seen = observe_ids(guest, spec.mount_point, truth.paths, plan)
+            seen = observe_ids(guest, spec.mount_point, truth, plan)
         return BindSeen(truth, seen, host_gap)
 
     def judge(self, judging: Judging, seen: BindSeen) -> IdsVerdict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,7 @@ def operation_cases(relpath: str, device: int, xattr: int, kinds: tuple[str, ...
 
 def host_tree(root: Path, top: str) -> dict[str, bytes | None]:
     """Relative path (from ``root``) -> content of every file below ``root/top``,
-    None for a directory; a symlink is its text, prefixed ``->``."""
+    None for a directory; a symlink is its text, prefixed ``->`` (``_content``)."""
     found: dict[str, bytes | None] = {}
     start = root / top
     for directory, dirs, files in os.walk(start):
@@ -165,9 +166,19 @@ def host_tree(root: Path, top: str) -> dict[str, bytes | None]:
         for name in files:
             path = here / name
             rel = path.relative_to(root).as_posix()
-            found[rel] = b"->" + os.fsencode(os.readlink(path)) if path.is_symlink() \
-                else path.read_bytes()
+            found[rel] = _content(path)
     return found
+
+
+def _content(path: Path) -> bytes:
+    """What ``host_tree`` records of a non-directory: a symlink's text (``->``), a
+    FIFO's or socket's kind (never opened: a FIFO would block), a file's bytes."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return b"->" + os.fsencode(os.readlink(path))
+    if not stat.S_ISREG(mode):
+        return b"special " + oct(stat.S_IFMT(mode)).encode()
+    return path.read_bytes()
 
 
 def _described_tree(root: Path, top: str) -> dict[str, str]:

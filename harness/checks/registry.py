@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Check
 from .family import CheckFamily, Judging
+from .held import HeldFdCheck
 from .ids import IdsCheck
 from .live import BindCheck, RemountCheck, RuntimeMountCheck
 from .ops import CrossDeviceCheck, OperationsCheck
@@ -18,8 +19,8 @@ __all__ = ["FAMILIES", "CheckFamily", "IdsCheck", "Judging"]
 # back to the same family (see ``pool.Observed``), so the registry holds them as Any.
 FAMILIES: dict[Check, CheckFamily[Any]] = {
     family.name: family for family in (
-        IdsCheck(), OperationsCheck(), CrossDeviceCheck(), RuntimeMountCheck(), BindCheck(),
-        RemountCheck())}
+        IdsCheck(), OperationsCheck(), CrossDeviceCheck(), RuntimeMountCheck(), HeldFdCheck(),
+        BindCheck(), RemountCheck())}
 # Every Check has its family: a Check without one would be accepted by --checks and
 # then fail at run time.
 assert set(FAMILIES) == set(Check), "checks.registry: a Check without a family"

@@ -16,6 +16,11 @@ from ..errors import UsageError
 from ..host.truth import (
     ODD_NAME,
     ROOT_STEP,
+    SPECIAL_FIFO,
+    SPECIAL_LINK,
+    SPECIAL_SOCKET,
+    SUBDIR,
+    SUBDIR_FILE,
     TWIN_DIR,
     TWIN_ENTRY,
     TWIN_EPOCH,
@@ -36,9 +41,13 @@ OVERLAY_OPTIONS = "xino=on,index=off,redirect_dir=off,metacopy=off"
 OVERLAY_FILE_BYTES = 32
 
 
+# What the by-hand script binds the socket with (the host has Python: the harness runs).
+_BIND_SOCKET = "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])"
+
+
 def populate_function() -> str:
     """The shell function that fills one device (DIR LABEL FILES INDEX) in the
-    harness's order, twins included (``export._add_twins``).
+    harness's order, twins and special files included (``build.populate``).
 
     Names as ``export.device_file_names`` makes them: "file NNNN", the last one of
     two or more being the name with a newline (single-quoted, so sh keeps it).
@@ -59,6 +68,9 @@ def populate_function() -> str:
         f'"$1/{TWIN_DIR}/{TWIN_ENTRY}$(printf %03d "$4")"\n'
         f'    touch -d @{TWIN_EPOCH} "$1/{TWIN_SAME}" "$1/{TWIN_DIR}"\n'
         f'    touch -d @$(({TWIN_EPOCH} + 4 * $4)) "$1/{TWIN_MTIME}"\n'
+        f'    ln -s {SUBDIR}/{SUBDIR_FILE} "$1/{SPECIAL_LINK}"; mkfifo "$1/{SPECIAL_FIFO}"\n'
+        # Bound from inside the directory: AF_UNIX paths are limited to 107 bytes.
+        f'    (cd "$1" && python3 -c {shlex.quote(_BIND_SOCKET)} {SPECIAL_SOCKET})\n'
         '}\n'
     )
 

@@ -25,6 +25,7 @@ import fcntl
 import functools
 import os
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -42,6 +43,9 @@ from .namespace import in_user_namespace, mount_tmpfs, private_namespace, unmoun
 from .truth import (
     LINK_A,
     LINK_B,
+    SPECIAL_FIFO,
+    SPECIAL_LINK,
+    SPECIAL_SOCKET,
     SUBDIR,
     SUBDIR_FILE,
     TWIN_DIR,
@@ -119,9 +123,20 @@ def _add_twins(dir_fd: int, label: str, index: int) -> None:
         os.utime(name, (when, when), dir_fd=dir_fd, follow_symlinks=False)
 
 
+def _add_specials(dir_fd: int) -> None:
+    """A symlink, a FIFO and a socket (``truth.SPECIAL_*``); the socket is bound through
+    /proc/self/fd so the path stays short whatever the export root's (AF_UNIX paths
+    are limited to 107 bytes), then closed: the file stays, nobody listens."""
+    os.symlink(f"{SUBDIR}/{SUBDIR_FILE}", SPECIAL_LINK, dir_fd=dir_fd)
+    os.mkfifo(SPECIAL_FIFO, 0o644, dir_fd=dir_fd)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(f"/proc/self/fd/{dir_fd}/{SPECIAL_SOCKET}")
+
+
 def populate(directory: Path, relpath: str, files: int, index: int = 0) -> None:
     """Fill one device; the same calls in the same order on every device, so inode
-    numbers line up across devices."""
+    numbers line up across devices.  The special files come last, so the numbers of
+    everything else are what they were before they existed."""
     name = label(relpath)
     populate_files(directory, name, files)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -132,6 +147,7 @@ def populate(directory: Path, relpath: str, files: int, index: int = 0) -> None:
         write_file(LINK_A, f"{name}/{LINK_A}\n".encode(), dir_fd)
         os.link(LINK_A, LINK_B, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         _add_twins(dir_fd, name, index)
+        _add_specials(dir_fd)
     finally:
         os.close(dir_fd)
 

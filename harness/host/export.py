@@ -131,10 +131,12 @@ def _check_user_root(root: Path) -> None:
 
 
 @contextmanager
-def extra_device(export: Export, relpath: str, index: int) -> Iterator[ExportDevice]:
-    """Mount one more tmpfs at ``relpath`` (a new directory) in a built export while it
-    is in use, populated like the others so its inode numbers repeat theirs; unmount
-    it on exit (lazily if busy), leaving the directory it covered.
+def extra_device(export: Export, relpath: str, index: int,
+                 existing: bool = False) -> Iterator[ExportDevice]:
+    """Mount one more tmpfs at ``relpath`` (a new directory; ``existing``: a directory
+    already there, which the guest may hold open) in a built export while it is in
+    use, populated like the others so its inode numbers repeat theirs; unmount it on
+    exit (lazily if busy), leaving the directory it covered.
 
     For checks of a device set that changes while the guest runs.  Raises
     ExportError when it cannot be mounted.
@@ -142,7 +144,8 @@ def extra_device(export: Export, relpath: str, index: int) -> Iterator[ExportDev
     target = export.root / relpath
     problems: list[str] = []
     with ExitStack() as stack:
-        target.mkdir(mode=0o755)
+        if not existing:
+            target.mkdir(mode=0o755)
         st_dev = tmpfs_device(stack, problems, target, export.layout.files_per_device)
         try:
             populate(target, relpath, export.layout.files_per_device)

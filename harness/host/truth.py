@@ -46,6 +46,18 @@ TWIN_DIR = "twin-dir"  # a directory with a different entry per device, same mti
 TWIN_ENTRY = "only-d"  # + device index: the entry that tells twin-dir's devices apart
 
 
+# The special files every device also holds, made last so the numbers of everything
+# before them stay as they were: a symlink (to SUBDIR/SUBDIR_FILE), a FIFO and a
+# socket.  Nothing ever opens them: the agent lstats, the witnesses copy or list them.
+SPECIAL_LINK = "special-link"
+
+
+SPECIAL_FIFO = "special-fifo"
+
+
+SPECIAL_SOCKET = "special-socket"
+
+
 # A fixed, whole-second time for the twins, so whether qids collide does not depend
 # on when the export was built.
 TWIN_EPOCH = 1_700_000_000

@@ -120,7 +120,7 @@ def behaviour_of(mode: Mode, version: Version, stderr: str, collided: bool = Fal
                              collided or bool(find_multidevs_messages(stderr).warn))
 
 
-def _verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: Sequence[str],
+def ops_verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: Sequence[str],
              stderr: str, devices: int, notes: Sequence[str] = ()) -> OpsVerdict:
     wrong = sum(not outcome.ok for outcome in outcomes)
     messages = find_multidevs_messages(stderr).all
@@ -179,7 +179,7 @@ def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr:
     text = ("foreign operations ENODEV, root-device operations work, root lists mount points"
             if expectation is Expectation.DENY_FOREIGN else
             "every operation gives its ordinary result on every device")
-    return _verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
+    return ops_verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
                     [behaviour.note] if behaviour.note else [])
 
 
@@ -254,5 +254,5 @@ def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: st
     failures += common_failures(behaviour, stderr, stderr_outside, seen.dmesg, extra)
     text = ("cross-device operations ENODEV, mv fails, host unchanged" if forbid else
             "cross-device rename/link EXDEV, mv copies: nothing lost or duplicated")
-    return _verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
+    return ops_verdict(mode, behaviour.text(text), outcomes, failures, stderr, seen.devices,
                     notes)

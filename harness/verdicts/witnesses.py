@@ -9,7 +9,11 @@ a file system loop and skip it.  Each witness runs one tool the way a user would
 over the whole export, and the result is compared with the host truth:
 
 - copying tools (busybox tar, GNU tar, ``cp -a``, ``rsync -aH``): every file of the
-  copy must have its host file's content;
+  copy must have its host file's content; every symlink, FIFO and socket must be in
+  the copy as the same kind of file (lstat'ed, never opened), or be skipped by a tool
+  that still exits 0.  Measured on both guests: both tars store symlinks and FIFOs
+  and skip sockets ("socket ignored", exit 0); ``cp -a`` and ``rsync -aH`` (``-a``
+  holds ``-D``) copy all three as what they are;
 - listing tools (``find``, ``du -a``): every path must be listed (``du``: one path
   per hard-linked host file) and ``du``'s total must be the host's.
 
@@ -23,6 +27,7 @@ Script and parsing are pure; ``run_witnesses`` is one SSH round trip.
 from __future__ import annotations
 
 import errno
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from ..agent.stat import (
     GuestStat,
 )
 from ..agent.witnesses import TOOLS, TOOLS_DIR, Kind, Tool, ToolRun, WitnessRuns
-from ..host.truth import EntryKind, HostTruth
+from ..host.truth import EntryKind, HostTruth, kind_of_mode
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,46 @@ def _owners(truth: HostTruth) -> dict[bytes, str]:
     return owners
 
 
+_TYPE_NAMES = {stat.S_IFLNK: "symlink", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+               stat.S_IFREG: "regular file", stat.S_IFDIR: "directory",
+               stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
+
+
+def _type_name(mode: int) -> str:
+    return _TYPE_NAMES.get(stat.S_IFMT(mode), f"file of type {stat.S_IFMT(mode):o}")
+
+
+def _special_problems(truth: HostTruth, run: ToolRun, ids: Mapping[str, GuestResult]
+                      ) -> tuple[dict[str, str], int, int]:
+    """(path -> problem, copied, skipped) of the copy's symlinks, FIFOs and sockets: each must
+    be the kind of file the original is (the guest's own lstat of it, else the host's
+    kind) or absent (skipped: allowed when the tool exits 0, which ``intact`` demands)."""
+    problems: dict[str, str] = {}
+    copied = skipped = 0
+    for entry in truth.entries:
+        if entry.kind not in (EntryKind.SYMLINK, EntryKind.OTHER):
+            continue
+        got = (run.kinds or {}).get(entry.path)
+        if got is None or got == errno.ENOENT:
+            skipped += 1
+        elif isinstance(got, int):
+            problems[entry.path] = f"{entry.path!r} in the copy: lstat failed (errno {got})"
+        else:
+            original = ids.get(entry.path)
+            same = (stat.S_IFMT(got.mode) == stat.S_IFMT(original.mode)
+                    if isinstance(original, GuestStat) else kind_of_mode(got.mode) is entry.kind)
+            if same:
+                copied += 1
+            else:
+                was = _type_name(original.mode) if isinstance(original, GuestStat) \
+                    else entry.kind.value
+                problems[entry.path] = (f"{entry.path!r} copied as a {_type_name(got.mode)}, "
+                                        f"the original is a {was}")
+    return problems, copied, skipped
+
+
 def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun,
-                  owners: Mapping[bytes, str]) -> Witness:
+                  owners: Mapping[bytes, str], ids: Mapping[str, GuestResult]) -> Witness:
     copied = run.copied or {}
     files = [e for e in truth.entries if e.kind is EntryKind.FILE and e.content is not None]
     missing: list[str] = []
@@ -124,11 +167,16 @@ def _copy_witness(tool: Tool, truth: HostTruth, run: ToolRun,
     parts = [_shown(list(wrong.values()))] if wrong else []
     if missing:
         parts.append(f"missing {_shown(_fold(missing, [e.path for e in files]))}")
-    intact = bad == 0 and run.rc == 0
+    special, kept, skipped = _special_problems(truth, run, ids)
+    intact = bad == 0 and not special and run.rc == 0
     summary = (f"all {len(files)} files intact" if bad == 0 else
                f"{bad} of {len(files)} files wrong or missing: {'; '.join(parts)}")
+    if kept + skipped + len(special):
+        summary += (f"; {kept} of {kept + skipped + len(special)} special files copied "
+                    f"as their kind" + (f", {skipped} skipped" if skipped else "")
+                    + (f": {_shown(list(special.values()))}" if special else ""))
     return Witness(tool.name, intact, f"{tool.label}: {summary}{_exit_text(run)}", run.rc,
-                   tuple(sorted({*missing, *wrong})))
+                   tuple(sorted({*missing, *wrong, *special})))
 
 
 def _expected_groups(truth: HostTruth) -> list[tuple[str, ...]]:
@@ -233,7 +281,7 @@ def judge_witnesses(truth: HostTruth, runs: WitnessRuns | None,
             witnesses.append(Witness.not_run(
                 tool.name, f"{tool.label}: not in the guest image ({TOOLS_DIR}/{tool.binary})"))
         elif tool.kind is Kind.COPY:
-            witnesses.append(_copy_witness(tool, truth, run, owners))
+            witnesses.append(_copy_witness(tool, truth, run, owners, ids))
         else:
             witnesses.append(_listing_witness(tool, truth, run, ids))
     return tuple(witnesses)

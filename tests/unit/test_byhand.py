@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, script
+from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, populate_function, script
 from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineSpec, Mode
 from harness.errors import UsageError
 
@@ -72,3 +73,37 @@ def test_a_layout_the_script_cannot_build_is_refused(tmp_path: Path) -> None:
     spec, export = _spec(tmp_path)
     with pytest.raises(UsageError, match="the by-hand script cannot build the btrfs layout"):
         script(spec, export, ExportLayout(devices=2, kind=Layout.BTRFS), root=True)
+
+
+def _tree(root: Path) -> dict[str, tuple[str, bytes | str | None]]:
+    """Relative path -> (kind, content: a file's bytes, a symlink's text), never
+    opening a FIFO or socket."""
+    import stat as st
+
+    found: dict[str, tuple[str, bytes | str | None]] = {}
+    for path in sorted(root.rglob("*")):
+        mode = path.lstat().st_mode
+        rel = path.relative_to(root).as_posix()
+        if st.S_ISLNK(mode):
+            found[rel] = ("symlink", os.readlink(path))
+        elif st.S_ISREG(mode):
+            found[rel] = ("file", path.read_bytes())
+        else:
+            found[rel] = (oct(st.S_IFMT(mode)), None)
+    return found
+
+
+def test_the_shell_populate_builds_what_the_harness_builds(tmp_path: Path) -> None:
+    from harness.host.build import populate
+
+    shell, harness = tmp_path / "shell", tmp_path / "harness"
+    shell.mkdir()
+    harness.mkdir()
+    subprocess.run(["sh", "-c", populate_function() + 'populate "$1" dev01 3 1', "sh",
+                    str(shell)], check=True)
+    populate(harness, "dev01", 3, 1)
+    built = _tree(harness)
+    assert _tree(shell) == built
+    assert built["special-link"] == ("symlink", "sub/inner")
+    assert built["special-fifo"][0] == oct(0o010000)
+    assert built["special-socket"][0] == oct(0o140000)

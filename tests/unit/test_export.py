@@ -147,7 +147,15 @@ def test_three_devices_share_inode_numbers(base: Path) -> None:
     table = entries(result)
     # 3 device roots + per device: 8 files, sub, sub/inner, link-a, link-b and the
     # twins (twin-same, twin-mtime, twin-dir, its one entry)
-    assert len(table) == 3 + 3 * 16
+    # and the special files (special-link, special-fifo, special-socket)
+    assert len(table) == 3 + 3 * 19
+    for device, prefix in enumerate(("", "dev01/", "dev02/")):
+        kinds = [table[f"{prefix}special-{n}"][3] for n in ("link", "fifo", "socket")]
+        assert kinds == ["symlink", "other", "other"]
+        # Made last: every other entry of the device keeps the number it had before.
+        specials = {table[f"{prefix}special-{n}"][1] for n in ("link", "fifo", "socket")}
+        others = [row[1] for row in table.values() if row[4] == device and row[1] not in specials]
+        assert max(others) < min(specials)
     names = device_file_names(8)
     assert names[0] == "file 0000" and names[-1] == "odd\nname"
     for inner in [*names, "sub", "sub/inner", "link-a", "link-b"]:
@@ -218,6 +226,9 @@ def test_single_device_control(base: Path) -> None:
         "file 0000",
         "link-a",
         "link-b",
+        "special-fifo",
+        "special-link",
+        "special-socket",
         "sub",
         "sub/inner",
         "twin-dir",
@@ -307,7 +318,7 @@ def test_scale_many_devices_and_many_files(base: Path) -> None:
     assert wide["summary"]["devices"][-1][1] == "dev127"
     assert wide["mounts_after"] == 0
     deep = run_child({"devices": 2, "files": 20_000, "base": str(base)})
-    assert len(deep["summary"]["entries"]) == 2 * (20_000 + 4 + 4) + 2  # + the twins
+    assert len(deep["summary"]["entries"]) == 2 * (20_000 + 4 + 4 + 3) + 2  # twins, specials
     assert deep["mounts_after"] == 0
 
 

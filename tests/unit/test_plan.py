@@ -127,9 +127,13 @@ def test_families_follow_their_modes_ids_export_in_the_same_guest() -> None:
     # it comes before anything in its guest that prints (after the silent controls).
     trailing = ("operations", "cross_device", "runtime_mount", "remount")
     shared = ("remap", "forbid", "warn")
+    # held_fd asks what only forbid promises: one row, after runtime_mount's.
+    before, after = trailing[:3], trailing[3:]
     assert _families(ALL_MODES, DEFAULT_CHECKS) == [
         ("remap+forbid+warn", [(m, "ids") for m in shared]
-         + [(f"{c}-{m}", c) for c in trailing for m in shared]),
+         + [(f"{c}-{m}", c) for c in before for m in shared]
+         + [("held_fd-forbid", "held_fd")]
+         + [(f"{c}-{m}", c) for c in after for m in shared]),
         ("control+default", [(f"control-{m.value}", "ids") for m in ALL_MODES]
          + [(f"bind-{m.value}", "bind") for m in ALL_MODES] + [("default", "ids")]
          + [(f"{c}-default", c) for c in trailing]),
@@ -182,7 +186,7 @@ def test_family_rows_sort_after_ids_and_controls() -> None:
 def test_libvirt_runs_no_family_that_mounts_after_qemu_started() -> None:
     assert checks_for(Via.QEMU, ALL_CHECKS) == (ALL_CHECKS, ())
     assert checks_for(Via.LIBVIRT, ALL_CHECKS) == (
-        ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "bind"))
+        ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "held_fd", "bind"))
 
 
 def test_families_join_once_per_mode_whatever_its_cache_exports() -> None:

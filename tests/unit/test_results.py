@@ -4,6 +4,7 @@ and how each status is written to the table, JSON and JUnit."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ from harness.qemu.probe import QemuInfo
 from harness.report import environment_json, row_dict, table, to_json, to_junit
 from harness.results import (
     ENVIRONMENT_KEYS,
+    EXIT_ERROR,
     EnvironmentRecord,
     GuestRecord,
     ResultRow,
     RunResults,
     exit_code,
 )
+from harness.verdicts.cache import PowerFinding
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge, unobserved
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
@@ -218,3 +221,17 @@ def test_ops_row_json_names_every_operation_and_its_result() -> None:
                                    "path": "dev01/ops/file-unlink", "result": 19,
                                    "expected": 19, "ok": True}]
     assert "witnesses" not in data
+
+
+def test_a_probe_that_lost_its_power_makes_a_passing_row_inconclusive() -> None:
+    lost = PowerFinding("the probe lost its power: ...", inconclusive=True)
+    row = replace(_row("remap+loose", Status.PASS), power=lost)
+    assert row.status is Status.INCONCLUSIVE and not row.passed
+    assert row.failures[-1] == lost.text and lost.text not in row.notes
+    assert exit_code([row.status]) == EXIT_ERROR
+    # A note leaves the status alone and shows among the notes; a failing row stays failed.
+    noted = replace(_row("remap+loose", Status.PASS), power=PowerFinding("power is shown"))
+    assert noted.status is Status.PASS and noted.notes[-1] == "power is shown"
+    assert replace(_row("remap+loose", Status.FAIL), power=lost).status is Status.FAIL
+    data = row_dict(row)
+    assert data["status"] == "inconclusive" and data["failures"][-1] == lost.text

@@ -19,7 +19,7 @@ from harness.agent.witnesses import (
     witness_script,
 )
 from harness.errors import GuestOutputError
-from harness.host.truth import EntryKind, HostTruth
+from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.verdicts.witnesses import judge_witnesses
 
 from .truths import host_dir, host_file
@@ -257,3 +257,82 @@ def test_every_recipe_ships_every_gnu_tool_a_witness_runs() -> None:
         recipe = load_recipe(name)
         assert set(recipe.witness_tools) == wanted, name
         assert {"tar", "coreutils", "findutils", "rsync"} <= set(recipe.userland_packages)
+
+
+# --- special files: a symlink, a FIFO and a socket on each device ----------------------
+
+LINK, FIFO, SOCK = 0o120777, 0o010644, 0o140755
+SPECIAL = HostTruth((
+    *TRUTH.entries,
+    HostEntry("s-link", 100, 4, 1, EntryKind.SYMLINK, 0),
+    HostEntry("s-fifo", 100, 5, 1, EntryKind.OTHER, 0),
+    HostEntry("s-sock", 100, 6, 1, EntryKind.OTHER, 0),
+    HostEntry("dev01/s-fifo", 200, 5, 1, EntryKind.OTHER, 1),
+))
+SPECIAL_MODES = {"s-link": LINK, "s-fifo": FIFO, "s-sock": SOCK, "dev01/s-fifo": FIFO}
+SPECIAL_IDS: dict[str, GuestResult] = {
+    **REMAPPED, **{p: GuestStat(9, 5000 + i, 1, m)
+                   for i, (p, m) in enumerate(SPECIAL_MODES.items())}}
+
+
+def _special_copy(tool: str, rc: int = 0, **kinds: int | None) -> ToolRun:
+    """A copy with every file intact; the specials as ``kinds`` (path with ``__`` for
+    ``/`` -> mode, or None: absent), by default each as what it is."""
+    got: dict[str, GuestResult] = {p: GuestStat(7, 1, 1, m) for p, m in SPECIAL_MODES.items()}
+    for key, mode in kinds.items():
+        path = key.replace("__", "/").replace("_", "-")
+        got[path] = errno.ENOENT if mode is None else GuestStat(7, 1, 1, mode)
+    return ToolRun(tool, rc, copied=_copy(tool).copied, kinds=got)
+
+
+def _judge_special(run: ToolRun) -> tuple[bool | None, str]:
+    runs = {name: ToolRun(name, None) for name in TOOL_NAMES} | {run.tool: run}
+    witness = next(w for w in judge_witnesses(SPECIAL, WitnessRuns(runs, ""), SPECIAL_IDS)
+                   if w.tool == run.tool)
+    return witness.intact, witness.detail
+
+
+def test_specials_copied_as_their_kind_are_intact() -> None:
+    assert _judge_special(_special_copy("cp")) == (
+        True, "cp -a: all 6 files intact; 4 of 4 special files copied as their kind")
+
+
+def test_a_skipped_socket_is_intact_only_with_exit_0() -> None:
+    # What both tars do: "socket ignored", exit 0.
+    assert _judge_special(_special_copy("tar", s_sock=None)) == (
+        True, "GNU tar: all 6 files intact; 3 of 4 special files copied as their kind, "
+              "1 skipped")
+    intact, detail = _judge_special(_special_copy("tar", rc=2, s_sock=None))
+    assert intact is False and detail.endswith("1 skipped; exit 2")
+
+
+def test_a_special_copied_as_another_kind_breaks_the_witness() -> None:
+    intact, detail = _judge_special(_special_copy("rsync", s_fifo=0o100644, dev01__s_fifo=SOCK))
+    assert intact is False
+    assert detail == ("rsync -aH: all 6 files intact; 2 of 4 special files copied as their "
+                      "kind: 's-fifo' copied as a regular file, the original is a FIFO, "
+                      "'dev01/s-fifo' copied as a socket, the original is a FIFO")
+    # A copy that cannot even be lstat'ed is wrong too.
+    run = _special_copy("cp")
+    broken = ToolRun("cp", 0, copied=run.copied, kinds={**(run.kinds or {}), "s-link": errno.EIO})
+    intact, detail = _judge_special(broken)
+    assert intact is False and "'s-link' in the copy: lstat failed (errno 5)" in detail
+
+
+def test_the_script_lstats_the_specials_and_never_reads_them() -> None:
+    script = witness_script("/mnt/mdh0", ["s-fifo", "dev01/s-sock"])
+    assert "> /tmp/mdh-wspecial" in script
+    assert script.count("mdh-agent stat /tmp/mdh-witness/out 1 1 < /tmp/mdh-wspecial") == 4
+    assert "@@KINDS" not in witness_script("/mnt/mdh0")
+
+
+def test_parse_reads_the_kinds_of_the_copies() -> None:
+    kinds = "@@KINDS\nS 1 0 7 9 1 4516\nE 1 1 2\nEND 2\n"
+    blocks = {name: _block(name, _read((b"x", b"y")) + kinds)
+              for name in ("busybox-tar", "tar", "cp", "rsync")}
+    runs = parse_witness_output(_output(**blocks), PATHS, ["s-fifo", "s-sock"])
+    assert runs.runs["cp"].kinds == {"s-fifo": GuestStat(7, 9, 1, 4516), "s-sock": errno.ENOENT}
+    with pytest.raises(GuestOutputError, match="special files' section is missing"):
+        parse_witness_output(_output(), PATHS, ["s-fifo"])
+    with pytest.raises(GuestOutputError, match="special files' section is unexpected"):
+        parse_witness_output(_output(**blocks), PATHS)
