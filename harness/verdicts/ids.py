@@ -56,6 +56,7 @@ from .common import (
 )
 from .harm import Harm, HarmProbe, assess, harm_rules, predict
 from .kernel import kernel_failures, kernel_lines
+from .predict import denied_paths
 from .remap import (
     RemapCheck,
     check_remap,
@@ -244,8 +245,11 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
             children.setdefault(parent or ".", set()).add(name)
     failures: list[str] = []
     for directory, code in observation.dirent_errors.items():
-        failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
+        if directory not in truth.partial:
+            failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
     for directory, entries in observation.dirents.items():
+        if directory in truth.partial:
+            continue  # the host could not list it whole either (a user's tree)
         # A multiset: a name listed twice is a broken readdir (tar and cp would copy
         # it twice), not one name.
         listed = Counter(name for name, _ in entries)
@@ -361,10 +365,17 @@ def _warn_failures(truth: HostTruth, observation: GuestObservation,
 
 def _forbid_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
     first = observation.passes[0]
-    failures = _unstatable(truth, first, {0})
+    # Off the root's device, or below such a path (the lookup fails on the way there:
+    # a user's tree may hold the root's filesystem again below another one).
+    denied = frozenset(denied_paths(truth))
+    failures = _capped(
+        [f"{entry.path!r} is not stat-able in the guest: {_errno_text(result)}"
+         for entry in truth.entries
+         if entry.path not in denied and isinstance(result := first.get(entry.path), int)],
+        "unstat-able paths")
     foreign: list[str] = []
     for entry in truth.entries:
-        if entry.device == 0:
+        if entry.path not in denied:
             continue
         result = first.get(entry.path)
         if isinstance(result, GuestStat):
@@ -494,6 +505,20 @@ def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
     return sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
 
 
+def _premise(truth: HostTruth, expectation: Expectation, layout_failure: str | None,
+             warn_only: bool) -> str | None:
+    """Why the row proves nothing (its failure line), or None.  A user's tree
+    (``warn_only``) is judged under remap and forbid whatever its numbers: unique ids
+    and denials are promised on any multi-device tree; warn's collision is not."""
+    if warn_only and expectation is not Expectation.COLLIDE_AND_WARN:
+        return None
+    if not truth.premise_holds:
+        return _premise_failure(truth)
+    if layout_failure:
+        return f"premise failed: {layout_failure}, so this row proves nothing (inconclusive)"
+    return None
+
+
 def _premise_failure(truth: HostTruth) -> str:
     return (f"premise failed: the export spans {truth.device_count} host devices but no "
             f"inode number repeats across them, so guest ids cannot collide and this run "
@@ -533,13 +558,15 @@ def judge(
     harm: HarmInput | None = None,
     dmesg: str = "",
     premise_failure: str | None = None,
+    premise_warn_only: bool = False,
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
     ``qemu_stderr``: QEMU's stderr while this export alone was observed (outside every
     observation: ``stderr_outside``); ``command_failures``: libvirt's command line;
     ``message_printed``: an earlier export of this mode in this QEMU showed the message;
-    ``premise_failure``: why the layout proves nothing here (the row is inconclusive).
+    ``premise_failure``: why the layout proves nothing here (the row is inconclusive);
+    ``premise_warn_only``: only warn's rows need the premise (the user's own tree).
     """
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
@@ -552,9 +579,7 @@ def judge(
     remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
         if expectation is Expectation.UNIQUE_IDS and first else None
     notes += remap_notes(remap) if remap is not None else []
-    premise = _premise_failure(truth) if not truth.premise_holds else (
-        f"premise failed: {premise_failure}, so this row proves nothing (inconclusive)"
-        if premise_failure else None)
+    premise = _premise(truth, expectation, premise_failure, premise_warn_only)
     if premise is not None:
         status, failures = Status.INCONCLUSIVE, [premise]
     else:

@@ -100,11 +100,19 @@ def _differences(truth: HostTruth, first: Mapping[str, GuestResult],
     return compared, differences
 
 
+def modelled(truth: HostTruth, probe_paths: Sequence[str] = ()) -> RemapResult:
+    """QEMU's remap of ``truth`` as the guest's order makes QEMU see it."""
+    return model_remap(_seen(truth, first_sight(truth, probe_paths)))
+
+
 def check_remap(truth: HostTruth, first: Mapping[str, GuestResult],
-                probe_paths: Sequence[str] = ()) -> RemapCheck:
-    """Model QEMU's remap for ``truth`` seen in the guest's order and compare the
-    guest's first stat pass (``first``) with it, path by path."""
-    result = model_remap(_seen(truth, first_sight(truth, probe_paths)))
+                probe_paths: Sequence[str] = (), *,
+                result: RemapResult | None = None) -> RemapCheck:
+    """Model QEMU's remap for ``truth`` seen in the guest's order (or take ``result``,
+    the model already run) and compare the guest's first stat pass (``first``) with
+    it, path by path."""
+    if result is None:
+        result = modelled(truth, probe_paths)
     compared, differences = _differences(truth, first, result)
     shown = differences[:MAX_DIFFERENCES]
     if len(differences) > MAX_DIFFERENCES:
