@@ -17,7 +17,6 @@ from typing import Any
 from ..config import DEFAULT_MAX_PATHS, Mode, Progress, Version, quiet
 from ..errors import UsageError
 from ..host.walk import TreeWalk, walk_tree
-from ..qemu.probe import qemu_version
 from ..results import EXIT_FAIL, EXIT_OK
 from ..verdicts.common import Expectation
 from ..verdicts.predict import GroupPrediction, ModePrediction, Prediction, predict
@@ -52,6 +51,8 @@ def resolve_version(version: str | None, qemu: str | None) -> tuple[Path | None,
         except ValueError:
             raise UsageError(f"--qemu-version {version!r} is not X.Y[.Z]",
                              hint="for example --qemu-version 7.2.0") from None
+    from ..qemu.probe import qemu_version  # only when probing: it loads QMP and more
+
     return qemu_version(qemu) if qemu else qemu_version()
 
 
@@ -72,8 +73,9 @@ def _dev(dev: int) -> str:
 
 
 def _group_text(group: GroupPrediction) -> str:
-    files = [f"{f.path!r} (dev {_dev(f.dev)}, ino {f.ino})" for f in group.files[:TEXT_FILES]]
-    more = len(group.files) - TEXT_FILES
+    files = [f"{path!r} (dev {_dev(dev)}, ino {ino})"
+             for path, dev, ino in group.host_files[:TEXT_FILES]]
+    more = len(group.host_files) - TEXT_FILES
     return (f"  guest ino {group.guest_ino} <- {', '.join(files)}"
             + (f" and {more} more" if more > 0 else "") + (f"\n    {group.why}" if group.why
                                                            else ""))
@@ -136,7 +138,7 @@ def _mode_json(found: ModePrediction) -> dict[str, Any]:
         "guest_collisions": len(found.collisions),
         "collisions": [
             {"guest_ino": g.guest_ino, "why": g.why or None,
-             "host_files": [{"path": f.path, "dev": f.dev, "ino": f.ino} for f in g.files]}
+             "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in g.host_files]}
             for g in found.collisions[:JSON_GROUPS]],
         "denied": len(found.denied),
         "denied_paths": list(found.denied[:JSON_GROUPS]),

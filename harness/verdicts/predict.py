@@ -24,8 +24,8 @@ from ..config import Mode, Version
 from ..host.mounts import MountEntry, mount_holding, relative_point
 from ..host.truth import ExportDevice, HostTruth
 from .common import Expectation, default_undecided, expected_behaviour
-from .remap import RemapCheck, check_remap, modelled
-from .remap_model import RemapResult, SeenFile, guest_ino
+from .remap import FULLMAP_WARNING, RemapCheck, check_remap, first_paths, modelled
+from .remap_model import RemapResult, guest_ino
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,21 @@ class DeviceSummary:
 
 
 @dataclass(frozen=True)
-class PredictedFile:
-    """One distinct host file of a predicted collision."""
-
-    path: str  # its first path in truth order
-    dev: int
-    ino: int
-
-
-@dataclass(frozen=True)
 class GroupPrediction:
-    """Distinct host files predicted to share one guest st_ino (and why, under remap)."""
+    """Distinct host files predicted to share one guest st_ino (and why, under remap).
+
+    ``host_files``: (first path in truth order, st_dev, st_ino) per distinct file, as
+    a row's ``Collision.host_files`` (plain tuples: a tree may collide 100,000 times).
+    """
 
     guest_ino: int
-    files: tuple[PredictedFile, ...]
+    host_files: tuple[tuple[str, int, int], ...]
     why: str = ""
+
+    @property
+    def files(self) -> frozenset[tuple[int, int]]:
+        """The host (st_dev, st_ino) of every file in the group."""
+        return frozenset((dev, ino) for _, dev, ino in self.host_files)
 
 
 @dataclass(frozen=True)
@@ -117,38 +117,33 @@ def device_summaries(truth: HostTruth, devices: Sequence[ExportDevice],
     return tuple(found)
 
 
-def _first_paths(truth: HostTruth) -> dict[tuple[int, int], str]:
-    return {key: paths[0] for key, paths in truth.by_file_id.items()}
-
-
 def raw_collisions(truth: HostTruth) -> tuple[GroupPrediction, ...]:
     """Distinct host files whose raw st_ino repeats across st_dev: warn's collisions
     (QEMU passes st_ino through and the guest sees one st_dev)."""
-    files_of: dict[int, dict[int, None]] = {}
-    for entry in truth.entries:
-        files_of.setdefault(entry.ino, {}).setdefault(entry.dev)
-    first = _first_paths(truth)
-    groups = [GroupPrediction(guest_ino(ino), tuple(
-        PredictedFile(first[(dev, ino)], dev, ino) for dev in devs))
-        for ino, devs in files_of.items() if len(devs) > 1]
+    first = first_paths(truth)
+    devs_of: dict[int, list[int]] = {}
+    for dev, ino in first:
+        devs_of.setdefault(ino, []).append(dev)
+    groups = [GroupPrediction(guest_ino(ino), tuple((first[(dev, ino)], dev, ino)
+                                                    for dev in devs))
+              for ino, devs in devs_of.items() if len(devs) > 1]
     return _worst_first(groups)
 
 
 def _worst_first(groups: Iterable[GroupPrediction]) -> tuple[GroupPrediction, ...]:
     """Largest groups first, then in truth order (``sorted`` is stable)."""
-    return tuple(sorted(groups, key=lambda group: -len(group.files)))
+    return tuple(sorted(groups, key=lambda group: -len(group.host_files)))
 
 
 def remap_collisions(truth: HostTruth, result: RemapResult,
                      remap: RemapCheck) -> tuple[GroupPrediction, ...]:
-    """The remap model's collisions, with their guest st_ino and explanation."""
-    first = _first_paths(truth)
-    groups = []
-    for predicted in remap.predicted:
-        files = tuple(sorted((PredictedFile(first[key], *key) for key in predicted.files),
-                             key=lambda f: predicted.paths.index(f.path)))
-        qid = result.qids[SeenFile(files[0].dev, files[0].ino)]
-        groups.append(GroupPrediction(qid.guest_ino, files, predicted.why))
+    """The remap model's collisions, with their guest st_ino and the model's
+    explanation (``remap.predicted`` is ``result.collisions()`` explained, in order)."""
+    first = first_paths(truth)
+    groups = [GroupPrediction(result.qids[group[0]].guest_ino,
+                              tuple((first[(f.dev, f.ino)], f.dev, f.ino) for f in group),
+                              predicted.why)
+              for group, predicted in zip(result.collisions(), remap.predicted, strict=True)]
     return _worst_first(groups)
 
 
@@ -169,8 +164,8 @@ def denied_paths(truth: HostTruth) -> tuple[str, ...]:
     return tuple(denied)
 
 
-def _mode(mode: Mode, version: Version, truth: HostTruth, result: RemapResult,
-          remap: RemapCheck) -> ModePrediction:
+def _mode(mode: Mode, version: Version, truth: HostTruth, remap: RemapPrediction,
+          raw: tuple[GroupPrediction, ...]) -> ModePrediction:
     expectation = expected_behaviour(mode, version)
     many = truth.device_count > 1
     note = ("QEMU between 9.2.50 and 10.0.0 may default to remap instead"
@@ -179,20 +174,30 @@ def _mode(mode: Mode, version: Version, truth: HostTruth, result: RemapResult,
         return ModePrediction(mode, expectation, (), denied_paths(truth),
                               ("multidevs=forbid message",) if many else (), note=note)
     if expectation is Expectation.COLLIDE_AND_WARN:
-        return ModePrediction(mode, expectation, raw_collisions(truth), (),
+        return ModePrediction(mode, expectation, raw, (),
                               ("multi-device warning",) if many else (), note=note)
-    messages = ("Potential degraded performance of inode remapping",) \
-        if remap.fullmap_reached else ()
-    return ModePrediction(mode, expectation, remap_collisions(truth, result, remap), (),
-                          messages,
-                          remap, note)
+    messages = (FULLMAP_WARNING,) if remap.check.fullmap_reached else ()
+    return ModePrediction(mode, expectation, remap.groups, (), messages, remap.check, note)
+
+
+@dataclass(frozen=True)
+class RemapPrediction:
+    """The remap model run once over the tree: its check and its groups."""
+
+    check: RemapCheck
+    groups: tuple[GroupPrediction, ...]
 
 
 def predict(truth: HostTruth, devices: Sequence[ExportDevice], mounts: Sequence[MountEntry],
             root: str, version: Version, modes: Sequence[Mode]) -> Prediction:
-    """What each of ``modes`` will show on the tree ``truth`` on QEMU ``version``."""
+    """What each of ``modes`` will show on the tree ``truth`` on QEMU ``version``.
+    Each answer is computed once, however many modes share it (warn and the default
+    before QEMU 10; remap and the default from 10)."""
     result = modelled(truth)
-    remap = check_remap(truth, {}, result=result)
+    check = check_remap(truth, {}, result=result)
+    remap = RemapPrediction(check, remap_collisions(truth, result, check))
+    raw = raw_collisions(truth) if any(
+        expected_behaviour(m, version) is Expectation.COLLIDE_AND_WARN for m in modes) else ()
     return Prediction(root, version, len(truth.entries),
                       device_summaries(truth, devices, mounts, root),
-                      tuple(_mode(mode, version, truth, result, remap) for mode in modes))
+                      tuple(_mode(mode, version, truth, remap, raw) for mode in modes))

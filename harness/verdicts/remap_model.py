@@ -29,6 +29,7 @@ The Linux 9p client then shows ``qid.path + 2`` as st_ino (``guest_ino``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -129,6 +130,7 @@ def prefix_key(ino: int, prefix_bits: int) -> int:
     return (ino >> (INO_BITS - prefix_bits)) & ((1 << KEY_BITS) - 1)
 
 
+@functools.cache
 def dropped_mask(prefix_bits: int, affix_bits: int) -> int:
     """The inode bits a path loses without the key having looked at them: the top
     ``affix_bits`` (shifted out of 64 bits) less the bits the key kept (its device's
