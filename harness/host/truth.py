@@ -111,6 +111,14 @@ class HostTruth:
         return {entry.path: entry for entry in self.entries}
 
     @cached_property
+    def first_paths(self) -> dict[tuple[int, int], str]:
+        """Each distinct host file (st_dev, st_ino) and its first path in truth order."""
+        first: dict[tuple[int, int], str] = {}
+        for entry in self.entries:
+            first.setdefault((entry.dev, entry.ino), entry.path)
+        return first
+
+    @cached_property
     def device_count(self) -> int:
         """How many distinct host devices (st_dev values) the export spans."""
         return len({entry.dev for entry in self.entries})

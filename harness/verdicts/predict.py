@@ -24,7 +24,7 @@ from ..config import Mode, Version
 from ..host.mounts import MountEntry, mount_holding, relative_point
 from ..host.truth import ExportDevice, HostTruth
 from .common import Expectation, default_undecided, expected_behaviour
-from .remap import FULLMAP_WARNING, RemapCheck, check_remap, first_paths, modelled
+from .remap import FULLMAP_WARNING, RemapCheck, check_remap, modelled
 from .remap_model import RemapResult, guest_ino
 
 
@@ -120,7 +120,7 @@ def device_summaries(truth: HostTruth, devices: Sequence[ExportDevice],
 def raw_collisions(truth: HostTruth) -> tuple[GroupPrediction, ...]:
     """Distinct host files whose raw st_ino repeats across st_dev: warn's collisions
     (QEMU passes st_ino through and the guest sees one st_dev)."""
-    first = first_paths(truth)
+    first = truth.first_paths
     devs_of: dict[int, list[int]] = {}
     for dev, ino in first:
         devs_of.setdefault(ino, []).append(dev)
@@ -139,7 +139,7 @@ def remap_collisions(truth: HostTruth, result: RemapResult,
                      remap: RemapCheck) -> tuple[GroupPrediction, ...]:
     """The remap model's collisions, with their guest st_ino and the model's
     explanation (``remap.predicted`` is ``result.collisions()`` explained, in order)."""
-    first = first_paths(truth)
+    first = truth.first_paths
     groups = [GroupPrediction(result.qids[group[0]].guest_ino,
                               tuple((first[(f.dev, f.ino)], f.dev, f.ino) for f in group),
                               predicted.why)

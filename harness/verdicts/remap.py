@@ -77,16 +77,8 @@ def _seen(truth: HostTruth, order: Iterable[str]) -> list[SeenFile]:
     return [SeenFile(by_path[path].dev, by_path[path].ino) for path in order]
 
 
-def first_paths(truth: HostTruth) -> dict[tuple[int, int], str]:
-    """Each distinct host file's first path in truth order."""
-    first: dict[tuple[int, int], str] = {}
-    for entry in truth.entries:
-        first.setdefault((entry.dev, entry.ino), entry.path)
-    return first
-
-
 def _predicted(truth: HostTruth, result: RemapResult) -> tuple[PredictedCollision, ...]:
-    first = first_paths(truth)
+    first = truth.first_paths
     return tuple(
         PredictedCollision(frozenset((file.dev, file.ino) for file in group),
                            tuple(first[(file.dev, file.ino)] for file in group),
