@@ -6,6 +6,7 @@ One function per format; every JSON key is documented in the README.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -392,7 +393,7 @@ def export_collisions(report: RunResults) -> str:
         for collision in worst[:EXPORT_SHOWN]:
             dev, ino = collision.guest_id
             lines.append(f"    guest (dev {dev}, ino {ino}) <- " + ", ".join(
-                f"{path!r} (host dev {hdev}, ino {hino})"
+                f"{path!r} (host dev {os.major(hdev)}:{os.minor(hdev)}, ino {hino})"
                 for path, hdev, hino in collision.host_files))
         if len(worst) > EXPORT_SHOWN:
             lines.append(f"    ... and {len(worst) - EXPORT_SHOWN} more (--json lists "

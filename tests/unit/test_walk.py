@@ -3,6 +3,7 @@ one, and the CLI's one-line refusals of a path that cannot be exported."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,3 +125,43 @@ def test_the_export_layout_needs_its_source_and_only_it_has_one() -> None:
         ExportLayout(kind=Layout.EXPORT)
     with pytest.raises(UsageError):
         ExportLayout(source=Path("/srv/tree"))
+
+
+ROOTLESS_CHILD = r"""
+import json, sys
+from pathlib import Path
+from harness.config import ExportLayout, Layout
+from harness.host.export import build_export
+from harness.host.namespace import enter_private_namespace
+info = enter_private_namespace()
+layout = ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT, source=Path(sys.argv[1]))
+with build_export(layout) as export:
+    try:
+        (export.root / "new").write_text("x")
+        wrote = "written"
+    except OSError as exc:
+        wrote = exc.strerror
+    print(json.dumps([info.kind.value, list(export.truth.paths), wrote]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody with setpriv: run as root")
+def test_a_users_tree_is_bound_read_only_without_root() -> None:
+    probe = subprocess.run([*NOBODY, "unshare", "-Urm", "true"], capture_output=True,
+                           check=False, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {probe.stderr!r}")
+    with tempfile.TemporaryDirectory(prefix="mdh-walk-test-") as made:
+        root = Path(made)
+        root.chmod(0o755)
+        (root / "a").mkdir()
+        (root / "a/f").write_text("x")
+        (root / "a/f").chmod(0o644)
+        done = subprocess.run([*NOBODY, "/usr/bin/python3", "-c", ROOTLESS_CHILD, str(root)],
+                              capture_output=True, text=True, timeout=60, cwd="/",
+                              env={"PYTHONPATH": str(REPO),
+                                   "MDH_CACHE_DIR": str(root / "cache")})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == ["user+mount", [".", "a", "a/f"],
+                                           "Read-only file system"]
+        assert sorted(p.name for p in root.iterdir()) == ["a"]
