@@ -19,6 +19,7 @@ from .config import (
     ALL_MODES,
     DEFAULT_CACHES,
     DEFAULT_LAYOUTS,
+    DEFAULT_MAX_PATHS,
     Accel,
     Cache,
     ExportLayout,
@@ -34,6 +35,9 @@ from .config import (
 from .errors import HarnessError, UsageError
 from .plan import layout_shape
 from .results import EXIT_ERROR, EXIT_OK
+
+# predict starts no guest, so it may walk far larger trees than a run can look at.
+PREDICT_MAX_PATHS = 1_000_000
 
 # Each command imports what it needs inside its function: ``--help`` and ``exec`` should
 # not wait for the verdicts, the report writers or the SSH client to load.
@@ -152,9 +156,46 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
+    _add_export_options(run)
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for 'git bisect run': pass 0, fail 1, error or "
                      "inconclusive 125 (skip the commit)")
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--export", type=Path, metavar="PATH",
+                        help="check your own tree instead of built layouts: bind-mounted "
+                        "read-only with the mounts under it, exported with readonly=on; "
+                        "only the ids family runs (the others write)")
+    parser.add_argument("--max-paths", type=_whole_number, default=DEFAULT_MAX_PATHS,
+                        help="walk at most this many paths of --export (default "
+                        f"{DEFAULT_MAX_PATHS}: a run stays within its deadlines under TCG)")
+
+
+def _export_layout(args: argparse.Namespace) -> ExportLayout | None:
+    """The user's tree (``--export``), checked before anything boots: a missing path,
+    a file or an unreadable directory exits 2 with one line."""
+    if args.export is None:
+        return None
+    from .host.walk import resolve_tree
+
+    return ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT,
+                        source=resolve_tree(args.export), max_paths=args.max_paths)
+
+
+def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    predict = sub.add_parser("predict", help="predict each mode's collisions on a tree, "
+                             "without booting anything")
+    predict.add_argument("path", type=Path, help="the directory you would export")
+    predict.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
+                         help="comma-separated: remap,warn,forbid,default (default: all)")
+    predict.add_argument("--qemu-version", metavar="X.Y.Z",
+                         help="predict for this QEMU version (default: --qemu's)")
+    predict.add_argument("--qemu", help="take the version from this QEMU's --version "
+                         "(default: qemu-system-x86_64)")
+    predict.add_argument("--max-paths", type=_whole_number, default=PREDICT_MAX_PATHS,
+                         help=f"walk at most this many paths (default {PREDICT_MAX_PATHS})")
+    predict.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -175,8 +216,9 @@ def _base_layout(args: argparse.Namespace) -> ExportLayout:
 
 
 def _layout(args: argparse.Namespace) -> ExportLayout:
-    """reproduce's export shape: its one ``--layout`` (loop is two devices)."""
-    return layout_shape(Layout(args.layout), _base_layout(args))
+    """reproduce's export shape: its one ``--layout`` (loop is two devices), or the
+    user's tree (``--export``)."""
+    return _export_layout(args) or layout_shape(Layout(args.layout), _base_layout(args))
 
 
 def _add_check_option(run: argparse.ArgumentParser) -> None:
@@ -218,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--devices", type=_whole_number, default=3)
     repro.add_argument("--files", type=_whole_number, default=8)
     _add_layout_option(repro)
+    _add_export_options(repro)
+    _add_predict_command(sub)
     return parser
 
 
@@ -291,11 +335,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .plan import RunOptions
     from .run import run_checks
 
+    export = _export_layout(args)
     options = RunOptions(
         modes=parse_modes(args.modes),
         caches=parse_caches(args.cache),
         layout=_base_layout(args),
-        layouts=parse_layouts(args.layout),
+        # --export replaces the built layouts: the run is about the user's tree.
+        layouts=(Layout.EXPORT,) if export else parse_layouts(args.layout),
+        export=export,
         machine=_machine(args),
         qemus=tuple(args.qemu),
         guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
@@ -311,6 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     result = run_checks(options, progress=progress)
     print(rep.table(result))
+    if export is not None:
+        print()
+        print(rep.export_collisions(result))
     print()
     print(rep.summary_line(result))
     if args.json:
@@ -332,6 +382,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return exit_code([found.row.status])
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .commands.predict import predict_json, predict_text, predict_tree
+
+    found = predict_tree(args.path, parse_modes(args.modes), version=args.qemu_version,
+                         qemu=args.qemu, max_paths=args.max_paths, progress=progress)
+    if args.json:
+        _print_json(predict_json(found))
+    else:
+        print(predict_text(found))
+    return found.exit_code
+
+
 IMAGE_COMMANDS = {
     "build": cmd_image_build,
     "list": cmd_image_list,
@@ -342,6 +404,7 @@ COMMANDS = {
     "exec": cmd_exec,
     "run": cmd_run,
     "reproduce": cmd_reproduce,
+    "predict": cmd_predict,
 }
 
 

@@ -98,6 +98,11 @@ class ExportError(HarnessError):
     """The multi-device export could not be built on the host."""
 
 
+class TreeError(ExportError):
+    """A user's tree (``run --export``, ``predict``) cannot be walked: missing, not a
+    directory, unreadable or larger than ``--max-paths``.  One line, saying what to do."""
+
+
 class LayoutRequirementMissing(ExportError):
     """A host tool (mkfs.btrfs, mkfs.xfs, ...), /dev/fuse or a kernel filesystem that an
     export layout needs is missing; the message names it, the hint how to get it."""

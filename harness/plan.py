@@ -26,6 +26,7 @@ from .config import (
     Mode,
     Via,
 )
+from .errors import UsageError
 
 CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
@@ -45,6 +46,9 @@ _TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.HE
 # whether a device mounted under a directory the guest holds open stays untouched,
 # which only forbid promises (the other modes may change any device).
 _ONE_MODE = {Check.HELD_FD: Mode.FORBID}
+# The families that write nothing to the export (the others create, rename, mount or
+# bind in it): the only ones run over the user's own tree.
+READ_ONLY_CHECKS = (Check.IDS,)
 # Families that also get one export per inode-caching cache mode of the run (loose,
 # fscache): cross_device, whose rename between twins that share a guest inode is a
 # silent no-op there.
@@ -96,6 +100,9 @@ class RunOptions:
     # that did not reproduce fails the run.
     known_issues: Path | None = None
     strict_known: bool = False
+    # The user's tree (``--export``; Layout.EXPORT in ``layouts``): only the families
+    # that write nothing run (``READ_ONLY_CHECKS``).
+    export: ExportLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -138,12 +145,19 @@ SINGLE_DEVICE_LAYOUTS = (Layout.OVERLAY,)
 NO_WITNESS_LAYOUTS = (Layout.SCRIPTED_FULLMAP,)
 
 
-def layout_shape(kind: Layout, base: ExportLayout) -> ExportLayout:
+def layout_shape(kind: Layout, base: ExportLayout,
+                 export: ExportLayout | None = None) -> ExportLayout:
     """The export shape of layout ``kind``: the standard one is ``base``; loop is two
-    devices; the overlay one; the others keep ``base``'s file count and say they are
-    multi-device (their builders decide the exact devices)."""
+    devices; the overlay one; the user's tree is ``export`` (``RunOptions.export``);
+    the others keep ``base``'s file count and say they are multi-device (their
+    builders decide the exact devices)."""
     if kind is Layout.STANDARD:
         return base
+    if kind is Layout.EXPORT:
+        if export is None:
+            raise UsageError("the export layout is the user's tree and none was given",
+                             hint="pass --export PATH")
+        return export
     devices = 1 if kind in SINGLE_DEVICE_LAYOUTS else 2 if kind is Layout.LOOP else max(
         base.devices, 2)
     return ExportLayout(devices=devices, files_per_device=base.files_per_device, kind=kind)
@@ -188,6 +202,7 @@ class GuestPlan:
 def plan_guests(
     modes: Sequence[Mode], layout: ExportLayout, control: bool, share: bool = True,
     caches: Sequence[Cache] = (Cache.NONE,), layouts: Sequence[Layout] = (Layout.STANDARD,),
+    export: ExportLayout | None = None,
 ) -> list[GuestPlan]:
     """Group the requested modes and the control exports into guests.
 
@@ -215,7 +230,7 @@ def plan_guests(
                 for index, m in enumerate(modes)]
     main = [layout_shape(k, layout) for k in layouts if k in _MAIN_LAYOUTS]
     quiet = [layout_shape(k, layout) for k in layouts if k in SINGLE_DEVICE_LAYOUTS]
-    apart = [layout_shape(k, layout) for k in layouts
+    apart = [layout_shape(k, layout, export) for k in layouts
              if k not in _MAIN_LAYOUTS and k not in SINGLE_DEVICE_LAYOUTS]
     silent = [e for m in modes for e in mode_exports(m, quiet, caches)]
     if not share:
@@ -344,6 +359,9 @@ class RunPlan:
 
     guests: tuple[GuestPlan, ...]
     skipped: tuple[Check, ...] = ()
+    # Families asked for that write to the export, left out of a run over the user's
+    # own tree (``--export``), which is never written.
+    writing_skipped: tuple[Check, ...] = ()
 
 
 def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
@@ -353,8 +371,13 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
     observation options resolved (witnesses only where both the plan and the run
     want them)."""
     checks, skipped = checks_for(options.via, options.checks)
+    writing: tuple[Check, ...] = ()
+    if Layout.EXPORT in options.layouts:
+        writing = tuple(c for c in checks if c not in READ_ONLY_CHECKS)
+        checks = tuple(c for c in checks if c in READ_ONLY_CHECKS)
     guests = plan_guests(options.modes, options.layout, options.control,
-                         options.share and live_stderr, options.caches, options.layouts)
+                         options.share and live_stderr, options.caches, options.layouts,
+                         options.export)
     complete = []
     done: set[Mode] = set()
     for guest in guests:
@@ -365,7 +388,7 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
                         for e in planned.exports)
         if exports:
             complete.append(GuestPlan(planned.name, exports))
-    return RunPlan(tuple(complete), skipped)
+    return RunPlan(tuple(complete), skipped, writing)
 
 
 def default_jobs() -> int:

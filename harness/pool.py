@@ -161,8 +161,10 @@ def _build_exports(
             failed.append((item, exc))
             continue
         index = len(built)
+        # The user's tree is exported readonly=on (and mounted ro): never written.
         spec = ExportSpec(tag=f"mdh{index}", path=export.root, mode=item.mode,
-                          mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache)
+                          mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache,
+                          readonly=kind is Layout.EXPORT)
         built.append((item, export, spec))
     return built, failed
 

@@ -6,6 +6,7 @@ One function per format; every JSON key is documented in the README.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from .verdicts.rejection import RejectionVerdict
 
 # How many colliding ids a JSON row lists (the count is always whole).
 JSON_COLLISIONS = 50
+# Colliding guest ids listed per row of a user's tree (``--export``), worst first.
+EXPORT_SHOWN = 5
 # Failure lines of a known-issue row shown in the table (the evidence, briefly).
 KNOWN_SHOWN = 4
 
@@ -375,3 +378,25 @@ def collision_table(rows: Sequence[ResultRow]) -> str:
                 for path, hdev, hino in collision.host_files
             ))
     return "\n".join(lines) if lines else "no collisions"
+
+
+def export_collisions(report: RunResults) -> str:
+    """Per row over the user's tree (``run --export``), the worst collisions (most
+    host files behind one guest id first): guest id <- host paths with (st_dev,
+    st_ino); and which rows showed none."""
+    lines = ["collisions in your tree (guest id <- host files), worst first:"]
+    for row in report.rows:
+        ids = ids_verdict(row.verdict)
+        if row.layout != "export" or ids is None:
+            continue
+        worst = sorted(ids.collisions, key=lambda c: -len(c.host_files))
+        lines.append(f"  {row.case}: {len(worst)} guest ids shared, {ids.denied} denied")
+        for collision in worst[:EXPORT_SHOWN]:
+            dev, ino = collision.guest_id
+            lines.append(f"    guest (dev {dev}, ino {ino}) <- " + ", ".join(
+                f"{path!r} (host dev {os.major(hdev)}:{os.minor(hdev)}, ino {hino})"
+                for path, hdev, hino in collision.host_files))
+        if len(worst) > EXPORT_SHOWN:
+            lines.append(f"    ... and {len(worst) - EXPORT_SHOWN} more (--json lists "
+                         f"{JSON_COLLISIONS})")
+    return "\n".join(lines)

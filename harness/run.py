@@ -96,6 +96,9 @@ def _run_environment(
         if plan.skipped:
             progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
                      "a mount namespace of its own, which host mounts made later never reach")
+        if plan.writing_skipped:
+            progress(f"{','.join(plan.writing_skipped)} skipped: they create, rename, mount "
+                     "or bind in the export, and --export is never written (ids runs)")
         run = RunContext(env, backend, log_dir, progress, LiveGuests(), known)
         rows = run_guests(plan.guests, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 from .. import paths
 from ..agent.stat import SCALE_AGENT_THREADS
 from ..config import (
+    ALL_LAYOUTS,
     ALL_MODES,
     Accel,
     BootMethod,
@@ -59,7 +61,11 @@ SCALE_DEVICES = 64
 SCALE_FILES = 100_000
 
 # Layouts timed one by one: all but scripted-fullmap (~66,000 files, minutes under TCG).
-BENCH_LAYOUTS = tuple(k.value for k in Layout if k is not Layout.SCRIPTED_FULLMAP)
+BENCH_LAYOUTS = tuple(k.value for k in ALL_LAYOUTS if k is not Layout.SCRIPTED_FULLMAP)
+# predict over a tree this large, on this many devices, within this (no guest boots).
+PREDICT_PATHS = 100_000
+PREDICT_DEVICES = 8
+TARGET_PREDICT_S = 3.0
 
 def _stats(samples: Sequence[float]) -> dict[str, float]:
     return {
@@ -159,6 +165,30 @@ def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> di
             "passed": scale.passed}
 
 
+def predict_figure(progress: Progress, paths: int = PREDICT_PATHS,
+                   devices: int = PREDICT_DEVICES) -> dict[str, Any]:
+    """``multidevs-harness predict`` over a standard export of ``paths`` paths on
+    ``devices`` tmpfs devices, as a user runs it: a fresh CLI process (in this
+    process's namespace, so it sees the mounts), its wall and CPU seconds."""
+    # Each device also holds the sub/inner file, the hard-link pair and the twins.
+    per_device = math.ceil(paths / devices) - 8
+    with build_export(ExportLayout(devices=devices, files_per_device=per_device)) as export:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "harness.cli", "predict", "--json",
+                               "--qemu-version", "7.2.0", "--max-paths", str(2 * paths),
+                               str(export.root)], capture_output=True, timeout=120, check=False)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    found = json.loads(done.stdout) if done.stdout else {}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    progress(f"predict over {found.get('files_checked')} paths: {wall:.2f} s "
+             f"({cpu:.2f} s CPU), exit {done.returncode}")
+    return {"paths": found.get("files_checked"), "devices": found.get("host_devices"),
+            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "exit_code": done.returncode,
+            "walk_s": round(found.get("walk_seconds", 0.0), 3)}
+
+
 def _machine(args: argparse.Namespace) -> MachineOptions:
     """The benchmark's machine: ``--qemu`` and ``--accel`` as given, the default guest."""
     return MachineOptions(qemu=args.qemu, accel=Accel(args.accel))
@@ -232,6 +262,7 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         result["qemu10"] = _qemu10(args, progress)
     if not args.skip_scale:
         result["scale"] = _scale(env, args, progress)
+    result["predict"] = predict_figure(progress)
     return result
 
 
@@ -282,6 +313,11 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"default matrix on QEMU {q10['version']}: {q10['matrix_s']:.2f} s; all "
                      f"passed: {q10['matrix_passed']}" if "version" in q10
                      else f"QEMU 10: skipped ({q10['skipped']})")
+    if "predict" in result:
+        found = result["predict"]
+        lines.append(f"predict: {found['paths']} paths on {found['devices']} devices in "
+                     f"{found['wall_s']:.2f} s ({found['cpu_s']:.2f} s CPU; target <= "
+                     f"{TARGET_PREDICT_S} s), exit {found['exit_code']}")
     if "scale" in result:
         scale = result["scale"]
         lines.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..agent.collect import GuestView, collection_script, parse_collection
 from ..agent.stat import (
@@ -21,6 +21,7 @@ from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
 from ..host.truth import EntryKind, Export, HostTruth
 from ..plan import ExportPlan
+from ..verdicts.common import _capped
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
 from ..verdicts.witnesses import Witness, judge_witnesses
@@ -73,6 +74,8 @@ class IdsCheck:
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> IdsSeen:
         probe = _probe(spec, export)
+        if export.witness_skip is not None:
+            plan = replace(plan, witness=False)
         return observe_ids(guest, spec.mount_point, export.truth, plan,
                            harm=probe.paths if probe else ())
 
@@ -83,13 +86,25 @@ class IdsCheck:
         harm = None
         if probe is not None and view.harm is not None:
             harm = HarmInput(probe, view.harm, judging.spec.mount_point, judging.spec.cache)
-        return judge(
+        verdict = judge(
             judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
             witnesses_of(truth, seen),
             stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
             message_printed=judging.plan.message_printed, harm=harm,
             dmesg=seen.dmesg, layout=judging.export.layout.kind,
         )
+        return replace(verdict, notes=verdict.notes + _export_notes(judging.export))
+
+
+def _export_notes(export: Export) -> tuple[str, ...]:
+    """What a user's tree kept from the row: skipped witnesses, paths not seen whole
+    (recorded, not held against QEMU), the harm probe (no twins were built there)."""
+    if export.layout.kind is not Layout.EXPORT:
+        return ()
+    unseen = [f"not seen whole on the host: {line}" for line in export.unseen]
+    return (*([export.witness_skip] if export.witness_skip else ()),
+            *_capped(unseen, "paths not seen whole"),
+            "harm probe not run: the tree has no twins built for it")
 
 
 # Layouts whose devices carry the twins (``host.truth.TWIN_*``) the probe needs.

@@ -104,6 +104,7 @@ _LAYOUT_TEXT = {
     Layout.STANDARD: "tmpfs devices in one 9p export, files created in the same order on "
     "each so inode numbers repeat",
     Layout.LOOP: "the root tmpfs holds only dev01, both roots one entry and one mtime",
+    Layout.EXPORT: "your own tree, bound read-only with the mounts under it",
     Layout.OVERLAY: "the export is an overlayfs (xino=on) over a tmpfs upper and three "
     "tmpfs lowers made alike, so the layers' files differ only in the top inode bits",
 }
@@ -117,6 +118,8 @@ def _build_lines(layout: ExportLayout) -> list[str]:
         return _overlay_lines(layout)
     if layout.kind is Layout.STANDARD:
         return _standard_lines(layout)
+    if layout.kind is Layout.EXPORT and layout.source is not None:
+        return _tree_lines(layout.source)
     raise UsageError(f"the by-hand script cannot build the {layout.kind.value} layout",
                      hint="reproduce by hand with --layout standard, loop or overlay")
 
@@ -161,6 +164,17 @@ def _loop_lines(layout: ExportLayout) -> list[str]:
         f'    f=$(printf "file %04d" "$i"); echo "dev01/sub/$f" > "{EXPORT_VAR}/dev01/sub/$f"',
         '    i=$((i + 1)); done',
         f"touch -d @{TWIN_EPOCH} {EXPORT_VAR}/dev01 {EXPORT_VAR}",
+    ]
+
+
+def _tree_lines(source: Path) -> list[str]:
+    """The user's tree (``host.usertree``): bound with its mounts, each made read-only;
+    QEMU's command line adds readonly=on."""
+    return [
+        f"mkdir -p {EXPORT_VAR}",
+        f"mount --rbind {shlex.quote(str(source))} {EXPORT_VAR}",
+        f"findmnt -R -n -r -o TARGET {EXPORT_VAR} | while read -r m; do",
+        '    mount -o remount,bind,ro "$(printf "%b" "$m")"; done',
     ]
 
 

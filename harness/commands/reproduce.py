@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..commands import byhand
-from ..config import Cache, ExportLayout, ExportSpec, MachineOptions, Mode, Progress, quiet
+from ..config import (
+    Cache,
+    ExportLayout,
+    ExportSpec,
+    Layout,
+    MachineOptions,
+    Mode,
+    Progress,
+    quiet,
+)
 from ..environment import prepare
 from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
@@ -74,11 +83,12 @@ def reproduce(
         log_dir.keep()  # the point of reproduce is the evidence
         run = RunContext(env, QemuBackend(env, 1, progress), log_dir.path, progress,
                          LiveGuests(), load_known_issues(None))
-        name = row_name(mode, cache)
+        name = row_name(mode, cache, layout.kind)
         plan = ExportPlan(name, mode, layout, cache=cache)
         rows = run_guest(run, GuestPlan(name, (plan,)))
         spec = ExportSpec(tag="mdh0", path=Path(EXPORT_VAR), mode=mode,
-                          mount_point=f"{MOUNT_BASE}/mdh0", cache=cache)
+                          mount_point=f"{MOUNT_BASE}/mdh0", cache=cache,
+                          readonly=layout.kind is Layout.EXPORT)
         machine_spec = env.machine_spec([spec], log_dir.path)
         script = log_dir.path / "reproduce.sh"
         script.write_text(byhand.script(machine_spec, spec, layout,

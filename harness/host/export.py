@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ..config import ALL_LAYOUTS, ExportLayout, Layout, Progress, quiet
+from ..config import ExportLayout, Layout, Progress, quiet
 from ..errors import ExportError
 from .blockfs import build_btrfs, build_ext4, build_xfs
 from .build import (
@@ -41,13 +41,14 @@ from .namespace import bind_mount, private_namespace, unmount
 from .overlay import build_overlay, build_overlay_mixed
 from .scripted import build_scripted, build_scripted_fullmap
 from .truth import SUBDIR, TWIN_EPOCH, Export, ExportDevice, device_relpath
+from .usertree import build_user_tree
 
 # record_truth and scratch_dir moved to host.build; callers still find them here.
 __all__ = ["bind_twice", "build_export", "extra_device", "record_truth", "scratch_dir"]
 
 Builder = Callable[[BuildContext], Export]
 # Only the standard layout has a nested device (loop refuses it in ExportLayout).
-_WITHOUT_NESTED = frozenset(ALL_LAYOUTS) - {Layout.STANDARD}
+_WITHOUT_NESTED = frozenset(Layout) - {Layout.STANDARD}
 
 
 @contextmanager
@@ -241,6 +242,7 @@ _BUILDERS: dict[Layout, Builder] = {
     Layout.EXT4: build_ext4,
     Layout.SCRIPTED: build_scripted,
     Layout.SCRIPTED_FULLMAP: build_scripted_fullmap,
+    Layout.EXPORT: build_user_tree,
 }
 
 

@@ -28,9 +28,22 @@ from ..errors import NamespaceError
 # From <linux/sched.h> and <linux/mount.h>; Python 3.11 has no os.unshare.
 CLONE_NEWNS = 0x0002_0000
 CLONE_NEWUSER = 0x1000_0000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+# A read-only bind remount must repeat the mount's own flags: in a user namespace the
+# kernel locks them (EPERM if one is dropped), and anywhere it would clear them.
+_KEPT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+               "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
 MNT_DETACH = 2
 
 # The identity map of the initial user namespace, as /proc/self/uid_map shows it.
@@ -142,6 +155,45 @@ def bind_mount(source: str | os.PathLike[str], target: str | os.PathLike[str]) -
             hint="call enter_private_namespace() first",
         )
     if _libc().mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
+        _raise_errno(target)
+
+
+def bind_tree(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Bind-mount ``source`` with every mount under it on ``target`` (mount --rbind).
+    Refused outside the private namespace like ``mount_tmpfs``."""
+    if private_namespace() is None:
+        raise NamespaceError(
+            f"refusing to bind-mount on {os.fspath(target)} outside a private namespace",
+            hint="call enter_private_namespace() first",
+        )
+    flags = MS_BIND | MS_REC
+    if _libc().mount(os.fsencode(source), os.fsencode(target), None, flags, None) != 0:
+        _raise_errno(target)
+
+
+def kept_flags(options: str) -> int:
+    """The mount flags of a mountinfo per-mount ``options`` field that a remount must
+    repeat (nosuid, nodev, noexec and the atime mode; strictatime when none is named)."""
+    names = options.split(",")
+    flags = 0
+    for name, flag in _KEPT_FLAGS.items():
+        if name in names:
+            flags |= flag
+    if not flags & (MS_NOATIME | MS_RELATIME):
+        flags |= MS_STRICTATIME
+    return flags
+
+
+def remount_read_only(target: str | os.PathLike[str], options: str) -> None:
+    """Make the bind mount at ``target`` read-only (this mount only, not its
+    filesystem elsewhere), keeping the flags its mountinfo ``options`` show."""
+    if private_namespace() is None:
+        raise NamespaceError(
+            f"refusing to remount {os.fspath(target)} outside a private namespace",
+            hint="call enter_private_namespace() first",
+        )
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | kept_flags(options)
+    if _libc().mount(None, os.fsencode(target), None, flags, None) != 0:
         _raise_errno(target)
 
 

@@ -122,6 +122,15 @@ def probe_qemu(
     )
 
 
+def qemu_version(binary: Path | str = DEFAULT_QEMU, timeout: float = 15.0) -> tuple[
+        Path, Version]:
+    """``binary`` resolved and its version from ``--version`` alone (no QMP): enough
+    for ``predict``, which starts no guest."""
+    path = resolve_binary(binary)
+    rc, output = _run_capture([str(path), "--version"], timeout)
+    return path, _version_from_output(path, rc, output)
+
+
 def require_multidevs(info: QemuInfo) -> None:
     """Raise QemuTooOld unless ``info`` says multidevs can be used (QEMU >= 4.2)."""
     hint = "install qemu-system-x86 >= 4.2 (Debian 11, Ubuntu 20.04 or later) or pass --qemu PATH"

@@ -56,6 +56,7 @@ from .common import (
 )
 from .harm import Harm, HarmProbe, assess, harm_rules, predict
 from .kernel import kernel_failures, kernel_lines
+from .predict import denied_paths
 from .remap import (
     RemapCheck,
     check_remap,
@@ -244,8 +245,11 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
             children.setdefault(parent or ".", set()).add(name)
     failures: list[str] = []
     for directory, code in observation.dirent_errors.items():
-        failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
+        if directory not in truth.partial:
+            failures.append(f"readdir of {directory!r} failed: {_errno_text(code)}")
     for directory, entries in observation.dirents.items():
+        if directory in truth.partial:
+            continue  # the host could not list it whole either (a user's tree)
         # A multiset: a name listed twice is a broken readdir (tar and cp would copy
         # it twice), not one name.
         listed = Counter(name for name, _ in entries)
@@ -368,10 +372,17 @@ def _warn_failures(truth: HostTruth, observation: GuestObservation,
 
 def _forbid_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
     first = observation.passes[0]
-    failures = _unstatable(truth, first, {0})
+    # Off the root's device, or below such a path (the lookup fails on the way there:
+    # a user's tree may hold the root's filesystem again below another one).
+    denied = frozenset(denied_paths(truth))
+    failures = _capped(
+        [f"{entry.path!r} is not stat-able in the guest: {_errno_text(result)}"
+         for entry in truth.entries
+         if entry.path not in denied and isinstance(result := first.get(entry.path), int)],
+        "unstat-able paths")
     foreign: list[str] = []
     for entry in truth.entries:
-        if entry.device == 0:
+        if entry.path not in denied:
             continue
         result = first.get(entry.path)
         if isinstance(result, GuestStat):
@@ -501,9 +512,13 @@ def _denied(truth: HostTruth, first: Mapping[str, GuestResult]) -> int:
     return sum(1 for path in truth.paths if first.get(path) == errno.ENODEV)
 
 
-def _premise(truth: HostTruth, layout: Layout | None) -> str | None:
+def _premise(truth: HostTruth, expectation: Expectation, layout: Layout | None) -> str | None:
     """Why the row proves nothing (its inconclusive failure), or None: the layout's own
-    premise, else that an inode number repeats across the export's devices."""
+    premise, else that an inode number repeats across the export's devices.  A user's
+    tree (``Layout.EXPORT``) needs it under warn only: unique ids and denials are
+    promised on any multi-device tree; warn's collision is not."""
+    if layout is Layout.EXPORT and expectation is not Expectation.COLLIDE_AND_WARN:
+        return None
     reason = layout_premise(layout, truth) if layout is not None else None if \
         truth.premise_holds else (f"the export spans {truth.device_count} host devices but "
                                   "no inode number repeats across them")
@@ -564,7 +579,7 @@ def judge(
     remap = check_remap(truth, first, harm.probe.paths if harm else ()) \
         if expectation is Expectation.UNIQUE_IDS and first else None
     notes += remap_notes(remap) if remap is not None else []
-    premise = _premise(truth, layout)
+    premise = _premise(truth, expectation, layout)
     if premise is not None:
         status, failures = Status.INCONCLUSIVE, [premise]
     else:

@@ -29,9 +29,11 @@ The Linux 9p client then shows ``qid.path + 2`` as st_ino (``guest_ino``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 
 INO_BITS = 64
@@ -78,6 +80,9 @@ class SeenFile:
     ino: int
 
     def __post_init__(self) -> None:
+        # One comparison chain on the common path: predict feeds 100,000 of these.
+        if 0 <= self.dev <= _U64 and 0 <= self.ino <= _U64:
+            return
         for name, number in (("dev", self.dev), ("ino", self.ino)):
             if not 0 <= number <= _U64:
                 raise ValueError(f"{name} {number} is not a 64-bit unsigned number")
@@ -129,6 +134,7 @@ def prefix_key(ino: int, prefix_bits: int) -> int:
     return (ino >> (INO_BITS - prefix_bits)) & ((1 << KEY_BITS) - 1)
 
 
+@functools.cache
 def dropped_mask(prefix_bits: int, affix_bits: int) -> int:
     """The inode bits a path loses without the key having looked at them: the top
     ``affix_bits`` (shifted out of 64 bits) less the bits the key kept (its device's
@@ -185,10 +191,15 @@ class RemapResult:
     def collisions(self) -> list[tuple[SeenFile, ...]]:
         """Groups of distinct files that share one qid.path (so one guest st_ino), each
         in first-seen order, the groups ordered by their first file."""
+        return list(self._collisions)
+
+    @cached_property
+    def _collisions(self) -> tuple[tuple[SeenFile, ...], ...]:
+        # Computed once: the check and the prediction both ask (100,000 files).
         groups: dict[int, list[SeenFile]] = {}
         for file, qid in self.qids.items():
             groups.setdefault(qid.path, []).append(file)
-        return [tuple(group) for group in groups.values() if len(group) > 1]
+        return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
     def explain(self, group: Sequence[SeenFile]) -> str:
         """Why the files of ``group`` (two or more, one qid.path) collide: the inode
