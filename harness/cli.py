@@ -17,20 +17,24 @@ from .config import (
     ALL_CHECKS,
     ALL_LAYOUTS,
     ALL_MODES,
+    ALL_TRANSPORTS,
     DEFAULT_CACHES,
     DEFAULT_LAYOUTS,
     DEFAULT_MAX_PATHS,
+    DEFAULT_TRANSPORTS,
     Accel,
     Cache,
     ExportLayout,
     Layout,
     MachineOptions,
     Mode,
+    Transport,
     Via,
     parse_caches,
     parse_checks,
     parse_layouts,
     parse_modes,
+    parse_transports,
 )
 from .errors import HarnessError, UsageError
 from .plan import layout_shape
@@ -130,6 +134,14 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         ",".join(c.value for c in ALL_CACHES) + "); each mode gets one row per cache mode",
     )
     _add_check_option(run)
+    run.add_argument(
+        "--transport", default=",".join(DEFAULT_TRANSPORTS), metavar="T[,T...]",
+        help=f"how exports reach the guest: {','.join(ALL_TRANSPORTS)} (default: "
+        f"{','.join(DEFAULT_TRANSPORTS)}); virtiofs adds the rows virtiofs (submounts "
+        "announced) and virtiofs-nosubmounts on every layout, in guests of their own")
+    run.add_argument("--virtiofsd", type=Path, metavar="PATH",
+                     help="the virtiofsd (1.x) for virtiofs rows; default: the host's, else "
+                     "Debian trixie's, fetched once into the image cache")
     run.add_argument("--devices", type=_whole_number, default=3,
                      help="host devices in the export (1..128; 1 = control only)")
     run.add_argument("--files", type=_whole_number, default=8, help="files per device")
@@ -331,11 +343,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from . import report as rep
     from .plan import RunOptions
     from .run import run_checks
 
     export = _export_layout(args)
+    transports = parse_transports(args.transport)
     options = RunOptions(
         modes=parse_modes(args.modes),
         caches=parse_caches(args.cache),
@@ -343,7 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # --export replaces the built layouts: the run is about the user's tree.
         layouts=(Layout.EXPORT,) if export else parse_layouts(args.layout),
         export=export,
-        machine=_machine(args),
+        machine=replace(_machine(args), virtiofs=Transport.VIRTIOFS in transports,
+                        virtiofsd=args.virtiofsd),
+        transports=transports,
         qemus=tuple(args.qemu),
         guests=tuple(name.strip() for name in args.guest.split(",") if name.strip()),
         logs=args.logs,

@@ -189,6 +189,21 @@ ALL_LAYOUTS: tuple[Layout, ...] = tuple(k for k in Layout if k is not Layout.EXP
 DEFAULT_LAYOUTS: tuple[Layout, ...] = (Layout.STANDARD, Layout.OVERLAY)
 
 
+class Transport(StrEnum):
+    """How an export reaches the guest: 9p (``-fsdev``, the multidevs modes) or virtiofs
+    (a vhost-user-fs device served by virtiofsd, which has no multidevs option: whether
+    it announces submounts decides what the guest sees)."""
+
+    NINEP = "9p"
+    VIRTIOFS = "virtiofs"
+
+
+ALL_TRANSPORTS: tuple[Transport, ...] = tuple(Transport)
+DEFAULT_TRANSPORTS: tuple[Transport, ...] = (Transport.NINEP,)
+# virtiofsd's --cache policy for every virtiofs export: its own default, what people run.
+VIRTIOFS_CACHE = "auto"
+
+
 class Via(StrEnum):
     """Who starts the guests: QEMU run by the harness, or libvirtd."""
 
@@ -266,6 +281,9 @@ class GuestImage:
     # Release of the modules in the initramfs; "" when the kernel needs none (9p and
     # virtio built in).  Differs from kernel_release only in a --modules variant.
     modules_release: str = ""
+    # The recipe's virtiofs modules (fuse, virtiofs) neither in the kernel's tree nor
+    # built in: such an image boots for 9p, and its virtiofs rows are errors naming them.
+    missing_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,6 +299,10 @@ class ExportSpec:
     cache: Cache = Cache.NONE
     security_model: str = "none"
     readonly: bool = False
+    # VIRTIOFS: served by a virtiofsd of its own, ``mode`` and ``cache`` unused; the
+    # daemon announces submounts (each host device its own guest superblock) or not.
+    transport: Transport = Transport.NINEP
+    submounts: bool = True
 
 
 @dataclass(frozen=True)
@@ -345,6 +367,10 @@ class MachineOptions:
     cold: bool = False
     # QEMU's firmware directory (-L); None: found beside the binary or QEMU's own.
     qemu_datadir: Path | None = None
+    # Whether guests serve virtiofs exports (a virtiofsd is then found once), and which
+    # virtiofsd (--virtiofsd; None: the host's, else Debian trixie's, cached).
+    virtiofs: bool = False
+    virtiofsd: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -369,6 +395,8 @@ class MachineSpec:
     # Saved guest states live here (boot by restore); None: every boot is cold.
     state_cache: Path | None = None
     timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
+    # How to start virtiofsd (its argv before the harness's options) for virtiofs exports.
+    virtiofsd: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accel is Accel.AUTO:
@@ -413,6 +441,13 @@ def parse_layouts(text: str) -> tuple[Layout, ...]:
     names = parse_choices(text, [layout.value for layout in ALL_LAYOUTS], "layout",
                           "--layout standard,overlay")
     return tuple(Layout(name) for name in names)
+
+
+def parse_transports(text: str) -> tuple[Transport, ...]:
+    """Parse ``9p,virtiofs`` into transports."""
+    names = parse_choices(text, [t.value for t in ALL_TRANSPORTS], "transport",
+                          "--transport 9p,virtiofs")
+    return tuple(Transport(name) for name in names)
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:

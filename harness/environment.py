@@ -27,6 +27,7 @@ from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
 from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
+from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
 from .results import EnvironmentRecord
 
 # A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).
@@ -47,12 +48,14 @@ class Environment:
     datadir: Path | None = None
     # Saved guest states (boot by restore); None: every boot is cold (--cold).
     state_cache: Path | None = None
+    # The daemon of virtiofs exports; None when the run has none.
+    virtiofsd: Virtiofsd | None = None
 
     @property
     def record(self) -> EnvironmentRecord:
         """This environment in the result schema."""
         return EnvironmentRecord(self.info, self.accel, self.image.recipe,
-                                 self.image.kernel_release)
+                                 self.image.kernel_release, self.virtiofsd)
 
     def machine_spec(
         self,
@@ -75,6 +78,7 @@ class Environment:
             timeouts=self.timeouts,
             datadir=self.datadir,
             state_cache=self.state_cache,
+            virtiofsd=self.virtiofsd.command if self.virtiofsd else (),
         )
 
 
@@ -209,6 +213,10 @@ def prepare(
         lambda: kvm_liveness_probe(info.binary, kernel_for_probe, datadir=firmware),
     )
     progress(f"accelerator: {decision.used.value}: {decision.reason}")
+    virtiofsd = find_virtiofsd(machine.virtiofsd, progress=progress) \
+        if machine.virtiofs else None
+    if virtiofsd is not None:
+        progress(f"virtiofsd {virtiofsd.version} ({virtiofsd.source}): {virtiofsd.binary}")
     return Environment(
         info=info,
         image=image,
@@ -217,6 +225,7 @@ def prepare(
         timeouts=Timeouts.for_accel(decision.used, scale),
         datadir=firmware,
         state_cache=None if machine.cold else paths.states_dir(),
+        virtiofsd=virtiofsd,
     )
 
 

@@ -118,6 +118,14 @@ class ScriptedFsError(HarnessError):
     """The scripted FUSE filesystem did not come up, or its mount would not go away."""
 
 
+class KernelModuleMissing(HarnessError):
+    """The guest kernel lacks a module a transport needs (fuse, virtiofs)."""
+
+
+class VirtiofsdError(HarnessError):
+    """virtiofsd cannot be found, fetched, run or asked its version."""
+
+
 class QemuFailed(HarnessError):
     """QEMU exited on its own (crash, bad option) while the harness needed it."""
 

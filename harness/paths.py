@@ -18,6 +18,7 @@ STATES = "states"  # saved guest states (boot by restore)
 SCRATCH = "exports"  # anchor of the per-namespace scratch tmpfs (see host.export)
 APT = "apt"  # one private apt tree per Debian suite
 QEMU_BUILDS = "qemu"  # QEMU builds unpacked from Debian's packages
+VIRTIOFSD_BUILDS = "virtiofsd"  # virtiofsd builds unpacked from Debian's packages
 RESOLVED = "resolved"  # each recipe's resolved package versions
 
 
@@ -48,6 +49,11 @@ def apt_dir(suite: str, root: Path | None = None) -> Path:
 def qemu_builds_dir(root: Path | None = None) -> Path:
     """Where QEMU builds unpacked from Debian's packages live."""
     return (root or cache_root()) / QEMU_BUILDS
+
+
+def virtiofsd_builds_dir(root: Path | None = None) -> Path:
+    """Where virtiofsd builds unpacked from Debian's packages live."""
+    return (root or cache_root()) / VIRTIOFSD_BUILDS
 
 
 def resolved_dir(root: Path | None = None) -> Path:

@@ -18,12 +18,14 @@ from .config import (
     ALL_CHECKS,
     DEFAULT_CACHES,
     DEFAULT_LAYOUTS,
+    DEFAULT_TRANSPORTS,
     Cache,
     Check,
     ExportLayout,
     Layout,
     MachineOptions,
     Mode,
+    Transport,
     Via,
 )
 from .errors import UsageError
@@ -103,6 +105,8 @@ class RunOptions:
     # The user's tree (``--export``; Layout.EXPORT in ``layouts``): only the families
     # that write nothing run (``READ_ONLY_CHECKS``).
     export: ExportLayout | None = None
+    # 9p rows (every mode), virtiofs rows (with and without submounts), or both.
+    transports: tuple[Transport, ...] = DEFAULT_TRANSPORTS
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,10 @@ class ExportPlan:
     # lstat passes of the ids observation and the agent's threads (``RunOptions``).
     passes: int = STAT_PASSES
     agent_threads: int = AGENT_THREADS
+    # VIRTIOFS: served by virtiofsd, ``mode`` and ``cache`` unused (multidevs and cache=
+    # are 9p's); ``submounts``: whether the daemon announces them.
+    transport: Transport = Transport.NINEP
+    submounts: bool = True
 
 
 def row_name(mode: Mode, cache: Cache, layout: Layout = Layout.STANDARD) -> str:
@@ -272,6 +280,29 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
     return guests
 
 
+VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
+
+
+def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
+    """``virtiofs`` (submounts announced) or ``virtiofs-nosubmounts``, ``@<layout>``
+    on a layout other than standard."""
+    name = VIRTIOFS_ROWS[submounts]
+    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
+
+
+def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout]) -> list[GuestPlan]:
+    """Two guests of their own, one per virtiofsd setting (submounts announced or
+    not), each with an export of every layout of the run, judged by the virtiofs
+    rules (``verdicts.virtiofs``).  virtiofs has no multidevs option: ``mode`` is
+    DEFAULT ("not given") and unused.  Witnesses run where the layout allows them."""
+    shapes = [layout_shape(kind, layout) for kind in layouts]
+    return [GuestPlan(VIRTIOFS_ROWS[submounts], tuple(
+        ExportPlan(virtiofs_row(submounts, shape.kind), Mode.DEFAULT, shape,
+                   witness=shape.kind not in NO_WITNESS_LAYOUTS,
+                   transport=Transport.VIRTIOFS, submounts=submounts)
+        for shape in shapes)) for submounts in (True, False)]
+
+
 def family_row(check: Check, mode: Mode, cache: Cache = Cache.NONE) -> str:
     """The result row name of family ``check`` on ``mode`` (``operations-forbid``,
     ``cross_device-warn+loose``)."""
@@ -348,6 +379,7 @@ def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,),
     names += [family_row(check, m, c) for check in ALL_CHECKS if check is not Check.IDS
               for m in modes if _ONE_MODE.get(check, m) is m
               for c in _family_caches(check, caches)]
+    names += [virtiofs_row(submounts, k) for submounts in (True, False) for k in layouts]
     return {name: i for i, name in enumerate(names)}
 
 
@@ -377,12 +409,18 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
         checks = tuple(c for c in checks if c in READ_ONLY_CHECKS)
     guests = plan_guests(options.modes, options.layout, options.control,
                          options.share and live_stderr, options.caches, options.layouts,
-                         options.export)
-    complete = []
+                         options.export) if Transport.NINEP in options.transports else []
     done: set[Mode] = set()
+    planned_guests = []
     for guest in guests:
-        planned = apply_checks(guest, checks, done)
-        done |= {e.mode for e in planned.exports if e.check in _TRAILING}
+        planned_guests.append(apply_checks(guest, checks, done))
+        done |= {e.mode for e in planned_guests[-1].exports if e.check in _TRAILING}
+    # The other families ask 9p's multidevs questions (ENODEV, messages): virtiofs
+    # rows are ids only.
+    if Transport.VIRTIOFS in options.transports and Check.IDS in checks:
+        planned_guests += virtiofs_guests(options.layout, options.layouts)
+    complete = []
+    for planned in planned_guests:
         exports = tuple(replace(e, witness=e.witness and options.witness,
                                 passes=options.passes, agent_threads=options.agent_threads)
                         for e in planned.exports)

@@ -22,14 +22,21 @@ from typing import Protocol
 from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
 from .checks.registry import FAMILIES
-from .config import Cache, ExportSpec, Layout, Progress, Version, Via
+from .config import VIRTIOFS_CACHE, Cache, ExportSpec, Layout, Progress, Transport, Version, Via
 from .environment import Environment
-from .errors import ExportError, GuestCrashed, HarnessError, LayoutUnavailable, QemuFailed
+from .errors import (
+    ExportError,
+    GuestCrashed,
+    HarnessError,
+    KernelModuleMissing,
+    LayoutUnavailable,
+    QemuFailed,
+)
 from .guest.lifecycle import Guest, check_alive, qemu_end
 from .host.export import build_export
 from .host.truth import Export
 from .plan import ExportPlan, GuestPlan
-from .qemu.cmdline import mount_options, shell_quote_command
+from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
 from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
 from .verdicts.common import Status, Verdict, expected_behaviour
@@ -126,6 +133,7 @@ class Observed:
     # The family's judge with its own record of this export bound (typed per family).
     judge: Callable[[Judging], Verdict]
     stderr: slice  # the part of QEMU's stderr written while it alone was observed
+    seconds: float = 0.0  # how long its observation took
 
 
 def _build_exports(
@@ -164,7 +172,8 @@ def _build_exports(
         # The user's tree is exported readonly=on (and mounted ro): never written.
         spec = ExportSpec(tag=f"mdh{index}", path=export.root, mode=item.mode,
                           mount_point=f"{MOUNT_BASE}/mdh{index}", cache=item.cache,
-                          readonly=kind is Layout.EXPORT)
+                          readonly=kind is Layout.EXPORT, transport=item.transport,
+                          submounts=item.submounts)
         built.append((item, export, spec))
     return built, failed
 
@@ -181,11 +190,12 @@ def _observe(
     observed = []
     try:
         for item, export, spec in exports:
-            before = len(guest.stderr_text())
+            before, started = len(guest.stderr_text()), time.monotonic()
             family = FAMILIES[item.check]
             seen = family.observe(guest, spec, export, item)
             observed.append(Observed(item, export, spec, partial(family.judge, seen=seen),
-                                     slice(before, len(guest.stderr_text()))))
+                                     slice(before, len(guest.stderr_text())),
+                                     time.monotonic() - started))
         mounts = guest.run("cat /proc/mounts")
     except HarnessError as exc:
         crash = _crash(guest)
@@ -253,23 +263,31 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
             judging.stderr, "while this export was observed" if live else "(libvirt's log)"))
         known, unreproduced = _known(run, item.plan, verdict)
         rows.append(ResultRow(
-            case=item.plan.row, check=item.plan.check, cache=item.plan.cache,
+            case=item.plan.row, check=item.plan.check, cache=_cache(item.plan),
             via=run.backend.via, verdict=verdict,
-            guest=record, start=guest.start, boot_seconds=guest.boot_seconds, log_dir=log_dir,
+            guest=record, start=guest.start, boot_seconds=guest.boot_seconds,
+            observe_seconds=item.seconds, log_dir=log_dir,
             qemu_command=shell_quote_command(guest.argv),
-            guest_command=f"mount -t 9p -o {mount_options(item.spec)} {item.spec.tag} "
-            f"{item.spec.mount_point}",
+            guest_command=guest_mount_command(item.spec),
             environment=run.env.record, backend=facts, layout=item.plan.layout.kind.value,
             known_issue=known, unreproduced=unreproduced,
             mounted_cache=mounted.spelling if mounted else None,
+            transport=item.plan.transport.value,
         ))
     return rows
 
 
+def _cache(plan: ExportPlan) -> str:
+    """The row's cache: 9p's cache= mode, or virtiofsd's --cache policy."""
+    return VIRTIOFS_CACHE if plan.transport is Transport.VIRTIOFS else plan.cache.value
+
+
 def _known(run: RunContext, plan: ExportPlan,
            verdict: Verdict) -> tuple[KnownIssue | None, tuple[KnownIssue, ...]]:
-    """The known issue a failing row shows, and those a passing row did not show."""
-    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS):
+    """The known issue a failing row shows, and those a passing row did not show.
+    The known issues are 9p's (multidevs): none is in a virtiofs row's scope."""
+    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS) \
+            or plan.transport is Transport.VIRTIOFS:
         return None, ()
     ids = ids_verdict(verdict)
     remap = ids.remap if ids is not None else None
@@ -293,6 +311,7 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
             else f"{type(exc).__name__}: {exc.message}", Status.ERROR)]
         if not exports:
             return rows
+        _require_modules(run, plan)
         guest = stack.enter_context(
             run.backend.start(plan, [spec for _, _, spec in exports], log_dir))
         run.live.add(guest)
@@ -306,6 +325,17 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         run.progress(f"{plan.name}: {len(observed)} exports observed in "
                      f"{time.monotonic() - started:.1f} s")
     return _rows(run, plan, guest, observed, log_dir, proc_mounts) + rows
+
+
+def _require_modules(run: RunContext, plan: GuestPlan) -> None:
+    """A virtiofs guest needs the kernel's fuse and virtiofs modules; without them its
+    rows are errors naming what is missing (the 9p guests of the run still run)."""
+    missing = run.env.image.missing_modules
+    if missing and any(e.transport is Transport.VIRTIOFS for e in plan.exports):
+        raise KernelModuleMissing(
+            f"guest kernel {run.env.image.kernel_release} has no module "
+            f"{', '.join(missing)} (neither in its modules tree nor built in)",
+            hint="boot a kernel with CONFIG_FUSE_FS and CONFIG_VIRTIO_FS (=m or =y)")
 
 
 def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
@@ -331,8 +361,8 @@ def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str
     """One row per export of a guest that was never observed (or died under test)."""
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     return [
-        ResultRow(case=item.row, check=item.check, cache=item.cache, via=run.backend.via,
-                  guest=record, layout=item.layout.kind.value,
+        ResultRow(case=item.row, check=item.check, cache=_cache(item), via=run.backend.via,
+                  guest=record, layout=item.layout.kind.value, transport=item.transport.value,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
                   log_dir=log_dir, environment=run.env.record)
         for item in plan.exports

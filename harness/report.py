@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent.witnesses import TOOLS_DIR
+from .config import Transport
 from .results import EnvironmentRecord, ResultRow, RunResults
 from .verdicts.common import Status, Verdict
 from .verdicts.ids import IdsVerdict, ids_verdict
@@ -49,6 +50,10 @@ def _layout_text(row: ResultRow) -> str:
     return row.layout or "-"
 
 
+def _transport_text(row: ResultRow) -> str:
+    return row.transport or "-"
+
+
 def _verdict_text(row: ResultRow) -> str:
     known = f" ({row.known_issue.id})" if row.known_issue else ""
     return row.status.value.upper() + known
@@ -68,6 +73,7 @@ def table(report: RunResults) -> str:
              _verdict_text(r)] for r in report.rows]
     # Columns that tell rows apart only when the run spans several of them.
     for title, value, label in (("layout", _layout_text, _layout_text),
+                                ("transport", _transport_text, _transport_text),
                                 ("guest", _guest_text, _guest_text),
                                 ("qemu", _qemu_text, _qemu_version)):
         if len({value(r) for r in report.rows}) > 1:
@@ -199,6 +205,7 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "case": row.case,
         "check": row.check,
+        "transport": row.transport,
         "layout": row.layout,
         "known_issue": None if row.known_issue is None else {
             "id": row.known_issue.id, "title": row.known_issue.title,
@@ -219,6 +226,8 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
             "name": row.guest.name, "kernel": row.guest.kernel, "plan": row.guest.plan},
         "boot": None if row.start is None else row.start.value,
         "boot_seconds": None if row.boot_seconds is None else round(row.boot_seconds, 3),
+        "observe_seconds": None if row.observe_seconds is None
+        else round(row.observe_seconds, 3),
         "log_dir": None if row.log_dir is None or not logs_kept else str(row.log_dir),
         "qemu_command": row.qemu_command,
         "guest_command": row.guest_command,
@@ -228,6 +237,8 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
             "version": str(row.environment.qemu.version)},
     }
     data.update(_details(verdict))
+    if row.transport == Transport.VIRTIOFS:
+        data["mode"] = None  # multidevs is 9p's: a virtiofs row has no mode
     return data
 
 

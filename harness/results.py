@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import AccelDecision, Start, Via
 from .qemu.probe import QemuInfo
+from .qemu.virtiofsd import Virtiofsd
 from .verdicts.cache import PowerFinding
 from .verdicts.common import Status, Verdict
 from .verdicts.known import KnownIssue
@@ -38,6 +39,9 @@ ENVIRONMENT_KEYS = (
     "accel.fell_back",
     "guest.name",
     "guest.kernel",
+    "virtiofsd.binary",
+    "virtiofsd.version",
+    "virtiofsd.source",
 )
 
 
@@ -53,6 +57,8 @@ class EnvironmentRecord:
     accel: AccelDecision | None
     guest_name: str | None
     guest_kernel: str | None
+    # The virtiofsd of the virtiofs rows; None when the run has none.
+    virtiofsd: Virtiofsd | None = None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """The nested JSON block: ``{"qemu": {...}, "accel": {...}, "guest": {...}}``."""
@@ -73,6 +79,11 @@ class EnvironmentRecord:
                 "fell_back": accel.fell_back if accel else None,
             },
             "guest": {"name": self.guest_name, "kernel": self.guest_kernel},
+            "virtiofsd": {
+                "binary": self.virtiofsd.binary if self.virtiofsd else None,
+                "version": self.virtiofsd.version if self.virtiofsd else None,
+                "source": self.virtiofsd.source if self.virtiofsd else None,
+            },
         }
 
     def properties(self) -> list[tuple[str, str]]:
@@ -120,6 +131,8 @@ class ResultRow:
     guest: GuestRecord | None = None
     start: Start | None = None  # how the row's guest came up (None: no guest)
     boot_seconds: float | None = None
+    # How long this row's own observation took in its guest (None: not observed).
+    observe_seconds: float | None = None
     log_dir: Path | None = None
     qemu_command: str = ""
     guest_command: str = ""
@@ -139,6 +152,8 @@ class ResultRow:
     # The rule judged over several rows after all of a QEMU's rows (``verdicts.cache``
     # ``probe_power``): a note, or the reason a passing row proves nothing.
     power: PowerFinding | None = None
+    # How the export reached the guest (``config.Transport``); None: no export.
+    transport: str | None = "9p"
 
     @property
     def status(self) -> Status:

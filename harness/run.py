@@ -15,7 +15,7 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from .config import KNOWN_ISSUES_FILE, ExportSpec, Progress, Via, quiet
+from .config import KNOWN_ISSUES_FILE, Check, ExportSpec, Progress, Transport, Via, quiet
 from .environment import Environment, prepare
 from .errors import UsageError
 from .guest.lifecycle import Guest
@@ -106,6 +106,18 @@ def _run_environment(
         return judge_power(rows, env.info.version) + backend.extra_rows(log_dir)
 
 
+def _virtiofs_scope(options: RunOptions, progress: Progress) -> None:
+    """Say what the virtiofs rows cover; refuse what they cannot do yet."""
+    if Transport.VIRTIOFS not in options.transports:
+        return
+    if options.via is Via.LIBVIRT:
+        raise UsageError("--via libvirt has no virtiofs rows yet",
+                         hint="run --transport virtiofs with --via qemu (see the README)")
+    others = [c.value for c in options.checks if c is not Check.IDS]
+    if others:
+        progress(f"virtiofs rows: ids only ({','.join(others)} ask 9p's multidevs questions)")
+
+
 def run_checks(
     options: RunOptions, progress: Progress = quiet, env: Environment | None = None
 ) -> RunResults:
@@ -118,6 +130,7 @@ def run_checks(
     """
     started = time.monotonic()
     known = load_known_issues(options.known_issues)
+    _virtiofs_scope(options, progress)
     if options.via is Via.LIBVIRT:
         libvirt_run.preflight()
     envs = [env] if env is not None else [

@@ -3,6 +3,7 @@
 # needs to know comes from the kernel command line, so one cached image serves every
 # test:
 #   mdh_9p=TAG:MOUNTPOINT:OPTS   mount 9p export TAG (OPTS comma-separated), repeatable
+#   mdh_vfs=TAG:MOUNTPOINT       mount virtiofs export TAG, repeatable
 #
 # Each step reports on the console in a form harness/bootlog.py parses:
 #   mdh-init: step NAME ok [DETAIL]
@@ -68,6 +69,26 @@ for item in $cmdline; do
     esac
 done
 ok 9p "$mounted mounted"
+
+# virtiofs exports (vhost-user-fs devices): only where the command line names some, so
+# a 9p guest never depends on the fuse and virtiofs modules.
+mounted=0
+for item in $cmdline; do
+    case "$item" in
+    mdh_vfs=*)
+        grep -qw virtiofs /proc/filesystems ||
+            fail virtiofs "kernel has no virtiofs filesystem (fuse, virtiofs modules missing?)"
+        spec=${item#mdh_vfs=}
+        tag=${spec%%:*}
+        point=${spec#*:}
+        mkdir -p "$point"
+        err=$(mount -t virtiofs "$tag" "$point" 2>&1) ||
+            fail virtiofs "mount -t virtiofs $tag $point: ${err:-failed}"
+        mounted=$((mounted + 1))
+        ;;
+    esac
+done
+[ $mounted -eq 0 ] || ok virtiofs "$mounted mounted"
 
 err=$(ip route add default via 10.0.2.2 2>&1) || fail net "ip route add: $err"
 ok net "eth0 10.0.2.15/24"

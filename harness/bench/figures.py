@@ -38,6 +38,7 @@ from ..config import (
     MachineOptions,
     Mode,
     Progress,
+    Transport,
     parse_layouts,
 )
 from ..environment import Environment, prepare
@@ -48,6 +49,7 @@ from ..image.recipe import recipe_names
 from ..plan import RunOptions
 from ..qemu.debian import fetch_debian_qemu
 from ..qemu.machine import Machine
+from ..qemu.virtiofsd import find_virtiofsd
 from ..report import environment_json
 from ..results import EnvironmentRecord
 from ..run import run_checks
@@ -145,6 +147,27 @@ def _layouts(env: Environment, layouts: Sequence[Layout],
             "exit_code": report.exit_code,
             "rows": {row.case: row.status.value for row in report.rows}}
     return figures
+
+
+def _transports(env: Environment, args: argparse.Namespace,
+                progress: Progress) -> dict[str, Any]:
+    """9p beside virtiofs: the ids family on the default layouts (cache=none for 9p,
+    controls kept), every row's guest boot and its own observation time, so the
+    virtiofs rows (cold: vhost-user-fs cannot be saved) show beside 9p's (restored)."""
+    env = replace(env, virtiofsd=find_virtiofsd(args.virtiofsd, progress=progress))
+    options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), caches=(Cache.NONE,),
+                         checks=(Check.IDS,), transports=(Transport.NINEP, Transport.VIRTIOFS))
+    started = time.monotonic()
+    report = run_checks(options, progress, env=env)
+    return {
+        "seconds": round(time.monotonic() - started, 3),
+        "exit_code": report.exit_code,
+        "virtiofsd": env.virtiofsd.version if env.virtiofsd else None,
+        "rows": [{"case": r.case, "transport": r.transport, "status": r.status.value,
+                  "boot": r.start.value if r.start else None,
+                  "boot_s": round(r.boot_seconds or 0.0, 3),
+                  "observe_s": round(r.observe_seconds or 0.0, 3)} for r in report.rows],
+    }
 
 
 def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -258,12 +281,24 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     result["exec_s"] = _exec_round_trip(args, progress, cold=False)
     result.update(_matrix(env, statistics.median(tuned), progress))
     result["layouts"] = _layouts(env, parse_layouts(args.layouts), progress)
+    if not args.skip_virtiofs:
+        result["transports"] = _transports(env, args, progress)
     if not args.skip_qemu10:
         result["qemu10"] = _qemu10(args, progress)
     if not args.skip_scale:
         result["scale"] = _scale(env, args, progress)
     result["predict"] = predict_figure(progress)
     return result
+
+
+def _layout_lines(layouts: dict[str, Any]) -> list[str]:
+    """One line per host layout timed alone, with its rows' statuses."""
+    lines = []
+    for kind, figure in layouts.items():
+        rows = ", ".join(f"{case} {status}" for case, status in figure["rows"].items())
+        lines.append(f"layout {kind}: {figure['seconds']:.2f} s (ids, remap and warn, cache "
+                     f"none): {rows}; exit {figure['exit_code']}")
+    return lines
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -304,10 +339,8 @@ def summary(result: dict[str, Any]) -> str:
         f"cache none only {result['restored_matrix_ids_cache_none_s']:.2f} s, "
         f"none,loose without witnesses {result['restored_matrix_ids_no_witness_s']:.2f} s"
     )
-    for kind, figure in result.get("layouts", {}).items():
-        rows = ", ".join(f"{case} {status}" for case, status in figure["rows"].items())
-        lines.append(f"layout {kind}: {figure['seconds']:.2f} s (ids, remap and warn, cache "
-                     f"none): {rows}; exit {figure['exit_code']}")
+    lines += _layout_lines(result.get("layouts", {}))
+    lines += _transport_lines(result.get("transports"))
     if "qemu10" in result:
         q10 = result["qemu10"]
         lines.append(f"default matrix on QEMU {q10['version']}: {q10['matrix_s']:.2f} s; all "
@@ -328,6 +361,19 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _transport_lines(figure: dict[str, Any] | None) -> list[str]:
+    """Per transport, each row's guest boot and observation time."""
+    if figure is None:
+        return []
+    lines = [f"9p beside virtiofs (virtiofsd {figure['virtiofsd']}; ids, cache=none for 9p): "
+             f"{figure['seconds']:.2f} s, exit {figure['exit_code']}"]
+    for transport in ("9p", "virtiofs"):
+        rows = [r for r in figure["rows"] if r["transport"] == transport]
+        lines += [f"  {transport} {r['case']}: {r['status']}, guest boot {r['boot_s']:.2f} s "
+                  f"({r['boot']}), observed in {r['observe_s']:.2f} s" for r in rows]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.bench``: print JSON on stdout, the summary on stderr."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
@@ -337,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-qemu10", action="store_true")
+    parser.add_argument("--skip-virtiofs", action="store_true")
+    parser.add_argument("--virtiofsd", type=Path,
+                        help="the virtiofsd of the virtiofs rows (default as for run)")
     parser.add_argument("--scale-devices", type=int, default=SCALE_DEVICES)
     parser.add_argument("--scale-files", type=int, default=SCALE_FILES)
     parser.add_argument("--scale-cpus", type=int, default=2)

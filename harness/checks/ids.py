@@ -15,15 +15,16 @@ from ..agent.stat import (
     encode_paths,
 )
 from ..agent.witnesses import WitnessRuns, parse_witness_output, witness_script
-from ..config import Check, ExportSpec, Layout, Mode
+from ..config import Check, ExportSpec, Layout, Mode, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
-from ..host.truth import EntryKind, Export, HostTruth
+from ..host.truth import EntryKind, Export, HostTruth, layout_premise
 from ..plan import ExportPlan
 from ..verdicts.common import _capped
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
+from ..verdicts.virtiofs import judge_virtiofs
 from ..verdicts.witnesses import Witness, judge_witnesses
 from .family import Judging
 
@@ -86,6 +87,12 @@ class IdsCheck:
         harm = None
         if probe is not None and view.harm is not None:
             harm = HarmInput(probe, view.harm, judging.spec.mount_point, judging.spec.cache)
+        if judging.spec.transport is Transport.VIRTIOFS:
+            return judge_virtiofs(
+                judging.spec.submounts, truth, view.observation, judging.stderr,
+                witnesses_of(truth, seen), stderr_outside=judging.stderr_outside, harm=harm,
+                dmesg=seen.dmesg,
+                premise_failure=layout_premise(judging.export.layout.kind, truth))
         verdict = judge(
             judging.plan.mode, judging.qemu_version, truth, view.observation, judging.stderr,
             witnesses_of(truth, seen),

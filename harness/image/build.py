@@ -185,6 +185,7 @@ def image_paths(directory: Path, manifest: Mapping[str, Any]) -> GuestImage:
         cache_key=str(manifest["key"]),
         kernel_release=str(manifest["kernel_release"]),
         modules_release=str(manifest.get("modules_release", "")),
+        missing_modules=tuple(str(m) for m in manifest.get("missing_modules", ())),
         vmlinux=directory / "vmlinux",
         vmlinuz=directory / "vmlinuz",
         initrd=directory / "initrd.cpio",
@@ -421,7 +422,11 @@ def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
     progress("extracting vmlinux (PVH entry) from vmlinuz")
     (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
     tree = ModuleTree(_moddir(plan.modules_dir or work / "kernel"))
-    order = tree.order(recipe.modules)
+    missing = [m for m in recipe.virtiofs_modules if not tree.has(m)]
+    order = tree.order([*recipe.modules, *(m for m in recipe.virtiofs_modules
+                                           if m not in missing)])
+    if missing:
+        progress(f"the kernel lacks {' '.join(missing)}: its virtiofs rows will be errors")
     progress(f"modules from {tree.moddir.name}: {' '.join(order) or 'all built in'}")
     keys = generate_keys()
     (out / "host_key.pub").write_bytes(keys.host_public)
@@ -434,7 +439,7 @@ def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
         "digest": plan.digest, "builder": BUILDER_VERSION, "built_at": time.time(),
         "kernel_release": release,
         "modules_release": tree.moddir.name if order else "",
-        "modules": order, "modules_tree": str(plan.modules_dir or ""),
+        "modules": order, "missing_modules": missing, "modules_tree": str(plan.modules_dir or ""),
         "versions": dict(plan.resolution.versions),
     }
 

@@ -85,6 +85,11 @@ class ModuleTree:
         self.builtin = parse_modules_builtin(builtin.read_text()) if builtin.is_file() else set()
         self._plain: dict[str, bytes] = {}
 
+    def has(self, name: str) -> bool:
+        """Whether module ``name`` is in the tree or built in."""
+        name = name.replace("-", "_")
+        return name in self.paths or name in self.builtin
+
     def plain(self, name: str) -> bytes:
         """The module as an uncompressed ``.ko``."""
         if name not in self._plain:

@@ -36,6 +36,8 @@ class Recipe:
     agent: Path
     host_packages: tuple[str, ...]
     tool_packages: Mapping[str, str]
+    # Loaded like ``modules`` where the kernel has them (see GuestImage.missing_modules).
+    virtiofs_modules: tuple[str, ...] = ()
 
 
 def guests_dir() -> Path:
@@ -104,6 +106,8 @@ def parse_recipe(data: Mapping[str, object], directory: Path) -> Recipe:
         agent=(directory / str(userland["agent"])).resolve(),
         host_packages=_strings(host, "packages"),
         tool_packages=tools,
+        virtiofs_modules=_strings(kernel, "virtiofs_modules")
+        if "virtiofs_modules" in kernel else (),
     )
 
 

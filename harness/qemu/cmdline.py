@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..config import Accel, BootMethod, ExportSpec, MachineSpec, Mode
+from ..config import Accel, BootMethod, ExportSpec, MachineSpec, Mode, Transport
 from ..errors import UsageError
 
 MACHINE_TYPE = "q35"
@@ -72,9 +72,15 @@ def machine_args(spec: MachineSpec) -> list[str]:
             "-smp", str(spec.cpus),
             "-display", "none",
         ]  # fmt: skip
+    # vhost-user-fs: virtiofsd reads and writes the guest's RAM itself, so the RAM
+    # must be a shareable memfd (KVM is not needed for that; TCG works).
+    shared = uses_virtiofs(spec.exports)
+    memory = ["-object", f"memory-backend-memfd,id={_SHARED_MEM},size={spec.memory_mb}M,"
+              "share=on"] if shared else []
     args = [
         *firmware,
-        "-machine", MACHINE_TYPE,
+        *memory,
+        "-machine", MACHINE_TYPE + (f",memory-backend={_SHARED_MEM}" if shared else ""),
         "-accel", spec.accel.value,
     ]  # fmt: skip
     if spec.accel is Accel.KVM:
@@ -94,6 +100,29 @@ def machine_args(spec: MachineSpec) -> list[str]:
         "-vga", "none",
     ]  # fmt: skip
     return args
+
+
+_SHARED_MEM = "mem"
+# virtqueue size of each vhost-user-fs device: virtiofsd's own examples use 1024.
+_VIRTIOFS_QUEUE = 1024
+
+
+def uses_virtiofs(exports: Iterable[ExportSpec]) -> bool:
+    """Whether any export is served over virtiofs (shared RAM, no saved states)."""
+    return any(e.transport is Transport.VIRTIOFS for e in exports)
+
+
+def vhost_user_fs_args(export: ExportSpec, index: int, socket_name: str) -> list[str]:
+    """One virtiofs export: a chardev connecting to virtiofsd's abstract socket
+    ``socket_name`` (nothing on the filesystem to leave behind) and the
+    ``vhost-user-fs-pci`` device carrying the tag the guest mounts."""
+    _check_name(export.tag, "virtiofs tag")
+    _check_name(socket_name, "virtiofsd socket name")
+    return [
+        "-chardev", f"socket,id=vfs{index},path={socket_name},abstract=on",
+        "-device", f"vhost-user-fs-pci,id=fs{index},chardev=vfs{index},tag={export.tag},"
+                   f"queue-size={_VIRTIOFS_QUEUE}",
+    ]  # fmt: skip
 
 
 def kernel_args(spec: MachineSpec, append: str) -> list[str]:
@@ -224,8 +253,12 @@ def render_command(
     host_port: int,
     append: str,
     incoming: Sequence[str] = (),
+    sockets: Sequence[str] = (),
 ) -> list[str]:
     """The whole QEMU argv for ``spec``, binary first.
+
+    ``sockets``: the abstract socket name of each virtiofs export's virtiofsd, in the
+    order of those exports.
 
     ``-sandbox on`` is rendered when ``spec.sandbox`` says the binary supports it
     (the environment sets it from the probe).  ``qmp_fd=None`` leaves the monitor out (for a
@@ -234,8 +267,16 @@ def render_command(
     argv = [str(spec.qemu)]
     argv += machine_args(spec)
     argv += kernel_args(spec, append)
+    names = iter(sockets)
     for index, export in enumerate(spec.exports):
-        argv += fsdev_args(export, index)
+        if export.transport is Transport.VIRTIOFS:
+            name = next(names, None)
+            if name is None:
+                raise UsageError(f"virtiofs export {export.tag} has no virtiofsd socket",
+                                 hint="start its virtiofsd before rendering the command")
+            argv += vhost_user_fs_args(export, index, name)
+        else:
+            argv += fsdev_args(export, index)
     argv += net_args(host_port, rom=not spec.tuned)
     argv += serial_args(console_path)
     if qmp_fd is not None:
@@ -275,7 +316,9 @@ def kernel_append(exports: Iterable[ExportSpec], extra: Iterable[str] = ()) -> s
                 f"guest mount point {export.mount_point!r} is not absolute",
                 hint="use a path such as /mnt/export",
             )
-        items.append(f"mdh_9p={export.tag}:{export.mount_point}:{mount_options(export)}")
+        items.append(f"mdh_vfs={export.tag}:{export.mount_point}"
+                     if export.transport is Transport.VIRTIOFS else
+                     f"mdh_9p={export.tag}:{export.mount_point}:{mount_options(export)}")
     for item in extra:
         if not item or any(ch.isspace() for ch in item) or '"' in item:
             raise UsageError(
@@ -290,6 +333,13 @@ def kernel_append(exports: Iterable[ExportSpec], extra: Iterable[str] = ()) -> s
             hint="use fewer exports or shorter tags and mount points",
         )
     return line
+
+
+def guest_mount_command(export: ExportSpec) -> str:
+    """How the guest mounts ``export`` (for reports and the by-hand script)."""
+    if export.transport is Transport.VIRTIOFS:
+        return f"mount -t virtiofs {export.tag} {export.mount_point}"
+    return f"mount -t 9p -o {mount_options(export)} {export.tag} {export.mount_point}"
 
 
 def shell_quote_command(argv: Sequence[str]) -> str:

@@ -66,7 +66,7 @@ def fetch_debian_qemu(
         debs = apt.download({name: infos[name].version for name in PACKAGES}, work)
         staging = work / "root"
         for deb in debs:
-            _unpack(deb, staging)
+            unpack_deb(deb, staging)
         if not (staging / BINARY).is_file():
             raise ImageBuildError(f"{' '.join(PACKAGES)} {version} hold no {BINARY}")
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,8 @@ def fetch_debian_qemu(
     return root / BINARY
 
 
-def _unpack(deb: Path, into: Path) -> None:
+def unpack_deb(deb: Path, into: Path) -> None:
+    """``dpkg-deb -x`` one package into ``into`` (never installed)."""
     result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True,
                             text=True, check=False)
     if result.returncode != 0:

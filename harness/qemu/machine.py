@@ -17,7 +17,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportSpec, MachineSpec, Mode, Progress, Start, quiet
+from ..config import ExportSpec, MachineSpec, Mode, Progress, Start, Transport, quiet
 from ..errors import QemuFailed, QmpError, SshUnavailable
 from ..guest.lifecycle import (
     BootDeadline,
@@ -36,6 +36,7 @@ from .cmdline import (
     render_command,
     shell_quote_command,
     slot_exports,
+    uses_virtiofs,
 )
 from .qmp import Qmp
 from .snapshot import (
@@ -47,6 +48,7 @@ from .snapshot import (
     state_key,
     wait_restored,
 )
+from .vhostfs import VirtiofsDaemon
 
 # 9p device slots of a restorable guest: the most exports one guest of the default
 # matrix holds (18: three modes, two cache modes each, and four families per mode),
@@ -106,8 +108,12 @@ class Machine(Launched):
     @property
     def restorable(self) -> bool:
         """Whether this guest boots by restore: a state cache, and exports that fit
-        the fixed 9p slots (a state fixes the device set)."""
-        return self._cache is not None and len(self.spec.exports) <= SLOTS
+        the fixed 9p slots (a state fixes the device set).  Never with virtiofs: QEMU's
+        vhost-user-fs device is unmigratable (its vmstate says so up to 8.1; later
+        ones migrate only with a backend's own state transfer), so no state can be
+        saved and these guests boot cold."""
+        return (self._cache is not None and len(self.spec.exports) <= SLOTS
+                and not uses_virtiofs(self.spec.exports))
 
     def _devices(self) -> tuple[ExportSpec, ...]:
         if not self.restorable:
@@ -172,7 +178,8 @@ class Machine(Launched):
         self.argv = render_command(
             replace(self.spec, exports=self._devices()), console_path=self.console_path,
             qmp_fd=theirs.fileno(), host_port=0, append=self.append,
-            incoming=incoming_args(self._restore) if self._restore else ())
+            incoming=incoming_args(self._restore) if self._restore else (),
+            sockets=self._start_daemons())
         self.command_path.write_text(shell_quote_command(self.argv) + "\n")
         # Appended: a failed restore's stderr stays next to the cold boot's.
         self._stderr_from = len(self.stderr_text())
@@ -205,6 +212,18 @@ class Machine(Launched):
         except QmpError:
             check_alive(self)
             raise
+
+    def _start_daemons(self) -> list[str]:
+        """A virtiofsd per virtiofs export, on the stack (stopped after QEMU); their
+        socket names in export order.  Each logs to virtiofsd-<tag>.log."""
+        names = []
+        for export in self.spec.exports:
+            if export.transport is Transport.VIRTIOFS:
+                daemon = VirtiofsDaemon(self.spec.virtiofsd, export,
+                                        self.log_dir / f"virtiofsd-{export.tag}.log",
+                                        self.progress)
+                names.append(self._stack.enter_context(daemon).socket_name)
+        return names
 
     def _read_forwarded_port(self) -> int:
         # QEMU bound port 0 itself, so no other process can hold it; ask which it got.

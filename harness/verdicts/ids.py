@@ -230,12 +230,15 @@ def _unstatable(
     return _capped(failures, "unstat-able paths")
 
 
-def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[str]:
+def _dirent_failures(truth: HostTruth, observation: GuestObservation,
+                     mount_points: frozenset[str] = frozenset()) -> list[str]:
     """readdir must list the host's names with the d_ino that lstat gives.
 
     Used where ids must be unique: QEMU stats every entry under remap (and on a single
     device d_ino is st_ino anyway), so a d_ino differing from lstat's st_ino is a
     second id for one file, which confuses find, du and tar as much as a collision.
+    ``mount_points`` may differ: where a transport passes the host's readdir through
+    (virtiofs), a mount point's d_ino is the covered directory's, as on the host.
     """
     first = observation.passes[0]
     children: dict[str, set[str]] = {}
@@ -258,7 +261,8 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
         for name, d_ino in entries:
             child = name if directory == "." else f"{directory}/{name}"
             result = first.get(child)
-            if isinstance(result, GuestStat) and result.ino != d_ino:
+            if isinstance(result, GuestStat) and result.ino != d_ino \
+                    and child not in mount_points:
                 failures.append(
                     f"readdir of {directory!r} gives {name!r} d_ino {d_ino}, "
                     f"but lstat gives ino {result.ino}"
@@ -273,7 +277,7 @@ def _dirent_failures(truth: HostTruth, observation: GuestObservation) -> list[st
     return _capped(failures, "readdir problems")
 
 
-def _witness_notes(witnesses: Sequence[Witness], judged: bool) -> list[str]:
+def witness_notes(witnesses: Sequence[Witness], judged: bool) -> list[str]:
     """Witnesses not run, and under warn/forbid (not ``judged``: those modes promise
     nothing about the tools) which ones broke: that is the harm, recorded."""
     notes = [f"witness {w.tool} not run: {w.detail}" for w in witnesses if not w.ran]
@@ -289,17 +293,20 @@ def _witness_failures(witnesses: Sequence[Witness]) -> list[str]:
             if w.ran and not w.intact]
 
 
-def _unique_id_failures(
-    truth: HostTruth, observation: GuestObservation, witnesses: Sequence[Witness]
+def unique_id_failures(
+    truth: HostTruth, observation: GuestObservation, witnesses: Sequence[Witness],
+    mount_points: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Rules shared by remap and the single-device control."""
+    """Rules shared by remap, the single-device control and virtiofs with submounts:
+    everything stat-able, no collision, hard links one id, readdir agreeing with lstat
+    (but at ``mount_points``, see ``_dirent_failures``), every witness intact."""
     first = observation.passes[0]
     failures = _unstatable(truth, first, None)
     failures += _capped(
         [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
     )
     failures += _hard_link_failures(truth, first)
-    failures += _dirent_failures(truth, observation)
+    failures += _dirent_failures(truth, observation, mount_points)
     failures += _witness_failures(witnesses)
     return failures
 
@@ -418,27 +425,37 @@ def _observed_text(collisions: int, denied: int, messages: QemuMessages) -> str:
     return f"{collisions} collision{plural}, {denied} denied, {said}"
 
 
-def _rule_failures(
-    expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
-    witnesses: Sequence[Witness], allowed: frozenset[str] = frozenset(),
-) -> list[str]:
-    """The observation rules of one mode (module docstring), as exact failures."""
+def observation_failures(truth: HostTruth, observation: GuestObservation,
+                         excused: frozenset[str] = frozenset()) -> list[str]:
+    """What every export's observation must show whatever the mode or transport: every
+    path in every pass, the host's file types and st_nlink (but ``excused`` paths'),
+    results stable between passes."""
     failures = _coverage_failures(truth, observation)
     if not observation.passes:
         return failures
     first = observation.passes[0]
     failures += _kind_failures(truth, first)
-    failures += _nlink_failures(truth, first, allowed)
-    failures += _stability_failures(truth, observation)
+    failures += _nlink_failures(truth, first, excused)
+    return failures + _stability_failures(truth, observation)
+
+
+def _rule_failures(
+    expectation: Expectation, control: bool, truth: HostTruth, observation: GuestObservation,
+    witnesses: Sequence[Witness], allowed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The observation rules of one mode (module docstring), as exact failures."""
+    failures = observation_failures(truth, observation, allowed)
+    if not observation.passes:
+        return failures
     if control:
-        return failures + _unique_id_failures(truth, observation, witnesses)
+        return failures + unique_id_failures(truth, observation, witnesses)
     if expectation is Expectation.UNIQUE_IDS:
         # Stability needs a second look: another lstat pass, or readdir's d_ino
         # (checked against lstat for every entry) for the scale run.
         if len(observation.passes) < 2 and not observation.dirents:
             failures.append("only 1 stat pass and no readdir observed; a second look is "
                             "needed to show ids are stable")
-        return failures + _unique_id_failures(truth, observation, witnesses)
+        return failures + unique_id_failures(truth, observation, witnesses)
     if expectation is Expectation.COLLIDE_AND_WARN:
         return failures + _warn_failures(truth, observation, allowed)
     return failures + _forbid_failures(truth, observation)
@@ -591,7 +608,7 @@ def judge(
         failures += outside_failures(stderr_outside)
         failures += [*command_failures, *extra.failures]
         status = Status.FAIL if failures else Status.PASS
-        notes += _witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
+        notes += witness_notes(witnesses, control or expectation is Expectation.UNIQUE_IDS)
     return IdsVerdict(
         mode=mode,
         expectation=_expectation_text(mode, behaviour, control, qemu_version),

@@ -24,7 +24,8 @@ import re
 # Kernel log lines a row keeps: the 9p client, netfs and FS-Cache, the VFS, and any
 # sign of a kernel in trouble.
 # (\b9p\b: not the harness's own mdh_9p= words echoed in "Kernel command line".)
-_RELEVANT_WORDS = r"\b9[pP]\b|9pnet|v9fs|netfs|FS-Cache|fscache|cachefiles|VFS"
+_RELEVANT_WORDS = (r"\b9[pP]\b|9pnet|v9fs|netfs|FS-Cache|fscache|cachefiles|VFS"
+                   r"|\bfuse\b|virtiofs|virtio-fs")
 TROUBLE_PATTERNS = (
     r"WARNING:",
     r"BUG:",

@@ -129,3 +129,22 @@ def qemu_child_wrapper(directory: Path, old: str = "", new: str = "", to_stdout:
                                          real=str(real_qemu())))
     path.chmod(0o755)
     return path
+
+
+VIRTIOFSD_WRAPPER = """\
+#!{python}
+# A virtiofsd that never announces submounts, whatever the harness asks.
+import os, sys
+real = {real!r}
+args = ["--no-announce-submounts" if a == "--announce-submounts" else a for a in sys.argv[1:]]
+os.execv(real[0], [*real, *args])
+"""
+
+
+def virtiofsd_wrapper(directory: Path, real: Sequence[str]) -> Path:
+    """Write a ``--virtiofsd`` wrapper that runs ``real`` (the real virtiofsd's command)
+    with submounts forced off (exec: same process, so the harness still ties it)."""
+    path = directory / "virtiofsd-wrapper"
+    path.write_text(VIRTIOFSD_WRAPPER.format(python=sys.executable, real=list(real)))
+    path.chmod(0o755)
+    return path

@@ -265,6 +265,11 @@ class Sandbox:
             time.sleep(0.1)
         if qemu:
             problems.append(f"QEMU still running: pids {sorted(qemu)}")
+        # virtiofsd runs as itself or, unpacked from Debian, under its loader.
+        daemons = {pid for comm in ("virtiofsd", "ld-linux")
+                   for pid in processes_with_env(MARKER_ENV, self.marker, comm)}
+        if daemons:
+            problems.append(f"virtiofsd still running: pids {sorted(daemons)}")
         mounts = visible_tmpfs_mounts() - self._mounts_before
         problems += [f"tmpfs still mounted on the host: {m}" for m in sorted(mounts)]
         keep = [Path(p) for p in allowed]

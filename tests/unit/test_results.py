@@ -43,7 +43,7 @@ GUEST = GuestRecord("debian-bookworm-x86_64", "6.1.0-56-amd64", "remap+forbid+wa
 
 
 def _flat(nested: dict[str, Any]) -> set[str]:
-    return {f"{group}.{key}" for group in ("qemu", "accel", "guest")
+    return {f"{group}.{key}" for group in ("qemu", "accel", "guest", "virtiofsd")
             for key in nested[group]}
 
 
@@ -88,7 +88,7 @@ def test_every_output_carries_the_same_environment_keys() -> None:
 def test_the_environment_block_is_the_same_in_probe_and_run() -> None:
     block = environment_json(RECORD)
     run = to_json(_report(_row("remap", Status.PASS)))
-    assert {k: run[k] for k in ("qemu", "accel", "guest")} == block
+    assert {k: run[k] for k in ("qemu", "accel", "guest", "virtiofsd")} == block
     assert block["accel"] == {"used": "tcg", "fell_back": True,
                               "reason": "KVM unusable, fell back to TCG: no /dev/kvm"}
 
@@ -187,7 +187,7 @@ def test_readme_documents_every_json_key() -> None:
     documented = set(re.findall(r"`([a-z_.<>\[\]]+)`", README.read_text()))
     report = _report(_row("remap", Status.PASS), _rejection_row(), _ops_row(), _witnessed_row())
     data = to_json(report)
-    keys = {k for k in data if k not in ("results", "qemu", "accel", "guest")}
+    keys = {k for k in data if k not in ("results", "qemu", "accel", "guest", "virtiofsd")}
     keys |= set(ENVIRONMENT_KEYS) | {"results[].backend.domain"}
     for row in data["results"]:
         keys |= {f"results[].{k}" for k in row}
