@@ -21,7 +21,7 @@ Pure, like every module of ``verdicts``.
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..agent.stat import GuestResult, GuestStat
@@ -31,6 +31,7 @@ from .common import (
     MAX_LISTED,
     Expectation,
     Status,
+    _capped,
     find_multidevs_messages,
 )
 from .ids import find_collisions
@@ -49,28 +50,30 @@ def _key(result: GuestResult | None) -> object:
     return result.guest_id if isinstance(result, GuestStat) else result
 
 
-def changed_results(paths: Sequence[str], before: Mapping[str, GuestResult],
-                    after: Mapping[str, GuestResult], when: str) -> list[str]:
-    """Every path whose guest id (or errno) differs between two looks, capped."""
-    changed = [f"{path!r} changed {when}: {_text(before.get(path))} -> {_text(after.get(path))}"
-               for path in paths if _key(before.get(path)) != _key(after.get(path))]
-    if len(changed) > MAX_LISTED:
-        changed = [*changed[:MAX_LISTED], f"... and {len(changed) - MAX_LISTED} more paths"]
-    return changed
-
-
 def _ino_key(result: GuestResult | None) -> object:
     return result.ino if isinstance(result, GuestStat) else result
 
 
+def _changed(paths: Sequence[str], before: Mapping[str, GuestResult],
+             after: Mapping[str, GuestResult], when: str,
+             key: Callable[[GuestResult | None], object]) -> list[str]:
+    """Every path whose ``key`` (id or inode, or the errno) differs between two looks."""
+    return _capped([f"{path!r} changed {when}: {_text(before.get(path))} -> "
+                    f"{_text(after.get(path))}" for path in paths
+                    if key(before.get(path)) != key(after.get(path))], "paths")
+
+
+def changed_results(paths: Sequence[str], before: Mapping[str, GuestResult],
+                    after: Mapping[str, GuestResult], when: str) -> list[str]:
+    """Every path whose guest id (or errno) differs between two looks, capped."""
+    return _changed(paths, before, after, when, _key)
+
+
 def changed_inodes(paths: Sequence[str], before: Mapping[str, GuestResult],
                    after: Mapping[str, GuestResult], when: str) -> list[str]:
-    """Every path whose guest st_ino (or errno) differs between two looks, capped."""
-    changed = [f"{path!r} changed {when}: {_text(before.get(path))} -> {_text(after.get(path))}"
-               for path in paths if _ino_key(before.get(path)) != _ino_key(after.get(path))]
-    if len(changed) > MAX_LISTED:
-        changed = [*changed[:MAX_LISTED], f"... and {len(changed) - MAX_LISTED} more paths"]
-    return changed
+    """Every path whose guest st_ino (or errno) differs between two looks, capped (a
+    remount may give the superblock another st_dev with nothing wrong)."""
+    return _changed(paths, before, after, when, _ino_key)
 
 
 def split_devices(look: Mapping[str, GuestResult], which: str) -> list[str]:
