@@ -40,7 +40,7 @@ from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
 from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
 from .verdicts.common import Status, Verdict, expected_behaviour
-from .verdicts.ids import IdsVerdict, ids_verdict, unobserved
+from .verdicts.ids import ids_verdict, unobserved
 from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
 from .verdicts.qemu_end import end_failures, stderr_trouble, with_findings
 
@@ -258,7 +258,9 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
                           stderr[item.stderr] if live else stderr, outside,
                           problems.get(item.spec.path, ()))
         mounted = _mounted(proc_mounts, item.spec)
-        judged = with_premise(item.judge(judging), cache_premise(item.plan.cache, mounted))
+        judged = item.judge(judging)
+        if item.spec.transport is Transport.NINEP:  # virtiofs has no 9p cache= to prove
+            judged = with_premise(judged, cache_premise(item.plan.cache, mounted))
         verdict = with_findings(judged, shared + stderr_trouble(
             judging.stderr, "while this export was observed" if live else "(libvirt's log)"))
         known, unreproduced = _known(run, item.plan, verdict)
@@ -404,8 +406,10 @@ def run_guests(
 
 
 def _power_facts(row: ResultRow, version: Version) -> PowerFacts | None:
-    verdict = row.verdict
-    if not isinstance(verdict, IdsVerdict) or row.cache is None or row.guest is None:
+    verdict = ids_verdict(row.verdict)
+    # The rule pairs 9p rows by multidevs mode: virtiofs rows have neither.
+    if (verdict is None or row.transport != Transport.NINEP.value or row.cache is None
+            or row.guest is None):
         return None
     return PowerFacts(
         group=row.guest.name, check=row.check, mode=verdict.mode,
