@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from .config import Accel, ExportLayout, ExportSpec, GuestImage, MachineOptions, Mode
+from .config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineOptions, Mode
 from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
 from .host.export import build_export
 from .host.truth import Export
+from .host.walk import resolve_tree
 from .proc import processes_with_env, tail_file
 from .qemu.machine import Machine
 
@@ -44,6 +45,8 @@ class HarnessOptions:
     machine: MachineOptions
     devices: int
     logs: Path | None
+    # --mdh-export: the user's own tree, exported read-only (a marker's export= wins).
+    export: Path | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="accelerator: auto (KVM only if a guest starts under it), kvm or tcg",
     )
     group.addoption("--mdh-devices", type=int, default=3, help="host devices per export")
+    group.addoption("--mdh-export", default=None, metavar="PATH",
+                    help="export this directory (read-only, with the mounts under it) "
+                    "instead of building one; a test's multidevs(export=...) overrides it")
     group.addoption("--mdh-logs", default=None, help="keep every test's guest logs here")
     group.addoption("--mdh-cold", action="store_true",
                     help="boot every guest cold (default: restore saved guest states)")
@@ -112,6 +118,7 @@ def mdh_options(pytestconfig: pytest.Config) -> HarnessOptions:
         machine=machine,
         devices=int(pytestconfig.getoption("--mdh-devices")),
         logs=Path(logs) if logs else None,
+        export=Path(export) if (export := pytestconfig.getoption("--mdh-export")) else None,
     )
 
 
@@ -192,6 +199,12 @@ def _marker_layout(request: pytest.FixtureRequest, options: HarnessOptions) -> t
     marker = request.node.get_closest_marker("multidevs")
     kwargs = dict(marker.kwargs) if marker else {}
     mode = Mode(kwargs.get("mode", Mode.REMAP.value))
+    tree = kwargs.get("export") or options.export
+    if tree is not None:
+        # The user's tree: read-only, its own devices (``host.walk.resolve_tree`` says
+        # in one line what is wrong with a path that cannot be exported).
+        return mode, ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT,
+                                  source=resolve_tree(Path(tree)))
     layout = ExportLayout(
         devices=int(kwargs.get("devices") or options.devices),
         files_per_device=int(kwargs.get("files", 8)),
@@ -245,7 +258,8 @@ def machine_factory(
             index = len(machines)
             specs = [
                 ExportSpec(tag=f"mdh{i}", path=export.root, mode=mode,
-                           mount_point=f"/mnt/mdh{i}")
+                           mount_point=f"/mnt/mdh{i}",
+                           readonly=export.layout.kind is Layout.EXPORT)
                 for i, (export, mode) in enumerate(exports)
             ]
             log_dir = mdh_log_dir / f"guest{index}"

@@ -134,3 +134,39 @@ def test_predict_and_run_export_agree_and_the_tree_is_untouched(
         rows["remap"]["failures"]
     assert any(n.startswith("harm probe not run") for n in rows["warn"]["notes"])
     assert result["unchanged"], "the tree changed: bytes, mtimes or inode numbers differ"
+
+
+PLUGIN_TEST = """\
+import pytest
+
+
+@pytest.mark.multidevs(mode="remap")
+def test_the_tree_is_mounted_read_only(machine):
+    listed = machine.run("cat /mnt/mdh0/hello; touch /mnt/mdh0/new 2>&1; echo rc=$?")
+    print("GUEST-SAYS", " ".join(listed.stdout.decode().split()), flush=True)
+"""
+
+
+def test_the_plugin_exports_a_users_tree_read_only(tmp_path: Path) -> None:
+    """--mdh-export: the plugin's machine mounts the user's tree read-only (QEMU's
+    readonly=on), its content readable, a write refused, the tree unchanged."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "hello").write_text("from the host\n")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tree.iterdir())
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text(PLUGIN_TEST)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(inner / "test_inner.py"), "--rootdir",
+         str(inner), "-p", "no:cacheprovider", "-s", "-q", "--mdh-accel", "tcg",
+         "--mdh-export", str(tree)],
+        capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False, cwd=REPO,
+        stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    said = next(line for line in output.splitlines() if line.startswith("GUEST-SAYS"))
+    assert "from the host" in said and "Read-only file system" in said, said
+    assert "rc=1" in said, said
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tree.iterdir()) == before
+    assert_no_qemu_left()
