@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import paths
@@ -61,18 +62,30 @@ def fetch_debian_qemu(
     if (root / BINARY).is_file():
         return root / BINARY
     progress(f"fetching QEMU {version} from Debian {suite.name}")
-    with tempfile.TemporaryDirectory(prefix=".qemu-", dir=cache_root) as tmp:
-        work = Path(tmp)
-        debs = apt.download({name: infos[name].version for name in PACKAGES}, work)
-        staging = work / "root"
-        for deb in debs:
-            unpack_deb(deb, staging)
-        if not (staging / BINARY).is_file():
-            raise ImageBuildError(f"{' '.join(PACKAGES)} {version} hold no {BINARY}")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(root, ignore_errors=True)
-        staging.rename(root)
+    pins = {name: infos[name].version for name in PACKAGES}
+    if unpack_packages(apt, pins, root, cache_root, (BINARY,)):
+        raise ImageBuildError(f"{' '.join(PACKAGES)} {version} hold no {BINARY}")
     return root / BINARY
+
+
+def unpack_packages(apt: PrivateApt, pins: Mapping[str, str], root: Path, scratch: Path,
+                    needed: Sequence[Path]) -> tuple[Path, ...]:
+    """Download the packages of ``pins`` (name -> version), unpack them together (never
+    installed) and, when every ``needed`` path is in the tree, put it at ``root``,
+    replacing what was there; return the ``needed`` paths that were missing (then
+    nothing is put anywhere).  The work happens in a temporary directory under
+    ``scratch`` (on ``root``'s filesystem, so the tree moves into place by rename)."""
+    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=scratch) as tmp:
+        work = Path(tmp)
+        staging = work / "root"
+        for deb in apt.download(pins, work):
+            unpack_deb(deb, staging)
+        missing = tuple(path for path in needed if not (staging / path).is_file())
+        if not missing:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(root, ignore_errors=True)
+            staging.rename(root)
+        return missing
 
 
 def unpack_deb(deb: Path, into: Path) -> None:

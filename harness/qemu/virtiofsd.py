@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .. import paths
 from ..config import Progress, quiet
 from ..errors import VirtiofsdError
 from ..image.apt import PrivateApt, Suite
-from .debian import unpack_deb
+from .debian import unpack_packages
 
 TRIXIE = Suite(name="trixie", pockets=("trixie", "trixie-updates"), security="trixie-security")
 # The daemon and every library its ELF header and trixie's loader need.
@@ -109,19 +108,11 @@ def fetch_debian_virtiofsd(cache_root: Path, suite: Suite = TRIXIE,
     version = re.sub(r"[^A-Za-z0-9.+~-]", "_", infos[PACKAGES[0]].version)
     root = paths.virtiofsd_builds_dir(cache_root) / f"{suite.name}-{version}"
     progress(f"fetching virtiofsd {version} from Debian {suite.name}")
-    with tempfile.TemporaryDirectory(prefix=".virtiofsd-", dir=cache_root) as tmp:
-        work = Path(tmp)
-        debs = apt.download({name: infos[name].version for name in PACKAGES}, work)
-        staging = work / "root"
-        for deb in debs:
-            unpack_deb(deb, staging)
-        for needed in (BINARY, LOADER):
-            if not (staging / needed).is_file():
-                raise VirtiofsdError(f"{' '.join(PACKAGES)} from Debian {suite.name} hold "
-                                     f"no {needed}", hint="see the private apt's lists")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(root, ignore_errors=True)
-        staging.rename(root)
+    pins = {name: infos[name].version for name in PACKAGES}
+    missing = unpack_packages(apt, pins, root, cache_root, (BINARY, LOADER))
+    if missing:
+        raise VirtiofsdError(f"{' '.join(PACKAGES)} from Debian {suite.name} hold no "
+                             f"{', '.join(map(str, missing))}", hint="see the private apt's lists")
     return root
 
 
