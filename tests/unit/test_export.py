@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +84,6 @@ if "summary" in out:
 print(json.dumps(out))
 """
 
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A base directory any user may write (the rootless case runs as nobody)."""
-    path = Path(tempfile.mkdtemp(prefix="mdh-export-test-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        leftovers = sorted(p.name for p in path.iterdir())
-        for child in path.iterdir():
-            child.rmdir()
-        path.rmdir()
-        assert leftovers == [], f"export left directories behind: {leftovers}"
 
 
 def run_child(args: dict[str, Any], prefix: list[str] | None = None,

@@ -16,9 +16,7 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +130,6 @@ out["scratch_left"] = sorted(os.listdir(scratch)) if scratch else []
 print(json.dumps(out))
 """
 
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """An empty base directory (any user may write it) that must be empty again after."""
-    path = Path(tempfile.mkdtemp(prefix="mdh-layout-test-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        leftovers = sorted(p.name for p in path.iterdir())
-        for child in path.iterdir():
-            child.rmdir()
-        path.rmdir()
-        assert leftovers == [], f"the layout left directories behind: {leftovers}"
 
 
 def run_child(args: dict[str, Any], tmp: Path, prefix: list[str] | None = None
