@@ -50,6 +50,15 @@ class Environment:
     state_cache: Path | None = None
     # The daemon of virtiofs exports; None when the run has none.
     virtiofsd: Virtiofsd | None = None
+    # --kernel, booted instead of the image's own kernel; None: the image's.
+    kernel: Path | None = None
+
+    @property
+    def kernel_file(self) -> str:
+        """The kernel file every guest boots, in words (for messages)."""
+        if self.kernel is not None:
+            return f"--kernel {self.kernel}"
+        return f"the kernel of image {self.image.directory.name}"
 
     @property
     def record(self) -> EnvironmentRecord:
@@ -155,8 +164,12 @@ def kernel_kind(kernel: Path) -> BootMethod:
 
 
 def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage, BootMethod]:
+    """The image with ``kernel`` (--kernel) in place of its own, and how it boots.
+    The release is the file's own (bzImage header, ELF banner): rows and the
+    environment name the kernel that boots, not the image's."""
     if kernel is None:
         return image, BootMethod.PVH
+    image = replace(image, kernel_release=kernel_release(kernel))
     if kernel_kind(kernel) is BootMethod.PVH:
         return replace(image, vmlinux=kernel), BootMethod.PVH
     return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
@@ -170,7 +183,7 @@ def check_kernel_modules(image: GuestImage, kernel: Path | None) -> None:
     """
     if not image.modules_release:
         return
-    booted = image.kernel_release if kernel is None else kernel_release(kernel)
+    booted = image.kernel_release
     where = f"--kernel {kernel}" if kernel else f"image {image.directory.name}"
     check_same_release(booted, image.modules_release, where)
 
@@ -203,6 +216,8 @@ def prepare(
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
     image, boot = _kernel_override(image, kernel)
+    if kernel is not None:
+        progress(f"kernel: --kernel {kernel} (release {image.kernel_release})")
     check_kernel_modules(image, kernel)
     firmware = find_datadir(info.binary, machine.qemu_datadir)
     if firmware is not None:
@@ -226,6 +241,7 @@ def prepare(
         datadir=firmware,
         state_cache=None if machine.cold else paths.states_dir(),
         virtiofsd=virtiofsd,
+        kernel=kernel,
     )
 
 

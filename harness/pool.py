@@ -33,6 +33,7 @@ from .errors import (
     QemuFailed,
 )
 from .guest.lifecycle import Guest, check_alive, qemu_end
+from .guest.uname import ReportedKernel, reported_kernel
 from .host.export import build_export
 from .host.truth import Export
 from .plan import ExportPlan, GuestPlan
@@ -238,7 +239,7 @@ def _outside(stderr: str, slices: Sequence[slice], start: int = 0) -> str:
 
 
 def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Observed],
-          log_dir: Path, proc_mounts: str) -> list[ResultRow]:
+          log_dir: Path, proc_mounts: str, kernel: ReportedKernel) -> list[ResultRow]:
     """Judge every export of a guest that has been shut down (its stderr is complete);
     a row whose export did not get the cache mode asked for is inconclusive."""
     stderr = guest.stderr_text()
@@ -249,7 +250,7 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     # QEMU's own end and its trouble outside every observation concern every row.
     shared = end_failures(end) + stderr_trouble(outside, "outside every observation")
     problems = run.backend.command_failures(guest, [o.spec for o in observed])
-    record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
+    record = GuestRecord(run.env.image.recipe, kernel.release, plan.name, kernel.build)
     facts = run.backend.facts(guest)
     version = run.env.info.version
     rows = []
@@ -322,11 +323,12 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         guest.wait_ready()
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
+        kernel = reported_kernel(guest, run.env.image.kernel_release, run.env.kernel_file)
         started = time.monotonic()
         observed, proc_mounts = _observe(run, guest, exports)
         run.progress(f"{plan.name}: {len(observed)} exports observed in "
                      f"{time.monotonic() - started:.1f} s")
-    return _rows(run, plan, guest, observed, log_dir, proc_mounts) + rows
+    return _rows(run, plan, guest, observed, log_dir, proc_mounts, kernel) + rows
 
 
 def _require_modules(run: RunContext, plan: GuestPlan) -> None:

@@ -223,7 +223,8 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
         "failures": list(row.failures),
         "notes": list(row.notes),
         "guest": None if row.guest is None else {
-            "name": row.guest.name, "kernel": row.guest.kernel, "plan": row.guest.plan},
+            "name": row.guest.name, "kernel": row.guest.kernel, "build": row.guest.build,
+            "plan": row.guest.plan},
         "boot": None if row.start is None else row.start.value,
         "boot_seconds": None if row.boot_seconds is None else round(row.boot_seconds, 3),
         "observe_seconds": None if row.observe_seconds is None

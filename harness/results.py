@@ -110,8 +110,12 @@ class GuestRecord:
     """Which guest a row is about: its recipe, its kernel, and what it was booted for."""
 
     name: str
+    # The release the guest itself reported (``uname -r``) once it was up; before
+    # that (a guest that never came up) the kernel file's own release.
     kernel: str
     plan: str  # the guest plan's name: which exports shared this QEMU
+    # The build stamp the guest reported (``uname -v``); None: it never reported.
+    build: str | None = None
 
 
 @dataclass(frozen=True)

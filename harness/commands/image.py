@@ -38,10 +38,12 @@ def _states() -> StateCache:
 
 
 def prune() -> str:
-    """Remove every saved guest state; what was removed, in one line."""
+    """Remove every saved guest state, and every incomplete one (a save killed
+    midway, a state without metadata); what was removed, in one line."""
     removed = _states().prune(keep=0)
-    return (f"removed {len(removed)} saved guest states "
-            f"({sum(e.size for e in removed) / 2**20:.0f} MiB)")
+    incomplete = sum(1 for e in removed if not e.complete)
+    return (f"removed {len(removed) - incomplete} saved guest states and {incomplete} "
+            f"incomplete ones ({sum(e.size for e in removed) / 2**20:.1f} MiB)")
 
 
 def listing() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
 from ..config import GuestImage, Progress, quiet
 from ..errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
 from .apt import PackageInfo, PrivateApt
@@ -43,6 +44,7 @@ from .initramfs import (
 )
 from .kernelfile import check_same_release, extract_vmlinux, kernel_release, modules_release
 from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
+from .verify import image_problem, record_files
 
 # Bump when the way an image is assembled changes, so old cache entries are not reused.
 BUILDER_VERSION = "5"
@@ -164,14 +166,12 @@ def load_resolution(cache_root: Path, recipe: Recipe) -> Resolution | None:
 def store_resolution(cache_root: Path, recipe: Recipe, resolution: Resolution) -> None:
     """Write the resolution next to the images (atomically: readers never see half)."""
     path = _resolution_path(cache_root, recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({
+    private_dir(path.parent, tighten=False)
+    write_atomic(path, (json.dumps({
         "recipe": recipe.name, "suite": recipe.suite.name,
         "kernel_package": resolution.kernel_package,
         "versions": dict(resolution.versions), "resolved_at": resolution.resolved_at,
-    }, indent=2) + "\n")
-    tmp.replace(path)
+    }, indent=2) + "\n").encode(), mode=0o644)
 
 
 # --- the cache ------------------------------------------------------------------------
@@ -195,14 +195,22 @@ def image_paths(directory: Path, manifest: Mapping[str, Any]) -> GuestImage:
     )
 
 
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """A cache directory's manifest if the image in it is complete, else None."""
+def check_image(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A cache directory's manifest if the image in it is whole (``verify``), else
+    None and why (None, None: no image there at all)."""
     try:
-        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    names = ("vmlinux", "vmlinuz", "initrd.cpio", "host_key.pub", "client_key")
-    return manifest if all((directory / n).is_file() for n in names) else None
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"manifest.json cannot be read: {exc}"
+    problem = image_problem(directory, manifest)
+    return (manifest, None) if problem is None else (None, problem)
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """A cache directory's manifest if the image in it is whole, else None."""
+    return check_image(directory)[0]
 
 
 def cached_images(cache_root: Path, recipe: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -217,7 +225,7 @@ def cached_images(cache_root: Path, recipe: str) -> list[tuple[Path, dict[str, A
 
 def _ensure_writable(cache_root: Path) -> None:
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
+        cache_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.NamedTemporaryFile(dir=cache_root, prefix=".probe-"):
             pass
     except OSError as exc:
@@ -225,22 +233,44 @@ def _ensure_writable(cache_root: Path) -> None:
             f"cannot write the image cache {cache_root}: {exc.strerror}",
             hint="set MDH_CACHE_DIR (or XDG_CACHE_HOME) to a writable directory",
         ) from exc
+    # Ours and nobody else's: whoever can write it chooses the kernel we boot.
+    check_dir(cache_root, follow=True)
 
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with lock_file(path):
+        yield
+
+
+# The images this process uses: a shared flock on each one's USED_STAMP, held until
+# the process ends (the kernel drops it then, SIGKILL included).  ``--force`` and
+# pruning take the lock exclusively, without waiting, before removing a directory.
+_HELD: dict[Path, int] = {}
 
 
 def mark_used(directory: Path) -> None:
-    """Note that a run uses this image now, so no other run prunes it meanwhile."""
-    with contextlib.suppress(OSError):
-        (directory / USED_STAMP).touch()
+    """Note that a run uses this image now, so no other run prunes or replaces it
+    while this process lives."""
+    with contextlib.suppress(OSError, CacheDirError):
+        if directory in _HELD:
+            os.utime(directory / USED_STAMP)
+            return
+        fd = open_nofollow(directory / USED_STAMP, os.O_RDONLY | os.O_CREAT)
+        os.utime(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD[directory] = fd
+
+
+def in_use(directory: Path) -> bool:
+    """Whether a running harness (another, or this one) holds ``directory``."""
+    if directory in _HELD:
+        return True
+    try:
+        with lock_file(directory / USED_STAMP, fcntl.LOCK_EX | fcntl.LOCK_NB) as fd:
+            return fd is None
+    except (CacheDirError, OSError):
+        return True  # cannot tell: treat as used
 
 
 def _last_used(directory: Path) -> float:
@@ -257,7 +287,7 @@ def _prune_old(cache_root: Path, prefix: str, keep: Path) -> None:
     now = time.time()
     for old in cache_root.glob(f"{prefix}-*"):
         if old != keep and old.is_dir() and pattern.fullmatch(old.name) \
-                and now - _last_used(old) > IN_USE_S:
+                and now - _last_used(old) > IN_USE_S and not in_use(old):
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -327,9 +357,12 @@ def build_image(
             resolution = resolve(recipe, apt, progress)
             store_resolution(cache_root, recipe, resolution)
         plan = _plan(recipe, cache_root, digest, resolution, modules_dir)
-        manifest = None if force else read_manifest(plan.directory)
-        if manifest is not None:
+        manifest, problem = check_image(plan.directory)
+        if manifest is not None and not force:
             return replace(image_paths(plan.directory, manifest), cache_hit=True)
+        if problem is not None:
+            progress(f"cached image {plan.directory.name} is damaged ({problem}); "
+                     "rebuilding it")
         image = _build(plan, apt, cache_root, progress)
     progress(f"guest image ready: kernel {image.kernel_release}")
     return image
@@ -374,19 +407,57 @@ def _reuse(recipe: Recipe, cache_root: Path, digest: str, modules_dir: Path | No
 
 
 def _build(plan: _Plan, apt: PrivateApt, cache_root: Path, progress: Progress) -> GuestImage:
+    _refuse_in_use(plan.directory)  # before minutes of work; again when publishing
+    _remove_leftovers(cache_root)
     progress(f"building guest image {plan.recipe.name} into {plan.directory}")
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
     try:
         with tempfile.TemporaryDirectory(prefix=".work-", dir=cache_root) as tmp:
             manifest = _assemble(plan, apt, staging, Path(tmp), progress)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if plan.directory.exists():
-            shutil.rmtree(plan.directory)
-        staging.rename(plan.directory)
+        manifest["files"] = record_files(staging)
+        write_atomic(staging / "manifest.json",
+                     (json.dumps(manifest, indent=2) + "\n").encode(), mode=0o644)
+        _publish(staging, plan.directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _prune_old(cache_root, plan.directory.name[:-17], keep=plan.directory)
     return image_paths(plan.directory, manifest)
+
+
+def _refuse_in_use(directory: Path, held: bool | None = None) -> None:
+    """Never pull a whole image from under a run (``--force``): its SSH key and
+    kernel are read by path while it runs, and a rebuilt image has new keys.  A
+    damaged image is replaced all the same: no run can use it."""
+    if held is None:
+        held = directory.exists() and in_use(directory)
+    if held and read_manifest(directory) is not None:
+        raise ImageBuildError(
+            f"image {directory.name} is in use by a running harness: rebuilding it now "
+            "would replace its kernel and keys under that run",
+            hint="wait until the other runs end and build again (a damaged image is "
+                 "rebuilt by the next run by itself)")
+
+
+def _publish(staging: Path, directory: Path) -> None:
+    """Put a finished build in place.  An old directory there is renamed away while
+    its USED_STAMP is locked (no run can start using it meanwhile), then removed."""
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    with lock_file(directory / USED_STAMP, fcntl.LOCK_EX | fcntl.LOCK_NB) as fd:
+        _refuse_in_use(directory, held=fd is None or directory in _HELD)
+        old = Path(tempfile.mkdtemp(prefix=".old-", dir=directory.parent))
+        directory.rename(old / "image")
+        staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(cache_root: Path) -> None:
+    # Staging and work directories of builds that were killed (builds run under the
+    # cache lock, which the caller holds, so none of these is in progress).
+    for prefix in (".build-", ".work-", ".old-"):
+        for leftover in cache_root.glob(f"{prefix}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _unpack(deb: Path, root: Path) -> None:

@@ -118,3 +118,20 @@ def module_depends(data: bytes, what: str = "module") -> tuple[str, ...]:
     """Names of the modules a module needs loaded first (its ``depends=`` entry)."""
     values = modinfo(data, what).get("depends", [])
     return tuple(name for value in values for name in value.split(",") if name)
+
+
+def file_extent(head: bytes, what: str = "ELF file") -> int:
+    """How long a whole ELF64 file is, from its first bytes: the furthest end of its
+    program segments and of its section header table (which a linker puts last).
+
+    A file shorter than that was cut short.  ``head`` must hold the ELF header and
+    the program headers (the first 64 KiB of a vmlinux do).
+    """
+    _check(head, what)
+    shoff: int = struct.unpack_from("<Q", head, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+    try:
+        ends = [int(offset + size) for _, offset, _, size in _segments(head)]
+    except struct.error as exc:
+        raise ImageBuildError(f"{what}: its program headers are cut off") from exc
+    return max([shoff + int(shentsize) * int(shnum), *ends])

@@ -42,8 +42,10 @@ from .qmp import Qmp
 from .snapshot import (
     StateCache,
     binary_identity,
+    file_identity,
     incoming_args,
     mount_exports,
+    named_files,
     save_state,
     state_key,
     wait_restored,
@@ -129,12 +131,14 @@ class Machine(Launched):
         return kernel_append(exports, self.spec.extra_append)
 
     def state_key(self) -> str:
-        """Everything a restore must match: the binary itself and the whole command
-        line, with what may differ (export paths, multidevs, console, port) blanked."""
+        """Everything a restore must match: the binary itself, the whole command line
+        with what may differ (export paths, multidevs, console, port) blanked, and the
+        identity of every file it names (a kernel rebuilt in place is another kernel)."""
         blank = tuple(replace(e, path=Path("/slot"), mode=Mode.REMAP) for e in self._devices())
         argv = render_command(replace(self.spec, exports=blank), console_path=Path("/console"),
                               qmp_fd=0, host_port=0, append=self._append())
-        return state_key([STATE_FORMAT, binary_identity(self.spec.qemu), *argv])
+        files = [file_identity(path) for path in named_files(argv)]
+        return state_key([STATE_FORMAT, binary_identity(self.spec.qemu), *argv, *files])
 
     # --- lifecycle ----------------------------------------------------------------
 

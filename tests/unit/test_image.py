@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from harness.image.recipe import (
 )
 
 DATA = Path(__file__).parent / "data"
+TRUE = Path(shutil.which("true") or "/bin/true")
 
 
 def _modules_dep_graph() -> dict[str, tuple[str, ...]]:
@@ -155,11 +157,23 @@ def test_dependency_closure_asks_one_batch_per_level() -> None:
                      ["libc6", "libtomcrypt1", "zlib1g"], ["libgcc-s1", "libgmp10"]]
 
 
+def _initramfs() -> bytes:
+    out = io.BytesIO()
+    cpio = NewcWriter(out)
+    cpio.file("init", b"#!/bin/sh\n", mode=0o755)
+    cpio.close()
+    return out.getvalue()
+
+
 def _fake_image(cache: Path, name: str, manifest: dict[str, object]) -> Path:
+    """An image directory whose files pass the structure checks: a real ELF file
+    (the host's ``true``) as vmlinux, a real newc archive as initramfs."""
     directory = cache / name
     directory.mkdir(parents=True)
-    for part in ("vmlinux", "vmlinuz", "initrd.cpio", "host_key.pub", "client_key"):
+    for part in ("vmlinuz", "host_key.pub", "client_key"):
         (directory / part).write_bytes(b"x")
+    shutil.copyfile(TRUE, directory / "vmlinux")
+    (directory / "initrd.cpio").write_bytes(_initramfs())
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 

@@ -151,7 +151,7 @@ def test_ids_row_json() -> None:
     data = row_dict(row)
     assert data["check"] == "ids" and data["mode"] == "remap"
     assert data["guest"] == {"name": "debian-bookworm-x86_64", "kernel": "6.1.0-56-amd64",
-                             "plan": "remap+forbid+warn"}
+                             "build": None, "plan": "remap+forbid+warn"}
     assert data["witnesses"] == {}
     assert row_dict(row, logs_kept=False)["log_dir"] is None
 

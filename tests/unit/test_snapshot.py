@@ -126,3 +126,136 @@ def test_invalidate_and_prune(tmp_path: Path) -> None:
     kept = [e.key for e in cache.entries()]
     assert len(kept) == KEEP_STATES and "k0" not in kept and f"k{KEEP_STATES + 1}" in kept
     assert len(cache.prune(keep=0)) == KEEP_STATES and cache.entries() == []
+
+
+# --- every file the command line names (issue 22) ---------------------------------
+
+
+def _image_files(spec: MachineSpec) -> None:
+    spec.image.directory.mkdir(parents=True, exist_ok=True)
+    for path in (spec.image.vmlinux, spec.image.initrd):
+        path.write_bytes(b"first build")
+
+
+@pytest.mark.parametrize("name", ["vmlinux", "initrd"])
+@pytest.mark.parametrize("how", ["rebuilt", "touched", "replaced"])
+def test_a_kernel_or_initrd_changed_in_place_changes_the_key(
+    tmp_path: Path, qemu: Path, name: str, how: str
+) -> None:
+    spec = _spec(tmp_path, qemu)
+    _image_files(spec)
+    before = _key(spec)
+    assert _key(spec) == before  # stable while nothing changes
+    path: Path = getattr(spec.image, name)
+    stamp = path.stat()
+    if how == "rebuilt":  # the same release rebuilt: new bytes, new size
+        path.write_bytes(b"second build, a longer one")
+    elif how == "touched":  # same bytes, new mtime (make re-linked it)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    else:  # same size and mtime, another file (a copy moved over it)
+        other = tmp_path / "other"
+        other.write_bytes(b"first build")
+        os.utime(other, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        os.replace(other, path)
+    assert _key(spec) != before
+
+
+def test_named_files_reads_arguments_option_values_and_firmware_dirs(tmp_path: Path) -> None:
+    from harness.qemu.snapshot import named_files
+
+    kernel, rom, odd = tmp_path / "k", tmp_path / "fw" / "linuxboot_dma.bin", tmp_path / "a,b"
+    rom.parent.mkdir()
+    for path in (kernel, rom, odd):
+        path.write_bytes(b"x")
+    argv = ["qemu", "-kernel", str(kernel), "-L", str(rom.parent),
+            "-drive", f"if=none,file={str(odd).replace(',', ',,')},format=raw",
+            "-chardev", "file,id=c,path=/console", "-append", "console=ttyS0"]
+    assert named_files(argv) == [kernel, rom, odd]
+
+
+# --- the state cache defends itself (issue 22) -------------------------------------
+
+
+def test_states_and_their_directories_are_private(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path / "states")
+    path = _save(cache, "k")
+    for directory in (cache.root, path.parent):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    for file in (path, path.parent / "meta.json"):
+        assert file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("name", [".lock", "state.bin.partial", "meta.json"])
+def test_a_planted_symlink_is_never_written_through(tmp_path: Path, name: str) -> None:
+    from harness.errors import CacheDirError
+
+    cache = StateCache(tmp_path / "states")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (cache.root / "k").mkdir(parents=True)
+    (cache.root / "k" / name).symlink_to(victim)
+    if name == ".lock":
+        with pytest.raises(CacheDirError, match=r"\.lock in the cache is a symbolic link"):
+            _save(cache, "k")
+    else:
+        assert _save(cache, "k").read_bytes() == b"state"
+        assert not (cache.root / "k" / name).is_symlink()
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_cache_others_can_write_is_refused(tmp_path: Path) -> None:
+    from harness.errors import CacheDirError
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o777)
+    with pytest.raises(CacheDirError, match="writable by other users") as caught:
+        _save(StateCache(root / "states"), "k")
+    assert caught.value.hint == f"chmod go-w {root}"
+    root.chmod(0o755)
+    assert _save(StateCache(root / "states"), "k").read_bytes() == b"state"
+
+
+def test_a_cache_of_another_user_is_refused(tmp_path: Path) -> None:
+    from harness.errors import CacheDirError
+
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    with pytest.raises(CacheDirError, match="belongs to uid 65534, not to you"):
+        _save(StateCache(root / "states"), "k")
+
+
+def test_meta_without_created_breaks_no_later_save(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path)
+    _save(cache, "old")
+    meta = tmp_path / "old" / "meta.json"
+    meta.write_text('{"size": 5}')
+    # Every commit prunes, and pruning sorts by creation time.
+    for index in range(3):
+        _save(cache, f"k{index}")
+    assert {e.key for e in cache.entries()} == {"old", "k0", "k1", "k2"}
+
+
+def test_incomplete_entries_are_pruned_but_not_a_save_in_progress(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path)
+    _save(cache, "whole")
+    killed = tmp_path / "killed"  # SIGKILL during the save: only the partial file
+    killed.mkdir()
+    (killed / "state.bin.partial").write_bytes(b"x" * 1000)
+    metaless = tmp_path / "metaless"  # SIGKILL between the rename and the metadata
+    metaless.mkdir()
+    (metaless / "state.bin").write_bytes(b"x" * 100)
+    stray = tmp_path / "whole" / "state.bin.partial"  # a re-save killed beside a state
+    stray.write_bytes(b"x")
+    with cache.saving("busy") as partial:
+        assert partial is not None
+        partial.write_bytes(b"y" * 10)
+        removed = cache.prune(keep=KEEP_STATES)
+        assert partial.exists()  # being saved: left alone
+    assert sorted((e.key, e.size, e.complete) for e in removed) == [
+        ("killed", 1000, False), ("metaless", 100, False)]
+    assert not killed.exists() and not metaless.exists() and not stray.exists()
+    assert cache.find("whole") is not None
