@@ -259,3 +259,18 @@ def test_incomplete_entries_are_pruned_but_not_a_save_in_progress(tmp_path: Path
         ("killed", 1000, False), ("metaless", 100, False)]
     assert not killed.exists() and not metaless.exists() and not stray.exists()
     assert cache.find("whole") is not None
+
+
+@pytest.mark.parametrize("text, release, build", [
+    ("6.1.0-57-amd64\n#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-20)\n",
+     "6.1.0-57-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-20)"),
+    ("6.1.0-57-amd64\n", None, None),
+    ("sh: uname: not found\nx\n", None, None),
+])
+def test_the_guest_kernel_is_read_from_both_uname_lines(text: str, release: str | None,
+                                                        build: str | None) -> None:
+    from harness.guest.uname import parse_uname
+
+    reported = parse_uname(text)
+    found = (reported.release, reported.build) if reported is not None else (None, None)
+    assert found == (release, build)
