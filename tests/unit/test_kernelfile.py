@@ -127,3 +127,20 @@ def test_decompress_module_failures() -> None:
         decompress_module("9p.ko.xz", b"\xfd7zXZ\x00garbage")
     with pytest.raises(ImageBuildError, match="does not decompress to an ELF file"):
         decompress_module("9p.ko.zst", zstandard.ZstdCompressor().compress(b"text"))
+
+
+def test_a_kernel_override_is_named_by_its_own_release(tmp_path: Path) -> None:
+    # --kernel: the environment and every row name the file's release (its bzImage
+    # header), not the image's (issue 22).
+    from harness.config import BootMethod, GuestImage
+    from harness.environment import _kernel_override
+
+    image = GuestImage(tmp_path, "r", "k", "6.1.0-57-amd64", tmp_path / "vmlinux",
+                       tmp_path / "vmlinuz", tmp_path / "initrd", tmp_path / "h",
+                       tmp_path / "c", tmp_path / "c.pub")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage(b"payload"))
+    booted, boot = _kernel_override(image, kernel)
+    assert (booted.kernel_release, booted.vmlinuz, boot) == (
+        "6.12.38+deb13-amd64", kernel, BootMethod.BZIMAGE)
+    assert _kernel_override(image, None) == (image, BootMethod.PVH)
