@@ -75,21 +75,25 @@ def private_dir(path: Path, *, tighten: bool = True) -> Path:
     return path
 
 
-def _refused(path: Path, exc: OSError) -> CacheDirError:
-    if exc.errno == errno.ELOOP:
-        return CacheDirError(
-            f"{path} in the cache is a symbolic link: refused (the harness never "
-            "writes through one)", hint=f"remove it (rm {path}) and run again")
-    return CacheDirError(f"cannot open {path} in the cache: {exc.strerror}",
-                         hint="check the cache directory's owner and mode")
-
-
 def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
-    """``os.open`` that never follows a symbolic link at ``path`` (CacheDirError)."""
+    """``os.open`` that never follows a symbolic link at ``path``.
+
+    A link there, or a file the user may not open (a root-owned ``.lock`` in a
+    user's cache), raises CacheDirError naming the fix; anything else (the
+    directory removed meanwhile) the OSError itself.
+    """
     try:
         return os.open(path, flags | _OPEN, mode)
     except OSError as exc:
-        raise _refused(path, exc) from exc
+        if exc.errno == errno.ELOOP:
+            raise CacheDirError(
+                f"{path} in the cache is a symbolic link: refused (the harness never "
+                "writes through one)", hint=f"remove it (rm {path}) and run again") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise CacheDirError(f"cannot open {path} in the cache: {exc.strerror}",
+                                hint=f"check who owns it (ls -l {path}); a cache is "
+                                     "one user's: set MDH_CACHE_DIR to your own") from exc
+        raise
 
 
 @contextlib.contextmanager

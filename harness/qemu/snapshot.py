@@ -175,8 +175,13 @@ class StateCache:
         """
         self._ready()
         directory = private_dir(self._dir(key))
-        with lock_file(directory / ".lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as fd:
-            # A pruner may have removed the directory between mkdir and the lock.
+        with contextlib.ExitStack() as stack:
+            try:
+                fd = stack.enter_context(
+                    lock_file(directory / ".lock", fcntl.LOCK_EX | fcntl.LOCK_NB))
+            except FileNotFoundError:
+                fd = None  # another process pruned the directory since the mkdir
+            # ... or between the open and the lock (the lock is on a removed file).
             if fd is None or os.fstat(fd).st_nlink == 0:
                 yield None
                 return

@@ -274,3 +274,23 @@ def test_the_guest_kernel_is_read_from_both_uname_lines(text: str, release: str 
     reported = parse_uname(text)
     found = (reported.release, reported.build) if reported is not None else (None, None)
     assert found == (release, build)
+
+
+def test_a_directory_pruned_under_a_starting_save_skips_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process prunes the (still incomplete) key directory between this
+    # save's mkdir and its lock: no save this time, and no error either.
+    from harness.qemu import snapshot
+
+    made = snapshot.private_dir
+
+    def pruned_at_once(path: Path, **kwargs: bool) -> Path:
+        made(path, **kwargs)
+        if path.name == "k":
+            shutil.rmtree(path)
+        return path
+
+    monkeypatch.setattr(snapshot, "private_dir", pruned_at_once)
+    with StateCache(tmp_path / "states").saving("k") as partial:
+        assert partial is None
