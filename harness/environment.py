@@ -25,6 +25,7 @@ from .config import (
 from .errors import UsageError
 from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
+from .inputs import read_input
 from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
@@ -140,12 +141,9 @@ def kernel_kind(kernel: Path) -> BootMethod:
     Raises UsageError for anything else, before a guest is started with it: QEMU
     would otherwise fail in a way that looks like a QEMU problem.
     """
-    try:
-        with open(kernel, "rb") as handle:
-            head = handle.read(_BZIMAGE_MAGIC_AT + 4)
-    except OSError as exc:
-        raise UsageError(f"--kernel {kernel}: {exc.strerror}",
-                         hint="pass a vmlinux (ELF) or a bzImage") from exc
+    # Opened without blocking: a FIFO passed as --kernel would wait for a writer forever.
+    head = read_input(kernel, "--kernel", "pass a vmlinux (ELF) or a bzImage",
+                      limit=_BZIMAGE_MAGIC_AT + 4)
     if head.startswith(b"\x7fELF"):
         return BootMethod.PVH
     if head[_BZIMAGE_MAGIC_AT:] == b"HdrS":

@@ -35,6 +35,7 @@ from .errors import (
 from .guest.lifecycle import Guest, check_alive, qemu_end
 from .host.export import build_export
 from .host.truth import Export
+from .logs import harness_fault
 from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
@@ -344,7 +345,9 @@ def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
     """Boot one planned guest, observe and judge each of its exports.
 
     A guest that crashes under test gives FAIL rows; one that cannot be booted or
-    observed at all gives ERROR rows, each naming why.
+    observed at all gives ERROR rows, each naming why; so does one whose work raised
+    an exception the harness did not expect (its traceback goes to the guest's log
+    directory), while the run's other guests go on.
     """
     log_dir = run.log_root / plan.name
     try:
@@ -356,6 +359,13 @@ def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
         run.progress(f"{plan.name}: {exc.message}")
         return unobserved_rows(run, plan, log_dir, f"{type(exc).__name__}: {exc.message}",
                                Status.ERROR)
+    except Exception as exc:
+        # A fault of the harness (or of the host under it) in this guest's work: its
+        # rows say so as errors, never failures, and the other guests go on.  The
+        # ExitStack has already stopped this guest and removed its exports.
+        line = harness_fault(exc, log_dir)
+        run.progress(f"{plan.name}: {line}")
+        return unobserved_rows(run, plan, log_dir, line, Status.ERROR)
 
 
 def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str,
