@@ -21,6 +21,7 @@ from .config import (
     Progress,
     Timeouts,
     quiet,
+    timeout_scale_from_env,
 )
 from .errors import UsageError
 from .image.build import build_image, mark_used
@@ -116,23 +117,6 @@ def find_datadir(binary: Path, override: Path | None = None) -> Path | None:
         if (candidate / _MARKER_ROM).is_file():
             return candidate
     return None
-
-
-def timeout_scale_from_env() -> float:
-    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
-    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
-    if not text:
-        return 1.0
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = 0.0
-    if not 0 < scale <= 100:
-        raise UsageError(
-            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
-            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
-        )
-    return scale
 
 
 def kernel_kind(kernel: Path) -> BootMethod:
