@@ -45,7 +45,7 @@ def _holder(fd: int) -> str:
         text = os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").strip()
     except OSError:
         text = ""
-    return text.splitlines()[0] if text else "another process (it has not said which)"
+    return text.splitlines()[0] if text else "another process"
 
 
 def _seconds(value: float) -> str:
