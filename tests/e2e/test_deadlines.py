@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from harness.guest.ssh import OUTPUT_CAP
-from harness.image.build import LOCK_WAIT_S, build_image
+from harness.image.build import LOCK_WAIT_S
 from harness.image.recipe import DEFAULT_RECIPE
 
-from .helpers import REPO, needs_qemu
+from .helpers import REPO, needs_qemu, private_image_cache
 from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
@@ -154,21 +153,6 @@ def test_a_held_cache_lock_is_waited_for_aloud_and_not_forever(tmp_path: Path) -
     sandbox.assert_clean()
 
 
-def _private_copy_of_the_image(cache: Path, resolved_at: float) -> Path:
-    """A private cache holding a copy (not links: nothing here may reach the shared
-    cache) of the default image and its resolution, resolved at ``resolved_at``."""
-    image = build_image()
-    copy = cache / image.directory.name
-    shutil.copytree(image.directory, copy)
-    resolved = cache / "resolved" / f"{image.recipe}.json"
-    resolved.parent.mkdir(parents=True)
-    shared = image.directory.parent / "resolved" / f"{image.recipe}.json"
-    data = json.loads(shared.read_text())
-    assert image.directory.name.endswith(image.cache_key[:16])
-    resolved.write_text(json.dumps({**data, "resolved_at": resolved_at}))
-    return copy
-
-
 @needs_qemu
 @pytest.mark.timeout(120)
 def test_a_cache_hit_waits_for_no_lock_and_asks_no_apt(tmp_path: Path) -> None:
@@ -176,7 +160,7 @@ def test_a_cache_hit_waits_for_no_lock_and_asks_no_apt(tmp_path: Path) -> None:
     cache lock and the archive is unreachable: the run uses the image at once, asks
     apt nothing and says how old the versions are."""
     cache = tmp_path / "cache"
-    copy = _private_copy_of_the_image(cache, time.time() - 2 * 86400)
+    copy = private_image_cache(cache, time.time() - 2 * 86400)
     holder = _hold_lock(cache / ".lock", f"building image {DEFAULT_RECIPE}")
     try:
         sandbox = Sandbox(tmp_path / "sandbox")
