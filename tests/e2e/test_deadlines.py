@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +22,8 @@ import pytest
 from harness.guest.ssh import OUTPUT_CAP
 from harness.image.build import LOCK_WAIT_S
 from harness.image.recipe import DEFAULT_RECIPE
+from harness.libvirt.daemon import RUN_MARKER_ENV
+from harness.proc import processes_with_env
 
 from .helpers import REPO, needs_qemu, private_image_cache
 from .leaks import Sandbox, kept_log_dirs
@@ -181,3 +185,68 @@ def test_a_cache_hit_waits_for_no_lock_and_asks_no_apt(tmp_path: Path) -> None:
     assert result.stdout.strip() == json.loads((copy / "manifest.json").read_text())[
         "kernel_release"]
     sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
+
+
+# In a child process (it enters a mount namespace of its own and starts a private
+# libvirtd there): stop libvirtd, then ask it something.
+_LIBVIRT_CHILD = r"""
+import json, os, signal, sys, time
+from pathlib import Path
+from harness.host.namespace import enter_private_namespace
+from harness.libvirt.daemon import RUN_MARKER_ENV, import_libvirt, private_libvirt
+from harness.proc import processes_with_env
+
+enter_private_namespace()
+libvirt, _ = import_libvirt()
+out = {}
+with private_libvirt(Path(sys.argv[1]), run_id=sys.argv[2]) as conn:
+    (pid,) = processes_with_env(RUN_MARKER_ENV, sys.argv[2], comm_prefix="libvirtd")
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        conn.listAllDomains(0)
+        out["answered"] = True
+    except libvirt.libvirtError as exc:
+        out["error"] = exc.get_error_message()
+    finally:
+        out["seconds"] = time.monotonic() - started
+        os.kill(pid, signal.SIGCONT)
+print(json.dumps(out))
+"""
+
+
+def _libvirt_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "a private libvirtd needs root"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed: pip install '.[libvirt]'"
+    for daemon in ("libvirtd", "virtlogd"):
+        if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
+    return None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(_libvirt_missing() is not None, reason=str(_libvirt_missing()))
+def test_a_libvirt_call_to_a_stopped_libvirtd_ends(tmp_path: Path) -> None:
+    """A libvirtd that stops answering (here SIGSTOP) mid-run: the client's call fails
+    once the keepalive probes go unanswered (1 s x 3 at scale 0.2), instead of
+    waiting forever."""
+    run_id = f"mdh-lv-test-{os.getpid()}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _LIBVIRT_CHILD, str(tmp_path / "logs"), run_id], cwd=REPO,
+            env={**os.environ, "MDH_TIMEOUT_SCALE": "0.2"}, capture_output=True, text=True,
+            timeout=60, check=False)
+    finally:
+        # A child killed while libvirtd was stopped leaves it stopped: its parent-death
+        # SIGTERM is delivered once it runs again.
+        for pid in processes_with_env(RUN_MARKER_ENV, run_id, comm_prefix="libvirtd"):
+            os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert "answered" not in out, out
+    assert "keepalive" in out["error"], out
+    assert 2 < out["seconds"] < 15, out
