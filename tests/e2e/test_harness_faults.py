@@ -201,3 +201,26 @@ def test_unwritable_report_paths_are_refused_before_anything_boots(tmp_path: Pat
     assert "booting" not in result.stderr and "probing" not in result.stderr
     assert result.stdout == ""
     sandbox.assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_ends_before_any_row_still_writes_its_reports(tmp_path: Path) -> None:
+    """CI reads the reports: a run stopped before any row (here a missing QEMU) writes
+    them anyway, exit code 2 and the reason, instead of leaving none."""
+    sandbox = Sandbox(tmp_path / "sandbox")
+    out = tmp_path / "out"
+    qemu = "/nonexistent/qemu-system-x86_64"
+    result = sandbox.run(["run", "--accel", "tcg", "--qemu", qemu, "--json",
+                          str(out / "run.json"), "--junit", str(out / "run.xml")], timeout=40)
+    assert result.returncode == EXIT_ENVIRONMENT, f"rc {result.returncode}\n{result.stderr}"
+    line = _one_error_line(result.stderr)
+    assert line == f"error: QEMU binary {qemu} does not exist", line
+    report = json.loads((out / "run.json").read_text())
+    assert report == {"passed": False, "exit_code": EXIT_ENVIRONMENT,
+                      "error": f"QEMU binary {qemu} does not exist", "results": []}
+    suite = ET.parse(out / "run.xml").getroot()
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "1", "0")
+    error = suite.find("testcase/error")
+    assert error is not None and error.get("message") == f"QEMU binary {qemu} does not exist"
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "run.xml"]
+    sandbox.assert_clean()
