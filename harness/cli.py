@@ -459,7 +459,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status: 0 everything held, 1 QEMU or the
     guest kernel did the wrong thing, 2 the check could not run or was inconclusive,
     including a fault of the harness itself (125 for that with ``run --bisect``)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # A bad command line under --bisect is no verdict on the commit either: exit 2
+        # would make ``git bisect run`` call every commit bad.
+        given = sys.argv[1:] if argv is None else list(argv)
+        if exc.code == EXIT_ERROR and "--bisect" in given:
+            return bisect_code(EXIT_ERROR)
+        raise
     code = _dispatch(args)
     return bisect_code(code) if getattr(args, "bisect", False) else code
 
