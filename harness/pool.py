@@ -186,7 +186,8 @@ def _observe(
     QEMU wrote meanwhile; then the guest's /proc/mounts, which says what cache mode
     each export really got (read once, last: the remount family remounts).
 
-    A guest that dies here crashed under test (GuestCrashed: a failure, not an error).
+    A guest that dies here crashed under test (GuestCrashed: a failure, not an error),
+    however the harness noticed.
     """
     observed = []
     try:
@@ -198,10 +199,15 @@ def _observe(
                                      slice(before, len(guest.stderr_text())),
                                      time.monotonic() - started))
         mounts = guest.run("cat /proc/mounts")
-    except HarnessError as exc:
+    except Exception as exc:
+        # Whatever broke the observation (an SSH error, a garbled answer, a fault of
+        # the harness), a guest that died under test is the finding: QEMU's own exit
+        # or the panic says so, not the exception.
         crash = _crash(guest)
         if crash is not None:
-            raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
+            after = exc.message if isinstance(exc, HarnessError) else \
+                f"{type(exc).__name__}: {exc}"
+            raise GuestCrashed(f"{crash.message} while observing (after: {after})",
                                hint=crash.hint, details=crash.details) from exc
         raise
     return observed, mounts.stdout.decode(errors="replace") if mounts.rc == 0 else ""
