@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -37,8 +38,8 @@ from .config import (
     parse_transports,
 )
 from .errors import HarnessError, UsageError
-from .plan import layout_shape
-from .results import EXIT_ERROR, EXIT_OK
+from .plan import RunOptions, layout_shape
+from .results import EXIT_ERROR, EXIT_OK, RunResults
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -346,8 +347,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from . import report as rep
-    from .plan import RunOptions
-    from .run import run_checks
 
     export = _export_layout(args)
     transports = parse_transports(args.transport)
@@ -373,7 +372,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         known_issues=args.known_issues,
         strict_known=args.strict_known,
     )
-    result = run_checks(options, progress=progress)
+    result = _checked_run(options, args.json, args.junit)
     print(rep.table(result))
     if export is not None:
         print()
@@ -387,6 +386,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         rep.write_junit(result, args.junit)
         progress(f"JUnit report: {args.junit}")
     return result.exit_code
+
+
+def _checked_run(options: RunOptions, json_path: Path | None,
+                 junit_path: Path | None) -> RunResults:
+    """``run_checks`` with its report paths checked before anything boots; a run that
+    ends without rows (bad input, a harness fault) still writes reports saying why."""
+    from . import report as rep
+    from .run import run_checks
+
+    for path, option in ((json_path, "--json"), (junit_path, "--junit")):
+        if path is not None:
+            rep.check_destination(path, option)
+    try:
+        return run_checks(options, progress=progress)
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            rep.write_unrun(reason, json_path, junit_path)
+        raise
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -439,9 +457,17 @@ def bisect_code(code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status: 0 everything held, 1 QEMU or the
-    guest kernel did the wrong thing, 2 the check could not run or was inconclusive
-    (125 for that with ``run --bisect``)."""
-    args = build_parser().parse_args(argv)
+    guest kernel did the wrong thing, 2 the check could not run or was inconclusive,
+    including a fault of the harness itself (125 for that with ``run --bisect``)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # A bad command line under --bisect is no verdict on the commit either: exit 2
+        # would make ``git bisect run`` call every commit bad.
+        given = sys.argv[1:] if argv is None else list(argv)
+        if exc.code == EXIT_ERROR and "--bisect" in given:
+            return bisect_code(EXIT_ERROR)
+        raise
     code = _dispatch(args)
     return bisect_code(code) if getattr(args, "bisect", False) else code
 
@@ -458,6 +484,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: guests stopped, mounts and temporary files removed", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Not an error the harness raised on purpose: a bug of its own, or the host
+        # failing under it.  Either way the check could not run: exit 2 (125 under
+        # --bisect), never 1, which CI files as a QEMU regression.
+        from .logs import harness_fault
+
+        print(f"error: {harness_fault(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ plugin) and handed down to the export, image, machine, oracle and report code.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,23 @@ class BootMethod(StrEnum):
     # The distro's compressed bzImage through SeaBIOS/linuxboot: what people write by
     # hand, kept as the benchmark's baseline.
     BZIMAGE = "bzimage"
+
+
+def timeout_scale_from_env() -> float:
+    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
+    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 100:
+        raise UsageError(
+            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
+            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
+        )
+    return scale
 
 
 @dataclass(frozen=True)

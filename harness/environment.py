@@ -21,10 +21,12 @@ from .config import (
     Progress,
     Timeouts,
     quiet,
+    timeout_scale_from_env,
 )
 from .errors import UsageError
 from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
+from .inputs import read_input
 from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
@@ -126,35 +128,15 @@ def find_datadir(binary: Path, override: Path | None = None) -> Path | None:
     return None
 
 
-def timeout_scale_from_env() -> float:
-    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
-    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
-    if not text:
-        return 1.0
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = 0.0
-    if not 0 < scale <= 100:
-        raise UsageError(
-            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
-            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
-        )
-    return scale
-
-
 def kernel_kind(kernel: Path) -> BootMethod:
     """How ``kernel`` boots: PVH for an ELF vmlinux, bzImage for a bzImage.
 
     Raises UsageError for anything else, before a guest is started with it: QEMU
     would otherwise fail in a way that looks like a QEMU problem.
     """
-    try:
-        with open(kernel, "rb") as handle:
-            head = handle.read(_BZIMAGE_MAGIC_AT + 4)
-    except OSError as exc:
-        raise UsageError(f"--kernel {kernel}: {exc.strerror}",
-                         hint="pass a vmlinux (ELF) or a bzImage") from exc
+    # Opened without blocking: a FIFO passed as --kernel would wait for a writer forever.
+    head = read_input(kernel, "--kernel", "pass a vmlinux (ELF) or a bzImage",
+                      limit=_BZIMAGE_MAGIC_AT + 4)
     if head.startswith(b"\x7fELF"):
         return BootMethod.PVH
     if head[_BZIMAGE_MAGIC_AT:] == b"HdrS":

@@ -191,6 +191,10 @@ class GuestCommandTimeout(HarnessError):
     """A command in the guest did not finish before its deadline."""
 
 
+class GuestOutputTooLarge(HarnessError):
+    """A command in the guest printed more than the harness keeps (its output cap)."""
+
+
 class GuestOutputError(HarnessError):
     """The guest agent's output broke its line protocol (truncated, garbled, miscounted)."""
 

@@ -70,3 +70,34 @@ def log_root(
             progress(f"logs kept in {log_dir.path}")
         elif not log_dir.kept:
             shutil.rmtree(log_dir.path, ignore_errors=True)
+
+
+def harness_fault(exc: BaseException, directory: Path | None = None) -> str:
+    """Write ``exc``'s traceback to a file and return one line that names it.
+
+    An exception the harness did not raise on purpose is a harness bug, never news
+    about QEMU: the caller turns it into exit 2 (or error rows) and shows only this
+    line; the whole traceback waits in ``directory`` (default: the logs directory),
+    or, when nothing can be written there, in the system's temporary directory.
+    """
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    where: Path | None = None
+    for base in (directory or paths.logs_dir(), Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f"harness-fault-{stamp}-", suffix=".log",
+                                            dir=base)
+            with open(handle, "w") as out:
+                out.write(text)
+            where = Path(name)
+            break
+        except OSError:
+            continue
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(summary) > 300:
+        summary = summary[:300] + "..."
+    place = f"traceback in {where}" if where else "the traceback could not be written"
+    return f"harness fault (a bug in the harness, not a finding): {summary}; {place}"

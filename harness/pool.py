@@ -36,6 +36,7 @@ from .guest.lifecycle import Guest, check_alive, qemu_end
 from .guest.uname import ReportedKernel, reported_kernel
 from .host.export import build_export
 from .host.truth import Export
+from .logs import harness_fault
 from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
@@ -186,7 +187,8 @@ def _observe(
     QEMU wrote meanwhile; then the guest's /proc/mounts, which says what cache mode
     each export really got (read once, last: the remount family remounts).
 
-    A guest that dies here crashed under test (GuestCrashed: a failure, not an error).
+    A guest that dies here crashed under test (GuestCrashed: a failure, not an error),
+    however the harness noticed.
     """
     observed = []
     try:
@@ -198,10 +200,15 @@ def _observe(
                                      slice(before, len(guest.stderr_text())),
                                      time.monotonic() - started))
         mounts = guest.run("cat /proc/mounts")
-    except HarnessError as exc:
+    except Exception as exc:
+        # Whatever broke the observation (an SSH error, a garbled answer, a fault of
+        # the harness), a guest that died under test is the finding: QEMU's own exit
+        # or the panic says so, not the exception.
         crash = _crash(guest)
         if crash is not None:
-            raise GuestCrashed(f"{crash.message} while observing (after: {exc.message})",
+            after = exc.message if isinstance(exc, HarnessError) else \
+                f"{type(exc).__name__}: {exc}"
+            raise GuestCrashed(f"{crash.message} while observing (after: {after})",
                                hint=crash.hint, details=crash.details) from exc
         raise
     return observed, mounts.stdout.decode(errors="replace") if mounts.rc == 0 else ""
@@ -346,7 +353,9 @@ def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
     """Boot one planned guest, observe and judge each of its exports.
 
     A guest that crashes under test gives FAIL rows; one that cannot be booted or
-    observed at all gives ERROR rows, each naming why.
+    observed at all gives ERROR rows, each naming why; so does one whose work raised
+    an exception the harness did not expect (its traceback goes to the guest's log
+    directory), while the run's other guests go on.
     """
     log_dir = run.log_root / plan.name
     try:
@@ -358,6 +367,13 @@ def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
         run.progress(f"{plan.name}: {exc.message}")
         return unobserved_rows(run, plan, log_dir, f"{type(exc).__name__}: {exc.message}",
                                Status.ERROR)
+    except Exception as exc:
+        # A fault of the harness (or of the host under it) in this guest's work: its
+        # rows say so as errors, never failures, and the other guests go on.  The
+        # ExitStack has already stopped this guest and removed its exports.
+        line = harness_fault(exc, log_dir)
+        run.progress(f"{plan.name}: {line}")
+        return unobserved_rows(run, plan, log_dir, line, Status.ERROR)
 
 
 def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str,

@@ -14,7 +14,8 @@ from typing import Any
 
 from .agent.witnesses import TOOLS_DIR
 from .config import Transport
-from .results import EnvironmentRecord, ResultRow, RunResults
+from .errors import UsageError
+from .results import EXIT_ERROR, EnvironmentRecord, ResultRow, RunResults
 from .verdicts.common import Status, Verdict
 from .verdicts.ids import IdsVerdict, ids_verdict
 from .verdicts.ops import OpsVerdict
@@ -274,10 +275,41 @@ def to_json(report: RunResults) -> dict[str, Any]:
     }
 
 
+def check_destination(path: Path, option: str) -> None:
+    """Refuse a report path that cannot be written, before anything boots (exit 2).
+
+    Found only after the run, the report would be lost with the run's work.  The
+    parents are made now (the writers would make them anyway) and a file is created
+    and removed beside the report, since the writers replace it atomically.
+    """
+    import tempfile
+
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path} cannot be written: {exc.strerror}",
+                         hint=f"pass {option} a file in a writable directory") from exc
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a file beside it: a reader (or a run killed
+    mid-write) never leaves half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Write a JSON document (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    _write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
@@ -324,10 +356,27 @@ def to_junit(report: RunResults) -> ET.Element:
 
 def write_junit(report: RunResults, path: Path) -> None:
     """Write the JUnit XML report (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tree = ET.ElementTree(to_junit(report))
-    ET.indent(tree)
-    tree.write(path, encoding="utf-8", xml_declaration=True)
+    _write(path, _xml(to_junit(report)))
+
+
+def _xml(root: ET.Element) -> bytes:
+    ET.indent(root)
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data + b"\n"
+
+
+def write_unrun(message: str, json_path: Path | None, junit_path: Path | None) -> None:
+    """Reports of a run that ended before it had rows (bad input, a harness fault):
+    exit code 2 and the reason, so a CI job that reads them sees why, not nothing."""
+    if json_path is not None:
+        write_json({"passed": False, "exit_code": EXIT_ERROR, "error": message,
+                    "results": []}, json_path)
+    if junit_path is not None:
+        suite = ET.Element("testsuite", name="multidevs-harness", tests="1", failures="0",
+                           errors="1", skipped="0", time="0.000")
+        case = ET.SubElement(suite, "testcase", classname="multidevs", name="run")
+        ET.SubElement(case, "error", message=message[:1000], type="error").text = message
+        _write(junit_path, _xml(suite))
 
 
 def witnesses_text(verdict: IdsVerdict) -> str:

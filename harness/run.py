@@ -20,6 +20,7 @@ from .environment import Environment, prepare
 from .errors import UsageError
 from .guest.lifecycle import Guest
 from .host.namespace import enter_private_namespace
+from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
 from .plan import GuestPlan, RunOptions, default_jobs, plan_run, row_rank
@@ -74,13 +75,9 @@ def load_known_issues(path: Path | None) -> tuple[KnownIssue, ...]:
     if path is None:
         text = resources.files("harness").joinpath(KNOWN_ISSUES_FILE).read_text()
         return parse_known_issues(text, f"harness/{KNOWN_ISSUES_FILE}")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read --known-issues {path}: {exc.strerror}",
-                         hint="pass a readable TOML file (an empty one: nothing is known)"
-                         ) from exc
-    return parse_known_issues(text, str(path))
+    data = read_input(path, "--known-issues",
+                      "pass a readable TOML file (an empty one: nothing is known)")
+    return parse_known_issues(data.decode(errors="replace"), str(path))
 
 
 def _run_environment(

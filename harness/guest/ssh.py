@@ -19,9 +19,16 @@ from types import TracebackType
 
 import paramiko
 
-from ..errors import GuestCommandTimeout, HostKeyMismatch, SshUnavailable
+from ..errors import GuestCommandTimeout, GuestOutputTooLarge, HostKeyMismatch, SshUnavailable
 
 USER = "root"
+# What one command may print, stdout and stderr together.  A guest that never stops
+# printing (``yes``; a readdir that never ends, the bug class under test) would
+# otherwise fill the harness's memory before any deadline.  256 MiB holds the agent's
+# records of about two million paths (two lstat passes and a readdir line each, ~40
+# bytes apiece), a hundred times the default --max-paths.
+OUTPUT_CAP = 256 << 20
+_CHUNK = 1 << 16
 
 # paramiko's transport thread logs each failed banner read (sshd not up yet, QEMU
 # gone) with a traceback, which Python prints on stderr when nothing configured
@@ -107,7 +114,9 @@ class GuestSsh:
         """Run ``command`` through the guest's shell, feeding ``stdin``; never raise on rc.
 
         ``command`` is interpreted by the guest's /bin/sh; callers build it from
-        constants and ``shlex.quote`` d values, never from raw user strings.
+        constants and ``shlex.quote`` d values, never from raw user strings.  The
+        command ends by ``timeout`` seconds (GuestCommandTimeout) or when its output
+        passes OUTPUT_CAP (GuestOutputTooLarge), whichever comes first.
         """
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
@@ -116,45 +125,84 @@ class GuestSsh:
                 hint="the guest may have crashed; see the console log",
             )
         start = time.monotonic()
-        deadline = start + timeout
         try:
             channel = transport.open_session(timeout=timeout)
-            channel.settimeout(max(0.1, timeout))
-            channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            out = bytearray()
-            err = bytearray()
-            while True:
-                if channel.recv_ready():
-                    out += channel.recv(1 << 16)
-                elif channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 16)
-                elif channel.exit_status_ready():
-                    break
-                elif time.monotonic() > deadline:
-                    channel.close()
-                    raise GuestCommandTimeout(
-                        f"guest command did not finish within {timeout:.0f} s: {command}",
-                        hint="the guest may be overloaded (TCG is slow); see the console log",
-                    )
-                else:
-                    # The channel's fileno turns readable on stdout data and on
-                    # close; stderr is caught by the short timeout.
-                    select.select([channel], [], [], 0.02)
-            while channel.recv_ready():
-                out += channel.recv(1 << 16)
-            while channel.recv_stderr_ready():
-                err += channel.recv_stderr(1 << 16)
-            rc = channel.recv_exit_status()
-            channel.close()
+            try:
+                channel.settimeout(max(0.1, timeout))
+                channel.exec_command(command)
+                out, err = _pump(channel, command, stdin, start, timeout)
+                rc = channel.recv_exit_status()
+            finally:
+                channel.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshUnavailable(
                 f"SSH command failed in transport: {command}: {exc}",
                 hint="the guest or QEMU may have died; see the console log",
             ) from exc
         return CommandResult(command, rc, bytes(out), bytes(err), time.monotonic() - start)
+
+
+def _pump(channel: paramiko.Channel, command: str, stdin: bytes, start: float,
+          timeout: float) -> tuple[bytearray, bytearray]:
+    """Feed ``stdin`` and gather stdout and stderr until the command exits.
+
+    Sending and receiving share one loop, so a command that prints before it reads
+    cannot stall the harness's write, and the deadline and the output cap are checked
+    on every pass: a guest that never stops printing keeps data ready forever, and a
+    loop that looked at the clock only when idle (as this one once did) never ended.
+    """
+    deadline = start + timeout
+    pending = memoryview(stdin)
+    if not pending:
+        channel.shutdown_write()
+    out, err = bytearray(), bytearray()
+    while True:
+        _check_bounds(command, out, err, start, deadline, timeout)
+        moved = False
+        if pending and channel.send_ready():
+            pending = pending[channel.send(bytes(pending[:_CHUNK])):]
+            if not pending:
+                channel.shutdown_write()
+            moved = True
+        if channel.recv_ready():
+            out += channel.recv(_CHUNK)
+            moved = True
+        if channel.recv_stderr_ready():
+            err += channel.recv_stderr(_CHUNK)
+            moved = True
+        if moved:
+            continue
+        if channel.exit_status_ready():
+            break
+        # The channel's fileno turns readable on stdout data and on close; stderr
+        # and the send window are caught by the short timeout.
+        select.select([channel], [], [], min(0.02, max(0.0, deadline - time.monotonic())))
+    while channel.recv_ready() or channel.recv_stderr_ready():
+        if channel.recv_ready():
+            out += channel.recv(_CHUNK)
+        if channel.recv_stderr_ready():
+            err += channel.recv_stderr(_CHUNK)
+        _check_bounds(command, out, err, start, deadline, timeout)
+    return out, err
+
+
+def _check_bounds(command: str, out: bytearray, err: bytearray, start: float,
+                  deadline: float, timeout: float) -> None:
+    """Raise when the command ran past its deadline or its output past the cap."""
+    if len(out) + len(err) > OUTPUT_CAP:
+        raise GuestOutputTooLarge(
+            f"guest command printed more than the output cap of {OUTPUT_CAP >> 20} MiB "
+            f"in {time.monotonic() - start:.1f} s (stopped): {command}",
+            hint="a command that never stops printing (a readdir that never ends?); "
+            "see the console log",
+        )
+    if time.monotonic() > deadline:
+        raise GuestCommandTimeout(
+            f"guest command did not finish within {timeout:.0f} s "
+            f"({len(out) + len(err)} bytes of output so far): {command}",
+            hint="the guest may be overloaded (TCG is slow; MDH_TIMEOUT_SCALE=2 doubles "
+            "every deadline) or the command never ends; see the console log",
+        )
 
 
 def _client_key(path: Path) -> paramiko.Ed25519Key:

@@ -15,11 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import timeout_scale_from_env
 from ..errors import ArchiveUnreachable, ImageBuildError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+# Deadlines of each apt call in seconds (scaled by MDH_TIMEOUT_SCALE): the lists of
+# a suite and its pockets are some 40 MB, the image's packages some 60 MB.
+APT_TIMEOUTS = {"update": 300.0, "show": 300.0, "download": 600.0}
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,19 @@ class PrivateApt:
 
     def _run(self, tool: str, args: Sequence[str], cwd: Path | None = None) -> str:
         argv = [tool, *apt_options(self.state, self.suite.architecture), *args]
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        timeout = APT_TIMEOUTS.get(args[0], APT_TIMEOUTS["show"]) * timeout_scale_from_env()
+        try:
+            result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                                    check=False, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            # subprocess.run has killed it; a mirror that stalls mid-transfer must not
+            # hold the image cache lock (and every run waiting on it) forever.
+            raise ArchiveUnreachable(
+                f"{tool} {args[0]} for Debian {self.suite.name} did not finish within "
+                f"{timeout:.0f} s (stopped)",
+                hint="is the Debian archive reachable and fast enough? (MDH_DEBIAN_MIRROR "
+                "overrides it; MDH_TIMEOUT_SCALE=2 doubles the deadline)",
+            ) from exc
         if result.returncode != 0:
             network = re.search(r"Failed to fetch|Could not (resolve|connect)|Temporary failure"
                                 r"|Connection|Unable to connect", result.stderr)

@@ -7,14 +7,16 @@ never installed.  So the image is the same whatever host builds it, and the host
 needs only QEMU, Python, dpkg/apt, Debian's keyring and a C compiler for the agent.
 
 Package versions are resolved (one apt-get update and apt-cache show per suite) on
-an explicit ``image build``, when no image exists, or when the stored resolution is
-older than a day; otherwise the newest built image is reused without any apt call.
+an explicit ``image build``, and when no image of the recipe's files exists (or a
+resolution under a day old has none yet).  A run that finds its image in the cache
+uses it without taking the cache lock and without any apt call, however old the
+resolution (it says when that is over a day): a cache hit never waits on another
+run's build or on the archive.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -22,14 +24,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
-from ..config import GuestImage, Progress, quiet
+from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
 from ..errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
 from .apt import PackageInfo, PrivateApt
 from .initramfs import (
@@ -43,6 +45,7 @@ from .initramfs import (
     write_initramfs,
 )
 from .kernelfile import check_same_release, extract_vmlinux, kernel_release, modules_release
+from .lock import cache_lock
 from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
 from .verify import image_problem, record_files
 
@@ -52,6 +55,10 @@ BUILDER_VERSION = "5"
 IN_USE_S = 24 * 3600
 USED_STAMP = ".last-used"
 RESOLUTION_MAX_AGE = 24 * 3600.0
+LOCK_FILE = ".lock"
+# How long a run waits for another's image build (scaled by MDH_TIMEOUT_SCALE): a
+# cold build downloads some 60 MB of packages, minutes on a slow mirror.
+LOCK_WAIT_S = 900.0
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
@@ -103,7 +110,7 @@ class Resolution:
     resolved_at: float
 
     def fresh(self, now: float) -> bool:
-        """Young enough to skip apt: a kernel update is picked up within a day."""
+        """Young enough to build from without asking apt again."""
         return 0 <= now - self.resolved_at < RESOLUTION_MAX_AGE
 
 
@@ -237,12 +244,6 @@ def _ensure_writable(cache_root: Path) -> None:
     check_dir(cache_root, follow=True)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with lock_file(path):
-        yield
-
-
 # The images this process uses: a shared flock on each one's USED_STAMP, held until
 # the process ends (the kernel drops it then, SIGKILL included).  ``--force`` and
 # pruning take the lock exclusively, without waiting, before removing a directory.
@@ -330,11 +331,12 @@ def build_image(
     """Return the cached image for ``recipe`` (a Recipe, a name, None = default).
 
     ``refresh`` (what ``image build`` passes) resolves package versions through apt
-    now; otherwise a stored resolution younger than a day is used, and without one
-    the newest image built from the same recipe files is reused, so a cache hit makes
-    no apt call.  ``force`` rebuilds even on a hit.  ``modules_dir`` (a
-    ``make modules_install INSTALL_MOD_PATH=DIR`` tree) builds a variant whose
-    initramfs carries that tree's modules, keyed by the tree's content.
+    now; otherwise a cached image is used as it is (``_reuse``: no lock, no apt
+    call), and only a miss takes the cache lock (waiting at most LOCK_WAIT_S, scaled)
+    and, when its resolution is a day old, asks apt.  ``force`` rebuilds even on a
+    hit.  ``modules_dir`` (a ``make modules_install INSTALL_MOD_PATH=DIR`` tree)
+    builds a variant whose initramfs carries that tree's modules, keyed by the tree's
+    content.
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     cache_root = cache_root or paths.cache_root()
@@ -344,15 +346,23 @@ def build_image(
     if modules_dir is not None:
         digest = recipe_digest({"modules-tree": tree_digest(_moddir(modules_dir)).encode(),
                                 "recipe": digest.encode()}, BUILDER_VERSION)
-    with _lock(cache_root / ".lock"):
+    if not (force or refresh):
+        # The cache-hit path takes neither the lock nor apt: a run never waits on
+        # another's build, or on the archive, for an image it already has.
+        hit = _reuse(recipe, cache_root, digest, modules_dir, progress)
+        if hit is not None:
+            return hit
+    with cache_lock(cache_root / LOCK_FILE, f"building image {recipe.name}",
+                    LOCK_WAIT_S * timeout_scale_from_env(), progress):
         if not (force or refresh):
-            hit = _reuse(recipe, cache_root, digest, modules_dir, progress)
+            # Another run may have built it while this one waited.
+            hit = _reuse(recipe, cache_root, digest, modules_dir, quiet)
             if hit is not None:
                 return hit
         apt = PrivateApt(recipe.suite, paths.apt_dir(recipe.suite.name, cache_root))
         resolution = load_resolution(cache_root, recipe)
-        # A day-fresh resolution (perhaps made by _reuse a moment ago) still matches
-        # the private lists, so only an explicit build or an old one asks apt again.
+        # A day-fresh resolution still matches the private lists, so only an
+        # explicit build or an old one asks apt again.
         if force or refresh or resolution is None or not resolution.fresh(time.time()):
             resolution = resolve(recipe, apt, progress)
             store_resolution(cache_root, recipe, resolution)
@@ -378,32 +388,32 @@ def _plan(recipe: Recipe, cache_root: Path, digest: str, resolution: Resolution,
 
 def _reuse(recipe: Recipe, cache_root: Path, digest: str, modules_dir: Path | None,
            progress: Progress) -> GuestImage | None:
-    """A cached image usable without apt, or None when versions must be resolved."""
+    """A cached image usable as it is (no lock, no apt call), or None: build one.
+
+    The image of the stored resolution is used whatever its age; a resolution over a
+    day old is only said to be (``image build`` resolves again).  With a day-fresh
+    resolution whose image is missing, the new versions are built; with none stored
+    (a copied cache), the newest image of the same recipe files is as good as any.
+    """
     stored = load_resolution(cache_root, recipe)
-    if stored is not None and stored.fresh(time.time()):
-        plan = _plan(recipe, cache_root, digest, stored, modules_dir)
-        manifest = read_manifest(plan.directory)
-        if manifest is not None:
-            return replace(image_paths(plan.directory, manifest), cache_hit=True)
-        return None
+    if stored is not None:
+        directory = _plan(recipe, cache_root, digest, stored, modules_dir).directory
+        manifest = read_manifest(directory)
+        if manifest is None and stored.fresh(time.time()):
+            return None
+        if manifest is None:
+            same = [(d, m) for d, m in cached_images(cache_root, recipe.name)
+                    if m.get("digest") == digest]
+            if not same:
+                return None
+            directory, manifest = same[0]
+        if not stored.fresh(time.time()):
+            days = (time.time() - stored.resolved_at) / 86400
+            progress(f"package versions of {recipe.name} were resolved {days:.1f} days ago; "
+                     "'multidevs-harness image build' picks up newer ones")
+        return replace(image_paths(directory, manifest), cache_hit=True)
     same = [(d, m) for d, m in cached_images(cache_root, recipe.name) if m.get("digest") == digest]
-    if not same:
-        return None
-    if stored is None:
-        # Images but no resolution (a copied cache): the newest is as good as any.
-        return replace(image_paths(*same[0]), cache_hit=True)
-    try:
-        apt = PrivateApt(recipe.suite, paths.apt_dir(recipe.suite.name, cache_root))
-        fresh = resolve(recipe, apt, progress)
-    except HarnessError as exc:
-        # Offline with a day-old resolution: say so and keep working.
-        progress(f"cannot refresh package versions ({exc.message}); reusing {same[0][0].name}")
-        return replace(image_paths(*same[0]), cache_hit=True)
-    store_resolution(cache_root, recipe, fresh)
-    directory = _plan(recipe, cache_root, digest, fresh, modules_dir).directory
-    manifest = read_manifest(directory)
-    return None if manifest is None else replace(image_paths(directory, manifest),
-                                                 cache_hit=True)
+    return replace(image_paths(*same[0]), cache_hit=True) if same else None
 
 
 def _build(plan: _Plan, apt: PrivateApt, cache_root: Path, progress: Progress) -> GuestImage:

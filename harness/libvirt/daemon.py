@@ -37,7 +37,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..config import Progress, quiet
+from ..config import Progress, quiet, timeout_scale_from_env
 from ..errors import LibvirtError
 from ..host.namespace import mount_tmpfs, unmount
 from ..proc import indent, kill_process_group, spawn_tied, tail_file
@@ -81,6 +81,13 @@ cgroup_controllers = [ ]
 
 _DAEMON_START_TIMEOUT = 30.0
 _DAEMON_STOP_TIMEOUT = 15.0
+# Every client call ends when libvirtd stops answering: a keepalive probe every
+# _KEEPALIVE_S (scaled by MDH_TIMEOUT_SCALE), and after _KEEPALIVE_COUNT unanswered
+# ones the connection is closed, failing the pending call with a libvirtError
+# (~20 s at scale 1).  A libvirtd that answers bounds its own calls: QEMU's monitor
+# has its own timeouts there.
+_KEEPALIVE_S = 5.0
+_KEEPALIVE_COUNT = 3
 
 
 
@@ -271,13 +278,36 @@ def private_libvirt(
             stack.callback(daemon.stop, _DAEMON_STOP_TIMEOUT, progress)
             seconds = daemon.start(_DAEMON_START_TIMEOUT)
             progress(f"{daemon.name} up in {seconds:.2f} s (private to the harness)")
+        _event_loop(libvirt)
         try:
             conn = libvirt.open(URI)
+            interval = max(1, round(_KEEPALIVE_S * timeout_scale_from_env()))
+            conn.setKeepAlive(interval, _KEEPALIVE_COUNT)
         except libvirt.libvirtError as exc:
             raise LibvirtError(f"cannot connect to {URI}: {error_text(exc)}",
                                hint=f"see {log_dir / 'libvirtd.log'}") from exc
         stack.callback(_close_connection, conn, libvirt, progress)
         yield conn
+
+
+@functools.cache
+def _event_loop(libvirt: Any) -> None:
+    """libvirt's default event loop, run by one daemon thread for the process's life.
+
+    The connection's keepalive needs it: without an event loop no probe is sent, and
+    a client call to a libvirtd that stopped answering (hung, stopped, starved)
+    waits forever.  Started here, after the harness entered its mount namespace: a
+    thread started earlier would make that unshare fail (threads share the fs state).
+    """
+    if libvirt.virEventRegisterDefaultImpl() < 0:
+        raise LibvirtError("cannot register libvirt's event loop",
+                           hint="a bug in the libvirt bindings; see libvirtd's log")
+
+    def run() -> None:
+        while libvirt.virEventRunDefaultImpl() >= 0:
+            pass
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
 
 
 def _close_connection(conn: Any, libvirt: Any, progress: Progress) -> None:

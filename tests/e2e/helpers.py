@@ -148,3 +148,24 @@ def virtiofsd_wrapper(directory: Path, real: Sequence[str]) -> Path:
     path.write_text(VIRTIOFSD_WRAPPER.format(python=sys.executable, real=list(real)))
     path.chmod(0o755)
     return path
+
+
+def private_image_cache(cache: Path, resolved_at: float | None = None) -> Path:
+    """A private image cache holding a copy (not links: nothing a test plants or
+    breaks there may reach the shared cache) of the default recipe's current image and
+    its stored resolution (its ``resolved_at`` replaced when given); returns the
+    image's directory in the copy."""
+    import json
+    import time
+
+    from harness.image.build import build_image
+
+    image = build_image()
+    copy = cache / image.directory.name
+    shutil.copytree(image.directory, copy)
+    shared = image.directory.parent / "resolved" / f"{image.recipe}.json"
+    data = json.loads(shared.read_text())
+    resolved = cache / "resolved" / shared.name
+    resolved.parent.mkdir(parents=True)
+    resolved.write_text(json.dumps({**data, "resolved_at": resolved_at or time.time()}))
+    return copy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ImageBuildError
+from harness.errors import CacheDirError, ImageBuildError
 from harness.image import build as image_mod
 from harness.image.apt import PackageInfo
 from harness.image.build import (
@@ -24,6 +25,7 @@ from harness.image.build import (
 )
 from harness.image.cpio import NewcWriter
 from harness.image.initramfs import module_name, parse_modules_builtin, resolve_module_order
+from harness.image.lock import cache_lock
 from harness.image.recipe import (
     cache_key,
     load_recipe,
@@ -183,7 +185,8 @@ class _NoApt:
         raise AssertionError("a cache hit must not call apt")
 
 
-def test_cache_hit_makes_no_apt_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_hit_takes_neither_the_lock_nor_apt(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = load_recipe()
     digest = recipe_digest(recipe_files(recipe), BUILDER_VERSION)
     versions = {"linux-image-6.1.0-56-amd64": "6.1.192-2"}
@@ -193,20 +196,67 @@ def test_cache_hit_makes_no_apt_call(tmp_path: Path, monkeypatch: pytest.MonkeyP
     newest = _fake_image(tmp_path, f"{recipe.name}-{key[:16]}",
                          {**common, "key": key, "built_at": 2})
     monkeypatch.setattr(image_mod, "PrivateApt", _NoApt)
-    # No resolution stored (a copied cache): the newest image of this recipe is used.
-    hit = build_image(recipe, cache_root=tmp_path)
-    assert hit.cache_hit and hit.directory == newest
-    # A fresh resolution: its key's image.
-    store_resolution(tmp_path, recipe, Resolution("linux-image-6.1.0-56-amd64", versions,
-                                                  time.time()))
-    hit = build_image(recipe, cache_root=tmp_path)
-    assert hit.cache_hit and hit.directory == newest and hit.cache_key == key
-    # A day-old resolution or an explicit build must resolve (here: reach apt).
-    store_resolution(tmp_path, recipe, Resolution("x", versions, time.time() - 2 * 86400))
+    said: list[str] = []
+    # Another run holds the cache lock (building something) all along: a hit must not
+    # wait for it (the wait is bounded to 0.5 s here, so waiting would fail).
+    monkeypatch.setattr(image_mod, "LOCK_WAIT_S", 0.5)
+    with cache_lock(tmp_path / ".lock", "building image other", 1.0):
+        # No resolution stored (a copied cache): the newest image of this recipe is used.
+        hit = build_image(recipe, cache_root=tmp_path, progress=said.append)
+        assert hit.cache_hit and hit.directory == newest
+        # A fresh resolution: its key's image.
+        store_resolution(tmp_path, recipe, Resolution("linux-image-6.1.0-56-amd64", versions,
+                                                      time.time()))
+        hit = build_image(recipe, cache_root=tmp_path, progress=said.append)
+        assert hit.cache_hit and hit.directory == newest and hit.cache_key == key
+        assert said == []
+        # A two-day-old resolution whose image is there: used as it is, and said once.
+        store_resolution(tmp_path, recipe, Resolution("linux-image-6.1.0-56-amd64", versions,
+                                                      time.time() - 2 * 86400))
+        hit = build_image(recipe, cache_root=tmp_path, progress=said.append)
+        assert hit.cache_hit and hit.directory == newest
+        assert len(said) == 1 and "resolved 2.0 days ago" in said[0], said
+        # A miss must take the lock: held by the other run, it waits, then gives up.
+        shutil.rmtree(newest)
+        shutil.rmtree(tmp_path / f"{recipe.name}-{'0' * 16}")
+        with pytest.raises(CacheDirError, match="still held after 0.5 s, by pid [0-9]+: "
+                           "building image other"):
+            build_image(recipe, cache_root=tmp_path, progress=said.append)
+    # Free, the miss reaches apt (a day-old resolution, no image), as does image build.
     with pytest.raises(AssertionError, match="must not call apt"):
         build_image(recipe, cache_root=tmp_path)
     with pytest.raises(AssertionError, match="must not call apt"):
         build_image(recipe, cache_root=tmp_path, refresh=True)
+
+
+def test_the_cache_lock_names_its_holder_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    lock = tmp_path / ".lock"
+    said: list[str] = []
+    with cache_lock(lock, "building image first", 1.0):
+        assert lock.read_text() == f"pid {os.getpid()}: building image first\n"
+        started = time.monotonic()
+        with pytest.raises(CacheDirError, match=r"still held after 0.6 s, by pid [0-9]+: "
+                           r"building image first") as info, \
+                cache_lock(lock, "building image second", 0.6, said.append):
+            pass
+        assert 0.6 <= time.monotonic() - started < 3
+        assert "MDH_TIMEOUT_SCALE" in info.value.hint
+    assert said == [f"waiting for pid {os.getpid()}: building image first (the image cache "
+                    f"{tmp_path} is locked; up to 0.6 s)"]
+    # Released: the claim is gone and the next holder gets it at once.
+    assert lock.read_text() == ""
+    with cache_lock(lock, "building image second", 0.1):
+        pass
+
+
+def test_the_cache_lock_is_never_opened_through_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / ".lock").symlink_to(victim)
+    with pytest.raises(CacheDirError, match="cannot open the image cache lock"), \
+            cache_lock(tmp_path / ".lock", "building image x", 0.1):
+        pass
+    assert victim.read_text() == "precious\n"
 
 
 def test_newc_archive_layout() -> None:

@@ -3,6 +3,7 @@ and what a row and a run report make of it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,14 @@ def test_the_shipped_list_parses_and_an_empty_file_knows_nothing(tmp_path: Path)
     empty = tmp_path / "none.toml"
     empty.write_text("")
     assert load_known_issues(empty) == ()
-    with pytest.raises(UsageError, match=r"cannot read --known-issues .*missing\.toml"):
+    with pytest.raises(UsageError, match=r"^--known-issues .*missing\.toml: No such file"):
         load_known_issues(tmp_path / "missing.toml")
+    # A FIFO would block a plain open() until some writer came: refused at once.
+    fifo = tmp_path / "issues.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"^--known-issues .*issues\.fifo is a FIFO, not a "
+                       "regular file"):
+        load_known_issues(fifo)
 
 
 def _row(status: Status, known: bool = False, absent: bool = False) -> ResultRow:

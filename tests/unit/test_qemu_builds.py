@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import bisect_code
+from harness.cli import bisect_code, main
 from harness.config import Accel, GuestImage, MachineSpec
 from harness.environment import find_datadir
 from harness.errors import UsageError
@@ -73,6 +73,16 @@ def test_libvirt_passes_minus_l_on_the_qemu_command_line() -> None:
 @pytest.mark.parametrize(("code", "bisect"), [(0, 0), (1, 1), (2, 125), (130, 130)])
 def test_bisect_code(code: int, bisect: int) -> None:
     assert bisect_code(code) == bisect
+
+
+def test_a_bad_command_line_under_bisect_skips_the_commit(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's exit 2 would make ``git bisect run`` call the commit bad."""
+    assert main(["run", "--bisect", "--devices", "three"]) == 125
+    assert "error: argument --devices: not a whole number: 'three'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--devices", "three"])
+    assert info.value.code == 2
 
 
 def test_debian_qemu_cache_paths(tmp_path: Path) -> None:
