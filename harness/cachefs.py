@@ -75,6 +75,13 @@ def private_dir(path: Path, *, tighten: bool = True) -> Path:
     return path
 
 
+def symlink_refused(path: Path) -> CacheDirError:
+    """The error for a symbolic link found at a fixed name of the cache."""
+    return CacheDirError(
+        f"{path} in the cache is a symbolic link: refused (the harness never "
+        "writes through one)", hint=f"remove it (rm {path}) and run again")
+
+
 def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
     """``os.open`` that never follows a symbolic link at ``path``.
 
@@ -86,9 +93,7 @@ def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
         return os.open(path, flags | _OPEN, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CacheDirError(
-                f"{path} in the cache is a symbolic link: refused (the harness never "
-                "writes through one)", hint=f"remove it (rm {path}) and run again") from exc
+            raise symlink_refused(path) from exc
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise CacheDirError(f"cannot open {path} in the cache: {exc.strerror}",
                                 hint=f"check who owns it (ls -l {path}); a cache is "

@@ -17,6 +17,7 @@ run's build or on the archive.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from typing import Any
 from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
 from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
-from ..errors import CacheDirError, HarnessError, ImageBuildError, MissingPackages
+from ..errors import CacheDirError, ImageBuildError, MissingPackages
 from .apt import PackageInfo, PrivateApt
 from .initramfs import (
     TOOLS_DIR,

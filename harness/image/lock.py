@@ -9,12 +9,14 @@ naming the holder, instead of a silent hang.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..cachefs import symlink_refused
 from ..config import Progress, quiet
 from ..errors import CacheDirError
 
@@ -27,6 +29,8 @@ def _open(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise symlink_refused(path) from exc
         owner = ""
         with contextlib.suppress(OSError):
             uid = os.lstat(path).st_uid
