@@ -130,8 +130,10 @@ class Machine(Launched):
 
     def state_key(self) -> str:
         """Everything a restore must match: the binary itself and the whole command
-        line, with what may differ (export paths, multidevs, console, port) blanked."""
-        blank = tuple(replace(e, path=Path("/slot"), mode=Mode.REMAP) for e in self._devices())
+        line, with what may differ (export paths, multidevs, read-only or not, console,
+        port) blanked: none of them is in the guest's saved state, which mounts no export."""
+        blank = tuple(replace(e, path=Path("/slot"), mode=Mode.REMAP, readonly=False)
+                      for e in self._devices())
         argv = render_command(replace(self.spec, exports=blank), console_path=Path("/console"),
                               qmp_fd=0, host_port=0, append=self._append())
         return state_key([STATE_FORMAT, binary_identity(self.spec.qemu), *argv])
