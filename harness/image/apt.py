@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArchiveUnreachable, ImageBuildError
+from ..proc import run_tied
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -110,7 +110,7 @@ class PrivateApt:
 
     def _run(self, tool: str, args: Sequence[str], cwd: Path | None = None) -> str:
         argv = [tool, *apt_options(self.state, self.suite.architecture), *args]
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        result = run_tied(argv, cwd=cwd)
         if result.returncode != 0:
             network = re.search(r"Failed to fetch|Could not (resolve|connect)|Temporary failure"
                                 r"|Connection|Unable to connect", result.stderr)
