@@ -43,7 +43,7 @@ _PORT_MARK = "127.0.0.1:0-:22"
 _MARKS = re.compile(f"({re.escape(_EXPORT_MARK)}|{re.escape(_PORT_MARK)})")
 _SHELL_MARKS = {_EXPORT_MARK: '"$EXPORT"', _PORT_MARK: '127.0.0.1:"$PORT"-:22'}
 # Picks a free port for the guest's SSH forward (the host has Python: the harness ran).
-_FREE_PORT = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+_FREE_PORT = ('import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); '
               "print(s.getsockname()[1])")
 # The overlay layout as ``host.overlay`` builds it: the upper and three lower layers
 # (each a tmpfs, files made in the same order), the mount options, the file size.
