@@ -343,6 +343,6 @@ def test_the_overlay_by_hand_script_reproduces_the_finding_on_its_own(tmp_path: 
     assert list(tmp.iterdir()) == []
 
 
-def _still_running(proc: subprocess.Popen[bytes]) -> None:
+def _still_running(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is not None:
         raise AssertionError(f"the by-hand script exited with {proc.returncode}")
