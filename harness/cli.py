@@ -68,21 +68,36 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one is refused: it is what an unset CI variable
+    (``--kernel "$KERNEL"``) gives, and ``Path('')`` would quietly mean ``.``."""
+    return Path(_given(text))
+
+
+def _given(text: str) -> str:
+    """A non-empty argument (``--qemu ''`` would otherwise test the default QEMU)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value (an unset variable?); give a path "
+                                         "or leave the option out for the default")
+    return text
+
+
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
     if several_qemus:
-        parser.add_argument("--qemu", action="append", default=[],
+        parser.add_argument("--qemu", action="append", default=[], type=_given,
                             help="QEMU binary to test; repeat to run the whole matrix on "
                             "each, in order (default: qemu-system-x86_64)")
     else:
-        parser.add_argument("--qemu", help="QEMU binary to test (default: qemu-system-x86_64)")
+        parser.add_argument("--qemu", type=_given,
+                            help="QEMU binary to test (default: qemu-system-x86_64)")
     parser.add_argument(
         "--accel",
         choices=[a.value for a in Accel],
         default=Accel.AUTO.value,
         help="auto: KVM only if a guest really starts under it, else TCG (said so)",
     )
-    parser.add_argument("--kernel", type=Path, help="boot this kernel instead of the image's")
-    parser.add_argument("--modules", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--kernel", type=_path, help="boot this kernel instead of the image's")
+    parser.add_argument("--modules", type=_path, default=None, metavar="DIR",
                         help="load this 'make modules_install' tree's modules (with --kernel)")
     if several_qemus:
         parser.add_argument("--guest", default="", metavar="NAME[,NAME...]",
@@ -91,7 +106,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = 
     else:
         parser.add_argument("--guest", default=None, metavar="NAME",
                             help="guest recipe (see 'image list'; default: the default)")
-    parser.add_argument("--logs", type=Path, help="keep per-guest logs here (always kept)")
+    parser.add_argument("--logs", type=_path, help="keep per-guest logs here (always kept)")
     parser.add_argument("--cold", action="store_true",
                         help="boot every guest cold (default: restore a saved guest state "
                         "where one fits, ~0.4 s to SSH instead of ~2.5 s under TCG)")
@@ -106,7 +121,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     build.add_argument("--guest", "--recipe", dest="guest", default=None,
                        help="recipe name (a folder of guests/) or path; default: the default")
-    build.add_argument("--modules", type=Path, default=None, metavar="DIR",
+    build.add_argument("--modules", type=_path, default=None, metavar="DIR",
                        help="carry this 'make modules_install INSTALL_MOD_PATH=DIR' tree's "
                        "modules instead of the distro kernel's")
     listing = image_sub.add_parser("list", help="show the recipes, their cached images and "
@@ -120,7 +135,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``run``: the main job's options."""
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
     _add_machine_options(run, several_qemus=True)
-    run.add_argument("--qemu-datadir", type=Path,
+    run.add_argument("--qemu-datadir", type=_path,
                      help="QEMU's firmware directory (-L); default: a pc-bios/ or "
                      "../share/qemu/ beside a binary outside the system prefix")
     run.add_argument(
@@ -140,7 +155,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         help=f"how exports reach the guest: {','.join(ALL_TRANSPORTS)} (default: "
         f"{','.join(DEFAULT_TRANSPORTS)}); virtiofs adds the rows virtiofs (submounts "
         "announced) and virtiofs-nosubmounts on every layout, in guests of their own")
-    run.add_argument("--virtiofsd", type=Path, metavar="PATH",
+    run.add_argument("--virtiofsd", type=_path, metavar="PATH",
                      help="the virtiofsd (1.x) for virtiofs rows; default: the host's, else "
                      "Debian trixie's, fetched once into the image cache")
     run.add_argument("--devices", type=_whole_number, default=3,
@@ -152,7 +167,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         help=f"host layouts, each its own exports: {','.join(ALL_LAYOUTS)} (default: "
         f"{','.join(DEFAULT_LAYOUTS)}); btrfs, xfs and ext4 need root (loop devices), "
         "scripted ones FUSE; see the README's layout table")
-    run.add_argument("--known-issues", type=Path, metavar="FILE",
+    run.add_argument("--known-issues", type=_path, metavar="FILE",
                      help="known QEMU and kernel bugs (TOML) instead of the harness's own; "
                      "an empty file: nothing is known")
     run.add_argument("--strict-known", action="store_true",
@@ -165,8 +180,8 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=Path, help="write the JSON report here")
-    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument("--json", type=_path, help="write the JSON report here")
+    run.add_argument("--junit", type=_path, help="write JUnit XML here")
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
     _add_export_options(run)
@@ -176,7 +191,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--export", type=Path, metavar="PATH",
+    parser.add_argument("--export", type=_path, metavar="PATH",
                         help="check your own tree instead of built layouts: bind-mounted "
                         "read-only with the mounts under it, exported with readonly=on; "
                         "only the ids family runs (the others write)")
@@ -199,12 +214,13 @@ def _export_layout(args: argparse.Namespace) -> ExportLayout | None:
 def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict = sub.add_parser("predict", help="predict each mode's collisions on a tree, "
                              "without booting anything")
-    predict.add_argument("path", type=Path, help="the directory you would export")
+    predict.add_argument("path", type=_path, help="the directory you would export")
     predict.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
                          help="comma-separated: remap,warn,forbid,default (default: all)")
     predict.add_argument("--qemu-version", metavar="X.Y.Z",
                          help="predict for this QEMU version (default: --qemu's)")
-    predict.add_argument("--qemu", help="take the version from this QEMU's --version "
+    predict.add_argument("--qemu", type=_given,
+                         help="take the version from this QEMU's --version "
                          "(default: qemu-system-x86_64)")
     predict.add_argument("--max-paths", type=_whole_number, default=PREDICT_MAX_PATHS,
                          help=f"walk at most this many paths (default {PREDICT_MAX_PATHS})")
@@ -254,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
-    probe.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
+    probe.add_argument("--qemu", type=_given, help="QEMU binary (default: qemu-system-x86_64)")
     probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
     probe.add_argument("--json", action="store_true")
 

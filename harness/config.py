@@ -75,6 +75,17 @@ KNOWN_ISSUES_FILE = "known_issues.toml"
 GUEST_TOOLS_DIR = "/opt/mdh/bin"
 REMAP_DEFAULT_SINCE = Version(10, 0, 0)
 MAX_FILES_PER_DEVICE = 100_000
+# The -sandbox syscall sets denied where the binary knows them (libvirt denies the same
+# and spawn).  spawn stays allowed: saved states are written and read through
+# "exec:cat" migration, which forks.  Checked with the default matrix on QEMU 7.2 and
+# Debian's 10.0.2: a denied syscall kills QEMU, which the rows would show.
+SANDBOX_DENY = ("obsolete", "elevateprivileges", "resourcecontrol")
+# Files of a built export in all (devices x files per device), each bound passing alone
+# (128 x 100,000 is 12.8 million files).  Measured per file: a 4 KiB tmpfs page on the
+# host (plus its inode) and ~550 bytes of host truth in the harness; the guest looks at
+# ~1,600 paths/s under TCG, and each look must end within the 180 s command deadline.
+# 200,000 files: ~1 GB and ~125 s per look; twice the scale run (64 x 1,563).
+MAX_EXPORT_FILES = 200_000
 # Paths of a user's tree (``--export``) a run walks at most: each is stat'ed twice and
 # read back by readdir in the guest, ~1,600 paths/s under TCG, and every look of an
 # export must finish within the command deadline (180 s under TCG), so a run of the
@@ -365,6 +376,15 @@ class ExportLayout:
                 f"{self.files_per_device}",
                 hint="it counts files per device; the default is 8",
             )
+        if self.devices * self.files_per_device > MAX_EXPORT_FILES:
+            raise UsageError(
+                f"--devices {self.devices} x --files {self.files_per_device} is "
+                f"{self.devices * self.files_per_device:,} files; at most "
+                f"{MAX_EXPORT_FILES:,} fit (each is ~5 KiB of host memory, and the guest "
+                "must look at them all within the 180 s command deadline under TCG)",
+                hint=f"lower --files to {MAX_EXPORT_FILES // self.devices:,} or fewer for "
+                f"{self.devices} devices",
+            )
 
 
 @dataclass(frozen=True)
@@ -405,6 +425,9 @@ class MachineSpec:
     cpus: int = 1
     # -sandbox on; the environment sets it from the probe (not every build has it).
     sandbox: bool = False
+    # The -sandbox sets denied besides the default one (a subset of SANDBOX_DENY the
+    # binary knows; from the probe).
+    sandbox_deny: tuple[str, ...] = ()
     extra_append: tuple[str, ...] = ()
     # False renders the untuned command line people write by hand (bench baseline).
     tuned: bool = True

@@ -85,6 +85,7 @@ class Environment:
             exports=tuple(exports),
             boot=self.boot,
             sandbox=self.info.sandbox_supported,
+            sandbox_deny=self.info.sandbox_deny,
             extra_append=tuple(extra_append),
             timeouts=self.timeouts,
             datadir=self.datadir,

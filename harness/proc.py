@@ -1,8 +1,9 @@
 """Process control: start a child tied to the harness, kill its group, read output tails.
 
 Every process the harness starts (QEMU guests, the probe and liveness QEMUs, the
-private libvirt daemons) goes through ``spawn_tied`` and is stopped with
-``kill_process_group``, so "no process outlives the harness" is implemented once.
+private libvirt daemons, the image build's apt, dpkg-deb and gcc) goes through
+``spawn_tied`` and is stopped with ``kill_process_group``, so "no process outlives
+the harness" is implemented once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def spawn_tied(
     pass_fds: Sequence[int] = (),
     death_signal: int = signal.SIGKILL,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own, signalled by the kernel if we die first.
 
@@ -67,10 +69,37 @@ def spawn_tied(
             pass_fds=tuple(pass_fds),
             start_new_session=True,
             env=None if env is None else dict(env),
+            cwd=cwd,
             preexec_fn=_tie_to_parent(death_signal),  # noqa: PLW1509 - sigmask and prctl only
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def run_tied(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` for a helper (apt, dpkg-deb, gcc) tied to the harness's life.
+
+    Output captured as text, stdin empty.  Started by ``spawn_tied``: a SIGKILLed
+    harness takes the helper with it (PR_SET_PDEATHSIG), and a Ctrl-C, an error or
+    ``timeout`` (subprocess.TimeoutExpired, raised after the kill) kills its whole
+    process group, so no helper writes into the cache after the harness gave up.
+    """
+    proc = spawn_tied(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                      cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        kill_process_group(proc)
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode,
+                                       out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
 
 
 def kill_process_group(

@@ -2,11 +2,14 @@
 
 It builds the same multi-device tmpfs export inside a private mount namespace,
 starts QEMU with the command line the harness used (minus the harness's own QMP
-socket, with a fixed SSH port) and says how to look at the collision from the guest.
+socket, with an SSH port it picks free) and says how to look at the collision from
+the guest, the guest's host key pinned.  Its directories come from mktemp and are
+removed when QEMU ends (Ctrl-C included).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -29,10 +32,19 @@ from ..host.truth import (
 )
 from ..qemu.cmdline import kernel_append, mount_options, render_command
 
-EXPORT_VAR = "/tmp/mdh-byhand-export"
-# The overlay's layers live beside the export, never in it (``host.overlay``).
-LAYERS_VAR = "/tmp/mdh-byhand-layers"
-BYHAND_PORT = 10022
+# Shell variables of the script's inner half: the export and the overlay's layers
+# (beside the export, never in it: ``host.overlay``), both in the script's mktemp
+# directory, whose name it checks holds no character the shell would split or glob.
+EXPORT_VAR = "$EXPORT"
+LAYERS_VAR = "$LAYERS"
+# What the command line is rendered with, then replaced by the shell variables.
+_EXPORT_MARK = "/MDH-BYHAND-EXPORT"
+_PORT_MARK = "127.0.0.1:0-:22"
+_MARKS = re.compile(f"({re.escape(_EXPORT_MARK)}|{re.escape(_PORT_MARK)})")
+_SHELL_MARKS = {_EXPORT_MARK: '"$EXPORT"', _PORT_MARK: '127.0.0.1:"$PORT"-:22'}
+# Picks a free port for the guest's SSH forward (the host has Python: the harness ran).
+_FREE_PORT = ('import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); '
+              "print(s.getsockname()[1])")
 # The overlay layout as ``host.overlay`` builds it: the upper and three lower layers
 # (each a tmpfs, files made in the same order), the mount options, the file size.
 OVERLAY_UPPER = "up"
@@ -78,26 +90,69 @@ def populate_function() -> str:
 def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bool) -> str:
     """The whole reproduction script for ``export`` shared by ``spec``'s QEMU.
 
-    The script re-runs itself inside a private mount namespace (a user namespace
-    too without root), so its mounts vanish with QEMU.
+    The outer half makes a directory with mktemp, picks a free port, writes a
+    known_hosts file pinning the image's host key, prints the ssh command and
+    re-runs the script inside a private mount namespace (a user namespace too
+    without root), so its mounts vanish with QEMU; then it removes the directory,
+    which on its side of the namespace holds only empty mount points.
     """
-    shared = replace(export, path=Path(EXPORT_VAR))
+    shared = replace(export, path=Path(_EXPORT_MARK))
     hand = replace(spec, exports=(shared,))
     append = kernel_append(hand.exports, hand.extra_append)
-    argv = render_command(
-        hand, console_path=Path("/dev/stdout"), qmp_fd=None, host_port=BYHAND_PORT,
-        append=append,
-    )
+    argv = render_command(hand, console_path=Path("/dev/stdout"), qmp_fd=None, host_port=0,
+                          append=append)
     unshare = "unshare --mount --propagation private" if root else "unshare -Urm"
     return "\n".join([
         "#!/bin/sh",
         f"# Reproduce multidevs={export.mode.value} by hand on the {layout.kind.value} layout:",
         f"# {_LAYOUT_TEXT.get(layout.kind, 'see the README')}.",
         "set -eu",
-        f'[ "${{1:-}}" = inner ] || exec {unshare} sh "$0" inner',
+        'if [ "${1:-}" != inner ]; then',
+        *("    " + line for line in _outer_lines(spec, export, unshare)),
+        "fi",
+        'EXPORT="$2/export" LAYERS="$2/layers" PORT="$3"',
         *_build_lines(layout),
-        "exec " + shlex.join(argv),
+        "exec " + _shell_line(argv),
     ]) + "\n"
+
+
+def _outer_lines(spec: MachineSpec, export: ExportSpec, unshare: str) -> list[str]:
+    """The script's outer half: its directory, port, pinned host key and ssh hint."""
+    key = " ".join(spec.image.host_key_pub.read_text().split()[:2])  # type and base64
+    ssh = (f"ssh -i {shlex.quote(str(spec.image.client_key))} -o StrictHostKeyChecking=yes "
+           "-o UserKnownHostsFile=$dir/known_hosts -p $port root@127.0.0.1 "
+           f"{shlex.quote(_look(export))}")
+    return [
+        'dir=$(mktemp -d "${TMPDIR:-/tmp}/mdh-byhand.XXXXXXXX")',
+        # Only empty mount points are on this side: the mounts live in the namespace.
+        "trap 'rm -rf \"$dir\"' EXIT; trap 'exit 130' INT TERM",
+        'case $dir in *[!A-Za-z0-9_./-]*)',
+        '    echo "$0: $dir: TMPDIR must hold only letters, digits and _ . / -" >&2; exit 2;;',
+        "esac",
+        f"port=$(python3 -c {shlex.quote(_FREE_PORT)})",
+        f"printf '[127.0.0.1]:%s %s\\n' \"$port\" {shlex.quote(key)} > \"$dir/known_hosts\"",
+        f'echo "guest (once it booted): {ssh}" >&2',
+        f'{unshare} sh "$0" inner "$dir" "$port"',
+        "exit",
+    ]
+
+
+def _look(export: ExportSpec) -> str:
+    """What to run in the guest to see the ids."""
+    return f"cd {export.mount_point} && ls -i -R ."
+
+
+def _shell_line(argv: list[str]) -> str:
+    """``argv`` as one shell line, the export path and SSH port as "$EXPORT", "$PORT"."""
+    words = []
+    for arg in argv:
+        pieces = _MARKS.split(arg)
+        if len(pieces) == 1:
+            words.append(shlex.quote(arg))
+            continue
+        words.append("".join(_SHELL_MARKS.get(piece) or (shlex.quote(piece) if piece else "")
+                             for piece in pieces))
+    return " ".join(words)
 
 
 _LAYOUT_TEXT = {
@@ -199,10 +254,8 @@ def _standard_lines(layout: ExportLayout) -> list[str]:
 
 def guest_hint(spec: MachineSpec, export: ExportSpec) -> str:
     """How to reach the guest started by the script and look at the ids."""
-    key = spec.image.client_key
     return (
-        f"ssh -i {key} -o StrictHostKeyChecking=no -p {BYHAND_PORT} root@127.0.0.1 "
-        f"'cd {export.mount_point} && ls -i -R .'   "
-        f"(the guest mounted it as: mount -t 9p -o {mount_options(export)} "
-        f"{export.tag} {export.mount_point})"
+        f"the script prints the ssh command (its port, the guest's host key pinned), "
+        f"which runs {shlex.quote(_look(export))}   (the guest mounted it as: "
+        f"mount -t 9p -o {mount_options(export)} {export.tag} {export.mount_point})"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import timeout_scale_from_env
 from ..errors import ArchiveUnreachable, ImageBuildError
+from ..proc import run_tied
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -116,10 +117,9 @@ class PrivateApt:
         argv = [tool, *apt_options(self.state, self.suite.architecture), *args]
         timeout = APT_TIMEOUTS.get(args[0], APT_TIMEOUTS["show"]) * timeout_scale_from_env()
         try:
-            result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                                    check=False, timeout=timeout)
+            result = run_tied(argv, cwd=cwd, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            # subprocess.run has killed it; a mirror that stalls mid-transfer must not
+            # run_tied has killed its group; a mirror that stalls mid-transfer must not
             # hold the image cache lock (and every run waiting on it) forever.
             raise ArchiveUnreachable(
                 f"{tool} {args[0]} for Debian {self.suite.name} did not finish within "

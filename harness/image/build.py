@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +33,7 @@ from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
 from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
 from ..errors import CacheDirError, ImageBuildError, MissingPackages
+from ..proc import run_tied
 from .apt import PackageInfo, PrivateApt
 from .initramfs import (
     TOOLS_DIR,
@@ -89,8 +89,9 @@ def check_host_tools(recipe: Recipe) -> None:
         raise MissingPackages(sorted(missing))
 
 
-def _run(argv: Sequence[str], cwd: Path | None = None, what: str = "") -> str:
-    result = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
+def _run(argv: Sequence[str], cwd: Path | None = None, what: str = "",
+         env: Mapping[str, str] | None = None) -> str:
+    result = run_tied(argv, cwd=cwd, env=env)
     if result.returncode != 0:
         raise ImageBuildError(
             f"{what or argv[0]} failed (exit {result.returncode}): {' '.join(argv)}",
@@ -535,8 +536,10 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
     # applet list runs nothing of the host's and needs no loader.
     applets = _run([str(busybox), "--list-full"], what="busybox --list-full").split()
     agent = work / "mdh-agent"
+    # gcc's own temporary files go to the build's work directory: cc1 and as outlive a
+    # gcc killed with the harness by a moment, and must not leave files in /tmp.
     _run([str(which("gcc") or "gcc"), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
-          str(recipe.agent)], what="gcc mdh-agent")
+          str(recipe.agent)], what="gcc mdh-agent", env={**os.environ, "TMPDIR": str(work)})
     return Contents(
         init=recipe.init.read_bytes(),
         busybox=busybox.read_bytes(),

@@ -67,12 +67,11 @@ class LibvirtBackend:
     live_stderr = False
 
     def __init__(self, conn: Any, env: Environment, options: RunOptions, prefix: str,
-                 reaper: Reaper, version: str, progress: Progress) -> None:
+                 version: str, progress: Progress) -> None:
         self.conn = conn
         self.env = env
         self.cpus = options.guest_cpus
         self.prefix = prefix
-        self.reaper = reaper
         self.version = version
         self.progress = progress
 
@@ -93,8 +92,9 @@ class LibvirtBackend:
             datadir=env.datadir,
         )
         self.progress(f"{plan.name}: starting domain {domain.name}")
+        # No registration with the reaper: it knows the run's guests by their prefix.
         return LibvirtGuest(self.conn, domain, log_dir, env.image, env.timeouts,
-                            self.progress, self.reaper)
+                            self.progress)
 
     def command_failures(
         self, guest: Guest, exports: Sequence[ExportSpec]
@@ -145,9 +145,13 @@ def _attempt(libvirt: Any, api: str, call: Callable[[], Any], undo: str) -> Atte
         dom = call()
     except libvirt.libvirtError as exc:
         return Attempt(api, error_text(exc))
-    with contextlib.suppress(libvirt.libvirtError):
-        getattr(dom, undo)()
-    return Attempt(api, None)
+    try:
+        return Attempt(api, None)
+    finally:
+        # Undone whatever comes next (a Ctrl-C included); a SIGKILL leaves the paused
+        # QEMU to the reaper, which knows it by the run's prefix.
+        with contextlib.suppress(libvirt.libvirtError):
+            getattr(dom, undo)()
 
 
 @contextlib.contextmanager
@@ -159,6 +163,7 @@ def libvirt_backend(env: Environment, options: RunOptions, progress: Progress,
     mounts, which only exist in the harness's namespace.
     """
     prefix = f"mdh-lv-{secrets.token_hex(3)}"
+    # Before any daemon or domain: from here on a SIGKILL leaves no QEMU of this run.
     reaper = Reaper(prefix)
     try:
         ns = enter_private_namespace()
@@ -171,6 +176,6 @@ def libvirt_backend(env: Environment, options: RunOptions, progress: Progress,
         with private_libvirt(log_dir / "libvirt", progress, prefix) as conn:
             version = libvirt_version(conn)
             progress(f"libvirt {version} at {URI}; domains {prefix}-*")
-            yield LibvirtBackend(conn, env, options, prefix, reaper, version, progress)
+            yield LibvirtBackend(conn, env, options, prefix, version, progress)
     finally:
         reaper.close()

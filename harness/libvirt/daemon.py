@@ -332,20 +332,37 @@ def libvirt_version(conn: Any) -> str:
 
 # --- the reaper --------------------------------------------------------------------------
 
-# The reaper's whole program: read "PID NAME" lines until the harness's end of the
-# pipe closes (normal exit, crash or SIGKILL alike), then SIGKILL each listed QEMU
-# that still runs as that guest (the name check guards against a reused pid).
+# The reaper's whole program (argv: the run's domain-name prefix, its marker variable,
+# the seconds it may wait for the daemons).  It waits for EOF on the pipe only the
+# harness holds (normal exit, crash or SIGKILL alike), then SIGKILLs every QEMU whose
+# guest name carries the run's prefix, again and again while a daemon of the run (found
+# by its marker) still lives: a libvirtd stopping may still be starting a QEMU.
 _REAPER = """\
-import os, signal, sys
-for line in sys.stdin.read().splitlines():
-    pid, _, name = line.partition(" ")
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            if f"guest={name},".encode() in handle.read():
-                os.kill(int(pid), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+import os, signal, sys, time
+prefix, marker, limit = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
+sys.stdin.read()
+guest, me, deadline = f"guest={prefix}-".encode(), str(os.getpid()), time.monotonic() + limit
+while True:
+    daemons = False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if guest in handle.read():
+                    os.kill(int(pid), signal.SIGKILL)
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                daemons = daemons or marker in handle.read().split(b"\\0")
+        except OSError:
+            pass
+    if not daemons or time.monotonic() > deadline:
+        break
+    time.sleep(0.1)
 """
+# How long the reaper keeps looking while the run's daemons stop (SIGTERM by their
+# parent-death signal; libvirtd takes about a second).
+_REAPER_DAEMON_WAIT_S = 30.0
 
 
 class Reaper:
@@ -354,34 +371,25 @@ class Reaper:
     libvirt starts QEMU as a daemon, so unlike on the direct path no parent-death
     signal reaches it: after a SIGKILL of the harness (whose own daemons do die by
     theirs) the guests would run on, holding the export mounts in their namespaces.
-    The reaper learns each QEMU's pid as it starts and waits for EOF on a pipe only
-    the harness holds.  On a normal exit the domains are destroyed already and it
-    finds nothing to do.
+    The reaper is started before any domain exists and knows every guest by the run's
+    name prefix, so there is no window between ``createXML`` and a registration: a
+    QEMU libvirt starts at any moment, even while its daemon stops, is found.  On a
+    normal exit the domains are destroyed already and it finds nothing to do.
     """
 
-    def __init__(self, run_id: str = "") -> None:
-        self._lock = threading.Lock()
+    def __init__(self, run_id: str) -> None:
+        marker = f"{RUN_MARKER_ENV}={run_id}"
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _REAPER], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, RUN_MARKER_ENV: run_id},
+            [sys.executable, "-c", _REAPER, run_id, marker, str(_REAPER_DAEMON_WAIT_S)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, RUN_MARKER_ENV: run_id},
         )
-
-    def watch_guest(self, pid: int, name: str) -> None:
-        """Kill QEMU ``pid`` (guest ``name``) if the harness dies before destroying it."""
-        stdin = self._proc.stdin
-        if stdin is None:
-            return
-        with self._lock, contextlib.suppress(OSError, ValueError):
-            stdin.write(f"{pid} {name}\n".encode())
-            stdin.flush()
 
     def close(self) -> None:
         """Let the reaper run now (normally a no-op) and wait for it."""
-        with self._lock:
-            if self._proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self._proc.stdin.close()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

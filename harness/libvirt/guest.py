@@ -21,7 +21,7 @@ from ..guest.lifecycle import BootDeadline, Launched, check_alive, wait_ready
 from ..guest.ssh import CommandResult, GuestSsh
 from ..proc import tail_file
 from ..qemu.cmdline import forwarded_port, shell_quote_command
-from .daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, Reaper, error_text, import_libvirt
+from .daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, error_text, import_libvirt
 from .domain import DomainSpec, qemu_output, render_domain_xml
 
 
@@ -41,10 +41,8 @@ class LibvirtGuest(Launched):
         image: GuestImage,
         timeouts: Timeouts,
         progress: Progress = quiet,
-        reaper: Reaper | None = None,
     ) -> None:
         self.conn = conn
-        self.reaper = reaper
         self.spec = spec
         self.name = spec.name
         self.log_dir = log_dir
@@ -89,8 +87,6 @@ class LibvirtGuest(Launched):
         pid_file = DOMAIN_RUN_DIR / f"{self.name}.pid"
         try:
             pid = int(pid_file.read_text().strip())
-            if self.reaper is not None:
-                self.reaper.watch_guest(pid, self.name)
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
             self.pid = pid
         except (OSError, ValueError) as exc:

@@ -220,10 +220,11 @@ def qmp_args(fd: int) -> list[str]:
     ]  # fmt: skip
 
 
-# Plain "on", as on 7.2 it boots the guest and serves 9p (checked).  libvirt's
-# stricter elevateprivileges/spawn/resourcecontrol=deny set is not used: a denied
-# syscall kills QEMU mid-test, and 9p's worker paths were not audited for it.
-_SANDBOX_ON = ("-sandbox", "on")
+def sandbox_args(deny: Sequence[str]) -> list[str]:
+    """``-sandbox on`` with the further sets ``deny`` (``config.SANDBOX_DENY``): a QEMU
+    serving the host's files to a guest should not gain privileges, change scheduling
+    or reach obsolete syscalls."""
+    return ["-sandbox", ",".join(["on", *(f"{name}=deny" for name in deny)])]
 
 
 def no_reboot_args() -> list[str]:
@@ -236,12 +237,13 @@ def slot_exports(exports: Sequence[ExportSpec], slots: int, filler: Path) -> tup
     """``exports`` padded to ``slots`` 9p devices tagged ``mdhN`` (boot by restore).
 
     A saved state fixes the guest's device set; the unused slots share ``filler``
-    (an empty directory) and are never mounted.
+    (an empty directory) and are never mounted by the harness.  They are read-only
+    (``readonly=on``): a guest that mounts one anyway must not write into the host.
     """
     padded = list(exports)
     for index in range(len(padded), slots):
         padded.append(ExportSpec(tag=f"mdh{index}", path=filler, mode=Mode.REMAP,
-                                 mount_point=f"/mnt/mdh{index}"))
+                                 mount_point=f"/mnt/mdh{index}", readonly=True))
     return tuple(padded)
 
 
@@ -282,7 +284,7 @@ def render_command(
     if qmp_fd is not None:
         argv += qmp_args(qmp_fd)
     if spec.sandbox:
-        argv += _SANDBOX_ON
+        argv += sandbox_args(spec.sandbox_deny)
     argv += no_reboot_args()
     return argv + list(incoming)
 

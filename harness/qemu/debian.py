@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from .. import paths
 from ..config import Progress, quiet
 from ..errors import ImageBuildError
 from ..image.apt import PrivateApt, Suite
+from ..proc import run_tied
 
 BOOKWORM_BACKPORTS = Suite(name="bookworm-backports", pockets=("bookworm-backports",))
 # The binary, its shared data (firmware, keymaps) and the common helpers it loads.
@@ -90,8 +90,7 @@ def unpack_packages(apt: PrivateApt, pins: Mapping[str, str], root: Path, scratc
 
 def unpack_deb(deb: Path, into: Path) -> None:
     """``dpkg-deb -x`` one package into ``into`` (never installed)."""
-    result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True,
-                            text=True, check=False)
+    result = run_tied(["dpkg-deb", "-x", str(deb), str(into)])
     if result.returncode != 0:
         raise ImageBuildError(f"dpkg-deb -x {deb.name} failed (exit {result.returncode})",
                               details=result.stderr.strip()[-2000:])

@@ -131,10 +131,13 @@ class Machine(Launched):
         return kernel_append(exports, self.spec.extra_append)
 
     def state_key(self) -> str:
-        """Everything a restore must match: the binary itself, the whole command line
-        with what may differ (export paths, multidevs, console, port) blanked, and the
-        identity of every file it names (a kernel rebuilt in place is another kernel)."""
-        blank = tuple(replace(e, path=Path("/slot"), mode=Mode.REMAP) for e in self._devices())
+        """Everything a restore must match: the binary itself and the whole command
+        line, with what may differ (export paths, multidevs, read-only or not, console,
+        port) blanked (none of them is in the guest's saved state, which mounts no
+        export), and the identity of every file it names (a kernel rebuilt in place is
+        another kernel)."""
+        blank = tuple(replace(e, path=Path("/slot"), mode=Mode.REMAP, readonly=False)
+                      for e in self._devices())
         argv = render_command(replace(self.spec, exports=blank), console_path=Path("/console"),
                               qmp_fd=0, host_port=0, append=self._append())
         files = [file_identity(path) for path in named_files(argv)]

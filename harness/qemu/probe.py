@@ -22,7 +22,7 @@ from typing import IO
 
 from qemu.qmp import ExecuteError
 
-from ..config import MULTIDEVS_SINCE, Version
+from ..config import MULTIDEVS_SINCE, SANDBOX_DENY, Version
 from ..errors import QemuNotFound, QemuTooOld, QmpError
 from ..proc import indent, kill_process_group, spawn_tied, tail_text
 from .cmdline import qmp_args, shell_quote_command
@@ -48,6 +48,8 @@ class QemuInfo:
     kvm_device: bool
     # The distro build string from query-version, e.g. "Debian 1:7.2+dfsg-7+deb12u18".
     package: str = ""
+    # Which of config.SANDBOX_DENY this binary's -sandbox can deny.
+    sandbox_deny: tuple[str, ...] = ()
 
 
 # --- probe ------------------------------------------------------------------------
@@ -119,6 +121,7 @@ def probe_qemu(
         sandbox_supported=answers["sandbox"] is not None,
         kvm_device=kvm,
         package=package.strip() if isinstance(package, str) else "",
+        sandbox_deny=tuple(n for n in SANDBOX_DENY if n in _parameter_names(answers["sandbox"])),
     )
 
 

@@ -58,12 +58,21 @@ USAGE_CASES = [
     (["--devices", "1000"], ["--devices must be between 1 and 128, got 1000", "hint:"]),
     (["--files", "0"], ["--files must be between 1 and 100000, got 0", "hint:"]),
     (["--devices", "three"], ["argument --devices: not a whole number: 'three'", "usage:"]),
+    # Each bound passes alone; together 12.8 million files would exhaust the host.
+    (["--devices", "128", "--files", "100000"],
+     ["--devices 128 x --files 100000 is 12,800,000 files; at most 200,000 fit",
+      "hint: lower --files to 1,562 or fewer for 128 devices"]),
+    # An unset CI variable: never the default QEMU, kernel or report path instead.
+    (["--qemu", ""], ["argument --qemu: empty value (an unset variable?)", "usage:"]),
+    (["--kernel", ""], ["argument --kernel: empty value (an unset variable?)", "usage:"]),
+    (["--json", ""], ["argument --json: empty value (an unset variable?)", "usage:"]),
 ]
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("args", "needles"), USAGE_CASES,
-                         ids=["bogus-mode", "devices-0", "devices-1000", "files-0", "devices-nan"])
+                         ids=["bogus-mode", "devices-0", "devices-1000", "files-0", "devices-nan",
+                              "devices-x-files", "empty-qemu", "empty-kernel", "empty-json"])
 def test_bad_arguments(tmp_path: Path, args: list[str], needles: list[str]) -> None:
     sandbox = Sandbox(tmp_path)
     started = time.monotonic()

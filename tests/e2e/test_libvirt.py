@@ -10,6 +10,7 @@ most tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -345,3 +346,69 @@ def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPa
         run_checks(options, messages.append)
     assert "needs root" in info.value.message and info.value.exit_code == 2
     assert messages == []  # refused before probing, building or mounting anything
+
+
+# A harness that starts the reaper of run argv[1], says so and waits to be SIGKILLed.
+REAPER_CHILD = r"""
+import sys, time
+from harness.libvirt.daemon import Reaper
+reaper = Reaper(sys.argv[1])
+print("READY", flush=True)
+time.sleep(120)
+"""
+# A QEMU as libvirt starts it: no marker in its environment, the guest's name on its
+# command line (after -name); it writes its pid to its last argument.
+FAKE_QEMU = ("import os, sys, time; open(sys.argv[-1], 'w').write(str(os.getpid())); "
+             "time.sleep(60)")
+
+
+def _fake_guest(run: str, name: str, pid_file: Path) -> list[str]:
+    return ["python3", "-c", FAKE_QEMU, "-name", f"guest={run}-{name},debug-threads=on",
+            str(pid_file)]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_reaper_kills_guests_it_was_never_told_of(tmp_path: Path) -> None:
+    """A SIGKILL between createXML and any registration, or while a stopping libvirtd
+    still starts a guest, must leave no QEMU: the reaper knows the run's guests by
+    their name prefix and looks again while a daemon of the run lives."""
+    run = f"mdh-lv-t{os.getpid():x}"
+    harness = subprocess.Popen(["python3", "-c", REAPER_CHILD, run], stdout=subprocess.PIPE,
+                               text=True, cwd=Path(__file__).resolve().parents[2],
+                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+    early, late = tmp_path / "early.pid", tmp_path / "late.pid"
+    # Started by "libvirtd" after the reaper, never registered anywhere.
+    guest = subprocess.Popen(_fake_guest(run, "remap", early), env={})
+    # A daemon of the run that starts one more guest 1 s after the harness died (the
+    # guest's name is not on the daemon's own command line, as with libvirtd).
+    daemon = subprocess.Popen(
+        ["python3", "-c", "import subprocess, sys, time; time.sleep(1); "
+         "subprocess.Popen([a.replace('@', 'guest=') for a in sys.argv[1:]]); "
+         "time.sleep(1)",
+         *(a.replace("guest=", "@") for a in _fake_guest(run, "late", late))],
+        env={RUN_MARKER_ENV: run})
+    try:
+        assert harness.stdout is not None and harness.stdout.readline() == "READY\n"
+        harness.kill()
+        harness.wait(timeout=10)
+        guest.wait(timeout=10)  # killed (by the reaper: nobody else does)
+        daemon.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not late.exists() or _pid_alive(int(late.read_text() or "0")):
+            assert time.monotonic() < deadline, "the guest started after the kill lives on"
+            time.sleep(0.1)
+    finally:
+        for proc in (harness, guest, daemon):
+            proc.kill()
+            proc.wait()
+        if late.exists() and late.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(late.read_text()), signal.SIGKILL)
+    assert guest.returncode == -signal.SIGKILL

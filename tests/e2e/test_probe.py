@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, Version
+from harness.config import SANDBOX_DENY, Accel, Version
 from harness.errors import QemuNotFound, QemuTooOld
 from harness.qemu.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
 from harness.qemu.probe import probe_qemu, require_multidevs
@@ -90,6 +90,9 @@ def test_probe_real_qemu(tmp_path: Path) -> None:
     assert info.version == version_line(qemu)
     assert info.version >= Version(4, 2, 0)
     assert info.multidevs_supported is True
+    # Every QEMU since 2.11 knows these -sandbox sets (7.2 and 10.0 do).
+    assert info.sandbox_supported is True
+    assert info.sandbox_deny == SANDBOX_DENY
     assert info.kvm_device == os.access("/dev/kvm", os.R_OK | os.W_OK)
     require_multidevs(info)
     sent = [json.loads(line).get("send") for line in log.read_text().splitlines()]

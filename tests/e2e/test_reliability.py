@@ -408,9 +408,11 @@ def test_qemu_runs_with_seccomp_sandbox(
     if not mdh_environment.info.sandbox_supported:
         pytest.skip(f"{mdh_environment.info.binary} has no -sandbox (built without seccomp)")
     argv = shared_guest.argv
-    assert argv[argv.index("-sandbox") + 1] == "on"
+    # Every QEMU with -sandbox (2.11 on) can deny these: 7.2 and 10.0 do.
+    wanted = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+    assert argv[argv.index("-sandbox") + 1] == wanted
     cmdline = Path(f"/proc/{shared_guest.pid}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[cmdline.index(b"-sandbox") + 1] == b"on"
+    assert cmdline[cmdline.index(b"-sandbox") + 1] == wanted.encode()
     status = Path(f"/proc/{shared_guest.pid}/status").read_text()
     assert "\nSeccomp:\t2\n" in status, "QEMU runs without a seccomp filter"
 
@@ -582,3 +584,58 @@ def test_sigkill_during_the_liveness_boot_leaves_nothing(
             child.stdout.close()
     assert_no_qemu_left(*pids, within=5.0)
     sandbox.assert_clean()
+
+
+# Calls one of the image build's helper runners with a fake tool first on PATH.
+HELPER_CHILD = r"""
+import sys
+from pathlib import Path
+from harness.image.apt import PrivateApt, Suite
+from harness.image.build import _run
+from harness.qemu.debian import unpack_deb
+which, work = sys.argv[1], Path(sys.argv[2])
+if which == "apt-get":
+    PrivateApt(Suite("bookworm", ()), work / "apt")._run("apt-get", ["update"])
+elif which == "dpkg-deb":
+    unpack_deb(work / "x.deb", work / "into")
+else:
+    _run(["gcc", "-o", str(work / "agent")], what="gcc")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tool", ["apt-get", "dpkg-deb", "gcc"])
+def test_image_build_helpers_die_with_a_sigkilled_harness(tmp_path: Path, tool: str) -> None:
+    """apt, dpkg-deb and gcc run long in an image build; a SIGKILLed harness must
+    take them along (a parent-death signal), not leave them writing into the cache."""
+    bin_dir, pid_file = tmp_path / "bin", tmp_path / "tool.pid"
+    bin_dir.mkdir()
+    fake = bin_dir / tool
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    child = subprocess.Popen([sys.executable, "-c", HELPER_CHILD, tool, str(tmp_path)],
+                             env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline and child.poll() is None, f"{tool} never ran"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        child.kill()
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 5
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"{tool} (pid {pid}) outlived the harness"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

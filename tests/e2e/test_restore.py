@@ -94,3 +94,15 @@ def test_cold_exec_makes_no_state_use(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "(cold)" in result.stderr
     sandbox.assert_clean()
+
+
+def test_a_guest_cannot_write_into_an_unused_slot(tmp_path: Path) -> None:
+    # The slots a saved state fixes but no export fills are never mounted by the
+    # harness; a guest that mounts one anyway must find it read-only, not a host dir.
+    sandbox = Sandbox(tmp_path / "sandbox")
+    script = ("mkdir -p /mnt/slot && mount -t 9p -o trans=virtio,version=9p2000.L mdh23 "
+              "/mnt/slot && { echo planted > /mnt/slot/planted; } 2>&1; echo rc=$?")
+    result = sandbox.run(["exec", "--accel", "tcg", "--", "sh", "-c", script], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Read-only file system" in result.stdout and "rc=1" in result.stdout, result.stdout
+    sandbox.assert_clean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from harness.commands.byhand import BYHAND_PORT, EXPORT_VAR, LAYERS_VAR
 from harness.guest.ssh import connect_with_retry
 from harness.host.truth import ODD_NAME, device_file_names
 from harness.results import ENVIRONMENT_KEYS
@@ -191,16 +191,16 @@ def test_reproduce_shows_collisions_and_writes_a_faithful_script(tmp_path: Path)
     listing = tmp_path / "listing"
     lines = script.read_text().splitlines()
     assert lines[-1].startswith("exec ") and "multidevs=warn" in lines[-1]
-    lines[-1] = (f"cd {EXPORT_VAR} && find . -mindepth 1 -type f -exec sh -c "
+    lines[-1] = ("cd $EXPORT && find . -mindepth 1 -type f -exec sh -c "
                  f"'printf \"%s\\0%s\\0\" \"$1\" \"$(cat \"$1\")\"' _ {{}} \\; > {listing}")
     trimmed = tmp_path / "export-only.sh"
     trimmed.write_text("\n".join(lines) + "\n")
-    try:
-        subprocess.run(["sh", str(trimmed)], check=True, timeout=60)
-    finally:
-        # The script's mounts die with its namespace; the empty mount point it made in
-        # the host's /tmp does not.
-        Path(EXPORT_VAR).rmdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    subprocess.run(["sh", str(trimmed)], check=True, timeout=60,
+                   env={**os.environ, "TMPDIR": str(tmp)})
+    # The script's mounts die with its namespace, and it removes its mktemp directory.
+    assert list(tmp.iterdir()) == []
     fields = listing.read_bytes().split(b"\0")[:-1]
     built = {fields[i].decode()[2:]: fields[i + 1].decode() for i in range(0, len(fields), 2)}
     names = device_file_names(8)
@@ -308,29 +308,41 @@ def test_the_overlay_by_hand_script_reproduces_the_finding_on_its_own(tmp_path: 
     assert "'l2/f0', 'l3/f0': bits 62-61 dropped" in result.stdout, result.stdout
     assert "QEMU 7.2" in result.stdout or "QEMU " in result.stdout
     script = Path(re.search(r"host:  sh (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
-    key = re.search(r"ssh -i (\S+) ", result.stdout).group(1)  # type: ignore[union-attr]
-    host_key = Path(key).with_name("host_key.pub")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen(["sh", str(script)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "TMPDIR": str(tmp)})
     try:
-        with connect_with_retry("127.0.0.1", BYHAND_PORT, Path(key), host_key,
+        assert proc.stderr is not None
+        # The script says how to reach its guest: its own port and known_hosts file.
+        hint = proc.stderr.readline()
+        found = re.search(r"ssh -i (\S+) -o StrictHostKeyChecking=yes "
+                          r"-o UserKnownHostsFile=(\S+) -p (\d+) root@127.0.0.1", hint)
+        assert found is not None, hint
+        key, known, port = Path(found[1]), Path(found[2]), int(found[3])
+        assert known.parent.parent == tmp
+        host_key = key.with_name("host_key.pub")
+        assert known.read_text().split()[1:] == host_key.read_text().split()[:2]
+        with connect_with_retry("127.0.0.1", port, key, host_key,
                                 time.monotonic() + 150, lambda: _still_running(proc)) as ssh:
             ids = ssh.run("stat -c '%n %i' /mnt/mdh0/l2/f0 /mnt/mdh0/l3/f0 /mnt/mdh0/l1/f0")
         inos = dict(line.split() for line in ids.stdout.decode().splitlines())
         assert inos["/mnt/mdh0/l2/f0"] == inos["/mnt/mdh0/l3/f0"] == "44", ids
         assert inos["/mnt/mdh0/l1/f0"] != "44"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        for leftover in (Path(EXPORT_VAR), Path(LAYERS_VAR)):
-            for layer in leftover.glob("*") if leftover == Path(LAYERS_VAR) else ():
-                layer.rmdir()
-            if leftover.exists():
-                leftover.rmdir()
+        # Ctrl-C: QEMU ends, and the script removes its directory.
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert_no_qemu_left()
+    assert list(tmp.iterdir()) == []
 
 
-def _still_running(proc: subprocess.Popen[bytes]) -> None:
+def _still_running(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is not None:
         raise AssertionError(f"the by-hand script exited with {proc.returncode}")

@@ -21,6 +21,7 @@ from harness.qemu.cmdline import (
     qmp_args,
     render_command,
     serial_args,
+    slot_exports,
 )
 
 IMAGE = GuestImage(
@@ -214,6 +215,9 @@ def test_render_command_sandbox_only_when_the_probe_found_it() -> None:
 
     assert pairs(render(spec()), "-sandbox") == ["on"]
     assert "-sandbox" not in render(spec(sandbox=False))
+    denied = spec(sandbox_deny=("elevateprivileges", "resourcecontrol"))
+    assert pairs(render(denied), "-sandbox") == [
+        "on,elevateprivileges=deny,resourcecontrol=deny"]
 
 
 def test_render_command_without_qmp_for_reproduction() -> None:
@@ -274,3 +278,14 @@ def test_kernel_append_refuses_an_overlong_line() -> None:
     exports = [export(f"tag{i:03d}", mount_point=f"/mnt/{'m' * 40}{i}") for i in range(40)]
     with pytest.raises(UsageError, match=r"would be \d+ bytes; x86 allows 2047"):
         kernel_append(exports)
+
+
+def test_unused_slots_export_the_filler_read_only() -> None:
+    padded = slot_exports((export("mdh0"),), 3, Path("/logs/empty-slot"))
+    assert [e.tag for e in padded] == ["mdh0", "mdh1", "mdh2"]
+    assert [e.readonly for e in padded] == [False, True, True]
+    argv = render_command(spec(exports=padded), console_path=Path("/c"), qmp_fd=5,
+                          host_port=0, append="")
+    assert pairs(argv, "-fsdev")[1:] == [
+        f"local,id=fsdev{i},path=/logs/empty-slot,security_model=none,multidevs=remap,"
+        "readonly=on" for i in (1, 2)]
