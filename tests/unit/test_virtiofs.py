@@ -9,6 +9,7 @@ The fixture is a two-device export: device 0 (host dev 100) is the root, device 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,22 +198,42 @@ def _options(transports: str) -> RunOptions:
                       layout=ExportLayout(), transports=parse_transports(transports))
 
 
-def test_virtiofs_rows_are_ids_on_every_layout_in_guests_of_their_own() -> None:
+def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_their_own(
+        ) -> None:
     plan = plan_run(_options("9p,virtiofs"), live_stderr=True)
     ninep = plan_run(_options("9p"), live_stderr=True)
     extra = plan.guests[len(ninep.guests):]
     assert plan.guests[:len(ninep.guests)] == ninep.guests
     assert [g.name for g in extra] == ["virtiofs", "virtiofs-nosubmounts"]
     rows = [e.row for g in extra for e in g.exports]
-    assert rows == ["virtiofs", "virtiofs@overlay", "virtiofs-nosubmounts",
-                    "virtiofs-nosubmounts@overlay"]
-    assert all(e.check is Check.IDS and e.transport is Transport.VIRTIOFS
-               for g in extra for e in g.exports)
-    assert [e.submounts for g in extra for e in g.exports] == [True, True, False, False]
+    assert rows == ["virtiofs", "virtiofs@overlay", "operations-virtiofs",
+                    "cross_device-virtiofs", "virtiofs-nosubmounts",
+                    "virtiofs-nosubmounts@overlay", "operations-virtiofs-nosubmounts",
+                    "cross_device-virtiofs-nosubmounts"]
+    assert [e.check for e in extra[0].exports] == [
+        Check.IDS, Check.IDS, Check.OPERATIONS, Check.CROSS_DEVICE]
+    assert all(e.transport is Transport.VIRTIOFS for g in extra for e in g.exports)
+    assert [e.submounts for g in extra for e in g.exports] == [True] * 4 + [False] * 4
+    # The families' own two-device export, whatever the layouts.
+    assert {e.layout.devices for g in extra for e in g.exports if e.check is not Check.IDS} \
+        == {2}
     rank = row_rank((Mode.REMAP,), layouts=(Layout.STANDARD, Layout.OVERLAY))
-    assert rank["virtiofs-nosubmounts@overlay"] == len(rank) - 1
+    assert rank["cross_device-virtiofs-nosubmounts"] == len(rank) - 1
+    assert rank["virtiofs-nosubmounts@overlay"] < rank["operations-virtiofs"]
     only = plan_run(_options("virtiofs"), live_stderr=True)
     assert [g.name for g in only.guests] == ["virtiofs", "virtiofs-nosubmounts"]
+
+
+def test_virtiofs_families_follow_checks_and_skip_those_mounting_after_start() -> None:
+    options = replace(_options("virtiofs"), checks=(Check.CROSS_DEVICE, Check.RUNTIME_MOUNT,
+                                                      Check.BIND, Check.HELD_FD))
+    plan = plan_run(options, live_stderr=True)
+    assert [[e.row for e in g.exports] for g in plan.guests] == [
+        ["cross_device-virtiofs"], ["cross_device-virtiofs-nosubmounts"]]
+    alone = replace(options, checks=(Check.RUNTIME_MOUNT,))
+    assert plan_run(alone, live_stderr=True).guests == ()
+    single = replace(options, layout=ExportLayout(devices=1))
+    assert plan_run(single, live_stderr=True).guests == ()
 
 
 def test_unknown_transport_is_refused() -> None:
