@@ -35,7 +35,7 @@ from .errors import (
 from .guest.lifecycle import Guest, check_alive, qemu_end
 from .host.export import build_export
 from .host.truth import Export
-from .plan import ExportPlan, GuestPlan
+from .plan import VIRTIOFS_ROWS, ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
 from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
@@ -287,18 +287,22 @@ def _cache(plan: ExportPlan) -> str:
 def _known(run: RunContext, plan: ExportPlan,
            verdict: Verdict) -> tuple[KnownIssue | None, tuple[KnownIssue, ...]]:
     """The known issue a failing row shows, and those a passing row did not show.
-    The known issues are 9p's (multidevs): none is in a virtiofs row's scope."""
-    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS) \
-            or plan.transport is Transport.VIRTIOFS:
+    A virtiofs row has no multidevs mode: its setting (``virtiofs``,
+    ``virtiofs-nosubmounts``) stands in the mode's place, with no expectation."""
+    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS):
         return None, ()
     ids = ids_verdict(verdict)
     remap = ids.remap if ids is not None else None
+    virtiofs = plan.transport is Transport.VIRTIOFS
     facts = RowFacts(
-        check=plan.check.value, mode=plan.mode.value,
-        expectation=expected_behaviour(plan.mode, run.env.info.version).value,
-        layout=plan.layout.kind.value, cache=plan.cache.value, qemu=run.env.info.version,
+        check=plan.check.value,
+        mode=VIRTIOFS_ROWS[plan.submounts] if virtiofs else plan.mode.value,
+        expectation=None if virtiofs else
+        expected_behaviour(plan.mode, run.env.info.version).value,
+        layout=plan.layout.kind.value, cache=_cache(plan), qemu=run.env.info.version,
         kernel=run.env.image.kernel_release, failures=verdict.failures,
-        remap_agrees=None if remap is None else remap.agrees)
+        remap_agrees=None if remap is None else remap.agrees,
+        transport=plan.transport.value)
     if verdict.status is Status.FAIL:
         return match(run.known_issues, facts), ()
     return None, unreproduced(run.known_issues, facts)

@@ -26,6 +26,7 @@ from harness.config import (
     MachineSpec,
     Mode,
     Transport,
+    Via,
     parse_transports,
 )
 from harness.errors import UsageError, VirtiofsdError
@@ -284,3 +285,12 @@ def test_virtiofsd_version_and_lookup() -> None:
     command = unpacked_command(Path("/c/v"))
     assert command[0].endswith("ld-linux-x86-64.so.2") and command[1] == "--library-path"
     assert command[-1] == "/c/v/usr/libexec/virtiofsd"
+
+
+def test_libvirt_plans_the_submount_rows_alone() -> None:
+    # libvirt 9.0 starts virtiofsd itself and has no XML to turn submounts off.
+    options = replace(_options("virtiofs"), via=Via.LIBVIRT, layouts=(Layout.STANDARD,))
+    plan = plan_run(options, live_stderr=False)
+    assert [[e.row for e in g.exports] for g in plan.guests] == [
+        ["virtiofs", "operations-virtiofs", "cross_device-virtiofs"]]
+    assert plan.skipped == (Check.RUNTIME_MOUNT, Check.HELD_FD, Check.BIND)
