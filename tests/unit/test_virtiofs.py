@@ -37,11 +37,8 @@ from harness.qemu.vhostfs import daemon_args
 from harness.qemu.virtiofsd import find_virtiofsd, parse_version, unpacked_command
 from harness.verdicts.common import Status
 from harness.verdicts.ids import HarmInput
-from harness.verdicts.virtiofs import (
-    expected_collisions,
-    judge_virtiofs,
-    mount_points,
-)
+from harness.verdicts.predict import mount_points
+from harness.verdicts.virtiofs import expected_collisions, judge_virtiofs
 from harness.verdicts.witnesses import Witness
 
 from . import test_harm as harm_fixture
