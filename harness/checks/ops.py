@@ -1,7 +1,9 @@
 """The operation families: ``operations`` and ``cross_device`` (see ``ops_oracle``).
 
 Each family lays its own fixture into its export on the host right before it asks
-the guest (the export is mounted cache=none, so the guest sees it at once), runs the
+the guest (over 9p the export is mounted cache=none, so the guest sees it at once;
+over virtiofs, cache=auto, the guest has looked at nothing of that export yet, so it
+has nothing cached to miss it by), runs the
 operations through ``mdh-agent ops`` in one SSH round trip, and reads the host state
 back where the rule needs it.  Verdicts are ``ops_oracle``'s.
 """
