@@ -116,8 +116,9 @@ def _virtiofs_scope(options: RunOptions, progress: Progress) -> None:
     others = [c.value for c in options.checks
               if c is not Check.IDS and c not in VIRTIOFS_FAMILIES]
     if others:
-        progress(f"virtiofs rows: no {','.join(others)} (they mount on the host after "
-                 "virtiofsd made its sandbox, which no later mount reaches; see the README)")
+        progress(f"virtiofs rows: no {','.join(others)} (a host mount made after "
+                 "virtiofsd started never reaches its sandbox, and remount and held_fd ask "
+                 "9p's questions; README: 9p beside virtiofs)")
 
 
 def run_checks(
