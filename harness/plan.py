@@ -281,13 +281,15 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
 
 
 VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
-# The families virtiofs rows run beside ids.  The calls of operations, cross_device
-# and remount ask what any filesystem answers, and virtiofs answers them without a
-# mode.  runtime_mount, bind and held_fd mount on the host after the transport's
-# server started: virtiofsd's sandbox is a mount namespace it makes at start as a
-# slave copy of the harness's private one, which no later mount reaches (the README
-# says more), and held_fd asks forbid's question alone.
-VIRTIOFS_FAMILIES = (Check.OPERATIONS, Check.CROSS_DEVICE)
+# The families virtiofs rows run beside ids.  The calls of operations and
+# cross_device ask what any filesystem answers, and virtiofs answers them without a
+# mode; bind asks whether one host file reached through bind mounts keeps one id,
+# with the binds made before virtiofsd starts (``checks.live.binds_before_start``).
+# runtime_mount and held_fd mount on the host after the transport's server started:
+# virtiofsd's sandbox is a mount namespace it makes at start as a slave copy of the
+# harness's private one, which no later mount reaches (the README says more), and
+# held_fd and remount ask 9p's questions.
+VIRTIOFS_FAMILIES = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND)
 
 
 def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
@@ -314,9 +316,11 @@ def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
                           witness=shape.kind not in NO_WITNESS_LAYOUTS,
                           transport=Transport.VIRTIOFS, submounts=submounts)
                for shape in shapes]
+        # No witnesses on bind, as over 9p (``apply_checks``).
         extra = [ExportPlan(virtiofs_family_row(check, submounts), Mode.DEFAULT,
-                            _REMOUNT_LAYOUT if check is Check.REMOUNT else _FAMILY_LAYOUT,
-                            check, transport=Transport.VIRTIOFS, submounts=submounts)
+                            _BIND_LAYOUT if check is Check.BIND else _FAMILY_LAYOUT,
+                            check, transport=Transport.VIRTIOFS, submounts=submounts,
+                            witness=check is not Check.BIND)
                  for check in families]
         if ids or extra:
             guests.append(GuestPlan(VIRTIOFS_ROWS[submounts], (*ids, *extra)))

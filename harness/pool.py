@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
+from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
 from .config import VIRTIOFS_CACHE, Cache, ExportSpec, Layout, Progress, Transport, Version, Via
 from .environment import Environment
@@ -157,6 +158,8 @@ def _build_exports(
             continue
         try:
             export = stack.enter_context(build_export(item.layout, progress=run.progress))
+            if binds_before_start(item):
+                stack.enter_context(prebind(export))
         except LayoutUnavailable as exc:
             # Not a failure of anything: this harness cannot build it (rootless).
             if kind not in broken:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
+from harness.checks.live import binds_before_start
 from harness.config import (
     Accel,
     Cache,
@@ -205,18 +206,18 @@ def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_th
     assert [g.name for g in extra] == ["virtiofs", "virtiofs-nosubmounts"]
     rows = [e.row for g in extra for e in g.exports]
     assert rows == ["virtiofs", "virtiofs@overlay", "operations-virtiofs",
-                    "cross_device-virtiofs", "virtiofs-nosubmounts",
+                    "cross_device-virtiofs", "bind-virtiofs", "virtiofs-nosubmounts",
                     "virtiofs-nosubmounts@overlay", "operations-virtiofs-nosubmounts",
-                    "cross_device-virtiofs-nosubmounts"]
+                    "cross_device-virtiofs-nosubmounts", "bind-virtiofs-nosubmounts"]
     assert [e.check for e in extra[0].exports] == [
-        Check.IDS, Check.IDS, Check.OPERATIONS, Check.CROSS_DEVICE]
+        Check.IDS, Check.IDS, Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND]
     assert all(e.transport is Transport.VIRTIOFS for g in extra for e in g.exports)
-    assert [e.submounts for g in extra for e in g.exports] == [True] * 4 + [False] * 4
-    # The families' own two-device export, whatever the layouts.
-    assert {e.layout.devices for g in extra for e in g.exports if e.check is not Check.IDS} \
-        == {2}
+    assert [e.submounts for g in extra for e in g.exports] == [True] * 5 + [False] * 5
+    # The families' own exports, whatever the layouts: two devices, bind's one.
+    assert [(e.layout.devices, e.witness) for e in extra[0].exports[2:]] == [
+        (2, True), (2, True), (1, False)]
     rank = row_rank((Mode.REMAP,), layouts=(Layout.STANDARD, Layout.OVERLAY))
-    assert rank["cross_device-virtiofs-nosubmounts"] == len(rank) - 1
+    assert rank["bind-virtiofs-nosubmounts"] == len(rank) - 1
     assert rank["virtiofs-nosubmounts@overlay"] < rank["operations-virtiofs"]
     only = plan_run(_options("virtiofs"), live_stderr=True)
     assert [g.name for g in only.guests] == ["virtiofs", "virtiofs-nosubmounts"]
@@ -224,7 +225,7 @@ def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_th
 
 def test_virtiofs_families_follow_checks_and_skip_those_mounting_after_start() -> None:
     options = replace(_options("virtiofs"), checks=(Check.CROSS_DEVICE, Check.RUNTIME_MOUNT,
-                                                      Check.BIND, Check.HELD_FD))
+                                                      Check.HELD_FD, Check.REMOUNT))
     plan = plan_run(options, live_stderr=True)
     assert [[e.row for e in g.exports] for g in plan.guests] == [
         ["cross_device-virtiofs"], ["cross_device-virtiofs-nosubmounts"]]
@@ -282,6 +283,15 @@ def test_virtiofsd_version_and_lookup() -> None:
     command = unpacked_command(Path("/c/v"))
     assert command[0].endswith("ld-linux-x86-64.so.2") and command[1] == "--library-path"
     assert command[-1] == "/c/v/usr/libexec/virtiofsd"
+
+
+def test_virtiofs_binds_are_made_before_the_daemon_starts() -> None:
+    plan = plan_run(replace(_options("virtiofs"), checks=(Check.BIND, Check.OPERATIONS)),
+                    live_stderr=True)
+    exports = [e for g in plan.guests for e in g.exports]
+    assert [binds_before_start(e) for e in exports] == [False, True, False, True]
+    ninep = plan_run(replace(_options("9p"), checks=(Check.BIND,)), live_stderr=True)
+    assert not any(binds_before_start(e) for g in ninep.guests for e in g.exports)
 
 
 def test_libvirt_plans_the_submount_rows_alone() -> None:
