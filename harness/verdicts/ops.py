@@ -14,6 +14,10 @@ afterwards, against what the mode promises.  Pure, like every module of ``verdic
   must be exactly what those outcomes imply: nothing lost, nothing duplicated,
   content intact.
 
+Over virtiofs there is no mode: every call gives its natural result on every device
+(the natural results are the transport's, ``checks.ops``), cross-device rename and
+link EXDEV, and no multi-device message may appear (``VIRTIOFS_BEHAVIOUR``).
+
 Messages: these families share a QEMU with an ``ids`` export of the same mode and
 QEMU prints each multi-device message once per process, so their slice may hold the
 mode's own message at most once (the ``ids`` row holds the exactly-once rule) and
