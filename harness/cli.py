@@ -224,6 +224,9 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                          "(default: qemu-system-x86_64)")
     predict.add_argument("--max-paths", type=_whole_number, default=PREDICT_MAX_PATHS,
                          help=f"walk at most this many paths (default {PREDICT_MAX_PATHS})")
+    predict.add_argument("--transport", default=Transport.NINEP.value, metavar="T[,T...]",
+                         help="9p (the modes), virtiofs (both virtiofsd settings), or "
+                         "9p,virtiofs (default: 9p)")
     predict.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -437,7 +440,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .commands.predict import predict_json, predict_text, predict_tree
 
     found = predict_tree(args.path, parse_modes(args.modes), version=args.qemu_version,
-                         qemu=args.qemu, max_paths=args.max_paths, progress=progress)
+                         qemu=args.qemu, max_paths=args.max_paths,
+                         transports=parse_transports(args.transport), progress=progress)
     if args.json:
         _print_json(predict_json(found))
     else:

@@ -281,6 +281,15 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
 
 
 VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
+# The families virtiofs rows run beside ids.  The calls of operations and
+# cross_device ask what any filesystem answers, and virtiofs answers them without a
+# mode; bind asks whether one host file reached through bind mounts keeps one id,
+# with the binds made before virtiofsd starts (``checks.live.binds_before_start``).
+# runtime_mount and held_fd mount on the host after the transport's server started:
+# virtiofsd's sandbox is a mount namespace it makes at start as a slave copy of the
+# harness's private one, which no later mount reaches (the README says more), and
+# held_fd and remount ask 9p's questions.
+VIRTIOFS_FAMILIES = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND)
 
 
 def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
@@ -290,17 +299,44 @@ def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
     return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
 
 
-def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout]) -> list[GuestPlan]:
+def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
+                    checks: Sequence[Check] = (Check.IDS,),
+                    settings: Sequence[bool] = (True, False)) -> list[GuestPlan]:
     """Two guests of their own, one per virtiofsd setting (submounts announced or
-    not), each with an export of every layout of the run, judged by the virtiofs
-    rules (``verdicts.virtiofs``).  virtiofs has no multidevs option: ``mode`` is
-    DEFAULT ("not given") and unused.  Witnesses run where the layout allows them."""
-    shapes = [layout_shape(kind, layout) for kind in layouts]
-    return [GuestPlan(VIRTIOFS_ROWS[submounts], tuple(
-        ExportPlan(virtiofs_row(submounts, shape.kind), Mode.DEFAULT, shape,
-                   witness=shape.kind not in NO_WITNESS_LAYOUTS,
-                   transport=Transport.VIRTIOFS, submounts=submounts)
-        for shape in shapes)) for submounts in (True, False)]
+    not), each with an export of every layout of the run (``ids`` asked), judged by
+    the virtiofs rules (``verdicts.virtiofs``), then one export per family of
+    ``VIRTIOFS_FAMILIES`` asked (a multi-device run only, as for 9p).  virtiofs has no
+    multidevs option: ``mode`` is DEFAULT ("not given") and unused.  Witnesses run
+    where the layout allows them."""
+    shapes = [layout_shape(kind, layout) for kind in layouts] if Check.IDS in checks else []
+    families = [c for c in VIRTIOFS_FAMILIES if c in checks] if layout.devices > 1 else []
+    guests = []
+    for submounts in settings:
+        ids = [ExportPlan(virtiofs_row(submounts, shape.kind), Mode.DEFAULT, shape,
+                          witness=shape.kind not in NO_WITNESS_LAYOUTS,
+                          transport=Transport.VIRTIOFS, submounts=submounts)
+               for shape in shapes]
+        # No witnesses on bind, as over 9p (``apply_checks``).
+        extra = [ExportPlan(virtiofs_family_row(check, submounts), Mode.DEFAULT,
+                            _BIND_LAYOUT if check is Check.BIND else _FAMILY_LAYOUT,
+                            check, transport=Transport.VIRTIOFS, submounts=submounts,
+                            witness=check is not Check.BIND)
+                 for check in families]
+        if ids or extra:
+            guests.append(GuestPlan(VIRTIOFS_ROWS[submounts], (*ids, *extra)))
+    return guests
+
+
+# The submount settings each backend can ask for: libvirt (9.0) starts virtiofsd
+# itself and its XML has no way to turn submounts off (1.13 announces them by
+# default), so --via libvirt has the submount rows alone.
+VIRTIOFS_SETTINGS = {Via.QEMU: (True, False), Via.LIBVIRT: (True,)}
+
+
+def virtiofs_family_row(check: Check, submounts: bool) -> str:
+    """The result row name of family ``check`` over virtiofs (``operations-virtiofs``,
+    ``cross_device-virtiofs-nosubmounts``)."""
+    return f"{check}-{VIRTIOFS_ROWS[submounts]}"
 
 
 def family_row(check: Check, mode: Mode, cache: Cache = Cache.NONE) -> str:
@@ -380,6 +416,8 @@ def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,),
               for m in modes if _ONE_MODE.get(check, m) is m
               for c in _family_caches(check, caches)]
     names += [virtiofs_row(submounts, k) for submounts in (True, False) for k in layouts]
+    names += [virtiofs_family_row(check, submounts) for submounts in (True, False)
+              for check in VIRTIOFS_FAMILIES]
     return {name: i for i, name in enumerate(names)}
 
 
@@ -415,10 +453,9 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
     for guest in guests:
         planned_guests.append(apply_checks(guest, checks, done))
         done |= {e.mode for e in planned_guests[-1].exports if e.check in _TRAILING}
-    # The other families ask 9p's multidevs questions (ENODEV, messages): virtiofs
-    # rows are ids only.
-    if Transport.VIRTIOFS in options.transports and Check.IDS in checks:
-        planned_guests += virtiofs_guests(options.layout, options.layouts)
+    if Transport.VIRTIOFS in options.transports:
+        planned_guests += virtiofs_guests(options.layout, options.layouts, checks,
+                                          VIRTIOFS_SETTINGS[options.via])
     complete = []
     for planned in planned_guests:
         exports = tuple(replace(e, witness=e.witness and options.witness,

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
+from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
 from .config import VIRTIOFS_CACHE, Cache, ExportSpec, Layout, Progress, Transport, Version, Via
 from .environment import Environment
@@ -37,7 +38,7 @@ from .guest.uname import ReportedKernel, reported_kernel
 from .host.export import build_export
 from .host.truth import Export
 from .logs import harness_fault
-from .plan import ExportPlan, GuestPlan
+from .plan import VIRTIOFS_ROWS, ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
 from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
@@ -159,6 +160,8 @@ def _build_exports(
             continue
         try:
             export = stack.enter_context(build_export(item.layout, progress=run.progress))
+            if binds_before_start(item):
+                stack.enter_context(prebind(export))
         except LayoutUnavailable as exc:
             # Not a failure of anything: this harness cannot build it (rootless).
             if kind not in broken:
@@ -295,18 +298,22 @@ def _cache(plan: ExportPlan) -> str:
 def _known(run: RunContext, plan: ExportPlan,
            verdict: Verdict) -> tuple[KnownIssue | None, tuple[KnownIssue, ...]]:
     """The known issue a failing row shows, and those a passing row did not show.
-    The known issues are 9p's (multidevs): none is in a virtiofs row's scope."""
-    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS) \
-            or plan.transport is Transport.VIRTIOFS:
+    A virtiofs row has no multidevs mode: its setting (``virtiofs``,
+    ``virtiofs-nosubmounts``) stands in the mode's place, with no expectation."""
+    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS):
         return None, ()
     ids = ids_verdict(verdict)
     remap = ids.remap if ids is not None else None
+    virtiofs = plan.transport is Transport.VIRTIOFS
     facts = RowFacts(
-        check=plan.check.value, mode=plan.mode.value,
-        expectation=expected_behaviour(plan.mode, run.env.info.version).value,
-        layout=plan.layout.kind.value, cache=plan.cache.value, qemu=run.env.info.version,
+        check=plan.check.value,
+        mode=VIRTIOFS_ROWS[plan.submounts] if virtiofs else plan.mode.value,
+        expectation=None if virtiofs else
+        expected_behaviour(plan.mode, run.env.info.version).value,
+        layout=plan.layout.kind.value, cache=_cache(plan), qemu=run.env.info.version,
         kernel=run.env.image.kernel_release, failures=verdict.failures,
-        remap_agrees=None if remap is None else remap.agrees)
+        remap_agrees=None if remap is None else remap.agrees,
+        transport=plan.transport.value)
     if verdict.status is Status.FAIL:
         return match(run.known_issues, facts), ()
     return None, unreproduced(run.known_issues, facts)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 from ..agent.collect import GuestView
 from ..agent.stat import GuestObservation, GuestStat
-from ..config import Check, ExportSpec
+from ..config import Check, ExportSpec, Transport
 from ..guest.lifecycle import Guest
 from ..host.export import bind_twice, extra_device, record_truth
 from ..host.truth import SUBDIR, Export, HostTruth
@@ -25,6 +26,7 @@ from ..verdicts.common import Expectation, expected_behaviour
 from ..verdicts.ids import IdsVerdict, judge
 from ..verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
 from ..verdicts.ops import OpsVerdict
+from ..verdicts.virtiofs import judge_virtiofs
 from .family import Judging
 from .ids import IdsSeen, collect, observe_ids, witnesses_of
 
@@ -133,15 +135,30 @@ def _forgive_host_gaps(observation: GuestObservation, host_gap: Mapping[str, int
     return replace(observation, dirents={**observation.dirents, ".": tuple(kept)})
 
 
+def binds_before_start(plan: ExportPlan) -> bool:
+    """Whether ``plan``'s binds must be made before the guest's server starts: over
+    virtiofs, whose sandbox is a copy of the mounts at its start that no later mount
+    reaches, the bind family asks its question of binds the export had from the
+    start (the run makes them with ``prebind`` right after building the export)."""
+    return plan.check is Check.BIND and plan.transport is Transport.VIRTIOFS
+
+
+def prebind(export: Export) -> AbstractContextManager[None]:
+    """The bind family's binds, made now (``binds_before_start``)."""
+    return bind_twice(export, SUBDIR, BINDS)
+
+
 class BindCheck:
     """The root device's subdirectory bind-mounted twice: one device, three paths to
-    each of its files; judged as the single-device export it is (``verdicts.ids.judge``)."""
+    each of its files; judged as the single-device export it is (``verdicts.ids.judge``;
+    over virtiofs ``verdicts.virtiofs.judge_virtiofs``)."""
 
     name = Check.BIND
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> BindSeen:
-        with bind_twice(export, SUBDIR, BINDS):
+        made = nullcontext() if binds_before_start(plan) else prebind(export)
+        with made:
             truth = record_truth(export.root, export.devices)
             with os.scandir(export.root) as entries:
                 host_gap = {e.name: e.inode() - e.stat(follow_symlinks=False).st_ino
@@ -153,6 +170,12 @@ class BindCheck:
     def judge(self, judging: Judging, seen: BindSeen) -> IdsVerdict:
         truth = seen.truth
         looked = seen.seen.view.observation
+        if judging.spec.transport is Transport.VIRTIOFS:
+            # virtiofs passes the host's readdir d_ino through, as 9p does outside remap.
+            return judge_virtiofs(
+                judging.spec.submounts, truth, _forgive_host_gaps(looked, seen.host_gap),
+                judging.stderr, witnesses_of(truth, seen.seen),
+                stderr_outside=judging.stderr_outside, dmesg=seen.seen.dmesg)
         if expected_behaviour(judging.plan.mode, judging.qemu_version) \
                 is not Expectation.UNIQUE_IDS:
             looked = _forgive_host_gaps(looked, seen.host_gap)

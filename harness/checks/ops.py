@@ -1,7 +1,9 @@
 """The operation families: ``operations`` and ``cross_device`` (see ``ops_oracle``).
 
 Each family lays its own fixture into its export on the host right before it asks
-the guest (the export is mounted cache=none, so the guest sees it at once), runs the
+the guest (over 9p the export is mounted cache=none, so the guest sees it at once;
+over virtiofs, cache=auto, the guest has looked at nothing of that export yet, so it
+has nothing cached to miss it by), runs the
 operations through ``mdh-agent ops`` in one SSH round trip, and reads the host state
 back where the rule needs it.  Verdicts are ``ops_oracle``'s.
 """
@@ -24,7 +26,7 @@ from ..agent.ops import (
     ops_command,
     parse_ops_output,
 )
-from ..config import Cache, Check, ExportSpec
+from ..config import Cache, Check, ExportSpec, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..host.truth import TWIN_SAME, Export
@@ -110,6 +112,15 @@ def _xattr_natural(directory: Path) -> int:
         probe.unlink()
 
 
+def guest_xattr(spec: ExportSpec, host: int) -> int:
+    """What the guest's user xattr calls on a file, a directory or a mount point give:
+    over 9p the host filesystem's answer (``host``), over virtiofs EOPNOTSUPP whatever
+    the host does: virtiofsd serves xattrs only with ``--xattr``, which the harness
+    does not pass (its getxattr and setxattr answer ENOSYS without it), and Linux's
+    FUSE client answers ENOSYS with EOPNOTSUPP (fs/fuse/xattr.c, and it stops asking)."""
+    return errno.EOPNOTSUPP if spec.transport is Transport.VIRTIOFS else host
+
+
 def _lay_targets(base: Path, xattr: int) -> None:
     """A file, an empty directory and a symlink per operation under ``base/ops``, so
     no operation's outcome depends on another's."""
@@ -125,16 +136,23 @@ def _lay_targets(base: Path, xattr: int) -> None:
             os.setxattr(path, XATTR, b"host")
 
 
-def _natural(kind: str, op: str, xattr: int) -> int:
+def _natural(kind: str, op: str, xattr: int, guest_mounts: bool) -> int:
     if kind in _XATTR_KINDS and op in ("getxattr", "setxattr"):
         return xattr
+    if guest_mounts and (kind, op) == ("mountpoint", "link"):
+        # The guest sees the device as a mount of its own, as the host does: linkat
+        # compares the two paths' mounts (EXDEV) before the VFS refuses to link a
+        # directory (EPERM) (fs/namei.c do_linkat); measured on the host alike.
+        return errno.EXDEV
     return _ERRORS[kind].get(op, 0)
 
 
-def operation_cases(relpath: str, device: int, xattr: int, kinds: tuple[str, ...]
-                    ) -> list[OpCase]:
+def operation_cases(relpath: str, device: int, xattr: int, kinds: tuple[str, ...],
+                    guest_mounts: bool = False) -> list[OpCase]:
     """Every operation on every kind of target of one device (``relpath`` from the
-    export root; the mount point kind is the device's root itself)."""
+    export root; the mount point kind is the device's root itself).  ``guest_mounts``:
+    the guest sees each device as a mount of its own (virtiofs with submounts), not
+    one mount for the whole export as through 9p."""
     prefix = "" if relpath == "." else f"{relpath}/"
     cases = []
     for kind in kinds:
@@ -148,7 +166,8 @@ def operation_cases(relpath: str, device: int, xattr: int, kinds: tuple[str, ...
                 path = f"{prefix}{OPS_DIR}/{name}"
             second = _TARGET if op == "symlink" else f"{path}.to" if op in ("rename", "link") \
                 else ""
-            cases.append(OpCase(op, kind, device, path, second, _natural(kind, op, xattr)))
+            cases.append(OpCase(op, kind, device, path, second,
+                                _natural(kind, op, xattr, guest_mounts)))
     return cases
 
 
@@ -202,11 +221,13 @@ class OperationsCheck:
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> OperationsSeen:
         foreign = export.devices[1]
-        xattr = _xattr_natural(export.root)
-        _lay_targets(export.root, xattr)
-        _lay_targets(foreign.path, xattr)
+        host_xattr = _xattr_natural(export.root)
+        _lay_targets(export.root, host_xattr)
+        _lay_targets(foreign.path, host_xattr)
+        xattr = guest_xattr(spec, host_xattr)
+        submounts = spec.transport is Transport.VIRTIOFS and spec.submounts
         cases = operation_cases(".", 0, xattr, KINDS[:4])
-        cases += operation_cases(foreign.relpath, foreign.index, xattr, KINDS)
+        cases += operation_cases(foreign.relpath, foreign.index, xattr, KINDS, submounts)
         before = _described_tree(export.root, foreign.relpath)
         requests = [OpRequest(c.op, c.path, c.path2) for c in cases]
         requests.append(OpRequest("readdir", "."))
@@ -226,7 +247,7 @@ class OperationsCheck:
     def judge(self, judging: Judging, seen: OperationsSeen) -> OpsVerdict:
         return judge_operations(judging.plan.mode, judging.qemu_version, seen,
                                 judging.stderr, judging.stderr_outside,
-                                judging.command_failures)
+                                judging.command_failures, judging.spec.transport)
 
 
 _MOVES = {"mv-file": "file", "mv-dir": "dir"}
@@ -301,5 +322,5 @@ class CrossDeviceCheck:
     def judge(self, judging: Judging, seen: CrossSeen) -> OpsVerdict:
         return judge_cross_device(judging.plan.mode, judging.qemu_version, seen,
                                   judging.stderr, judging.stderr_outside,
-                                  judging.command_failures)
+                                  judging.command_failures, judging.spec.transport)
 

@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MAX_PATHS, Mode, Progress, Version, quiet
+from ..config import DEFAULT_MAX_PATHS, Mode, Progress, Transport, Version, quiet
 from ..errors import UsageError
 from ..host.walk import TreeWalk, walk_tree
 from ..results import EXIT_FAIL, EXIT_OK
 from ..verdicts.common import Expectation
-from ..verdicts.predict import GroupPrediction, ModePrediction, Prediction, predict
+from ..verdicts.predict import (
+    GroupPrediction,
+    ModePrediction,
+    Prediction,
+    VirtiofsPrediction,
+    predict,
+)
 
 # Groups and files per group shown in the text; JSON lists up to JSON_GROUPS.
 TEXT_GROUPS = 5
@@ -38,7 +44,8 @@ class PredictReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing collides in the modes asked, 1 when something does."""
+        """0 when nothing collides in the modes and settings asked, 1 when something
+        does (a mount point's id before its submount is entered is reported apart)."""
         return EXIT_FAIL if self.prediction.collides else EXIT_OK
 
 
@@ -58,13 +65,16 @@ def resolve_version(version: str | None, qemu: str | None) -> tuple[Path | None,
 
 def predict_tree(path: Path, modes: tuple[Mode, ...], *, version: str | None = None,
                  qemu: str | None = None, max_paths: int = DEFAULT_MAX_PATHS,
+                 transports: tuple[Transport, ...] = (Transport.NINEP,),
                  progress: Progress = quiet) -> PredictReport:
-    """Walk ``path`` and predict ``modes`` on the QEMU version asked."""
+    """Walk ``path`` and predict ``modes`` on the QEMU version asked (9p), and both
+    virtiofsd settings (virtiofs), as ``transports`` asks."""
     started = time.monotonic()
     binary, qemu_at = resolve_version(version, qemu)
     walk = walk_tree(path, max_paths=max_paths, progress=progress)
     found = predict(walk.truth, walk.devices, walk.mounts, os.fspath(walk.root), qemu_at,
-                    modes)
+                    modes if Transport.NINEP in transports else (),
+                    (True, False) if Transport.VIRTIOFS in transports else ())
     return PredictReport(found, walk, binary, time.monotonic() - started)
 
 
@@ -106,6 +116,22 @@ def _mode_text(found: ModePrediction, version: Version) -> list[str]:
     return lines
 
 
+def _virtiofs_text(found: VirtiofsPrediction) -> list[str]:
+    said = (f"{found.guest_devices} guest st_dev, {len(found.collisions)} guest ids shared "
+            f"by distinct host files")
+    lines = [f"{found.setting}: {said}" + (" once every submount was entered"
+                                           if found.submounts else "")]
+    lines += [_group_text(g) for g in found.collisions[:TEXT_GROUPS]]
+    if len(found.collisions) > TEXT_GROUPS:
+        lines.append(f"  ... and {len(found.collisions) - TEXT_GROUPS} more")
+    if found.before_entry:
+        lines.append(f"         before anything entered them, mount points share "
+                     f"{len(found.before_entry)} ids (known issue "
+                     f"virtiofs-submount-stat-before-automount):")
+        lines += [_group_text(g) for g in found.before_entry[:TEXT_GROUPS]]
+    return lines
+
+
 def predict_text(report: PredictReport) -> str:
     """The devices, what the walk could not see, then each mode's prediction."""
     found, walk = report.prediction, report.walk
@@ -123,23 +149,36 @@ def predict_text(report: PredictReport) -> str:
     lines.append("")
     for mode in found.modes:
         lines += _mode_text(mode, found.qemu_version)
+    for setting in found.virtiofs:
+        lines += _virtiofs_text(setting)
     verdict = "collisions predicted" if found.collides else "no collision predicted"
-    lines += ["", f"{verdict} for {','.join(m.mode.value for m in found.modes)} "
-              f"({report.seconds:.2f} s)"]
+    asked = [m.mode.value for m in found.modes] + [v.setting for v in found.virtiofs]
+    lines += ["", f"{verdict} for {','.join(asked)} ({report.seconds:.2f} s)"]
     return "\n".join(lines)
+
+
+def _groups_json(groups: tuple[GroupPrediction, ...]) -> list[dict[str, Any]]:
+    return [{"guest_ino": g.guest_ino, "why": g.why or None,
+             "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in g.host_files]}
+            for g in groups[:JSON_GROUPS]]
+
+
+def _virtiofs_json(found: VirtiofsPrediction) -> dict[str, Any]:
+    return {"transport": Transport.VIRTIOFS.value, "case": found.setting, "mode": None,
+            "collides": found.collides, "guest_collisions": len(found.collisions),
+            "collisions": _groups_json(found.collisions), "guest_devices": found.guest_devices,
+            "before_entry": _groups_json(found.before_entry)}
 
 
 def _mode_json(found: ModePrediction) -> dict[str, Any]:
     remap = found.remap
     return {
+        "transport": Transport.NINEP.value,
         "mode": found.mode.value,
         "expectation": found.expectation.text,
         "collides": found.collides,
         "guest_collisions": len(found.collisions),
-        "collisions": [
-            {"guest_ino": g.guest_ino, "why": g.why or None,
-             "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in g.host_files]}
-            for g in found.collisions[:JSON_GROUPS]],
+        "collisions": _groups_json(found.collisions),
         "denied": len(found.denied),
         "denied_paths": list(found.denied[:JSON_GROUPS]),
         "qemu_message": list(found.messages),
@@ -171,5 +210,6 @@ def predict_json(report: PredictReport) -> dict[str, Any]:
         "walk_seconds": walk.seconds,
         "wall_seconds": report.seconds,
         "exit_code": report.exit_code,
-        "results": [_mode_json(m) for m in found.modes],
+        "results": [*(_mode_json(m) for m in found.modes),
+                    *(_virtiofs_json(v) for v in found.virtiofs)],
     }

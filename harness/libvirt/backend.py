@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config import BootMethod, ExportSpec, Progress, Via
+from ..config import BootMethod, ExportSpec, Progress, Transport, Via
 from ..environment import Environment
 from ..errors import LibvirtError
 from ..guest.lifecycle import Guest
 from ..host.namespace import NamespaceKind, enter_private_namespace
 from ..plan import GuestPlan, RunOptions
-from ..qemu.cmdline import kernel_append
+from ..qemu.cmdline import kernel_append, uses_virtiofs
 from ..results import ResultRow
 from ..verdicts.rejection import Attempt, judge_rejection
 from .daemon import (
@@ -43,6 +44,7 @@ from .domain import (
     multidevs_failures,
     rejection_specs,
     render_domain_xml,
+    virtiofs_failures,
 )
 from .guest import LibvirtGuest
 
@@ -67,8 +69,11 @@ class LibvirtBackend:
     live_stderr = False
 
     def __init__(self, conn: Any, env: Environment, options: RunOptions, prefix: str,
-                 version: str, progress: Progress) -> None:
+                 version: str, progress: Progress,
+                 virtiofsd: Path | None = None) -> None:
         self.conn = conn
+        # The one path libvirtd runs as virtiofsd (``virtiofsd_binary``).
+        self.virtiofsd = virtiofsd
         self.env = env
         self.cpus = options.guest_cpus
         self.prefix = prefix
@@ -87,25 +92,49 @@ class LibvirtBackend:
             initrd=env.image.initrd,
             cmdline=kernel_append(exports),
             console=log_dir / "console.log",
-            filesystems=tuple(Filesystem.for_mode(s.tag, s.path, s.mode) for s in exports),
+            filesystems=tuple(self._filesystem(s) for s in exports),
             vcpus=self.cpus,
             datadir=env.datadir,
+            shared_memory=uses_virtiofs(exports),
         )
         self.progress(f"{plan.name}: starting domain {domain.name}")
         # No registration with the reaper: it knows the run's guests by their prefix.
         return LibvirtGuest(self.conn, domain, log_dir, env.image, env.timeouts,
                             self.progress)
 
+    def _filesystem(self, spec: ExportSpec) -> Filesystem:
+        if spec.transport is Transport.VIRTIOFS:
+            return Filesystem(spec.tag, spec.path, None, driver="virtiofs",
+                              binary=self.virtiofsd)
+        return Filesystem.for_mode(spec.tag, spec.path, spec.mode)
+
     def command_failures(
         self, guest: Guest, exports: Sequence[ExportSpec]
     ) -> Mapping[Path, Sequence[str]]:
-        return multidevs_failures(guest.argv, [(s.path, s.mode.qemu_value) for s in exports])
+        ninep = [(s.path, s.mode.qemu_value) for s in exports if s.transport is Transport.NINEP]
+        virtiofs = [(s.path, s.tag) for s in exports if s.transport is Transport.VIRTIOFS]
+        return {**multidevs_failures(guest.argv, ninep),
+                **virtiofs_failures(guest.argv, virtiofs)}
 
     def facts(self, guest: Guest) -> tuple[tuple[str, str], ...]:
         return (("libvirt_version", self.version), ("domain", guest.name))
 
     def extra_rows(self, log_root: Path) -> list[ResultRow]:
         return check_rejections(self, log_root)
+
+
+def virtiofsd_binary(command: Sequence[str], directory: Path) -> Path:
+    """A script in ``directory`` that libvirt runs as virtiofsd: it writes the options
+    libvirtd gave to the daemon's log (libvirt 9.0 does not) and execs ``command``
+    with them.  A script, not the daemon, since trixie's virtiofsd runs through its
+    own loader (``ld-linux ... --library-path ... virtiofsd``) and ``<binary>`` holds
+    one path; exec keeps the daemon the process libvirtd started and stops."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "virtiofsd"
+    script.write_text(f'#!/bin/sh\necho "virtiofsd options from libvirtd: $*" >&2\n'
+                      f'exec {shlex.join(command)} "$@"\n')
+    script.chmod(0o755)
+    return script
 
 
 def check_rejections(backend: LibvirtBackend, log_root: Path) -> list[ResultRow]:
@@ -176,6 +205,8 @@ def libvirt_backend(env: Environment, options: RunOptions, progress: Progress,
         with private_libvirt(log_dir / "libvirt", progress, prefix) as conn:
             version = libvirt_version(conn)
             progress(f"libvirt {version} at {URI}; domains {prefix}-*")
-            yield LibvirtBackend(conn, env, options, prefix, version, progress)
+            binary = virtiofsd_binary(env.virtiofsd.command, log_dir / "libvirt") \
+                if env.virtiofsd is not None else None
+            yield LibvirtBackend(conn, env, options, prefix, version, progress, binary)
     finally:
         reaper.close()

@@ -56,6 +56,9 @@ class Filesystem:
     source: Path
     multidevs: str | None
     driver: str | None = None
+    # virtiofs: the virtiofsd libvirtd starts (``<binary path=...>``); None lets libvirt
+    # look one up through its vhost-user descriptors.
+    binary: Path | None = None
 
     @classmethod
     def for_mode(cls, tag: str, source: Path, mode: Mode) -> Filesystem:
@@ -77,7 +80,7 @@ class DomainSpec:
     filesystems: tuple[Filesystem, ...] = ()
     memory_mib: int = 256
     vcpus: int = 1
-    # virtiofs (only in the rejection check) needs guest RAM QEMU can share.
+    # virtiofs needs guest RAM QEMU can share (with virtiofsd).
     shared_memory: bool = False
     network: bool = True
     # Firmware directory (-L) for a QEMU outside the system prefix.
@@ -141,6 +144,8 @@ def _filesystem(devices: ET.Element, fs: Filesystem) -> None:
     element = _sub(devices, "filesystem", **attrib)
     if fs.driver is not None:
         _sub(element, "driver", type=fs.driver)
+    if fs.binary is not None:
+        _sub(element, "binary", path=str(fs.binary))
     _sub(element, "source", dir=str(fs.source))
     _sub(element, "target", dir=fs.tag)
 
@@ -278,6 +283,38 @@ def multidevs_failures(
                 )
         failures[path] = problems
     return failures
+
+
+def device_options(argv: Sequence[str]) -> list[dict[str, str]]:
+    """Every ``-device`` of ``argv`` as a dict (JSON, as libvirt 9.0 writes them, or
+    QemuOpts, whose first word is the driver)."""
+    found: list[dict[str, str]] = []
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag != "-device":
+            continue
+        try:
+            data = json.loads(value) if value.lstrip().startswith("{") else None
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            found.append({str(k): str(v) for k, v in data.items()})
+            continue
+        parts = split_qemu_opts(value)
+        options = dict(item.partition("=")[::2] for item in parts[1:])
+        found.append({"driver": parts[0], **options})
+    return found
+
+
+def virtiofs_failures(argv: Sequence[str], exports: Sequence[tuple[Path, str]]
+                      ) -> dict[Path, list[str]]:
+    """Check that the generated QEMU command line has one vhost-user-fs device per
+    virtiofs export (``exports``: host path and tag), so a row is never judged on a
+    guest that got its export some other way."""
+    tags = [d.get("tag") for d in device_options(argv)
+            if d.get("driver", "").startswith("vhost-user-fs")]
+    return {path: [] if tags.count(tag) == 1 else [
+        f"the QEMU command line libvirt generated has {tags.count(tag)} vhost-user-fs "
+        f"devices with tag={tag}, expected exactly 1"] for path, tag in exports}
 
 
 def qemu_output(domain_log: str) -> str:

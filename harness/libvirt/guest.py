@@ -195,3 +195,9 @@ class LibvirtGuest(Launched):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.domain_log, self.saved_log)
             self.domain_log.unlink()
+        # libvirtd logs each virtiofsd it started (its command line first) beside the
+        # domain's log, on the private tmpfs that vanishes with the run: keep them.
+        for log in DOMAIN_LOG_DIR.glob(f"{self.name}-*-virtiofsd.log"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(log, self.log_dir / log.name.removeprefix(f"{self.name}-"))
+                log.unlink()

@@ -2,8 +2,8 @@
 
 A nightly run on a QEMU that still has a bug should stay useful: the row that shows
 the bug is reported as ``known`` (naming the issue) instead of ``fail``, and anything
-else that fails is still a failure.  A signature says where the bug shows (check,
-modes, the expectation QEMU's version gives the mode, layouts, cache modes, QEMU and
+else that fails is still a failure.  A signature says where the bug shows (transport,
+check, modes, the expectation QEMU's version gives the mode, layouts, cache modes, QEMU and
 kernel version ranges), which failure lines it explains (regular expressions; every
 failure of the row must match one), and whether the remap model must agree with the
 guest (a collision that the model does not predict is another bug).  A row inside an
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from ..config import Version
 from ..errors import UsageError
 
-_FIELDS = {"id", "title", "component", "check", "modes", "expectation", "layouts", "caches",
-           "qemu_min", "qemu_max", "kernel_min", "kernel_max", "failures", "remap_model",
-           "reproducer", "reference"}
+_FIELDS = {"id", "title", "component", "transport", "check", "modes", "expectation", "layouts",
+           "caches", "qemu_min", "qemu_max", "kernel_min", "kernel_max", "failures",
+           "remap_model", "reproducer", "reference"}
 _REQUIRED = ("id", "title", "component", "modes", "failures", "reproducer")
 _KERNEL_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -41,6 +41,9 @@ class KnownIssue:
     modes: tuple[str, ...]
     failures: tuple[re.Pattern[str], ...]
     reproducer: str
+    # "9p" (``modes`` are multidevs modes) or "virtiofs" (``modes`` are the settings'
+    # row names: "virtiofs", "virtiofs-nosubmounts").
+    transport: str = "9p"
     check: str = "ids"
     expectation: str | None = None  # verdicts.common.Expectation value, None: any
     layouts: tuple[str, ...] = ()  # empty: any
@@ -66,6 +69,7 @@ class RowFacts:
     kernel: str  # the guest's release, e.g. "6.1.0-57-amd64"
     failures: tuple[str, ...]
     remap_agrees: bool | None  # None: QEMU did not remap (no model)
+    transport: str = "9p"
 
 
 def kernel_version(release: str) -> Version | None:
@@ -103,8 +107,8 @@ def _issue(raw: dict[str, object], source: str, index: int) -> KnownIssue:
             + ([f"missing {', '.join(missing)}"] if missing else [])),
             hint=f"a known issue has the keys {', '.join(sorted(_FIELDS))}")
     text = {key: _strings(raw[key], f"{where}: {key}")[0] for key in
-            ("id", "title", "component", "reproducer", "check", "expectation", "remap_model",
-             "reference") if key in raw}
+            ("id", "title", "component", "reproducer", "transport", "check", "expectation",
+             "remap_model", "reference") if key in raw}
     try:
         patterns = tuple(re.compile(p) for p in _strings(raw["failures"], f"{where}: failures"))
     except re.error as exc:
@@ -146,7 +150,8 @@ def _in_range(value: Version | None, low: Version | None, high: Version | None) 
 
 def in_scope(issue: KnownIssue, facts: RowFacts) -> bool:
     """Whether ``facts`` describe a row where ``issue`` is expected to show."""
-    return (facts.check == issue.check and facts.mode in issue.modes
+    return (facts.transport == issue.transport and facts.check == issue.check
+            and facts.mode in issue.modes
             and (issue.expectation is None or facts.expectation == issue.expectation)
             and (not issue.layouts or facts.layout in issue.layouts)
             and (not issue.caches or facts.cache in issue.caches)

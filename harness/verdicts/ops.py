@@ -14,6 +14,10 @@ afterwards, against what the mode promises.  Pure, like every module of ``verdic
   must be exactly what those outcomes imply: nothing lost, nothing duplicated,
   content intact.
 
+Over virtiofs there is no mode: every call gives its natural result on every device
+(the natural results are the transport's, ``checks.ops``), cross-device rename and
+link EXDEV, and no multi-device message may appear (``VIRTIOFS_BEHAVIOUR``).
+
 Messages: these families share a QEMU with an ``ids`` export of the same mode and
 QEMU prints each multi-device message once per process, so their slice may hold the
 mode's own message at most once (the ``ids`` row holds the exactly-once rule) and
@@ -26,7 +30,7 @@ import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..config import Mode, Version
+from ..config import Mode, Transport, Version
 from .common import (
     Behaviour,
     Expectation,
@@ -112,10 +116,18 @@ def expected_result(case: OpCase, expectation: Expectation) -> int:
     return case.natural
 
 
-def behaviour_of(mode: Mode, version: Version, stderr: str, collided: bool = False
-                 ) -> Behaviour:
+# virtiofs has no multidevs mode: no device is denied, and no multi-device message
+# (those are 9p's) may appear anywhere; these are the rules of remap's behaviour.
+VIRTIOFS_BEHAVIOUR = Behaviour(Expectation.UNIQUE_IDS)
+
+
+def behaviour_of(mode: Mode, version: Version, stderr: str, collided: bool = False,
+                 transport: Transport = Transport.NINEP) -> Behaviour:
     """The behaviour a later family's row is judged by: ``decided_behaviour``, where a
-    warning in its slice (or ``collided``: a collision it saw) shows warn's."""
+    warning in its slice (or ``collided``: a collision it saw) shows warn's; over
+    virtiofs ``VIRTIOFS_BEHAVIOUR`` whatever ``mode`` says."""
+    if transport is Transport.VIRTIOFS:
+        return VIRTIOFS_BEHAVIOUR
     return decided_behaviour(mode, version,
                              collided or bool(find_multidevs_messages(stderr).warn))
 
@@ -158,9 +170,10 @@ class OperationsSeen:
 
 
 def judge_operations(mode: Mode, version: Version, seen: OperationsSeen, stderr: str,
-                     stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
+                     stderr_outside: str, extra: Sequence[str] = (),
+                     transport: Transport = Transport.NINEP) -> OpsVerdict:
     """The ``operations`` rules (module docstring); each wrong answer is named."""
-    behaviour = behaviour_of(mode, version, stderr)
+    behaviour = behaviour_of(mode, version, stderr, transport=transport)
     expectation = behaviour.expectation
     outcomes = [OpOutcome(c.op, c.target, c.device, c.path, answer, expected_result(c, expectation))
                 for c, answer in zip(seen.cases, seen.answers, strict=True)]
@@ -226,10 +239,11 @@ def host_state_failures(expected: Mapping[str, bytes | None],
 
 
 def judge_cross_device(mode: Mode, version: Version, seen: CrossSeen, stderr: str,
-                       stderr_outside: str, extra: Sequence[str] = ()) -> OpsVerdict:
+                       stderr_outside: str, extra: Sequence[str] = (),
+                       transport: Transport = Transport.NINEP) -> OpsVerdict:
     """The ``cross_device`` rules (module docstring): the errno or exit status of each
     step, then the host state they imply, compared path by path."""
-    behaviour = behaviour_of(mode, version, stderr)
+    behaviour = behaviour_of(mode, version, stderr, transport=transport)
     expectation = behaviour.expectation
     forbid = expectation is Expectation.DENY_FOREIGN
     aliasable = seen.twins_may_alias and expectation is Expectation.COLLIDE_AND_WARN

@@ -9,7 +9,9 @@ the same tree and must agree):
 * remap (and the default from QEMU 10): the ids of QEMU's remap as ``remap_model``
   computes them in the guest's first-sight order (the truth order), its collisions
   explained bit by bit, and whether its table overflows into the full map (which
-  makes QEMU warn "Potential degraded performance of inode remapping").
+  makes QEMU warn "Potential degraded performance of inode remapping");
+* virtiofs (``predict_virtiofs``): with submounts no shared id once each submount was
+  entered (and, before that, each mount point's borrowed id); without, warn's.
 
 Pure: the walk is ``host.walk``, the command ``commands.predict``.
 """
@@ -17,7 +19,7 @@ Pure: the walk is ``host.walk``, the command ``commands.predict``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..config import Mode, Version
@@ -85,19 +87,49 @@ class ModePrediction:
 
 
 @dataclass(frozen=True)
+class VirtiofsPrediction:
+    """What one virtiofsd setting will show on the tree (QEMU's version plays no part).
+
+    ``collisions``: ids shared once every submount was entered (none with submounts;
+    without, where raw st_ino repeats across devices).  ``before_entry`` (with
+    submounts only): the ids each mount point shares while nothing has entered it,
+    the known issue ``virtiofs-submount-stat-before-automount``; reported apart, since
+    any walk into the device ends them.
+    """
+
+    submounts: bool
+    collisions: tuple[GroupPrediction, ...]
+    guest_devices: int
+    before_entry: tuple[GroupPrediction, ...] = ()
+
+    @property
+    def setting(self) -> str:
+        """The row name of this setting."""
+        return "virtiofs" if self.submounts else "virtiofs-nosubmounts"
+
+    @property
+    def collides(self) -> bool:
+        """True when distinct host files will share a guest id."""
+        return bool(self.collisions)
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """Every mode asked, for one tree on one QEMU version."""
+    """Every mode asked, for one tree on one QEMU version, and every virtiofs setting
+    asked."""
 
     root: str
     qemu_version: Version
     paths: int
     devices: tuple[DeviceSummary, ...]
     modes: tuple[ModePrediction, ...]
+    virtiofs: tuple[VirtiofsPrediction, ...] = ()
 
     @property
     def collides(self) -> bool:
-        """True when any mode asked will make distinct files share a guest id."""
-        return any(m.collides for m in self.modes)
+        """True when any mode or setting asked will make distinct files share a guest
+        id (once every submount was entered)."""
+        return any(m.collides for m in self.modes) or any(v.collides for v in self.virtiofs)
 
 
 def device_summaries(truth: HostTruth, devices: Sequence[ExportDevice],
@@ -117,14 +149,16 @@ def device_summaries(truth: HostTruth, devices: Sequence[ExportDevice],
     return tuple(found)
 
 
-def raw_collisions(truth: HostTruth) -> tuple[GroupPrediction, ...]:
+def raw_collisions(truth: HostTruth, shown: Callable[[int], int] = guest_ino
+                   ) -> tuple[GroupPrediction, ...]:
     """Distinct host files whose raw st_ino repeats across st_dev: warn's collisions
-    (QEMU passes st_ino through and the guest sees one st_dev)."""
+    (QEMU passes st_ino through and the guest sees one st_dev); ``shown`` is the
+    st_ino the guest shows for a host st_ino (9p's client adds 2; FUSE none)."""
     first = truth.first_paths
     devs_of: dict[int, list[int]] = {}
     for dev, ino in first:
         devs_of.setdefault(ino, []).append(dev)
-    groups = [GroupPrediction(guest_ino(ino), tuple((first[(dev, ino)], dev, ino)
+    groups = [GroupPrediction(shown(ino), tuple((first[(dev, ino)], dev, ino)
                                                     for dev in devs))
               for ino, devs in devs_of.items() if len(devs) > 1]
     return _worst_first(groups)
@@ -164,6 +198,48 @@ def denied_paths(truth: HostTruth) -> tuple[str, ...]:
     return tuple(denied)
 
 
+def mount_points(truth: HostTruth) -> frozenset[str]:
+    """Paths whose host st_dev differs from their parent's: the device roots (virtiofs
+    makes each a submount)."""
+    return frozenset(
+        e.path for e in truth.entries if e.path != "."
+        and truth.by_path[e.path.rpartition("/")[0] or "."].dev != e.dev)
+
+
+def before_entry(truth: HostTruth) -> tuple[GroupPrediction, ...]:
+    """With submounts, before anything entered them: each mount point (a path whose
+    st_dev is not its parent's) answers its parent's st_dev with its own root's st_ino,
+    so it shares an id with any file of the parent's device of that inode number, and
+    with any other mount point there of the same root inode number (btrfs
+    subvolumes).  The guest's st_dev is named by the host device it borrows."""
+    by_id: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
+    for (dev, ino), path in truth.first_paths.items():
+        by_id.setdefault((dev, ino), []).append((path, dev, ino))
+    points = mount_points(truth)
+    for entry in (e for e in truth.entries if e.path in points):
+        point = entry.path
+        parent = truth.by_path[point.rpartition("/")[0] or "."].dev
+        by_id.setdefault((parent, entry.ino), []).append((point, entry.dev, entry.ino))
+    # virtiofs shows the host's st_ino as it is.
+    groups = [GroupPrediction(ino, tuple(files))
+              for (_, ino), files in by_id.items() if len(files) > 1]
+    return _worst_first(groups)
+
+
+def predict_virtiofs(truth: HostTruth, settings: Sequence[bool]
+                     ) -> tuple[VirtiofsPrediction, ...]:
+    """Each virtiofsd setting of ``settings`` (submounts announced or not): with
+    submounts every host device its own guest st_dev, nothing shared once entered;
+    without, one st_dev and raw st_ino: warn's collisions exactly."""
+    found = []
+    for submounts in settings:
+        if submounts:
+            found.append(VirtiofsPrediction(True, (), truth.device_count, before_entry(truth)))
+        else:
+            found.append(VirtiofsPrediction(False, raw_collisions(truth, int), 1))
+    return tuple(found)
+
+
 def _mode(mode: Mode, version: Version, truth: HostTruth, remap: RemapPrediction,
           raw: tuple[GroupPrediction, ...]) -> ModePrediction:
     expectation = expected_behaviour(mode, version)
@@ -189,8 +265,10 @@ class RemapPrediction:
 
 
 def predict(truth: HostTruth, devices: Sequence[ExportDevice], mounts: Sequence[MountEntry],
-            root: str, version: Version, modes: Sequence[Mode]) -> Prediction:
-    """What each of ``modes`` will show on the tree ``truth`` on QEMU ``version``.
+            root: str, version: Version, modes: Sequence[Mode],
+            virtiofs: Sequence[bool] = ()) -> Prediction:
+    """What each of ``modes`` will show on the tree ``truth`` on QEMU ``version``, and
+    each virtiofsd setting of ``virtiofs`` (submounts announced or not).
     Each answer is computed once, however many modes share it (warn and the default
     before QEMU 10; remap and the default from 10)."""
     result = modelled(truth)
@@ -200,4 +278,5 @@ def predict(truth: HostTruth, devices: Sequence[ExportDevice], mounts: Sequence[
         expected_behaviour(m, version) is Expectation.COLLIDE_AND_WARN for m in modes) else ()
     return Prediction(root, version, len(truth.entries),
                       device_summaries(truth, devices, mounts, root),
-                      tuple(_mode(mode, version, truth, remap, raw) for mode in modes))
+                      tuple(_mode(mode, version, truth, remap, raw) for mode in modes),
+                      predict_virtiofs(truth, virtiofs))

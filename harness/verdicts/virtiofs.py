@@ -46,6 +46,7 @@ from .ids import (
     witness_notes,
 )
 from .kernel import kernel_failures, kernel_lines
+from .predict import mount_points
 from .witnesses import Witness
 
 SUBMOUNTS_TEXT = ("each host device its own guest st_dev, (st_dev, st_ino) a bijection with "
@@ -54,13 +55,6 @@ NOSUBMOUNTS_TEXT = "one guest st_dev; ids collide exactly where host st_ino repe
 CONTROL_TEXT = "single device (control): unique ids, no message"
 
 FileId = tuple[int, int]
-
-
-def mount_points(truth: HostTruth) -> frozenset[str]:
-    """Paths whose host st_dev differs from their parent's: the device roots."""
-    return frozenset(
-        e.path for e in truth.entries if e.path != "."
-        and truth.by_path[e.path.rpartition("/")[0] or "."].dev != e.dev)
 
 
 def guest_devices(truth: HostTruth, first: Mapping[str, GuestResult]) -> dict[int, set[int]]:

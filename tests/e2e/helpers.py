@@ -133,11 +133,12 @@ def qemu_child_wrapper(directory: Path, old: str = "", new: str = "", to_stdout:
 
 VIRTIOFSD_WRAPPER = """\
 #!{python}
-# A virtiofsd that never announces submounts, whatever the harness asks.
+# A virtiofsd that never announces submounts, whatever its caller asks (the harness
+# says --announce-submounts; libvirt says nothing, and 1.13 announces by default).
 import os, sys
 real = {real!r}
-args = ["--no-announce-submounts" if a == "--announce-submounts" else a for a in sys.argv[1:]]
-os.execv(real[0], [*real, *args])
+args = [a for a in sys.argv[1:] if a not in ("--announce-submounts", "--no-announce-submounts")]
+os.execv(real[0], [*real, *args, "--no-announce-submounts"])
 """
 
 

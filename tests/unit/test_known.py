@@ -132,3 +132,52 @@ def test_strict_known_fails_a_run_where_a_known_issue_did_not_reproduce() -> Non
     assert RunResults(env, rows).exit_code == EXIT_OK
     assert RunResults(env, rows, strict_known=True).exit_code == EXIT_FAIL
     assert RunResults(env, rows, strict_known=True).unreproduced == ("qemu-remap-unkeyed-bits",)
+
+
+# --- a virtiofs issue: its transport, its setting in the mode's place -------------------
+
+MOUNT_POINT = ("guest id of 'dev01' changed between pass 1 and pass 2: (dev 24, ino 128) "
+               "-> (dev 28, ino 128)")
+FIRST_PASS = ("collision: guest id (dev 24, ino 1) is shared by '.' (host dev 56, ino 1) "
+              "and 'dev02' (host dev 67, ino 1)")
+
+
+def _virtiofs(**changes: object) -> RowFacts:
+    return _facts(**{"mode": "virtiofs", "expectation": None, "layout": "xfs",
+                     "cache": "auto", "transport": "virtiofs",
+                     "failures": (MOUNT_POINT, FIRST_PASS), "remap_agrees": None, **changes})
+
+
+def test_the_shipped_virtiofs_issue_explains_a_mount_point_seen_before_its_automount(
+        ) -> None:
+    shipped = load_known_issues(None)
+    (issue,) = [i for i in shipped if i.id == "virtiofs-submount-stat-before-automount"]
+    assert match(shipped, _virtiofs()) is issue
+    # A 9p row with the same lines, the row without submounts, a layout the harm probe
+    # enters first, or an st_ino that changed: not this issue.
+    assert match(shipped, _virtiofs(transport="9p", mode="remap")) is None
+    assert match(shipped, _virtiofs(mode="virtiofs-nosubmounts")) is None
+    assert match(shipped, _virtiofs(layout="standard")) is None
+    moved = MOUNT_POINT.replace("(dev 28, ino 128)", "(dev 28, ino 7)")
+    assert match(shipped, _virtiofs(failures=(moved, FIRST_PASS))) is None
+    assert unreproduced(shipped, _virtiofs(failures=())) == (issue,)
+
+
+SPLIT = ("hard links of one host file got different guest ids: 'bind-a/inner' (dev 24, ino 5), "
+         "'bind-b/inner' (dev 25, ino 5) and 'sub/inner' (dev 23, ino 5)")
+BIND_POINT = ("guest id of 'bind-a' changed between pass 1 and pass 2: (dev 23, ino 4) -> "
+              "(dev 24, ino 4)")
+
+
+def test_the_shipped_bind_split_issue_explains_a_bind_seen_as_submounts() -> None:
+    shipped = load_known_issues(None)
+    (issue,) = [i for i in shipped if i.id == "virtiofs-submount-bind-split"]
+    facts = _virtiofs(check="bind", layout="standard", failures=(SPLIT, BIND_POINT))
+    assert match(shipped, facts) is issue
+    # A collision there, or the same lines without submounts or over 9p: not this issue.
+    assert match(shipped, _virtiofs(check="bind", layout="standard",
+                                    failures=(SPLIT, FIRST_PASS))) is None
+    assert match(shipped, _virtiofs(check="bind", mode="virtiofs-nosubmounts",
+                                    failures=(SPLIT,))) is None
+    assert match(shipped, _virtiofs(check="bind", transport="9p", mode="warn",
+                                    failures=(SPLIT,))) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import Accel, Mode
+from harness.libvirt.backend import virtiofsd_binary
 from harness.libvirt.domain import (
     QEMU_NS,
     VIRTIOFS_REJECTION,
@@ -21,6 +23,7 @@ from harness.libvirt.domain import (
     rejection_specs,
     render_domain_xml,
     split_qemu_opts,
+    virtiofs_failures,
 )
 from harness.qemu.cmdline import forwarded_port
 from harness.verdicts.common import Status
@@ -289,3 +292,48 @@ def test_rejection_specs_are_otherwise_valid_domains() -> None:
     assert _filesystems(bogus)[0].get("multidevs") == "bogus"
     assert {r.spec.name for r in specs} == {"mdh-lv-t-reject-virtiofs",
                                                    "mdh-lv-t-reject-invalid"}
+
+
+# --- virtiofs exports through libvirtd's own virtiofsd ---------------------------------
+
+
+def test_a_virtiofs_filesystem_names_its_daemon_and_shares_the_guest_ram() -> None:
+    fs = Filesystem("mdh0", ODD, None, driver="virtiofs", binary=Path("/logs/libvirt/virtiofsd"))
+    root = _parse(replace(_spec(fs), shared_memory=True))
+    (element,) = _filesystems(root)
+    assert element.get("multidevs") is None
+    assert _attr(element, "driver", "type") == "virtiofs"
+    assert _attr(element, "binary", "path") == "/logs/libvirt/virtiofsd"
+    assert _attr(element, "source", "dir") == str(ODD)
+    assert _attr(root, "./memoryBacking/source", "type") == "memfd"
+    assert _attr(root, "./memoryBacking/access", "mode") == "shared"
+    assert _parse(_spec(Filesystem("mdh0", ODD, "remap"))).find("./devices/filesystem/binary") \
+        is None
+
+
+# What libvirt 9.0 generated for a virtiofs export and a 9p one (measured).
+VHOST_DEVICE = ('{"driver":"vhost-user-fs-pci","id":"fs0","chardev":"chr-vu-fs0",'
+                '"tag":"mdh0","bus":"pci.1","addr":"0x0"}')
+
+
+def test_each_virtiofs_export_needs_one_vhost_user_fs_device_with_its_tag() -> None:
+    argv = ["qemu", "-device", VHOST_DEVICE, "-device", "virtio-9p-pci,id=fs1,mount_tag=mdh1"]
+    assert virtiofs_failures(argv, [(Path("/e0"), "mdh0")]) == {Path("/e0"): []}
+    assert virtiofs_failures(argv, [(Path("/e1"), "mdh1")]) == {Path("/e1"): [
+        "the QEMU command line libvirt generated has 0 vhost-user-fs devices with tag=mdh1, "
+        "expected exactly 1"]}
+    twice = [*argv, "-device", "vhost-user-fs-pci,chardev=c,tag=mdh0"]
+    assert virtiofs_failures(twice, [(Path("/e0"), "mdh0")])[Path("/e0")][0].startswith(
+        "the QEMU command line libvirt generated has 2 vhost-user-fs devices")
+
+
+def test_libvirt_runs_a_script_that_logs_its_options_and_execs_the_daemon(
+        tmp_path: Path) -> None:
+    command = ("/c/ld-linux-x86-64.so.2", "--library-path", "/c/lib dir", "/c/virtiofsd")
+    script = virtiofsd_binary(command, tmp_path / "libvirt")
+    assert script.stat().st_mode & 0o111
+    result = subprocess.run([str(script), "--fd=3", "-o", "source=/x"], capture_output=True,
+                            text=True, env={"PATH": "/nonexistent"}, check=False)
+    # exec of the (absent) loader fails, after the options were written to stderr.
+    assert result.stderr.startswith("virtiofsd options from libvirtd: --fd=3 -o source=/x\n")
+    assert "'/c/lib dir'" in script.read_text() and result.returncode == 127

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from harness.checks.ops import operation_cases
-from harness.config import Mode, Version
+from harness.checks.ops import guest_xattr, operation_cases
+from harness.config import ExportSpec, Mode, Transport, Version
 from harness.verdicts.common import Status
 from harness.verdicts.ops import (
     TWIN_TARGET,
@@ -262,3 +263,65 @@ def test_the_undecided_default_takes_warn_when_the_slice_warns() -> None:
     # Outside the window the same default is warn's and the warning is simply allowed.
     assert not judge_operations(Mode.DEFAULT, V7, _seen(_as_measured(False)), WARNING,
                                 "").notes
+
+
+# --- over virtiofs: no mode, every call its ordinary result, no message at all --------
+
+
+def _virtiofs_ops(answers: list[int], stderr: str = "") -> tuple[Status, tuple[str, ...]]:
+    # Mode.DEFAULT is what a virtiofs row carries; on QEMU 7.2 9p's default is warn,
+    # whose later rows may show the warning: a virtiofs row may not.
+    verdict = judge_operations(Mode.DEFAULT, V7, _seen(answers), stderr, "",
+                               transport=Transport.VIRTIOFS)
+    return verdict.status, verdict.failures
+
+
+def test_virtiofs_operations_want_the_ordinary_result_everywhere_and_no_message() -> None:
+    assert _virtiofs_ops(_as_measured(False)) == (Status.PASS, ())
+    status, failures = _virtiofs_ops(_as_measured(True))
+    assert status is Status.FAIL and len(failures) == sum(c.device == 1 for c in _cases())
+    assert failures[0].endswith("gave errno 19 (ENODEV), expected success")
+    status, failures = _virtiofs_ops(_as_measured(False), WARNING)
+    assert failures == (f"expected no multi-device message on QEMU stderr, found 1: "
+                        f"{WARNING!r}",)
+
+
+def test_virtiofs_xattr_calls_expect_eopnotsupp_whatever_the_host_does() -> None:
+    spec = ExportSpec("mdh0", Path("/x"), Mode.DEFAULT, "/mnt/mdh0",
+                      transport=Transport.VIRTIOFS)
+    assert guest_xattr(spec, 0) == guest_xattr(spec, errno.EOPNOTSUPP) == errno.EOPNOTSUPP
+    assert guest_xattr(replace(spec, transport=Transport.NINEP), 0) == 0
+    cases = operation_cases("dev01", 1, guest_xattr(spec, 0), ("file", "symlink"))
+    natural = {(c.target, c.op): c.natural for c in cases if "xattr" in c.op}
+    # A symlink's user xattrs are refused by the guest's VFS before FUSE is asked.
+    assert natural == {("file", "getxattr"): errno.EOPNOTSUPP,
+                       ("file", "setxattr"): errno.EOPNOTSUPP,
+                       ("symlink", "getxattr"): errno.ENODATA,
+                       ("symlink", "setxattr"): errno.EPERM}
+
+
+def test_virtiofs_cross_device_wants_exdev_and_no_no_op_twin_rename() -> None:
+    seen = _cross((errno.EXDEV, errno.EXDEV, 0), expected_host_state(BEFORE, MOVES))
+    assert judge_cross_device(Mode.DEFAULT, V7, seen, "", "",
+                              transport=Transport.VIRTIOFS).passed
+    denied = _cross((errno.ENODEV, errno.EXDEV, 0), expected_host_state(BEFORE, MOVES))
+    verdict = judge_cross_device(Mode.DEFAULT, V7, denied, "", "",
+                                 transport=Transport.VIRTIOFS)
+    assert verdict.failures == ("rename on file 'xdev/rename-file' (the root device) gave "
+                                "errno 19 (ENODEV), expected errno 18 (EXDEV)",)
+    # Twins sharing (st_dev, st_ino) without submounts are still two FUSE inodes.
+    twin = CrossSeen(((TWIN, 0),), TWINS, TWINS, {}, 2, twins_may_alias=True)
+    verdict = judge_cross_device(Mode.DEFAULT, V7, twin, "", "",
+                                 transport=Transport.VIRTIOFS)
+    assert verdict.failures == ("rename on twin 'twin-same' (the root device) gave success, "
+                                "expected errno 18 (EXDEV)",)
+
+
+def test_a_mount_point_links_with_exdev_where_the_guest_sees_the_device_as_a_mount() -> None:
+    def link(guest_mounts: bool) -> int:
+        (case,) = [c for c in operation_cases("dev01", 1, 0, ("mountpoint",), guest_mounts)
+                   if c.op == "link"]
+        return case.natural
+    # Through 9p one mount: the VFS refuses to link a directory; with virtiofs's
+    # submounts the paths' mounts differ first, as on the host.
+    assert (link(False), link(True)) == (errno.EPERM, errno.EXDEV)

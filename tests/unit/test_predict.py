@@ -17,7 +17,14 @@ from harness.host.namespace import MS_NODEV, MS_NOSUID, MS_RELATIME, MS_STRICTAT
 from harness.host.truth import ExportDevice, HostTruth
 from harness.verdicts.common import Expectation, Status
 from harness.verdicts.ids import judge
-from harness.verdicts.predict import ModePrediction, denied_paths, predict, raw_collisions
+from harness.verdicts.predict import (
+    GroupPrediction,
+    ModePrediction,
+    VirtiofsPrediction,
+    denied_paths,
+    predict,
+    raw_collisions,
+)
 
 from .test_oracle import (
     FORBID_MESSAGE,
@@ -192,3 +199,45 @@ def test_a_read_only_remount_repeats_the_locked_flags() -> None:
 def test_read_only_is_read_from_the_mount_options(options: str, expected: bool) -> None:
     line = f"40 22 0:40 / /x {options} - tmpfs tmpfs rw\n"
     assert parse_mountinfo(line)[0].read_only is expected
+
+
+# --- virtiofs: both virtiofsd settings, no QEMU version involved ----------------------
+
+
+def _virtiofs(truth: HostTruth) -> dict[str, VirtiofsPrediction]:
+    found = predict(truth, _devices(truth), (), "/t", OLD, (), (True, False))
+    assert found.modes == ()
+    return {v.setting: v for v in found.virtiofs}
+
+
+def _ids(groups: tuple[GroupPrediction, ...]) -> list[tuple[int, set[tuple[str, int]]]]:
+    return [(g.guest_ino, {(p, d) for p, d, _ in g.host_files}) for g in groups]
+
+
+def test_virtiofs_without_submounts_predicts_warns_repeats_with_host_inode_numbers() -> None:
+    plain = _virtiofs(TRUTH)["virtiofs-nosubmounts"]
+    # As warn, but the FUSE client shows the host's st_ino (9p's adds 2).
+    assert [(g.guest_ino, g.files) for g in plain.collisions] == [
+        (g.guest_ino - 2, g.files) for g in raw_collisions(TRUTH)]
+    assert plain.collides and plain.guest_devices == 1
+
+
+def test_virtiofs_with_submounts_predicts_nothing_shared_but_a_mount_point_before_entry(
+        ) -> None:
+    announced = _virtiofs(TRUTH)["virtiofs"]
+    assert not announced.collides and announced.guest_devices == 2
+    # dev01's root (ino 1) borrows the root device's st_dev before anything entered it:
+    # the export root's own id.
+    assert _ids(announced.before_entry) == [(1, {(".", 100), ("dev01", 200)})]
+    found = predict(NO_OVERLAP, _devices(NO_OVERLAP), (), "/t", OLD, (), (True,))
+    assert not found.collides and found.virtiofs[0].before_entry == ()
+
+
+def test_subvolumes_under_one_mount_point_share_their_borrowed_id() -> None:
+    # Three btrfs-like devices below dev01, each root inode 256, none on dev01's own.
+    truth = HostTruth((host_dir(".", 100, 1, 0), host_dir("dev01", 200, 256, 1),
+                       host_dir("dev01/sv1", 201, 256, 2), host_dir("dev01/sv2", 202, 256, 3),
+                       host_file("dev01/f", 200, 257, 1)))
+    announced = _virtiofs(truth)["virtiofs"]
+    assert _ids(announced.before_entry) == [
+        (256, {("dev01", 200), ("dev01/sv1", 201), ("dev01/sv2", 202)})]

@@ -9,11 +9,13 @@ The fixture is a two-device export: device 0 (host dev 100) is the root, device 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
+from harness.checks.live import binds_before_start
 from harness.config import (
     Accel,
     Cache,
@@ -25,6 +27,7 @@ from harness.config import (
     MachineSpec,
     Mode,
     Transport,
+    Via,
     parse_transports,
 )
 from harness.errors import UsageError, VirtiofsdError
@@ -35,11 +38,8 @@ from harness.qemu.vhostfs import daemon_args
 from harness.qemu.virtiofsd import find_virtiofsd, parse_version, unpacked_command
 from harness.verdicts.common import Status
 from harness.verdicts.ids import HarmInput
-from harness.verdicts.virtiofs import (
-    expected_collisions,
-    judge_virtiofs,
-    mount_points,
-)
+from harness.verdicts.predict import mount_points
+from harness.verdicts.virtiofs import expected_collisions, judge_virtiofs
 from harness.verdicts.witnesses import Witness
 
 from . import test_harm as harm_fixture
@@ -197,22 +197,42 @@ def _options(transports: str) -> RunOptions:
                       layout=ExportLayout(), transports=parse_transports(transports))
 
 
-def test_virtiofs_rows_are_ids_on_every_layout_in_guests_of_their_own() -> None:
+def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_their_own(
+        ) -> None:
     plan = plan_run(_options("9p,virtiofs"), live_stderr=True)
     ninep = plan_run(_options("9p"), live_stderr=True)
     extra = plan.guests[len(ninep.guests):]
     assert plan.guests[:len(ninep.guests)] == ninep.guests
     assert [g.name for g in extra] == ["virtiofs", "virtiofs-nosubmounts"]
     rows = [e.row for g in extra for e in g.exports]
-    assert rows == ["virtiofs", "virtiofs@overlay", "virtiofs-nosubmounts",
-                    "virtiofs-nosubmounts@overlay"]
-    assert all(e.check is Check.IDS and e.transport is Transport.VIRTIOFS
-               for g in extra for e in g.exports)
-    assert [e.submounts for g in extra for e in g.exports] == [True, True, False, False]
+    assert rows == ["virtiofs", "virtiofs@overlay", "operations-virtiofs",
+                    "cross_device-virtiofs", "bind-virtiofs", "virtiofs-nosubmounts",
+                    "virtiofs-nosubmounts@overlay", "operations-virtiofs-nosubmounts",
+                    "cross_device-virtiofs-nosubmounts", "bind-virtiofs-nosubmounts"]
+    assert [e.check for e in extra[0].exports] == [
+        Check.IDS, Check.IDS, Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND]
+    assert all(e.transport is Transport.VIRTIOFS for g in extra for e in g.exports)
+    assert [e.submounts for g in extra for e in g.exports] == [True] * 5 + [False] * 5
+    # The families' own exports, whatever the layouts: two devices, bind's one.
+    assert [(e.layout.devices, e.witness) for e in extra[0].exports[2:]] == [
+        (2, True), (2, True), (1, False)]
     rank = row_rank((Mode.REMAP,), layouts=(Layout.STANDARD, Layout.OVERLAY))
-    assert rank["virtiofs-nosubmounts@overlay"] == len(rank) - 1
+    assert rank["bind-virtiofs-nosubmounts"] == len(rank) - 1
+    assert rank["virtiofs-nosubmounts@overlay"] < rank["operations-virtiofs"]
     only = plan_run(_options("virtiofs"), live_stderr=True)
     assert [g.name for g in only.guests] == ["virtiofs", "virtiofs-nosubmounts"]
+
+
+def test_virtiofs_families_follow_checks_and_skip_those_mounting_after_start() -> None:
+    options = replace(_options("virtiofs"), checks=(Check.CROSS_DEVICE, Check.RUNTIME_MOUNT,
+                                                      Check.HELD_FD, Check.REMOUNT))
+    plan = plan_run(options, live_stderr=True)
+    assert [[e.row for e in g.exports] for g in plan.guests] == [
+        ["cross_device-virtiofs"], ["cross_device-virtiofs-nosubmounts"]]
+    alone = replace(options, checks=(Check.RUNTIME_MOUNT,))
+    assert plan_run(alone, live_stderr=True).guests == ()
+    single = replace(options, layout=ExportLayout(devices=1))
+    assert plan_run(single, live_stderr=True).guests == ()
 
 
 def test_unknown_transport_is_refused() -> None:
@@ -263,3 +283,21 @@ def test_virtiofsd_version_and_lookup() -> None:
     command = unpacked_command(Path("/c/v"))
     assert command[0].endswith("ld-linux-x86-64.so.2") and command[1] == "--library-path"
     assert command[-1] == "/c/v/usr/libexec/virtiofsd"
+
+
+def test_virtiofs_binds_are_made_before_the_daemon_starts() -> None:
+    plan = plan_run(replace(_options("virtiofs"), checks=(Check.BIND, Check.OPERATIONS)),
+                    live_stderr=True)
+    exports = [e for g in plan.guests for e in g.exports]
+    assert [binds_before_start(e) for e in exports] == [False, True, False, True]
+    ninep = plan_run(replace(_options("9p"), checks=(Check.BIND,)), live_stderr=True)
+    assert not any(binds_before_start(e) for g in ninep.guests for e in g.exports)
+
+
+def test_libvirt_plans_the_submount_rows_alone() -> None:
+    # libvirt 9.0 starts virtiofsd itself and has no XML to turn submounts off.
+    options = replace(_options("virtiofs"), via=Via.LIBVIRT, layouts=(Layout.STANDARD,))
+    plan = plan_run(options, live_stderr=False)
+    assert [[e.row for e in g.exports] for g in plan.guests] == [
+        ["virtiofs", "operations-virtiofs", "cross_device-virtiofs"]]
+    assert plan.skipped == (Check.RUNTIME_MOUNT, Check.HELD_FD, Check.BIND)
