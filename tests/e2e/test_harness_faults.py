@@ -3,7 +3,7 @@ line on the terminal, the traceback in a file, the other guests' work and the re
 kept, and report paths refused before anything boots.
 
 Each fault is a real one, planted where the harness meets the world: a lock file of
-another user, an odd file in a private copy of the image cache, a report path that
+another user, an immutable directory in a private copy of the image cache, a report path that
 cannot be written.  Before these fixes each gave a traceback and exit 1, the exit
 status CI files as a QEMU regression (and ``git bisect run`` as a bad commit).
 """
@@ -104,21 +104,39 @@ def test_a_lock_of_another_user_is_exit_2_and_one_line(nobody_dir: Path) -> None
     assert (cache / ".lock").read_bytes() == b""
 
 
-# --- an odd file in the cache: every guest's fault ----------------------------------
+# --- a states directory nothing may be made in: every guest's fault ------------------
+
+
+@pytest.fixture
+def frozen_states(tmp_path: Path) -> Iterator[Path]:
+    """A private image cache whose ``states`` directory is immutable (chattr +i): the
+    harness's own checks pass (ours, mode 0700), but making a state's directory in it
+    fails with EPERM, a host condition the harness does not foresee."""
+    cache = tmp_path / "cache"
+    private_image_cache(cache)
+    states = cache / "states"
+    shutil.rmtree(states, ignore_errors=True)
+    states.mkdir(mode=0o700)
+    frozen = subprocess.run(["chattr", "+i", str(states)], capture_output=True, text=True,
+                            check=False, timeout=30)
+    if frozen.returncode != 0:
+        pytest.skip(f"chattr +i is not supported under {tmp_path}: {frozen.stderr.strip()}")
+    try:
+        yield cache
+    finally:
+        subprocess.run(["chattr", "-i", str(states)], check=False, timeout=30)
 
 
 @needs_root
 @needs_qemu
 @pytest.mark.timeout(200)
 def test_a_fault_in_each_guest_becomes_its_error_rows_and_the_reports_are_written(
-        tmp_path: Path) -> None:
-    """``states`` is a file, so saving a guest's state raises NotADirectoryError in
+        tmp_path: Path, frozen_states: Path) -> None:
+    """``states`` is immutable, so saving a guest's state raises PermissionError in
     each guest's own thread.  Each guest's rows say so as errors, every other guest
     still boots and runs, the table, JSON and JUnit are written, and ``--bisect``
     exits 125 (skip), not 1 (bad commit)."""
-    cache = tmp_path / "cache"
-    private_image_cache(cache)
-    (cache / "states").write_text("not a directory\n")
+    cache = frozen_states
     sandbox = Sandbox(tmp_path / "sandbox")
     out = tmp_path / "out"
     result = sandbox.run(
@@ -139,12 +157,12 @@ def test_a_fault_in_each_guest_becomes_its_error_rows_and_the_reports_are_writte
         assert row["status"] == "error", row
         fault = _FAULT.search(row["failures"][0])
         assert fault is not None, row["failures"]
-        assert fault.group(1).startswith("NotADirectoryError: [Errno 20] Not a directory: "
-                                         f"'{cache / 'states'}/"), fault.group(1)
+        assert fault.group(1).startswith("PermissionError: [Errno 1] Operation not "
+                                         f"permitted: '{cache / 'states'}/"), fault.group(1)
         traces.add(Path(fault.group(2)))
     for trace in traces:
         text = trace.read_text()
-        assert text.startswith("Traceback") and "NotADirectoryError" in text
+        assert text.startswith("Traceback") and "PermissionError" in text
     suite = ET.parse(out / "run.xml").getroot()
     assert suite.get("errors") == str(len(report["results"])) and suite.get("failures") == "0"
     assert "harness fault" in result.stdout  # the table's failure lines
@@ -154,12 +172,11 @@ def test_a_fault_in_each_guest_becomes_its_error_rows_and_the_reports_are_writte
 @needs_root
 @needs_qemu
 @pytest.mark.timeout(120)
-def test_a_fault_outside_any_guest_pool_is_exit_2_with_one_line(tmp_path: Path) -> None:
+def test_a_fault_outside_any_guest_pool_is_exit_2_with_one_line(
+        tmp_path: Path, frozen_states: Path) -> None:
     """The same fault under ``exec`` reaches the command line itself: exit 2, one
     ``error:`` line naming it and the file holding the traceback."""
-    cache = tmp_path / "cache"
-    private_image_cache(cache)
-    (cache / "states").write_text("not a directory\n")
+    cache = frozen_states
     sandbox = Sandbox(tmp_path / "sandbox")
     result = sandbox.run(["exec", "--accel", "tcg", "--", "true"], timeout=100,
                          env={"MDH_CACHE_DIR": str(cache)})
@@ -167,11 +184,11 @@ def test_a_fault_outside_any_guest_pool_is_exit_2_with_one_line(tmp_path: Path) 
     line = _one_error_line(result.stderr)
     fault = _FAULT.search(line)
     assert line.startswith("error: harness fault") and fault is not None, line
-    assert fault.group(1).startswith("NotADirectoryError: [Errno 20] Not a directory: "
+    assert fault.group(1).startswith("PermissionError: [Errno 1] Operation not permitted: "
                                      f"'{cache / 'states'}/"), line
     trace = Path(fault.group(2))
     assert trace.parent == sandbox.log_base
-    assert "NotADirectoryError" in trace.read_text()
+    assert "PermissionError" in trace.read_text()
     assert result.stdout == ""
     sandbox.assert_clean(allowed=[*kept_log_dirs(result.stderr), trace])
 
