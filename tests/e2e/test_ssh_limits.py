@@ -11,6 +11,7 @@ it, as it would from a guest under KVM or a readdir that never ends.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import socket
 import subprocess
@@ -23,6 +24,12 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
 
 from harness.errors import GuestCommandTimeout, GuestOutputTooLarge
 from harness.guest.ssh import OUTPUT_CAP, GuestSsh, connect_with_retry
@@ -38,11 +45,10 @@ class _Server(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        return paramiko.AUTH_SUCCESSFUL if key == self.client_public else paramiko.AUTH_FAILED
+        return AUTH_SUCCESSFUL if key == self.client_public else AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else \
-            paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         threading.Thread(target=_serve, args=(channel, command.decode()), daemon=True).start()
@@ -66,7 +72,7 @@ def _serve(channel: paramiko.Channel, command: str) -> None:
     threading.Thread(target=_feed, args=(channel, proc), daemon=True).start()
     assert proc.stdout is not None
     try:
-        while chunk := proc.stdout.read1(1 << 16):
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16):
             channel.sendall(chunk)
         channel.send_exit_status(proc.wait())
     except (OSError, EOFError, paramiko.SSHException):

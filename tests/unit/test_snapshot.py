@@ -281,9 +281,8 @@ def test_a_directory_pruned_under_a_starting_save_skips_the_save(
 ) -> None:
     # Another process prunes the (still incomplete) key directory between this
     # save's mkdir and its lock: no save this time, and no error either.
+    from harness.cachefs import private_dir as made
     from harness.qemu import snapshot
-
-    made = snapshot.private_dir
 
     def pruned_at_once(path: Path, **kwargs: bool) -> Path:
         made(path, **kwargs)
