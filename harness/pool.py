@@ -335,9 +335,11 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         stack.callback(run.live.discard, guest)
         run.progress(f"{plan.name}: booting guest ({run.env.accel.used.value})")
         guest.wait_ready()
+        # Part of bringing the guest up, not of the test: a guest that dies here has
+        # not been shown an export yet (an error row, like a failed boot).
+        kernel = reported_kernel(guest, run.env.image.kernel_release, run.env.kernel_file)
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
-        kernel = reported_kernel(guest, run.env.image.kernel_release, run.env.kernel_file)
         started = time.monotonic()
         observed, proc_mounts = _observe(run, guest, exports)
         run.progress(f"{plan.name}: {len(observed)} exports observed in "
