@@ -227,6 +227,25 @@ class Start(StrEnum):
     RESTORED = "restored"
 
 
+class EndHow(StrEnum):
+    """How the harness's shutdown found and left QEMU."""
+
+    QUIT = "quit"  # answered QMP quit (or was asked to) and exited by itself in time
+    KILLED = "killed"  # still running at the quit's deadline: SIGKILLed by the harness
+    GONE = "gone"  # had already exited when the harness came to stop it
+
+
+@dataclass(frozen=True)
+class QemuEnd:
+    """How one guest's QEMU ended, and where its own stderr begins in the log (a
+    rejected saved state's QEMU writes before it, and is not this guest's)."""
+
+    how: EndHow
+    status: int | None  # its exit status (negative: the signal); None: would not die
+    stderr_from: int = 0
+    quit_seconds: float = 0.0  # how long the harness waited after quit
+
+
 class BootMethod(StrEnum):
     """How the kernel is handed to QEMU."""
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import paths
 from .config import (
@@ -31,7 +32,11 @@ from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .qemu.remembered import RememberedLiveness, cached_note, liveness_key, remembered_probe
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
-from .results import EnvironmentRecord
+
+if TYPE_CHECKING:
+    # Imported where used: the result schema brings the verdict vocabulary, which
+    # exec never needs (its start-up path stays small).
+    from .results import EnvironmentRecord
 
 # A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).
 _BZIMAGE_MAGIC_AT = 0x202
@@ -77,6 +82,8 @@ class Environment:
     @property
     def record(self) -> EnvironmentRecord:
         """This environment in the result schema."""
+        from .results import EnvironmentRecord
+
         return EnvironmentRecord(self.info, self.accel, self.image.recipe,
                                  self.image.kernel_release, self.virtiofsd)
 
@@ -267,6 +274,8 @@ def probe_record(qemu: str | None, accel: Accel, progress: Progress = quiet) -> 
     The accelerator and the guest are decided only for a QEMU that has multidevs
     (deciding KVM may boot a guest); otherwise they stay None.
     """
+    from .results import EnvironmentRecord
+
     info = probe_qemu(resolve_qemu(qemu))
     if not info.multidevs_supported:
         return EnvironmentRecord(info, None, None, None)
