@@ -74,6 +74,9 @@ KNOWN_ISSUES_FILE = "known_issues.toml"
 # guest: the image writes them there and the agent's witness script runs them from there.
 GUEST_TOOLS_DIR = "/opt/mdh/bin"
 REMAP_DEFAULT_SINCE = Version(10, 0, 0)
+# "9pfs: make multidevs=remap default" landed during the 10.0 cycle, when QEMU's
+# VERSION read 9.2.50: builds from then until 10.0.0 may have it or not.
+REMAP_DEFAULT_FROM_DEV = Version(9, 2, 50)
 MAX_FILES_PER_DEVICE = 100_000
 # Paths of a user's tree (``--export``) a run walks at most: each is stat'ed twice and
 # read back by readdir in the guest, ~1,600 paths/s under TCG, and every look of an
