@@ -76,13 +76,13 @@ _HEX_OF = "{0} 2>/dev/null | tr -d ' \\n'; echo"
 # goes to a file of its own, all read back at the end by one agent call; a list is
 # emptied by the shell (``:``), not by rm; a copy is removed once read, so at most
 # one copy of the export is in the guest's RAM at a time.
-def _tool_lines(tool: Tool, point: str, kinds: bool) -> list[str]:
+def _tool_lines(tool: Tool, point: str, kinds: bool, wpaths: str) -> list[str]:
     run = f'(cd {point} && {tool.command}) 2> "$W/err/{tool.name}"'
     if tool.kind is Kind.COPY:
         # $W/out exists before the tool runs, so a tool that fails early leaves an
         # empty copy (every file missing), not a read-back of nothing.
         body = [f'mkdir "$W/out"; {run}', 'echo "@@RC $?"',
-                "echo @@READ", f"{read_command(_WORK + '/out')} < /tmp/mdh-wpaths"]
+                "echo @@READ", f"{read_command(_WORK + '/out')} < {wpaths}"]
         if kinds:
             # The copies of the symlinks, FIFOs and sockets are lstat'ed, never opened:
             # a FIFO would block the read-back.
@@ -99,19 +99,24 @@ def _tool_lines(tool: Tool, point: str, kinds: bool) -> list[str]:
     return [*lines, f'if [ -x "$T/{tool.binary}" ]; then', *body, "else echo @@ABSENT; fi"]
 
 
-def witness_script(mount_point: str, specials: Sequence[str] = ()) -> str:
+def witness_script(mount_point: str, specials: Sequence[str] = (),
+                   paths_file: str | None = None) -> str:
     """The guest shell script: every tool in turn over ``mount_point`` (paths for the
     read-back on stdin, none of them a FIFO or a socket; ``specials``: the paths whose
     copies are lstat'ed instead), then every tool's stderr (``@@ERRS``: one agent read
-    of a file per tool, in TOOLS order) and the kernel log the tools caused."""
+    of a file per tool, in TOOLS order) and the kernel log the tools caused.
+
+    ``paths_file``: the read-back's paths are already in this guest file (the
+    collection's, when they are the same paths), and stdin is not read."""
     point = shlex.quote(mount_point)
-    lines = ["cat > /tmp/mdh-wpaths", f"T={TOOLS_DIR}; W={_WORK}",
+    wpaths = paths_file or "/tmp/mdh-wpaths"
+    lines = [*([] if paths_file else [f"cat > {wpaths}"]), f"T={TOOLS_DIR}; W={_WORK}",
              f"{printf_command(encode_paths(TOOL_NAMES))} > /tmp/mdh-wtools",
              'rm -rf "$W"; mkdir -p "$W/err"']
     if specials:
         lines.append(f"{printf_command(encode_paths(specials))} > /tmp/mdh-wspecial")
     for tool in TOOLS:
-        lines += _tool_lines(tool, point, bool(specials))
+        lines += _tool_lines(tool, point, bool(specials), wpaths)
     lines += ["echo @@ERRS", f"{read_command(_WORK + '/err')} < /tmp/mdh-wtools",
               'rm -rf "$W" /tmp/mdh-wpaths /tmp/mdh-wspecial /tmp/mdh-wtools',
               "echo @@DMESG", "dmesg -c", "echo @@DONE"]
