@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import (
@@ -37,9 +37,13 @@ from .config import (
     parse_modes,
     parse_transports,
 )
-from .errors import HarnessError, UsageError
+from .errors import EXIT_ERROR, EXIT_OK, HarnessError, UsageError
 from .plan import RunOptions, layout_shape
-from .results import EXIT_ERROR, EXIT_OK, RunResults
+
+if TYPE_CHECKING:
+    # Only named in annotations: the result schema brings the verdicts, which
+    # exec and --help never load.
+    from .results import RunResults
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000

@@ -74,6 +74,9 @@ KNOWN_ISSUES_FILE = "known_issues.toml"
 # guest: the image writes them there and the agent's witness script runs them from there.
 GUEST_TOOLS_DIR = "/opt/mdh/bin"
 REMAP_DEFAULT_SINCE = Version(10, 0, 0)
+# "9pfs: make multidevs=remap default" landed during the 10.0 cycle, when QEMU's
+# VERSION read 9.2.50: builds from then until 10.0.0 may have it or not.
+REMAP_DEFAULT_FROM_DEV = Version(9, 2, 50)
 MAX_FILES_PER_DEVICE = 100_000
 # The -sandbox syscall sets denied where the binary knows them (libvirt denies the same
 # and spawn).  spawn stays allowed: saved states are written and read through
@@ -236,6 +239,25 @@ class Start(StrEnum):
 
     COLD = "cold"
     RESTORED = "restored"
+
+
+class EndHow(StrEnum):
+    """How the harness's shutdown found and left QEMU."""
+
+    QUIT = "quit"  # answered QMP quit (or was asked to) and exited by itself in time
+    KILLED = "killed"  # still running at the quit's deadline: SIGKILLed by the harness
+    GONE = "gone"  # had already exited when the harness came to stop it
+
+
+@dataclass(frozen=True)
+class QemuEnd:
+    """How one guest's QEMU ended, and where its own stderr begins in the log (a
+    rejected saved state's QEMU writes before it, and is not this guest's)."""
+
+    how: EndHow
+    status: int | None  # its exit status (negative: the signal); None: would not die
+    stderr_from: int = 0
+    quit_seconds: float = 0.0  # how long the harness waited after quit
 
 
 class BootMethod(StrEnum):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import paths
 from .config import (
@@ -29,8 +30,13 @@ from .image.kernelfile import check_same_release, kernel_release
 from .inputs import read_input
 from .qemu.accel import decide_accel, kvm_liveness_probe
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
+from .qemu.remembered import RememberedLiveness, cached_note, liveness_key, remembered_probe
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
-from .results import EnvironmentRecord
+
+if TYPE_CHECKING:
+    # Imported where used: the result schema brings the verdict vocabulary, which
+    # exec never needs (its start-up path stays small).
+    from .results import EnvironmentRecord
 
 # A bzImage's setup header carries "HdrS" at this offset (Documentation/x86/boot.rst).
 _BZIMAGE_MAGIC_AT = 0x202
@@ -54,6 +60,9 @@ class Environment:
     virtiofsd: Virtiofsd | None = None
     # --kernel, booted instead of the image's own kernel; None: the image's.
     kernel: Path | None = None
+    # The KVM liveness answer behind ``accel``; set when it came from the cache and
+    # said "KVM works", so a guest failing under KVM can drop it (``forget_kvm``).
+    remembered_kvm: RememberedLiveness | None = field(default=None, compare=False)
 
     @property
     def kernel_file(self) -> str:
@@ -62,9 +71,19 @@ class Environment:
             return f"--kernel {self.kernel}"
         return f"the kernel of image {self.image.directory.name}"
 
+    def forget_kvm(self) -> bool:
+        """Drop a remembered "KVM works" this environment relied on; False when it
+        relied on none (the decision was fresh, or TCG)."""
+        if self.remembered_kvm is None:
+            return False
+        self.remembered_kvm.forget()
+        return True
+
     @property
     def record(self) -> EnvironmentRecord:
         """This environment in the result schema."""
+        from .results import EnvironmentRecord
+
         return EnvironmentRecord(self.info, self.accel, self.image.recipe,
                                  self.image.kernel_release, self.virtiofsd)
 
@@ -175,6 +194,7 @@ def prepare(
     machine: MachineOptions,
     progress: Progress = quiet,
     timeout_scale: float | None = None,
+    trust_cached_kvm: bool = False,
 ) -> Environment:
     """Build (or reuse) the image, probe QEMU and decide the accelerator for ``machine``.
 
@@ -182,17 +202,20 @@ def prepare(
     else 1), for slow runners and for tests that must see a deadline pass quickly.
     ``machine.modules`` (a ``make modules_install`` tree) puts its modules in the
     image, for booting a self-built ``machine.kernel``; ``machine.cold`` turns boot by
-    restore off.
+    restore off.  The probe's answers and the KVM liveness answer are reused while
+    what they depend on is unchanged (``qemu.remembered``); a remembered "KVM works"
+    is trusted only with ``trust_cached_kvm`` (whose caller must then handle a guest
+    failing under KVM: ``Environment.forget_kvm``), else checked again.
     """
-    qemu, accel, kernel = machine.qemu, machine.accel, machine.kernel
+    kernel = machine.kernel
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
     # image build that may download a kernel for minutes.
     if kernel is not None:
         kernel_kind(kernel)
-    binary = resolve_qemu(qemu)
-    progress(f"probing {binary}")
-    info = probe_qemu(binary)
+    binary = resolve_qemu(machine.qemu)
+    info, cached = remembered_probe(paths.remembered_dir(), binary, probe_qemu)
+    progress(f"QEMU {binary}: " + ("probe answers remembered (cached)" if cached else "probed"))
     require_multidevs(info)
     image = build_image(machine.guest, progress=progress, modules_dir=machine.modules)
     mark_used(image.directory)
@@ -206,11 +229,8 @@ def prepare(
     if firmware is not None:
         progress(f"QEMU firmware from {firmware} (-L)")
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
-    decision = decide_accel(
-        accel, info,
-        lambda: kvm_liveness_probe(info.binary, kernel_for_probe, datadir=firmware),
-    )
-    progress(f"accelerator: {decision.used.value}: {decision.reason}")
+    decision, remembered = _decide_accel(machine.accel, info, kernel_for_probe, firmware,
+                                         trust_cached_kvm, progress)
     virtiofsd = find_virtiofsd(machine.virtiofsd, progress=progress) \
         if machine.virtiofs else None
     if virtiofsd is not None:
@@ -225,7 +245,28 @@ def prepare(
         state_cache=None if machine.cold else paths.states_dir(),
         virtiofsd=virtiofsd,
         kernel=kernel,
+        remembered_kvm=remembered,
     )
+
+
+def _decide_accel(
+    accel: Accel, info: QemuInfo, kernel: Path, firmware: Path | None,
+    trust_cached_kvm: bool, progress: Progress,
+) -> tuple[AccelDecision, RememberedLiveness | None]:
+    """The accelerator, with the KVM liveness answer taken from the cache while its
+    key holds (``qemu.remembered``); says on the terminal when it was.  Returns the
+    cache handle too when the decision rests on a remembered "KVM works"."""
+    liveness = RememberedLiveness(
+        paths.remembered_dir(), liveness_key(info.binary, kernel, firmware),
+        lambda: kvm_liveness_probe(info.binary, kernel, datadir=firmware),
+        trust_alive=trust_cached_kvm)
+    decision = decide_accel(accel, info, liveness)
+    if liveness.cached is None:
+        progress(f"accelerator: {decision.used.value}: {decision.reason}")
+        return decision, None
+    progress(f"accelerator: {decision.used.value} ({cached_note(liveness.cached)}): "
+             f"{decision.reason}")
+    return decision, liveness if liveness.cached.alive else None
 
 
 def probe_record(qemu: str | None, accel: Accel, progress: Progress = quiet) -> EnvironmentRecord:
@@ -234,6 +275,8 @@ def probe_record(qemu: str | None, accel: Accel, progress: Progress = quiet) -> 
     The accelerator and the guest are decided only for a QEMU that has multidevs
     (deciding KVM may boot a guest); otherwise they stay None.
     """
+    from .results import EnvironmentRecord
+
     info = probe_qemu(resolve_qemu(qemu))
     if not info.multidevs_supported:
         return EnvironmentRecord(info, None, None, None)

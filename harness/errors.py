@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# The process exit statuses (README): every held; QEMU or the guest kernel did the
+# wrong thing; the check could not run or was inconclusive.  Here, not in results,
+# so the CLI's start-up path needs no result schema (and no verdict vocabulary).
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+
 
 class HarnessError(Exception):
     """Base of every error the harness raises on purpose."""

@@ -20,6 +20,7 @@ APT = "apt"  # one private apt tree per Debian suite
 QEMU_BUILDS = "qemu"  # QEMU builds unpacked from Debian's packages
 VIRTIOFSD_BUILDS = "virtiofsd"  # virtiofsd builds unpacked from Debian's packages
 RESOLVED = "resolved"  # each recipe's resolved package versions
+REMEMBERED = "remembered"  # QEMU probe answers and KVM liveness (qemu.remembered)
 
 
 def cache_root() -> Path:
@@ -59,6 +60,11 @@ def virtiofsd_builds_dir(root: Path | None = None) -> Path:
 def resolved_dir(root: Path | None = None) -> Path:
     """Where each recipe's resolved package versions are kept."""
     return (root or cache_root()) / RESOLVED
+
+
+def remembered_dir(root: Path | None = None) -> Path:
+    """Where the QEMU probe's answers and the KVM liveness answer are remembered."""
+    return (root or cache_root()) / REMEMBERED
 
 
 def state_home() -> Path:

@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_CACHES,
     DEFAULT_LAYOUTS,
     DEFAULT_TRANSPORTS,
+    REMAP_DEFAULT_FROM_DEV,
     Cache,
     Check,
     ExportLayout,
@@ -26,6 +27,7 @@ from .config import (
     MachineOptions,
     Mode,
     Transport,
+    Version,
     Via,
 )
 from .errors import UsageError
@@ -434,12 +436,13 @@ class RunPlan:
     writing_skipped: tuple[Check, ...] = ()
 
 
-def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
+def plan_run(options: RunOptions, live_stderr: bool,
+             qemu_version: Version | None = None) -> RunPlan:
     """The whole plan of ``options``: guests (``plan_guests``; one guest per mode when
     the backend cannot read QEMU's stderr live), the families joined to them
     (``apply_checks``, less those ``options.via`` cannot run), and each export's
     observation options resolved (witnesses only where both the plan and the run
-    want them)."""
+    want them, and where ``qemu_version``'s default may remap: ``_default_witnessed``)."""
     checks, skipped = checks_for(options.via, options.checks)
     writing: tuple[Check, ...] = ()
     if Layout.EXPORT in options.layouts:
@@ -458,12 +461,23 @@ def plan_run(options: RunOptions, live_stderr: bool) -> RunPlan:
                                           VIRTIOFS_SETTINGS[options.via])
     complete = []
     for planned in planned_guests:
-        exports = tuple(replace(e, witness=e.witness and options.witness,
+        exports = tuple(replace(e, witness=e.witness and options.witness
+                                and _default_witnessed(e, qemu_version),
                                 passes=_passes(e, options), agent_threads=options.agent_threads)
                         for e in planned.exports)
         if exports:
             complete.append(GuestPlan(planned.name, exports))
     return RunPlan(tuple(complete), skipped, writing)
+
+
+def _default_witnessed(export: ExportPlan, version: Version | None) -> bool:
+    """``_witnessed`` gives a single-device export under the default mode witnesses
+    because the default may be remap (10.0 on); a QEMU known to be older (below the
+    9.2.50 development version that made it so) passes one device's numbers through
+    as warn does, where the plan runs none: they could only repeat the control's."""
+    if export.mode is not Mode.DEFAULT or export.layout.devices > 1 or version is None:
+        return True
+    return version >= REMAP_DEFAULT_FROM_DEV
 
 
 def _passes(export: ExportPlan, options: RunOptions) -> int:

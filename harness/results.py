@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import errors
 from .config import AccelDecision, Start, Via
 from .qemu.probe import QemuInfo
 from .qemu.virtiofsd import Virtiofsd
@@ -20,9 +21,8 @@ from .verdicts.cache import PowerFinding
 from .verdicts.common import Status, Verdict
 from .verdicts.known import KnownIssue
 
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_ERROR = 2
+# The exit statuses live with the errors; named here too for the result's readers.
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = errors.EXIT_OK, errors.EXIT_FAIL, errors.EXIT_ERROR
 
 # Every key of the environment block, dotted as in the JUnit properties.  The JSON
 # outputs nest them ({"qemu": {"binary": ...}}); a unit test holds all four

@@ -88,7 +88,7 @@ def _run_environment(
     with opener(env, options, progress, log_dir) as backend:
         if options.share and not backend.live_stderr:
             progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-        plan = plan_run(options, backend.live_stderr)
+        plan = plan_run(options, backend.live_stderr, env.info.version)
         if plan.skipped:
             progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
                      "a mount namespace of its own, which host mounts made later never reach")

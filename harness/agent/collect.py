@@ -18,6 +18,9 @@ from .stat import (
     stat_command,
 )
 
+# Where the collection script keeps its input paths (the witnesses may read them too).
+PATHS_FILE = "/tmp/mdh-paths"
+
 
 @dataclass(frozen=True)
 class GuestView:
@@ -40,7 +43,7 @@ def collection_script(
     The harm probe runs first, before any stat has filled the client's caches, so it
     meets the twins in the order it chooses (one held, then the other).
     """
-    lines = ["cat > /tmp/mdh-paths"]
+    lines = [f"cat > {PATHS_FILE}"]
     if harm:
         lines += [
             f"{printf_command(encode_paths(harm))} > /tmp/mdh-harm",
@@ -49,7 +52,7 @@ def collection_script(
         ]
     lines += [
         "echo @@STAT",
-        f"{stat_command(mount_point, passes, threads)} < /tmp/mdh-paths",
+        f"{stat_command(mount_point, passes, threads)} < {PATHS_FILE}",
     ]
     lines += ["echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"

@@ -68,43 +68,58 @@ TOOL_NAMES = tuple(tool.name for tool in TOOLS)
 
 
 # Bytes as one line of hex: names may hold newlines, stderr may quote them.
-_HEX_OF = "{0} 2>/dev/null | od -An -v -tx1 | tr -d ' \\n'; echo"
+_HEX_OF = "{0} 2>/dev/null | tr -d ' \\n'; echo"
 
 
-def _tool_lines(tool: Tool, point: str, kinds: bool) -> list[str]:
-    body = [
+# Every process costs the guest tens of milliseconds under TCG, six tools over every
+# witnessed export: so the script starts none it can do without.  Each tool's stderr
+# goes to a file of its own, all read back at the end by one agent call; a list is
+# emptied by the shell (``:``), not by rm; a copy is removed once read, so at most
+# one copy of the export is in the guest's RAM at a time.
+def _tool_lines(tool: Tool, point: str, kinds: bool, wpaths: str) -> list[str]:
+    run = f'(cd {point} && {tool.command}) 2> "$W/err/{tool.name}"'
+    if tool.kind is Kind.COPY:
         # $W/out exists before the tool runs, so a tool that fails early leaves an
         # empty copy (every file missing), not a read-back of nothing.
-        f'rm -rf "$W"; mkdir -p "$W/out"; (cd {point} && {tool.command}) 2> "$W.err"',
-        'echo "@@RC $?"',
-    ]
-    if tool.kind is Kind.COPY:
-        body += ["echo @@READ", f"{read_command(_WORK + '/out')} < /tmp/mdh-wpaths"]
+        body = [f'mkdir "$W/out"; {run}', 'echo "@@RC $?"',
+                "echo @@READ", f"{read_command(_WORK + '/out')} < {wpaths}"]
         if kinds:
             # The copies of the symlinks, FIFOs and sockets are lstat'ed, never opened:
             # a FIFO would block the read-back.
             body += ["echo @@KINDS", f"{stat_command(_WORK + '/out', 1, 1)} < /tmp/mdh-wspecial"]
+        body.append('rm -rf "$W/out" "$W/a.tar"')
     else:
-        body += ["printf '@@LIST '", _HEX_OF.format('cat "$W/list"')]
-    body += ["printf '@@ERR '", _HEX_OF.format(f'head -c {_ERR_LIMIT} "$W.err"')]
+        # Emptied first: a tool that never gets to write it lists nothing, not the
+        # previous tool's list.
+        body = [f': > "$W/list"; {run}', 'echo "@@RC $?"',
+                "printf '@@LIST '", _HEX_OF.format('od -An -v -tx1 "$W/list"')]
     lines = [f"echo '@@W {tool.name}'"]
     if tool.binary is None:
         return lines + body
     return [*lines, f'if [ -x "$T/{tool.binary}" ]; then', *body, "else echo @@ABSENT; fi"]
 
 
-def witness_script(mount_point: str, specials: Sequence[str] = ()) -> str:
+def witness_script(mount_point: str, specials: Sequence[str] = (),
+                   paths_file: str | None = None) -> str:
     """The guest shell script: every tool in turn over ``mount_point`` (paths for the
     read-back on stdin, none of them a FIFO or a socket; ``specials``: the paths whose
-    copies are lstat'ed instead), then the kernel log the tools caused."""
+    copies are lstat'ed instead), then every tool's stderr (``@@ERRS``: one agent read
+    of a file per tool, in TOOLS order) and the kernel log the tools caused.
+
+    ``paths_file``: the read-back's paths are already in this guest file (the
+    collection's, when they are the same paths), and stdin is not read."""
     point = shlex.quote(mount_point)
-    lines = ["cat > /tmp/mdh-wpaths", f"T={TOOLS_DIR}; W={_WORK}"]
+    wpaths = paths_file or "/tmp/mdh-wpaths"
+    lines = [*([] if paths_file else [f"cat > {wpaths}"]), f"T={TOOLS_DIR}; W={_WORK}",
+             f"{printf_command(encode_paths(TOOL_NAMES))} > /tmp/mdh-wtools",
+             'rm -rf "$W"; mkdir -p "$W/err"']
     if specials:
         lines.append(f"{printf_command(encode_paths(specials))} > /tmp/mdh-wspecial")
     for tool in TOOLS:
-        lines += _tool_lines(tool, point, bool(specials))
-    lines += ['rm -rf "$W" "$W.err" /tmp/mdh-wpaths /tmp/mdh-wspecial', "echo @@DMESG",
-              "dmesg -c", "echo @@DONE"]
+        lines += _tool_lines(tool, point, bool(specials), wpaths)
+    lines += ["echo @@ERRS", f"{read_command(_WORK + '/err')} < /tmp/mdh-wtools",
+              'rm -rf "$W" /tmp/mdh-wpaths /tmp/mdh-wspecial /tmp/mdh-wtools',
+              "echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
 
 
@@ -159,22 +174,27 @@ def parse_listing(data: bytes, sizes: bool) -> tuple[tuple[str, int | None], ...
     return tuple(items)
 
 
-def _parse_block(block: str, paths: Sequence[str], specials: Sequence[str]) -> ToolRun:
+def _parse_block(block: str, paths: Sequence[str], specials: Sequence[str],
+                 errors: Mapping[str, bytes | int]) -> ToolRun:
     name, _, rest = block.partition("\n")
     tool = next((t for t in TOOLS if t.name == name.strip()), None)
     if tool is None:
         raise GuestOutputError(f"witness output names an unknown tool {name!r}")
     if rest.startswith("@@ABSENT"):
         return ToolRun(tool.name, None)
-    head, _, rest = rest.partition("\n")
+    head, _, body = rest.partition("\n")
     if not head.startswith("@@RC ") or not head[5:].strip().isdigit():
         raise GuestOutputError(f"witness {tool.name}: no exit status", details=block[:400])
     rc = int(head[5:])
-    body, sep, err = rest.rpartition("@@ERR ")
-    if not sep:
-        raise GuestOutputError(f"witness {tool.name}: output ends early", details=block[-400:])
-    stderr = _unhex(err, f"{tool.name}'s stderr").decode(errors="replace")
+    err = errors[tool.name]
+    if not isinstance(err, bytes):
+        raise GuestOutputError(f"witness {tool.name}: its stderr file could not be read "
+                               f"(errno {err})", details=block[-400:])
+    stderr = err[:_ERR_LIMIT].decode(errors="replace")
     if tool.kind is Kind.COPY:
+        if not body.startswith("@@READ\n"):
+            raise GuestOutputError(f"witness {tool.name}: output ends early",
+                                   details=block[-400:])
         read, found, stats = body.removeprefix("@@READ\n").partition("@@KINDS\n")
         if bool(found) != bool(specials):
             raise GuestOutputError(f"witness {tool.name}: the special files' section is "
@@ -183,6 +203,8 @@ def _parse_block(block: str, paths: Sequence[str], specials: Sequence[str]) -> T
         kinds = parse_stat_output(stats, specials, passes=1).passes[0] if specials else {}
         return ToolRun(tool.name, rc, stderr, copied=parse_read_output(read, paths),
                        kinds=kinds)
+    if not body.startswith("@@LIST "):
+        raise GuestOutputError(f"witness {tool.name}: output ends early", details=block[-400:])
     listing = _unhex(body.removeprefix("@@LIST "), f"{tool.name}'s listing")
     return ToolRun(tool.name, rc, stderr, listed=parse_listing(listing, tool.kind is Kind.SIZES))
 
@@ -195,7 +217,11 @@ def parse_witness_output(text: str, paths: Sequence[str],
     dmesg, done, _ = tail.partition("@@DONE")
     if not sep or not done:
         raise GuestOutputError("witness output has no @@DMESG ... @@DONE", details=text[-400:])
-    runs = {run.tool: run for run in (_parse_block(block, paths, specials)
+    body, sep, errs = body.partition("@@ERRS\n")
+    if not sep:
+        raise GuestOutputError("witness output has no @@ERRS section", details=text[-400:])
+    errors = parse_read_output(errs, TOOL_NAMES)
+    runs = {run.tool: run for run in (_parse_block(block, paths, specials, errors)
                                       for block in body.split("@@W ")[1:])}
     missing = [name for name in TOOL_NAMES if name not in runs]
     if missing:

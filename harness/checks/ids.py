@@ -1,6 +1,7 @@
 """The ``ids`` family: guest ids against host ids, QEMU's messages, the harm of colliding
 ids and the witnesses.  Also the two SSH round trips the families share: ``collect``
-(harm probe, stat passes, kernel log) and ``run_witnesses``."""
+(harm probe, stat passes, kernel log) and ``run_witnesses``; an ids export with
+witnesses does both in one round trip where it can (``observe_ids``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..agent.collect import GuestView, collection_script, parse_collection
+from ..agent.collect import PATHS_FILE, GuestView, collection_script, parse_collection
 from ..agent.stat import (
     AGENT_THREADS,
     STAT_PASSES,
@@ -19,6 +20,7 @@ from ..config import Check, ExportSpec, Layout, Mode, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
+from ..guest.ssh import CommandResult
 from ..host.truth import EntryKind, Export, HostTruth, layout_premise
 from ..plan import ExportPlan
 from ..verdicts.common import _capped
@@ -29,18 +31,30 @@ from ..verdicts.witnesses import Witness, judge_witnesses
 from .family import Judging
 
 
+def _witness_inputs(truth: HostTruth) -> tuple[list[str], list[str]]:
+    """The paths whose copies are read back (no FIFO or socket: a read would block)
+    and the special ones whose copies are lstat'ed instead."""
+    paths = [e.path for e in truth.entries if e.kind is not EntryKind.OTHER]
+    specials = [e.path for e in truth.entries if e.kind in (EntryKind.SYMLINK, EntryKind.OTHER)]
+    return paths, specials
+
+
+def _finished(guest: Shell, result: CommandResult, text: str, what: str) -> str:
+    """``text`` (a script's part of ``result``'s output) if it got to its end."""
+    if "@@DONE" not in text:
+        raise GuestOutputError(f"guest {what} script failed (rc {result.rc})",
+                               hint=f"see {guest.console_path}",
+                               details=result.stderr.decode(errors="replace")[-2000:])
+    return text
+
+
 def run_witnesses(guest: Shell, mount_point: str, truth: HostTruth) -> WitnessRuns:
     """Run every witness over ``mount_point`` in ``guest``: the copies' files are read
     back, their symlinks, FIFOs and sockets lstat'ed (a FIFO is never opened)."""
-    paths = [e.path for e in truth.entries if e.kind is not EntryKind.OTHER]
-    specials = [e.path for e in truth.entries if e.kind in (EntryKind.SYMLINK, EntryKind.OTHER)]
+    paths, specials = _witness_inputs(truth)
     result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point, specials))}",
                        stdin=encode_paths(paths))
-    text = result.stdout.decode(errors="replace")
-    if "@@DONE" not in text:
-        raise GuestOutputError(f"guest witness script failed (rc {result.rc})",
-                               hint=f"see {guest.console_path}",
-                               details=result.stderr.decode(errors="replace")[-2000:])
+    text = _finished(guest, result, result.stdout.decode(errors="replace"), "witness")
     return parse_witness_output(text, paths, specials)
 
 
@@ -56,13 +70,7 @@ def collect(
     ``harm`` (pairs of paths) adds the harm probe."""
     script = collection_script(mount_point, passes, threads, harm)
     result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
-    text = result.stdout.decode(errors="replace")
-    if "@@DONE" not in text:
-        raise GuestOutputError(
-            f"guest collection script failed (rc {result.rc})",
-            hint=f"see {guest.console_path}",
-            details=result.stderr.decode(errors="replace")[-2000:],
-        )
+    text = _finished(guest, result, result.stdout.decode(errors="replace"), "collection")
     return parse_collection(text, paths, passes, harm)
 
 
@@ -142,9 +150,24 @@ class IdsSeen:
 
 def observe_ids(guest: Shell, mount_point: str, truth: HostTruth, plan: ExportPlan,
                 harm: Sequence[str] = ()) -> IdsSeen:
-    """One export's ids (and ``harm`` pairs), then the witnesses if asked."""
-    view = collect(guest, mount_point, truth.paths, plan.passes, plan.agent_threads, harm=harm)
-    return IdsSeen(view, run_witnesses(guest, mount_point, truth) if plan.witness else None)
+    """One export's ids (and ``harm`` pairs), then the witnesses if asked: in one round
+    trip when the witnesses read back the very paths the collection stats (no FIFO or
+    socket among them), the witness script reading the collection's paths file."""
+    paths, specials = _witness_inputs(truth)
+    if not plan.witness or tuple(paths) != truth.paths:
+        view = collect(guest, mount_point, truth.paths, plan.passes, plan.agent_threads,
+                       harm=harm)
+        return IdsSeen(view, run_witnesses(guest, mount_point, truth) if plan.witness
+                       else None)
+    script = (collection_script(mount_point, plan.passes, plan.agent_threads, harm)
+              + witness_script(mount_point, specials, paths_file=PATHS_FILE))
+    result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
+    collected, done, witnessed = result.stdout.decode(errors="replace").partition("@@DONE\n")
+    view = parse_collection(_finished(guest, result, collected + done, "collection"),
+                            truth.paths, plan.passes, harm)
+    runs = parse_witness_output(_finished(guest, result, witnessed, "witness"), paths,
+                                specials)
+    return IdsSeen(view, runs)
 
 
 def witnesses_of(truth: HostTruth, seen: IdsSeen) -> tuple[Witness, ...]:

@@ -6,9 +6,11 @@ Returns data; the CLI prints it (``report.reproduction_text``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..agent.witnesses import TOOLS_DIR
 from ..commands import byhand
 from ..config import (
     Cache,
@@ -25,10 +27,9 @@ from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
 from ..plan import ExportPlan, GuestPlan, row_name
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
-from ..report import collision_table, harm_text, remap_text, witnesses_text
 from ..results import ResultRow
 from ..run import QemuBackend, load_known_issues
-from ..verdicts.ids import ids_verdict
+from ..verdicts.ids import IdsVerdict, ids_verdict
 from .byhand import EXPORT_VAR
 
 
@@ -96,3 +97,68 @@ def reproduce(
         script.chmod(0o755)
         return Reproduction(rows[0], script, byhand.guest_hint(machine_spec, spec),
                             log_dir.path)
+
+
+# --- the evidence as text (here, not in report: reproduce loads no report writers) ---
+
+
+def witnesses_text(verdict: IdsVerdict) -> str:
+    """Each witness's one line (for ``reproduce``)."""
+    lines = ["witnesses (each tool run over the export in the guest, compared with the host):"]
+    lines += [f"  {'intact' if w.intact else 'BROKEN' if w.ran else 'not run'}: {w.detail}"
+              for w in verdict.witnesses] or ["  none run"]
+    if verdict.witnesses:
+        t = TOOLS_DIR
+        lines.append(f"by hand, in the guest's mount: {t}/find . > /dev/null; {t}/du -ab . | "
+                     f"tail -1; {t}/tar -cf - . | {t}/tar -tvf - | grep 'link to'; "
+                     f"{t}/cp -a . /tmp/copy; {t}/rsync -aH ./ /tmp/rcopy/")
+    return "\n".join(lines)
+
+
+def remap_text(verdict: IdsVerdict) -> list[str]:
+    """What QEMU's remap should have given, as the model computes it (for
+    ``reproduce``): whether the guest agrees, and why each predicted pair collides."""
+    remap = verdict.remap
+    if remap is None:
+        return []
+    agree = ("the guest's ids equal the model's at all "
+             f"{remap.compared} paths" if remap.agrees else
+             "the guest's ids differ from the model's: " + "; ".join(remap.differences))
+    lines = [f"remap model (QEMU's hw/9pfs/9p.c algorithm): {agree}"]
+    lines += [f"  {', '.join(map(repr, p.paths))}: {p.why}" for p in remap.predicted]
+    return [*lines, ""]
+
+
+def harm_text(verdict: IdsVerdict) -> str:
+    """What the harm probe found (for ``reproduce``): aliased paths, the cwd, the kernel
+    log, and how to see it by hand in the guest."""
+    harm = verdict.harm
+    if harm is None:
+        return "harm probe: not run (a single device, or forbid)"
+    lines = ["aliased (path: what, from where):"]
+    lines += [f"  {a.describe()}" for a in harm.aliased] or ["  nothing"]
+    lines.append(f"cwd: {harm.cwd_detail}")
+    lines += [f"access error: {path!r} {op} errno {code}" for path, op, code in harm.errors]
+    lines.append("predicted to alias: " + (", ".join(map(repr, harm.predicted)) or "nothing"))
+    lines += ["dmesg:", *(f"  {line}" for line in verdict.dmesg)] if verdict.dmesg else []
+    if len(harm.probed) >= 4:
+        # The agent's order: the held twin first; the directories are the last pair.
+        held, other = harm.probed[-2], harm.probed[-1]
+        up = "/".join([".."] * (held.count("/") + 1))
+        lines.append(f"by hand, in the guest's mount: cat {harm.probed[0]} {harm.probed[1]}; "
+                     f"cd {held}; ls {up}/{other}; readlink /proc/self/cwd; ls")
+    return "\n".join(lines)
+
+
+def collision_table(rows: Sequence[ResultRow]) -> str:
+    """Guest id -> the distinct host files that share it (for ``reproduce``)."""
+    lines: list[str] = []
+    for row in rows:
+        ids = ids_verdict(row.verdict)
+        for collision in ids.collisions if ids else ():
+            dev, ino = collision.guest_id
+            lines.append(f"guest (dev {dev}, ino {ino}) <- " + ", ".join(
+                f"{path!r} (host dev {hdev}, ino {hino})"
+                for path, hdev, hino in collision.host_files
+            ))
+    return "\n".join(lines) if lines else "no collisions"

@@ -17,10 +17,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from ..config import GuestImage, Start
+from ..config import GuestImage, QemuEnd, Start
 from ..errors import GuestBootTimeout, GuestInitFailed, GuestPanic, QemuFailed, SshUnavailable
 from ..proc import tail_file
-from ..verdicts.qemu_end import QemuEnd
 from .bootlog import init_failure
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 

@@ -17,7 +17,17 @@ from contextlib import ExitStack, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportSpec, MachineSpec, Mode, Progress, Start, Transport, quiet
+from ..config import (
+    EndHow,
+    ExportSpec,
+    MachineSpec,
+    Mode,
+    Progress,
+    QemuEnd,
+    Start,
+    Transport,
+    quiet,
+)
 from ..errors import QemuFailed, QmpError, SshUnavailable
 from ..guest.lifecycle import (
     BootDeadline,
@@ -29,7 +39,6 @@ from ..guest.lifecycle import (
 )
 from ..guest.ssh import CommandResult, GuestSsh
 from ..proc import HELD_SIGNALS, kill_process_group, spawn_tied
-from ..verdicts.qemu_end import EndHow, QemuEnd
 from .cmdline import (
     forwarded_port,
     kernel_append,

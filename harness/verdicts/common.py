@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_SINCE, Mode, Version
+from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_FROM_DEV, REMAP_DEFAULT_SINCE, Mode, Version
 from ..errors import QemuTooOld
 
 # QEMU's multi-device messages (hw/9pfs/9p.c) are matched by their stable parts, not
@@ -23,9 +23,6 @@ _MANY_DEVICES = re.compile(r"multiple\s+devices", re.IGNORECASE)
 _NINEP = re.compile(r"\b9p|virtfs|\bexport|multidevs", re.IGNORECASE)
 _FORBID_WORDS = re.compile(r"multidevs\s*=\s*'?forbid|\bdenied\b", re.IGNORECASE)
 _WARN_WORDS = re.compile(r"multidevs\s*=\s*'?remap|collision", re.IGNORECASE)
-# "9pfs: make multidevs=remap default" landed during the 10.0 cycle, when QEMU's
-# VERSION read 9.2.50: builds from then until 10.0.0 may have it or not.
-REMAP_DEFAULT_FROM_DEV = Version(9, 2, 50)
 
 
 # Failures of one kind beyond this many are summarised in one line, so a 100,000-file

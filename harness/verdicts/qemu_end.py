@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from ..config import EndHow, QemuEnd
 from .common import Status, Verdict, is_multidevs_line
 
 _TROUBLE = re.compile(
@@ -37,24 +37,7 @@ _ERROR_REPORT = re.compile(r"^(\S+Z\s+)?\S*qemu\S*: (?!warning: |info: )")
 _HARMLESS = re.compile(r"terminating on signal \d+")
 MAX_LINES = 5
 
-
-class EndHow(StrEnum):
-    """How the harness's shutdown found and left QEMU."""
-
-    QUIT = "quit"  # answered QMP quit (or was asked to) and exited by itself in time
-    KILLED = "killed"  # still running at the quit's deadline: SIGKILLed by the harness
-    GONE = "gone"  # had already exited when the harness came to stop it
-
-
-@dataclass(frozen=True)
-class QemuEnd:
-    """How one guest's QEMU ended, and where its own stderr begins in the log (a
-    rejected saved state's QEMU writes before it, and is not this guest's)."""
-
-    how: EndHow
-    status: int | None  # its exit status (negative: the signal); None: would not die
-    stderr_from: int = 0
-    quit_seconds: float = 0.0  # how long the harness waited after quit
+__all__ = ["MAX_LINES", "EndHow", "QemuEnd", "end_failures", "stderr_trouble", "with_findings"]
 
 
 def _status_text(status: int | None) -> str:

@@ -252,7 +252,7 @@ def test_printf_command_spells_out_every_unsafe_byte() -> None:
 
 
 def test_reproduce_text_names_the_aliased_paths_and_the_commands() -> None:
-    from harness.report import harm_text
+    from harness.commands.reproduce import harm_text
 
     verdict = judge(Mode.WARN, Version(9, 2, 0), TRUTH, GuestObservation(({}, {}), {}, {}), "",
                     harm=HarmInput(PROBE, _aliased_same(), MOUNT, Cache.LOOSE))

@@ -12,6 +12,7 @@ from harness.config import (
     Check,
     ExportLayout,
     Mode,
+    Version,
     Via,
     parse_checks,
 )
@@ -215,3 +216,19 @@ def test_witnesses_run_where_their_verdict_says_something() -> None:
     # Nor bind (one host file per path, nothing the ids rules do not judge).
     binds = [e for g in plans for e in apply_checks(g, ALL_CHECKS).exports if e.check == "bind"]
     assert len(binds) == 4 and not any(e.witness for e in binds)
+
+
+@pytest.mark.parametrize(("version", "witnessed"), [
+    (None, True), (Version(7, 2, 22), False), (Version(9, 2, 0), False),
+    (Version(9, 2, 50), True), (Version(10, 0, 0), True)])
+def test_single_device_default_is_witnessed_only_where_it_may_remap(
+        version: Version | None, witnessed: bool) -> None:
+    from harness.plan import RunOptions, plan_run
+
+    plan = plan_run(RunOptions(modes=tuple(ALL_MODES), layout=LAYOUT), True, version)
+    witness = {e.row: e.witness for g in plan.guests for e in g.exports if e.check is Check.IDS}
+    assert witness["default@overlay"] is witnessed
+    assert witness["default+loose@overlay"] is witnessed
+    # Several devices, or remap on one: witnessed whatever the version.
+    assert witness["default"] and witness["default+loose"] and witness["remap@overlay"]
+    assert not witness["warn@overlay"]

@@ -189,8 +189,8 @@ def test_script_runs_every_tool_in_the_mount_point() -> None:
     assert script.rstrip().endswith("dmesg -c\necho @@DONE")
 
 
-def _block(name: str, body: str, rc: int = 0, err: bytes = b"") -> str:
-    return f"@@W {name}\n@@RC {rc}\n{body}@@ERR {err.hex()}\n"
+def _block(name: str, body: str, rc: int = 0) -> str:
+    return f"@@W {name}\n@@RC {rc}\n{body}"
 
 
 PATHS = ("a", "odd\nname")
@@ -206,12 +206,24 @@ FIND_HEX = b".\x00./odd\nname\x00".hex()
 NO_SIZE_HEX = b"./a\x00".hex()
 
 
-def _output(**blocks: str) -> str:
+# Each tool's stderr, as the script reads them back in one agent call at the end.
+ERRS: dict[str, bytes | int] = {name: b"" for name in TOOL_NAMES}
+ERRS["find"] = b"find: odd\nname\n"
+
+
+def _errs(errs: dict[str, bytes | int]) -> str:
+    lines = "".join(f"RE {i} {e}\n" if isinstance(e, int) else f"R {i} {e.hex()}\n"
+                    for i, e in enumerate(errs.values()))
+    return f"@@ERRS\n{lines}END {len(errs)}\n"
+
+
+def _output(errs: dict[str, bytes | int] | None = None, **blocks: str) -> str:
     every = {name: _block(name, _read((b"x", b"y"))) for name in TOOL_NAMES}
     every["du"] = _block("du", f"@@LIST {DU_HEX}\n")
-    every["find"] = _block("find", f"@@LIST {FIND_HEX}\n", err=b"find: odd\nname\n")
+    every["find"] = _block("find", f"@@LIST {FIND_HEX}\n")
     every.update(blocks)
-    return "".join(every.values()) + "@@DMESG\n[ 1.0] 9p: x\n@@DONE\n"
+    return ("".join(every.values()) + _errs(ERRS if errs is None else errs)
+            + "@@DMESG\n[ 1.0] 9p: x\n@@DONE\n")
 
 
 def test_parse_reads_every_tool() -> None:
@@ -229,18 +241,33 @@ def test_parse_reads_every_tool() -> None:
     ({"du": _block("du", "@@LIST zz\n")}, "du's listing is not hex"),
     ({"du": _block("du", f"@@LIST {NO_SIZE_HEX}\n")}, "not SIZE<TAB>PATH"),
     ({"tar": "@@W tar\n@@RC x\n"}, "witness tar: no exit status"),
-    ({"tar": "@@W tar\n@@RC 0\n@@READ\n"}, "witness tar: output ends early"),
+    ({"tar": "@@W tar\n@@RC 0\n@@READ\n"}, "agent output is empty: no END record"),
+    ({"tar": "@@W tar\n@@RC 0\n"}, "witness tar: output ends early"),
+    ({"du": "@@W du\n@@RC 0\n"}, "witness du: output ends early"),
     ({"cp": "@@W cpio\n@@ABSENT\n"}, "unknown tool 'cpio'"),
 ])
 def test_parse_refuses_what_the_script_cannot_have_printed(blocks: dict[str, str],
                                                           message: str) -> None:
     with pytest.raises(GuestOutputError, match=message):
-        parse_witness_output(_output(**blocks), PATHS)
+        parse_witness_output(_output(None, **blocks), PATHS)
 
 
 def test_parse_needs_the_end_of_the_script() -> None:
     with pytest.raises(GuestOutputError, match="no @@DMESG"):
         parse_witness_output(_output().replace("@@DONE", ""), PATHS)
+    with pytest.raises(GuestOutputError, match="no @@ERRS section"):
+        parse_witness_output(_output().replace("@@ERRS\n", ""), PATHS)
+
+
+def test_a_stderr_is_cut_like_head_and_an_unreadable_one_refused() -> None:
+    runs = parse_witness_output(_output(errs={**ERRS, "cp": b"e" * 4096}), PATHS)
+    assert runs.runs["cp"].stderr == "e" * 600
+    with pytest.raises(GuestOutputError, match="witness rsync: its stderr file could not "
+                       "be read \\(errno 2\\)"):
+        parse_witness_output(_output(errs={**ERRS, "rsync": 2}), PATHS)
+    # An absent tool wrote none, and none is asked for.
+    runs = parse_witness_output(_output(errs={**ERRS, "cp": 2}, cp="@@W cp\n@@ABSENT\n"), PATHS)
+    assert runs.runs["cp"].rc is None
 
 
 def test_listing_paths_are_made_relative_like_the_host_truth() -> None:
@@ -330,9 +357,9 @@ def test_parse_reads_the_kinds_of_the_copies() -> None:
     kinds = "@@KINDS\nS 1 0 7 9 1 4516\nE 1 1 2\nEND 2\n"
     blocks = {name: _block(name, _read((b"x", b"y")) + kinds)
               for name in ("busybox-tar", "tar", "cp", "rsync")}
-    runs = parse_witness_output(_output(**blocks), PATHS, ["s-fifo", "s-sock"])
+    runs = parse_witness_output(_output(None, **blocks), PATHS, ["s-fifo", "s-sock"])
     assert runs.runs["cp"].kinds == {"s-fifo": GuestStat(7, 9, 1, 4516), "s-sock": errno.ENOENT}
     with pytest.raises(GuestOutputError, match="special files' section is missing"):
         parse_witness_output(_output(), PATHS, ["s-fifo"])
     with pytest.raises(GuestOutputError, match="special files' section is unexpected"):
-        parse_witness_output(_output(**blocks), PATHS)
+        parse_witness_output(_output(None, **blocks), PATHS)
