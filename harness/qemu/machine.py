@@ -9,6 +9,7 @@ harness itself is killed, so no QEMU outlives the harness.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -68,6 +69,8 @@ from .vhostfs import VirtiofsDaemon
 SLOTS = 24
 # Bumped when what a saved state assumes changes (the init, the mount protocol).
 STATE_FORMAT = "mdh-state-1"
+# How long a QEMU whose QMP socket closed is given to exit before it counts as alive.
+_DYING_GRACE_S = 2.0
 
 
 
@@ -226,6 +229,10 @@ class Machine(Launched):
             self._qmp.connect(timeout=self.spec.timeouts.qmp)
             self.host_port = self._read_forwarded_port()
         except QmpError:
+            # QMP's socket closes a moment before QEMU is reaped: give a dying QEMU
+            # that moment, so its exit (QemuFailed, with stderr) is what is reported.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=_DYING_GRACE_S)
             check_alive(self)
             raise
 

@@ -11,7 +11,8 @@ was found under, and reused only while that key still holds:
   mtime), the QEMU binary's and the kernel's identity, the firmware directory, and
   the machine and CPU options the liveness boot uses.
 
-Files are written whole (temporary file, then rename) with mode 0600; one that
+Files are written whole (temporary file, then rename) with mode 0600, only into a
+cache that exists and passes the cache's checks; one that
 cannot be read or parsed is treated as absent, so the answer is found again.
 """
 
@@ -21,13 +22,14 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..cachefs import check_dir, private_dir, write_atomic
 from ..config import Version
+from ..errors import CacheDirError
 from .cmdline import MACHINE_TYPE
 from .probe import KVM_DEVICE, QemuInfo, kvm_device_usable
 
@@ -118,22 +120,15 @@ def read_record(path: Path) -> dict[str, object] | None:
 
 
 def write_record(path: Path, data: Mapping[str, object]) -> None:
-    """Store ``data`` (plus the format) atomically with mode 0600.  A cache that
-    cannot be written costs only speed, so errors are swallowed: the next run asks
-    again."""
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            # mkstemp creates 0600; said again in case of an odd umask handling.
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"format": FORMAT, **data}, handle, sort_keys=True)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    """Store ``data`` (plus the format) atomically with mode 0600, in a cache that
+    exists and passes the cache's checks (``cachefs``): a remembered answer never
+    creates the cache, nor writes into one that is refused.  A cache that cannot be
+    written costs only speed, so errors are swallowed: the next run asks again."""
+    directory = path.parent
+    with contextlib.suppress(OSError, CacheDirError):
+        check_dir(directory.parent, follow=True)
+        private_dir(directory)
+        write_atomic(path, json.dumps({"format": FORMAT, **data}, sort_keys=True).encode())
 
 
 # --- KVM liveness ---------------------------------------------------------------------
