@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import paths
-from harness.environment import Environment
-from harness.qemu.machine import Machine
 from harness.qemu.snapshot import STATE_FILE, StateCache
 
-from .helpers import run_harness
+from .helpers import private_image_cache, run_harness
 from .leaks import Sandbox, assert_no_qemu_left
 
 pytestmark = pytest.mark.timeout(240)
@@ -48,43 +44,37 @@ def test_restored_guests_give_the_cold_verdicts(tmp_path: Path) -> None:
     assert_no_qemu_left()
 
 
-def _state_of(env: Environment, tmp_path: Path) -> tuple[StateCache, str]:
-    # Whatever --mdh-cold says: these tests are about the states themselves.
-    states = paths.states_dir()
-    machine = Machine(replace(env, state_cache=states).machine_spec((), tmp_path / "key"))
-    assert machine.restorable
-    return StateCache(states), machine.state_key()
-
-
-def _exec(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
-    result = sandbox.run(["exec", "--accel", "tcg", "--", "cat", "/proc/uptime"], timeout=120)
+def _exec(sandbox: Sandbox, cache: Path) -> subprocess.CompletedProcess[str]:
+    result = sandbox.run(["exec", "--accel", "tcg", "--", "cat", "/proc/uptime"], timeout=120,
+                         env={"MDH_CACHE_DIR": str(cache)})
     assert result.returncode == 0, result.stderr
     return result
 
 
-def test_a_damaged_state_is_never_used_and_is_rebuilt(
-    mdh_environment: Environment, tmp_path: Path
-) -> None:
-    # Both damages in one test: they act on the same state file, so they must not
-    # run at the same time on two workers.
-    cache, key = _state_of(mdh_environment, tmp_path)
+def test_a_damaged_state_is_never_used_and_is_rebuilt(tmp_path: Path) -> None:
+    # A cache of this test's own: on the shared one, another worker's exec may save a
+    # fresh state between the damage and the next exec, which then restores that.
+    cache = tmp_path / "cache"
+    private_image_cache(cache)
     sandbox = Sandbox(tmp_path / "sandbox")
-    _exec(sandbox)  # make sure a state exists
-    state = cache.root / key / STATE_FILE
+    _exec(sandbox, cache)  # makes the one state of this cache
+    states = StateCache(cache / "states")
+    (key,) = [d.name for d in states.root.iterdir() if (d / STATE_FILE).exists()]
+    state = states.root / key / STATE_FILE
     for damage in ("truncated", "corrupt"):
         size = state.stat().st_size
         if damage == "truncated":
             state.write_bytes(state.read_bytes()[: size // 2])
         else:
             state.write_bytes(b"\0" * size)  # same size: only QEMU can tell
-        result = _exec(sandbox)
+        result = _exec(sandbox, cache)
         assert "(cold)" in result.stderr, (damage, result.stderr)
         if damage == "corrupt":
             assert "the saved guest state was not usable" in result.stderr
-        rebuilt = cache.find(key)
+        rebuilt = states.find(key)
         assert rebuilt is not None and rebuilt.stat().st_size > 0, damage
         assert rebuilt.read_bytes()[:4096] != b"\0" * 4096, damage
-        assert "(restored)" in _exec(sandbox).stderr, damage
+        assert "(restored)" in _exec(sandbox, cache).stderr, damage
     sandbox.assert_clean()
 
 
