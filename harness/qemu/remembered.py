@@ -32,6 +32,7 @@ from ..config import Version
 from ..errors import CacheDirError
 from .cmdline import MACHINE_TYPE
 from .probe import KVM_DEVICE, QemuInfo, kvm_device_usable
+from .snapshot import file_identity as state_file_identity
 
 # Bumped when a stored answer's meaning or shape changes.
 FORMAT = 1
@@ -42,13 +43,13 @@ LIVENESS_MACHINE = f"-machine {MACHINE_TYPE} -cpu host"
 
 
 def file_identity(path: Path) -> str:
-    """Path, device, inode, size and mtime of a file; "missing: PATH" when it cannot be
-    stat'ed.  A rebuilt, replaced or copied file is another file."""
+    """A file's identity as saved states key it (``snapshot.file_identity``), or
+    "missing: PATH" when it cannot be stat'ed: a rebuilt, replaced or copied file is
+    another file."""
     try:
-        st = os.stat(path)
+        return state_file_identity(path)
     except OSError:
         return f"missing: {path}"
-    return f"{path}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def device_identity(path: Path = KVM_DEVICE) -> str:

@@ -170,3 +170,17 @@ def private_image_cache(cache: Path, resolved_at: float | None = None) -> Path:
     resolved.parent.mkdir(parents=True)
     resolved.write_text(json.dumps({**data, "resolved_at": resolved_at or time.time()}))
     return copy
+
+
+def libvirt_missing() -> str | None:
+    """Why a private libvirtd cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "a private libvirtd needs root"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed: pip install '.[libvirt]'"
+    for daemon in ("libvirtd", "virtlogd"):
+        if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from harness.image.recipe import DEFAULT_RECIPE
 from harness.libvirt.daemon import RUN_MARKER_ENV
 from harness.proc import processes_with_env
 
-from .helpers import REPO, needs_qemu, private_image_cache
+from .helpers import REPO, libvirt_missing, needs_qemu, private_image_cache
 from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
@@ -215,21 +214,10 @@ print(json.dumps(out))
 """
 
 
-def _libvirt_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "a private libvirtd needs root"
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        return "libvirt-python is not installed: pip install '.[libvirt]'"
-    for daemon in ("libvirtd", "virtlogd"):
-        if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
-    return None
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(_libvirt_missing() is not None, reason=str(_libvirt_missing()))
+@pytest.mark.skipif(libvirt_missing() is not None, reason=str(libvirt_missing()))
 def test_a_libvirt_call_to_a_stopped_libvirtd_ends(tmp_path: Path) -> None:
     """A libvirtd that stops answering (here SIGSTOP) mid-run: the client's call fails
     once the keepalive probes go unanswered (1 s x 3 at scale 0.2), instead of

@@ -32,7 +32,7 @@ from harness.libvirt.daemon import RUN_MARKER_ENV
 from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
 
-from .helpers import harness_argv, run_harness
+from .helpers import harness_argv, libvirt_missing, run_harness
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,25 +44,13 @@ GUEST_MARK = "guest=mdh-lv-"
 VIRTIOFS_TEXT = "virtiofs does not support multidevs"
 
 
-def skip_reason() -> str | None:
-    """Why --via libvirt cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "--via libvirt needs root"
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        return "libvirt-python is not installed: pip install '.[libvirt]'"
-    for daemon in ("libvirtd", "virtlogd"):
-        if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
-    return None
 
 
 @pytest.fixture(scope="module")
 def libvirt_ready() -> None:
     """Skip (with the reason) where --via libvirt cannot run: not root, no libvirt,
     no usable QEMU or guest image (decided as the plugin does for the direct path)."""
-    reason = skip_reason()
+    reason = libvirt_missing()
     if reason:
         pytest.skip(reason)
     try:

@@ -16,9 +16,14 @@ import pytest
 from harness.errors import ArchiveUnreachable
 from harness.qemu.virtiofsd import find_virtiofsd
 
-from .helpers import HARNESS_TIMEOUT, needs_qemu, needs_root, virtiofsd_wrapper
+from .helpers import (
+    HARNESS_TIMEOUT,
+    libvirt_missing,
+    needs_qemu,
+    needs_root,
+    virtiofsd_wrapper,
+)
 from .leaks import Sandbox, kept_log_dirs
-from .test_libvirt import skip_reason as libvirt_skip_reason
 
 pytestmark = [needs_qemu, needs_root]
 
@@ -152,7 +157,7 @@ def _libvirt_daemons() -> set[int]:
 
 
 def _libvirt_run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, dict[str, Any]], str]:
-    reason = libvirt_skip_reason()
+    reason = libvirt_missing()
     if reason:
         pytest.skip(reason)
     before = _libvirt_daemons()
