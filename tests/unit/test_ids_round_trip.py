@@ -1,9 +1,11 @@
-"""An ids export with witnesses is observed in one SSH round trip when the witnesses
-read back the paths the collection stats, in two when a FIFO or socket is among them;
-either way both parts are parsed whole."""
+"""An ids export with witnesses is observed in one SSH round trip: the witnesses read
+back the paths the collection stats, or (a FIFO or socket among them) a list the script
+spells out; only a list too long for that takes two.  Either way both parts are parsed
+whole."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +75,27 @@ def test_one_round_trip_does_the_collection_and_the_witnesses() -> None:
     assert len(seen.view.observation.passes) == 1
 
 
-def test_a_fifo_among_the_paths_takes_two_round_trips() -> None:
-    guest = FakeGuest([_collection(3), _witnesses(2, specials=1)])
+def test_a_fifo_among_the_paths_is_spelled_out_in_the_same_round_trip() -> None:
+    guest = FakeGuest([_collection(3) + _witnesses(2, specials=1)])
     seen = observe_ids(guest, "/mnt/mdh0", WITH_FIFO, PLAN)
+    assert len(guest.commands) == 1
+    # The read-back list leaves the FIFO out (a read of its copy would block) and is
+    # written by the script itself: stdin carries the collection's paths alone.
+    script = shlex.split(guest.commands[0])[2]
+    assert "printf '.\\000a\\000' > /tmp/mdh-wpaths" in script
+    assert "cat > /tmp/mdh-wpaths" not in script
+    assert "/tmp/mdh-paths" not in script.split("@@W busybox-tar")[1]
+    assert seen.witnesses is not None and seen.witnesses.runs["cp"].copied == {
+        ".": b"x", "a": b"x"}
+    assert seen.dmesg == "[ 1.0] collect\n[ 2.0] witness\n"
+
+
+def test_a_long_list_beside_a_fifo_takes_two_round_trips() -> None:
+    # Too long to spell out in the one argument of sh -c: sent on stdin instead.
+    files = tuple(host_file(f"{'f' * 200}{i}", 1, 10 + i, 0) for i in range(200))
+    truth = HostTruth((*TRUTH.entries, *files, HostEntry("p", 1, 4, 1, EntryKind.OTHER, 0)))
+    guest = FakeGuest([_collection(len(truth.paths)), _witnesses(len(truth.paths) - 1, 1)])
+    seen = observe_ids(guest, "/mnt/mdh0", truth, PLAN)
     assert len(guest.commands) == 2 and "cat > /tmp/mdh-wpaths" in guest.commands[1]
     assert seen.witnesses is not None
 
