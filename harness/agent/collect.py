@@ -80,3 +80,41 @@ def parse_collection(
     observation = parse_stat_output(_section(text, "@@STAT", "@@DMESG"), paths, passes=passes)
     seen = parse_harm_output(_section(text, "@@HARM", "@@STAT"), harm) if harm else None
     return GuestView(observation, seen, _section(text, "@@DMESG", "@@DONE"))
+
+
+@dataclass(frozen=True)
+class Relook:
+    """Two looks at one export around a guest command (``relook_script``)."""
+
+    before: GuestObservation
+    command_rc: int
+    command_output: str  # its stdout and stderr together
+    after: GuestObservation
+    dmesg: str  # the kernel log over both looks and the command
+
+
+def relook_script(mount_point: str, command: str, after: Sequence[str],
+                  passes: int = 1, threads: int = AGENT_THREADS) -> str:
+    """A look (paths on stdin), ``command`` (a guest shell command built from constants
+    and quoted values), a second look at ``after`` (spelled out in the script: stdin
+    is the first look's), then the kernel log: what three round trips did, in one.
+    The command runs in a brace group, not a subshell, so it costs no extra fork."""
+    stat = stat_command(mount_point, passes, threads)
+    lines = [f"cat > {PATHS_FILE}", "echo @@STAT", f"{stat} < {PATHS_FILE}",
+             "echo @@COMMAND", f"{{ {command}; }} 2>&1", 'echo "@@RC $?"',
+             f"{printf_command(encode_paths(after))} > {PATHS_FILE}",
+             "echo @@AFTER", f"{stat} < {PATHS_FILE}",
+             "echo @@DMESG", "dmesg -c", "echo @@DONE"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_relook(text: str, before: Sequence[str], after: Sequence[str],
+                 passes: int = 1) -> Relook:
+    """Split ``relook_script``'s output; each look must answer all its paths."""
+    first = parse_stat_output(_section(text, "@@STAT", "@@COMMAND"), before, passes=passes)
+    output, sep, rc = _section(text, "@@COMMAND", "@@AFTER").rpartition("@@RC ")
+    if not sep or not rc.strip().isdigit():
+        raise GuestOutputError("guest output has no exit status of the command between "
+                               "the looks", details=text[-2000:])
+    second = parse_stat_output(_section(text, "@@AFTER", "@@DMESG"), after, passes=passes)
+    return Relook(first, int(rc), output, second, _section(text, "@@DMESG", "@@DONE"))
