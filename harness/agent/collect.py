@@ -35,15 +35,18 @@ class GuestView:
 
 def collection_script(
     mount_point: str, passes: int = STAT_PASSES, threads: int = AGENT_THREADS,
-    harm: Sequence[str] = (),
+    harm: Sequence[str] = (), keep_paths: bool = False,
 ) -> str:
     """The guest shell script; only constants and the harm pairs (octal-escaped) go
     into it.
 
     The harm probe runs first, before any stat has filled the client's caches, so it
-    meets the twins in the order it chooses (one held, then the other).
+    meets the twins in the order it chooses (one held, then the other).  The agent
+    reads the paths from stdin (nothing before it reads stdin); ``keep_paths`` first
+    copies them to ``PATHS_FILE`` for a later part of the script (the witnesses' read-
+    back), a process that a script without one does without.
     """
-    lines = [f"cat > {PATHS_FILE}"]
+    lines = [f"cat > {PATHS_FILE}"] if keep_paths else []
     if harm:
         lines += [
             f"{printf_command(encode_paths(harm))} > /tmp/mdh-harm",
@@ -52,7 +55,7 @@ def collection_script(
         ]
     lines += [
         "echo @@STAT",
-        f"{stat_command(mount_point, passes, threads)} < {PATHS_FILE}",
+        stat_command(mount_point, passes, threads) + (f" < {PATHS_FILE}" if keep_paths else ""),
     ]
     lines += ["echo @@DMESG", "dmesg -c", "echo @@DONE"]
     return "\n".join(lines) + "\n"
@@ -95,12 +98,13 @@ class Relook:
 
 def relook_script(mount_point: str, command: str, after: Sequence[str],
                   passes: int = 1, threads: int = AGENT_THREADS) -> str:
-    """A look (paths on stdin), ``command`` (a guest shell command built from constants
-    and quoted values), a second look at ``after`` (spelled out in the script: stdin
-    is the first look's), then the kernel log: what three round trips did, in one.
-    The command runs in a brace group, not a subshell, so it costs no extra fork."""
+    """A look (the agent reads the paths from stdin), ``command`` (a guest shell
+    command built from constants and quoted values), a second look at ``after``
+    (spelled out in the script: stdin was the first look's), then the kernel log:
+    what three round trips did, in one.  The command runs in a brace group, not a
+    subshell, so it costs no extra fork."""
     stat = stat_command(mount_point, passes, threads)
-    lines = [f"cat > {PATHS_FILE}", "echo @@STAT", f"{stat} < {PATHS_FILE}",
+    lines = ["echo @@STAT", stat,
              "echo @@COMMAND", f"{{ {command}; }} 2>&1", 'echo "@@RC $?"',
              f"{printf_command(encode_paths(after))} > {PATHS_FILE}",
              "echo @@AFTER", f"{stat} < {PATHS_FILE}",

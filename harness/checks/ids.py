@@ -179,7 +179,8 @@ def observe_ids(guest: Shell, mount_point: str, truth: HostTruth, plan: ExportPl
                        harm=harm)
         return IdsSeen(view, run_witnesses(guest, mount_point, truth) if plan.witness
                        else None)
-    script = (collection_script(mount_point, plan.passes, plan.agent_threads, harm)
+    script = (collection_script(mount_point, plan.passes, plan.agent_threads, harm,
+                                keep_paths=not inline)
               + (inline + "\n" if inline else "")
               + witness_script(mount_point, specials,
                                paths_file=_WITNESS_PATHS if inline else PATHS_FILE))

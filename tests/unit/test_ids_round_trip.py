@@ -6,7 +6,7 @@ whole."""
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,9 @@ def test_one_round_trip_does_the_collection_and_the_witnesses() -> None:
     assert len(guest.commands) == 1
     assert "mdh-agent stat" in guest.commands[0] and "@@W busybox-tar" in guest.commands[0]
     # The witnesses read the collection's paths file, not stdin a second time.
-    assert "cat > /tmp/mdh-wpaths" not in guest.commands[0]
+    script = shlex.split(guest.commands[0])[2]
+    assert "cat > /tmp/mdh-paths" in script and "cat > /tmp/mdh-wpaths" not in script
+    assert "mdh-agent stat /mnt/mdh0 1 1 < /tmp/mdh-paths" in script
     assert seen.witnesses is not None and seen.witnesses.runs["cp"].copied == {
         ".": b"x", "a": b"x"}
     assert seen.dmesg == "[ 1.0] collect\n[ 2.0] witness\n"
@@ -83,8 +85,8 @@ def test_a_fifo_among_the_paths_is_spelled_out_in_the_same_round_trip() -> None:
     # written by the script itself: stdin carries the collection's paths alone.
     script = shlex.split(guest.commands[0])[2]
     assert "printf '.\\000a\\000' > /tmp/mdh-wpaths" in script
-    assert "cat > /tmp/mdh-wpaths" not in script
-    assert "/tmp/mdh-paths" not in script.split("@@W busybox-tar")[1]
+    # Nothing needs the collection's paths twice: the agent reads them from stdin.
+    assert "cat >" not in script and "/tmp/mdh-paths" not in script
     assert seen.witnesses is not None and seen.witnesses.runs["cp"].copied == {
         ".": b"x", "a": b"x"}
     assert seen.dmesg == "[ 1.0] collect\n[ 2.0] witness\n"
@@ -104,3 +106,13 @@ def test_a_witness_part_that_never_ended_is_an_error() -> None:
     guest = FakeGuest([_collection(2) + _witnesses(2).replace("@@DONE", "")])
     with pytest.raises(GuestOutputError, match="guest witness script failed"):
         observe_ids(guest, "/mnt/mdh0", TRUTH, PLAN)
+
+
+def test_without_witnesses_the_agent_reads_stdin_itself() -> None:
+    guest = FakeGuest([_collection(2)])
+    seen = observe_ids(guest, "/mnt/mdh0", TRUTH, replace(PLAN, witness=False))
+    script = shlex.split(guest.commands[0])[2]
+    # No process copies the paths to a file nothing reads again.
+    assert "cat" not in script and "/tmp/mdh-paths" not in script
+    assert "echo @@STAT\nmdh-agent stat /mnt/mdh0 1 1\n" in script
+    assert seen.witnesses is None and len(seen.view.observation.passes) == 1

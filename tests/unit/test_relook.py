@@ -69,7 +69,10 @@ def test_look_remount_look_in_one_round_trip() -> None:
     # The look, then the remount, then the second look at the reordered paths.
     assert script.index("mdh-agent stat") < script.index("umount /mnt/mdh3 && mount -t 9p") \
         < script.rindex("mdh-agent stat")
+    # The first look's agent reads stdin itself; the second's list is spelled out.
     assert guest.stdins[0] == b"".join(p.encode() + b"\0" for p in TRUTH.paths)
+    assert "cat" not in script and script.count("mdh-agent stat /mnt/mdh3 1 1\n") == 1
+    assert "printf 'dev01\\000dev01/a\\000.\\000a\\000' > /tmp/mdh-paths" in script
     order = another_order(TRUTH)
     assert seen.after_order == order == ("dev01", "dev01/a", ".", "a")
     # Each look is keyed by its own path list: the second in the other order.
