@@ -54,7 +54,7 @@ from ..qemu.debian import fetch_debian_qemu
 from ..qemu.machine import Machine
 from ..qemu.virtiofsd import find_virtiofsd
 from ..report import environment_json
-from ..results import EnvironmentRecord
+from ..results import EnvironmentRecord, ResultRow
 from ..run import run_checks
 from ..verdicts.ids import ids_verdict
 from .virtme import measure_vng
@@ -117,6 +117,19 @@ def adjacent_boot(env: Environment, progress: Progress) -> float:
     return time_boots(replace(env, state_cache=None), 1, naive=False, progress=progress)[0]
 
 
+def family_seconds(rows: Sequence[ResultRow]) -> dict[str, dict[str, float]]:
+    """Per check family, the guest seconds its rows' observations took (summed over
+    every guest of the run) and its row count, the costliest first: where the
+    matrix's time goes, so the next cut aims at the largest share."""
+    found: dict[str, dict[str, float]] = {}
+    for row in rows:
+        family = found.setdefault(row.check, {"seconds": 0.0, "rows": 0})
+        family["seconds"] += row.observe_seconds or 0.0
+        family["rows"] += 1
+    return {name: {"seconds": round(f["seconds"], 3), "rows": f["rows"]} for name, f in
+            sorted(found.items(), key=lambda item: -item[1]["seconds"])}
+
+
 def _matrix(env: Environment, tuned_median: float, progress: Progress) -> dict[str, Any]:
     """The default matrix, cold and with restored guests, each beside a cold boot timed
     just before it (the ratios), and the ids family alone (restored), so what the
@@ -132,7 +145,8 @@ def _matrix(env: Environment, tuned_median: float, progress: Progress) -> dict[s
         figures.update({f"{label}matrix_s": round(seconds, 3),
                         f"{label}matrix_passed": matrix.exit_code == 0,
                         f"{label}matrix_over_boot": round(seconds / boot, 2),
-                        f"{label}matrix_adjacent_boot_s": round(boot, 3)})
+                        f"{label}matrix_adjacent_boot_s": round(boot, 3),
+                        f"{label}matrix_families": family_seconds(matrix.rows)})
     figures["matrix_over_median_boot"] = round(figures["matrix_s"] / tuned_median, 2)
     # The ids family alone: as run (cache none,loose, witnesses), without the cache
     # axis, and without the witnesses, so what each costs shows as a difference.
@@ -415,6 +429,11 @@ def _matrix_lines(result: dict[str, Any]) -> list[str]:
         f"{result['restored_matrix_ids_only_s']:.2f} s); "
         f"all passed: {result['matrix_passed'] and result['restored_matrix_passed']}"
     )
+    families = result.get("matrix_families")
+    if families:
+        lines.append("default matrix, cold, guest seconds by family: " + ", ".join(
+            f"{name} {f['seconds']:.2f} s ({f['rows']:.0f} rows)"
+            for name, f in families.items()))
     lines.append(
         f"ids family, restored: cache none,loose {result['restored_matrix_ids_only_s']:.2f} s, "
         f"cache none only {result['restored_matrix_ids_cache_none_s']:.2f} s, "

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..agent.collect import PATHS_FILE, GuestView, collection_script, parse_collection
+from ..agent.harm import printf_command
 from ..agent.stat import (
     AGENT_THREADS,
     STAT_PASSES,
@@ -39,8 +40,9 @@ def _witness_inputs(truth: HostTruth) -> tuple[list[str], list[str]]:
     return paths, specials
 
 
-def _finished(guest: Shell, result: CommandResult, text: str, what: str) -> str:
-    """``text`` (a script's part of ``result``'s output) if it got to its end."""
+def finished(guest: Shell, result: CommandResult, text: str, what: str) -> str:
+    """``text`` (a script's part of ``result``'s output) if it got to its end, else the
+    error naming the script and the guest's console."""
     if "@@DONE" not in text:
         raise GuestOutputError(f"guest {what} script failed (rc {result.rc})",
                                hint=f"see {guest.console_path}",
@@ -54,7 +56,7 @@ def run_witnesses(guest: Shell, mount_point: str, truth: HostTruth) -> WitnessRu
     paths, specials = _witness_inputs(truth)
     result = guest.run(f"sh -c {shlex.quote(witness_script(mount_point, specials))}",
                        stdin=encode_paths(paths))
-    text = _finished(guest, result, result.stdout.decode(errors="replace"), "witness")
+    text = finished(guest, result, result.stdout.decode(errors="replace"), "witness")
     return parse_witness_output(text, paths, specials)
 
 
@@ -70,7 +72,7 @@ def collect(
     ``harm`` (pairs of paths) adds the harm probe."""
     script = collection_script(mount_point, passes, threads, harm)
     result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
-    text = _finished(guest, result, result.stdout.decode(errors="replace"), "collection")
+    text = finished(guest, result, result.stdout.decode(errors="replace"), "collection")
     return parse_collection(text, paths, passes, harm)
 
 
@@ -148,24 +150,45 @@ class IdsSeen:
         return self.view.dmesg + (self.witnesses.dmesg if self.witnesses else "")
 
 
+# The largest read-back list spelled out in the script (``printf``) rather than sent
+# on stdin: the script is one argument of ``sh -c``, which Linux caps at 128 KiB.
+_INLINE_PATHS_MAX = 32 << 10
+_WITNESS_PATHS = "/tmp/mdh-wpaths"
+
+
+def _witness_paths_line(paths: Sequence[str], truth: HostTruth) -> str | None:
+    """The script line giving the witnesses' read-back paths beside the collection's:
+    none when they are the collection's own (its paths file is read), a ``printf``
+    into their own file when the list is small, else None (a second round trip)."""
+    if tuple(paths) == truth.paths:
+        return ""
+    line = f"{printf_command(encode_paths(paths))} > {_WITNESS_PATHS}"
+    return line if len(line) <= _INLINE_PATHS_MAX else None
+
+
 def observe_ids(guest: Shell, mount_point: str, truth: HostTruth, plan: ExportPlan,
                 harm: Sequence[str] = ()) -> IdsSeen:
-    """One export's ids (and ``harm`` pairs), then the witnesses if asked: in one round
-    trip when the witnesses read back the very paths the collection stats (no FIFO or
-    socket among them), the witness script reading the collection's paths file."""
+    """One export's ids (and ``harm`` pairs), then the witnesses if asked, in one round
+    trip: the witness script reads back the collection's paths file, or (a FIFO or
+    socket among the paths, whose copies are never opened) a list of its own spelled
+    out in the script; only a list too long for that takes a second round trip."""
     paths, specials = _witness_inputs(truth)
-    if not plan.witness or tuple(paths) != truth.paths:
+    inline = _witness_paths_line(paths, truth) if plan.witness else None
+    if inline is None:
         view = collect(guest, mount_point, truth.paths, plan.passes, plan.agent_threads,
                        harm=harm)
         return IdsSeen(view, run_witnesses(guest, mount_point, truth) if plan.witness
                        else None)
-    script = (collection_script(mount_point, plan.passes, plan.agent_threads, harm)
-              + witness_script(mount_point, specials, paths_file=PATHS_FILE))
-    result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
+    script = (collection_script(mount_point, plan.passes, plan.agent_threads, harm,
+                                keep_paths=not inline)
+              + (inline + "\n" if inline else "")
+              + witness_script(mount_point, specials,
+                               paths_file=_WITNESS_PATHS if inline else PATHS_FILE))
+    result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(truth.paths))
     collected, done, witnessed = result.stdout.decode(errors="replace").partition("@@DONE\n")
-    view = parse_collection(_finished(guest, result, collected + done, "collection"),
+    view = parse_collection(finished(guest, result, collected + done, "collection"),
                             truth.paths, plan.passes, harm)
-    runs = parse_witness_output(_finished(guest, result, witnessed, "witness"), paths,
+    runs = parse_witness_output(finished(guest, result, witnessed, "witness"), paths,
                                 specials)
     return IdsSeen(view, runs)
 

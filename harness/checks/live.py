@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
-from ..agent.collect import GuestView
-from ..agent.stat import GuestObservation, GuestStat
+from ..agent.collect import GuestView, parse_relook, relook_script
+from ..agent.stat import GuestObservation, GuestStat, encode_paths
 from ..config import Check, ExportSpec, Transport
 from ..guest.lifecycle import Guest
 from ..host.export import bind_twice, extra_device, record_truth
@@ -28,7 +28,7 @@ from ..verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runti
 from ..verdicts.ops import OpsVerdict
 from ..verdicts.virtiofs import judge_virtiofs
 from .family import Judging
-from .ids import IdsSeen, collect, observe_ids, witnesses_of
+from .ids import IdsSeen, collect, finished, observe_ids, witnesses_of
 
 LATE = "late"  # where the runtime device is mounted, a new directory on the root device
 BINDS = ("bind-a", "bind-b")  # where the root device's SUBDIR is bind-mounted
@@ -87,17 +87,19 @@ class RemountCheck:
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> RemountSeen:
+        # Nothing happens on the host between the looks: one round trip does it all.
         paths = export.truth.paths
-        before = _look(guest, spec, paths)
         point = shlex.quote(spec.mount_point)
-        result = guest.run(f"umount {point} && mount -t 9p -o {mount_options(spec)} "
-                           f"{shlex.quote(spec.tag)} {point}")
+        remount = (f"umount {point} && mount -t 9p -o {mount_options(spec)} "
+                   f"{shlex.quote(spec.tag)} {point}")
         order = another_order(export.truth)
-        after = _look(guest, spec, order)
-        output = (result.stdout + result.stderr).decode(errors="replace")
-        return RemountSeen(paths, before.observation.passes[0],
-                           after.observation.passes[0], result.rc, output,
-                           export.truth.device_count, order, before.dmesg + after.dmesg)
+        script = relook_script(spec.mount_point, remount, order)
+        result = guest.run(f"sh -c {shlex.quote(script)}", stdin=encode_paths(paths))
+        text = finished(guest, result, result.stdout.decode(errors="replace"), "remount")
+        seen = parse_relook(text, paths, order)
+        return RemountSeen(paths, seen.before.passes[0], seen.after.passes[0],
+                           seen.command_rc, seen.command_output, export.truth.device_count,
+                           order, seen.dmesg)
 
     def judge(self, judging: Judging, seen: RemountSeen) -> OpsVerdict:
         return judge_remount(judging.plan.mode, judging.qemu_version, seen, judging.stderr,

@@ -1,10 +1,12 @@
-"""An ids export with witnesses is observed in one SSH round trip when the witnesses
-read back the paths the collection stats, in two when a FIFO or socket is among them;
-either way both parts are parsed whole."""
+"""An ids export with witnesses is observed in one SSH round trip: the witnesses read
+back the paths the collection stats, or (a FIFO or socket among them) a list the script
+spells out; only a list too long for that takes two.  Either way both parts are parsed
+whole."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -66,16 +68,36 @@ def test_one_round_trip_does_the_collection_and_the_witnesses() -> None:
     assert len(guest.commands) == 1
     assert "mdh-agent stat" in guest.commands[0] and "@@W busybox-tar" in guest.commands[0]
     # The witnesses read the collection's paths file, not stdin a second time.
-    assert "cat > /tmp/mdh-wpaths" not in guest.commands[0]
+    script = shlex.split(guest.commands[0])[2]
+    assert "cat > /tmp/mdh-paths" in script and "cat > /tmp/mdh-wpaths" not in script
+    assert "mdh-agent stat /mnt/mdh0 1 1 < /tmp/mdh-paths" in script
     assert seen.witnesses is not None and seen.witnesses.runs["cp"].copied == {
         ".": b"x", "a": b"x"}
     assert seen.dmesg == "[ 1.0] collect\n[ 2.0] witness\n"
     assert len(seen.view.observation.passes) == 1
 
 
-def test_a_fifo_among_the_paths_takes_two_round_trips() -> None:
-    guest = FakeGuest([_collection(3), _witnesses(2, specials=1)])
+def test_a_fifo_among_the_paths_is_spelled_out_in_the_same_round_trip() -> None:
+    guest = FakeGuest([_collection(3) + _witnesses(2, specials=1)])
     seen = observe_ids(guest, "/mnt/mdh0", WITH_FIFO, PLAN)
+    assert len(guest.commands) == 1
+    # The read-back list leaves the FIFO out (a read of its copy would block) and is
+    # written by the script itself: stdin carries the collection's paths alone.
+    script = shlex.split(guest.commands[0])[2]
+    assert "printf '.\\000a\\000' > /tmp/mdh-wpaths" in script
+    # Nothing needs the collection's paths twice: the agent reads them from stdin.
+    assert "cat >" not in script and "/tmp/mdh-paths" not in script
+    assert seen.witnesses is not None and seen.witnesses.runs["cp"].copied == {
+        ".": b"x", "a": b"x"}
+    assert seen.dmesg == "[ 1.0] collect\n[ 2.0] witness\n"
+
+
+def test_a_long_list_beside_a_fifo_takes_two_round_trips() -> None:
+    # Too long to spell out in the one argument of sh -c: sent on stdin instead.
+    files = tuple(host_file(f"{'f' * 200}{i}", 1, 10 + i, 0) for i in range(200))
+    truth = HostTruth((*TRUTH.entries, *files, HostEntry("p", 1, 4, 1, EntryKind.OTHER, 0)))
+    guest = FakeGuest([_collection(len(truth.paths)), _witnesses(len(truth.paths) - 1, 1)])
+    seen = observe_ids(guest, "/mnt/mdh0", truth, PLAN)
     assert len(guest.commands) == 2 and "cat > /tmp/mdh-wpaths" in guest.commands[1]
     assert seen.witnesses is not None
 
@@ -84,3 +106,13 @@ def test_a_witness_part_that_never_ended_is_an_error() -> None:
     guest = FakeGuest([_collection(2) + _witnesses(2).replace("@@DONE", "")])
     with pytest.raises(GuestOutputError, match="guest witness script failed"):
         observe_ids(guest, "/mnt/mdh0", TRUTH, PLAN)
+
+
+def test_without_witnesses_the_agent_reads_stdin_itself() -> None:
+    guest = FakeGuest([_collection(2)])
+    seen = observe_ids(guest, "/mnt/mdh0", TRUTH, replace(PLAN, witness=False))
+    script = shlex.split(guest.commands[0])[2]
+    # No process copies the paths to a file nothing reads again.
+    assert "cat" not in script and "/tmp/mdh-paths" not in script
+    assert "echo @@STAT\nmdh-agent stat /mnt/mdh0 1 1\n" in script
+    assert seen.witnesses is None and len(seen.view.observation.passes) == 1
