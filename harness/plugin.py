@@ -10,6 +10,7 @@ attached to its report and its log directory is kept and named.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -33,6 +34,9 @@ from .qemu.machine import Machine
 
 MACHINES_KEY = pytest.StashKey[list[Machine]]()
 LOGDIR_KEY = pytest.StashKey[Path]()
+# The session's log roots made by mdh_log_root, removed at the session's end if empty
+# (no test failed).
+_LOG_ROOTS: list[Path] = []
 SESSION_MARKER_ENV = "MDH_PYTEST_SESSION"
 LEAK_GRACE_S = 10.0
 FIXTURES_NEEDING_NAMESPACE = {"multidevs_export", "machine", "machine_factory"}
@@ -177,9 +181,10 @@ def mdh_log_root(mdh_options: HarnessOptions) -> Iterator[Path]:
         yield mdh_options.logs
         return
     root = Path(tempfile.mkdtemp(prefix="mdh-pytest-"))
+    _LOG_ROOTS.append(root)
     yield root
-    if not any(root.iterdir()):
-        shutil.rmtree(root, ignore_errors=True)
+    # The last test's own directory is removed after this (its teardown report comes
+    # after the session's fixtures end): pytest_sessionfinish removes the root then.
 
 
 @pytest.fixture
@@ -313,11 +318,16 @@ def pytest_runtest_makereport(
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the session if a QEMU started by any of its workers is still running.
+    """Remove this process's empty log roots; then fail the session if a QEMU
+    started by any of its workers is still running.
 
-    Runs once, in the process that started the session (the xdist controller, or
-    plain pytest), after every worker finished.
+    The QEMU check runs once, in the process that started the session (the xdist
+    controller, or plain pytest), after every worker finished.
     """
+    for root in _LOG_ROOTS:  # in every process: each has its own log root
+        with contextlib.suppress(OSError):
+            if not any(root.iterdir()):
+                root.rmdir()
     if hasattr(session.config, "workerinput"):
         return
     marker = os.environ.get(SESSION_MARKER_ENV, "")

@@ -313,6 +313,23 @@ def test_pytest_timeout_in_a_guest_test_leaves_no_guest(tmp_path: Path, method: 
     sandbox.assert_clean(allowed=kept)
 
 
+@pytest.mark.timeout(200)
+def test_a_passing_plugin_session_leaves_no_log_directory(tmp_path: Path) -> None:
+    """The plugin's log root (mdh-pytest-*) goes when no test failed, even though the
+    last test's own log directory is removed after the session's fixtures ended."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text(
+        "def test_boots(machine):\n    assert machine.run('true').rc == 0\n")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    argv = [sys.executable, "-m", "pytest", str(inner / "test_inner.py"), "--rootdir",
+            str(inner), "-p", "no:cacheprovider", "-q", "--mdh-accel", "tcg"]
+    result = sandbox.run([], argv=argv, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(sandbox.tmp.glob("mdh-pytest-*")) == []
+    sandbox.assert_clean()
+
+
 # --- security -----------------------------------------------------------------------
 
 
