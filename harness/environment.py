@@ -165,14 +165,15 @@ def kernel_kind(kernel: Path) -> BootMethod:
                      hint="pass the kernel build's vmlinux or arch/x86/boot/bzImage")
 
 
-def _kernel_override(image: GuestImage, kernel: Path | None) -> tuple[GuestImage, BootMethod]:
-    """The image with ``kernel`` (--kernel) in place of its own, and how it boots.
-    The release is the file's own (bzImage header, ELF banner): rows and the
-    environment name the kernel that boots, not the image's."""
-    if kernel is None:
+def _kernel_override(image: GuestImage, kernel: Path | None,
+                     kind: BootMethod | None) -> tuple[GuestImage, BootMethod]:
+    """The image with ``kernel`` (--kernel, of ``kind``: ``kernel_kind``) in place of
+    its own, and how it boots.  The release is the file's own (bzImage header, ELF
+    banner): rows and the environment name the kernel that boots, not the image's."""
+    if kernel is None or kind is None:
         return image, BootMethod.PVH
     image = replace(image, kernel_release=kernel_release(kernel))
-    if kernel_kind(kernel) is BootMethod.PVH:
+    if kind is BootMethod.PVH:
         return replace(image, vmlinux=kernel), BootMethod.PVH
     return replace(image, vmlinuz=kernel), BootMethod.BZIMAGE
 
@@ -211,8 +212,7 @@ def prepare(
     scale = timeout_scale if timeout_scale is not None else timeout_scale_from_env()
     # QEMU first: a missing or too old binary is reported in a second, not after an
     # image build that may download a kernel for minutes.
-    if kernel is not None:
-        kernel_kind(kernel)
+    kind = kernel_kind(kernel) if kernel is not None else None
     binary = resolve_qemu(machine.qemu)
     info, cached = remembered_probe(paths.remembered_dir(), binary, probe_qemu)
     progress(f"QEMU {binary}: " + ("probe answers remembered (cached)" if cached else "probed"))
@@ -221,7 +221,7 @@ def prepare(
     mark_used(image.directory)
     if image.cache_hit:
         progress(f"guest image: cache hit ({image.kernel_release})")
-    image, boot = _kernel_override(image, kernel)
+    image, boot = _kernel_override(image, kernel, kind)
     if kernel is not None:
         progress(f"kernel: --kernel {kernel} (release {image.kernel_release})")
     check_kernel_modules(image, kernel)

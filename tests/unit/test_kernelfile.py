@@ -133,14 +133,14 @@ def test_a_kernel_override_is_named_by_its_own_release(tmp_path: Path) -> None:
     # --kernel: the environment and every row name the file's release (its bzImage
     # header), not the image's (issue 22).
     from harness.config import BootMethod, GuestImage
-    from harness.environment import _kernel_override
+    from harness.environment import _kernel_override, kernel_kind
 
     image = GuestImage(tmp_path, "r", "k", "6.1.0-57-amd64", tmp_path / "vmlinux",
                        tmp_path / "vmlinuz", tmp_path / "initrd", tmp_path / "h",
                        tmp_path / "c", tmp_path / "c.pub")
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(bzimage(b"payload"))
-    booted, boot = _kernel_override(image, kernel)
+    booted, boot = _kernel_override(image, kernel, kernel_kind(kernel))
     assert (booted.kernel_release, booted.vmlinuz, boot) == (
         "6.12.38+deb13-amd64", kernel, BootMethod.BZIMAGE)
-    assert _kernel_override(image, None) == (image, BootMethod.PVH)
+    assert _kernel_override(image, None, None) == (image, BootMethod.PVH)
