@@ -82,12 +82,28 @@ def symlink_refused(path: Path) -> CacheDirError:
         "writes through one)", hint=f"remove it (rm {path}) and run again")
 
 
-def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
+# What to do about a cache file another user made (a root-owned ``.lock``).
+OWNER_HINT = "run as the user who owns the cache, or set MDH_CACHE_DIR to a cache of your own"
+
+
+def owner_note(path: Path) -> str:
+    """The words " (it belongs to uid N, this run is uid M)" when ``path`` is another
+    user's, else nothing."""
+    with contextlib.suppress(OSError):
+        uid = os.lstat(path).st_uid
+        if uid != os.geteuid():
+            return f" (it belongs to uid {uid}, this run is uid {os.geteuid()})"
+    return ""
+
+
+def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE,
+                  what: str | None = None) -> int:
     """``os.open`` that never follows a symbolic link at ``path``.
 
     A link there, or a file the user may not open (a root-owned ``.lock`` in a
-    user's cache), raises CacheDirError naming the fix; anything else (the
-    directory removed meanwhile) the OSError itself.
+    user's cache), raises CacheDirError naming the file (as ``what``, default
+    "PATH in the cache"), its owner and the fix; anything else (the directory
+    removed meanwhile) the OSError itself.
     """
     try:
         return os.open(path, flags | _OPEN, mode)
@@ -95,9 +111,9 @@ def open_nofollow(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
         if exc.errno == errno.ELOOP:
             raise symlink_refused(path) from exc
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise CacheDirError(f"cannot open {path} in the cache: {exc.strerror}",
-                                hint=f"check who owns it (ls -l {path}); a cache is "
-                                     "one user's: set MDH_CACHE_DIR to your own") from exc
+            raise CacheDirError(
+                f"cannot open {what or f'{path} in the cache'}: {exc.strerror}"
+                f"{owner_note(path)}", hint=OWNER_HINT) from exc
         raise
 
 

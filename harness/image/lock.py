@@ -9,14 +9,13 @@ naming the holder, instead of a silent hang.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..cachefs import symlink_refused
+from ..cachefs import OWNER_HINT, open_nofollow
 from ..config import Progress, quiet
 from ..errors import CacheDirError
 
@@ -26,21 +25,13 @@ _HOLDER_BYTES = 200
 
 def _open(path: Path) -> int:
     """The lock file's descriptor; never through a symlink planted at its name."""
+    what = f"the image cache lock {path}"
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise symlink_refused(path) from exc
-        owner = ""
-        with contextlib.suppress(OSError):
-            uid = os.lstat(path).st_uid
-            if uid != os.geteuid():
-                owner = f" (it belongs to uid {uid}, this run is uid {os.geteuid()})"
-        raise CacheDirError(
-            f"cannot open the image cache lock {path}: {exc.strerror}{owner}",
-            hint="run as the user who owns the cache, or set MDH_CACHE_DIR to a cache "
-            "of your own",
-        ) from exc
+        return open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644, what=what)
+    except CacheDirError:
+        raise
+    except OSError as exc:  # the cache removed or read-only under the run: still exit 2
+        raise CacheDirError(f"cannot open {what}: {exc.strerror}", hint=OWNER_HINT) from exc
 
 
 def _holder(fd: int) -> str:
