@@ -373,10 +373,12 @@ class Machine(Launched):
                 self.end = self._stop(proc)
                 self.exit_code = proc.poll()
         finally:
-            if self._qmp is not None:
-                self._qmp.close()
-                self._qmp = None
-            self._stack.close()
+            qmp, self._qmp = self._qmp, None
+            try:
+                if qmp is not None:
+                    qmp.close()  # raises only a new Ctrl-C, after releasing the session
+            finally:
+                self._stack.close()
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> QemuEnd:
         if proc.poll() is not None:

@@ -11,7 +11,6 @@ Not thread-safe: one ``Qmp`` belongs to the thread that made it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -62,7 +61,14 @@ class Qmp:
         # A private loop rather than asyncio.run(): the client's reader task has to
         # survive from one synchronous call to the next.
         self._loop = asyncio.new_event_loop()
+        # asyncio's own complaints (a task's exception never retrieved, a task destroyed
+        # while pending) go to the exchange log, not to the user's terminal.
+        self._loop.set_exception_handler(self._loop_complaint)
         self._client = QMPClient(name)
+        # Ctrl-C or SIGTERM raised inside one of the library's tasks stays that task's
+        # outcome and comes back out of the loop when close() next runs it; the ones the
+        # caller has already seen (the same objects) tell those apart from a new signal.
+        self._seen_interrupts: list[BaseException] = []
         self._events: list[dict[str, object]] = []
         self._closed = False
 
@@ -113,12 +119,15 @@ class Qmp:
     def close(self) -> None:
         """Disconnect and release the loop; safe to call twice and after QEMU died.
 
-        Never raises and never waits longer than a couple of seconds: on a dead QEMU
-        the library re-raises the EOF its reader saw, which is expected here.
+        Never waits longer than a few seconds and always releases the loop, the socket
+        and the log.  It raises only a Ctrl-C or SIGTERM that arrives while it runs: on a
+        dead QEMU the library re-raises the EOF its reader saw, and after an interrupt
+        it re-raises that same interrupt, both of which the caller has already had.
         """
         if self._closed:
             return
         self._closed = True
+        fresh: BaseException | None = None
         try:
             self._collect_events()
             if self._client.runstate is not Runstate.IDLE:
@@ -127,14 +136,22 @@ class Qmp:
             # Typically the EOFError the reader saw when QEMU died: by the time we
             # close, the caller has its own error to report and must not lose it.
             pass
+        except BaseException as exc:
+            fresh = self._unless_seen(exc)
         finally:
-            self._cancel_leftovers()
+            try:
+                self._cancel_leftovers()
+            except BaseException as exc:
+                fresh = fresh or self._unless_seen(exc)
             self._loop.close()
             # The library closes the socket on a clean disconnect; after a failed
             # connect or a timed-out disconnect we still hold it.
             self._sock.close()
             if self._log is not None:
                 self._log.close()
+                self._log = None
+        if fresh is not None:
+            raise fresh
 
     # --- commands --------------------------------------------------------------------
 
@@ -222,12 +239,14 @@ class Qmp:
         task = self._loop.create_task(asyncio.wait_for(coro, timeout))
         try:
             return self._loop.run_until_complete(task)
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C or SIGTERM raised in the loop leaves the call pending (cancel it
             # and take its outcome when close() next runs the loop) or, raised inside
             # the call itself, ends it with that exception (take it now).  Otherwise
             # asyncio prints "Task exception was never retrieved" and a traceback as
             # the harness exits.
+            if not isinstance(exc, Exception) and not self._closed:
+                self._seen_interrupts.append(exc)
             if task.done():
                 _consume_outcome(task)
             else:
@@ -243,15 +262,35 @@ class Qmp:
             )
 
     def _cancel_leftovers(self) -> None:
-        # A timed-out disconnect can leave reader/writer tasks behind; cancel them so
-        # closing the loop does not warn about pending tasks.
-        pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
+        # A timed-out or interrupted disconnect can leave reader/writer tasks behind;
+        # cancel them so closing the loop does not warn about pending tasks.  A task
+        # that ends with an interrupt re-raises it out of the loop at once, whatever
+        # gather() is told, so an interrupt already seen ends one round, not the close.
+        deadline = time.monotonic() + _CLOSE_TIMEOUT
+        while pending := [task for task in asyncio.all_tasks(self._loop) if not task.done()]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for task in pending:
+                task.cancel()
+                task.add_done_callback(_consume_outcome)
             gathered = asyncio.gather(*pending, return_exceptions=True)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                self._loop.run_until_complete(asyncio.wait_for(gathered, _CLOSE_TIMEOUT))
+            try:
+                self._loop.run_until_complete(asyncio.wait_for(gathered, left))
+            except (TimeoutError, asyncio.CancelledError):
+                return
+            except BaseException as exc:
+                if self._unless_seen(exc) is not None:
+                    raise
+
+    def _unless_seen(self, exc: BaseException) -> BaseException | None:
+        """``exc`` unless it is an interrupt the caller already had from this session."""
+        return None if any(exc is seen for seen in self._seen_interrupts) else exc
+
+    def _loop_complaint(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        self._record({"asyncio": context.get("message", ""),
+                      "exception": repr(exc) if exc is not None else None})
 
     def _collect_events(self) -> None:
         # Move events out of the library's unbounded queue into ours, logging each
@@ -262,7 +301,7 @@ class Qmp:
             self._record({"event": entry})
 
     def _record(self, entry: dict[str, object]) -> None:
-        if self._log is None:
+        if self._log is None or self._log.closed:
             return
         line = {"t": round(time.time(), 3), **entry}
         self._log.write(json.dumps(line, default=str, sort_keys=False) + "\n")

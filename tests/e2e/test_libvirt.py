@@ -375,12 +375,16 @@ def test_reaper_kills_guests_it_was_never_told_of(tmp_path: Path) -> None:
     # Started by "libvirtd" after the reaper, never registered anywhere.
     guest = subprocess.Popen(_fake_guest(run, "remap", early), env={})
     # A daemon of the run that starts one more guest 1 s after the harness died (the
-    # guest's name is not on the daemon's own command line, as with libvirtd).
+    # guest's name is not on the daemon's own command line, as with libvirtd).  The
+    # daemon writes that guest's pid: the reaper may kill the guest before the guest's
+    # own Python has started and written it (seen in CI under load).
     daemon = subprocess.Popen(
         ["python3", "-c", "import subprocess, sys, time; time.sleep(1); "
-         "subprocess.Popen([a.replace('@', 'guest=') for a in sys.argv[1:]]); "
-         "time.sleep(1)",
-         *(a.replace("guest=", "@") for a in _fake_guest(run, "late", late))],
+         "late = subprocess.Popen([a.replace('@', 'guest=') for a in sys.argv[2:]]); "
+         "open(sys.argv[1], 'w').write(str(late.pid)); time.sleep(1)",
+         str(late),
+         *(a.replace("guest=", "@")
+           for a in _fake_guest(run, "late", tmp_path / "late-self.pid"))],
         env={RUN_MARKER_ENV: run})
     try:
         assert harness.stdout is not None and harness.stdout.readline() == "READY\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import signal
 import socket
 import threading
 import time
@@ -196,3 +198,55 @@ def test_use_after_close(pair: tuple[socket.socket, socket.socket]) -> None:
     qmp.close()
     with pytest.raises(QmpError, match="already closed"):
         qmp.execute("query-status")
+
+
+def _interrupt_once(monkeypatch: pytest.MonkeyPatch, client: object, name: str) -> None:
+    """A real SIGINT delivered inside the library's ``name`` (the main thread's
+    handler raises KeyboardInterrupt there), as a Ctrl-C lands at a random point."""
+    original = getattr(client, name)
+
+    def interrupted(*args: object) -> object:
+        monkeypatch.setattr(client, name, original)
+        signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(client, name, interrupted)
+
+
+def test_ctrl_c_inside_the_library_is_not_raised_again_by_close(
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Seen in CI: Ctrl-C landed in the library's sender task; close() re-raised it
+    from the task, skipped closing the loop and socket (and the machine's own cleanup
+    after it), and asyncio printed "Task exception was never retrieved" at exit."""
+    ours, theirs = pair
+    start(theirs)
+    qmp = Qmp(ours, log_path=tmp_path / "qmp.jsonl")
+    qmp.connect(timeout=5)
+    _interrupt_once(monkeypatch, qmp._client, "_do_send")  # the socket write
+    with pytest.raises(KeyboardInterrupt):
+        qmp.execute("query-status", timeout=5)
+    began = time.monotonic()
+    qmp.close()  # the interrupt is the caller's already: not raised a second time
+    assert time.monotonic() - began < 5
+    assert ours.fileno() == -1
+    del qmp
+    gc.collect()
+    err = capfd.readouterr().err
+    assert "never retrieved" not in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_during_close_is_raised_after_everything_is_released(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = pair
+    start(theirs)
+    qmp = Qmp(ours)
+    qmp.connect(timeout=5)
+    _interrupt_once(monkeypatch, qmp._client, "disconnect")
+    with pytest.raises(KeyboardInterrupt):
+        qmp.close()  # a new Ctrl-C: the user's, not to be swallowed
+    assert ours.fileno() == -1
+    qmp.close()  # and the session is closed for good
