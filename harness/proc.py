@@ -46,6 +46,7 @@ def spawn_tied(
     *,
     stdout: int | IO[bytes],
     stderr: int | IO[bytes],
+    stdin: int | IO[bytes] = subprocess.DEVNULL,
     pass_fds: Sequence[int] = (),
     death_signal: int = signal.SIGKILL,
     env: Mapping[str, str] | None = None,
@@ -63,7 +64,7 @@ def spawn_tied(
     try:
         return subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             pass_fds=tuple(pass_fds),

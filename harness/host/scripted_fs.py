@@ -436,11 +436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m harness.host.scripted_fs",
         description="Serve a scripted read-only tree (chosen inode numbers) over FUSE.",
     )
-    parser.add_argument("spec", type=Path, help="JSON written by spec_to_json")
+    parser.add_argument("spec", help="JSON written by spec_to_json ('-': read stdin)")
     parser.add_argument("mountpoint", type=Path, help="an existing directory")
     args = parser.parse_args(argv)
     try:
-        spec = spec_from_json(args.spec.read_text())
+        text = (sys.stdin.buffer.read().decode() if args.spec == "-"
+                else Path(args.spec).read_text())
+        spec = spec_from_json(text)
     except (OSError, ValueError) as exc:
         print(f"{FS_NAME}: {args.spec}: {exc}", file=sys.stderr)
         return 2
@@ -569,13 +571,12 @@ def _stop(proc: subprocess.Popen[bytes], mountpoint: Path) -> list[str]:
     return problems
 
 
-def _spawn(spec_file: Path, mountpoint: Path, errlog: IO[bytes]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "harness.host.scripted_fs", os.fspath(spec_file),
-            os.fspath(mountpoint)]
+def _spawn(spec_in: IO[bytes], mountpoint: Path, errlog: IO[bytes]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "harness.host.scripted_fs", "-", os.fspath(mountpoint)]
     # SIGTERM when the harness dies (even SIGKILLed): libfuse's handler then unmounts.
     # The kernel sends it when the forking *thread* exits, which cannot happen while
     # that thread is still inside scripted_mount.
-    return spawn_tied(argv, stdout=subprocess.PIPE, stderr=errlog,
+    return spawn_tied(argv, stdin=spec_in, stdout=subprocess.PIPE, stderr=errlog,
                       death_signal=signal.SIGTERM, env=_child_env())
 
 
@@ -602,11 +603,12 @@ def scripted_mount(spec: Sequence[ScriptedEntry], mountpoint: Path, *,
     """
     spec_json = spec_to_json(spec)
     _check_mountpoint(mountpoint)
-    with tempfile.TemporaryDirectory(prefix="mdh-scripted-fs-") as scratch, \
-            tempfile.TemporaryFile() as errlog:
-        spec_file = Path(scratch) / "spec.json"
-        spec_file.write_text(spec_json)
-        proc = _spawn(spec_file, mountpoint, errlog)
+    # The spec reaches the server as its stdin, from a file without a name: a caller
+    # killed outright (no ``finally`` runs) leaves no scratch directory behind.
+    with tempfile.TemporaryFile() as spec_in, tempfile.TemporaryFile() as errlog:
+        spec_in.write(spec_json.encode())
+        spec_in.seek(0)
+        proc = _spawn(spec_in, mountpoint, errlog)
         try:
             _wait_ready(proc, mountpoint, errlog, timeout)
             yield ScriptedMount(mountpoint=mountpoint, pid=proc.pid)

@@ -185,8 +185,11 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
-def test_a_sigkilled_caller_leaves_no_server_and_no_mount(mountpoint: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+def test_a_sigkilled_caller_leaves_no_server_and_no_mount(mountpoint: Path,
+                                                          tmp_path: Path) -> None:
+    scratch = tmp_path / "holder-tmp"  # the holder's TMPDIR: must be empty afterwards
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(mountpoint)],
                               stdout=subprocess.PIPE, env=env)
@@ -200,6 +203,7 @@ def test_a_sigkilled_caller_leaves_no_server_and_no_mount(mountpoint: Path) -> N
         while time.monotonic() < deadline and not (_gone(pid) and not is_mounted(mountpoint)):
             time.sleep(0.05)
         _assert_left_nothing(mountpoint, pid)
+        assert not list(scratch.iterdir()), "a killed caller left scratch files behind"
     finally:
         if holder.poll() is None:
             holder.kill()
