@@ -235,7 +235,7 @@ def test_kernel_append_base_and_mdh_items() -> None:
         ["loglevel=7"],
     )
     assert line == (
-        "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests "
+        "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests norandmaps "
         f"mdh_9p=t0:/mnt/x:{OPTS} "
         "mdh_9p=data_1:/mnt/d-1.x:trans=virtio,version=9p2000.L,cache=loose,msize=131072 "
         "loglevel=7"
@@ -247,7 +247,7 @@ def test_kernel_append_readonly_mounts_ro() -> None:
 
 
 def test_kernel_append_without_exports() -> None:
-    assert kernel_append([]) == "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests"
+    assert kernel_append([]) == "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests norandmaps"
 
 
 @pytest.mark.parametrize(
