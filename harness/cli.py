@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -52,16 +53,46 @@ PREDICT_MAX_PATHS = 1_000_000
 # not wait for the verdicts, the report writers or the SSH client to load.
 
 
+def say(text: str | bytes = "", *, err: bool = False) -> None:
+    """Write ``text`` (a line; bytes as they are) to stdout, or stderr with ``err``.
+
+    A reader that went away (``| head``, a CI log pipe closed early) ends the printing,
+    never the run: the guests still finish, the JSON and JUnit reports are still
+    written and the exit code still says what QEMU did.  Printing was the only thing
+    the closed pipe could take, so its error is not a fault of the harness.
+    """
+    stream = sys.stderr if err else sys.stdout
+    try:
+        if isinstance(text, bytes):
+            stream.flush()
+            stream.buffer.write(text)
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        _discard(stream)
+
+
+def _discard(stream: Any) -> None:
+    # Later writes, and the interpreter's own flush at exit, go nowhere instead of
+    # raising again (Python's recipe for a closed pipe).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
 def progress(message: str) -> None:
     """Progress lines go to stderr so stdout stays clean for --json."""
-    print(f"[multidevs-harness] {message}", file=sys.stderr, flush=True)
+    say(f"[multidevs-harness] {message}", err=True)
 
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+        say(self.format_usage().rstrip("\n"), err=True)
+        say(f"error: {message}", err=True)
         raise SystemExit(EXIT_ERROR)
 
 
@@ -302,21 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    say(json.dumps(data, indent=2, default=str))
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from .commands.image import build, image_json, image_text
 
     image = build(args.guest, args.modules, args.force, progress)
-    print(json.dumps(image_json(image), indent=2) if args.json else image_text(image))
+    say(json.dumps(image_json(image), indent=2) if args.json else image_text(image))
     return EXIT_OK
 
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     from .commands.image import prune
 
-    print(prune())
+    say(prune())
     return EXIT_OK
 
 
@@ -324,7 +355,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     from .commands.image import listing, listing_text
 
     found = listing()
-    print(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
+    say(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
     return EXIT_OK
 
 
@@ -337,7 +368,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         _print_json(environment_json(record))
     else:
         for key, value in record.properties():
-            print(f"{key:26} {value}")
+            say(f"{key:26} {value}")
     return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
 
 
@@ -360,9 +391,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command given", hint="multidevs-harness exec -- uname -r")
     result = exec_in_guest(command, _machine(args), logs=args.logs, progress=progress)
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.flush()
-    sys.stderr.buffer.write(result.stderr)
+    say(result.stdout)
+    say(result.stderr, err=True)
     return result.rc
 
 
@@ -396,12 +426,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         strict_known=args.strict_known,
     )
     result = _checked_run(options, args.json, args.junit)
-    print(rep.table(result))
+    say(rep.table(result))
     if export is not None:
-        print()
-        print(rep.export_collisions(result))
-    print()
-    print(rep.summary_line(result))
+        say()
+        say(rep.export_collisions(result))
+    say()
+    say(rep.summary_line(result))
     if args.json:
         rep.write_json(rep.to_json(result), args.json)
         progress(f"JSON report: {args.json}")
@@ -436,7 +466,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     found = reproduce(Mode(args.mode), _layout(args), _machine(args), cache=Cache(args.cache),
                       logs=args.logs, progress=progress)
-    print(found.text())
+    say(found.text())
     return exit_code([found.row.status])
 
 
@@ -449,7 +479,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(predict_json(found))
     else:
-        print(predict_text(found))
+        say(predict_text(found))
     return found.exit_code
 
 
@@ -485,6 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     including a fault of the harness itself (125 for that with ``run --bisect``)."""
     try:
         args = build_parser().parse_args(argv)
+    except BrokenPipeError:
+        # --help or --version into a reader that went away: nothing was asked of QEMU.
+        _discard(sys.stdout)
+        return EXIT_OK
     except SystemExit as exc:
         # A bad command line under --bisect is no verdict on the commit either: exit 2
         # would make ``git bisect run`` call every commit bad.
@@ -503,10 +537,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return IMAGE_COMMANDS[args.image_command](args)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: guests stopped, mounts and temporary files removed", file=sys.stderr)
+        say("interrupted: guests stopped, mounts and temporary files removed", err=True)
         return 130
     except Exception as exc:
         # Not an error the harness raised on purpose: a bug of its own, or the host
@@ -514,7 +548,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         # --bisect), never 1, which CI files as a QEMU regression.
         from .logs import harness_fault
 
-        print(f"error: {harness_fault(exc)}", file=sys.stderr)
+        say(f"error: {harness_fault(exc)}", err=True)
         return EXIT_ERROR
 
 

@@ -247,7 +247,8 @@ def test_kernel_append_readonly_mounts_ro() -> None:
 
 
 def test_kernel_append_without_exports() -> None:
-    assert kernel_append([]) == "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests norandmaps"
+    assert kernel_append([]) == (
+        "console=ttyS0 panic=-1 oops=panic quiet cryptomgr.notests norandmaps")
 
 
 @pytest.mark.parametrize(
