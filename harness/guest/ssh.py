@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import select
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,6 +216,23 @@ def _client_key(path: Path) -> paramiko.Ed25519Key:
         ) from exc
 
 
+def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the guest with Nagle's algorithm off.
+
+    Every SSH exchange is small messages that wait for each other's answers (channel
+    open, exec, exit status), and with Nagle on, each waited for the peer's delayed
+    ACK: measured on a restored TCG guest, opening a channel took 43 ms with it and
+    1.6 ms without, and a whole ``true`` round trip 66 ms against 19 ms.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def connect_with_retry(
     host: str,
     port: int,
@@ -248,6 +266,7 @@ def connect_with_retry(
             client.connect(
                 host,
                 port=port,
+                sock=_nodelay_socket(host, port, min(remaining, 5.0)),
                 username=USER,
                 pkey=pkey,
                 allow_agent=False,

@@ -178,3 +178,15 @@ def test_stdin_nobody_reads_is_bounded_by_the_deadline(tmp_path: Path) -> None:
         with pytest.raises(GuestCommandTimeout, match=r"(?m)within 2 s .*: sleep 30$"):
             ssh.run("sleep 30", stdin=b"y" * (16 << 20), timeout=2.0)
         assert time.monotonic() - started < 4
+
+
+@pytest.mark.timeout(60)
+def test_the_connection_sends_small_messages_at_once(tmp_path: Path) -> None:
+    """Nagle's algorithm off: with it on, every channel open waited for the guest's
+    delayed ACK (43 ms of a 66 ms round trip on a TCG guest; 1.6 ms of 19 ms without)."""
+    with _ssh_server(tmp_path) as ssh:
+        transport = ssh._client.get_transport()
+        assert transport is not None
+        sock = transport.sock
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
