@@ -34,10 +34,10 @@ _CMDLINE_MAX = 2047
 # every console line is an emulated UART write.
 # oops=panic: an oops while an export is observed stops the guest at once, and the
 # harness fails the rows (GuestCrashed) instead of observing a half-dead kernel.
-# norandmaps (no address-space randomisation for guest processes): TCG finds code it
-# translated before by virtual address as well as physical (QEMU before 8.0 for x86),
-# so with random layouts every tool's ld.so and libc are translated afresh in every
-# process.  Measured under TCG (QEMU 7.2, 6.1 guest), five rounds of GNU find and
+# norandmaps (no address-space randomisation for guest processes): QEMU 7.2's TCG finds
+# x86 code it translated before by virtual address as well as physical (later QEMUs
+# can translate it position-independently and may gain less), so with random layouts
+# every tool's ld.so and libc are translated afresh in every process.  Measured under TCG (QEMU 7.2, 6.1 guest), five rounds of GNU find and
 # rsync: 1.2-1.4 s randomised, 0.63-0.69 s fixed; the witnesses run those tools over
 # every witnessed export.  Nothing under test (9p or virtiofs ids) depends on layout.
 BASE_APPEND: tuple[str, ...] = ("console=ttyS0", "panic=-1", "oops=panic", "quiet",
