@@ -65,6 +65,19 @@ class Version(NamedTuple):
 def quiet(_: str) -> None:
     """A Progress that says nothing (library callers, tests)."""
 
+
+def said_once(progress: Progress) -> Progress:
+    """``progress`` that passes each distinct line on once: exports of one layout are
+    built alike and say alike things (eight overlay exports, eight identical lines)."""
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            progress(message)
+
+    return say
+
 # -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
 # default" landed in QEMU 10.0.
 MULTIDEVS_SINCE = Version(4, 2, 0)

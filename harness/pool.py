@@ -23,7 +23,17 @@ from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
 from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
-from .config import VIRTIOFS_CACHE, Cache, ExportSpec, Layout, Progress, Transport, Version, Via
+from .config import (
+    VIRTIOFS_CACHE,
+    Cache,
+    ExportSpec,
+    Layout,
+    Progress,
+    Transport,
+    Version,
+    Via,
+    said_once,
+)
 from .environment import Environment
 from .errors import (
     ExportError,
@@ -152,6 +162,7 @@ def _build_exports(
     built: list[tuple[ExportPlan, Export, ExportSpec]] = []
     failed: list[tuple[ExportPlan, ExportError]] = []
     broken: dict[Layout, ExportError] = {}
+    progress = said_once(run.progress)
     for item in plan.exports:
         kind = item.layout.kind
         if kind in broken:
@@ -159,7 +170,7 @@ def _build_exports(
                 failed.append((item, broken[kind]))
             continue
         try:
-            export = stack.enter_context(build_export(item.layout, progress=run.progress))
+            export = stack.enter_context(build_export(item.layout, progress=progress))
             if binds_before_start(item):
                 stack.enter_context(prebind(export))
         except LayoutUnavailable as exc:

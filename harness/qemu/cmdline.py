@@ -37,9 +37,10 @@ _CMDLINE_MAX = 2047
 # norandmaps (no address-space randomisation for guest processes): QEMU 7.2's TCG finds
 # x86 code it translated before by virtual address as well as physical (later QEMUs
 # can translate it position-independently and may gain less), so with random layouts
-# every tool's ld.so and libc are translated afresh in every process.  Measured under TCG (QEMU 7.2, 6.1 guest), five rounds of GNU find and
-# rsync: 1.2-1.4 s randomised, 0.63-0.69 s fixed; the witnesses run those tools over
-# every witnessed export.  Nothing under test (9p or virtiofs ids) depends on layout.
+# every tool's ld.so and libc are translated afresh in every process.  Measured under
+# TCG (QEMU 7.2, 6.1 guest), five rounds of GNU find and rsync: 1.2-1.4 s randomised,
+# 0.63-0.69 s fixed; the witnesses run those tools over every witnessed export.
+# Nothing under test (9p or virtiofs ids) depends on the layout of guest processes.
 BASE_APPEND: tuple[str, ...] = ("console=ttyS0", "panic=-1", "oops=panic", "quiet",
                                 "cryptomgr.notests", "norandmaps")
 
