@@ -431,7 +431,8 @@ def serve(tree: ServedTree, mountpoint: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.host.scripted_fs SPEC.json MOUNTPOINT``: serve until stopped."""
+    """``python -m harness.host.scripted_fs SPEC.json|- MOUNTPOINT``: serve until stopped
+    (``-``: the spec on stdin, as the harness passes it)."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.host.scripted_fs",
         description="Serve a scripted read-only tree (chosen inode numbers) over FUSE.",
