@@ -70,6 +70,11 @@ def apt_options(state: Path, architecture: str = "amd64") -> list[str]:
 
     The empty status file keeps the host's installed packages out of the picture, and
     the empty parts folders hide /etc/apt/sources.list.d, preferences and keyrings.
+    The host's apt.conf.d still applies (a proxy set there is wanted), except for the
+    binary caches, named here: hosts made from container images turn them off
+    (Docker's ``docker-clean``), and then every ``apt-cache show`` parsed the suite's
+    18 MB package list again, 0.78 s a call against 0.23 s with the cache, eight calls
+    per ``image build`` (which ``scripts/setup`` runs every time).
     """
     empty = state / "empty"
     settings = {
@@ -83,6 +88,8 @@ def apt_options(state: Path, architecture: str = "amd64") -> list[str]:
         "Dir::State::Lists": state / "lists",
         "Dir::State::status": state / "status",
         "Dir::Cache": state / "cache",
+        "Dir::Cache::pkgcache": "pkgcache.bin",
+        "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
         "APT::Architecture": architecture,
         "APT::Architectures": architecture,
         "Debug::NoLocking": "1",
