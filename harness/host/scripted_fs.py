@@ -8,7 +8,7 @@ Every path of the tree, its kind, inode number, content, mtime and link count co
 a list of ``ScriptedEntry``; the server answers from that list and nothing else.
 
 The server is libfuse 3's high-level API through mfusepy, run as a subprocess
-(``python -m harness.host.scripted_fs SPEC.json MOUNTPOINT``) by ``scripted_mount``.
+(``python -m harness.host.scripted_fs MOUNTPOINT < SPEC.json``) by ``scripted_mount``.
 With libfuse's ``use_ino`` the st_ino of getattr and the d_ino of readdir reach the
 kernel unchanged, all 64 bits (measured: 2**63 + 2**62 + 5, 0xFFFF_0000_0000_0001 and
 2**64 - 1 come back from lstat and scandir as given).  The kernel's own inode objects
@@ -431,21 +431,18 @@ def serve(tree: ServedTree, mountpoint: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.host.scripted_fs SPEC.json|- MOUNTPOINT``: serve until stopped
-    (``-``: the spec on stdin, as the harness passes it)."""
+    """``python -m harness.host.scripted_fs MOUNTPOINT < SPEC.json``: serve until stopped."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.host.scripted_fs",
         description="Serve a scripted read-only tree (chosen inode numbers) over FUSE.",
     )
-    parser.add_argument("spec", help="JSON written by spec_to_json ('-': read stdin)")
-    parser.add_argument("mountpoint", type=Path, help="an existing directory")
+    parser.add_argument("mountpoint", type=Path,
+                        help="an existing directory; the spec (spec_to_json) comes on stdin")
     args = parser.parse_args(argv)
     try:
-        text = (sys.stdin.buffer.read().decode() if args.spec == "-"
-                else Path(args.spec).read_text())
-        spec = spec_from_json(text)
+        spec = spec_from_json(sys.stdin.buffer.read().decode())
     except (OSError, ValueError) as exc:
-        print(f"{FS_NAME}: {args.spec}: {exc}", file=sys.stderr)
+        print(f"{FS_NAME}: the spec on stdin: {exc}", file=sys.stderr)
         return 2
     return serve(build_tree(spec, uid=os.getuid(), gid=os.getgid()), args.mountpoint)
 
@@ -573,7 +570,7 @@ def _stop(proc: subprocess.Popen[bytes], mountpoint: Path) -> list[str]:
 
 
 def _spawn(spec_in: IO[bytes], mountpoint: Path, errlog: IO[bytes]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "harness.host.scripted_fs", "-", os.fspath(mountpoint)]
+    argv = [sys.executable, "-m", "harness.host.scripted_fs", os.fspath(mountpoint)]
     # SIGTERM when the harness dies (even SIGKILLed): libfuse's handler then unmounts.
     # The kernel sends it when the forking *thread* exits, which cannot happen while
     # that thread is still inside scripted_mount.
