@@ -170,9 +170,11 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``run``: the main job's options."""
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
     _add_machine_options(run, several_qemus=True)
-    run.add_argument("--qemu-datadir", type=_path,
-                     help="QEMU's firmware directory (-L); default: a pc-bios/ or "
-                     "../share/qemu/ beside a binary outside the system prefix")
+    run.add_argument("--qemu-datadir", type=_path, action="append", default=[],
+                     help="a firmware directory of QEMU's (one -L each, searched in the "
+                     "order given; repeat for several); default: a pc-bios/ beside a "
+                     "binary outside the system prefix, or its prefix's share/qemu, "
+                     "share/seabios and lib/ipxe/qemu")
     run.add_argument(
         "--modes",
         default=",".join(m.value for m in ALL_MODES),
@@ -379,7 +381,7 @@ def _machine(args: argparse.Namespace) -> MachineOptions:
     return MachineOptions(qemu=None if several else args.qemu, accel=Accel(args.accel),
                           kernel=args.kernel, modules=args.modules,
                           guest=None if several else args.guest, cold=args.cold,
-                          qemu_datadir=getattr(args, "qemu_datadir", None))
+                          qemu_datadirs=tuple(getattr(args, "qemu_datadir", ())))
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

@@ -438,8 +438,9 @@ class MachineOptions:
     guest: str | None = None
     # Boot every guest cold instead of restoring a saved state.
     cold: bool = False
-    # QEMU's firmware directory (-L); None: found beside the binary or QEMU's own.
-    qemu_datadir: Path | None = None
+    # QEMU's firmware directories (-L, one each, in order); (): found beside the binary
+    # or QEMU's own.
+    qemu_datadirs: tuple[Path, ...] = ()
     # Whether guests serve virtiofs exports (a virtiofsd is then found once), and which
     # virtiofsd (--virtiofsd; None: the host's, else Debian trixie's, cached).
     virtiofs: bool = False
@@ -466,10 +467,14 @@ class MachineSpec:
     extra_append: tuple[str, ...] = ()
     # False renders the untuned command line people write by hand (bench baseline).
     tuned: bool = True
-    # Firmware directory for a QEMU outside the system prefix (-L); None: QEMU's own.
-    datadir: Path | None = None
+    # Firmware directories for a QEMU outside the system prefix (one -L each, searched
+    # in order); (): QEMU's own.
+    datadirs: tuple[Path, ...] = ()
     # Saved guest states live here (boot by restore); None: every boot is cold.
     state_cache: Path | None = None
+    # The binary has the monitor-qmp object type (the probe asked): the QMP monitor
+    # is an -object, not the -mon that QEMU 11.1 deprecates.
+    monitor_object: bool = False
     timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
     # How to start virtiofsd (its argv before the harness's options) for virtiofs exports.
     virtiofsd: tuple[str, ...] = ()

@@ -52,8 +52,8 @@ class Environment:
     accel: AccelDecision
     boot: BootMethod
     timeouts: Timeouts
-    # Firmware directory passed as -L (a QEMU outside the system prefix); None: QEMU's.
-    datadir: Path | None = None
+    # Firmware directories passed as -L (a QEMU outside the system prefix); (): QEMU's.
+    datadirs: tuple[Path, ...] = ()
     # Saved guest states (boot by restore); None: every boot is cold (--cold).
     state_cache: Path | None = None
     # The daemon of virtiofs exports; None when the run has none.
@@ -104,10 +104,11 @@ class Environment:
             exports=tuple(exports),
             boot=self.boot,
             sandbox=self.info.sandbox_supported,
+            monitor_object=self.info.monitor_object,
             sandbox_deny=self.info.sandbox_deny,
             extra_append=tuple(extra_append),
             timeouts=self.timeouts,
-            datadir=self.datadir,
+            datadirs=self.datadirs,
             state_cache=self.state_cache,
             virtiofsd=self.virtiofsd.command if self.virtiofsd else (),
         )
@@ -121,31 +122,41 @@ def resolve_qemu(qemu: str | None) -> Path:
 # Where distributions install QEMU: its compiled-in firmware path is right for these.
 _MARKER_ROM = "linuxboot_dma.bin"
 _SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/usr/sbin"))
+# Where Debian's packages put the firmware QEMU's share/qemu links to (seabios,
+# ipxe-qemu), relative to the prefix.
+_DEBIAN_SPLIT = ("share/seabios", "lib/ipxe/qemu")
 
 
-def find_datadir(binary: Path, override: Path | None = None) -> Path | None:
-    """The firmware directory to pass as -L for ``binary``, or None for QEMU's own.
+def find_datadirs(binary: Path, override: Sequence[Path] = ()) -> tuple[Path, ...]:
+    """The firmware directories to pass as -L for ``binary``, in search order; () for
+    QEMU's own.
 
-    ``override`` (--qemu-datadir) wins.  A binary in a system bin directory uses the
-    path it was built with.  Any other binary (a build tree, an unpacked package)
-    gets a ``pc-bios/`` beside it or a ``../share/qemu/`` when one exists: its
-    built-in path points at a prefix where nothing is installed.
+    ``override`` (--qemu-datadir, repeatable) wins.  A binary in a system bin
+    directory uses the path it was built with.  Any other binary (a build tree, an
+    unpacked package) gets a ``pc-bios/`` beside it, or the firmware directories of
+    the prefix it sits in (``../share/qemu/``, and where they exist the prefix's
+    ``share/seabios`` and ``lib/ipxe/qemu``, where Debian puts the BIOS and the
+    option ROMs): its built-in path points at a prefix where nothing is installed.
     """
-    if override is not None:
-        if not override.is_dir():
-            raise UsageError(f"--qemu-datadir {override} is not a directory",
-                             hint="pass QEMU's pc-bios/ or share/qemu/ directory")
-        return override
+    for directory in override:
+        if not directory.is_dir():
+            raise UsageError(f"--qemu-datadir {directory} is not a directory",
+                             hint="pass QEMU's pc-bios/ or share/qemu/ directory "
+                             "(repeat the option for several)")
+    if override:
+        return tuple(override)
     if binary.parent in _SYSTEM_BIN:
-        return None
-    for candidate in (binary.parent / "pc-bios", binary.parent.parent / "share" / "qemu"):
-        # The option ROM of -kernel boots, which every guest here needs: its presence
-        # tells QEMU's data directory from an unrelated folder of the same name.
-        # (-L comes first in QEMU's search; BIOS images it lacks, as in Debian where
-        # SeaBIOS is its own package, are still found on the built-in path.)
-        if (candidate / _MARKER_ROM).is_file():
-            return candidate
-    return None
+        return ()
+    beside = binary.parent / "pc-bios"
+    if (beside / _MARKER_ROM).is_file():
+        return (beside,)
+    prefix = binary.parent.parent
+    # The option ROM of -kernel boots, which every guest here needs: its presence
+    # tells QEMU's data directory from an unrelated folder of the same name.
+    if not (prefix / "share" / "qemu" / _MARKER_ROM).is_file():
+        return ()
+    return tuple(d for d in (prefix / "share" / "qemu", *(prefix / s for s in _DEBIAN_SPLIT))
+                 if d.is_dir())
 
 
 def kernel_kind(kernel: Path) -> BootMethod:
@@ -225,9 +236,9 @@ def prepare(
     if kernel is not None:
         progress(f"kernel: --kernel {kernel} (release {image.kernel_release})")
     check_kernel_modules(image, kernel)
-    firmware = find_datadir(info.binary, machine.qemu_datadir)
-    if firmware is not None:
-        progress(f"QEMU firmware from {firmware} (-L)")
+    firmware = find_datadirs(info.binary, machine.qemu_datadirs)
+    if firmware:
+        progress(f"QEMU firmware from {', '.join(map(str, firmware))} (-L)")
     kernel_for_probe = image.vmlinux if boot is BootMethod.PVH else image.vmlinuz
     decision, remembered = _decide_accel(machine.accel, info, kernel_for_probe, firmware,
                                          trust_cached_kvm, progress)
@@ -241,7 +252,7 @@ def prepare(
         accel=decision,
         boot=boot,
         timeouts=Timeouts.for_accel(decision.used, scale),
-        datadir=firmware,
+        datadirs=firmware,
         state_cache=None if machine.cold else paths.states_dir(),
         virtiofsd=virtiofsd,
         kernel=kernel,
@@ -250,7 +261,7 @@ def prepare(
 
 
 def _decide_accel(
-    accel: Accel, info: QemuInfo, kernel: Path, firmware: Path | None,
+    accel: Accel, info: QemuInfo, kernel: Path, firmware: tuple[Path, ...],
     trust_cached_kvm: bool, progress: Progress,
 ) -> tuple[AccelDecision, RememberedLiveness | None]:
     """The accelerator, with the KVM liveness answer taken from the cache while its
@@ -258,7 +269,7 @@ def _decide_accel(
     cache handle too when the decision rests on a remembered "KVM works"."""
     liveness = RememberedLiveness(
         paths.remembered_dir(), liveness_key(info.binary, kernel, firmware),
-        lambda: kvm_liveness_probe(info.binary, kernel, datadir=firmware),
+        lambda: kvm_liveness_probe(info.binary, kernel, datadirs=firmware),
         trust_alive=trust_cached_kvm)
     decision = decide_accel(accel, info, liveness)
     if liveness.cached is None:

@@ -94,7 +94,7 @@ class LibvirtBackend:
             console=log_dir / "console.log",
             filesystems=tuple(self._filesystem(s) for s in exports),
             vcpus=self.cpus,
-            datadir=env.datadir,
+            datadirs=env.datadirs,
             shared_memory=uses_virtiofs(exports),
         )
         self.progress(f"{plan.name}: starting domain {domain.name}")

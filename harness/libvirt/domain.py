@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import Accel, Mode
+from ..qemu.cmdline import datadir_args
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -83,8 +84,8 @@ class DomainSpec:
     # virtiofs needs guest RAM QEMU can share (with virtiofsd).
     shared_memory: bool = False
     network: bool = True
-    # Firmware directory (-L) for a QEMU outside the system prefix.
-    datadir: Path | None = None
+    # Firmware directories (one -L each) for a QEMU outside the system prefix.
+    datadirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accel is Accel.AUTO:
@@ -189,7 +190,7 @@ def render_domain_xml(spec: DomainSpec) -> str:
     _sub(devices, "memballoon", model="none")
     seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
     _sub(seclabel, "label", "+0:+0")
-    extra = ["-L", str(spec.datadir)] if spec.datadir is not None else []
+    extra = datadir_args(spec.datadirs)
     extra += net_args() if spec.network else []
     if extra:
         commandline = _sub(root, f"{{{QEMU_NS}}}commandline")

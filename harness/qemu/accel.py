@@ -11,14 +11,14 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from ..config import Accel, AccelDecision
 from ..errors import KvmUnavailable
 from ..proc import kill_process_group, spawn_tied, tail_text
-from .cmdline import MACHINE_TYPE, escape_opt
+from .cmdline import MACHINE_TYPE, datadir_args, escape_opt
 from .probe import QemuInfo
 
 Liveness = Callable[[], tuple[bool, str]]
@@ -62,7 +62,7 @@ def decide_accel(requested: Accel, info: QemuInfo, liveness: Liveness) -> AccelD
 
 def kvm_liveness_probe(
     qemu: Path, kernel: Path, timeout: float = DEFAULT_LIVENESS_TIMEOUT,
-    datadir: Path | None = None,
+    datadirs: Sequence[Path] = (),
 ) -> tuple[bool, str]:
     """Boot ``kernel`` under KVM and report whether its banner appears within ``timeout``.
 
@@ -72,7 +72,7 @@ def kvm_liveness_probe(
     """
     key = (Path(qemu).absolute(), Path(kernel).absolute())
     if key not in _memo:
-        _memo[key] = boot_liveness(key[0], key[1], Accel.KVM, timeout, datadir)
+        _memo[key] = boot_liveness(key[0], key[1], Accel.KVM, timeout, datadirs)
     return _memo[key]
 
 
@@ -82,7 +82,7 @@ def clear_liveness_memo() -> None:
 
 
 def boot_liveness(
-    qemu: Path, kernel: Path, accel: Accel, timeout: float, datadir: Path | None = None
+    qemu: Path, kernel: Path, accel: Accel, timeout: float, datadirs: Sequence[Path] = ()
 ) -> tuple[bool, str]:
     """Start ``kernel`` with no initrd under ``accel``; watch the console for the banner.
 
@@ -94,7 +94,7 @@ def boot_liveness(
     # SIGKILLed mid-probe; spawn_tied makes sure QEMU dies with it then.
     with tempfile.TemporaryFile() as console_file, tempfile.TemporaryFile() as stderr:
         console = Path(f"/proc/self/fd/{console_file.fileno()}")
-        argv = [str(qemu), *_liveness_args(kernel, accel, console, datadir)]
+        argv = [str(qemu), *_liveness_args(kernel, accel, console, datadirs)]
         try:
             proc = spawn_tied(argv, stdout=subprocess.DEVNULL, stderr=stderr,
                               pass_fds=(console_file.fileno(),))
@@ -107,10 +107,10 @@ def boot_liveness(
 
 
 def _liveness_args(
-    kernel: Path, accel: Accel, console: Path, datadir: Path | None
+    kernel: Path, accel: Accel, console: Path, datadirs: Sequence[Path]
 ) -> list[str]:
     # The same machine and CPU the real guest gets, so the check means something.
-    args = ["-L", str(datadir)] if datadir is not None else []
+    args = datadir_args(datadirs)
     args += [
         "-machine", MACHINE_TYPE,
         "-accel", accel.value,

@@ -55,6 +55,13 @@ def escape_opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
+def datadir_args(datadirs: Sequence[Path]) -> list[str]:
+    """One ``-L`` per firmware directory, in search order (-L is taken verbatim, not
+    as QemuOpts: no escaping).  Debian splits QEMU's firmware over three directories
+    (share/qemu, share/seabios, lib/ipxe/qemu), so one is often not enough."""
+    return [arg for directory in datadirs for arg in ("-L", str(directory))]
+
+
 def machine_args(spec: MachineSpec) -> list[str]:
     """Machine type, accelerator, CPU, memory and the "no defaults" switches.
 
@@ -69,8 +76,7 @@ def machine_args(spec: MachineSpec) -> list[str]:
     ``spec.tuned=False`` renders what a user would write by hand (default machine,
     CPU and devices): the benchmark's baseline.
     """
-    # -L is taken verbatim (not QemuOpts): no escaping.
-    firmware = ["-L", str(spec.datadir)] if spec.datadir is not None else []
+    firmware = datadir_args(spec.datadirs)
     if not spec.tuned:
         return [
             *firmware,
@@ -215,16 +221,19 @@ def serial_args(console_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def qmp_args(fd: int) -> list[str]:
+def qmp_args(fd: int, monitor_object: bool = False) -> list[str]:
     """A QMP monitor on an inherited, already connected socket ``fd`` (no path race).
 
     QEMU 7.2 accepts ``-chardev socket,fd=N`` for a connected socketpair end and
-    greets on it at once (checked).
+    greets on it at once (checked).  ``monitor_object``: the binary lists a
+    ``monitor-qmp`` object type (``-object help``, asked by the probe), which QEMU
+    11.1 tells users to take instead of ``-mon``: it warns on every start that
+    ``-mon`` is deprecated.  A QEMU without the type gets ``-mon``, which is then
+    current.  Both greet on the socket at once (checked on 7.2 and 11.1.3).
     """
-    return [
-        "-chardev", f"socket,id=qmp,fd={fd}",
-        "-mon", "chardev=qmp,mode=control",
-    ]  # fmt: skip
+    monitor = ["-object", "monitor-qmp,id=qmpmon,chardev=qmp"] if monitor_object \
+        else ["-mon", "chardev=qmp,mode=control"]
+    return ["-chardev", f"socket,id=qmp,fd={fd}", *monitor]
 
 
 def sandbox_args(deny: Sequence[str]) -> list[str]:
@@ -289,7 +298,7 @@ def render_command(
     argv += net_args(host_port, rom=not spec.tuned)
     argv += serial_args(console_path)
     if qmp_fd is not None:
-        argv += qmp_args(qmp_fd)
+        argv += qmp_args(qmp_fd, spec.monitor_object)
     if spec.sandbox:
         argv += sandbox_args(spec.sandbox_deny)
     argv += no_reboot_args()

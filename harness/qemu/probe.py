@@ -50,6 +50,9 @@ class QemuInfo:
     package: str = ""
     # Which of config.SANDBOX_DENY this binary's -sandbox can deny.
     sandbox_deny: tuple[str, ...] = ()
+    # Whether ``-object help`` lists monitor-qmp (then -mon is not the current way:
+    # QEMU 11.1 deprecates it; ``cmdline.qmp_args``).
+    monitor_object: bool = False
 
 
 # --- probe ------------------------------------------------------------------------
@@ -107,8 +110,9 @@ def probe_qemu(
     kvm = kvm_device_usable()
     if version < MULTIDEVS_SINCE:
         return QemuInfo(path, version, False, False, kvm)
+    monitor_object = _has_monitor_object(path, max(deadline - time.monotonic(), 1.0))
     remaining = max(deadline - time.monotonic(), 1.0)
-    answers = _query_over_qmp(path, remaining, qmp_log)
+    answers = _query_over_qmp(path, remaining, qmp_log, monitor_object)
     try:
         qmp_version = Version.parse(_mapping(answers["version"]))
     except ValueError as err:
@@ -122,7 +126,19 @@ def probe_qemu(
         kvm_device=kvm,
         package=package.strip() if isinstance(package, str) else "",
         sandbox_deny=tuple(n for n in SANDBOX_DENY if n in _parameter_names(answers["sandbox"])),
+        monitor_object=monitor_object,
     )
+
+
+def _has_monitor_object(path: Path, timeout: float) -> bool:
+    """Whether the binary can make its QMP monitor an ``-object monitor-qmp``.
+
+    Asked with ``-object help`` before any monitor exists, so the probe's own QEMU
+    already starts with the monitor option the binary documents as current.  Object
+    names are listed one per line, indented.
+    """
+    rc, output = _run_capture([str(path), "-object", "help"], timeout)
+    return rc == 0 and any(line.strip() == "monitor-qmp" for line in output.splitlines())
 
 
 def qemu_version(binary: Path | str = DEFAULT_QEMU, timeout: float = 15.0) -> tuple[
@@ -193,10 +209,11 @@ _PROBE_ARGS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _query_over_qmp(path: Path, timeout: float, log: Path | None) -> dict[str, object]:
+def _query_over_qmp(path: Path, timeout: float, log: Path | None,
+                    monitor_object: bool) -> dict[str, object]:
     """Ask a paused, machine-less QEMU for its version and option parameters."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    argv = [str(path), *_PROBE_ARGS, *qmp_args(theirs.fileno())]
+    argv = [str(path), *_PROBE_ARGS, *qmp_args(theirs.fileno(), monitor_object)]
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryFile() as stderr:
         proc: subprocess.Popen[bytes] | None = None

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,11 +89,11 @@ class LivenessKey:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def liveness_key(qemu: Path, kernel: Path, datadir: Path | None) -> LivenessKey:
+def liveness_key(qemu: Path, kernel: Path, datadirs: Sequence[Path]) -> LivenessKey:
     """The key of a KVM liveness answer for ``qemu`` booting ``kernel`` here, now."""
     return LivenessKey(boot_id=host_boot_id(), kvm_device=device_identity(),
                        qemu=file_identity(qemu), kernel=file_identity(kernel),
-                       datadir="" if datadir is None else str(datadir))
+                       datadir=":".join(map(str, datadirs)))
 
 
 @dataclass(frozen=True)
@@ -220,16 +220,17 @@ def load_probe(root: Path, binary: Path) -> QemuInfo | None:
         return None
     version, package = data.get("version"), data.get("package")
     multidevs, sandbox = data.get("multidevs"), data.get("sandbox")
-    deny = data.get("sandbox_deny")
+    deny, monitor_object = data.get("sandbox_deny"), data.get("monitor_object")
     if not (isinstance(version, list) and len(version) == 3
             and all(isinstance(n, int) for n in version)
             and isinstance(package, str) and isinstance(multidevs, bool)
-            and isinstance(sandbox, bool)
+            and isinstance(sandbox, bool) and isinstance(monitor_object, bool)
             and isinstance(deny, list) and all(isinstance(d, str) for d in deny)):
         return None  # another format (or an older harness's): probe again
     return QemuInfo(binary=binary, version=Version(*version), multidevs_supported=multidevs,
                     sandbox_supported=sandbox, kvm_device=kvm_device_usable(),
-                    package=package, sandbox_deny=tuple(deny))
+                    package=package, sandbox_deny=tuple(deny),
+                    monitor_object=monitor_object)
 
 
 def store_probe(root: Path, info: QemuInfo) -> None:
@@ -245,7 +246,8 @@ def store_probe(root: Path, info: QemuInfo) -> None:
     write_record(_probe_path(root, identity), {
         "binary": str(info.binary), "identity": identity, "version": list(info.version),
         "package": info.package, "multidevs": info.multidevs_supported,
-        "sandbox": info.sandbox_supported, "sandbox_deny": list(info.sandbox_deny)})
+        "sandbox": info.sandbox_supported, "sandbox_deny": list(info.sandbox_deny),
+        "monitor_object": info.monitor_object})
 
 
 def remembered_probe(root: Path, binary: Path,

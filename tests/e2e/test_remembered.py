@@ -69,7 +69,7 @@ def test_second_exec_reuses_the_answers_until_qemu_changes(tmp_path: Path) -> No
 
 def test_a_remembered_kvm_works_that_fails_falls_back_once(tmp_path: Path) -> None:
     qemu = private_qemu(tmp_path)
-    key = liveness_key(qemu, build_image().vmlinux, None)
+    key = liveness_key(qemu, build_image().vmlinux, ())
     root = paths.remembered_dir()
     sandbox = Sandbox(tmp_path / "sandbox")
     first = exec_uname(sandbox, qemu)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_liveness_is_memoised_per_qemu_and_kernel(monkeypatch: pytest.MonkeyPatc
     calls: list[tuple[Path, Path, Accel, float]] = []
 
     def fake_boot(qemu: Path, kernel: Path, how: Accel, timeout: float,
-                  datadir: Path | None = None) -> tuple[bool, str]:
+                  datadirs: Sequence[Path] = ()) -> tuple[bool, str]:
         calls.append((qemu, kernel, how, timeout))
         return False, f"no banner from {kernel.name}"
 

@@ -144,6 +144,14 @@ def test_qmp_uses_the_inherited_fd() -> None:
     assert qmp_args(7) == ["-chardev", "socket,id=qmp,fd=7", "-mon", "chardev=qmp,mode=control"]
 
 
+def test_a_qemu_with_the_monitor_object_gets_it_not_the_deprecated_mon() -> None:
+    assert qmp_args(7, monitor_object=True) == [
+        "-chardev", "socket,id=qmp,fd=7", "-object", "monitor-qmp,id=qmpmon,chardev=qmp"]
+    argv = render_command(spec(monitor_object=True), console_path=Path("/c"), qmp_fd=9,
+                          host_port=0, append="")
+    assert "-mon" not in argv and "monitor-qmp,id=qmpmon,chardev=qmp" in argv
+
+
 def test_machine_tcg_gets_rdrand_not_cpu_host() -> None:
     assert machine_args(spec(memory_mb=384, cpus=2)) == [
         "-machine", "q35",

@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import bisect_code, main
 from harness.config import Accel, GuestImage, MachineSpec
-from harness.environment import find_datadir
+from harness.environment import find_datadirs
 from harness.errors import UsageError
 from harness.image.apt import Suite
 from harness.libvirt.domain import QEMU_NS, DomainSpec, render_domain_xml
@@ -26,48 +26,63 @@ def _tree(root: Path, *files: str) -> None:
 def test_build_tree_uses_its_pc_bios(tmp_path: Path) -> None:
     _tree(tmp_path, "build/qemu-system-x86_64", "build/pc-bios/linuxboot_dma.bin")
     binary = tmp_path / "build/qemu-system-x86_64"
-    assert find_datadir(binary) == tmp_path / "build/pc-bios"
+    assert find_datadirs(binary) == (tmp_path / "build/pc-bios",)
 
 
 def test_unpacked_package_uses_its_share_qemu(tmp_path: Path) -> None:
     _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin")
-    assert find_datadir(tmp_path / "usr/bin/qemu-system-x86_64") == tmp_path / "usr/share/qemu"
+    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64") == (
+        tmp_path / "usr/share/qemu",)
+
+
+def test_an_unpacked_debian_prefix_passes_its_split_firmware_too(tmp_path: Path) -> None:
+    # Debian's qemu-system-data holds no BIOS: SeaBIOS and iPXE are packages of their
+    # own, in share/seabios and lib/ipxe/qemu of the same prefix.
+    _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin",
+          "usr/share/seabios/bios-256k.bin", "usr/lib/ipxe/qemu/efi-virtio.rom")
+    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64") == (
+        tmp_path / "usr/share/qemu", tmp_path / "usr/share/seabios",
+        tmp_path / "usr/lib/ipxe/qemu")
 
 
 def test_a_folder_without_qemus_roms_is_not_taken(tmp_path: Path) -> None:
     _tree(tmp_path, "bin/qemu-system-x86_64", "bin/pc-bios/README", "share/qemu/other.bin")
-    assert find_datadir(tmp_path / "bin/qemu-system-x86_64") is None
+    assert find_datadirs(tmp_path / "bin/qemu-system-x86_64") == ()
 
 
 def test_system_binaries_keep_their_built_in_path() -> None:
-    assert find_datadir(Path("/usr/bin/qemu-system-x86_64")) is None
+    assert find_datadirs(Path("/usr/bin/qemu-system-x86_64")) == ()
 
 
-def test_override_wins_and_must_exist(tmp_path: Path) -> None:
-    assert find_datadir(Path("/usr/bin/qemu-system-x86_64"), tmp_path) == tmp_path
-    with pytest.raises(UsageError, match="is not a directory"):
-        find_datadir(Path("/usr/bin/qemu"), tmp_path / "missing")
+def test_override_wins_in_its_order_and_each_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    given = (tmp_path / "b", tmp_path / "a")
+    assert find_datadirs(Path("/usr/bin/qemu-system-x86_64"), given) == given
+    with pytest.raises(UsageError, match=f"--qemu-datadir {tmp_path / 'missing'} is not a"):
+        find_datadirs(Path("/usr/bin/qemu"), (tmp_path / "a", tmp_path / "missing"))
 
 
-def _spec(datadir: Path | None) -> MachineSpec:
+def _spec(datadirs: tuple[Path, ...]) -> MachineSpec:
     image = GuestImage(Path("/i"), "r", "k", "6.1", Path("/i/vmlinux"), Path("/i/vmlinuz"),
                        Path("/i/initrd"), Path("/i/h"), Path("/i/c"), Path("/i/c.pub"))
     return MachineSpec(qemu=Path("/q"), accel=Accel.TCG, image=image, log_dir=Path("/l"),
-                       datadir=datadir)
+                       datadirs=datadirs)
 
 
-def test_minus_l_comes_first_and_only_when_set() -> None:
-    assert machine_args(_spec(Path("/opt/q,1/share")))[:2] == ["-L", "/opt/q,1/share"]
-    assert "-L" not in machine_args(_spec(None))
+def test_minus_l_comes_first_once_per_directory_in_order_and_only_when_set() -> None:
+    assert machine_args(_spec((Path("/opt/q,1/share"), Path("/fw"))))[:4] == [
+        "-L", "/opt/q,1/share", "-L", "/fw"]
+    assert "-L" not in machine_args(_spec(()))
 
 
 def test_libvirt_passes_minus_l_on_the_qemu_command_line() -> None:
     spec = DomainSpec(name="d", accel=Accel.TCG, emulator=Path("/q"), kernel=Path("/k"),
                       initrd=Path("/i"), cmdline="", console=Path("/c"),
-                      datadir=Path("/opt/share/qemu"))
+                      datadirs=(Path("/opt/share/qemu"), Path("/opt/share/seabios")))
     args = [a.get("value") for a in ET.fromstring(render_domain_xml(spec)).iter(
         f"{{{QEMU_NS}}}arg")]
-    assert args[:2] == ["-L", "/opt/share/qemu"]
+    assert args[:4] == ["-L", "/opt/share/qemu", "-L", "/opt/share/seabios"]
 
 
 @pytest.mark.parametrize(("code", "bisect"), [(0, 0), (1, 1), (2, 125), (130, 130)])

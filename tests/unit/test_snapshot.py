@@ -44,7 +44,7 @@ def test_export_paths_and_modes_do_not_change_the_key(tmp_path: Path, qemu: Path
 
 @pytest.mark.parametrize("change", [
     {"memory_mb": 512}, {"cpus": 2}, {"accel": Accel.KVM}, {"extra_append": ("loglevel=7",)},
-    {"sandbox": True}, {"datadir": Path("/opt/qemu/share")},
+    {"sandbox": True}, {"datadirs": (Path("/opt/qemu/share"),)},
 ])
 def test_what_a_restore_must_match_changes_the_key(
     tmp_path: Path, qemu: Path, change: dict[str, object]
