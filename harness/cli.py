@@ -166,6 +166,26 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                          "each kind saves a new one)")
 
 
+def _add_qemu_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``qemu list``, ``qemu fetch`` and ``qemu pin``: Debian's QEMUs (--qemu debian:SUITE)."""
+    from .qemu.debian import SUITES
+
+    qemu = sub.add_parser("qemu", help="fetch, list and pin the QEMUs of Debian's suites "
+                          "(--qemu debian:SUITE)")
+    qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True, parser_class=_Parser)
+    listing = qemu_sub.add_parser("list", help="show the Debian QEMUs in the cache")
+    listing.add_argument("--json", action="store_true")
+    fetch = qemu_sub.add_parser("fetch", help="fetch suites' QEMUs into the cache (once)")
+    fetch.add_argument("suites", nargs="+", metavar="SUITE", choices=list(SUITES),
+                       help=f"one or more of {', '.join(SUITES)}")
+    fetch.add_argument("--refresh", action="store_true",
+                       help="ask the archive for a newer build even when one is cached")
+    pin = qemu_sub.add_parser("pin", help="compare the pinned versions (harness/qemu-pins."
+                              "toml) with what the archive serves")
+    pin.add_argument("--update", action="store_true",
+                     help="rewrite the pins to what the archive serves now")
+
+
 def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``run``: the main job's options."""
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
@@ -308,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _add_image_commands(sub)
+    _add_qemu_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
     probe.add_argument("--qemu", type=_given, help="QEMU binary (default: qemu-system-x86_64)")
@@ -358,6 +379,29 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
     found = listing()
     say(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
+    return EXIT_OK
+
+
+def cmd_qemu_list(args: argparse.Namespace) -> int:
+    from .commands.qemu import listing, listing_text
+
+    found = listing()
+    say(json.dumps(found, indent=2) if args.json else listing_text(found))
+    return EXIT_OK
+
+
+def cmd_qemu_fetch(args: argparse.Namespace) -> int:
+    from .commands.qemu import fetch
+
+    for build in fetch(args.suites, args.refresh, progress):
+        say(f"{build.suite}: QEMU {build.version}: {build.wrapper}")
+    return EXIT_OK
+
+
+def cmd_qemu_pin(args: argparse.Namespace) -> int:
+    from .commands.qemu import pin
+
+    say(pin(args.update, progress))
     return EXIT_OK
 
 
@@ -490,6 +534,11 @@ IMAGE_COMMANDS = {
     "list": cmd_image_list,
     "prune": cmd_image_prune,
 }
+QEMU_COMMANDS = {
+    "list": cmd_qemu_list,
+    "fetch": cmd_qemu_fetch,
+    "pin": cmd_qemu_pin,
+}
 COMMANDS = {
     "probe": cmd_probe,
     "exec": cmd_exec,
@@ -537,6 +586,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "image":
             return IMAGE_COMMANDS[args.image_command](args)
+        if args.command == "qemu":
+            return QEMU_COMMANDS[args.qemu_command](args)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
         say(f"error: {exc}", err=True)

@@ -29,6 +29,7 @@ from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
 from .inputs import read_input
 from .qemu.accel import decide_accel, kvm_liveness_probe
+from .qemu.debian import resolve_debian
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .qemu.remembered import RememberedLiveness, cached_note, liveness_key, remembered_probe
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
@@ -114,9 +115,11 @@ class Environment:
         )
 
 
-def resolve_qemu(qemu: str | None) -> Path:
-    """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH."""
-    return resolve_binary(qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU)
+def resolve_qemu(qemu: str | None, progress: Progress = quiet) -> Path:
+    """The QEMU binary as a path: --qemu, else $MDH_QEMU, else the one on PATH;
+    ``debian:SUITE`` is that suite's QEMU, fetched into the cache the first time."""
+    given = qemu or os.environ.get("MDH_QEMU") or DEFAULT_QEMU
+    return resolve_binary(resolve_debian(given, progress) or given)
 
 
 # Where distributions install QEMU: its compiled-in firmware path is right for these.
@@ -224,7 +227,7 @@ def prepare(
     # QEMU first: a missing or too old binary is reported in a second, not after an
     # image build that may download a kernel for minutes.
     kind = kernel_kind(kernel) if kernel is not None else None
-    binary = resolve_qemu(machine.qemu)
+    binary = resolve_qemu(machine.qemu, progress)
     info, cached = remembered_probe(paths.remembered_dir(), binary, probe_qemu)
     progress(f"QEMU {binary}: " + ("probe answers remembered (cached)" if cached else "probed"))
     require_multidevs(info)
@@ -288,7 +291,7 @@ def probe_record(qemu: str | None, accel: Accel, progress: Progress = quiet) -> 
     """
     from .results import EnvironmentRecord
 
-    info = probe_qemu(resolve_qemu(qemu))
+    info = probe_qemu(resolve_qemu(qemu, progress))
     if not info.multidevs_supported:
         return EnvironmentRecord(info, None, None, None)
     image = build_image(progress=progress)

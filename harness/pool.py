@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +56,7 @@ from .verdicts.common import Status, Verdict, expected_behaviour
 from .verdicts.ids import ids_verdict, unobserved
 from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
 from .verdicts.qemu_end import end_failures, stderr_trouble, with_findings
+from .verdicts.qemu_stderr import own_option_notices
 
 MOUNT_BASE = "/mnt"
 _CRASH_GRACE_S = 1.0
@@ -88,6 +89,33 @@ class Backend(Protocol):
     def extra_rows(self, log_root: Path) -> list[ResultRow]:
         """Checks of the backend itself, run after the guests (libvirt's refusals)."""
         ...
+
+
+class OwnOptionNotices:
+    """QEMU's located warnings about options the harness passed that are not under
+    test (``qemu_stderr.own_option_notices``), collected over a run's guests: each is
+    said once on the terminal and kept for the report, and none fails a row.  They are
+    the harness's to fix (QEMU 11.1 deprecating the ``-mon`` the harness passed was
+    one), never a regression of QEMU's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: dict[str, None] = {}
+
+    def add(self, stderr: str, progress: Progress) -> None:
+        """Say each new notice in ``stderr`` once."""
+        for line in own_option_notices(stderr):
+            with self._lock:
+                new = line not in self._lines
+                self._lines[line] = None
+            if new:
+                progress(f"QEMU warns about an option the harness passed, not one under "
+                         f"test (the harness's to fix, not a finding): {line}")
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._lines)
 
 
 class LiveGuests:
@@ -134,6 +162,8 @@ class RunContext:
     live: LiveGuests
     # Known QEMU and kernel bugs a failing row may match (``verdicts.known``).
     known_issues: tuple[KnownIssue, ...] = ()
+    # QEMU's warnings about the harness's own options, said once per run.
+    notices: OwnOptionNotices = field(default_factory=OwnOptionNotices)
 
 
 @dataclass(frozen=True)
@@ -264,6 +294,7 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     """Judge every export of a guest that has been shut down (its stderr is complete);
     a row whose export did not get the cache mode asked for is inconclusive."""
     stderr = guest.stderr_text()
+    run.notices.add(stderr, run.progress)
     live = run.backend.live_stderr
     end = qemu_end(guest)
     outside = _outside(stderr, [o.stderr for o in observed],

@@ -268,6 +268,7 @@ def to_json(report: RunResults) -> dict[str, Any]:
         "wall_seconds": round(report.wall_seconds, 3),
         "log_dir": report.log_dir if report.logs_kept else None,
         "known_unreproduced": list(report.unreproduced),
+        "qemu_warnings_on_harness_options": list(report.own_option_notices),
         "environments": [environment_json(e) for e in report.environments],
         "results": [row_dict(r, report.logs_kept) for r in report.rows],
     }

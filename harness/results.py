@@ -203,6 +203,9 @@ class RunResults:
     environments: tuple[EnvironmentRecord, ...] = ()
     # --strict-known: a known issue that did not reproduce fails the run.
     strict_known: bool = False
+    # QEMU's warnings about options the harness passed that are not under test, as
+    # QEMU wrote them (``verdicts.qemu_stderr``): the harness's to fix, no row's.
+    own_option_notices: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:

@@ -23,7 +23,15 @@ from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
 from .plan import VIRTIOFS_FAMILIES, GuestPlan, RunOptions, default_jobs, plan_run, row_rank
-from .pool import Backend, LiveGuests, RunContext, judge_power, run_guest, run_guests
+from .pool import (
+    Backend,
+    LiveGuests,
+    OwnOptionNotices,
+    RunContext,
+    judge_power,
+    run_guest,
+    run_guests,
+)
 from .qemu.machine import Machine
 from .results import ResultRow, RunResults
 from .verdicts.common import Status
@@ -81,7 +89,7 @@ def load_known_issues(path: Path | None) -> tuple[KnownIssue, ...]:
 
 def _run_environment(
     env: Environment, options: RunOptions, progress: Progress, log_dir: Path,
-    known: tuple[KnownIssue, ...],
+    known: tuple[KnownIssue, ...], notices: OwnOptionNotices,
 ) -> list[ResultRow]:
     """The whole matrix on one QEMU: plan, run every guest, then the backend's checks."""
     opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
@@ -95,7 +103,7 @@ def _run_environment(
         if plan.writing_skipped:
             progress(f"{','.join(plan.writing_skipped)} skipped: they create, rename, mount "
                      "or bind in the export, and --export is never written (ids runs)")
-        run = RunContext(env, backend, log_dir, progress, LiveGuests(), known)
+        run = RunContext(env, backend, log_dir, progress, LiveGuests(), known, notices)
         rows = run_guests(plan.guests, partial(run_guest, run), options.jobs or default_jobs(),
                           run.live)
         # A rule over several rows (the probe's power) needs all of this QEMU's rows.
@@ -136,6 +144,7 @@ def run_checks(
         prepare(replace(options.machine, qemu=qemu, guest=guest), progress)
         for qemu in (options.qemus or (None,)) for guest in (options.guests or (None,))
     ]
+    notices = OwnOptionNotices()
     with log_root(options.logs, progress=progress) as logs:
         rank = row_rank(options.modes, options.caches, options.layouts)
         rows: list[ResultRow] = []
@@ -143,7 +152,7 @@ def run_checks(
             # One log folder per QEMU and guest when there are several: plan names recur.
             log_dir = logs.path / f"{index}-{each.image.recipe}-qemu-{each.info.version}" \
                 if len(envs) > 1 else logs.path
-            found = _run_environment(each, options, progress, log_dir, known)
+            found = _run_environment(each, options, progress, log_dir, known, notices)
             rows += sorted(found, key=lambda r: rank.get(r.case, len(rank)))
         # Logs are kept when the run is news; a known bug reproduced is not (its
         # reproducer says how to look at it again).
@@ -157,4 +166,5 @@ def run_checks(
             logs_kept=logs.kept,
             environments=tuple(e.record for e in envs),
             strict_known=options.strict_known,
+            own_option_notices=notices.lines,
         )

@@ -26,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .. import paths
 from ..agent.stat import SCALE_AGENT_THREADS
 from ..config import (
     ALL_LAYOUTS,
@@ -50,7 +49,7 @@ from ..host.export import build_export
 from ..host.namespace import enter_private_namespace
 from ..image.recipe import recipe_names
 from ..plan import RunOptions
-from ..qemu.debian import fetch_debian_qemu
+from ..qemu.debian import SUITES, fetch_debian_qemu
 from ..qemu.machine import Machine
 from ..qemu.virtiofsd import find_virtiofsd
 from ..report import environment_json
@@ -311,7 +310,7 @@ def _exec_figures(args: argparse.Namespace, env: Environment, tuned: float,
 def _qemu10(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """The default matrix on Debian's QEMU 10 build (bookworm-backports), if reachable."""
     try:
-        binary = fetch_debian_qemu(paths.cache_root(), progress=progress)
+        binary = fetch_debian_qemu(SUITES["bookworm-backports"], progress=progress).wrapper
     except ArchiveUnreachable as exc:
         return {"skipped": exc.message}
     env = prepare(replace(_machine(args), qemu=str(binary)), progress)

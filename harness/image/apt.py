@@ -36,6 +36,9 @@ class Suite:
     security: str = ""
     components: tuple[str, ...] = ("main",)
     architecture: str = "amd64"
+    # A pocket whose packages win over the others' (a backports pocket, which the
+    # archive marks NotAutomatic so apt would otherwise never pick it); "" for none.
+    preferred: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ def sources_list(suite: Suite, mirror: str, security_mirror: str) -> str:
     if suite.security:
         lines.append(f"deb {opts} {security_mirror} {suite.security} {components}")
     return "\n".join(lines) + "\n"
+
+
+def preferences(suite: Suite) -> str:
+    """The private apt's preferences: empty, or one pin raising ``suite.preferred``
+    above the archive's default 500 (backports are published at 100)."""
+    if not suite.preferred:
+        return ""
+    return f"Package: *\nPin: release n={suite.preferred}\nPin-Priority: 900\n"
 
 
 def apt_options(state: Path, architecture: str = "amd64") -> list[str]:
@@ -115,8 +126,8 @@ class PrivateApt:
             )
         for sub in ("empty", "lists/partial", "state", "cache/archives/partial"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("status", "preferences"):
-            (self.state / name).touch()
+        (self.state / "status").touch()
+        (self.state / "preferences").write_text(preferences(self.suite))
         mirror, security = mirrors()
         (self.state / "sources.list").write_text(sources_list(self.suite, mirror, security))
 
@@ -157,13 +168,16 @@ class PrivateApt:
                 hint="is the Debian archive reachable? (MDH_DEBIAN_MIRROR overrides it)",
             )
 
-    def show(self, packages: Iterable[str]) -> dict[str, PackageInfo]:
-        """Candidate version and dependencies of each package, in one apt-cache call."""
+    def show(self, packages: Iterable[str], *, missing_ok: bool = False) -> dict[
+            str, PackageInfo]:
+        """Candidate version and dependencies of each package, in one apt-cache call.
+        ``missing_ok``: a name with no package of its own (a virtual one, which
+        apt-cache passes over) is left out of the answer instead of being an error."""
         names = sorted(set(packages))
         text = self._run("apt-cache", ["show", "--no-all-versions", *names])
         infos = parse_show(text)
         missing = [name for name in names if name not in infos]
-        if missing:
+        if missing and not missing_ok:
             raise ImageBuildError(f"Debian {self.suite.name} has no package {' '.join(missing)}")
         return infos
 

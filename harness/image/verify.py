@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,18 @@ def record_files(directory: Path) -> dict[str, dict[str, Any]]:
         info = path.stat()
         files[name] = {"size": info.st_size, "sha256": sha256_file(path),
                        "mtime_ns": info.st_mtime_ns}
+    return files
+
+
+def record_files_at(root: Path, names: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """Size, sha256 and mtime (ns) of each file below ``root``, keyed by its relative
+    path (a QEMU build's manifest, checked on use with ``file_problem``)."""
+    files = {}
+    for name in names:
+        path = root / name
+        info = path.stat()
+        files[str(name)] = {"size": info.st_size, "sha256": sha256_file(path),
+                            "mtime_ns": info.st_mtime_ns}
     return files
 
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_FROM_DEV, REMAP_DEFAULT_SINCE, Mode, Version
 from ..errors import QemuTooOld
+from .qemu_stderr import parse_report
 
 # QEMU's multi-device messages (hw/9pfs/9p.c) are matched by their stable parts, not
 # by one sentence: a reworded message must still count as one (and fail where none may
@@ -187,9 +188,13 @@ def find_multidevs_messages(qemu_stderr: str) -> QemuMessages:
         if not is_multidevs_line(line):
             continue
         found.append(line)
-        if _FORBID_WORDS.search(line):
+        # Sorted by the message alone: a located line's location is the -fsdev that
+        # names its own multidevs= value, which says nothing about the message.
+        report = parse_report(line)
+        text = report.message if report is not None else line
+        if _FORBID_WORDS.search(text):
             forbid.append(line)
-        elif _WARN_WORDS.search(line):
+        elif _WARN_WORDS.search(text):
             warn.append(line)
         else:
             unknown.append(line)

@@ -10,8 +10,9 @@ SIGABRT, say) after the last observation, is a finding on every row of its guest
 On stderr, outside the multi-device messages (the message rules judge those), a line
 that shows QEMU in trouble fails the row whose observation it was written during, or
 every row when it was written outside all of them: an assertion, a sanitizer report,
-or an ``error_report`` line (``qemu-system-x86_64: <message>``, which is how QEMU
-reports errors; its ``warning:`` and ``info:`` lines are not errors).  A normal run of
+or an ``error_report`` line (``qemu-system-x86_64: [location: ]<message>``, which is
+how QEMU reports errors; its ``warning:`` and ``info:`` lines, located or not, are
+not errors: ``qemu_stderr`` reads the grammar).  A normal run of
 QEMU 7.2 prints nothing but the multi-device messages; libvirt's destroy makes it
 print ``terminating on signal 15 from pid ...``, which is how libvirt ends it.
 """
@@ -24,15 +25,13 @@ from dataclasses import replace
 
 from ..config import EndHow, QemuEnd
 from .common import Status, Verdict, is_multidevs_line
+from .qemu_stderr import ReportKind, parse_report
 
 _TROUBLE = re.compile(
     r"Assertion .* failed|runtime error:|AddressSanitizer|LeakSanitizer|ThreadSanitizer"
     r"|MemorySanitizer|UndefinedBehaviorSanitizer|\*\*\* stack smashing detected"
     r"|double free or corruption|malloc\(\): |free\(\): "
 )
-# error_report()'s prefix: the program name (libvirt adds "-msg timestamp=on": a time
-# stamp before it), then the message; warnings and infos carry their own word.
-_ERROR_REPORT = re.compile(r"^(\S+Z\s+)?\S*qemu\S*: (?!warning: |info: )")
 # What QEMU prints when the harness (or libvirt on its behalf) ends it.
 _HARMLESS = re.compile(r"terminating on signal \d+")
 MAX_LINES = 5
@@ -77,7 +76,8 @@ def stderr_trouble(stderr: str, where: str) -> list[str]:
         line = raw.strip()
         if not line or is_multidevs_line(line) or _HARMLESS.search(line):
             continue
-        if _TROUBLE.search(line) or _ERROR_REPORT.search(line):
+        report = parse_report(line)
+        if _TROUBLE.search(line) or (report is not None and report.kind is ReportKind.ERROR):
             found.append(line)
     failures = [f"QEMU stderr {where} shows trouble: {line!r}" for line in found[:MAX_LINES]]
     if len(found) > MAX_LINES:

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from harness import paths
 from harness.errors import ArchiveUnreachable
-from harness.qemu.debian import fetch_debian_qemu
+from harness.qemu.debian import SUITES, fetch_debian_qemu
 
 from .leaks import Sandbox
 
@@ -28,7 +27,7 @@ SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
 @pytest.fixture(scope="module")
 def qemu10() -> Path:
     try:
-        return fetch_debian_qemu(paths.cache_root())
+        return fetch_debian_qemu(SUITES["bookworm-backports"]).wrapper
     except ArchiveUnreachable as exc:
         pytest.skip(f"Debian archive unreachable, no QEMU 10 to test: {exc.message}")
 

@@ -11,10 +11,9 @@ from harness.cli import bisect_code, main
 from harness.config import Accel, GuestImage, MachineSpec
 from harness.environment import find_datadirs
 from harness.errors import UsageError
-from harness.image.apt import Suite
 from harness.libvirt.domain import QEMU_NS, DomainSpec, render_domain_xml
 from harness.qemu.cmdline import machine_args
-from harness.qemu.debian import cached_qemu, qemu_root
+from harness.qemu.debian import SUITES, cached_builds, qemu_root, suite_of
 
 
 def _tree(root: Path, *files: str) -> None:
@@ -101,9 +100,21 @@ def test_a_bad_command_line_under_bisect_skips_the_commit(
 
 
 def test_debian_qemu_cache_paths(tmp_path: Path) -> None:
-    suite = Suite(name="bookworm-backports", pockets=("bookworm-backports",))
+    suite = SUITES["bookworm-backports"]
     root = qemu_root(tmp_path, suite, "1:10.0.2+ds-2~bpo12+1")
     assert root == tmp_path / "qemu" / "bookworm-backports-1_10.0.2+ds-2~bpo12+1"
-    assert cached_qemu(tmp_path, suite) is None
-    _tree(root, "usr/bin/qemu-system-x86_64")
-    assert cached_qemu(tmp_path, suite) == root / "usr/bin/qemu-system-x86_64"
+    assert cached_builds(tmp_path, suite) == []
+    # A tree without its manifest (a fetch killed before the end) is no build.
+    _tree(root, "usr/bin/qemu-system-x86_64", "usr/bin/mdh-qemu-system-x86_64")
+    assert cached_builds(tmp_path, suite) == []
+
+
+def test_a_debian_suite_is_named_or_refused_naming_the_suites() -> None:
+    assert suite_of("/usr/bin/qemu-system-x86_64") is None
+    assert suite_of("debian:sid") is SUITES["sid"]
+    with pytest.raises(UsageError) as info:
+        suite_of("debian:nosuchsuite")
+    assert info.value.message == ("--qemu debian:nosuchsuite: Debian has no suite "
+                                  "'nosuchsuite' that serves QEMU here")
+    assert info.value.hint is not None and "debian:bullseye" in info.value.hint \
+        and "debian:sid" in info.value.hint
