@@ -186,6 +186,27 @@ def _add_qemu_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="rewrite the pins to what the archive serves now")
 
 
+def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``grid``: the default matrix on every QEMU x guest cell, one table."""
+    grid = sub.add_parser("grid", help="run the matrix on every QEMU x guest kernel cell; "
+                          "one table (terminal, JSON, Markdown)")
+    grid.add_argument("--qemu", action="append", default=[], type=_given, required=True,
+                      help="QEMUs, comma-separated or repeated: paths, names on PATH or "
+                      "debian:SUITE (e.g. debian:bullseye,debian:sid)")
+    grid.add_argument("--guest", action="append", default=[], type=_given,
+                      help="guest recipes, comma-separated or repeated (see 'image list'; "
+                      "default: the default recipe)")
+    grid.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
+    grid.add_argument("--cold", action="store_true", help="boot every guest cold")
+    grid.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
+                      help="comma-separated: remap,warn,forbid,default")
+    grid.add_argument("--checks", default=",".join(ALL_CHECKS),
+                      help=f"comma-separated check families: {','.join(ALL_CHECKS)}")
+    grid.add_argument("--json", type=_path, metavar="FILE", help="write the grid as JSON")
+    grid.add_argument("--markdown", type=_path, metavar="FILE",
+                      help="write the grid as a Markdown table (a CI step summary)")
+
+
 def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``run``: the main job's options."""
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
@@ -340,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     _add_run_command(sub)
+    _add_grid_command(sub)
 
     repro = sub.add_parser("reproduce", help="boot one guest and show the collisions")
     _add_machine_options(repro)
@@ -487,6 +509,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _split(values: Sequence[str]) -> tuple[str, ...]:
+    """Repeated, comma-separated values as one list, in order, without repeats."""
+    return tuple(dict.fromkeys(v.strip() for value in values for v in value.split(",")
+                               if v.strip()))
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from . import report as rep
+    from .commands.grid import grid_exit_code, grid_json, grid_markdown, grid_text, run_grid
+
+    for path, option in ((args.json, "--json"), (args.markdown, "--markdown")):
+        if path is not None:
+            rep.check_destination(path, option)
+    options = RunOptions(modes=parse_modes(args.modes), layout=ExportLayout(),
+                         checks=parse_checks(args.checks),
+                         machine=MachineOptions(accel=Accel(args.accel), cold=args.cold))
+    from .image.recipe import DEFAULT_RECIPE
+
+    cells = run_grid(options, _split(args.qemu), _split(args.guest) or (DEFAULT_RECIPE,),
+                     progress)
+    say(grid_text(cells))
+    if args.json:
+        rep.write_json(grid_json(cells), args.json)
+        progress(f"JSON grid: {args.json}")
+    if args.markdown:
+        rep.write_text(grid_markdown(cells), args.markdown)
+        progress(f"Markdown grid: {args.markdown}")
+    return grid_exit_code(cells)
+
+
 def _checked_run(options: RunOptions, json_path: Path | None,
                  junit_path: Path | None) -> RunResults:
     """``run_checks`` with its report paths checked before anything boots; a run that
@@ -545,6 +597,7 @@ COMMANDS = {
     "run": cmd_run,
     "reproduce": cmd_reproduce,
     "predict": cmd_predict,
+    "grid": cmd_grid,
 }
 
 

@@ -311,6 +311,11 @@ def write_json(data: dict[str, Any], path: Path) -> None:
     _write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+def write_text(text: str, path: Path) -> None:
+    """Write a text report, e.g. Markdown (parents created)."""
+    _write(path, text.encode())
+
+
 def _junit_outcome(case: ET.Element, row: ResultRow) -> None:
     text = "\n".join(row.failures) + f"\nlogs: {row.log_dir}\n"
     message = "; ".join(row.failures)[:1000]

@@ -42,6 +42,7 @@ from .initramfs import (
     ModuleTree,
     generate_keys,
     library_closure,
+    nss_modules,
     resolve_in_tree,
     write_initramfs,
 )
@@ -51,7 +52,7 @@ from .recipe import Recipe, cache_key, load_recipe, recipe_digest, recipe_files
 from .verify import image_problem, record_files
 
 # Bump when the way an image is assembled changes, so old cache entries are not reused.
-BUILDER_VERSION = "5"
+BUILDER_VERSION = "6"
 # An image used by some run within this many seconds is never pruned.
 IN_USE_S = 24 * 3600
 USED_STAMP = ".last-used"
@@ -145,14 +146,32 @@ def dependency_closure(
     return versions
 
 
+def kernel_parts(kernel: PackageInfo, patterns: Sequence[str]) -> list[str]:
+    """The Depends of ``kernel`` that hold its files (``Recipe.kernel_parts``)."""
+    if not patterns:
+        return []
+    found = [d for d in kernel.depends if any(re.match(p, d) for p in patterns)]
+    if len(found) < len(patterns):
+        raise ImageBuildError(
+            f"{kernel.name} {kernel.version} depends on no package for some of "
+            f"{', '.join(patterns)} (it depends on {', '.join(kernel.depends)})",
+            hint="the recipe's [kernel] parts must match the suite's package split")
+    return found
+
+
 def resolve(recipe: Recipe, apt: PrivateApt, progress: Progress) -> Resolution:
     """Refresh the suite's lists and pin every package the image needs."""
     progress(f"apt-get update (Debian {recipe.suite.name}, private lists)")
     apt.update()
     meta = apt.show([recipe.kernel_metapackage])[recipe.kernel_metapackage]
     kernel = pick_kernel_package(meta, recipe.kernel_package_pattern)
-    # The kernel's own Depends (kmod, initramfs-tools) are for installing it: not needed.
-    versions = {kernel: apt.show([kernel])[kernel].version}
+    # The kernel's own Depends (kmod, initramfs-tools) are for installing it: not needed,
+    # but for the packages that hold its files where it is a metapackage itself.
+    info = apt.show([kernel])[kernel]
+    versions = {kernel: info.version}
+    parts = kernel_parts(info, recipe.kernel_parts)
+    if parts:
+        versions.update((p.name, p.version) for p in apt.show(parts).values())
     versions.update(dependency_closure(recipe.userland_packages, apt.show))
     return Resolution(kernel, versions, time.time())
 
@@ -476,6 +495,17 @@ def _unpack(deb: Path, root: Path) -> None:
     _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"dpkg-deb -x {deb.name}")
 
 
+def _find_vmlinuz(tree: Path) -> tuple[Path | None, str]:
+    """The kernel image of an unpacked kernel and the release its path names: Debian
+    up to 6.x ships boot/vmlinuz-<release>, sid from 7.x usr/lib/modules/<release>/
+    vmlinuz (in linux-binary-<release>)."""
+    found = next((tree / "boot").glob("vmlinuz-*"), None)
+    if found is not None:
+        return found, found.name.removeprefix("vmlinuz-")
+    found = next((tree / "usr" / "lib" / "modules").glob("*/vmlinuz"), None)
+    return (found, found.parent.name) if found is not None else (None, "")
+
+
 def _moddir(tree: Path) -> Path:
     """``tree/(usr/)lib/modules/<release>`` of a modules tree or unpacked kernel package."""
     release = modules_release(tree)
@@ -494,13 +524,16 @@ def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
              f"Debian {recipe.suite.name}")
     (work / "debs").mkdir()
     debs = apt.download(plan.resolution.versions, work / "debs")
+    kernel_debs = (f"{kernel_pkg}_", *(f"{name}_" for name in plan.resolution.versions
+                                       if any(re.match(p, name) for p in recipe.kernel_parts)))
     for deb in debs:
-        _unpack(deb, work / ("kernel" if deb.name.startswith(f"{kernel_pkg}_") else "userland"))
-    vmlinuz = next((work / "kernel" / "boot").glob("vmlinuz-*"), None)
+        _unpack(deb, work / ("kernel" if deb.name.startswith(kernel_debs) else "userland"))
+    vmlinuz, named = _find_vmlinuz(work / "kernel")
     if vmlinuz is None:
-        raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-*")
+        raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-* nor "
+                              "usr/lib/modules/*/vmlinuz")
     release = kernel_release(vmlinuz)
-    check_same_release(release, vmlinuz.name.removeprefix("vmlinuz-"), f"{kernel_pkg} file name")
+    check_same_release(release, named, f"{kernel_pkg} file name")
     shutil.copyfile(vmlinuz, out / "vmlinuz")
     progress("extracting vmlinux (PVH entry) from vmlinuz")
     (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
@@ -545,7 +578,9 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
         busybox=busybox.read_bytes(),
         applets=applets,
         dropbear=(recipe.dropbear, resolve_in_tree(userland, recipe.dropbear).read_bytes()),
-        libraries=library_closure(userland, recipe.dropbear, *recipe.witness_tools.values()),
+        libraries={**library_closure(userland, recipe.dropbear,
+                                     *recipe.witness_tools.values()),
+                   **nss_modules(userland)},
         tools={f"{TOOLS_DIR}/{name}": resolve_in_tree(userland, path)
                for name, path in recipe.witness_tools.items()},
         agent=agent.read_bytes(),

@@ -156,6 +156,28 @@ def library_closure(root: Path, *binaries: str) -> dict[str, Path]:
     return found
 
 
+# glibc loads these by name (dlopen) to look users up, so no ELF header names them.
+# Before 2.34 (Debian 11's 2.31) nss_files is a module of its own and, without an
+# nsswitch.conf, glibc asks "compat" first: dropbear then finds no root and refuses
+# every login ("Login attempt for nonexistent user", measured with bullseye's
+# dropbear 2020.81).  From 2.34 on nss_files is built into libc.
+NSS_MODULES = ("libnss_files.so.2",)
+NSSWITCH = b"passwd: files\ngroup: files\nshadow: files\n"
+
+
+def nss_modules(root: Path) -> dict[str, Path]:
+    """Guest path -> file of each NSS module glibc will dlopen that the unpacked
+    packages ship (none for a glibc with them built in)."""
+    found = {}
+    for name in NSS_MODULES:
+        for directory in LIBRARY_DIRS:
+            if (root / directory / name).exists():
+                guest = f"/{directory}/{name}"
+                found[guest] = resolve_in_tree(root, guest)
+                break
+    return found
+
+
 def _find_library(root: Path, name: str) -> str:
     for directory in LIBRARY_DIRS:
         if (root / directory / name).exists() or (root / directory / name).is_symlink():
@@ -249,6 +271,7 @@ def write_initramfs(path: Path, contents: Contents) -> None:
         cpio.file("etc/dropbear/host_key", contents.keys.host_dropbear, mode=0o600)
         cpio.file("root/.ssh/authorized_keys", contents.keys.client_public, mode=0o600)
         cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        cpio.file("etc/nsswitch.conf", NSSWITCH)
         cpio.file("etc/shadow", b"root:*:19000:0:99999:7:::\n", mode=0o600)
         cpio.file("etc/group", b"root:x:0:\n")
         cpio.file("etc/shells", b"/bin/sh\n")

@@ -38,6 +38,10 @@ class Recipe:
     tool_packages: Mapping[str, str]
     # Loaded like ``modules`` where the kernel has them (see GuestImage.missing_modules).
     virtiofs_modules: tuple[str, ...] = ()
+    # Where the kernel package is itself a metapackage (sid from 7.x: linux-image-<rel>
+    # depends on linux-binary-<rel> with the kernel and linux-modules-<rel>): patterns
+    # of its Depends that hold the kernel's files.  (): the package holds them.
+    kernel_parts: tuple[str, ...] = ()
 
 
 def guests_dir() -> Path:
@@ -108,6 +112,7 @@ def parse_recipe(data: Mapping[str, object], directory: Path) -> Recipe:
         tool_packages=tools,
         virtiofs_modules=_strings(kernel, "virtiofs_modules")
         if "virtiofs_modules" in kernel else (),
+        kernel_parts=_strings(kernel, "parts") if "parts" in kernel else (),
     )
 
 
