@@ -9,11 +9,11 @@ from typing import Any
 
 from .. import paths
 from ..config import Progress
-from ..qemu.debian import SUITES, DebianQemu, cached_builds, fetch_debian_qemu, served_version
+from ..qemu.debian import SUITES, DebianBuild, cached_builds, fetch_debian_qemu, served_version
 from ..qemu.pins import load_pins, pins_path, render_pins
 
 
-def build_json(build: DebianQemu) -> dict[str, Any]:
+def build_json(build: DebianBuild) -> dict[str, Any]:
     """One cached build as data."""
     return {"suite": build.suite, "version": build.version, "binary": str(build.wrapper),
             "root": str(build.root), "packages": len(build.packages),
@@ -41,7 +41,7 @@ def listing_text(found: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fetch(suites: Sequence[str], refresh: bool, progress: Progress) -> list[DebianQemu]:
+def fetch(suites: Sequence[str], refresh: bool, progress: Progress) -> list[DebianBuild]:
     """Fetch (or find) each suite's QEMU; ``refresh`` asks the archive for a newer one."""
     return [fetch_debian_qemu(SUITES[name], progress=progress, refresh=refresh)
             for name in suites]

@@ -1,23 +1,25 @@
-"""QEMU from Debian, by suite name: fetched, unpacked and run, never installed.
+"""Programs from Debian, by suite name: fetched, unpacked and run, never installed.
 
 ``--qemu debian:SUITE`` tests the ``qemu-system-x86`` of any suite Debian serves, from
-bullseye's 5.2 to sid's 11.x, on this host.  The packages come through the same
-private apt as the guest packages (state under the harness cache) with their whole
-shared-library closure, are unpacked with ``dpkg-deb -x`` into
-``<cache>/qemu/<suite>-<version>/`` and run through that suite's own dynamic loader
-and libraries, so a sid binary needs nothing of the host's libc.  A small wrapper
-script in the unpacked tree does that (and points ``QEMU_MODULE_DIR`` at the tree's
-modules: Debian builds the TCG accelerator and devices as modules), so everything
-that takes a QEMU path (the probe, ``-L`` lookup, saved-state keys, libvirt's
-``<emulator>``) takes it unchanged.  The firmware is the tree's own share/qemu,
-share/seabios and lib/ipxe/qemu (``environment.find_datadirs``).
+bullseye's 5.2 to sid's 11.x, on this host; the virtiofs rows run trixie's virtiofsd
+the same way.  One mechanism for both: the package comes through the same private
+apt as the guest packages (state under the harness cache) with its whole
+shared-library closure, is unpacked with ``dpkg-deb -x`` into
+``<cache>/<qemu|virtiofsd>/<suite>-<version>/`` and runs through that suite's own
+dynamic loader and libraries, so a sid binary needs nothing of the host's libc.  A
+small wrapper script in the unpacked tree does that (for QEMU it also points
+``QEMU_MODULE_DIR`` at the tree's modules: Debian builds the TCG accelerator and
+devices as modules), so everything that takes a program's path (the probe, ``-L``
+lookup, saved-state keys, libvirt's ``<emulator>``) takes it unchanged.  QEMU's
+firmware is the tree's own share/qemu, share/seabios and lib/ipxe/qemu
+(``environment.find_datadirs``).
 
-A build is recorded in a manifest (suite, every package's version, the binary's and
-the loader's size and sha256) and checked on every use like a guest image; it is
-written in a scratch directory and renamed into place only after the wrapper has
-started it, so nothing half-written is ever found.  Once fetched, a build is found
-again without any apt call; ``multidevs-harness qemu fetch --refresh`` asks the
-archive for a newer one.
+A build is recorded in a manifest (suite, every package's version, the binary's, the
+loader's and the wrapper's size and sha256) and checked on every use like a guest
+image; it is unpacked in a scratch directory and recorded only after the wrapper has
+started it, so nothing half-made is ever found.  Once fetched, a build is found again
+without any apt call; ``multidevs-harness qemu fetch --refresh`` asks the archive for
+a newer QEMU.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +52,10 @@ SUITES: Mapping[str, Suite] = {s.name: s for s in (
     Suite("forky", ("forky",)),
     Suite("sid", ("sid",)),
 )}
-# The one package under test; its version names the build.
-QEMU_PACKAGE = "qemu-system-x86"
-# What is followed from qemu-system-x86's Depends: QEMU's own packages, the firmware
-# and shared libraries.  Not the rest (systemd, adduser, debconf): nothing of them
-# runs when QEMU starts.
+# What is followed from a package's Depends: QEMU's own packages, the firmware and
+# shared libraries.  Not the rest (systemd, adduser, debconf): nothing of them runs
+# when the program starts.
 _FOLLOWED = re.compile(r"^(qemu-|seabios$|ipxe-qemu$|lib|zlib1g$|gcc-\d+-base$)")
-BINARY = Path("usr/bin/qemu-system-x86_64")
-# The wrapper sits beside the binary so the prefix's share/qemu is found from it.
-WRAPPER = Path("usr/bin/mdh-qemu-system-x86_64")
-MODULE_DIR = Path("usr/lib/x86_64-linux-gnu/qemu")
 # Merged-/usr suites have the loader under usr/lib; bullseye's packages under lib.
 LOADERS = (Path("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
            Path("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
@@ -70,9 +66,35 @@ _VERSION_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
-class DebianQemu:
-    """One unpacked Debian QEMU: its suite, ``qemu-system-x86``'s version and tree."""
+class Program:
+    """A program of one Debian package that runs unpacked, through its suite's loader."""
 
+    name: str  # for messages
+    package: str  # the package under test; its version names the build
+    binary: Path  # in the unpacked tree
+    # The script that runs it (beside the binary, so paths relative to it still hold).
+    wrapper: Path
+    builds: str  # the cache folder of its builds (``paths``)
+    # What ``--version`` prints when it starts.
+    version_words: str
+    # Variables the wrapper sets, each to a path in the tree.
+    environment: tuple[tuple[str, Path], ...] = ()
+
+
+# QEMU's modules (Debian builds the TCG accelerator and devices as modules).
+MODULE_DIR = Path("usr/lib/x86_64-linux-gnu/qemu")
+QEMU = Program("QEMU", "qemu-system-x86", Path("usr/bin/qemu-system-x86_64"),
+               Path("usr/bin/mdh-qemu-system-x86_64"), paths.QEMU_BUILDS,
+               "QEMU emulator version", (("QEMU_MODULE_DIR", MODULE_DIR),))
+VIRTIOFSD = Program("virtiofsd", "virtiofsd", Path("usr/libexec/virtiofsd"),
+                    Path("usr/libexec/mdh-virtiofsd"), paths.VIRTIOFSD_BUILDS, "virtiofsd")
+
+
+@dataclass(frozen=True)
+class DebianBuild:
+    """One unpacked Debian build: its program, suite, the package's version, tree."""
+
+    program: Program
     suite: str
     version: str
     root: Path
@@ -81,8 +103,8 @@ class DebianQemu:
 
     @property
     def wrapper(self) -> Path:
-        """The executable that runs it (pass it wherever a QEMU binary is taken)."""
-        return self.root / WRAPPER
+        """The executable that runs it (pass it wherever the program's path is taken)."""
+        return self.root / self.program.wrapper
 
 
 def suite_of(spec: str) -> Suite | None:
@@ -101,12 +123,12 @@ def _safe(version: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+~-]", "_", version)
 
 
-def qemu_root(cache_root: Path, suite: Suite, version: str) -> Path:
-    """Where one Debian QEMU build is unpacked (a version's ':' epoch made safe)."""
-    return paths.qemu_builds_dir(cache_root) / f"{suite.name}-{_safe(version)}"
+def build_root(cache_root: Path, program: Program, suite: Suite, version: str) -> Path:
+    """Where one Debian build is unpacked (a version's ':' epoch made safe)."""
+    return cache_root / program.builds / f"{suite.name}-{_safe(version)}"
 
 
-def load_build(root: Path) -> tuple[DebianQemu | None, str | None]:
+def load_build(root: Path, program: Program) -> tuple[DebianBuild | None, str | None]:
     """The build unpacked at ``root`` if it is whole, else None and why (None, None:
     nothing there)."""
     try:
@@ -121,22 +143,23 @@ def load_build(root: Path) -> tuple[DebianQemu | None, str | None]:
     files: Any = data.get("files")
     if not isinstance(files, dict):
         return None, f"{MANIFEST} records no files"
-    for name in (str(BINARY), data["loader"], str(WRAPPER)):
+    for name in (str(program.binary), data["loader"], str(program.wrapper)):
         problem = file_problem(root / name, files.get(name))
         if problem is not None:
             return None, problem
     packages = data.get("packages", {})
-    return DebianQemu(data["suite"], data["version"], root,
-                      {str(k): str(v) for k, v in packages.items()},
-                      float(data.get("fetched_at", 0))), None
+    return DebianBuild(program, data["suite"], data["version"], root,
+                       {str(k): str(v) for k, v in packages.items()},
+                       float(data.get("fetched_at", 0))), None
 
 
-def cached_builds(cache_root: Path, suite: Suite | None = None) -> list[DebianQemu]:
+def cached_builds(cache_root: Path, program: Program = QEMU,
+                  suite: Suite | None = None) -> list[DebianBuild]:
     """Whole builds in the cache (of ``suite``, or all), newest fetch first."""
     found = []
     pattern = f"{suite.name}-*" if suite else "*"
-    for root in paths.qemu_builds_dir(cache_root).glob(pattern):
-        build, _ = load_build(root)
+    for root in (cache_root / program.builds).glob(pattern):
+        build, _ = load_build(root, program)
         if build is not None and (suite is None or build.suite == suite.name):
             found.append(build)
     return sorted(found, key=lambda b: b.fetched_at, reverse=True)
@@ -145,52 +168,59 @@ def cached_builds(cache_root: Path, suite: Suite | None = None) -> list[DebianQe
 class PinGone(ImageBuildError):
     """The archive no longer serves the version a pin names (it serves another)."""
 
-    def __init__(self, suite: str, pinned: str, served: str) -> None:
+    def __init__(self, suite: str, package: str, pinned: str, served: str) -> None:
         super().__init__(
-            f"Debian {suite} serves {QEMU_PACKAGE} {served}, not the pinned {pinned}",
+            f"Debian {suite} serves {package} {served}, not the pinned {pinned}",
             hint="move the pin: multidevs-harness qemu pin --update")
         self.suite, self.pinned, self.served = suite, pinned, served
 
 
 def served_version(suite: Suite, cache_root: Path | None = None,
-                   progress: Progress = quiet) -> str:
-    """The ``qemu-system-x86`` version the archive serves for ``suite`` now."""
+                   progress: Progress = quiet, program: Program = QEMU) -> str:
+    """The version of ``program``'s package the archive serves for ``suite`` now."""
     apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root or paths.cache_root()))
     progress(f"apt-get update (Debian {suite.name}, private lists)")
     apt.update()
-    return apt.show([QEMU_PACKAGE])[QEMU_PACKAGE].version
+    return apt.show([program.package])[program.package].version
 
 
-def fetch_debian_qemu(
-    suite: Suite, cache_root: Path | None = None, progress: Progress = quiet, *,
-    version: str | None = None, refresh: bool = False,
-) -> DebianQemu:
-    """Debian ``suite``'s QEMU, from the cache or fetched (``version``: exactly that
-    one, else the newest in the cache, else what the archive serves; ``refresh``
-    asks the archive even when the cache has one).
+def fetch_unpacked(
+    program: Program, suite: Suite, cache_root: Path | None = None,
+    progress: Progress = quiet, *, version: str | None = None, refresh: bool = False,
+) -> DebianBuild:
+    """Debian ``suite``'s build of ``program``, from the cache or fetched (``version``:
+    exactly that one, else the newest in the cache, else what the archive serves;
+    ``refresh`` asks the archive even when the cache has one).
 
     Raises ArchiveUnreachable without the archive, PinGone when ``version`` is no
-    longer served, ImageBuildError when the packages do not make a QEMU that starts.
+    longer served, ImageBuildError when the packages do not make a program that starts.
     """
     cache_root = cache_root or paths.cache_root()
     if not refresh:
-        for build in cached_builds(cache_root, suite):
+        for build in cached_builds(cache_root, program, suite):
             if version is None or build.version == version:
                 return build
     apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root))
     progress(f"apt-get update (Debian {suite.name}, private lists)")
     apt.update()
-    served = apt.show([QEMU_PACKAGE])[QEMU_PACKAGE].version
+    served = apt.show([program.package])[program.package].version
     if version is not None and served != version:
-        raise PinGone(suite.name, version, served)
-    root = qemu_root(cache_root, suite, served)
-    found, _ = load_build(root)
+        raise PinGone(suite.name, program.package, version, served)
+    root = build_root(cache_root, program, suite, served)
+    found, _ = load_build(root, program)
     if found is not None:
         return found
-    pins = library_closure(apt, (QEMU_PACKAGE,))
-    progress(f"fetching QEMU {served} from Debian {suite.name} ({len(pins)} packages, "
-             "unpacked with their libraries, never installed)")
-    return _unpack_build(apt, pins, root, cache_root, served)
+    pins = library_closure(apt, (program.package,))
+    progress(f"fetching {program.name} {served} from Debian {suite.name} ({len(pins)} "
+             "packages, unpacked with their libraries, never installed)")
+    return _unpack_build(program, apt, pins, root, cache_root, served)
+
+
+def fetch_debian_qemu(suite: Suite, cache_root: Path | None = None,
+                      progress: Progress = quiet, *, version: str | None = None,
+                      refresh: bool = False) -> DebianBuild:
+    """Debian ``suite``'s QEMU (``fetch_unpacked``)."""
+    return fetch_unpacked(QEMU, suite, cache_root, progress, version=version, refresh=refresh)
 
 
 def library_closure(apt: PrivateApt, roots: Iterable[str]) -> dict[str, str]:
@@ -210,29 +240,30 @@ def library_closure(apt: PrivateApt, roots: Iterable[str]) -> dict[str, str]:
     return versions
 
 
-def _unpack_build(apt: PrivateApt, pins: Mapping[str, str], root: Path, scratch: Path,
-                  version: str) -> DebianQemu:
+def _unpack_build(program: Program, apt: PrivateApt, pins: Mapping[str, str], root: Path,
+                  scratch: Path, version: str) -> DebianBuild:
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=scratch) as tmp:
         work = Path(tmp)
         staging = work / "root"
         for deb in apt.download(pins, work):
             unpack_deb(deb, staging)
         loader = next((p for p in LOADERS if (staging / p).is_file()), None)
-        if not (staging / BINARY).is_file() or loader is None:
-            raise ImageBuildError(f"{QEMU_PACKAGE} {version} of Debian {apt.suite.name} "
-                                  f"unpacked to no {BINARY} or no dynamic loader")
-        write_wrapper(staging, root, loader)
-        # Started where it will live: the wrapper names its final paths.
-        (staging / WRAPPER).chmod(0o755)
-        build = DebianQemu(apt.suite.name, version, root, dict(pins), time.time())
+        if not (staging / program.binary).is_file() or loader is None:
+            raise ImageBuildError(f"{program.package} {version} of Debian {apt.suite.name} "
+                                  f"unpacked to no {program.binary} or no dynamic loader")
+        write_wrapper(program, staging, root, loader)
+        build = DebianBuild(program, apt.suite.name, version, root, dict(pins), time.time())
         manifest = {"suite": build.suite, "version": version, "loader": str(loader),
                     "packages": dict(pins), "fetched_at": build.fetched_at}
         root.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
+        # Started where it will live (the wrapper names its final paths); recorded
+        # in the manifest only once it started, so no half-made build is ever found.
         staging.rename(root)
         try:
             check_starts(build)
-            manifest["files"] = record_files_at(root, (BINARY, loader, WRAPPER))
+            manifest["files"] = record_files_at(root, (program.binary, loader,
+                                                       program.wrapper))
             (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
@@ -240,53 +271,35 @@ def _unpack_build(apt: PrivateApt, pins: Mapping[str, str], root: Path, scratch:
         return build
 
 
-def write_wrapper(staging: Path, root: Path, loader: Path) -> None:
-    """The script that runs the unpacked QEMU at ``root`` through its own loader and
-    libraries, its module directory set; written into ``staging`` (later ``root``)."""
+def write_wrapper(program: Program, staging: Path, root: Path, loader: Path) -> None:
+    """The script that runs ``program`` unpacked at ``root`` through its own loader and
+    libraries, its variables set; written into ``staging`` (later ``root``)."""
     libraries = ":".join(str(root / d) for d in LIBRARY_DIRS)
-    text = (
+    variables = "".join(f"{name}={shlex.quote(str(root / path))}\nexport {name}\n"
+                        for name, path in program.environment)
+    path = staging / program.wrapper
+    path.write_text(
         "#!/bin/sh\n"
-        "# Written by multidevs-harness: Debian's QEMU unpacked here runs through its\n"
-        "# own suite's loader and libraries, never the host's.\n"
-        f"QEMU_MODULE_DIR={shlex.quote(str(root / MODULE_DIR))}\n"
-        "export QEMU_MODULE_DIR\n"
+        f"# Written by multidevs-harness: Debian's {program.package} unpacked here runs\n"
+        "# through its own suite's loader and libraries, never the host's.\n"
+        f"{variables}"
         f"exec {shlex.quote(str(root / loader))} --library-path {shlex.quote(libraries)} "
-        f"{shlex.quote(str(root / BINARY))} \"$@\"\n"
-    )
-    (staging / WRAPPER).write_text(text)
+        f"{shlex.quote(str(root / program.binary))} \"$@\"\n")
+    path.chmod(0o755)
 
 
-def check_starts(build: DebianQemu) -> None:
-    """Run the build's ``--version`` through its loader; ImageBuildError with QEMU's
-    own output when it does not start (a library missing from the closure, say)."""
+def check_starts(build: DebianBuild) -> None:
+    """Run the build's ``--version`` through its loader; ImageBuildError with its own
+    output when it does not start (a library missing from the closure, say)."""
+    program = build.program
     result = run_tied([str(build.wrapper), "--version"], timeout=_VERSION_TIMEOUT_S)
-    if result.returncode != 0 or "QEMU emulator version" not in result.stdout:
+    if result.returncode != 0 or program.version_words not in result.stdout + result.stderr:
         raise ImageBuildError(
-            f"QEMU {build.version} of Debian {build.suite} does not start through its "
-            f"own loader (exit {result.returncode})",
-            hint="its stderr is below; a library missing from the closure is a harness "
+            f"{program.name} {build.version} of Debian {build.suite} does not start "
+            f"through its own loader (exit {result.returncode})",
+            hint="its output is below; a library missing from the closure is a harness "
             "bug (report it)",
             details=(result.stdout + result.stderr).strip()[-2000:])
-
-
-def unpack_packages(apt: PrivateApt, pins: Mapping[str, str], root: Path, scratch: Path,
-                    needed: Sequence[Path]) -> tuple[Path, ...]:
-    """Download the packages of ``pins`` (name -> version), unpack them together (never
-    installed) and, when every ``needed`` path is in the tree, put it at ``root``,
-    replacing what was there; return the ``needed`` paths that were missing (then
-    nothing is put anywhere).  The work happens in a temporary directory under
-    ``scratch`` (on ``root``'s filesystem, so the tree moves into place by rename)."""
-    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=scratch) as tmp:
-        work = Path(tmp)
-        staging = work / "root"
-        for deb in apt.download(pins, work):
-            unpack_deb(deb, staging)
-        missing = tuple(path for path in needed if not (staging / path).is_file())
-        if not missing:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(root, ignore_errors=True)
-            staging.rename(root)
-        return missing
 
 
 def unpack_deb(deb: Path, into: Path) -> None:

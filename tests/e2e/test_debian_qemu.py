@@ -19,7 +19,7 @@ import pytest
 
 from harness import paths
 from harness.errors import ArchiveUnreachable
-from harness.qemu.debian import SUITES, DebianQemu, PinGone, fetch_debian_qemu
+from harness.qemu.debian import SUITES, DebianBuild, PinGone, fetch_debian_qemu
 from harness.qemu.pins import load_pins
 
 from .helpers import HARNESS_TIMEOUT, needs_qemu, qemu_child_wrapper
@@ -30,7 +30,7 @@ NOTICE = "QEMU warns about an option the harness passed, not one under test"
 
 
 @pytest.fixture(scope="module")
-def newest() -> DebianQemu:
+def newest() -> DebianBuild:
     """The pinned sid QEMU, fetched into the cache once (about 35 MB, 10 s here)."""
     pin = load_pins()[NEWEST]
     try:
@@ -52,7 +52,7 @@ def _run(sandbox: Sandbox, qemu: str, report: Path, *extra: str) -> tuple[
 
 @needs_qemu
 @pytest.mark.timeout(300)
-def test_the_newest_pinned_qemu_passes_a_small_matrix(newest: DebianQemu,
+def test_the_newest_pinned_qemu_passes_a_small_matrix(newest: DebianBuild,
                                                       tmp_path: Path) -> None:
     sandbox = Sandbox(tmp_path / "sandbox")
     stderr, data = _run(sandbox, f"debian:{NEWEST}", tmp_path / "run.json",
@@ -87,7 +87,7 @@ os.execv(real, [real, *args])
 @needs_qemu
 @pytest.mark.timeout(300)
 def test_a_deprecation_of_the_harnesss_own_option_fails_no_row_and_is_said_once(
-    newest: DebianQemu, tmp_path: Path,
+    newest: DebianBuild, tmp_path: Path,
 ) -> None:
     wrapper = tmp_path / "qemu-mon"
     wrapper.write_text(MON_WRAPPER.format(python=sys.executable, real=str(newest.wrapper)))

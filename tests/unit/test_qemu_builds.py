@@ -13,7 +13,7 @@ from harness.environment import find_datadirs
 from harness.errors import UsageError
 from harness.libvirt.domain import QEMU_NS, DomainSpec, render_domain_xml
 from harness.qemu.cmdline import machine_args
-from harness.qemu.debian import SUITES, cached_builds, qemu_root, suite_of
+from harness.qemu.debian import QEMU, SUITES, build_root, cached_builds, suite_of
 
 
 def _tree(root: Path, *files: str) -> None:
@@ -101,12 +101,12 @@ def test_a_bad_command_line_under_bisect_skips_the_commit(
 
 def test_debian_qemu_cache_paths(tmp_path: Path) -> None:
     suite = SUITES["bookworm-backports"]
-    root = qemu_root(tmp_path, suite, "1:10.0.2+ds-2~bpo12+1")
+    root = build_root(tmp_path, QEMU, suite, "1:10.0.2+ds-2~bpo12+1")
     assert root == tmp_path / "qemu" / "bookworm-backports-1_10.0.2+ds-2~bpo12+1"
-    assert cached_builds(tmp_path, suite) == []
+    assert cached_builds(tmp_path, QEMU, suite) == []
     # A tree without its manifest (a fetch killed before the end) is no build.
     _tree(root, "usr/bin/qemu-system-x86_64", "usr/bin/mdh-qemu-system-x86_64")
-    assert cached_builds(tmp_path, suite) == []
+    assert cached_builds(tmp_path, QEMU, suite) == []
 
 
 def test_a_debian_suite_is_named_or_refused_naming_the_suites() -> None:
