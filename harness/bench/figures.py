@@ -47,7 +47,7 @@ from ..environment import Environment, prepare
 from ..errors import ArchiveUnreachable
 from ..host.export import build_export
 from ..host.namespace import enter_private_namespace
-from ..image.recipe import recipe_names
+from ..image.recipe import DEFAULT_RECIPE, recipe_names
 from ..plan import RunOptions
 from ..qemu.debian import SUITES, fetch_debian_qemu
 from ..qemu.machine import Machine
@@ -74,6 +74,8 @@ BENCH_LAYOUTS = tuple(k.value for k in ALL_LAYOUTS if k is not Layout.SCRIPTED_F
 PREDICT_PATHS = 100_000
 PREDICT_DEVICES = 8
 TARGET_PREDICT_S = 3.0
+# A grid cell against the same matrix run alone (issue 33).
+TARGET_GRID_CELL = 1.2
 
 def _stats(samples: Sequence[float]) -> dict[str, float]:
     return {
@@ -320,6 +322,30 @@ def _qemu10(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             "matrix_passed": matrix.exit_code == 0}
 
 
+def _grid(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """A grid cell against the same matrix run alone (issue 33: <= 1.2x).  A warm-up
+    grid first saves each cell's guest states, so both sides boot restored; then each
+    cell alone, then the grid, each timed."""
+    from ..commands.grid import run_grid
+
+    qemus = tuple(q for q in args.grid_qemus.split(",") if q)
+    options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), machine=_machine(args))
+    guests = (DEFAULT_RECIPE,)
+    try:
+        run_grid(options, qemus, guests, progress)
+    except ArchiveUnreachable as exc:
+        return {"skipped": exc.message}
+    alone = {}
+    for qemu in qemus:
+        started = time.monotonic()
+        run_checks(replace(options, qemus=(qemu,), guests=guests), progress)
+        alone[qemu] = time.monotonic() - started
+    cells = run_grid(options, qemus, guests, progress)
+    return {"cells": [{"qemu": c.qemu, "version": c.qemu_version, "grid_s": round(c.seconds, 3),
+                       "alone_s": round(alone[c.qemu], 3),
+                       "ratio": round(c.seconds / alone[c.qemu], 2)} for c in cells]}
+
+
 def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Run every measurement and return the JSON-ready figures."""
     env = prepare(_machine(args), progress)
@@ -347,6 +373,8 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         result["transports"] = _transports(env, args, progress)
     if not args.skip_qemu10:
         result["qemu10"] = _qemu10(args, progress)
+    if args.grid_qemus:
+        result["grid"] = _grid(args, progress)
     if not args.skip_scale:
         boot = adjacent_boot(env, progress)
         result["scale"] = _scale(env, args, progress)
@@ -401,6 +429,10 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"default matrix on QEMU {q10['version']}: {q10['matrix_s']:.2f} s; all "
                      f"passed: {q10['matrix_passed']}" if "version" in q10
                      else f"QEMU 10: skipped ({q10['skipped']})")
+    for cell in result.get("grid", {}).get("cells", []):
+        lines.append(f"grid cell QEMU {cell['version']}: {cell['grid_s']:.1f} s in the grid, "
+                     f"{cell['alone_s']:.1f} s alone = {cell['ratio']}x (target <= "
+                     f"{TARGET_GRID_CELL}x)")
     if "predict" in result:
         found = result["predict"]
         lines.append(f"predict: {found['paths']} paths on {found['devices']} devices in "
@@ -482,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-guests", action="store_true",
                         help="skip boot-to-SSH of every guest recipe")
     parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--grid-qemus", default="debian:bookworm,debian:sid",
+                        help="the QEMUs of the grid figure, comma-separated ('' skips it)")
     parser.add_argument("--skip-vng", action="store_true",
                         help="skip virtme-ng (installed from PyPI into a throwaway venv)")
     parser.add_argument("--vng-runs", type=int, default=3,

@@ -39,6 +39,9 @@ class Cell:
     unreproduced: tuple[str, ...]
     seconds: float
     exit_code: int
+    # (row, known issue) of each row a known issue explained: an issue's scope over
+    # modes, layouts and cache modes as this cell showed it.
+    known_rows: tuple[tuple[str, str], ...] = ()
 
     @property
     def rows(self) -> int:
@@ -58,7 +61,9 @@ def cell_of(qemu: str, guest: str, result: RunResults, seconds: float) -> Cell:
         counts=tuple((s, sum(r.status is s for r in result.rows)) for s in _COUNTED),
         known=tuple(dict.fromkeys(r.known_issue.id for r in result.rows
                                   if r.known_issue is not None)),
-        unreproduced=result.unreproduced, seconds=seconds, exit_code=result.exit_code)
+        unreproduced=result.unreproduced, seconds=seconds, exit_code=result.exit_code,
+        known_rows=tuple((r.case, r.known_issue.id) for r in result.rows
+                         if r.known_issue is not None))
 
 
 def run_grid(options: RunOptions, qemus: Sequence[str], guests: Sequence[str],
@@ -127,6 +132,7 @@ def grid_json(cells: Sequence[Cell]) -> dict[str, Any]:
             "guest": c.guest, "guest_kernel": c.kernel, "rows": c.rows,
             "counts": {s.value: n for s, n in c.counts},
             "known_issues": list(c.known), "known_unreproduced": list(c.unreproduced),
+            "known_rows": dict(c.known_rows),
             "seconds": round(c.seconds, 3), "exit_code": c.exit_code,
         } for c in cells],
     }
