@@ -50,6 +50,9 @@ _LAST_WORDS = 3
 _FIRMWARE_MISSING = re.compile(r"could not load PC BIOS '([^']+)'"
                                r"|failed to find romfile \"([^\"]+)\""
                                r"|Could not open option rom '([^']+)'")
+# QEMU's words for a build without user networking (net/net.c), which the guest's SSH
+# needs: QEMU 7.2 stopped bundling libslirp, so a build without libslirp-dev lacks it.
+_NO_SLIRP = "network backend 'user' is not compiled into this binary"
 # Where Debian's QEMU finds its firmware (its --firmwarepath), for the hint.
 HOST_FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 
@@ -199,7 +202,8 @@ def last_words(stderr: str, lines: int = _LAST_WORDS) -> list[str]:
 
 def early_exit_hint(said: Sequence[str], argv: Sequence[str], log_dir: Path) -> str:
     """What to do about QEMU's last words: a firmware file it could not find names
-    the option that gives QEMU its firmware directories, and where this run looked."""
+    the option that gives QEMU its firmware directories, and where this run looked; a
+    build without user networking names the configure option."""
     for line in said:
         found = _FIRMWARE_MISSING.search(line)
         if found is None:
@@ -211,6 +215,10 @@ def early_exit_hint(said: Sequence[str], argv: Sequence[str], log_dir: Path) -> 
         return (f"QEMU did not find its firmware: {where}; pass the directory that holds "
                 f"it with --qemu-datadir DIR (repeatable; Debian's QEMU looks in "
                 f"{', '.join(HOST_FIRMWARE_DIRS)}); logs in {log_dir}")
+    if any(_NO_SLIRP in line for line in said):
+        return (f"this QEMU has no user networking, which the guest's SSH needs: configure "
+                f"it with --enable-slirp (libslirp-dev; scripts/build-qemu does); logs in "
+                f"{log_dir}")
     return f"QEMU's own words are above; its stderr and command line are in {log_dir}"
 
 

@@ -36,6 +36,14 @@ def test_a_missing_option_rom_without_l_blames_qemus_own_directories() -> None:
     assert "no 'linuxboot_dma.bin'; " in early_exit_hint(loader, ["qemu"], LOGS)
 
 
+def test_a_build_without_slirp_names_the_configure_option() -> None:
+    said = ["qemu-system-x86_64: -netdev user,id=net0,hostfwd=tcp:127.0.0.1:0-:22: network "
+            "backend 'user' is not compiled into this binary"]
+    assert early_exit_hint(said, ["qemu"], LOGS) == (
+        "this QEMU has no user networking, which the guest's SSH needs: configure it with "
+        "--enable-slirp (libslirp-dev; scripts/build-qemu does); logs in /logs/g")
+
+
 def test_any_other_exit_points_at_the_logs() -> None:
     said = ["qemu-system-x86_64: -fsdev local,id=f0: cannot find path"]
     assert early_exit_hint(said, ["qemu", "-L", "/a"], LOGS) == (
