@@ -160,6 +160,12 @@ class QemuFailed(HarnessError):
         self.console_tail = console_tail
 
 
+class QemuExitedEarly(QemuFailed):
+    """QEMU exited before the guest was up (a missing firmware file, a bad option, a
+    device it cannot make): the message carries QEMU's last words on stderr, the hint
+    what to do about them."""
+
+
 class GuestBootTimeout(QemuFailed):
     """The guest did not become reachable over SSH before the deadline."""
 

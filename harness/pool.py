@@ -41,6 +41,7 @@ from .errors import (
     HarnessError,
     KernelModuleMissing,
     LayoutUnavailable,
+    QemuExitedEarly,
     QemuFailed,
 )
 from .guest.lifecycle import Guest, check_alive, qemu_end
@@ -270,7 +271,7 @@ def _crash(guest: Guest, grace: float = _CRASH_GRACE_S) -> QemuFailed | None:
     until = time.monotonic() + grace
     while True:
         try:
-            check_alive(guest)
+            check_alive(guest, up=True)
         except QemuFailed as crash:
             return crash
         if time.monotonic() > until:
@@ -414,6 +415,13 @@ def run_guest(run: RunContext, plan: GuestPlan) -> list[ResultRow]:
     except GuestCrashed as exc:
         run.progress(f"{plan.name}: {exc.message}")
         return unobserved_rows(run, plan, log_dir, exc.message, Status.FAIL)
+    except QemuExitedEarly as exc:
+        # QEMU's own words and what to do about them, on the terminal and in every row
+        # of the guest: the logs are not where a reader of the table looks first.
+        line = f"{exc.message} ({exc.hint})"
+        run.progress(f"{plan.name}: {line}")
+        return unobserved_rows(run, plan, log_dir, f"{type(exc).__name__}: {line}",
+                               Status.ERROR)
     except HarnessError as exc:
         run.progress(f"{plan.name}: {exc.message}")
         return unobserved_rows(run, plan, log_dir, f"{type(exc).__name__}: {exc.message}",

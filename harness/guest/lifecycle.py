@@ -18,7 +18,14 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from ..config import GuestImage, QemuEnd, Start
-from ..errors import GuestBootTimeout, GuestInitFailed, GuestPanic, QemuFailed, SshUnavailable
+from ..errors import (
+    GuestBootTimeout,
+    GuestInitFailed,
+    GuestPanic,
+    QemuExitedEarly,
+    QemuFailed,
+    SshUnavailable,
+)
 from ..proc import tail_file
 from .bootlog import init_failure
 from .ssh import CommandResult, GuestSsh, connect_with_retry
@@ -35,6 +42,19 @@ _POLL_S = 0.01
 # Console text held while waiting: enough for the init's steps and the kernel's
 # complaints before them.
 _CONSOLE_KEPT = 65536
+# QEMU's stderr lines an exit before the guest is up quotes: its error, and a line of
+# context before it where it gives one.
+_LAST_WORDS = 3
+# QEMU's words for a firmware file -L and its built-in directories do not hold
+# (hw/i386/x86.c, hw/pci/pci.c, hw/core/loader.c), the file's name captured.
+_FIRMWARE_MISSING = re.compile(r"could not load PC BIOS '([^']+)'"
+                               r"|failed to find romfile \"([^\"]+)\""
+                               r"|Could not open option rom '([^']+)'")
+# QEMU's words for a build without user networking (net/net.c), which the guest's SSH
+# needs: QEMU 7.2 stopped bundling libslirp, so a build without libslirp-dev lacks it.
+_NO_SLIRP = "network backend 'user' is not compiled into this binary"
+# Where Debian's QEMU finds its firmware (its --firmwarepath), for the hint.
+HOST_FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 
 
 class Booting(Protocol):
@@ -137,8 +157,10 @@ class BootDeadline:
     image: GuestImage
 
 
-def check_alive(guest: Booting) -> None:
-    """Raise GuestPanic or QemuFailed at once if the guest panicked or QEMU ended."""
+def check_alive(guest: Booting, *, up: bool = False) -> None:
+    """Raise GuestPanic at once if the guest panicked; if QEMU ended, QemuExitedEarly
+    (its last words on stderr and what to do about them) while the guest is coming
+    up, QemuFailed once it is ``up`` (the caller says what it was doing)."""
     console = tail_file(guest.console_path, 60)
     if any(marker in console for marker in PANIC_MARKERS):
         # Name the panic (and, under oops=panic, the oops behind it) where the console
@@ -155,14 +177,49 @@ def check_alive(guest: Booting) -> None:
             console_tail=console,
         )
     ended = guest.stopped()
-    if ended is not None:
-        raise QemuFailed(
-            f"{guest.name}: {ended}",
-            hint=f"see {guest.log_dir}",
-            command=guest.argv,
-            stderr_tail=guest.stderr_text()[-2000:],
-            console_tail=tail_file(guest.console_path),
-        )
+    if ended is None:
+        return
+    stderr = guest.stderr_text()
+    if up:
+        raise QemuFailed(f"{guest.name}: {ended}", hint=f"see {guest.log_dir}",
+                         command=guest.argv, stderr_tail=stderr[-2000:],
+                         console_tail=tail_file(guest.console_path))
+    said = last_words(stderr)
+    raise QemuExitedEarly(
+        f"{guest.name}: {ended}" + (f": {' / '.join(said)}" if said else " (nothing on stderr)"),
+        hint=early_exit_hint(said, guest.argv, guest.log_dir),
+        command=guest.argv,
+        stderr_tail=stderr[-2000:],
+        console_tail=tail_file(guest.console_path),
+    )
+
+
+def last_words(stderr: str, lines: int = _LAST_WORDS) -> list[str]:
+    """The last ``lines`` non-blank lines QEMU wrote to stderr: QEMU says why it
+    could not start in one line per error, as its last output."""
+    return [line.strip() for line in stderr.splitlines() if line.strip()][-lines:]
+
+
+def early_exit_hint(said: Sequence[str], argv: Sequence[str], log_dir: Path) -> str:
+    """What to do about QEMU's last words: a firmware file it could not find names
+    the option that gives QEMU its firmware directories, and where this run looked; a
+    build without user networking names the configure option."""
+    for line in said:
+        found = _FIRMWARE_MISSING.search(line)
+        if found is None:
+            continue
+        name = next(group for group in found.groups() if group)
+        given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-L"]
+        where = (f"-L {' -L '.join(given)} has no {name!r}" if given
+                 else f"QEMU's own directories have no {name!r}")
+        return (f"QEMU did not find its firmware: {where}; pass the directory that holds "
+                f"it with --qemu-datadir DIR (repeatable; Debian's QEMU looks in "
+                f"{', '.join(HOST_FIRMWARE_DIRS)}); logs in {log_dir}")
+    if any(_NO_SLIRP in line for line in said):
+        return (f"this QEMU has no user networking, which the guest's SSH needs: configure "
+                f"it with --enable-slirp (libslirp-dev; scripts/build-qemu does); logs in "
+                f"{log_dir}")
+    return f"QEMU's own words are above; its stderr and command line are in {log_dir}"
 
 
 def wait_ready(guest: Booting, deadline: BootDeadline) -> GuestSsh:

@@ -63,9 +63,17 @@ def test_anything_the_issue_does_not_explain_stays_a_failure(changes: dict[str, 
 
 
 def test_a_passing_row_in_scope_says_the_issue_did_not_reproduce() -> None:
-    assert unreproduced(ISSUES, _facts(failures=())) == ISSUES
-    assert unreproduced(ISSUES, _facts(failures=(), layout="standard")) == ()
+    # The guest's ids are not the model's: QEMU's remap changed (a fix) and collided
+    # nowhere.
+    assert unreproduced(ISSUES, _facts(failures=(), remap_agrees=False)) == ISSUES
+    assert unreproduced(ISSUES, _facts(failures=(), remap_agrees=False, layout="standard")) == ()
     assert unreproduced(ISSUES, _facts()) == ()
+
+
+def test_a_passing_row_equal_to_the_model_says_nothing_about_a_fix() -> None:
+    # QEMU 7.2 on overlay-mixed: the algorithm with the bug, on a tree where the model
+    # predicts no collision.  Counting it made --strict-known exit 1 on stock QEMU.
+    assert unreproduced(ISSUES, _facts(failures=(), remap_agrees=True)) == ()
 
 
 def test_kernel_ranges_read_the_release() -> None:

@@ -112,6 +112,18 @@ def test_a_remap_guest_that_keeps_files_apart_passes_but_notes_it_is_not_the_mod
     assert any("differ from the model's at 2 of 7 paths" in note for note in verdict.notes)
 
 
+def test_the_note_counts_every_differing_path_not_the_lines_it_shows() -> None:
+    # Seven differ; five are listed and a sixth line counts the rest: the note must
+    # say 7 (it said 6, the number of lines).
+    truth = _overlay()
+    shifted = {path: ino + 100 for path, ino in MODEL_INOS.items()}
+    verdict = judge(Mode.REMAP, QEMU, truth, _observation(truth, shifted), "")
+    assert verdict.remap is not None and len(verdict.remap.differences) == 6
+    assert verdict.remap.differences[-1] == "... and 2 more"
+    assert any("differ from the model's at 7 of 7 paths" in note for note in verdict.notes), \
+        verdict.notes
+
+
 def test_the_fullmap_warning_is_expected_exactly_where_the_model_overflows() -> None:
     truth = _overlay()
     check = check_remap(truth, _guest(truth, MODEL_INOS))
