@@ -117,6 +117,15 @@ def _given(text: str) -> str:
     return text
 
 
+def _report_path(text: str) -> Path:
+    """A report's file (``-``: stdout); a path ending in ``/`` names a directory
+    (``--json out/``), which would otherwise become a file called ``out``."""
+    if _given(text).endswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} names a directory; give the report's "
+                                         "file name (e.g. out/run.json)")
+    return Path(text)
+
+
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
     if several_qemus:
         parser.add_argument("--qemu", action="append", default=[], type=_given,
@@ -215,8 +224,10 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=_path, help="write the JSON report here")
-    run.add_argument("--junit", type=_path, help="write JUnit XML here")
+    run.add_argument("--json", type=_report_path,
+                     help="write the JSON report here ('-': stdout; a device or pipe is "
+                     "written through)")
+    run.add_argument("--junit", type=_report_path, help="write JUnit XML here (as --json)")
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
     _add_export_options(run)
@@ -434,11 +445,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(rep.summary_line(result))
     if args.json:
         rep.write_json(rep.to_json(result), args.json)
-        progress(f"JSON report: {args.json}")
+        progress(f"JSON report: {_shown(args.json)}")
     if args.junit:
         rep.write_junit(result, args.junit)
-        progress(f"JUnit report: {args.junit}")
+        progress(f"JUnit report: {_shown(args.junit)}")
     return result.exit_code
+
+
+def _shown(path: Path) -> str:
+    from .report import is_stdout
+
+    return "stdout" if is_stdout(path) else str(path)
 
 
 def _checked_run(options: RunOptions, json_path: Path | None,
@@ -448,16 +465,40 @@ def _checked_run(options: RunOptions, json_path: Path | None,
     from . import report as rep
     from .run import run_checks
 
-    for path, option in ((json_path, "--json"), (junit_path, "--junit")):
-        if path is not None:
-            rep.check_destination(path, option)
+    rep.check_destinations(
+        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path))
+         if path is not None], _run_inputs(options))
     try:
         return run_checks(options, progress=progress)
     except Exception as exc:
         reason = exc.message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, HarnessError):
             rep.write_unrun(reason, json_path, junit_path)
         raise
+
+
+def _run_inputs(options: RunOptions) -> list[tuple[str, Path]]:
+    """The files and trees a run reads, by option, that no report may replace or
+    write into: each QEMU (the default one too: $MDH_QEMU or the one on PATH), the
+    kernel, its modules tree, the known-issues list, virtiofsd and the ``--export``
+    tree."""
+    import shutil
+
+    from .qemu.probe import DEFAULT_QEMU
+
+    inputs: list[tuple[str, Path]] = []
+    for qemu in options.qemus or (os.environ.get("MDH_QEMU") or DEFAULT_QEMU,):
+        found = shutil.which(qemu)
+        if found is not None:
+            inputs.append(("--qemu", Path(found)))
+    machine = options.machine
+    export = options.export.source if options.export is not None else None
+    for option, path in (("--kernel", machine.kernel), ("--modules", machine.modules),
+                         ("--known-issues", options.known_issues),
+                         ("--virtiofsd", machine.virtiofsd), ("--export", export)):
+        if path is not None:
+            inputs.append((option, path))
+    return inputs
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
