@@ -22,7 +22,15 @@ from .host.namespace import enter_private_namespace
 from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
-from .plan import VIRTIOFS_FAMILIES, GuestPlan, RunOptions, default_jobs, plan_run, row_rank
+from .plan import (
+    VIRTIOFS_FAMILIES,
+    GuestPlan,
+    RunOptions,
+    default_jobs,
+    plan_run,
+    refuse_empty_selection,
+    row_rank,
+)
 from .pool import Backend, LiveGuests, RunContext, judge_power, run_guest, run_guests
 from .qemu.machine import Machine
 from .results import ResultRow, RunResults
@@ -128,6 +136,7 @@ def run_checks(
     Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
+    refuse_empty_selection(options)
     known = load_known_issues(options.known_issues)
     _virtiofs_scope(options, progress)
     if options.via is Via.LIBVIRT:

@@ -84,6 +84,10 @@ def resolve_tree(path: Path) -> Path:
         st = os.stat(resolved)
     except OSError as exc:
         raise TreeError(f"{path}: {_errno_text(exc)}; pass an existing directory") from exc
+    except RuntimeError as exc:
+        # Python before 3.13 reports a loop of symbolic links so, not as ELOOP.
+        raise TreeError(f"{path}: a loop of symbolic links; pass an existing "
+                        "directory") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"{path} is not a directory; pass the directory to export")
     try:
