@@ -567,13 +567,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code == EXIT_ERROR and "--bisect" in given:
             return bisect_code(EXIT_ERROR)
         raise
+    args.given = _given_options(sys.argv[1:] if argv is None else list(argv))
     code = _dispatch(args)
     return bisect_code(code) if getattr(args, "bisect", False) else code
+
+
+def _given_options(argv: Sequence[str]) -> frozenset[str]:
+    """The options the command line gave (their dests), told apart from defaults: the
+    same parser again with every option's default suppressed, so only what was given
+    lands in the namespace (abbreviations such as ``--dev`` included)."""
+    parser = build_parser()
+    _suppress_defaults(parser)
+    return frozenset(vars(parser.parse_args(argv)))
+
+
+def _suppress_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _suppress_defaults(sub)
+        elif action.option_strings:
+            action.default = argparse.SUPPRESS
+
+
+# Layouts whose shape fixes its own device count (plan.layout_shape), so --devices
+# would change nothing in them.
+_OWN_DEVICES = {Layout.LOOP: 2, Layout.OVERLAY: 1}
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """Refuse options out of range or unused by the mode of operation chosen, which
+    would otherwise be ignored without a word: ``--jobs`` below 0, an empty
+    ``--guest``, ``--max-paths`` without ``--export``, the built layouts' shape
+    (``--layout``, ``--devices``, ``--files``, ``--nested``) with ``--export``, and
+    ``--devices`` when every layout chosen fixes its own devices."""
+    given: frozenset[str] = getattr(args, "given", frozenset())
+    if "jobs" in given and args.jobs < 0:
+        raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
+                         hint="0 (the default) boots one guest per CPU, at most 4")
+    if "guest" in given and not all(
+            name.strip() for name in args.guest.split(",")):
+        raise UsageError(f"--guest {args.guest!r} names an empty recipe (an unset variable?)",
+                         hint="name recipes (see 'image list'), or leave --guest out for "
+                         "the default")
+    if args.command not in ("run", "reproduce"):
+        return
+    if args.export is not None:
+        shaped = [f"--{name}" for name in ("layout", "devices", "files", "nested")
+                  if name in given]
+        if shaped:
+            several = len(shaped) > 1
+            raise UsageError(f"{', '.join(shaped)} shape{'' if several else 's'} the built "
+                             f"layouts, and --export {args.export} checks your own tree "
+                             f"instead: {'they' if several else 'it'} would be ignored",
+                             hint=f"drop {' '.join(shaped)}, or drop --export")
+    elif "max_paths" in given:
+        raise UsageError("--max-paths limits the walk of --export, and no --export was given",
+                         hint="drop --max-paths, or add --export PATH")
+    if "devices" in given and args.export is None:
+        layouts = parse_layouts(args.layout) if args.command == "run" else (Layout(args.layout),)
+        if all(kind in _OWN_DEVICES for kind in layouts):
+            fixed = ", ".join(f"{kind.value} has {_OWN_DEVICES[kind]}" for kind in layouts)
+            raise UsageError(f"--devices {args.devices} is ignored by --layout "
+                             f"{','.join(k.value for k in layouts)} ({fixed} device(s) of "
+                             "its own)", hint="drop --devices, or choose the standard layout")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        _refuse_unused(args)
         if args.command == "image":
             return IMAGE_COMMANDS[args.image_command](args)
         return COMMANDS[args.command](args)

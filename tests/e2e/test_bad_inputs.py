@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import harness_argv
 from .leaks import Sandbox
 
 EXIT_ENVIRONMENT = 2
@@ -57,6 +58,40 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bind-without-control", ["run", "--no-control", "--checks", "bind"],
      "error: --checks bind with --modes remap,warn,forbid,default selects no rows: bind "
      "runs in the control guest, which --no-control leaves out"),
+    # Options out of range, empty, or unused by the mode of operation chosen: each was
+    # accepted and ignored (exit 0 after a whole run).
+    ("jobs-below-0", ["run", "--jobs", "-1"], "error: --jobs must be 0 or more, got -1"),
+    ("guest-empty", ["run", "--guest", ""],
+     "error: --guest '' names an empty recipe (an unset variable?)"),
+    ("guest-empty-in-a-list", ["run", "--guest", "debian-bookworm-x86_64,"],
+     "error: --guest 'debian-bookworm-x86_64,' names an empty recipe (an unset variable?)"),
+    ("exec-guest-empty", ["exec", "--guest", "", "--", "true"],
+     "error: --guest '' names an empty recipe (an unset variable?)"),
+    ("max-paths-without-export", ["run", "--max-paths", "5"],
+     "error: --max-paths limits the walk of --export, and no --export was given"),
+    ("export-with-layout", ["run", "--export", "{d}/tree", "--layout", "overlay"],
+     "error: --layout shapes the built layouts, and --export {d}/tree checks your own tree "
+     "instead: it would be ignored"),
+    ("export-with-devices-and-files", ["run", "--export", "{d}/tree", "--dev", "4",
+                                       "--files", "3"],
+     "error: --devices, --files shape the built layouts, and --export {d}/tree checks your "
+     "own tree instead: they would be ignored"),
+    ("reproduce-export-with-nested", ["reproduce", "--export", "{d}/tree", "--files", "2"],
+     "error: --files shapes the built layouts, and --export {d}/tree checks your own tree "
+     "instead: it would be ignored"),
+    ("reproduce-loop-with-devices", ["reproduce", "--layout", "loop", "--devices", "5"],
+     "error: --devices 5 is ignored by --layout loop (loop has 2 device(s) of its own)"),
+    ("run-fixed-layouts-with-devices", ["run", "--layout", "loop,overlay", "--devices", "5"],
+     "error: --devices 5 is ignored by --layout loop,overlay (loop has 2, overlay has 1 "
+     "device(s) of its own)"),
+]
+
+# (case id, environment, the whole error line) for ``run`` with no further options.
+ENV_CASES: list[tuple[str, dict[str, str], str]] = [
+    ("cache-dir-empty", {"MDH_CACHE_DIR": ""},
+     "error: MDH_CACHE_DIR is set to nothing (an unset variable?)"),
+    ("home-empty", {"HOME": "", "XDG_CACHE_HOME": ""},
+     "error: HOME is set to nothing, so the cache would be /.cache"),
 ]
 
 
@@ -65,10 +100,12 @@ def _filled(text: str, d: Path) -> str:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("args", "line"), [(a, line) for _, a, line in CASES],
-                         ids=[case for case, _, _ in CASES])
+@pytest.mark.parametrize(("args", "line", "env"),
+                         [(a, line, {}) for _, a, line in CASES]
+                         + [(["run"], line, env) for _, env, line in ENV_CASES],
+                         ids=[case for case, _, _ in CASES] + [case for case, _, _ in ENV_CASES])
 def test_a_bad_input_is_exit_2_and_one_error_line(tmp_path: Path, args: list[str],
-                                                  line: str) -> None:
+                                                  line: str, env: dict[str, str]) -> None:
     world = tmp_path / "world"
     world.mkdir()
     _world(world)
@@ -77,7 +114,10 @@ def test_a_bad_input_is_exit_2_and_one_error_line(tmp_path: Path, args: list[str
     if argv[0] == "run":
         argv[1:1] = ["--accel", "tcg"]
     started = time.monotonic()
-    result = sandbox.run(argv, timeout=40)
+    # The environment cases judge the cache's own variables: none comes from ours.
+    result = sandbox.run(argv, timeout=40, env=env,
+                         argv=["env", "-u", "MDH_CACHE_DIR", *harness_argv(*argv)]
+                         if env and "MDH_CACHE_DIR" not in env else None)
     assert time.monotonic() - started < 20, "a bad input needs no guest"
     err = result.stderr
     assert result.returncode == EXIT_ENVIRONMENT, f"rc {result.returncode}\n{err}"
