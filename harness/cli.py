@@ -251,10 +251,13 @@ def _export_layout(args: argparse.Namespace) -> ExportLayout | None:
     a file or an unreadable directory exits 2 with one line."""
     if args.export is None:
         return None
-    from .host.walk import resolve_tree
+    from .host.walk import refuse_larger, resolve_tree
 
+    source = resolve_tree(args.export)
+    if args.max_paths >= 1:  # below that, ExportLayout refuses the number itself
+        refuse_larger(source, args.max_paths, "--export")
     return ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT,
-                        source=resolve_tree(args.export), max_paths=args.max_paths)
+                        source=source, max_paths=args.max_paths)
 
 
 def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -58,6 +58,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bind-without-control", ["run", "--no-control", "--checks", "bind"],
      "error: --checks bind with --modes remap,warn,forbid,default selects no rows: bind "
      "runs in the control guest, which --no-control leaves out"),
+    # Was an ERROR row naming the harness's bind of the tree in its cache, not the
+    # user's path, and no error line.
+    ("export-over-max-paths", ["run", "--export", "{d}/tree", "--max-paths", "1"],
+     "error: --export {d}/tree holds more than 1 paths"),
+    ("reproduce-export-over-max-paths",
+     ["reproduce", "--export", "{d}/tree", "--max-paths", "1"],
+     "error: --export {d}/tree holds more than 1 paths"),
+    ("export-max-paths-0", ["run", "--export", "{d}/tree", "--max-paths", "0"],
+     "error: --max-paths must be at least 1, got 0"),
     # Options out of range, empty, or unused by the mode of operation chosen: each was
     # accepted and ignored (exit 0 after a whole run).
     ("jobs-below-0", ["run", "--jobs", "-1"], "error: --jobs must be 0 or more, got -1"),
