@@ -541,9 +541,40 @@ COMMANDS = {
 }
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every context manager cleans up.
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT or SIGTERM) stopping the command: it unwinds like Ctrl-C, so
+    every context manager cleans up, and the exit status is 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class _Stopper:
+    """The handler of SIGINT and SIGTERM: the first raises Interrupted in the main
+    thread; later ones only say that the stop is under way.  A second exception would
+    land in the cleanup itself (between cancelling the workers and killing the
+    guests), leaving guests to run on while the main thread waits for them."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # os.write: the print machinery may be mid-write in the main thread, and a
+            # buffered write from a handler would raise there ("reentrant call").
+            with contextlib.suppress(OSError):
+                os.write(2, f"[multidevs-harness] signal {signum} again: already "
+                         "stopping\n".encode())
+            return
+        self.signum = signum
+        raise Interrupted(signum)
+
+
+def _on_signals() -> None:
+    stopper = _Stopper()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stopper)
 
 
 def bisect_code(code: int) -> int:
@@ -637,7 +668,7 @@ def _refuse_unused(args: argparse.Namespace) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    _on_signals()
     try:
         _refuse_unused(args)
         if args.command == "image":
@@ -646,9 +677,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         say(f"error: {exc}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        say("interrupted: guests stopped, mounts and temporary files removed", err=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        # 128 + the signal, as a shell reports a command a signal ended: 130 for
+        # SIGINT (Ctrl-C), 143 for SIGTERM.
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        say(f"interrupted ({signal.Signals(signum).name}): guests stopped, mounts and "
+            "temporary files removed", err=True)
+        return 128 + signum
     except Exception as exc:
         # Not an error the harness raised on purpose: a bug of its own, or the host
         # failing under it.  Either way the check could not run: exit 2 (125 under

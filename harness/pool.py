@@ -90,6 +90,12 @@ class Backend(Protocol):
         ...
 
 
+class RunStopped(KeyboardInterrupt):
+    """Raised in a worker that was about to boot a guest or start an observation after
+    the run was interrupted: a KeyboardInterrupt, so no handler of the guest's work
+    turns it into rows, and the main thread, already unwinding, ignores it."""
+
+
 class LiveGuests:
     """Guests currently running, so Ctrl-C in the main thread can stop them all."""
 
@@ -109,6 +115,15 @@ class LiveGuests:
             stopping = self._stopping
         if stopping:
             guest.kill()
+
+    def going(self) -> None:
+        """Raise RunStopped once ``kill_all`` ran: after a signal, no worker boots a new
+        guest or starts a new observation (it would run for seconds while the main
+        thread waits for it)."""
+        with self._lock:
+            stopping = self._stopping
+        if stopping:
+            raise RunStopped()
 
     def discard(self, guest: Guest) -> None:
         with self._lock:
@@ -207,6 +222,7 @@ def _observe(
     observed = []
     try:
         for item, export, spec in exports:
+            run.live.going()
             before, started = len(guest.stderr_text()), time.monotonic()
             family = FAMILIES[item.check]
             seen = family.observe(guest, spec, export, item)
@@ -331,6 +347,7 @@ def _known(run: RunContext, plan: ExportPlan,
 
 
 def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
+    run.live.going()
     with ExitStack() as stack:
         exports, failed = _build_exports(run, stack, plan)
         rows = [row for item, exc in failed for row in unobserved_rows(
@@ -340,6 +357,7 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         if not exports:
             return rows
         _require_modules(run, plan)
+        run.live.going()
         guest = stack.enter_context(
             run.backend.start(plan, [spec for _, _, spec in exports], log_dir))
         run.live.add(guest)
