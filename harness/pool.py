@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
@@ -87,6 +87,16 @@ class Backend(Protocol):
 
     def extra_rows(self, log_root: Path) -> list[ResultRow]:
         """Checks of the backend itself, run after the guests (libvirt's refusals)."""
+        ...
+
+
+@runtime_checkable
+class OwnStderr(Protocol):
+    """A guest that knows which stretches of QEMU's stderr a failed action of the
+    harness's own wrote (``qemu.machine.Machine``'s failed state save)."""
+
+    @property
+    def own_stderr(self) -> Sequence[slice]:
         ...
 
 
@@ -282,7 +292,10 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     stderr = guest.stderr_text()
     live = run.backend.live_stderr
     end = qemu_end(guest)
-    outside = _outside(stderr, [o.stderr for o in observed],
+    # What QEMU wrote while failing an action of the harness's own (a state save) was
+    # quoted in that action's warning: a host fault, not the exports' to be judged on.
+    own = list(guest.own_stderr) if isinstance(guest, OwnStderr) else []
+    outside = _outside(stderr, [o.stderr for o in observed] + own,
                        end.stderr_from if end else 0) if live else ""
     # QEMU's own end and its trouble outside every observation concern every row.
     shared = end_failures(end) + stderr_trouble(outside, "outside every observation")
