@@ -49,6 +49,14 @@ if TYPE_CHECKING:
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
 
+# exec's exit status, in its --help and the README.  Passed through as ssh does, so a
+# script can ask the guest a question (exec -- test -e /x); exec judges nothing, so
+# there is no finding its 1 could be mistaken for.
+EXEC_STATUS = ("exit status: the guest command's own (as ssh: 0-255, 255 if a signal ended "
+               "it); exec judges nothing, so 1 is the command's, never a finding. When the "
+               "guest cannot boot or be reached, 2 with one 'error:' line, which tells it "
+               "from a command that exits 2 itself.")
+
 # Each command imports what it needs inside its function: ``--help`` and ``exec`` should
 # not wait for the verdicts, the report writers or the SSH client to load.
 
@@ -326,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
     probe.add_argument("--json", action="store_true")
 
-    exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down")
+    exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down",
+                           epilog=EXEC_STATUS)
     _add_machine_options(exec_)
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
