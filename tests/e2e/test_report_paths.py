@@ -18,6 +18,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import stat
 import subprocess
 import threading
@@ -132,6 +133,34 @@ def test_a_fifo_carries_the_report_and_stays_a_fifo(tmp_path: Path) -> None:
     assert received and json.loads(received[0]) == UNRUN
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.fifo", "sandbox"]
+    sandbox.assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_a_listening_socket_gets_the_report_and_stays_a_socket(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    path = tmp_path / "collector.sock"
+    received: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(os.fspath(path))
+        server.listen(1)
+        server.settimeout(30)
+
+        def collect() -> None:
+            with server.accept()[0] as peer:
+                chunks = []
+                while chunk := peer.recv(65536):
+                    chunks.append(chunk)
+                received.append(b"".join(chunks))
+
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
+        result = sandbox.run(["run", "--accel", "tcg", "--qemu", MISSING_QEMU, "--json",
+                              str(path)], timeout=40)
+        collector.join(timeout=10)
+    assert _one_error_line(result) == f"error: {UNRUN['error']}"
+    assert received and json.loads(received[0]) == UNRUN
+    assert stat.S_ISSOCK(path.lstat().st_mode)
     sandbox.assert_clean()
 
 
