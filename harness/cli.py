@@ -49,6 +49,14 @@ if TYPE_CHECKING:
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
 
+# exec's exit status, in its --help and the README.  Passed through as ssh does, so a
+# script can ask the guest a question (exec -- test -e /x); exec judges nothing, so
+# there is no finding its 1 could be mistaken for.
+EXEC_STATUS = ("exit status: the guest command's own (as ssh: 0-255, 255 if a signal ended "
+               "it); exec judges nothing, so 1 is the command's, never a finding. When the "
+               "guest cannot boot or be reached, 2 with one 'error:' line, which tells it "
+               "from a command that exits 2 itself.")
+
 # Each command imports what it needs inside its function: ``--help`` and ``exec`` should
 # not wait for the verdicts, the report writers or the SSH client to load.
 
@@ -115,6 +123,15 @@ def _given(text: str) -> str:
         raise argparse.ArgumentTypeError("empty value (an unset variable?); give a path "
                                          "or leave the option out for the default")
     return text
+
+
+def _report_path(text: str) -> Path:
+    """A report's file (``-``: stdout); a path ending in ``/`` names a directory
+    (``--json out/``), which would otherwise become a file called ``out``."""
+    if _given(text).endswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} names a directory; give the report's "
+                                         "file name (e.g. out/run.json)")
+    return Path(text)
 
 
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
@@ -207,15 +224,19 @@ def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                       help="write the grid as a Markdown table (a CI step summary)")
 
 
+def _add_datadir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--qemu-datadir", type=_path, action="append", default=[],
+                        help="a firmware directory of QEMU's (one -L each, searched in the "
+                        "order given; repeat for several); default: a pc-bios/ beside a "
+                        "binary outside the system prefix, or its prefix's share/qemu, "
+                        "share/seabios and lib/ipxe/qemu")
+
+
 def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``run``: the main job's options."""
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
     _add_machine_options(run, several_qemus=True)
-    run.add_argument("--qemu-datadir", type=_path, action="append", default=[],
-                     help="a firmware directory of QEMU's (one -L each, searched in the "
-                     "order given; repeat for several); default: a pc-bios/ beside a "
-                     "binary outside the system prefix, or its prefix's share/qemu, "
-                     "share/seabios and lib/ipxe/qemu")
+    _add_datadir_option(run)
     run.add_argument(
         "--modes",
         default=",".join(m.value for m in ALL_MODES),
@@ -258,8 +279,10 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=_path, help="write the JSON report here")
-    run.add_argument("--junit", type=_path, help="write JUnit XML here")
+    run.add_argument("--json", type=_report_path,
+                     help="write the JSON report here ('-': stdout; a device or pipe is "
+                     "written through)")
+    run.add_argument("--junit", type=_report_path, help="write JUnit XML here (as --json)")
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
     _add_export_options(run)
@@ -283,10 +306,13 @@ def _export_layout(args: argparse.Namespace) -> ExportLayout | None:
     a file or an unreadable directory exits 2 with one line."""
     if args.export is None:
         return None
-    from .host.walk import resolve_tree
+    from .host.walk import refuse_larger, resolve_tree
 
+    source = resolve_tree(args.export)
+    if args.max_paths >= 1:  # below that, ExportLayout refuses the number itself
+        refuse_larger(source, args.max_paths, "--export")
     return ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT,
-                        source=resolve_tree(args.export), max_paths=args.max_paths)
+                        source=source, max_paths=args.max_paths)
 
 
 def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -356,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
     probe.add_argument("--json", action="store_true")
 
-    exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down")
+    exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down",
+                           epilog=EXEC_STATUS)
     _add_machine_options(exec_)
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
@@ -502,10 +529,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(rep.summary_line(result))
     if args.json:
         rep.write_json(rep.to_json(result), args.json)
-        progress(f"JSON report: {args.json}")
+        progress(f"JSON report: {_shown(args.json)}")
     if args.junit:
         rep.write_junit(result, args.junit)
-        progress(f"JUnit report: {args.junit}")
+        progress(f"JUnit report: {_shown(args.junit)}")
     return result.exit_code
 
 
@@ -539,6 +566,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return grid_exit_code(cells)
 
 
+def _shown(path: Path) -> str:
+    from .report import is_stdout
+
+    return "stdout" if is_stdout(path) else str(path)
+
+
 def _checked_run(options: RunOptions, json_path: Path | None,
                  junit_path: Path | None) -> RunResults:
     """``run_checks`` with its report paths checked before anything boots; a run that
@@ -546,16 +579,40 @@ def _checked_run(options: RunOptions, json_path: Path | None,
     from . import report as rep
     from .run import run_checks
 
-    for path, option in ((json_path, "--json"), (junit_path, "--junit")):
-        if path is not None:
-            rep.check_destination(path, option)
+    rep.check_destinations(
+        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path))
+         if path is not None], _run_inputs(options))
     try:
         return run_checks(options, progress=progress)
     except Exception as exc:
         reason = exc.message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, HarnessError):
             rep.write_unrun(reason, json_path, junit_path)
         raise
+
+
+def _run_inputs(options: RunOptions) -> list[tuple[str, Path]]:
+    """The files and trees a run reads, by option, that no report may replace or
+    write into: each QEMU (the default one too: $MDH_QEMU or the one on PATH), the
+    kernel, its modules tree, the known-issues list, virtiofsd and the ``--export``
+    tree."""
+    import shutil
+
+    from .qemu.probe import DEFAULT_QEMU
+
+    inputs: list[tuple[str, Path]] = []
+    for qemu in options.qemus or (os.environ.get("MDH_QEMU") or DEFAULT_QEMU,):
+        found = shutil.which(qemu)
+        if found is not None:
+            inputs.append(("--qemu", Path(found)))
+    machine = options.machine
+    export = options.export.source if options.export is not None else None
+    for option, path in (("--kernel", machine.kernel), ("--modules", machine.modules),
+                         ("--known-issues", options.known_issues),
+                         ("--virtiofsd", machine.virtiofsd), ("--export", export)):
+        if path is not None:
+            inputs.append((option, path))
+    return inputs
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -601,9 +658,40 @@ COMMANDS = {
 }
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every context manager cleans up.
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT or SIGTERM) stopping the command: it unwinds like Ctrl-C, so
+    every context manager cleans up, and the exit status is 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class _Stopper:
+    """The handler of SIGINT and SIGTERM: the first raises Interrupted in the main
+    thread; later ones only say that the stop is under way.  A second exception would
+    land in the cleanup itself (between cancelling the workers and killing the
+    guests), leaving guests to run on while the main thread waits for them."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # os.write: the print machinery may be mid-write in the main thread, and a
+            # buffered write from a handler would raise there ("reentrant call").
+            with contextlib.suppress(OSError):
+                os.write(2, f"[multidevs-harness] signal {signum} again: already "
+                         "stopping\n".encode())
+            return
+        self.signum = signum
+        raise Interrupted(signum)
+
+
+def _on_signals() -> None:
+    stopper = _Stopper()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stopper)
 
 
 def bisect_code(code: int) -> int:
@@ -630,13 +718,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code == EXIT_ERROR and "--bisect" in given:
             return bisect_code(EXIT_ERROR)
         raise
+    args.given = _given_options(sys.argv[1:] if argv is None else list(argv))
     code = _dispatch(args)
     return bisect_code(code) if getattr(args, "bisect", False) else code
 
 
+def _given_options(argv: Sequence[str]) -> frozenset[str]:
+    """The options the command line gave (their dests), told apart from defaults: the
+    same parser again with every option's default suppressed, so only what was given
+    lands in the namespace (abbreviations such as ``--dev`` included)."""
+    parser = build_parser()
+    _suppress_defaults(parser)
+    return frozenset(vars(parser.parse_args(argv)))
+
+
+def _suppress_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _suppress_defaults(sub)
+        elif action.option_strings:
+            action.default = argparse.SUPPRESS
+
+
+# Layouts whose shape fixes its own device count (plan.layout_shape), so --devices
+# would change nothing in them.
+_OWN_DEVICES = {Layout.LOOP: 2, Layout.OVERLAY: 1}
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """Refuse options out of range or unused by the mode of operation chosen, which
+    would otherwise be ignored without a word: ``--jobs`` below 0, an empty
+    ``--guest``, ``--max-paths`` without ``--export``, the built layouts' shape
+    (``--layout``, ``--devices``, ``--files``, ``--nested``) with ``--export``, and
+    ``--devices`` when every layout chosen fixes its own devices."""
+    given: frozenset[str] = getattr(args, "given", frozenset())
+    if "jobs" in given and args.jobs < 0:
+        raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
+                         hint="0 (the default) boots one guest per CPU, at most 4")
+    if "guest" in given and not all(
+            name.strip() for name in args.guest.split(",")):
+        raise UsageError(f"--guest {args.guest!r} names an empty recipe (an unset variable?)",
+                         hint="name recipes (see 'image list'), or leave --guest out for "
+                         "the default")
+    if args.command not in ("run", "reproduce"):
+        return
+    if args.export is not None:
+        shaped = [f"--{name}" for name in ("layout", "devices", "files", "nested")
+                  if name in given]
+        if shaped:
+            several = len(shaped) > 1
+            raise UsageError(f"{', '.join(shaped)} shape{'' if several else 's'} the built "
+                             f"layouts, and --export {args.export} checks your own tree "
+                             f"instead: {'they' if several else 'it'} would be ignored",
+                             hint=f"drop {' '.join(shaped)}, or drop --export")
+    elif "max_paths" in given:
+        raise UsageError("--max-paths limits the walk of --export, and no --export was given",
+                         hint="drop --max-paths, or add --export PATH")
+    if "devices" in given and args.export is None:
+        layouts = parse_layouts(args.layout) if args.command == "run" else (Layout(args.layout),)
+        if all(kind in _OWN_DEVICES for kind in layouts):
+            fixed = ", ".join(f"{kind.value} has {_OWN_DEVICES[kind]}" for kind in layouts)
+            raise UsageError(f"--devices {args.devices} is ignored by --layout "
+                             f"{','.join(k.value for k in layouts)} ({fixed} device(s) of "
+                             "its own)", hint="drop --devices, or choose the standard layout")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    _on_signals()
     try:
+        _refuse_unused(args)
         if args.command == "image":
             return IMAGE_COMMANDS[args.image_command](args)
         if args.command == "qemu":
@@ -645,9 +796,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         say(f"error: {exc}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        say("interrupted: guests stopped, mounts and temporary files removed", err=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        # 128 + the signal, as a shell reports a command a signal ended: 130 for
+        # SIGINT (Ctrl-C), 143 for SIGTERM.
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        say(f"interrupted ({signal.Signals(signum).name}): guests stopped, mounts and "
+            "temporary files removed", err=True)
+        return 128 + signum
     except Exception as exc:
         # Not an error the harness raised on purpose: a bug of its own, or the host
         # failing under it.  Either way the check could not run: exit 2 (125 under

@@ -81,6 +81,10 @@ class KernelModulesMismatch(HarnessError):
         self.modules = modules
 
 
+class ReportWriteError(HarnessError):
+    """A report (``--json``, ``--junit``) could not be written where it was asked for."""
+
+
 class CacheDirError(HarnessError):
     """The image cache or log directory cannot be written."""
 

@@ -29,11 +29,14 @@ def read_input(path: Path, option: str, hint: str, limit: int = -1) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise UsageError(f"{option} {path}: {exc.strerror}", hint=hint) from exc
+    # fstat before fdopen: Python refuses to wrap a directory (IsADirectoryError),
+    # which would reach the user as a fault of the harness instead of this line.
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise UsageError(f"{option} {path} is {kind}, not a regular file", hint=hint)
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise UsageError(f"{option} {path} is {kind}, not a regular file", hint=hint)
         try:
             return handle.read(limit)
         except OSError as exc:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import CacheDirError
+
 # Below the cache root.
 STATES = "states"  # saved guest states (boot by restore)
 SCRATCH = "exports"  # anchor of the per-namespace scratch tmpfs (see host.export)
@@ -24,12 +26,22 @@ REMEMBERED = "remembered"  # QEMU probe answers and KVM liveness (qemu.remembere
 
 
 def cache_root() -> Path:
-    """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/..."""
+    """$MDH_CACHE_DIR, else $XDG_CACHE_HOME/multidevs-harness, else ~/.cache/...
+
+    A variable set to nothing (an unset CI variable passed on) is refused, as an
+    empty ``--qemu`` is: ``MDH_CACHE_DIR=''`` would quietly mean the default cache
+    and ``HOME=''`` a cache at ``/.cache``."""
     env = os.environ.get("MDH_CACHE_DIR")
+    if env is not None and not env.strip():
+        raise CacheDirError("MDH_CACHE_DIR is set to nothing (an unset variable?)",
+                            hint="unset it for the default cache, or name a directory")
     if env:
         return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "multidevs-harness"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if not xdg and not os.environ.get("HOME", "unset").strip():
+        raise CacheDirError("HOME is set to nothing, so the cache would be /.cache",
+                            hint="set HOME, or name the cache with MDH_CACHE_DIR")
+    return Path(xdg or str(Path.home() / ".cache")) / "multidevs-harness"
 
 
 def states_dir(root: Path | None = None) -> Path:

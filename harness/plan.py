@@ -490,3 +490,37 @@ def _passes(export: ExportPlan, options: RunOptions) -> int:
 def default_jobs() -> int:
     """Guests booted at once: one per CPU (TCG keeps one core busy per guest), at most 4."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def refuse_empty_selection(options: RunOptions) -> None:
+    """Refuse (UsageError, before anything is probed or booted) a selection that plans
+    no row at all: each family asked is named with why it got none, e.g. the modes it
+    runs under, instead of a run that ends in "0/0 rows passed"."""
+    if plan_run(options, live_stderr=True).guests:
+        return
+    checks, skipped = checks_for(options.via, options.checks)
+    modes = ",".join(m.value for m in options.modes)
+    reasons = [f"--via {options.via.value} cannot run {check} (QEMU starts in a mount "
+               "namespace of its own, which host mounts made later never reach)"
+               for check in skipped]
+    reasons += [_why_no_rows(check, options, modes) for check in checks]
+    raise UsageError(f"--checks {','.join(c.value for c in options.checks)} with --modes "
+                     f"{modes} selects no rows: " + "; ".join(reasons),
+                     hint="widen --modes or --checks as named above")
+
+
+def _why_no_rows(check: Check, options: RunOptions, modes: str) -> str:
+    """Why family ``check`` planned no row under ``options`` (one clause)."""
+    if Layout.EXPORT in options.layouts and check not in READ_ONLY_CHECKS:
+        return (f"{check} writes into the export and an --export tree is never written "
+                f"(over --export only {','.join(c.value for c in READ_ONLY_CHECKS)} runs)")
+    if Transport.NINEP not in options.transports and check is not Check.IDS \
+            and check not in VIRTIOFS_FAMILIES:
+        return f"{check} runs over 9p only, and --transport is virtiofs"
+    if check in _ONE_MODE:
+        return f"{check} runs under {_ONE_MODE[check]} only, not under {modes}"
+    if check is Check.BIND and not options.control:
+        return "bind runs in the control guest, which --no-control leaves out"
+    if check is not Check.IDS and options.layout.devices < 2:
+        return f"{check} runs on a multi-device export, and --devices is 1"
+    return f"{check} runs under {','.join(m.value for m in Mode)}, and plans no row here"

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
@@ -119,6 +119,22 @@ class OwnOptionNotices:
             return tuple(self._lines)
 
 
+@runtime_checkable
+class OwnStderr(Protocol):
+    """A guest that knows which stretches of QEMU's stderr a failed action of the
+    harness's own wrote (``qemu.machine.Machine``'s failed state save)."""
+
+    @property
+    def own_stderr(self) -> Sequence[slice]:
+        ...
+
+
+class RunStopped(KeyboardInterrupt):
+    """Raised in a worker that was about to boot a guest or start an observation after
+    the run was interrupted: a KeyboardInterrupt, so no handler of the guest's work
+    turns it into rows, and the main thread, already unwinding, ignores it."""
+
+
 class LiveGuests:
     """Guests currently running, so Ctrl-C in the main thread can stop them all."""
 
@@ -138,6 +154,15 @@ class LiveGuests:
             stopping = self._stopping
         if stopping:
             guest.kill()
+
+    def going(self) -> None:
+        """Raise RunStopped once ``kill_all`` ran: after a signal, no worker boots a new
+        guest or starts a new observation (it would run for seconds while the main
+        thread waits for it)."""
+        with self._lock:
+            stopping = self._stopping
+        if stopping:
+            raise RunStopped()
 
     def discard(self, guest: Guest) -> None:
         with self._lock:
@@ -238,6 +263,7 @@ def _observe(
     observed = []
     try:
         for item, export, spec in exports:
+            run.live.going()
             before, started = len(guest.stderr_text()), time.monotonic()
             family = FAMILIES[item.check]
             seen = family.observe(guest, spec, export, item)
@@ -298,7 +324,10 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     run.notices.add(stderr, run.progress)
     live = run.backend.live_stderr
     end = qemu_end(guest)
-    outside = _outside(stderr, [o.stderr for o in observed],
+    # What QEMU wrote while failing an action of the harness's own (a state save) was
+    # quoted in that action's warning: a host fault, not the exports' to be judged on.
+    own = list(guest.own_stderr) if isinstance(guest, OwnStderr) else []
+    outside = _outside(stderr, [o.stderr for o in observed] + own,
                        end.stderr_from if end else 0) if live else ""
     # QEMU's own end and its trouble outside every observation concern every row.
     shared = end_failures(end) + stderr_trouble(outside, "outside every observation")
@@ -363,6 +392,7 @@ def _known(run: RunContext, plan: ExportPlan,
 
 
 def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
+    run.live.going()
     with ExitStack() as stack:
         exports, failed = _build_exports(run, stack, plan)
         rows = [row for item, exc in failed for row in unobserved_rows(
@@ -372,6 +402,7 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         if not exports:
             return rows
         _require_modules(run, plan)
+        run.live.going()
         guest = stack.enter_context(
             run.backend.start(plan, [spec for _, _, spec in exports], log_dir))
         run.live.add(guest)

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
+import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import Transport
-from .errors import UsageError
+from .errors import ReportWriteError, UsageError
 from .results import EXIT_ERROR, EnvironmentRecord, ResultRow, RunResults
 from .verdicts.common import Status, Verdict
 from .verdicts.ids import IdsVerdict, ids_verdict
@@ -277,33 +281,162 @@ def to_json(report: RunResults) -> dict[str, Any]:
 def check_destination(path: Path, option: str) -> None:
     """Refuse a report path that cannot be written, before anything boots (exit 2).
 
-    Found only after the run, the report would be lost with the run's work.  The
-    parents are made now (the writers would make them anyway) and a file is created
-    and removed beside the report, since the writers replace it atomically.
+    Found only after the run, the report would be lost with the run's work.  A
+    directory is refused.  A device or pipe (``/dev/null``, ``>(jq .)``) must be
+    writable, as the report is written through it.  Otherwise the parents are made now
+    (the writers would make them anyway) and a file is created and removed beside the
+    report, since the writers replace it atomically.
     """
     import tempfile
 
+    if is_stdout(path):
+        return
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+        if _streamed(path):
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            return
+        target = _regular_target(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}."):
             pass
     except OSError as exc:
         raise UsageError(f"{option} {path} cannot be written: {exc.strerror}",
                          hint=f"pass {option} a file in a writable directory") from exc
 
 
+def check_destinations(reports: Sequence[tuple[str, Path]],
+                       inputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse, before anything boots (exit 2), report paths that are no report's place:
+    each as ``check_destination``; a path that is also another report's (one would
+    overwrite the other), or that is one of the run's inputs or under one (``inputs``:
+    option and path, e.g. ``--kernel``, the ``--export`` tree): the report would
+    replace the kernel, the known-issues list, QEMU itself or a file of the tree under
+    test.  A character device (``/dev/null``, stdout's terminal) is exempt, since a
+    report is written through it and never replaces it.
+    """
+    placed: list[tuple[str, Path]] = []
+    for option, path in reports:
+        if _is_char_device(path):
+            check_destination(path, option)
+            continue
+        for other_option, other in placed:
+            if _same_file(path, other):
+                raise UsageError(f"{option} {path} is also the {other_option} report's path; "
+                                 "one report would overwrite the other",
+                                 hint=f"give {option} and {other_option} a file each")
+        for input_option, source in inputs:
+            if _same_file(path, source) or _under(path, source):
+                raise UsageError(f"{option} {path} is "
+                                 f"{'under ' if _under(path, source) else ''}the "
+                                 f"{input_option} this run reads; the report would "
+                                 f"{'write into' if _under(path, source) else 'replace'} it",
+                                 hint=f"pass {option} a file of its own")
+        # Last: it makes the report's parent directories.
+        check_destination(path, option)
+        placed.append((option, path))
+
+
+def is_stdout(path: Path) -> bool:
+    """True if ``path`` means the harness's own stdout: ``-``, ``/dev/stdout``, or any
+    name of the file descriptor 1 has open.  A report there is printed: opening the
+    name would truncate a redirected file, replacing it would detach the redirection."""
+    if str(path) in ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        return True
+    try:
+        mine, named = os.fstat(1), path.stat()
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _streamed(path: Path) -> bool:
+    """True if ``path`` exists and is neither a regular file nor a directory (a device,
+    a FIFO, a pipe's /dev/fd entry): a report goes through it, it is never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _regular_target(path: Path) -> Path:
+    """The file a report at ``path`` replaces: a symbolic link's target, so the link
+    goes on naming the report instead of being turned into a file."""
+    return Path(os.path.realpath(path))
+
+
+def _under(path: Path, tree: Path) -> bool:
+    """True if ``path`` lies inside the directory ``tree`` (symbolic links resolved)."""
+    return os.path.realpath(path).startswith(os.path.realpath(tree).rstrip("/") + "/")
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """The same file by either name: one resolved path, or one inode (a hard link)."""
+    if os.path.realpath(one) == os.path.realpath(other) or is_stdout(one) and is_stdout(other):
+        return True
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
 def _write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a file beside it: a reader (or a run killed
-    mid-write) never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    mid-write) never leaves half a report.  A device or pipe is written through
+    instead: replacing ``/dev/null`` would leave a regular file in its place.  A
+    failure (``/dev/full``, a disk filled during the run) is ours to say, not a fault."""
+    try:
+        _write_to(path, data)
+    except OSError as exc:
+        raise ReportWriteError(f"the report {path} could not be written: {exc.strerror}",
+                               hint="the table above holds the rows; pass a path on a "
+                               "filesystem with room (or a device that takes writes)") from exc
+
+
+def _write_to(path: Path, data: bytes) -> None:
+    if is_stdout(path):
+        _print(data)
+        return
+    if _streamed(path):
+        if stat.S_ISSOCK(path.stat().st_mode):
+            # A listening socket (a log collector's) takes the report as one stream.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.connect(os.fspath(path))
+                peer.sendall(data)
+            return
+        with path.open("wb") as stream:
+            stream.write(data)
+        return
+    target = _regular_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         partial.write_bytes(data)
-        partial.replace(path)
+        partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _print(data: bytes) -> None:
+    # Straight to descriptor 1, after whatever was printed before; a reader that went
+    # away takes the report and nothing else (as the CLI's own printing).
+    sys.stdout.flush()
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(1, view):]
+    except BrokenPipeError:
+        pass
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

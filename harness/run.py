@@ -22,7 +22,15 @@ from .host.namespace import enter_private_namespace
 from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
-from .plan import VIRTIOFS_FAMILIES, GuestPlan, RunOptions, default_jobs, plan_run, row_rank
+from .plan import (
+    VIRTIOFS_FAMILIES,
+    GuestPlan,
+    RunOptions,
+    default_jobs,
+    plan_run,
+    refuse_empty_selection,
+    row_rank,
+)
 from .pool import (
     Backend,
     LiveGuests,
@@ -136,6 +144,7 @@ def run_checks(
     Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
+    refuse_empty_selection(options)
     known = load_known_issues(options.known_issues)
     _virtiofs_scope(options, progress)
     if options.via is Via.LIBVIRT:

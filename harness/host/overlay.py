@@ -29,6 +29,7 @@ from .build import (
     work_dir,
     write_file,
 )
+from .namespace import in_user_namespace
 from .truth import LINK_A, LINK_B, TWIN_EPOCH, XINO_LOW_BIT, Export, ExportDevice
 
 UPPER = "up"
@@ -37,6 +38,11 @@ LOWERS = ("l1", "l2", "l3")
 # (file handles, xattrs) than every kernel's tmpfs has, and that a kernel's defaults
 # (module parameters) might switch on; the layout needs none of them.
 OVERLAY_OPTIONS = "xino=on,index=off,redirect_dir=off,metacopy=off"
+# In a user namespace (a rootless run) overlayfs refuses redirect_dir=off (EPERM) and
+# wants its own metadata in user.* xattrs, the kernel log says ("try mounting with
+# 'userxattr' option"); redirect_dir is then nofollow, which makes no redirect either.
+# Measured on Linux 6.18 in unshare -Urm: these options mount, with the same layer bits.
+USER_NAMESPACE_OVERLAY_OPTIONS = "xino=on,index=off,metacopy=off,userxattr"
 # On every layer: the layer's tree and the workdir overlayfs needs beside the upper.
 # The lowers get an unused work dir too, so every layer numbers its inodes alike.
 _DATA = "data"
@@ -84,15 +90,19 @@ def _fill_layer(ctx: BuildContext, base: Path, dirname: str, links: bool) -> Pat
     return data
 
 
-def _options(upper: Path, lowers: list[Path]) -> str:
+def overlay_options(user_namespace: bool) -> str:
+    """The overlay's own mount options: a user namespace (rootless) takes other ones."""
+    return USER_NAMESPACE_OVERLAY_OPTIONS if user_namespace else OVERLAY_OPTIONS
+
+
+def _options(upper: Path, lowers: list[Path], own: str) -> str:
     paths = [upper, upper.parent / _WORK, *lowers]
     unsafe = [p for p in paths if _UNSAFE & set(os.fspath(p))]
     if unsafe:
         raise ExportError(f"overlay layer path {unsafe[0]} has a ',', ':' or '\\'",
                           hint="set MDH_CACHE_DIR (or TMPDIR) to a plainer directory")
     lowerdir = ":".join(os.fspath(p) for p in lowers)
-    return (f"lowerdir={lowerdir},upperdir={upper},workdir={upper.parent / _WORK},"
-            f"{OVERLAY_OPTIONS}")
+    return f"lowerdir={lowerdir},upperdir={upper},workdir={upper.parent / _WORK},{own}"
 
 
 def _check_xino(target: Path, lowers: list[Path], st_dev: int) -> list[int]:
@@ -132,7 +142,12 @@ def mount_overlay(ctx: BuildContext, target: Path) -> int:
     upper = _fill_layer(ctx, base, UPPER, links=False)
     lowers = [_fill_layer(ctx, base, name, links=index == 0)
               for index, name in enumerate(LOWERS)]
-    st_dev = mount_filesystem(ctx, "overlay", target, "overlay", _options(upper, lowers))
+    user_namespace = in_user_namespace()
+    if user_namespace:
+        ctx.progress(f"overlay: in a user namespace, mounted with "
+                     f"{USER_NAMESPACE_OVERLAY_OPTIONS} (redirect_dir=off is refused there)")
+    st_dev = mount_filesystem(ctx, "overlay", target, "overlay",
+                              _options(upper, lowers, overlay_options(user_namespace)))
     added = _check_xino(target, lowers, st_dev)
     ctx.progress("overlay: lower layers' inode numbers carry "
                  + ", ".join(f"{name} +{bits:#x}" for name, bits in zip(LOWERS, added,

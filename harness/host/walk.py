@@ -84,6 +84,10 @@ def resolve_tree(path: Path) -> Path:
         st = os.stat(resolved)
     except OSError as exc:
         raise TreeError(f"{path}: {_errno_text(exc)}; pass an existing directory") from exc
+    except RuntimeError as exc:
+        # Python before 3.13 reports a loop of symbolic links so, not as ELOOP.
+        raise TreeError(f"{path}: a loop of symbolic links; pass an existing "
+                        "directory") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"{path} is not a directory; pass the directory to export")
     try:
@@ -93,6 +97,29 @@ def resolve_tree(path: Path) -> Path:
         raise TreeError(f"{path} cannot be listed: {_errno_text(exc)}; pass a directory "
                         "you can read") from exc
     return resolved
+
+
+def refuse_larger(root: Path, max_paths: int, option: str) -> None:
+    """Raise TreeError naming ``option`` and ``root`` (the user's own path) when the tree
+    holds more than ``max_paths`` paths, counted as the walk counts them (the root and
+    everything below it, mounts included, symbolic links not followed).  Checked before
+    anything boots, so the refusal is one line instead of an error row that names the
+    harness's bind of the tree; it stops counting at ``max_paths``."""
+    seen = 1
+    pending = [os.fspath(root)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                for entry in listing:
+                    seen += 1
+                    if seen > max_paths:
+                        raise TreeError(f"{option} {root} holds more than {max_paths} paths",
+                                        hint="pass --max-paths N to walk more (a run must "
+                                        "stay within its deadlines), or a subdirectory")
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+        except OSError:
+            continue  # the walk records what it cannot list; nothing to count there
 
 
 class _Walker:

@@ -72,7 +72,7 @@ def load_recipe(name_or_path: str | Path | None = None) -> Recipe:
     try:
         data = tomllib.loads(path.read_text())
         return parse_recipe(data, directory)
-    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, RecursionError) as exc:
         raise ImageBuildError(
             f"guest recipe {path} is malformed: {exc!r}",
             hint="compare it with guests/debian-bookworm-x86_64/recipe.toml",

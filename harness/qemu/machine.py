@@ -67,6 +67,8 @@ from .vhostfs import VirtiofsDaemon
 # with room to spare; q35's root bus has 32 slots.  A state is made for this many; a
 # guest with more exports boots cold.
 SLOTS = 24
+# Quiet on QEMU's stderr that closes the window of a failed action of the harness's.
+_QUIET_S = 0.2
 # Bumped when what a saved state assumes changes (the init, the mount protocol).
 STATE_FORMAT = "mdh-state-1"
 # How long a QEMU whose QMP socket closed is given to exit before it counts as alive.
@@ -110,6 +112,9 @@ class Machine(Launched):
         self.end: QemuEnd | None = None
         # Where this QEMU's stderr begins in the log (after a rejected restore's).
         self._stderr_from = 0
+        # The stderr QEMU wrote while failing an action of the harness's own (saving
+        # the guest's state), quoted in that action's warning: not the exports' to judge.
+        self.own_stderr: list[slice] = []
         self.start = Start.COLD
         self._cache = StateCache(spec.state_cache) if spec.state_cache else None
         self._key: str | None = None
@@ -337,15 +342,37 @@ class Machine(Launched):
         wait_console(self, self._deadline())
         with self._cache.saving(self._key) as partial:
             if partial is not None:
+                before = len(self.stderr_text())
                 try:
                     save_state(self.qmp, partial, self._start + self.spec.timeouts.boot)
                     self._cache.commit(self._key, partial, f"{self.spec.qemu} "
                                        f"{self.spec.image.directory.name}")
                 except QmpError as exc:
+                    self.qmp.execute("cont")
+                    said = self._failed_action_stderr(before)
                     self.progress(f"warning: {self.name}: could not save the guest state "
-                                  f"({exc.message})")
-                self.qmp.execute("cont")
+                                  f"({exc.message}); the guest goes on unsaved"
+                                  + (f"; QEMU said, of the save: {said}" if said else ""))
+                else:
+                    self.qmp.execute("cont")
         return connect(self, self._deadline())
+
+    def _failed_action_stderr(self, before: int) -> str:
+        """Attribute what QEMU (and the ``cat`` it ran) wrote on stderr since ``before``
+        to a failed action of the harness's own: the window is kept in ``own_stderr``,
+        which the exports' judgement leaves out, and its lines are returned for the
+        action's warning.  QEMU reports a failed migration after its status says so
+        (the cleanup's own line), so the window closes once stderr has been quiet for
+        a moment, with no export mounted yet to write anything of its own."""
+        length, quiet_since, until = before, time.monotonic(), time.monotonic() + 2.0
+        while time.monotonic() < until and time.monotonic() - quiet_since < _QUIET_S:
+            time.sleep(0.02)
+            now = len(self.stderr_text())
+            if now != length:
+                length, quiet_since = now, time.monotonic()
+        self.own_stderr.append(slice(before, length))
+        return " | ".join(line.strip() for line in
+                          self.stderr_text()[before:length].splitlines() if line.strip())
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> CommandResult:
         """Run a shell command in the guest over SSH."""

@@ -190,6 +190,10 @@ class StateCache:
                 yield partial
             finally:
                 partial.unlink(missing_ok=True)
+                # A save that failed (a full disk) leaves no directory either: under our
+                # lock, as ``prune`` removes an incomplete one.
+                if self.find(key) is None:
+                    shutil.rmtree(directory, ignore_errors=True)
 
     def commit(self, key: str, partial: Path, description: str) -> None:
         """Make a finished save visible, then keep only the newest KEEP_STATES states.

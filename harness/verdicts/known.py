@@ -129,6 +129,10 @@ def parse_known_issues(text: str, source: str) -> tuple[KnownIssue, ...]:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{source}: not valid TOML: {exc}",
                          hint="fix the file, or pass --known-issues with another") from exc
+    except RecursionError as exc:
+        # tomllib recurses once per nested array or table: thousands deep exhaust it.
+        raise UsageError(f"{source}: not a known-issues file: nested too deeply to read",
+                         hint="fix the file, or pass --known-issues with another") from exc
     raw = data.get("issue", [])
     if set(data) - {"issue"} or not isinstance(raw, list):
         raise UsageError(f"{source}: expected only [[issue]] tables",

@@ -184,3 +184,36 @@ def libvirt_missing() -> str | None:
         if shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
             return f"{daemon} is not installed (apt-get install libvirt-daemon-system)"
     return None
+
+
+# The unprivileged user rootless runs are tested as.
+NOBODY = 65534
+
+
+def python_for_nobody() -> list[str] | None:
+    """An interpreter argv that user nobody can run with this environment's packages
+    (with ``nobody_env``'s PYTHONPATH): this one where nobody may reach it, else the
+    system's of the same version; None when neither can."""
+    candidates = [sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"]
+    for python in candidates:
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
+             "-c", "import paramiko, zstandard"],
+            env={**os.environ, **nobody_path()}, capture_output=True, check=False, timeout=30)
+        if probe.returncode == 0:
+            return [python]
+    return None
+
+
+def nobody_path() -> dict[str, str]:
+    """The PYTHONPATH that gives user nobody this checkout and this environment's
+    packages."""
+    import sysconfig
+
+    return {"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"}
+
+
+def as_nobody(argv: Sequence[str]) -> list[str]:
+    """``argv`` run as user nobody, with no supplementary groups."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+

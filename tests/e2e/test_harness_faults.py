@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
@@ -25,12 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, needs_qemu, needs_root, private_image_cache
+from .helpers import NOBODY, REPO, needs_qemu, needs_root, private_image_cache, python_for_nobody
 from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
 EXIT_BISECT_SKIP = 125
-NOBODY = 65534
 _FAULT = re.compile(r"harness fault \(a bug in the harness, not a finding\): (.*); "
                     r"traceback in (\S+)")
 
@@ -43,21 +41,6 @@ def _one_error_line(stderr: str) -> str:
 
 
 # --- a lock file of another user ----------------------------------------------------
-
-
-def _python_for_nobody() -> list[str] | None:
-    """An interpreter argv that user nobody can run with this environment's packages:
-    this one where nobody may reach it, else the system's of the same version."""
-    candidates = [sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"]
-    for python in candidates:
-        probe = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
-             "-c", "import paramiko, zstandard"],
-            env={**os.environ, "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"},
-            capture_output=True, check=False, timeout=30)
-        if probe.returncode == 0:
-            return [python]
-    return None
 
 
 @pytest.fixture
@@ -80,7 +63,7 @@ def test_a_lock_of_another_user_is_exit_2_and_one_line(nobody_dir: Path) -> None
     the lock, its owner and what to do."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    python = _python_for_nobody()
+    python = python_for_nobody()
     if python is None:
         pytest.skip("no Python that user nobody can run with the harness's packages")
     cache, state, tmp = (nobody_dir / name for name in ("cache", "state", "tmp"))

@@ -11,6 +11,7 @@ from harness.config import (
     Cache,
     Check,
     ExportLayout,
+    Layout,
     Mode,
     Version,
     Via,
@@ -232,3 +233,47 @@ def test_single_device_default_is_witnessed_only_where_it_may_remap(
     # Several devices, or remap on one: witnessed whatever the version.
     assert witness["default"] and witness["default+loose"] and witness["remap@overlay"]
     assert not witness["warn@overlay"]
+
+
+def _refusal(**given: object) -> str:
+    from harness.plan import RunOptions, refuse_empty_selection
+
+    options = RunOptions(**{"modes": tuple(ALL_MODES), "layout": LAYOUT, **given})  # type: ignore[arg-type]  # the test's own keywords
+    with pytest.raises(UsageError) as caught:
+        refuse_empty_selection(options)
+    return caught.value.message
+
+
+@pytest.mark.timeout(10)
+def test_a_family_with_no_mode_it_runs_under_is_refused_naming_its_mode() -> None:
+    assert _refusal(modes=(Mode.REMAP, Mode.WARN), checks=(Check.HELD_FD,)) == (
+        "--checks held_fd with --modes remap,warn selects no rows: held_fd runs under "
+        "forbid only, not under remap,warn")
+
+
+@pytest.mark.timeout(10)
+def test_a_writing_family_over_an_export_is_refused() -> None:
+    from pathlib import Path
+
+    export = ExportLayout(devices=2, files_per_device=1, kind=Layout.EXPORT, source=Path("/t"))
+    assert "operations writes into the export and an --export tree is never written" in \
+        _refusal(checks=(Check.OPERATIONS,), layouts=(Layout.EXPORT,), export=export)
+
+
+@pytest.mark.timeout(10)
+def test_families_without_their_guest_or_devices_are_refused() -> None:
+    assert "bind runs in the control guest, which --no-control leaves out" in \
+        _refusal(checks=(Check.BIND,), control=False)
+    assert "remount runs on a multi-device export, and --devices is 1" in _refusal(
+        checks=(Check.REMOUNT,), layout=ExportLayout(devices=1, files_per_device=8),
+        layouts=(Layout.STANDARD,))
+    assert "--via libvirt cannot run held_fd" in _refusal(
+        checks=(Check.HELD_FD,), modes=(Mode.FORBID,), via=Via.LIBVIRT)
+
+
+@pytest.mark.timeout(10)
+def test_a_selection_with_rows_is_not_refused() -> None:
+    from harness.plan import RunOptions, refuse_empty_selection
+
+    refuse_empty_selection(RunOptions(modes=(Mode.FORBID,), layout=LAYOUT,
+                                      checks=(Check.HELD_FD,)))

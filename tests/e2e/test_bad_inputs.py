@@ -1,0 +1,149 @@
+"""The sweep of bad inputs: each case is a command line (and environment) a user could
+type, with the exit status and the exact ``error:`` line it must give.
+
+Every case runs the real CLI in a ``Sandbox`` and must end in exit 2 with exactly one
+``error:`` line, a hint, no traceback, nothing on stdout, no "harness fault" (an input
+the user controls is never a bug of the harness), nothing booted and nothing left
+behind.  A new option ships with its bad inputs added here.
+
+The files a case names are made in the test's own directory: ``{d}`` in an argument
+is that directory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import harness_argv
+from .leaks import Sandbox
+
+EXIT_ENVIRONMENT = 2
+EXIT_BISECT_SKIP = 125
+
+
+def _world(d: Path) -> None:
+    """The files the cases name."""
+    (d / "dir").mkdir()
+    (d / "loop").symlink_to("loop")
+    (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    (d / "tree").mkdir()
+    (d / "tree" / "file").write_text("mine\n")
+
+
+# (case id, arguments, the whole error line)
+CASES: list[tuple[str, list[str], str]] = [
+    # Input errors that were harness faults (IsADirectoryError, RuntimeError,
+    # RecursionError) with a traceback file.
+    ("kernel-is-a-directory", ["run", "--kernel", "{d}/dir"],
+     "error: --kernel {d}/dir is a directory, not a regular file"),
+    ("known-issues-is-a-directory", ["run", "--known-issues", "{d}/dir"],
+     "error: --known-issues {d}/dir is a directory, not a regular file"),
+    ("export-is-a-symlink-loop", ["run", "--export", "{d}/loop"],
+     "error: {d}/loop: a loop of symbolic links; pass an existing directory"),
+    ("predict-a-symlink-loop", ["predict", "{d}/loop"],
+     "error: {d}/loop: a loop of symbolic links; pass an existing directory"),
+    ("known-issues-nested-5000-deep", ["run", "--known-issues", "{d}/deep.toml"],
+     "error: {d}/deep.toml: not a known-issues file: nested too deeply to read"),
+    # Selections that plan no row: were "0/0 rows passed" and exit 2 without a word.
+    ("held_fd-without-forbid", ["run", "--modes", "remap", "--checks", "held_fd"],
+     "error: --checks held_fd with --modes remap selects no rows: held_fd runs under "
+     "forbid only, not under remap"),
+    ("writing-family-over-export", ["run", "--export", "{d}/tree", "--checks", "operations"],
+     "error: --checks operations with --modes remap,warn,forbid,default selects no rows: "
+     "operations writes into the export and an --export tree is never written (over "
+     "--export only ids runs)"),
+    ("bind-without-control", ["run", "--no-control", "--checks", "bind"],
+     "error: --checks bind with --modes remap,warn,forbid,default selects no rows: bind "
+     "runs in the control guest, which --no-control leaves out"),
+    # Was an ERROR row naming the harness's bind of the tree in its cache, not the
+    # user's path, and no error line.
+    ("export-over-max-paths", ["run", "--export", "{d}/tree", "--max-paths", "1"],
+     "error: --export {d}/tree holds more than 1 paths"),
+    ("reproduce-export-over-max-paths",
+     ["reproduce", "--export", "{d}/tree", "--max-paths", "1"],
+     "error: --export {d}/tree holds more than 1 paths"),
+    ("export-max-paths-0", ["run", "--export", "{d}/tree", "--max-paths", "0"],
+     "error: --max-paths must be at least 1, got 0"),
+    # Options out of range, empty, or unused by the mode of operation chosen: each was
+    # accepted and ignored (exit 0 after a whole run).
+    ("jobs-below-0", ["run", "--jobs", "-1"], "error: --jobs must be 0 or more, got -1"),
+    ("guest-empty", ["run", "--guest", ""],
+     "error: --guest '' names an empty recipe (an unset variable?)"),
+    ("guest-empty-in-a-list", ["run", "--guest", "debian-bookworm-x86_64,"],
+     "error: --guest 'debian-bookworm-x86_64,' names an empty recipe (an unset variable?)"),
+    ("exec-guest-empty", ["exec", "--guest", "", "--", "true"],
+     "error: --guest '' names an empty recipe (an unset variable?)"),
+    ("max-paths-without-export", ["run", "--max-paths", "5"],
+     "error: --max-paths limits the walk of --export, and no --export was given"),
+    ("export-with-layout", ["run", "--export", "{d}/tree", "--layout", "overlay"],
+     "error: --layout shapes the built layouts, and --export {d}/tree checks your own tree "
+     "instead: it would be ignored"),
+    ("export-with-devices-and-files", ["run", "--export", "{d}/tree", "--dev", "4",
+                                       "--files", "3"],
+     "error: --devices, --files shape the built layouts, and --export {d}/tree checks your "
+     "own tree instead: they would be ignored"),
+    ("reproduce-export-with-nested", ["reproduce", "--export", "{d}/tree", "--files", "2"],
+     "error: --files shapes the built layouts, and --export {d}/tree checks your own tree "
+     "instead: it would be ignored"),
+    ("reproduce-loop-with-devices", ["reproduce", "--layout", "loop", "--devices", "5"],
+     "error: --devices 5 is ignored by --layout loop (loop has 2 device(s) of its own)"),
+    ("run-fixed-layouts-with-devices", ["run", "--layout", "loop,overlay", "--devices", "5"],
+     "error: --devices 5 is ignored by --layout loop,overlay (loop has 2, overlay has 1 "
+     "device(s) of its own)"),
+]
+
+# (case id, environment, the whole error line) for ``run`` with no further options.
+ENV_CASES: list[tuple[str, dict[str, str], str]] = [
+    ("cache-dir-empty", {"MDH_CACHE_DIR": ""},
+     "error: MDH_CACHE_DIR is set to nothing (an unset variable?)"),
+    ("home-empty", {"HOME": "", "XDG_CACHE_HOME": ""},
+     "error: HOME is set to nothing, so the cache would be /.cache"),
+]
+
+
+def _filled(text: str, d: Path) -> str:
+    return text.replace("{d}", str(d))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("args", "line", "env"),
+                         [(a, line, {}) for _, a, line in CASES]
+                         + [(["run"], line, env) for _, env, line in ENV_CASES],
+                         ids=[case for case, _, _ in CASES] + [case for case, _, _ in ENV_CASES])
+def test_a_bad_input_is_exit_2_and_one_error_line(tmp_path: Path, args: list[str],
+                                                  line: str, env: dict[str, str]) -> None:
+    world = tmp_path / "world"
+    world.mkdir()
+    _world(world)
+    sandbox = Sandbox(tmp_path / "sandbox")
+    argv = [_filled(a, world) for a in args]
+    if argv[0] == "run":
+        argv[1:1] = ["--accel", "tcg"]
+    started = time.monotonic()
+    # The environment cases judge the cache's own variables: none comes from ours.
+    result = sandbox.run(argv, timeout=40, env=env,
+                         argv=["env", "-u", "MDH_CACHE_DIR", *harness_argv(*argv)]
+                         if env and "MDH_CACHE_DIR" not in env else None)
+    assert time.monotonic() - started < 20, "a bad input needs no guest"
+    err = result.stderr
+    assert result.returncode == EXIT_ENVIRONMENT, f"rc {result.returncode}\n{err}"
+    errors = [each for each in err.splitlines() if each.startswith("error:")]
+    assert errors == [_filled(line, world)], err
+    assert "harness fault" not in err and "Traceback" not in err, err
+    assert "booting" not in err, err
+    assert result.stdout == ""
+    sandbox.assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_input_under_bisect_is_125(tmp_path: Path) -> None:
+    """``git bisect run`` skips a commit it cannot judge: an input error is no verdict."""
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["run", "--accel", "tcg", "--bisect", "--modes", "warn", "--checks",
+                          "held_fd"], timeout=40)
+    assert result.returncode == EXIT_BISECT_SKIP, result.stderr
+    assert "held_fd runs under forbid only, not under warn" in result.stderr
+    sandbox.assert_clean()
