@@ -219,6 +219,8 @@ def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                       help="comma-separated: remap,warn,forbid,default")
     grid.add_argument("--checks", default=",".join(ALL_CHECKS),
                       help=f"comma-separated check families: {','.join(ALL_CHECKS)}")
+    grid.add_argument("--cache", default=",".join(c.value for c in DEFAULT_CACHES),
+                      help="the guest's 9p cache modes, comma-separated (default: none,loose)")
     grid.add_argument("--json", type=_path, metavar="FILE", help="write the grid as JSON")
     grid.add_argument("--markdown", type=_path, metavar="FILE",
                       help="write the grid as a Markdown table (a CI step summary)")
@@ -550,7 +552,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         if path is not None:
             rep.check_destination(path, option)
     options = RunOptions(modes=parse_modes(args.modes), layout=ExportLayout(),
-                         checks=parse_checks(args.checks),
+                         checks=parse_checks(args.checks), caches=parse_caches(args.cache),
                          machine=MachineOptions(accel=Accel(args.accel), cold=args.cold))
     from .image.recipe import DEFAULT_RECIPE
 
