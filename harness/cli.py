@@ -758,9 +758,12 @@ def _refuse_unused(args: argparse.Namespace) -> None:
     if "jobs" in given and args.jobs < 0:
         raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
                          hint="0 (the default) boots one guest per CPU, at most 4")
-    if "guest" in given and not all(
-            name.strip() for name in args.guest.split(",")):
-        raise UsageError(f"--guest {args.guest!r} names an empty recipe (an unset variable?)",
+    # One value (run, exec, reproduce) or several (grid's repeatable --guest).
+    guests = args.guest if isinstance(args.guest, list) else [args.guest] \
+        if "guest" in given else []
+    if any(not all(name.strip() for name in value.split(",")) for value in guests):
+        raise UsageError(f"--guest {','.join(guests)!r} names an empty recipe (an unset "
+                         "variable?)",
                          hint="name recipes (see 'image list'), or leave --guest out for "
                          "the default")
     if args.command not in ("run", "reproduce"):

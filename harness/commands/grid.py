@@ -42,6 +42,8 @@ class Cell:
     # (row, known issue) of each row a known issue explained: an issue's scope over
     # modes, layouts and cache modes as this cell showed it.
     known_rows: tuple[tuple[str, str], ...] = ()
+    # Where the cell's logs were kept (a cell with news), else None.
+    log_dir: str | None = None
 
     @property
     def rows(self) -> int:
@@ -63,7 +65,8 @@ def cell_of(qemu: str, guest: str, result: RunResults, seconds: float) -> Cell:
                                   if r.known_issue is not None)),
         unreproduced=result.unreproduced, seconds=seconds, exit_code=result.exit_code,
         known_rows=tuple((r.case, r.known_issue.id) for r in result.rows
-                         if r.known_issue is not None))
+                         if r.known_issue is not None),
+        log_dir=result.log_dir if result.logs_kept else None)
 
 
 def run_grid(options: RunOptions, qemus: Sequence[str], guests: Sequence[str],
@@ -132,7 +135,7 @@ def grid_json(cells: Sequence[Cell]) -> dict[str, Any]:
             "guest": c.guest, "guest_kernel": c.kernel, "rows": c.rows,
             "counts": {s.value: n for s, n in c.counts},
             "known_issues": list(c.known), "known_unreproduced": list(c.unreproduced),
-            "known_rows": dict(c.known_rows),
+            "known_rows": dict(c.known_rows), "log_dir": c.log_dir,
             "seconds": round(c.seconds, 3), "exit_code": c.exit_code,
         } for c in cells],
     }
