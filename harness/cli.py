@@ -645,6 +645,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
     (``--layout``, ``--devices``, ``--files``, ``--nested``) with ``--export``, and
     ``--devices`` when every layout chosen fixes its own devices."""
     given: frozenset[str] = getattr(args, "given", frozenset())
+    if "max_paths" in given and args.max_paths < 1:
+        raise UsageError(f"--max-paths must be at least 1, got {args.max_paths}",
+                         hint="a walk counts the tree's root as its first path")
     if "jobs" in given and args.jobs < 0:
         raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
                          hint="0 (the default) boots one guest per CPU, at most 4")

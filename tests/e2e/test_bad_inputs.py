@@ -12,12 +12,13 @@ is that directory.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import harness_argv
+from .helpers import REPO, harness_argv
 from .leaks import Sandbox
 
 EXIT_ENVIRONMENT = 2
@@ -31,6 +32,13 @@ def _world(d: Path) -> None:
     (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     (d / "tree").mkdir()
     (d / "tree" / "file").write_text("mine\n")
+    os.mkfifo(d / "fifo")
+    (d / "empty").write_bytes(b"")
+    (d / "bad.toml").write_text("not [ toml\n")
+    (d / "partial.toml").write_text('[[issue]]\nid = "x"\n')
+    fake = d / "fake-qemu"
+    fake.write_text("#!/bin/sh\necho 'not qemu'\n")
+    fake.chmod(0o755)
 
 
 # (case id, arguments, the whole error line)
@@ -90,6 +98,44 @@ CASES: list[tuple[str, list[str], str]] = [
      "instead: it would be ignored"),
     ("reproduce-loop-with-devices", ["reproduce", "--layout", "loop", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop (loop has 2 device(s) of its own)"),
+    ("predict-max-paths-0", ["predict", "{d}/tree", "--max-paths", "0"],
+     "error: --max-paths must be at least 1, got 0"),
+    # Kept from the first sweep, right already: a new option adds its own below.
+    ("cache-bogus", ["run", "--cache", "bogus"], "error: unknown 9p cache mode 'bogus'"),
+    ("transport-bogus", ["run", "--transport", "bogus"], "error: unknown transport 'bogus'"),
+    ("layout-bogus", ["run", "--layout", "bogus"], "error: unknown layout 'bogus'"),
+    ("checks-empty", ["run", "--checks", ""], "error: no check family given"),
+    ("modes-empty", ["run", "--modes", ""], "error: no multidevs mode given"),
+    ("files-negative", ["run", "--files", "-3"],
+     "error: --files must be between 1 and 100000, got -3"),
+    ("files-not-a-number", ["run", "--files", "1e3"],
+     "error: argument --files: not a whole number: '1e3'"),
+    ("kernel-is-a-fifo", ["run", "--kernel", "{d}/fifo"],
+     "error: --kernel {d}/fifo is a FIFO, not a regular file"),
+    ("kernel-empty-file", ["run", "--kernel", "{d}/empty"],
+     "error: --kernel {d}/empty is neither an ELF vmlinux nor a bzImage"),
+    ("known-issues-not-toml", ["run", "--known-issues", "{d}/bad.toml"],
+     "error: {d}/bad.toml: not valid TOML: Expected '=' after a key in a key/value pair "
+     "(at line 1, column 5)"),
+    ("known-issues-missing-keys", ["run", "--known-issues", "{d}/partial.toml"],
+     "error: {d}/partial.toml: issue 1: missing title, component, modes, failures, "
+     "reproducer"),
+    ("qemu-not-qemu", ["run", "--qemu", "{d}/fake-qemu"],
+     "error: {d}/fake-qemu is not QEMU: 'fake-qemu --version' exited 0 without a 'QEMU "
+     "emulator version' line"),
+    ("modules-without-a-release", ["run", "--modules", "{d}/tree"],
+     "error: {d}/tree must hold exactly one lib/modules/<release> folder (found: none)"),
+    ("export-is-a-file", ["run", "--export", "{d}/empty"],
+     "error: {d}/empty is not a directory; pass the directory to export"),
+    ("qemu-datadir-is-a-file", ["run", "--qemu-datadir", "{d}/empty"],
+     "error: --qemu-datadir {d}/empty is not a directory"),
+    ("recipe-missing", ["run", "--guest", "nosuch"],
+     "error: guest recipe nosuch not found (looked for {repo}/guests/nosuch/recipe.toml)"),
+    ("predict-a-fifo", ["predict", "{d}/fifo"],
+     "error: {d}/fifo is not a directory; pass the directory to export"),
+    ("predict-bad-version", ["predict", "{d}/tree", "--qemu-version", "1.x"],
+     "error: --qemu-version '1.x' is not X.Y[.Z]"),
+    ("exec-without-a-command", ["exec", "--accel", "tcg"], "error: no command given"),
     ("run-fixed-layouts-with-devices", ["run", "--layout", "loop,overlay", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop,overlay (loop has 2, overlay has 1 "
      "device(s) of its own)"),
@@ -105,7 +151,7 @@ ENV_CASES: list[tuple[str, dict[str, str], str]] = [
 
 
 def _filled(text: str, d: Path) -> str:
-    return text.replace("{d}", str(d))
+    return text.replace("{d}", str(d)).replace("{repo}", str(REPO))
 
 
 @pytest.mark.timeout(60)
