@@ -633,9 +633,12 @@ def _suppress_defaults(parser: argparse.ArgumentParser) -> None:
             action.default = argparse.SUPPRESS
 
 
-# Layouts whose shape fixes its own device count (plan.layout_shape), so --devices
-# would change nothing in them.
-_OWN_DEVICES = {Layout.LOOP: 2, Layout.OVERLAY: 1}
+def _own_devices(kind: Layout) -> int | None:
+    """The devices layout ``kind`` has whatever ``--devices`` says, as its shape
+    (``plan.layout_shape``) decides; None when ``--devices`` shapes it."""
+    few, many = (layout_shape(kind, ExportLayout(devices=n, files_per_device=1)).devices
+                 for n in (3, 4))
+    return few if few == many else None
 
 
 def _refuse_unused(args: argparse.Namespace) -> None:
@@ -672,8 +675,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
                          hint="drop --max-paths, or add --export PATH")
     if "devices" in given and args.export is None:
         layouts = parse_layouts(args.layout) if args.command == "run" else (Layout(args.layout),)
-        if all(kind in _OWN_DEVICES for kind in layouts):
-            fixed = ", ".join(f"{kind.value} has {_OWN_DEVICES[kind]}" for kind in layouts)
+        own = {kind: _own_devices(kind) for kind in layouts}
+        if None not in own.values():
+            fixed = ", ".join(f"{kind.value} has {count}" for kind, count in own.items())
             raise UsageError(f"--devices {args.devices} is ignored by --layout "
                              f"{','.join(k.value for k in layouts)} ({fixed} device(s) of "
                              "its own)", hint="drop --devices, or choose the standard layout")
