@@ -29,6 +29,7 @@ def _world(d: Path) -> None:
     """The files the cases name."""
     (d / "dir").mkdir()
     (d / "loop").symlink_to("loop")
+    (d / "file-loop").symlink_to("file-loop")
     (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     (d / "tree").mkdir()
     (d / "tree" / "file").write_text("mine\n")
@@ -98,6 +99,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "instead: it would be ignored"),
     ("reproduce-loop-with-devices", ["reproduce", "--layout", "loop", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop (loop has 2 device(s) of its own)"),
+    ("json-is-a-symlink-loop", ["run", "--json", "{d}/file-loop"],
+     "error: --json {d}/file-loop cannot be written: Too many levels of symbolic links"),
+    ("kernel-is-a-symlink-loop", ["run", "--kernel", "{d}/file-loop"],
+     "error: --kernel {d}/file-loop: Too many levels of symbolic links"),
     ("predict-max-paths-0", ["predict", "{d}/tree", "--max-paths", "0"],
      "error: --max-paths must be at least 1, got 0"),
     # Kept from the first sweep, right already: a new option adds its own below.
