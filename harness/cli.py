@@ -38,7 +38,7 @@ from .config import (
     parse_modes,
     parse_transports,
 )
-from .errors import EXIT_ERROR, EXIT_OK, HarnessError, UsageError
+from .errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK, HarnessError, UsageError
 from .plan import RunOptions, layout_shape
 
 if TYPE_CHECKING:
@@ -455,13 +455,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(rep.export_collisions(result))
     say()
     say(rep.summary_line(result))
-    if args.json:
-        rep.write_json(rep.to_json(result), args.json)
-        progress(f"JSON report: {_shown(args.json)}")
-    if args.junit:
-        rep.write_junit(result, args.junit)
-        progress(f"JUnit report: {_shown(args.junit)}")
-    return result.exit_code
+    return _write_reports(result, args.json, args.junit)
+
+
+def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path | None) -> int:
+    """Write the reports asked for and return the exit status.  A report that cannot
+    be written (a full disk, ``/dev/full``) is an ``error:`` line and exit 2, the other
+    report still written; but a finding (exit 1) outranks it, as a fail row outranks
+    error rows: the table above has already shown it."""
+    from . import report as rep
+
+    def write_json(path: Path) -> None:
+        rep.write_json(rep.to_json(result), path)
+
+    def write_junit(path: Path) -> None:
+        rep.write_junit(result, path)
+
+    writers = ((json_path, "JSON", write_json), (junit_path, "JUnit", write_junit))
+    code = result.exit_code
+    for path, kind, write in writers:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except HarnessError as exc:
+            say(f"error: {exc}", err=True)
+            code = code if code == EXIT_FAIL else exc.exit_code
+            continue
+        progress(f"{kind} report: {_shown(path)}")
+    return code
 
 
 def _shown(path: Path) -> str:
