@@ -44,7 +44,7 @@ from .plan import RunOptions, layout_shape
 if TYPE_CHECKING:
     # Only named in annotations: the result schema brings the verdicts, which
     # exec and --help never load.
-    from .results import RunResults
+    from .results import EnvironmentRecord, RunResults
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -392,7 +392,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         for key, value in record.properties():
             say(f"{key:26} {value}")
-    return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
+    return _probe_status(record)
+
+
+def _probe_status(record: EnvironmentRecord) -> int:
+    """probe's exit status, the record printed: 0 when this QEMU can be tested, else 2
+    with the one ``error:`` line saying why (it was 2 with no word but a ``false``)."""
+    from .qemu.probe import require_multidevs
+
+    try:
+        require_multidevs(record.qemu)
+    except HarnessError as exc:
+        say(f"error: {exc}", err=True)
+        return exc.exit_code
+    return EXIT_OK
 
 
 def _machine(args: argparse.Namespace) -> MachineOptions:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, harness_argv
+from .helpers import REPO, harness_argv, needs_qemu, real_qemu
 from .leaks import Sandbox
 
 EXIT_ENVIRONMENT = 2
@@ -197,4 +197,22 @@ def test_a_bad_input_under_bisect_is_125(tmp_path: Path) -> None:
                           "held_fd"], timeout=40)
     assert result.returncode == EXIT_BISECT_SKIP, result.stderr
     assert "held_fd runs under forbid only, not under warn" in result.stderr
+    sandbox.assert_clean()
+
+
+@needs_qemu
+@pytest.mark.timeout(60)
+def test_probe_of_a_qemu_too_old_says_why(tmp_path: Path) -> None:
+    """probe prints its record, then exits 2 with the reason: before, its only word
+    was ``qemu.multidevs_supported false``."""
+    old = tmp_path / "qemu-4.1"
+    old.write_text("#!/bin/sh\ncase \"$*\" in *--version*) echo 'QEMU emulator version 4.1.0'; "
+                   f"exit 0;; esac\nexec {real_qemu()} \"$@\"\n")
+    old.chmod(0o755)
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["probe", "--accel", "tcg", "--qemu", str(old)], timeout=40)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {old} is QEMU 4.1.0; multidevs needs QEMU >= 4.2"], result.stderr
+    assert "qemu.multidevs_supported   false" in result.stdout
     sandbox.assert_clean()
