@@ -468,7 +468,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(rep.export_collisions(result))
     say()
     say(rep.summary_line(result))
+    _say_why_unjudged(result)
     return _write_reports(result, args.json, args.junit)
+
+
+def _say_why_unjudged(result: RunResults) -> None:
+    """A run that exits 2 for its rows says so in one ``error:`` line, as every other
+    exit 2 does: how many rows could not be judged, and the first one's reason (the
+    table's failures list them all)."""
+    from .verdicts.common import Status
+
+    if result.exit_code != EXIT_ERROR:
+        return
+    unjudged = [row for row in result.rows
+                if row.status in (Status.ERROR, Status.INCONCLUSIVE)]
+    if not unjudged:
+        say("error: the run judged no row", err=True)
+        return
+    first = unjudged[0]
+    reason = first.failures[0] if first.failures else first.status.value
+    say(f"error: {len(unjudged)} of {len(result.rows)} rows could not be judged; first "
+        f"[{first.case}] {reason}", err=True)
+    say("  hint: the failures above name each row's reason (a missing tool, a guest that "
+        "could not boot, a premise that failed); fix it and run again", err=True)
 
 
 def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path | None) -> int:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, harness_argv, needs_qemu, real_qemu
-from .leaks import Sandbox
+from .helpers import REPO, harness_argv, needs_qemu, qemu_wrapper, real_qemu
+from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
 EXIT_BISECT_SKIP = 125
@@ -216,3 +216,24 @@ def test_probe_of_a_qemu_too_old_says_why(tmp_path: Path) -> None:
     assert errors == [f"error: {old} is QEMU 4.1.0; multidevs needs QEMU >= 4.2"], result.stderr
     assert "qemu.multidevs_supported   false" in result.stdout
     sandbox.assert_clean()
+
+
+@needs_qemu
+@pytest.mark.timeout(120)
+def test_a_run_whose_rows_could_not_be_judged_says_why_in_an_error_line(
+        tmp_path: Path) -> None:
+    """Every exit 2 has its ``error:`` line: a run whose guest cannot boot (a QEMU that
+    rejects a device) gives error rows, and the line counts them and names the first
+    reason; before, only the table said so."""
+    broken = qemu_wrapper(tmp_path, old="virtio-net-pci", new="mdh-no-such-device")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["run", "--accel", "tcg", "--qemu", str(broken), "--modes", "remap",
+                          "--cache", "none", "--checks", "ids", "--layout", "standard",
+                          "--no-control", "--no-witness", "--cold"], timeout=100)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors == ["error: 1 of 1 rows could not be judged; first [remap] QemuFailed: "
+                      "remap: QEMU exited with status 1"], errors
+    assert "hint: the failures above name each row's reason" in result.stderr
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
