@@ -44,7 +44,7 @@ from .plan import RunOptions, layout_shape
 if TYPE_CHECKING:
     # Only named in annotations: the result schema brings the verdicts, which
     # exec and --help never load.
-    from .results import EnvironmentRecord, RunResults
+    from .results import EnvironmentRecord, ResultRow, RunResults
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -468,26 +468,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(rep.export_collisions(result))
     say()
     say(rep.summary_line(result))
-    _say_why_unjudged(result)
+    _say_why_unjudged(result.rows, result.exit_code)
     return _write_reports(result, args.json, args.junit)
 
 
-def _say_why_unjudged(result: RunResults) -> None:
-    """A run that exits 2 for its rows says so in one ``error:`` line, as every other
-    exit 2 does: how many rows could not be judged, and the first one's reason (the
-    table's failures list them all)."""
+def _say_why_unjudged(rows: Sequence[ResultRow], code: int) -> None:
+    """A run (or reproduce) that exits 2 for its rows says so in one ``error:`` line,
+    as every other exit 2 does: how many rows could not be judged, and the first one's
+    reason (the table's failures list them all)."""
     from .verdicts.common import Status
 
-    if result.exit_code != EXIT_ERROR:
+    if code != EXIT_ERROR:
         return
-    unjudged = [row for row in result.rows
-                if row.status in (Status.ERROR, Status.INCONCLUSIVE)]
+    unjudged = [row for row in rows if row.status in (Status.ERROR, Status.INCONCLUSIVE)]
     if not unjudged:
         say("error: the run judged no row", err=True)
         return
     first = unjudged[0]
     reason = first.failures[0] if first.failures else first.status.value
-    say(f"error: {len(unjudged)} of {len(result.rows)} rows could not be judged; first "
+    say(f"error: {len(unjudged)} of {len(rows)} rows could not be judged; first "
         f"[{first.case}] {reason}", err=True)
     say("  hint: the failures above name each row's reason (a missing tool, a guest that "
         "could not boot, a premise that failed); fix it and run again", err=True)
@@ -577,7 +576,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     found = reproduce(Mode(args.mode), _layout(args), _machine(args), cache=Cache(args.cache),
                       logs=args.logs, progress=progress)
     say(found.text())
-    return exit_code([found.row.status])
+    code = exit_code([found.row.status])
+    _say_why_unjudged([found.row], code)
+    return code
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -237,3 +237,17 @@ def test_a_run_whose_rows_could_not_be_judged_says_why_in_an_error_line(
                       "remap: QEMU exited with status 1"], errors
     assert "hint: the failures above name each row's reason" in result.stderr
     sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
+
+
+@needs_qemu
+@pytest.mark.timeout(120)
+def test_a_reproduce_that_could_not_run_says_why_in_an_error_line(tmp_path: Path) -> None:
+    broken = qemu_wrapper(tmp_path, old="virtio-net-pci", new="mdh-no-such-device")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["reproduce", "--accel", "tcg", "--qemu", str(broken), "--cold"],
+                         timeout=100)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 1 of 1 rows could not be judged; first [warn] QemuFailed: "
+                      "warn: QEMU exited with status 1"], result.stderr
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
