@@ -38,13 +38,13 @@ from .config import (
     parse_modes,
     parse_transports,
 )
-from .errors import EXIT_ERROR, EXIT_OK, HarnessError, UsageError
+from .errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK, HarnessError, UsageError
 from .plan import RunOptions, layout_shape
 
 if TYPE_CHECKING:
     # Only named in annotations: the result schema brings the verdicts, which
     # exec and --help never load.
-    from .results import RunResults
+    from .results import EnvironmentRecord, ResultRow, RunResults
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -466,7 +466,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         for key, value in record.properties():
             say(f"{key:26} {value}")
-    return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
+    return _probe_status(record)
+
+
+def _probe_status(record: EnvironmentRecord) -> int:
+    """probe's exit status, the record printed: 0 when this QEMU can be tested, else 2
+    with the one ``error:`` line saying why (it was 2 with no word but a ``false``)."""
+    from .qemu.probe import require_multidevs
+
+    try:
+        require_multidevs(record.qemu)
+    except HarnessError as exc:
+        say(f"error: {exc}", err=True)
+        return exc.exit_code
+    return EXIT_OK
 
 
 def _machine(args: argparse.Namespace) -> MachineOptions:
@@ -529,13 +542,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(rep.export_collisions(result))
     say()
     say(rep.summary_line(result))
-    if args.json:
-        rep.write_json(rep.to_json(result), args.json)
-        progress(f"JSON report: {_shown(args.json)}")
-    if args.junit:
-        rep.write_junit(result, args.junit)
-        progress(f"JUnit report: {_shown(args.junit)}")
-    return result.exit_code
+    _say_why_unjudged(result.rows, result.exit_code)
+    return _write_reports(result, args.json, args.junit)
+
+
+def _say_why_unjudged(rows: Sequence[ResultRow], code: int) -> None:
+    """A run (or reproduce) that exits 2 for its rows says so in one ``error:`` line,
+    as every other exit 2 does: how many rows could not be judged, and the first one's
+    reason (the table's failures list them all)."""
+    from .verdicts.common import Status
+
+    if code != EXIT_ERROR:
+        return
+    unjudged = [row for row in rows if row.status in (Status.ERROR, Status.INCONCLUSIVE)]
+    if not unjudged:
+        say("error: the run judged no row", err=True)
+        return
+    first = unjudged[0]
+    reason = first.failures[0] if first.failures else first.status.value
+    say(f"error: {len(unjudged)} of {len(rows)} rows could not be judged; first "
+        f"[{first.case}] {reason}", err=True)
+    say("  hint: the failures above name each row's reason (a missing tool, a guest that "
+        "could not boot, a premise that failed); fix it and run again", err=True)
+
+
+def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path | None) -> int:
+    """Write the reports asked for and return the exit status.  A report that cannot
+    be written (a full disk, ``/dev/full``) is an ``error:`` line and exit 2, the other
+    report still written; but a finding (exit 1) outranks it, as a fail row outranks
+    error rows: the table above has already shown it."""
+    from . import report as rep
+
+    def write_json(path: Path) -> None:
+        rep.write_json(rep.to_json(result), path)
+
+    def write_junit(path: Path) -> None:
+        rep.write_junit(result, path)
+
+    writers = ((json_path, "JSON", write_json), (junit_path, "JUnit", write_junit))
+    code = result.exit_code
+    for path, kind, write in writers:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except HarnessError as exc:
+            say(f"error: {exc}", err=True)
+            code = code if code == EXIT_FAIL else exc.exit_code
+            continue
+        progress(f"{kind} report: {_shown(path)}")
+    return code
 
 
 def _split(values: Sequence[str]) -> tuple[str, ...]:
@@ -624,7 +680,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     found = reproduce(Mode(args.mode), _layout(args), _machine(args), cache=Cache(args.cache),
                       logs=args.logs, progress=progress)
     say(found.text())
-    return exit_code([found.row.status])
+    code = exit_code([found.row.status])
+    _say_why_unjudged([found.row], code)
+    return code
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -743,9 +801,12 @@ def _suppress_defaults(parser: argparse.ArgumentParser) -> None:
             action.default = argparse.SUPPRESS
 
 
-# Layouts whose shape fixes its own device count (plan.layout_shape), so --devices
-# would change nothing in them.
-_OWN_DEVICES = {Layout.LOOP: 2, Layout.OVERLAY: 1}
+def _own_devices(kind: Layout) -> int | None:
+    """The devices layout ``kind`` has whatever ``--devices`` says, as its shape
+    (``plan.layout_shape``) decides; None when ``--devices`` shapes it."""
+    few, many = (layout_shape(kind, ExportLayout(devices=n, files_per_device=1)).devices
+                 for n in (3, 4))
+    return few if few == many else None
 
 
 def _refuse_unused(args: argparse.Namespace) -> None:
@@ -755,6 +816,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
     (``--layout``, ``--devices``, ``--files``, ``--nested``) with ``--export``, and
     ``--devices`` when every layout chosen fixes its own devices."""
     given: frozenset[str] = getattr(args, "given", frozenset())
+    if "max_paths" in given and args.max_paths < 1:
+        raise UsageError(f"--max-paths must be at least 1, got {args.max_paths}",
+                         hint="a walk counts the tree's root as its first path")
     if "jobs" in given and args.jobs < 0:
         raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
                          hint="0 (the default) boots one guest per CPU, at most 4")
@@ -782,8 +846,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
                          hint="drop --max-paths, or add --export PATH")
     if "devices" in given and args.export is None:
         layouts = parse_layouts(args.layout) if args.command == "run" else (Layout(args.layout),)
-        if all(kind in _OWN_DEVICES for kind in layouts):
-            fixed = ", ".join(f"{kind.value} has {_OWN_DEVICES[kind]}" for kind in layouts)
+        own = {kind: _own_devices(kind) for kind in layouts}
+        if None not in own.values():
+            fixed = ", ".join(f"{kind.value} has {count}" for kind, count in own.items())
             raise UsageError(f"--devices {args.devices} is ignored by --layout "
                              f"{','.join(k.value for k in layouts)} ({fixed} device(s) of "
                              "its own)", hint="drop --devices, or choose the standard layout")

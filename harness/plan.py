@@ -506,7 +506,8 @@ def refuse_empty_selection(options: RunOptions) -> None:
     reasons += [_why_no_rows(check, options, modes) for check in checks]
     raise UsageError(f"--checks {','.join(c.value for c in options.checks)} with --modes "
                      f"{modes} selects no rows: " + "; ".join(reasons),
-                     hint="widen --modes or --checks as named above")
+                     hint="each clause names what to change: add a mode the family "
+                     "runs under, drop the option that leaves it out, or pick other --checks")
 
 
 def _why_no_rows(check: Check, options: RunOptions, modes: str) -> str:

@@ -412,6 +412,7 @@ def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRo
         # Part of bringing the guest up, not of the test: a guest that dies here has
         # not been shown an export yet (an error row, like a failed boot).
         kernel = reported_kernel(guest, run.env.image.kernel_release, run.env.kernel_file)
+        run.live.going()
         run.progress(f"{plan.name}: SSH up after {guest.boot_seconds:.2f} s "
                      f"({guest.start.value}); observing")
         started = time.monotonic()

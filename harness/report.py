@@ -5,6 +5,7 @@ One function per format; every JSON key is documented in the README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -292,6 +293,8 @@ def check_destination(path: Path, option: str) -> None:
     if is_stdout(path):
         return
     try:
+        with contextlib.suppress(FileNotFoundError):
+            path.stat()  # a loop of symbolic links (ELOOP) is no place for a report
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory")
         if _streamed(path):

@@ -12,13 +12,14 @@ is that directory.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import harness_argv
-from .leaks import Sandbox
+from .helpers import REPO, harness_argv, needs_qemu, qemu_wrapper, real_qemu
+from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
 EXIT_BISECT_SKIP = 125
@@ -28,9 +29,17 @@ def _world(d: Path) -> None:
     """The files the cases name."""
     (d / "dir").mkdir()
     (d / "loop").symlink_to("loop")
+    (d / "file-loop").symlink_to("file-loop")
     (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     (d / "tree").mkdir()
     (d / "tree" / "file").write_text("mine\n")
+    os.mkfifo(d / "fifo")
+    (d / "empty").write_bytes(b"")
+    (d / "bad.toml").write_text("not [ toml\n")
+    (d / "partial.toml").write_text('[[issue]]\nid = "x"\n')
+    fake = d / "fake-qemu"
+    fake.write_text("#!/bin/sh\necho 'not qemu'\n")
+    fake.chmod(0o755)
 
 
 # (case id, arguments, the whole error line)
@@ -90,6 +99,48 @@ CASES: list[tuple[str, list[str], str]] = [
      "instead: it would be ignored"),
     ("reproduce-loop-with-devices", ["reproduce", "--layout", "loop", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop (loop has 2 device(s) of its own)"),
+    ("json-is-a-symlink-loop", ["run", "--json", "{d}/file-loop"],
+     "error: --json {d}/file-loop cannot be written: Too many levels of symbolic links"),
+    ("kernel-is-a-symlink-loop", ["run", "--kernel", "{d}/file-loop"],
+     "error: --kernel {d}/file-loop: Too many levels of symbolic links"),
+    ("predict-max-paths-0", ["predict", "{d}/tree", "--max-paths", "0"],
+     "error: --max-paths must be at least 1, got 0"),
+    # Kept from the first sweep, right already: a new option adds its own below.
+    ("cache-bogus", ["run", "--cache", "bogus"], "error: unknown 9p cache mode 'bogus'"),
+    ("transport-bogus", ["run", "--transport", "bogus"], "error: unknown transport 'bogus'"),
+    ("layout-bogus", ["run", "--layout", "bogus"], "error: unknown layout 'bogus'"),
+    ("checks-empty", ["run", "--checks", ""], "error: no check family given"),
+    ("modes-empty", ["run", "--modes", ""], "error: no multidevs mode given"),
+    ("files-negative", ["run", "--files", "-3"],
+     "error: --files must be between 1 and 100000, got -3"),
+    ("files-not-a-number", ["run", "--files", "1e3"],
+     "error: argument --files: not a whole number: '1e3'"),
+    ("kernel-is-a-fifo", ["run", "--kernel", "{d}/fifo"],
+     "error: --kernel {d}/fifo is a FIFO, not a regular file"),
+    ("kernel-empty-file", ["run", "--kernel", "{d}/empty"],
+     "error: --kernel {d}/empty is neither an ELF vmlinux nor a bzImage"),
+    ("known-issues-not-toml", ["run", "--known-issues", "{d}/bad.toml"],
+     "error: {d}/bad.toml: not valid TOML: Expected '=' after a key in a key/value pair "
+     "(at line 1, column 5)"),
+    ("known-issues-missing-keys", ["run", "--known-issues", "{d}/partial.toml"],
+     "error: {d}/partial.toml: issue 1: missing title, component, modes, failures, "
+     "reproducer"),
+    ("qemu-not-qemu", ["run", "--qemu", "{d}/fake-qemu"],
+     "error: {d}/fake-qemu is not QEMU: 'fake-qemu --version' exited 0 without a 'QEMU "
+     "emulator version' line"),
+    ("modules-without-a-release", ["run", "--modules", "{d}/tree"],
+     "error: {d}/tree must hold exactly one lib/modules/<release> folder (found: none)"),
+    ("export-is-a-file", ["run", "--export", "{d}/empty"],
+     "error: {d}/empty is not a directory; pass the directory to export"),
+    ("qemu-datadir-is-a-file", ["run", "--qemu-datadir", "{d}/empty"],
+     "error: --qemu-datadir {d}/empty is not a directory"),
+    ("recipe-missing", ["run", "--guest", "nosuch"],
+     "error: guest recipe nosuch not found (looked for {repo}/guests/nosuch/recipe.toml)"),
+    ("predict-a-fifo", ["predict", "{d}/fifo"],
+     "error: {d}/fifo is not a directory; pass the directory to export"),
+    ("predict-bad-version", ["predict", "{d}/tree", "--qemu-version", "1.x"],
+     "error: --qemu-version '1.x' is not X.Y[.Z]"),
+    ("exec-without-a-command", ["exec", "--accel", "tcg"], "error: no command given"),
     ("run-fixed-layouts-with-devices", ["run", "--layout", "loop,overlay", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop,overlay (loop has 2, overlay has 1 "
      "device(s) of its own)"),
@@ -105,7 +156,7 @@ ENV_CASES: list[tuple[str, dict[str, str], str]] = [
 
 
 def _filled(text: str, d: Path) -> str:
-    return text.replace("{d}", str(d))
+    return text.replace("{d}", str(d)).replace("{repo}", str(REPO))
 
 
 @pytest.mark.timeout(60)
@@ -147,3 +198,56 @@ def test_a_bad_input_under_bisect_is_125(tmp_path: Path) -> None:
     assert result.returncode == EXIT_BISECT_SKIP, result.stderr
     assert "held_fd runs under forbid only, not under warn" in result.stderr
     sandbox.assert_clean()
+
+
+@needs_qemu
+@pytest.mark.timeout(60)
+def test_probe_of_a_qemu_too_old_says_why(tmp_path: Path) -> None:
+    """probe prints its record, then exits 2 with the reason: before, its only word
+    was ``qemu.multidevs_supported false``."""
+    old = tmp_path / "qemu-4.1"
+    old.write_text("#!/bin/sh\ncase \"$*\" in *--version*) echo 'QEMU emulator version 4.1.0'; "
+                   f"exit 0;; esac\nexec {real_qemu()} \"$@\"\n")
+    old.chmod(0o755)
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["probe", "--accel", "tcg", "--qemu", str(old)], timeout=40)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {old} is QEMU 4.1.0; multidevs needs QEMU >= 4.2"], result.stderr
+    assert "qemu.multidevs_supported   false" in result.stdout
+    sandbox.assert_clean()
+
+
+@needs_qemu
+@pytest.mark.timeout(120)
+def test_a_run_whose_rows_could_not_be_judged_says_why_in_an_error_line(
+        tmp_path: Path) -> None:
+    """Every exit 2 has its ``error:`` line: a run whose guest cannot boot (a QEMU that
+    rejects a device) gives error rows, and the line counts them and names the first
+    reason; before, only the table said so."""
+    broken = qemu_wrapper(tmp_path, old="virtio-net-pci", new="mdh-no-such-device")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["run", "--accel", "tcg", "--qemu", str(broken), "--modes", "remap",
+                          "--cache", "none", "--checks", "ids", "--layout", "standard",
+                          "--no-control", "--no-witness", "--cold"], timeout=100)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors == ["error: 1 of 1 rows could not be judged; first [remap] QemuFailed: "
+                      "remap: QEMU exited with status 1"], errors
+    assert "hint: the failures above name each row's reason" in result.stderr
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
+
+
+@needs_qemu
+@pytest.mark.timeout(120)
+def test_a_reproduce_that_could_not_run_says_why_in_an_error_line(tmp_path: Path) -> None:
+    broken = qemu_wrapper(tmp_path, old="virtio-net-pci", new="mdh-no-such-device")
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["reproduce", "--accel", "tcg", "--qemu", str(broken), "--cold"],
+                         timeout=100)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 1 of 1 rows could not be judged; first [warn] QemuFailed: "
+                      "warn: QEMU exited with status 1"], result.stderr
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))

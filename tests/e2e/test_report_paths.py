@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import harness_argv, needs_qemu, needs_root, real_qemu
-from .leaks import Sandbox
+from .leaks import Sandbox, kept_log_dirs
 
 EXIT_ENVIRONMENT = 2
 MISSING_QEMU = "/nonexistent/qemu-system-x86_64"
@@ -292,3 +292,36 @@ def test_a_directory_is_refused(tmp_path: Path, case: str) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports", "sandbox", "to-reports"]
     assert list(existing.iterdir()) == []
     sandbox.assert_clean()
+
+
+FAST_RUN = ["run", "--accel", "tcg", "--modes", "remap", "--cache", "none", "--checks", "ids",
+            "--no-control", "--no-witness"]
+
+
+@needs_root
+@needs_qemu
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("finding", [False, True], ids=["rows-pass", "rows-fail"])
+def test_a_report_the_disk_refuses_is_an_error_line_but_never_hides_a_finding(
+        tmp_path: Path, finding: bool) -> None:
+    """``--junit /dev/full`` (a full disk) after the rows are judged: one ``error:``
+    line naming it and the JSON still written; exit 2 when the rows passed, but 1
+    when they hold a finding (the overlay's remap collision with no known issues),
+    which a report that could not be written must not turn into "could not run".
+    Before, it was a harness fault, exit 2 either way."""
+    sandbox = Sandbox(tmp_path / "sandbox")
+    empty = tmp_path / "known.toml"
+    empty.write_text("")
+    layout = ["--layout", "overlay", "--known-issues", str(empty)] if finding else \
+        ["--layout", "standard"]
+    report = tmp_path / "run.json"
+    result = sandbox.run([*FAST_RUN, *layout, "--json", str(report), "--junit", "/dev/full"],
+                         timeout=150)
+    assert result.returncode == (1 if finding else EXIT_ENVIRONMENT), result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the report /dev/full could not be written: No space left on "
+                      "device"], result.stderr
+    assert "harness fault" not in result.stderr
+    assert json.loads(report.read_text())["exit_code"] == (1 if finding else 0)
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+    sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
