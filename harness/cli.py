@@ -823,8 +823,9 @@ def _refuse_unused(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be 0 or more, got {args.jobs}",
                          hint="0 (the default) boots one guest per CPU, at most 4")
     # One value (run, exec, reproduce) or several (grid's repeatable --guest).
-    guests = args.guest if isinstance(args.guest, list) else [args.guest] \
-        if "guest" in given else []
+    guest = getattr(args, "guest", None)
+    guests: list[str] = guest if isinstance(guest, list) else \
+        [guest] if isinstance(guest, str) and "guest" in given else []
     if any(not all(name.strip() for name in value.split(",")) for value in guests):
         raise UsageError(f"--guest {','.join(guests)!r} names an empty recipe (an unset "
                          "variable?)",

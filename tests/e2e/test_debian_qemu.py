@@ -153,3 +153,19 @@ def test_an_unreachable_archive_is_exit_2_naming_the_step_and_leaves_no_build(
     builds = paths.qemu_builds_dir(cache)
     assert not builds.exists() or list(builds.iterdir()) == []
     sandbox.assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_the_cache_lists_the_fetched_build_with_its_pin(newest: DebianBuild,
+                                                        tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    result = sandbox.run(["qemu", "list", "--json"], timeout=50)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    builds = {(b["suite"], b["version"]): b for b in data["builds"]}
+    listed = builds[(NEWEST, newest.version)]
+    assert listed["binary"] == str(newest.wrapper) and data["pins"][NEWEST] == newest.version
+    text = sandbox.run(["qemu", "list"], timeout=50)
+    assert text.returncode == 0 and f"{newest.version}" in text.stdout and "pinned" in \
+        text.stdout, text.stdout + text.stderr
+    sandbox.assert_clean()
