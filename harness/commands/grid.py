@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Progress
+from ..environment import resolve_qemu
 from ..errors import EXIT_ERROR, EXIT_FAIL
+from ..image.recipe import load_recipe
 from ..plan import RunOptions
 from ..results import RunResults
 from ..run import run_checks
@@ -71,7 +73,13 @@ def cell_of(qemu: str, guest: str, result: RunResults, seconds: float) -> Cell:
 
 def run_grid(options: RunOptions, qemus: Sequence[str], guests: Sequence[str],
              progress: Progress) -> list[Cell]:
-    """Run ``options`` on every QEMU x guest cell, one after another."""
+    """Run ``options`` on every QEMU x guest cell, one after another.  Every QEMU is
+    found (a Debian one fetched) and every guest recipe read before the first cell
+    boots, so a bad last name fails at once, not after the cells before it."""
+    for qemu in qemus:
+        resolve_qemu(qemu, progress)
+    for guest in guests:
+        load_recipe(guest)
     cells: list[Cell] = []
     total = len(qemus) * len(guests)
     for qemu in qemus:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -73,8 +74,19 @@ def resolve_binary(binary: Path | str) -> Path:
             )
         return Path(found).absolute()
     path = Path(text).absolute()
-    if not path.is_file():
-        raise QemuNotFound(f"QEMU binary {path} does not exist", hint=INSTALL_HINT)
+    try:
+        kind = path.stat().st_mode
+    except FileNotFoundError:
+        raise QemuNotFound(f"QEMU binary {path} does not exist", hint=INSTALL_HINT) from None
+    except OSError as exc:  # a symbolic link loop, a path through a file
+        raise QemuNotFound(f"QEMU binary {path} cannot be reached: {exc.strerror}",
+                           hint=INSTALL_HINT) from exc
+    if stat.S_ISDIR(kind):
+        raise QemuNotFound(f"QEMU binary {path} is a directory",
+                           hint="pass the qemu-system-x86_64 inside it (a build tree's "
+                           "binary sits in its build/ folder)")
+    if not stat.S_ISREG(kind):
+        raise QemuNotFound(f"QEMU binary {path} is not a regular file", hint=INSTALL_HINT)
     if not os.access(path, os.X_OK):
         raise QemuNotFound(f"QEMU binary {path} is not executable", hint=INSTALL_HINT)
     return path

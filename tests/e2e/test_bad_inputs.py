@@ -144,6 +144,19 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-fixed-layouts-with-devices", ["run", "--layout", "loop,overlay", "--devices", "5"],
      "error: --devices 5 is ignored by --layout loop,overlay (loop has 2, overlay has 1 "
      "device(s) of its own)"),
+    # --qemu: a directory or a link loop said "does not exist".
+    ("qemu-is-a-directory", ["run", "--qemu", "{d}/dir"],
+     "error: QEMU binary {d}/dir is a directory"),
+    ("qemu-is-a-symlink-loop", ["run", "--qemu", "{d}/loop"],
+     "error: QEMU binary {d}/loop cannot be reached: Too many levels of symbolic links"),
+    ("qemu-unknown-debian-suite", ["run", "--qemu", "debian:nosuchsuite"],
+     "error: --qemu debian:nosuchsuite: Debian has no suite 'nosuchsuite' that serves QEMU "
+     "here"),
+    ("grid-unknown-debian-suite", ["grid", "--qemu", "debian:sid,debian:nosuchsuite"],
+     "error: --qemu debian:nosuchsuite: Debian has no suite 'nosuchsuite' that serves QEMU "
+     "here"),
+    ("grid-empty-guest", ["grid", "--qemu", "debian:sid", "--guest", "a,,b"],
+     "error: --guest 'a,,b' names an empty recipe (an unset variable?)"),
 ]
 
 # (case id, environment, the whole error line) for ``run`` with no further options.
