@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
 
-# exec's exit status, in its --help and the README.  Passed through as ssh does, so a
+# exec's exit status, in its --help and docs/usage.md.  Passed through as ssh does, so a
 # script can ask the guest a question (exec -- test -e /x); exec judges nothing, so
 # there is no finding its 1 could be mistaken for.
 EXEC_STATUS = ("exit status: the guest command's own (as ssh: 0-255, 255 if a signal ended "
@@ -265,7 +265,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--layout", default=",".join(DEFAULT_LAYOUTS), metavar="LAYOUT[,LAYOUT...]",
         help=f"host layouts, each its own exports: {','.join(ALL_LAYOUTS)} (default: "
         f"{','.join(DEFAULT_LAYOUTS)}); btrfs, xfs and ext4 need root (loop devices), "
-        "scripted ones FUSE; see the README's layout table")
+        "scripted ones FUSE; see docs/checks.md for each")
     run.add_argument("--known-issues", type=_path, metavar="FILE",
                      help="known QEMU and kernel bugs (TOML) instead of the harness's own; "
                      "an empty file: nothing is known")
@@ -341,7 +341,7 @@ def _add_layout_option(parser: argparse.ArgumentParser) -> None:
         help="standard: devNN tmpfs mounts with files, hard links and twins; loop: the "
         "root holds only dev01 and shares its qid under warn (a client with an inode "
         "cache takes dev01 for its own parent: ELOOP on Linux 6.12); overlay: the root "
-        "is an overlayfs (xino) over tmpfs layers; see the README for the others",
+        "is an overlayfs (xino) over tmpfs layers; see docs/checks.md for the others",
     )
 
 

@@ -1,6 +1,6 @@
 """Render the result schema (``results``) as a terminal table, JSON and JUnit XML.
 
-One function per format; every JSON key is documented in the README.
+One function per format; every JSON key is documented in docs/reports.md.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _ops_dict(verdict: OpsVerdict) -> dict[str, Any]:
 
 
 def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
-    """The JSON object of one result row (keys documented in the README).
+    """The JSON object of one result row (keys documented in docs/reports.md).
 
     ``log_dir`` is null when the run's logs were removed (a passing run).
     """

@@ -1,4 +1,4 @@
-"""Rootless as the README promises: the default ``run`` as an unprivileged user.
+"""Rootless as docs/usage.md promises: the default ``run`` as an unprivileged user.
 
 The run makes its mounts in a user + mount namespace.  There overlayfs refuses the
 options a root run uses (``redirect_dir=off``: EPERM; the kernel log asks for
