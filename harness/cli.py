@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -134,6 +133,28 @@ def _report_path(text: str) -> Path:
     return Path(text)
 
 
+# What a bare ``--json`` means: stdout, as it did before ``--json FILE`` was everywhere.
+STDOUT = Path("-")
+
+
+def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json FILE`` as every command that has JSON declares it: ``-`` (or the option
+    alone) is stdout.  A listing command (predict, probe, image, qemu) then prints the
+    JSON instead of its text; run and grid print their table, then the JSON."""
+    parser.add_argument("--json", type=_report_path, nargs="?", const=STDOUT, metavar="FILE",
+                        help=f"write {what} as JSON to FILE ('-' or no FILE: stdout; a "
+                        "device or pipe is written through)")
+
+
+def _write_json(data: Any, path: Path, what: str) -> None:
+    """Write a listing command's JSON to ``path`` (stdout: printed, nothing else said)."""
+    from . import report as rep
+
+    rep.write_json(data, path)
+    if not rep.is_stdout(path):
+        progress(f"{what}: {path}")
+
+
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
     if several_qemus:
         parser.add_argument("--qemu", action="append", default=[], type=_given,
@@ -169,7 +190,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     image = sub.add_parser("image", help="build or inspect the guest image")
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
-    build.add_argument("--json", action="store_true", help="print paths as JSON")
+    _add_json_option(build, "the image's paths")
     build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     build.add_argument("--guest", "--recipe", dest="guest", default=None,
                        help="recipe name (a folder of guests/) or path; default: the default")
@@ -178,7 +199,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                        "modules instead of the distro kernel's")
     listing = image_sub.add_parser("list", help="show the recipes, their cached images and "
                                    "the saved guest states")
-    listing.add_argument("--json", action="store_true")
+    _add_json_option(listing, "the listing")
     image_sub.add_parser("prune", help="remove every saved guest state (the next boot of "
                          "each kind saves a new one)")
 
@@ -191,7 +212,7 @@ def _add_qemu_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                           "(--qemu debian:SUITE)")
     qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True, parser_class=_Parser)
     listing = qemu_sub.add_parser("list", help="show the Debian QEMUs in the cache")
-    listing.add_argument("--json", action="store_true")
+    _add_json_option(listing, "the listing")
     fetch = qemu_sub.add_parser("fetch", help="fetch suites' QEMUs into the cache (once)")
     fetch.add_argument("suites", nargs="+", metavar="SUITE", choices=list(SUITES),
                        help=f"one or more of {', '.join(SUITES)}")
@@ -219,7 +240,7 @@ def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                       help="comma-separated: remap,warn,forbid,default")
     grid.add_argument("--checks", default=",".join(ALL_CHECKS),
                       help=f"comma-separated check families: {','.join(ALL_CHECKS)}")
-    grid.add_argument("--json", type=_path, metavar="FILE", help="write the grid as JSON")
+    _add_json_option(grid, "the grid")
     grid.add_argument("--markdown", type=_path, metavar="FILE",
                       help="write the grid as a Markdown table (a CI step summary)")
 
@@ -279,16 +300,26 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=_report_path,
-                     help="write the JSON report here ('-': stdout; a device or pipe is "
-                     "written through)")
-    run.add_argument("--junit", type=_report_path, help="write JUnit XML here (as --json)")
+    _add_report_options(run)
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
     _add_export_options(run)
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for 'git bisect run': pass 0, fail 1, error or "
                      "inconclusive 125 (skip the commit)")
+
+
+def _add_report_options(run: argparse.ArgumentParser) -> None:
+    """run's outputs: the table's shape and the report files."""
+    _add_json_option(run, "the report")
+    run.add_argument("--junit", type=_report_path, metavar="FILE",
+                     help="write JUnit XML to FILE (as --json)")
+    run.add_argument("--markdown", type=_report_path, metavar="FILE",
+                     help="write the verdict table as Markdown to FILE (a CI step summary; "
+                     "as --json)")
+    run.add_argument("--wide", action="store_true",
+                     help="print the full table, each row's expectation in it, as wide as "
+                     "it needs (default: fitted to 100 columns, expectations in a legend)")
 
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
@@ -331,7 +362,7 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict.add_argument("--transport", default=Transport.NINEP.value, metavar="T[,T...]",
                          help="9p (the modes), virtiofs (both virtiofsd settings), or "
                          "9p,virtiofs (default: 9p)")
-    predict.add_argument("--json", action="store_true", help="print JSON")
+    _add_json_option(predict, "the prediction")
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -380,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
     probe.add_argument("--qemu", type=_given, help="QEMU binary (default: qemu-system-x86_64)")
     probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
-    probe.add_argument("--json", action="store_true")
+    _add_json_option(probe, "the environment block")
 
     exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down",
                            epilog=EXEC_STATUS)
@@ -404,15 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(data: Any) -> None:
-    say(json.dumps(data, indent=2, default=str))
-
-
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from . import report as rep
     from .commands.image import build, image_json, image_text
 
+    if args.json is not None:
+        rep.check_destination(args.json, "--json")
     image = build(args.guest, args.modules, args.force, progress)
-    say(json.dumps(image_json(image), indent=2) if args.json else image_text(image))
+    if args.json is None or not rep.is_stdout(args.json):
+        say(image_text(image))
+    if args.json is not None:
+        _write_json(image_json(image), args.json, "JSON paths")
     return EXIT_OK
 
 
@@ -426,16 +459,27 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 def cmd_image_list(args: argparse.Namespace) -> int:
     from .commands.image import listing, listing_text
 
-    found = listing()
-    say(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
-    return EXIT_OK
+    return _listing(args, listing, listing_text)
 
 
 def cmd_qemu_list(args: argparse.Namespace) -> int:
     from .commands.qemu import listing, listing_text
 
+    return _listing(args, listing, listing_text)
+
+
+def _listing(args: argparse.Namespace, listing: Callable[[], Any],
+             text: Callable[[Any], str]) -> int:
+    """A listing command: its text, or its JSON (``--json``) to stdout or a file."""
+    from . import report as rep
+
+    if args.json is not None:
+        rep.check_destination(args.json, "--json")
     found = listing()
-    say(json.dumps(found, indent=2) if args.json else listing_text(found))
+    if args.json is None or not rep.is_stdout(args.json):
+        say(text(found))
+    if args.json is not None:
+        _write_json(found, args.json, "JSON listing")
     return EXIT_OK
 
 
@@ -456,14 +500,16 @@ def cmd_qemu_pin(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from .environment import probe_record
-    from .report import environment_json
+    from .report import check_destination, environment_json, is_stdout
 
+    if args.json is not None:
+        check_destination(args.json, "--json")
     record = probe_record(args.qemu, Accel(args.accel), progress=progress)
-    if args.json:
-        _print_json(environment_json(record))
-    else:
+    if args.json is None or not is_stdout(args.json):
         for key, value in record.properties():
             say(f"{key:26} {value}")
+    if args.json is not None:
+        _write_json(environment_json(record), args.json, "JSON environment")
     return EXIT_OK if record.qemu.multidevs_supported else EXIT_ERROR
 
 
@@ -520,8 +566,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         known_issues=args.known_issues,
         strict_known=args.strict_known,
     )
-    result = _checked_run(options, args.json, args.junit)
-    say(rep.table(result))
+    result = _checked_run(options, args.json, args.junit, args.markdown)
+    say(rep.table(result, wide=args.wide))
     if export is not None:
         say()
         say(rep.export_collisions(result))
@@ -533,6 +579,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.junit:
         rep.write_junit(result, args.junit)
         progress(f"JUnit report: {_shown(args.junit)}")
+    if args.markdown:
+        rep.write_text(rep.markdown(result), args.markdown)
+        progress(f"Markdown table: {_shown(args.markdown)}")
     return result.exit_code
 
 
@@ -572,15 +621,16 @@ def _shown(path: Path) -> str:
     return "stdout" if is_stdout(path) else str(path)
 
 
-def _checked_run(options: RunOptions, json_path: Path | None,
-                 junit_path: Path | None) -> RunResults:
+def _checked_run(options: RunOptions, json_path: Path | None, junit_path: Path | None,
+                 markdown_path: Path | None = None) -> RunResults:
     """``run_checks`` with its report paths checked before anything boots; a run that
     ends without rows (bad input, a harness fault) still writes reports saying why."""
     from . import report as rep
     from .run import run_checks
 
     rep.check_destinations(
-        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path))
+        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path),
+                                             ("--markdown", markdown_path))
          if path is not None], _run_inputs(options))
     try:
         return run_checks(options, progress=progress)
@@ -627,14 +677,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .commands.predict import predict_json, predict_text, predict_tree
+    from .report import check_destinations, is_stdout
 
+    if args.json is not None:
+        # A report inside the tree would change the tree it is about.
+        check_destinations([("--json", args.json)], [("PATH", args.path)])
     found = predict_tree(args.path, parse_modes(args.modes), version=args.qemu_version,
                          qemu=args.qemu, max_paths=args.max_paths,
                          transports=parse_transports(args.transport), progress=progress)
-    if args.json:
-        _print_json(predict_json(found))
-    else:
+    if args.json is None or not is_stdout(args.json):
         say(predict_text(found))
+    if args.json is not None:
+        _write_json(predict_json(found), args.json, "JSON prediction")
     return found.exit_code
 
 
