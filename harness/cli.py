@@ -137,13 +137,40 @@ def _report_path(text: str) -> Path:
 STDOUT = Path("-")
 
 
-def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json FILE`` as every command that has JSON declares it: ``-`` (or the option
     alone) is stdout.  A listing command (predict, probe, image, qemu) then prints the
     JSON instead of its text; run and grid print their table, then the JSON."""
     parser.add_argument("--json", type=_report_path, nargs="?", const=STDOUT, metavar="FILE",
-                        help=f"write {what} as JSON to FILE ('-' or no FILE: stdout; a "
+                        help="write the command's JSON to FILE ('-' or no FILE: stdout; a "
                         "device or pipe is written through)")
+
+
+# The options several commands share, each declared once with one help text (a command
+# that means something else by a name declares its own, e.g. predict's --qemu).
+def _add_accel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value,
+                        help="auto: KVM only if a guest really starts under it, else TCG "
+                        "(said so)")
+
+
+def _add_cold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cold", action="store_true",
+                        help="boot every guest cold (default: restore a saved guest state "
+                        "where one fits, ~0.4 s to SSH instead of ~2.5 s under TCG)")
+
+
+def _add_modes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
+                        help="comma-separated multidevs modes: remap,warn,forbid,default "
+                        "(default: all)")
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    """The standard export's shape (run and reproduce)."""
+    parser.add_argument("--devices", type=_whole_number, default=3,
+                        help="host devices in the export (1..128; 1 = control only)")
+    parser.add_argument("--files", type=_whole_number, default=8, help="files per device")
 
 
 def _write_json(data: Any, path: Path, what: str) -> None:
@@ -163,12 +190,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = 
     else:
         parser.add_argument("--qemu", type=_given,
                             help="QEMU binary to test (default: qemu-system-x86_64)")
-    parser.add_argument(
-        "--accel",
-        choices=[a.value for a in Accel],
-        default=Accel.AUTO.value,
-        help="auto: KVM only if a guest really starts under it, else TCG (said so)",
-    )
+    _add_accel_option(parser)
     parser.add_argument("--kernel", type=_path, help="boot this kernel instead of the image's")
     parser.add_argument("--modules", type=_path, default=None, metavar="DIR",
                         help="load this 'make modules_install' tree's modules (with --kernel)")
@@ -180,9 +202,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = 
         parser.add_argument("--guest", default=None, metavar="NAME",
                             help="guest recipe (see 'image list'; default: the default)")
     parser.add_argument("--logs", type=_path, help="keep per-guest logs here (always kept)")
-    parser.add_argument("--cold", action="store_true",
-                        help="boot every guest cold (default: restore a saved guest state "
-                        "where one fits, ~0.4 s to SSH instead of ~2.5 s under TCG)")
+    _add_cold_option(parser)
 
 
 def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -190,7 +210,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     image = sub.add_parser("image", help="build or inspect the guest image")
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
-    _add_json_option(build, "the image's paths")
+    _add_json_option(build)
     build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     build.add_argument("--guest", "--recipe", dest="guest", default=None,
                        help="recipe name (a folder of guests/) or path; default: the default")
@@ -199,7 +219,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                        "modules instead of the distro kernel's")
     listing = image_sub.add_parser("list", help="show the recipes, their cached images and "
                                    "the saved guest states")
-    _add_json_option(listing, "the listing")
+    _add_json_option(listing)
     image_sub.add_parser("prune", help="remove every saved guest state (the next boot of "
                          "each kind saves a new one)")
 
@@ -212,7 +232,7 @@ def _add_qemu_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                           "(--qemu debian:SUITE)")
     qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True, parser_class=_Parser)
     listing = qemu_sub.add_parser("list", help="show the Debian QEMUs in the cache")
-    _add_json_option(listing, "the listing")
+    _add_json_option(listing)
     fetch = qemu_sub.add_parser("fetch", help="fetch suites' QEMUs into the cache (once)")
     fetch.add_argument("suites", nargs="+", metavar="SUITE", choices=list(SUITES),
                        help=f"one or more of {', '.join(SUITES)}")
@@ -234,13 +254,11 @@ def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     grid.add_argument("--guest", action="append", default=[], type=_given,
                       help="guest recipes, comma-separated or repeated (see 'image list'; "
                       "default: the default recipe)")
-    grid.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
-    grid.add_argument("--cold", action="store_true", help="boot every guest cold")
-    grid.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
-                      help="comma-separated: remap,warn,forbid,default")
-    grid.add_argument("--checks", default=",".join(ALL_CHECKS),
-                      help=f"comma-separated check families: {','.join(ALL_CHECKS)}")
-    _add_json_option(grid, "the grid")
+    _add_accel_option(grid)
+    _add_cold_option(grid)
+    _add_modes_option(grid)
+    _add_check_option(grid)
+    _add_json_option(grid)
     grid.add_argument("--markdown", type=_path, metavar="FILE",
                       help="write the grid as a Markdown table (a CI step summary)")
 
@@ -258,11 +276,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
     _add_machine_options(run, several_qemus=True)
     _add_datadir_option(run)
-    run.add_argument(
-        "--modes",
-        default=",".join(m.value for m in ALL_MODES),
-        help="comma-separated: remap,warn,forbid,default",
-    )
+    _add_modes_option(run)
     run.add_argument(
         "--cache",
         default=",".join(c.value for c in DEFAULT_CACHES),
@@ -278,9 +292,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--virtiofsd", type=_path, metavar="PATH",
                      help="the virtiofsd (1.x) for virtiofs rows; default: the host's, else "
                      "Debian trixie's, fetched once into the image cache")
-    run.add_argument("--devices", type=_whole_number, default=3,
-                     help="host devices in the export (1..128; 1 = control only)")
-    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
+    _add_shape_options(run)
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
     run.add_argument(
         "--layout", default=",".join(DEFAULT_LAYOUTS), metavar="LAYOUT[,LAYOUT...]",
@@ -311,7 +323,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_report_options(run: argparse.ArgumentParser) -> None:
     """run's outputs: the table's shape and the report files."""
-    _add_json_option(run, "the report")
+    _add_json_option(run)
     run.add_argument("--junit", type=_report_path, metavar="FILE",
                      help="write JUnit XML to FILE (as --json)")
     run.add_argument("--markdown", type=_report_path, metavar="FILE",
@@ -350,8 +362,7 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict = sub.add_parser("predict", help="predict each mode's collisions on a tree, "
                              "without booting anything")
     predict.add_argument("path", type=_path, help="the directory you would export")
-    predict.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
-                         help="comma-separated: remap,warn,forbid,default (default: all)")
+    _add_modes_option(predict)
     predict.add_argument("--qemu-version", metavar="X.Y.Z",
                          help="predict for this QEMU version (default: --qemu's)")
     predict.add_argument("--qemu", type=_given,
@@ -362,7 +373,7 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict.add_argument("--transport", default=Transport.NINEP.value, metavar="T[,T...]",
                          help="9p (the modes), virtiofs (both virtiofsd settings), or "
                          "9p,virtiofs (default: 9p)")
-    _add_json_option(predict, "the prediction")
+    _add_json_option(predict)
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -409,9 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
-    probe.add_argument("--qemu", type=_given, help="QEMU binary (default: qemu-system-x86_64)")
-    probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
-    _add_json_option(probe, "the environment block")
+    probe.add_argument("--qemu", type=_given,
+                       help="QEMU binary to test (default: qemu-system-x86_64)")
+    _add_accel_option(probe)
+    _add_json_option(probe)
 
     exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down",
                            epilog=EXEC_STATUS)
@@ -427,8 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[m.value for m in ALL_MODES])
     repro.add_argument("--cache", default=Cache.NONE.value, choices=[c.value for c in ALL_CACHES],
                        help="the guest's 9p cache mode (loose shows aliasing under warn)")
-    repro.add_argument("--devices", type=_whole_number, default=3)
-    repro.add_argument("--files", type=_whole_number, default=8)
+    _add_shape_options(repro)
     _add_layout_option(repro)
     _add_export_options(repro)
     _add_predict_command(sub)

@@ -140,3 +140,21 @@ def test_the_usage_page_names_every_option_of_every_command() -> None:
                     if option not in ("-h", "--help")
                     and not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", section)]
     assert missing == []
+
+
+# Options several commands share: one declaration, so one help text (predict's --qemu,
+# --transport and --max-paths, reproduce's --cache and --layout mean something else).
+SHARED = ("--accel", "--cold", "--modes", "--checks", "--devices", "--files", "--json",
+          "--logs", "--kernel", "--export")
+
+
+def test_a_shared_option_says_the_same_on_every_command() -> None:
+    helps: dict[str, dict[str, str | None]] = {}
+    for path, parser in _commands(build_parser()):
+        for action in parser._actions:
+            for option in set(action.option_strings) & set(SHARED):
+                helps.setdefault(option, {})[" ".join(path)] = action.help
+    assert sorted(helps) == sorted(SHARED)
+    differing = {option: texts for option, texts in helps.items()
+                 if len(texts) < 2 or len(set(texts.values())) != 1 or None in texts.values()}
+    assert differing == {}
