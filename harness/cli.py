@@ -648,7 +648,7 @@ def _checked_run(options: RunOptions, json_path: Path | None, junit_path: Path |
     except Exception as exc:
         reason = exc.message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, HarnessError):
-            rep.write_unrun(reason, json_path, junit_path)
+            rep.write_unrun(reason, json_path, junit_path, markdown_path)
         raise
 
 

@@ -600,9 +600,13 @@ def _xml(root: ET.Element) -> bytes:
     return data + b"\n"
 
 
-def write_unrun(message: str, json_path: Path | None, junit_path: Path | None) -> None:
+def write_unrun(message: str, json_path: Path | None, junit_path: Path | None,
+                markdown_path: Path | None = None) -> None:
     """Reports of a run that ended before it had rows (bad input, a harness fault):
     exit code 2 and the reason, so a CI job that reads them sees why, not nothing."""
+    if markdown_path is not None:
+        write_text(f"**multidevs-harness did not run** (exit {EXIT_ERROR}): {message}\n",
+                   markdown_path)
     if json_path is not None:
         write_json({"passed": False, "exit_code": EXIT_ERROR, "error": message,
                     "results": []}, json_path)
