@@ -193,18 +193,29 @@ def markdown(report: RunResults) -> str:
 
 
 def _known_lines(report: RunResults) -> list[str]:
-    """The table's account of known issues: each row a known bug explains (with the
-    first of its failures, the evidence) and each known bug that did not reproduce."""
+    """The table's account of known issues: each known bug once (its title, wrapped to
+    the table's width, and how to reproduce it), then each row it explains with the
+    first of its failures (the evidence); and each known bug that did not reproduce."""
     lines: list[str] = []
-    known = [(r, r.known_issue) for r in report.rows if r.known_issue is not None]
-    if known:
+    explained: dict[str, list[ResultRow]] = {}
+    for row in report.rows:
+        if row.known_issue is not None:
+            explained.setdefault(row.known_issue.id, []).append(row)
+    if explained:
         lines += ["", "known issues (failures a known bug explains; not counted as news):"]
-    for row, issue in known:
-        lines.append(f"  [{row.case}] {issue.id}: {issue.title} (reproduce: {issue.reproducer})")
-        lines += [f"      {text}" for text in row.failures[:KNOWN_SHOWN]]
-        if len(row.failures) > KNOWN_SHOWN:
-            lines.append(f"      ... ({len(row.failures) - KNOWN_SHOWN} more in the "
-                         "JSON report)")
+    for rows in explained.values():
+        issue = rows[0].known_issue
+        assert issue is not None  # grouped by it above
+        lines += textwrap.wrap(f"{issue.id}: {issue.title}", TABLE_WIDTH, initial_indent="  ",
+                               subsequent_indent="      ", break_long_words=False,
+                               break_on_hyphens=False)
+        lines.append(f"    reproduce: {issue.reproducer}")
+        for row in rows:
+            lines.append(f"    [{row.case}]")
+            lines += [f"      {text}" for text in row.failures[:KNOWN_SHOWN]]
+            if len(row.failures) > KNOWN_SHOWN:
+                lines.append(f"      ... ({len(row.failures) - KNOWN_SHOWN} more in the "
+                             "JSON report)")
     absent = [(r.case, i.id) for r in report.rows for i in r.unreproduced]
     if absent:
         lines += ["", "known issues that did not reproduce (fixed? --strict-known fails):"]

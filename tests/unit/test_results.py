@@ -37,6 +37,7 @@ from harness.results import (
 from harness.verdicts.cache import PowerFinding
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge, unobserved
+from harness.verdicts.known import KnownIssue
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
 from harness.verdicts.rejection import Attempt, judge_rejection
 from harness.verdicts.witnesses import Witness
@@ -318,3 +319,20 @@ def test_markdown_has_every_row_and_failure_and_escapes_bars() -> None:
     assert lines[3].startswith("| `warn` |") and lines[3].endswith("| **FAIL** |")
     assert "- `warn`: warn went fail" in lines
     assert lines[-1] == summary_line(_report(*rows))
+
+
+def test_a_known_issue_is_named_once_above_the_rows_it_explains() -> None:
+    issue = KnownIssue("qemu-remap-unkeyed-bits", "multidevs=remap gives distinct files one "
+                       "qid when their inode numbers differ only in high bits the device's "
+                       "remap key ignores (overlayfs xino layers)", "qemu", ("remap",), (),
+                       "multidevs-harness reproduce --layout overlay --mode remap")
+    rows = [replace(_row(case, Status.FAIL), known_issue=issue)
+            for case in ("remap@overlay", "remap+loose@overlay")]
+    text = table(_report(*rows))
+    section = text.split("not counted as news):\n")[1].splitlines()
+    assert text.count("overlayfs xino layers") == 1 and text.count("reproduce:") == 1, text
+    assert section[0].startswith("  qemu-remap-unkeyed-bits: multidevs=remap gives"), text
+    assert max(len(line) for line in section[:2]) <= TABLE_WIDTH
+    assert section[2:] == ["    reproduce: multidevs-harness reproduce --layout overlay "
+                           "--mode remap", "    [remap@overlay]", "      remap@overlay went fail",
+                           "    [remap+loose@overlay]", "      remap+loose@overlay went fail"]
