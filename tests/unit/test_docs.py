@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +160,11 @@ def test_a_shared_option_says_the_same_on_every_command() -> None:
     differing = {option: texts for option, texts in helps.items()
                  if len(texts) < 2 or len(set(texts.values())) != 1 or None in texts.values()}
     assert differing == {}
+
+
+def test_the_option_reference_is_the_parsers_own() -> None:
+    # The usage page's option tables are generated; a help text changed in the parser
+    # and not regenerated would make the page say something the command does not.
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "usage-doc"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
