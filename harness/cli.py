@@ -146,6 +146,11 @@ def _add_json_option(parser: argparse.ArgumentParser) -> None:
                         "device or pipe is written through)")
 
 
+# Every --qemu names a QEMU the same way (environment.resolve_qemu).
+QEMU_HELP = ("the QEMU to test: a path, a name on PATH or debian:SUITE (see 'qemu list'); "
+             "default: $MDH_QEMU, else qemu-system-x86_64")
+
+
 # The options several commands share, each declared once with one help text (a command
 # that means something else by a name declares its own, e.g. predict's --qemu).
 def _add_accel_option(parser: argparse.ArgumentParser) -> None:
@@ -185,11 +190,10 @@ def _write_json(data: Any, path: Path, what: str) -> None:
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
     if several_qemus:
         parser.add_argument("--qemu", action="append", default=[], type=_given,
-                            help="QEMU binary to test; repeat to run the whole matrix on "
-                            "each, in order (default: qemu-system-x86_64)")
+                            help=f"{QEMU_HELP}; repeat to run the whole matrix on each, in "
+                            "order")
     else:
-        parser.add_argument("--qemu", type=_given,
-                            help="QEMU binary to test (default: qemu-system-x86_64)")
+        parser.add_argument("--qemu", type=_given, help=QEMU_HELP)
     _add_accel_option(parser)
     parser.add_argument("--kernel", type=_path, help="boot this kernel instead of the image's")
     parser.add_argument("--modules", type=_path, default=None, metavar="DIR",
@@ -420,8 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
-    probe.add_argument("--qemu", type=_given,
-                       help="QEMU binary to test (default: qemu-system-x86_64)")
+    probe.add_argument("--qemu", type=_given, help=QEMU_HELP)
     _add_accel_option(probe)
     _add_json_option(probe)
 
