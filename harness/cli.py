@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
 
-# exec's exit status, in its --help and the README.  Passed through as ssh does, so a
+# exec's exit status, in its --help and docs/usage.md.  Passed through as ssh does, so a
 # script can ask the guest a question (exec -- test -e /x); exec judges nothing, so
 # there is no finding its 1 could be mistaken for.
 EXEC_STATUS = ("exit status: the guest command's own (as ssh: 0-255, 255 if a signal ended "
@@ -134,20 +133,68 @@ def _report_path(text: str) -> Path:
     return Path(text)
 
 
+# What a bare ``--json`` means: stdout, as it did before ``--json FILE`` was everywhere.
+STDOUT = Path("-")
+
+
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json FILE`` as every command that has JSON declares it: ``-`` (or the option
+    alone) is stdout.  A listing command (predict, probe, image, qemu) then prints the
+    JSON instead of its text; run and grid print their table, then the JSON."""
+    parser.add_argument("--json", type=_report_path, nargs="?", const=STDOUT, metavar="FILE",
+                        help="write the command's JSON to FILE ('-' or no FILE: stdout; a "
+                        "device or pipe is written through)")
+
+
+# Every --qemu names a QEMU the same way (environment.resolve_qemu).
+QEMU_HELP = ("the QEMU to test: a path, a name on PATH or debian:SUITE (see 'qemu list'); "
+             "default: $MDH_QEMU, else qemu-system-x86_64")
+
+
+# The options several commands share, each declared once with one help text (a command
+# that means something else by a name declares its own, e.g. predict's --qemu).
+def _add_accel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value,
+                        help="auto: KVM only if a guest really starts under it, else TCG "
+                        "(said so)")
+
+
+def _add_cold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cold", action="store_true",
+                        help="boot every guest cold (default: restore a saved guest state "
+                        "where one fits, ~0.4 s to SSH instead of ~2.5 s under TCG)")
+
+
+def _add_modes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
+                        help="comma-separated multidevs modes: remap,warn,forbid,default "
+                        "(default: all)")
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    """The standard export's shape (run and reproduce)."""
+    parser.add_argument("--devices", type=_whole_number, default=3,
+                        help="host devices in the export (1..128; 1 = control only)")
+    parser.add_argument("--files", type=_whole_number, default=8, help="files per device")
+
+
+def _write_json(data: Any, path: Path, what: str) -> None:
+    """Write a listing command's JSON to ``path`` (stdout: printed, nothing else said)."""
+    from . import report as rep
+
+    rep.write_json(data, path)
+    if not rep.is_stdout(path):
+        progress(f"{what}: {path}")
+
+
 def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = False) -> None:
     if several_qemus:
         parser.add_argument("--qemu", action="append", default=[], type=_given,
-                            help="QEMU binary to test; repeat to run the whole matrix on "
-                            "each, in order (default: qemu-system-x86_64)")
+                            help=f"{QEMU_HELP}; repeat to run the whole matrix on each, in "
+                            "order")
     else:
-        parser.add_argument("--qemu", type=_given,
-                            help="QEMU binary to test (default: qemu-system-x86_64)")
-    parser.add_argument(
-        "--accel",
-        choices=[a.value for a in Accel],
-        default=Accel.AUTO.value,
-        help="auto: KVM only if a guest really starts under it, else TCG (said so)",
-    )
+        parser.add_argument("--qemu", type=_given, help=QEMU_HELP)
+    _add_accel_option(parser)
     parser.add_argument("--kernel", type=_path, help="boot this kernel instead of the image's")
     parser.add_argument("--modules", type=_path, default=None, metavar="DIR",
                         help="load this 'make modules_install' tree's modules (with --kernel)")
@@ -159,9 +206,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, several_qemus: bool = 
         parser.add_argument("--guest", default=None, metavar="NAME",
                             help="guest recipe (see 'image list'; default: the default)")
     parser.add_argument("--logs", type=_path, help="keep per-guest logs here (always kept)")
-    parser.add_argument("--cold", action="store_true",
-                        help="boot every guest cold (default: restore a saved guest state "
-                        "where one fits, ~0.4 s to SSH instead of ~2.5 s under TCG)")
+    _add_cold_option(parser)
 
 
 def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -169,7 +214,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     image = sub.add_parser("image", help="build or inspect the guest image")
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser("build", help="resolve package versions, build (cached)")
-    build.add_argument("--json", action="store_true", help="print paths as JSON")
+    _add_json_option(build)
     build.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     build.add_argument("--guest", "--recipe", dest="guest", default=None,
                        help="recipe name (a folder of guests/) or path; default: the default")
@@ -178,7 +223,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                        "modules instead of the distro kernel's")
     listing = image_sub.add_parser("list", help="show the recipes, their cached images and "
                                    "the saved guest states")
-    listing.add_argument("--json", action="store_true")
+    _add_json_option(listing)
     image_sub.add_parser("prune", help="remove every saved guest state (the next boot of "
                          "each kind saves a new one)")
 
@@ -191,7 +236,7 @@ def _add_qemu_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
                           "(--qemu debian:SUITE)")
     qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True, parser_class=_Parser)
     listing = qemu_sub.add_parser("list", help="show the Debian QEMUs in the cache")
-    listing.add_argument("--json", action="store_true")
+    _add_json_option(listing)
     fetch = qemu_sub.add_parser("fetch", help="fetch suites' QEMUs into the cache (once)")
     fetch.add_argument("suites", nargs="+", metavar="SUITE", choices=list(SUITES),
                        help=f"one or more of {', '.join(SUITES)}")
@@ -213,15 +258,13 @@ def _add_grid_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     grid.add_argument("--guest", action="append", default=[], type=_given,
                       help="guest recipes, comma-separated or repeated (see 'image list'; "
                       "default: the default recipe)")
-    grid.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
-    grid.add_argument("--cold", action="store_true", help="boot every guest cold")
-    grid.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
-                      help="comma-separated: remap,warn,forbid,default")
-    grid.add_argument("--checks", default=",".join(ALL_CHECKS),
-                      help=f"comma-separated check families: {','.join(ALL_CHECKS)}")
+    _add_accel_option(grid)
+    _add_cold_option(grid)
+    _add_modes_option(grid)
+    _add_check_option(grid)
     grid.add_argument("--cache", default=",".join(c.value for c in DEFAULT_CACHES),
                       help="the guest's 9p cache modes, comma-separated (default: none,loose)")
-    grid.add_argument("--json", type=_path, metavar="FILE", help="write the grid as JSON")
+    _add_json_option(grid)
     grid.add_argument("--markdown", type=_path, metavar="FILE",
                       help="write the grid as a Markdown table (a CI step summary)")
 
@@ -239,11 +282,7 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run = sub.add_parser("run", help="check every multidevs mode (the main job)")
     _add_machine_options(run, several_qemus=True)
     _add_datadir_option(run)
-    run.add_argument(
-        "--modes",
-        default=",".join(m.value for m in ALL_MODES),
-        help="comma-separated: remap,warn,forbid,default",
-    )
+    _add_modes_option(run)
     run.add_argument(
         "--cache",
         default=",".join(c.value for c in DEFAULT_CACHES),
@@ -259,15 +298,13 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument("--virtiofsd", type=_path, metavar="PATH",
                      help="the virtiofsd (1.x) for virtiofs rows; default: the host's, else "
                      "Debian trixie's, fetched once into the image cache")
-    run.add_argument("--devices", type=_whole_number, default=3,
-                     help="host devices in the export (1..128; 1 = control only)")
-    run.add_argument("--files", type=_whole_number, default=8, help="files per device")
+    _add_shape_options(run)
     run.add_argument("--nested", action="store_true", help="add a tmpfs nested in another")
     run.add_argument(
         "--layout", default=",".join(DEFAULT_LAYOUTS), metavar="LAYOUT[,LAYOUT...]",
         help=f"host layouts, each its own exports: {','.join(ALL_LAYOUTS)} (default: "
         f"{','.join(DEFAULT_LAYOUTS)}); btrfs, xfs and ext4 need root (loop devices), "
-        "scripted ones FUSE; see the README's layout table")
+        "scripted ones FUSE; see docs/checks.md for each")
     run.add_argument("--known-issues", type=_path, metavar="FILE",
                      help="known QEMU and kernel bugs (TOML) instead of the harness's own; "
                      "an empty file: nothing is known")
@@ -281,16 +318,26 @@ def _add_run_command(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="one guest per mode instead of sharing guests between modes")
     run.add_argument("--jobs", type=_whole_number, default=0,
                      help="guests booted at once (default: by CPU count)")
-    run.add_argument("--json", type=_report_path,
-                     help="write the JSON report here ('-': stdout; a device or pipe is "
-                     "written through)")
-    run.add_argument("--junit", type=_report_path, help="write JUnit XML here (as --json)")
+    _add_report_options(run)
     run.add_argument("--via", choices=[v.value for v in Via], default=Via.QEMU.value,
                      help="start guests with QEMU directly or through libvirtd")
     _add_export_options(run)
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for 'git bisect run': pass 0, fail 1, error or "
                      "inconclusive 125 (skip the commit)")
+
+
+def _add_report_options(run: argparse.ArgumentParser) -> None:
+    """run's outputs: the table's shape and the report files."""
+    _add_json_option(run)
+    run.add_argument("--junit", type=_report_path, metavar="FILE",
+                     help="write JUnit XML to FILE (as --json)")
+    run.add_argument("--markdown", type=_report_path, metavar="FILE",
+                     help="write the verdict table as Markdown to FILE (a CI step summary; "
+                     "as --json)")
+    run.add_argument("--wide", action="store_true",
+                     help="print the full table, each row's expectation in it, as wide as "
+                     "it needs (default: fitted to 100 columns, expectations in a legend)")
 
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
@@ -321,8 +368,7 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict = sub.add_parser("predict", help="predict each mode's collisions on a tree, "
                              "without booting anything")
     predict.add_argument("path", type=_path, help="the directory you would export")
-    predict.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
-                         help="comma-separated: remap,warn,forbid,default (default: all)")
+    _add_modes_option(predict)
     predict.add_argument("--qemu-version", metavar="X.Y.Z",
                          help="predict for this QEMU version (default: --qemu's)")
     predict.add_argument("--qemu", type=_given,
@@ -333,7 +379,7 @@ def _add_predict_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     predict.add_argument("--transport", default=Transport.NINEP.value, metavar="T[,T...]",
                          help="9p (the modes), virtiofs (both virtiofsd settings), or "
                          "9p,virtiofs (default: 9p)")
-    predict.add_argument("--json", action="store_true", help="print JSON")
+    _add_json_option(predict)
 
 
 def _add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -343,7 +389,7 @@ def _add_layout_option(parser: argparse.ArgumentParser) -> None:
         help="standard: devNN tmpfs mounts with files, hard links and twins; loop: the "
         "root holds only dev01 and shares its qid under warn (a client with an inode "
         "cache takes dev01 for its own parent: ELOOP on Linux 6.12); overlay: the root "
-        "is an overlayfs (xino) over tmpfs layers; see the README for the others",
+        "is an overlayfs (xino) over tmpfs layers; see docs/checks.md for the others",
     )
 
 
@@ -380,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_commands(sub)
 
     probe = sub.add_parser("probe", help="report QEMU version, multidevs support, accel")
-    probe.add_argument("--qemu", type=_given, help="QEMU binary (default: qemu-system-x86_64)")
-    probe.add_argument("--accel", choices=[a.value for a in Accel], default=Accel.AUTO.value)
-    probe.add_argument("--json", action="store_true")
+    probe.add_argument("--qemu", type=_given, help=QEMU_HELP)
+    _add_accel_option(probe)
+    _add_json_option(probe)
 
     exec_ = sub.add_parser("exec", help="boot a guest, run a command over SSH, shut down",
                            epilog=EXEC_STATUS)
@@ -398,23 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=[m.value for m in ALL_MODES])
     repro.add_argument("--cache", default=Cache.NONE.value, choices=[c.value for c in ALL_CACHES],
                        help="the guest's 9p cache mode (loose shows aliasing under warn)")
-    repro.add_argument("--devices", type=_whole_number, default=3)
-    repro.add_argument("--files", type=_whole_number, default=8)
+    _add_shape_options(repro)
     _add_layout_option(repro)
     _add_export_options(repro)
     _add_predict_command(sub)
     return parser
 
 
-def _print_json(data: Any) -> None:
-    say(json.dumps(data, indent=2, default=str))
-
-
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from . import report as rep
     from .commands.image import build, image_json, image_text
 
+    if args.json is not None:
+        rep.check_destination(args.json, "--json")
     image = build(args.guest, args.modules, args.force, progress)
-    say(json.dumps(image_json(image), indent=2) if args.json else image_text(image))
+    if args.json is None or not rep.is_stdout(args.json):
+        say(image_text(image))
+    if args.json is not None:
+        _write_json(image_json(image), args.json, "JSON paths")
     return EXIT_OK
 
 
@@ -428,16 +475,27 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 def cmd_image_list(args: argparse.Namespace) -> int:
     from .commands.image import listing, listing_text
 
-    found = listing()
-    say(json.dumps(found, indent=2, default=str) if args.json else listing_text(found))
-    return EXIT_OK
+    return _listing(args, listing, listing_text)
 
 
 def cmd_qemu_list(args: argparse.Namespace) -> int:
     from .commands.qemu import listing, listing_text
 
+    return _listing(args, listing, listing_text)
+
+
+def _listing(args: argparse.Namespace, listing: Callable[[], Any],
+             text: Callable[[Any], str]) -> int:
+    """A listing command: its text, or its JSON (``--json``) to stdout or a file."""
+    from . import report as rep
+
+    if args.json is not None:
+        rep.check_destination(args.json, "--json")
     found = listing()
-    say(json.dumps(found, indent=2) if args.json else listing_text(found))
+    if args.json is None or not rep.is_stdout(args.json):
+        say(text(found))
+    if args.json is not None:
+        _write_json(found, args.json, "JSON listing")
     return EXIT_OK
 
 
@@ -458,14 +516,16 @@ def cmd_qemu_pin(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from .environment import probe_record
-    from .report import environment_json
+    from .report import check_destination, environment_json, is_stdout
 
+    if args.json is not None:
+        check_destination(args.json, "--json")
     record = probe_record(args.qemu, Accel(args.accel), progress=progress)
-    if args.json:
-        _print_json(environment_json(record))
-    else:
+    if args.json is None or not is_stdout(args.json):
         for key, value in record.properties():
             say(f"{key:26} {value}")
+    if args.json is not None:
+        _write_json(environment_json(record), args.json, "JSON environment")
     return _probe_status(record)
 
 
@@ -535,15 +595,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         known_issues=args.known_issues,
         strict_known=args.strict_known,
     )
-    result = _checked_run(options, args.json, args.junit)
-    say(rep.table(result))
+    result = _checked_run(options, args.json, args.junit, args.markdown)
+    say(rep.table(result, wide=args.wide))
     if export is not None:
         say()
         say(rep.export_collisions(result))
     say()
     say(rep.summary_line(result))
     _say_why_unjudged(result.rows, result.exit_code)
-    return _write_reports(result, args.json, args.junit)
+    return _write_reports(result, args.json, args.junit, args.markdown)
 
 
 def _say_why_unjudged(rows: Sequence[ResultRow], code: int) -> None:
@@ -566,7 +626,8 @@ def _say_why_unjudged(rows: Sequence[ResultRow], code: int) -> None:
         "could not boot, a premise that failed); fix it and run again", err=True)
 
 
-def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path | None) -> int:
+def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path | None,
+                   markdown_path: Path | None = None) -> int:
     """Write the reports asked for and return the exit status.  A report that cannot
     be written (a full disk, ``/dev/full``) is an ``error:`` line and exit 2, the other
     report still written; but a finding (exit 1) outranks it, as a fail row outranks
@@ -579,7 +640,11 @@ def _write_reports(result: RunResults, json_path: Path | None, junit_path: Path 
     def write_junit(path: Path) -> None:
         rep.write_junit(result, path)
 
-    writers = ((json_path, "JSON", write_json), (junit_path, "JUnit", write_junit))
+    def write_markdown(path: Path) -> None:
+        rep.write_text(rep.markdown(result), path)
+
+    writers = ((json_path, "JSON", write_json), (junit_path, "JUnit", write_junit),
+               (markdown_path, "Markdown", write_markdown))
     code = result.exit_code
     for path, kind, write in writers:
         if path is None:
@@ -630,22 +695,23 @@ def _shown(path: Path) -> str:
     return "stdout" if is_stdout(path) else str(path)
 
 
-def _checked_run(options: RunOptions, json_path: Path | None,
-                 junit_path: Path | None) -> RunResults:
+def _checked_run(options: RunOptions, json_path: Path | None, junit_path: Path | None,
+                 markdown_path: Path | None = None) -> RunResults:
     """``run_checks`` with its report paths checked before anything boots; a run that
     ends without rows (bad input, a harness fault) still writes reports saying why."""
     from . import report as rep
     from .run import run_checks
 
     rep.check_destinations(
-        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path))
+        [(option, path) for option, path in (("--json", json_path), ("--junit", junit_path),
+                                             ("--markdown", markdown_path))
          if path is not None], _run_inputs(options))
     try:
         return run_checks(options, progress=progress)
     except Exception as exc:
         reason = exc.message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, HarnessError):
-            rep.write_unrun(reason, json_path, junit_path)
+            rep.write_unrun(reason, json_path, junit_path, markdown_path)
         raise
 
 
@@ -687,14 +753,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .commands.predict import predict_json, predict_text, predict_tree
+    from .report import check_destinations, is_stdout
 
+    if args.json is not None:
+        # A report inside the tree would change the tree it is about.
+        check_destinations([("--json", args.json)], [("PATH", args.path)])
     found = predict_tree(args.path, parse_modes(args.modes), version=args.qemu_version,
                          qemu=args.qemu, max_paths=args.max_paths,
                          transports=parse_transports(args.transport), progress=progress)
-    if args.json:
-        _print_json(predict_json(found))
-    else:
+    if args.json is None or not is_stdout(args.json):
         say(predict_text(found))
+    if args.json is not None:
+        _write_json(predict_json(found), args.json, "JSON prediction")
     return found.exit_code
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# The process exit statuses (README): every held; QEMU or the guest kernel did the
+# The process exit statuses (README, docs/usage.md): every held; QEMU or the guest kernel did the
 # wrong thing; the check could not run or was inconclusive.  Here, not in results,
 # so the CLI's start-up path needs no result schema (and no verdict vocabulary).
 EXIT_OK = 0

@@ -289,7 +289,7 @@ VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
 # with the binds made before virtiofsd starts (``checks.live.binds_before_start``).
 # runtime_mount and held_fd mount on the host after the transport's server started:
 # virtiofsd's sandbox is a mount namespace it makes at start as a slave copy of the
-# harness's private one, which no later mount reaches (the README says more), and
+# harness's private one, which no later mount reaches (docs/virtiofs.md says more), and
 # held_fd and remount ask 9p's questions.
 VIRTIOFS_FAMILIES = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND)
 

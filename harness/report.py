@@ -1,6 +1,6 @@
 """Render the result schema (``results``) as a terminal table, JSON and JUnit XML.
 
-One function per format; every JSON key is documented in the README.
+One function per format; every JSON key is documented in docs/reports.md.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import os
 import socket
 import stat
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,27 +69,17 @@ def _qemu_version(row: ResultRow) -> str:
     return str(row.environment.qemu.version) if row.environment else "-"
 
 
-def table(report: RunResults) -> str:
-    """A fixed-width table (case, expectation, observed, witnesses, verdict), then
-    every failure and note behind the name of its row.  A qemu and a guest column are
-    added when the rows are about more than one QEMU or guest kernel."""
-    headers = ["case", "expectation", "observed", "witnesses", "verdict"]
-    rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
-             _verdict_text(r)] for r in report.rows]
-    # Columns that tell rows apart only when the run spans several of them.
-    for title, value, label in (("layout", _layout_text, _layout_text),
-                                ("transport", _transport_text, _transport_text),
-                                ("guest", _guest_text, _guest_text),
-                                ("qemu", _qemu_text, _qemu_version)):
-        if len({value(r) for r in report.rows}) > 1:
-            headers.insert(1, title)
-            for row, result in zip(rows, report.rows, strict=True):
-                row.insert(1, label(result))
-    widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+def table(report: RunResults, wide: bool = False) -> str:
+    """The verdict table, then every failure and note behind the name of its row.
+
+    By default the table fits ``TABLE_WIDTH`` columns whatever the terminal (a CI log
+    gets the same table): each row's expectation is a key into a legend printed once
+    below it, the observed text is the row's figure (its counts), a known row says
+    KNOWN (the issue is named under "known issues"), and an observed text too long for
+    what is left wraps within its column.  ``wide`` is the full table: the expectation
+    in every row, as wide as the longest cell.  Layout, transport, guest and qemu
+    columns are added when the rows are about more than one of them."""
+    lines = _wide_lines(report) if wide else _narrow_lines(report)
     for title, attribute in (("failures", "failures"), ("notes", "notes")):
         found = [(r.case, text) for r in report.rows for text in getattr(r, attribute)
                  if r.status is not Status.KNOWN or attribute == "notes"]
@@ -98,19 +89,134 @@ def table(report: RunResults) -> str:
     return "\n".join(lines)
 
 
+# The narrow table's width: an 80-column terminal wraps it once at most, a 100-column
+# one or a CI log viewer not at all.
+TABLE_WIDTH = 100
+# Below this the observed column is not narrowed further (a row then wraps more).
+_OBSERVED_MIN = 20
+_GAP = "  "
+
+
+def _extra_columns(report: RunResults) -> list[tuple[str, Callable[[ResultRow], str]]]:
+    """The columns that tell rows apart only when the run spans several values."""
+    return [(title, label) for title, value, label in (
+        ("layout", _layout_text, _layout_text),
+        ("transport", _transport_text, _transport_text),
+        ("guest", _guest_text, _guest_text),
+        ("qemu", _qemu_text, _qemu_version)) if len({value(r) for r in report.rows}) > 1]
+
+
+def _wide_lines(report: RunResults) -> list[str]:
+    headers = ["case", "expectation", "observed", "witnesses", "verdict"]
+    rows = [[r.case, r.verdict.expectation, r.verdict.observed, _witness_text(r),
+             _verdict_text(r)] for r in report.rows]
+    for title, label in _extra_columns(report):
+        headers.insert(1, title)
+        for row, result in zip(rows, report.rows, strict=True):
+            row.insert(1, label(result))
+    return _render(headers, [[row] for row in rows])
+
+
+def _short_case(row: ResultRow, layout_shown: bool) -> str:
+    # With a layout column the case's own "@layout" says it twice.
+    suffix = f"@{row.layout}"
+    return row.case.removesuffix(suffix) if layout_shown and row.layout else row.case
+
+
+def _narrow_lines(report: RunResults) -> list[str]:
+    extra = _extra_columns(report)
+    keys = expectation_keys(report)
+    layout_shown = any(title == "layout" for title, _ in extra)
+    headers = ["case", *(title for title, _ in extra), "exp", "observed", "witnesses",
+               "verdict"]
+    cells = [[_short_case(r, layout_shown), *(label(r) for _, label in extra),
+              keys[r.verdict.expectation], r.verdict.figure or r.verdict.observed,
+              _witness_text(r), r.status.value.upper()] for r in report.rows]
+    observed = headers.index("observed")
+    others = sum(max(len(c) for c in (h, *(row[i] for row in cells)))
+                 for i, h in enumerate(headers) if i != observed)
+    room = max(_OBSERVED_MIN, TABLE_WIDTH - others - len(_GAP) * (len(headers) - 1))
+    rows = []
+    for row in cells:
+        pieces = textwrap.wrap(row[observed], room, break_long_words=False,
+                               break_on_hyphens=False) or [""]
+        rows.append([row[:observed] + [pieces[0]] + row[observed + 1:]]
+                    + [[""] * observed + [piece] + [""] * (len(row) - observed - 1)
+                       for piece in pieces[1:]])
+    legend = ["", "expectations:"]
+    for text, key in keys.items():
+        legend += textwrap.wrap(text, TABLE_WIDTH, initial_indent=f"  {key:<4}",
+                                subsequent_indent=" " * 6, break_long_words=False,
+                                break_on_hyphens=False)
+    return _render(headers, rows) + legend
+
+
+def expectation_keys(report: RunResults) -> dict[str, str]:
+    """Each distinct expectation text of the rows, in order of first appearance, with
+    its legend key (E1, E2, ...)."""
+    texts = dict.fromkeys(r.verdict.expectation for r in report.rows)
+    return {text: f"E{n}" for n, text in enumerate(texts, 1)}
+
+
+def _render(headers: list[str], rows: list[list[list[str]]]) -> list[str]:
+    """Headers, a rule and each row (one or more lines), every column padded to its
+    widest cell."""
+    flat = [line for row in rows for line in row]
+    widths = [max(len(str(line[i])) for line in (headers, *flat)) for i in range(len(headers))]
+    out = [_GAP.join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+           _GAP.join("-" * w for w in widths)]
+    out += [_GAP.join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in flat]
+    return out
+
+
+def markdown(report: RunResults) -> str:
+    """The verdict table as Markdown (a GitHub step summary, a GitLab artifact): every
+    row with its full expectation and observed text, the known issue by name, then the
+    failures behind the name of their row and the summary line."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    extra = _extra_columns(report)
+    headers = ["case", *(title for title, _ in extra), "expectation", "observed",
+               "witnesses", "verdict"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in (
+        f"`{r.case}`", *(label(r) for _, label in extra), r.verdict.expectation,
+        r.verdict.observed, _witness_text(r), f"**{_verdict_text(r)}**")) + " |"
+        for r in report.rows]
+    failures = [(r.case, text) for r in report.rows if r.status is not Status.KNOWN
+                for text in r.failures]
+    if failures:
+        lines += ["", "Failures:", ""] + [f"- `{case}`: {cell(text)}" for case, text in failures]
+    lines += ["", summary_line(report)]
+    return "\n".join(lines) + "\n"
+
+
 def _known_lines(report: RunResults) -> list[str]:
-    """The table's account of known issues: each row a known bug explains (with the
-    first of its failures, the evidence) and each known bug that did not reproduce."""
+    """The table's account of known issues: each known bug once (its title, wrapped to
+    the table's width, and how to reproduce it), then each row it explains with the
+    first of its failures (the evidence); and each known bug that did not reproduce."""
     lines: list[str] = []
-    known = [(r, r.known_issue) for r in report.rows if r.known_issue is not None]
-    if known:
+    explained: dict[str, list[ResultRow]] = {}
+    for row in report.rows:
+        if row.known_issue is not None:
+            explained.setdefault(row.known_issue.id, []).append(row)
+    if explained:
         lines += ["", "known issues (failures a known bug explains; not counted as news):"]
-    for row, issue in known:
-        lines.append(f"  [{row.case}] {issue.id}: {issue.title} (reproduce: {issue.reproducer})")
-        lines += [f"      {text}" for text in row.failures[:KNOWN_SHOWN]]
-        if len(row.failures) > KNOWN_SHOWN:
-            lines.append(f"      ... ({len(row.failures) - KNOWN_SHOWN} more in the "
-                         "JSON report)")
+    for rows in explained.values():
+        issue = rows[0].known_issue
+        assert issue is not None  # grouped by it above
+        lines += textwrap.wrap(f"{issue.id}: {issue.title}", TABLE_WIDTH, initial_indent="  ",
+                               subsequent_indent="      ", break_long_words=False,
+                               break_on_hyphens=False)
+        lines.append(f"    reproduce: {issue.reproducer}")
+        for row in rows:
+            lines.append(f"    [{row.case}]")
+            lines += [f"      {text}" for text in row.failures[:KNOWN_SHOWN]]
+            if len(row.failures) > KNOWN_SHOWN:
+                lines.append(f"      ... ({len(row.failures) - KNOWN_SHOWN} more in the "
+                             "JSON report)")
     absent = [(r.case, i.id) for r in report.rows for i in r.unreproduced]
     if absent:
         lines += ["", "known issues that did not reproduce (fixed? --strict-known fails):"]
@@ -125,7 +231,9 @@ def summary_line(report: RunResults) -> str:
                        if s is not Status.PASS and counts[s])
     record = report.environment.as_dict()
     accel = record["accel"]
-    note = f" (fell back: {accel['reason']})" if accel["fell_back"] else ""
+    # The reason (a QEMU assertion, say) was said once, on the accelerator line at the
+    # start, and is in every report; the summary only says that it fell back.
+    note = " (fell back from KVM: see the accelerator line)" if accel["fell_back"] else ""
     envs = report.environments or (report.environment,)
     qemus = ", ".join(dict.fromkeys(f"{e.qemu.version} ({e.qemu.binary})" for e in envs))
     kernels = ", ".join(dict.fromkeys(str(e.guest_kernel) for e in envs))
@@ -201,7 +309,7 @@ def _ops_dict(verdict: OpsVerdict) -> dict[str, Any]:
 
 
 def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
-    """The JSON object of one result row (keys documented in the README).
+    """The JSON object of one result row (keys documented in docs/reports.md).
 
     ``log_dir`` is null when the run's logs were removed (a passing run).
     """
@@ -444,7 +552,8 @@ def _print(data: bytes) -> None:
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Write a JSON document (parents created)."""
-    _write(path, (json.dumps(data, indent=2) + "\n").encode())
+    # default=str: a listing's paths (image list) are written as their text.
+    _write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def write_text(text: str, path: Path) -> None:
@@ -505,9 +614,13 @@ def _xml(root: ET.Element) -> bytes:
     return data + b"\n"
 
 
-def write_unrun(message: str, json_path: Path | None, junit_path: Path | None) -> None:
+def write_unrun(message: str, json_path: Path | None, junit_path: Path | None,
+                markdown_path: Path | None = None) -> None:
     """Reports of a run that ended before it had rows (bad input, a harness fault):
     exit code 2 and the reason, so a CI job that reads them sees why, not nothing."""
+    if markdown_path is not None:
+        write_text(f"**multidevs-harness did not run** (exit {EXIT_ERROR}): {message}\n",
+                   markdown_path)
     if json_path is not None:
         write_json({"passed": False, "exit_code": EXIT_ERROR, "error": message,
                     "results": []}, json_path)

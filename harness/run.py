@@ -130,7 +130,7 @@ def _virtiofs_scope(options: RunOptions, progress: Progress) -> None:
     if others:
         progress(f"virtiofs rows: no {','.join(others)} (a host mount made after "
                  "virtiofsd started never reaches its sandbox, and remount and held_fd ask "
-                 "9p's questions; README: 9p beside virtiofs)")
+                 "9p's questions; docs/virtiofs.md)")
 
 
 def run_checks(

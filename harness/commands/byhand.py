@@ -105,7 +105,7 @@ def script(spec: MachineSpec, export: ExportSpec, layout: ExportLayout, root: bo
     return "\n".join([
         "#!/bin/sh",
         f"# Reproduce multidevs={export.mode.value} by hand on the {layout.kind.value} layout:",
-        f"# {_LAYOUT_TEXT.get(layout.kind, 'see the README')}.",
+        f"# {_LAYOUT_TEXT.get(layout.kind, 'see docs/checks.md')}.",
         "set -eu",
         'if [ "${1:-}" != inner ]; then',
         *("    " + line for line in _outer_lines(spec, export, unshare)),

@@ -29,7 +29,8 @@ from ..plan import ExportPlan, GuestPlan, row_name
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
 from ..results import ResultRow
 from ..run import QemuBackend, load_known_issues
-from ..verdicts.ids import IdsVerdict, ids_verdict
+from ..verdicts.ids import Collision, IdsVerdict, collision_failure, ids_verdict
+from ..verdicts.remap import remap_failures, remap_notes
 from .byhand import EXPORT_VAR
 
 
@@ -47,9 +48,15 @@ class Reproduction:
         harm, QEMU's message and how to do it all again by hand."""
         row, verdict = self.row, self.row.verdict
         ids = ids_verdict(verdict)
+        # Each thing once: what the sections below say in full (each collision with the
+        # model's explanation, the model's verdict) is left out of the list above them.
+        below = said_below(ids) if ids is not None else frozenset()
+        listed = [line for line in (*verdict.failures, *verdict.notes) if line not in below]
         lines = [f"mode {row.case}: {verdict.observed}",
                  f"expected: {verdict.expectation} -> {row.status.value.upper()}",
-                 *(f"  - {line}" for line in (*verdict.failures, *verdict.notes)),
+                 *(f"  - {line}" for line in listed),
+                 *(["  - each collision, and the remap model's explanation of it: below"]
+                   if any(line in below for line in verdict.failures) else []),
                  "", "collisions (guest id <- host files):", collision_table([row])]
         if ids is not None:  # None: the guest never got as far as the ids rules
             lines += ["", *remap_text(ids), witnesses_text(ids), "", harm_text(ids),
@@ -115,17 +122,39 @@ def witnesses_text(verdict: IdsVerdict) -> str:
     return "\n".join(lines)
 
 
+def said_below(verdict: IdsVerdict) -> frozenset[str]:
+    """The failure and note lines that ``reproduce``'s sections say in full: each
+    collision (the collision table), the model's explanation of each (beneath its
+    collision) and the model's verdict (its own heading)."""
+    remap = verdict.remap
+    lines = {collision_failure(c) for c in verdict.collisions}
+    if remap is not None:
+        lines |= set(remap_failures(remap, (_files(c) for c in verdict.collisions)))
+        lines |= set(remap_notes(remap))
+    return frozenset(lines)
+
+
+def _files(collision: Collision) -> frozenset[tuple[int, int]]:
+    return frozenset((dev, ino) for _, dev, ino in collision.host_files)
+
+
 def remap_text(verdict: IdsVerdict) -> list[str]:
     """What QEMU's remap should have given, as the model computes it (for
-    ``reproduce``): whether the guest agrees, and why each predicted pair collides."""
+    ``reproduce``): whether the guest agrees, and why each predicted pair the guest
+    did not show would collide (the ones it showed are explained in the collision
+    table)."""
     remap = verdict.remap
     if remap is None:
         return []
     agree = ("the guest's ids equal the model's at all "
              f"{remap.compared} paths" if remap.agrees else
              "the guest's ids differ from the model's: " + "; ".join(remap.differences))
+    shown = {_files(c) for c in verdict.collisions}
+    unshown = [p for p in remap.predicted if p.files not in shown]
     lines = [f"remap model (QEMU's hw/9pfs/9p.c algorithm): {agree}"]
-    lines += [f"  {', '.join(map(repr, p.paths))}: {p.why}" for p in remap.predicted]
+    if unshown:
+        lines.append("  predicted, but not shown by the guest:")
+    lines += [f"  {', '.join(map(repr, p.paths))}: {p.why}" for p in unshown]
     return [*lines, ""]
 
 
@@ -151,14 +180,19 @@ def harm_text(verdict: IdsVerdict) -> str:
 
 
 def collision_table(rows: Sequence[ResultRow]) -> str:
-    """Guest id -> the distinct host files that share it (for ``reproduce``)."""
+    """Guest id -> the distinct host files that share it, and beneath each the remap
+    model's explanation where the model predicted it (for ``reproduce``)."""
     lines: list[str] = []
     for row in rows:
         ids = ids_verdict(row.verdict)
+        why = {p.files: p.why for p in ids.remap.predicted} \
+            if ids is not None and ids.remap is not None else {}
         for collision in ids.collisions if ids else ():
             dev, ino = collision.guest_id
             lines.append(f"guest (dev {dev}, ino {ino}) <- " + ", ".join(
                 f"{path!r} (host dev {hdev}, ino {hino})"
                 for path, hdev, hino in collision.host_files
             ))
+            if _files(collision) in why:
+                lines.append(f"    remap model: {why[_files(collision)]}")
     return "\n".join(lines) if lines else "no collisions"

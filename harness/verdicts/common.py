@@ -147,6 +147,9 @@ class Verdict:
     failures: tuple[str, ...]
     # Recorded facts that are not failures (a broken witness under warn, say).
     notes: tuple[str, ...] = ()
+    # ``observed`` in short, for the narrow table (the counts a reader scans for; the
+    # rest is in the notes and the reports); empty when ``observed`` is short already.
+    figure: str = ""
 
     @property
     def passed(self) -> bool:

@@ -111,6 +111,12 @@ class IdsVerdict(Verdict):
         return all(ran) if ran else None
 
 
+def collision_failure(collision: Collision) -> str:
+    """The failure line of a collision where the mode promises none (one wording, so
+    ``reproduce`` can tell which failures its collision table already says)."""
+    return f"collision: {collision.describe()}"
+
+
 def ids_verdict(verdict: Verdict) -> IdsVerdict | None:
     """``verdict`` when the ids rules made it (the rows that carry collisions, witnesses,
     harm and the remap model), else None: the one place a row's kind is asked."""
@@ -303,7 +309,7 @@ def unique_id_failures(
     first = observation.passes[0]
     failures = _unstatable(truth, first, None)
     failures += _capped(
-        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+        [collision_failure(c) for c in find_collisions(truth, first)], "collisions"
     )
     failures += _hard_link_failures(truth, first)
     failures += _dirent_failures(truth, observation, mount_points)
@@ -404,7 +410,7 @@ def _forbid_failures(truth: HostTruth, observation: GuestObservation) -> list[st
             )
     failures += _capped(foreign, "foreign paths not denied")
     failures += _capped(
-        [f"collision: {c.describe()}" for c in find_collisions(truth, first)], "collisions"
+        [collision_failure(c) for c in find_collisions(truth, first)], "collisions"
     )
     failures += _hard_link_failures(truth, first)
     return failures
@@ -613,6 +619,7 @@ def judge(
         mode=mode,
         expectation=_expectation_text(mode, behaviour, control, qemu_version),
         observed=_observed_text(len(collisions), denied, messages) + _harm_text(extra.harm),
+        figure=_observed_text(len(collisions), denied, messages),
         status=status,
         failures=tuple(failures),
         collisions=collisions,

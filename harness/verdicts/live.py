@@ -90,9 +90,9 @@ def split_devices(look: Mapping[str, GuestResult], which: str) -> list[str]:
 
 
 def _plain(mode: Mode, text: str, observed: str, failures: Sequence[str], stderr: str,
-           devices: int, notes: Sequence[str] = ()) -> OpsVerdict:
+           devices: int, notes: Sequence[str] = (), figure: str = "") -> OpsVerdict:
     messages = find_multidevs_messages(stderr).all
-    return OpsVerdict(mode=mode, expectation=text, observed=observed,
+    return OpsVerdict(mode=mode, expectation=text, observed=observed, figure=figure,
                       status=Status.FAIL if failures else Status.PASS,
                       failures=tuple(failures), outcomes=(),
                       qemu_message=messages[0] if messages else None, host_devices=devices,
@@ -169,10 +169,11 @@ def judge_runtime(mode: Mode, version: Version, seen: RuntimeSeen, stderr: str,
             Expectation.COLLIDE_AND_WARN: "a device mounted at runtime collides, no new message",
             Expectation.DENY_FOREIGN: "a device mounted at runtime is denied, no new message",
             }[expectation] + "; unmounted, its directory shows, other ids stay"
-    observed = (f"{stat_able} of {len(new)} runtime paths stat-able, "
-                f"{len(find_collisions(seen.during, seen.second))} collisions")
+    collisions = len(find_collisions(seen.during, seen.second))
+    observed = f"{stat_able} of {len(new)} runtime paths stat-able, {collisions} collisions"
     return _plain(mode, behaviour.text(text), observed, failures, stderr,
-                  seen.during.device_count, [behaviour.note] if behaviour.note else [])
+                  seen.during.device_count, [behaviour.note] if behaviour.note else [],
+                  figure=f"{stat_able}/{len(new)} stat-able, {collisions} collisions")
 
 
 @dataclass(frozen=True)

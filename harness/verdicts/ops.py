@@ -138,8 +138,10 @@ def ops_verdict(mode: Mode, text: str, outcomes: Sequence[OpOutcome], failures: 
     messages = find_multidevs_messages(stderr).all
     observed = (f"{len(outcomes) - wrong} of {len(outcomes)} operations as expected, "
                 f"{len(messages)} message{'' if len(messages) == 1 else 's'}")
+    said = f", {len(messages)} message{'' if len(messages) == 1 else 's'}" if messages else ""
     return OpsVerdict(
         mode=mode, expectation=text, observed=observed,
+        figure=f"{len(outcomes) - wrong}/{len(outcomes)} operations as expected{said}",
         status=Status.FAIL if failures else Status.PASS, failures=tuple(failures),
         outcomes=tuple(outcomes), qemu_message=messages[0] if messages else None,
         host_devices=devices, notes=tuple(notes),

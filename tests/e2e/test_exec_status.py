@@ -3,7 +3,7 @@
 exec boots a guest, runs one command and shuts down; it judges nothing.  Its status is
 passed through as ssh passes it (a script asks the guest a question), so ``-- false``
 gives 1, which elsewhere in the harness means a finding: ``exec --help`` and the
-README say which status is whose.  The harness's own failure is 2 with an ``error:``
+docs/usage.md say which status is whose.  The harness's own failure is 2 with an ``error:``
 line, which a command exiting 2 itself never prints.
 """
 

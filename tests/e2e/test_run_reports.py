@@ -26,11 +26,19 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
-                                                               dict[str, Any], ET.Element]:
-    out = tmp_path_factory.mktemp("reports")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the default run's reports are written (JSON, JUnit, Markdown)."""
+    return tmp_path_factory.mktemp("reports")
+
+
+@pytest.fixture(scope="module")
+def reports(report_dir: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
+                                       ET.Element]:
+    out = report_dir
+    # COLUMNS=80 and a pipe (run_harness captures): the table must not follow either.
     result = run_harness(["run", "--accel", "tcg", "--json", str(out / "run.json"),
-                          "--junit", str(out / "run.xml")], timeout=200)
+                          "--junit", str(out / "run.xml"), "--markdown", str(out / "run.md")],
+                         timeout=200, env={**os.environ, "COLUMNS": "80"})
     data = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     junit = ET.parse(out / "run.xml").getroot() if (out / "run.xml").exists() else ET.Element("x")
     assert_no_qemu_left()
@@ -44,15 +52,29 @@ def _result(data: dict[str, Any], case: str) -> dict[str, Any]:
     return found
 
 
-def test_run_exits_0_and_prints_the_table(reports: tuple[Any, Any, Any]) -> None:
+def test_run_exits_0_and_prints_the_table(reports: tuple[Any, Any, Any],
+                                          report_dir: Path) -> None:
     result, _, _ = reports
     assert result.returncode == 0, result.stderr
-    header = result.stdout.splitlines()[0].split()
-    assert header[:3] == ["case", "layout", "expectation"] and header[-1] == "verdict"
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["case", "layout", "exp", "observed", "witnesses", "verdict"]
+    table = lines[:lines.index("expectations:")]
+    assert max(len(line) for line in table) <= 100, result.stdout
     for case in ("remap", "warn", "forbid", "default", "control-remap", "operations-forbid",
                  "cross_device-remap", "runtime_mount-warn", "bind-default", "remount-remap"):
         assert any(line.startswith(case + " ") and line.endswith("PASS")
-                   for line in result.stdout.splitlines()), case
+                   for line in table), case
+    assert re.search(r"^remap\s+overlay\s+E\d+\s.*\sKNOWN$", result.stdout, re.M), result.stdout
+    # Each expectation once, in the legend under the table.
+    assert result.stdout.count("id collisions, one warning\n") == 1, result.stdout
+    summary = lines[-1]
+    assert summary.startswith("42/45 rows passed (3 known)") and "MSR" not in summary
+    markdown = (report_dir / "run.md").read_text().splitlines()
+    assert markdown[0] == "| case | layout | expectation | observed | witnesses | verdict |"
+    assert len(markdown) == 2 + 45 + 2 and markdown[-1] == summary
+    assert "| `remap@overlay` | overlay | single device (control): unique ids, no message | " \
+        "9 collisions, 0 denied, no message | intact | **KNOWN (qemu-remap-unkeyed-bits)** |" \
+        in markdown
     assert "booting guest" in result.stderr, "progress must be shown while guests boot"
 
 
@@ -305,7 +327,14 @@ def test_the_overlay_by_hand_script_reproduces_the_finding_on_its_own(tmp_path: 
                           "tcg", "--logs", str(tmp_path / "logs")], timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr  # known: not news
     assert "-> KNOWN" in result.stdout, result.stdout
-    assert "'l2/f0', 'l3/f0': bits 62-61 dropped" in result.stdout, result.stdout
+    # Each collision once, with the model's explanation beneath it, and nowhere else:
+    # the failure list, the model's heading and the table each said it before.
+    explained = (r"^guest \(dev \d+, ino 44\) <- 'l2/f0' \(host dev \d+, ino \d+\), 'l3/f0' "
+                 r"\(host dev \d+, ino \d+\)\n    remap model: bits 62-61 dropped")
+    assert re.search(explained, result.stdout, re.MULTILINE), result.stdout
+    collisions = re.findall(r"^guest \(dev", result.stdout, re.MULTILINE)
+    assert len(collisions) == 9 and result.stdout.count("bits 62-61 dropped") == 9, result.stdout
+    assert "'l2/f0'" not in result.stdout.split("collisions (guest id <- host files):")[0]
     assert "QEMU 7.2" in result.stdout or "QEMU " in result.stdout
     script = Path(re.search(r"host:  sh (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
     tmp = tmp_path / "tmp"

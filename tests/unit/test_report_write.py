@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ReportWriteError
-from harness.report import write_json
+from harness.report import write_json, write_unrun
 
 
 @pytest.mark.timeout(10)
@@ -32,3 +32,13 @@ def test_a_regular_file_is_replaced_whole_and_its_link_kept(tmp_path: Path) -> N
     write_json({"passed": True}, link)
     assert link.is_symlink() and json.loads(target.read_text()) == {"passed": True}
     assert sorted(os.listdir(tmp_path)) == ["latest.json", "run.json"]
+
+
+def test_a_run_without_rows_still_writes_every_report_it_was_asked_for(tmp_path: Path) -> None:
+    # A CI step summary that cats the Markdown must say why, not find no file.
+    paths = [tmp_path / name for name in ("run.json", "run.xml", "run.md")]
+    write_unrun("QEMU 4.1.0 is older than 4.2", *paths)
+    assert json.loads(paths[0].read_text())["error"] == "QEMU 4.1.0 is older than 4.2"
+    assert 'errors="1"' in paths[1].read_text()
+    assert paths[2].read_text() == ("**multidevs-harness did not run** (exit 2): "
+                                    "QEMU 4.1.0 is older than 4.2\n")

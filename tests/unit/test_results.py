@@ -15,7 +15,16 @@ from harness.bench.figures import header
 from harness.config import Accel, AccelDecision, Mode, Version, Via
 from harness.host.truth import HostTruth
 from harness.qemu.probe import QemuInfo
-from harness.report import environment_json, row_dict, table, to_json, to_junit
+from harness.report import (
+    TABLE_WIDTH,
+    environment_json,
+    markdown,
+    row_dict,
+    summary_line,
+    table,
+    to_json,
+    to_junit,
+)
 from harness.results import (
     ENVIRONMENT_KEYS,
     EXIT_ERROR,
@@ -28,11 +37,13 @@ from harness.results import (
 from harness.verdicts.cache import PowerFinding
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge, unobserved
+from harness.verdicts.known import KnownIssue
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
 from harness.verdicts.rejection import Attempt, judge_rejection
 from harness.verdicts.witnesses import Witness
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The report schema's page: it must name every JSON key the harness writes.
+SCHEMA_PAGE = Path(__file__).resolve().parents[2] / "docs" / "reports.md"
 INFO = QemuInfo(Path("/usr/bin/qemu-system-x86_64"), Version(7, 2, 22), True, True, False,
                 "Debian 1:7.2")
 RECORD = EnvironmentRecord(
@@ -183,8 +194,8 @@ def test_each_witness_is_written_out_under_its_tool() -> None:
     assert table(_report(row)).splitlines()[2].split()[-3:] == ["1/1", "broken", "FAIL"]
 
 
-def test_readme_documents_every_json_key() -> None:
-    documented = set(re.findall(r"`([a-z_.<>\[\]]+)`", README.read_text()))
+def test_the_schema_page_documents_every_json_key() -> None:
+    documented = set(re.findall(r"`([a-z_.<>\[\]]+)`", SCHEMA_PAGE.read_text()))
     report = _report(_row("remap", Status.PASS), _rejection_row(), _ops_row(), _witnessed_row())
     data = to_json(report)
     keys = {k for k in data if k not in ("results", "qemu", "accel", "guest", "virtiofsd")}
@@ -204,8 +215,10 @@ def test_readme_documents_every_json_key() -> None:
 
 def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
     one = table(_report(_row("remap", Status.PASS)))
-    assert one.splitlines()[0].split() == ["case", "expectation", "observed", "witnesses",
-                                           "verdict"]
+    assert one.splitlines()[0].split() == ["case", "exp", "observed", "witnesses", "verdict"]
+    wide = table(_report(_row("remap", Status.PASS)), wide=True)
+    assert wide.splitlines()[0].split() == ["case", "expectation", "observed", "witnesses",
+                                            "verdict"]
     other = ResultRow(case="warn", check="ids", via=Via.QEMU, guest=GuestRecord(
         "debian-trixie-x86_64", "6.12.57+deb13-amd64", "warn"),
         verdict=unobserved(Mode.WARN, 3, "x", Status.PASS))
@@ -235,3 +248,91 @@ def test_a_probe_that_lost_its_power_makes_a_passing_row_inconclusive() -> None:
     assert replace(_row("remap+loose", Status.FAIL), power=lost).status is Status.FAIL
     data = row_dict(row)
     assert data["status"] == "inconclusive" and data["failures"][-1] == lost.text
+
+
+# --- the table a terminal shows --------------------------------------------------------
+
+LONG_EXPECTATION = ("calls through a directory held open across a host mount are denied "
+                    "(ENODEV) and the device mounted over it is unchanged, in every cache mode")
+LONG_OBSERVED = ("14 of 14 runtime paths stat-able, 13 collisions, 2 denied, 1 warning, "
+                 "3 unrecognised messages")
+
+
+def _long_row(case: str, layout: str, status: Status, expectation: str) -> ResultRow:
+    row = _row(case, status)
+    verdict = replace(row.verdict, expectation=expectation, observed=LONG_OBSERVED)
+    return replace(row, verdict=verdict, layout=layout)
+
+
+def _table_part(text: str) -> list[str]:
+    return text.split("\n\nexpectations:")[0].splitlines()
+
+
+def test_the_table_fits_its_width_and_says_each_expectation_once() -> None:
+    rows = [_long_row("cross_device-default+loose", "standard", Status.INCONCLUSIVE,
+                      LONG_EXPECTATION),
+            _long_row("remap+loose@overlay", "overlay", Status.PASS, LONG_EXPECTATION),
+            _long_row("warn", "standard", Status.PASS, "id collisions, one warning")]
+    text = table(_report(*rows))
+    lines = _table_part(text)
+    assert max(len(line) for line in lines) <= TABLE_WIDTH, text
+    assert lines[0].split() == ["case", "layout", "exp", "observed", "witnesses", "verdict"]
+    # The layout column says what the case's "@overlay" said: the case is the short one.
+    starts = {line.split()[0]: line.split() for line in lines[2:] if line[0] != " "}
+    assert starts["remap+loose"][1:3] == ["overlay", "E1"], text
+    assert starts["warn"][1:3] == ["standard", "E2"], text
+    # The observed text is whole: the first row's words, then its continuation lines.
+    first = starts["cross_device-default+loose"]
+    continued = lines[3:lines.index(next(row for row in lines[3:] if row[0] != " "))]
+    words = first[3:-2] + [w for line in continued for w in line.split()]
+    assert " ".join(words) == LONG_OBSERVED, text
+    assert first[-2:] == ["n/a", "INCONCLUSIVE"] and continued, text
+    legend = text.split("expectations:\n")[1].split("\n\n")[0]
+    assert " ".join(legend.split()) == f"E1 {LONG_EXPECTATION} E2 id collisions, one warning"
+    assert max(len(line) for line in legend.splitlines()) <= TABLE_WIDTH
+    assert text.count("in every cache mode") == 1
+
+
+def test_the_wide_table_keeps_each_expectation_in_its_row() -> None:
+    rows = [_long_row("remap", "standard", Status.PASS, LONG_EXPECTATION),
+            _long_row("warn", "standard", Status.PASS, LONG_EXPECTATION)]
+    text = table(_report(*rows), wide=True)
+    assert text.count(LONG_EXPECTATION) == 2 and text.count(LONG_OBSERVED) == 2
+    assert "expectations:" not in text
+
+
+def test_the_summary_line_does_not_repeat_the_fallback_reason() -> None:
+    # The reason was said on the accelerator line at the start; the reports keep it.
+    line = summary_line(_report(_row("remap", Status.PASS)))
+    assert "no /dev/kvm" not in line and "fell back from KVM" in line, line
+    reason = to_json(_report(_row("remap", Status.PASS)))["accel"]["reason"]
+    assert reason == "KVM unusable, fell back to TCG: no /dev/kvm"
+
+
+def test_markdown_has_every_row_and_failure_and_escapes_bars() -> None:
+    rows = [_long_row("remap", "standard", Status.PASS, "a | b"),
+            _long_row("warn", "standard", Status.FAIL, "a | b")]
+    text = markdown(_report(*rows))
+    lines = text.splitlines()
+    assert lines[0] == "| case | expectation | observed | witnesses | verdict |"
+    assert lines[2] == f"| `remap` | a \\| b | {LONG_OBSERVED} | n/a | **PASS** |"
+    assert lines[3].startswith("| `warn` |") and lines[3].endswith("| **FAIL** |")
+    assert "- `warn`: warn went fail" in lines
+    assert lines[-1] == summary_line(_report(*rows))
+
+
+def test_a_known_issue_is_named_once_above_the_rows_it_explains() -> None:
+    issue = KnownIssue("qemu-remap-unkeyed-bits", "multidevs=remap gives distinct files one "
+                       "qid when their inode numbers differ only in high bits the device's "
+                       "remap key ignores (overlayfs xino layers)", "qemu", ("remap",), (),
+                       "multidevs-harness reproduce --layout overlay --mode remap")
+    rows = [replace(_row(case, Status.FAIL), known_issue=issue)
+            for case in ("remap@overlay", "remap+loose@overlay")]
+    text = table(_report(*rows))
+    section = text.split("not counted as news):\n")[1].splitlines()
+    assert text.count("overlayfs xino layers") == 1 and text.count("reproduce:") == 1, text
+    assert section[0].startswith("  qemu-remap-unkeyed-bits: multidevs=remap gives"), text
+    assert max(len(line) for line in section[:2]) <= TABLE_WIDTH
+    assert section[2:] == ["    reproduce: multidevs-harness reproduce --layout overlay "
+                           "--mode remap", "    [remap@overlay]", "      remap@overlay went fail",
+                           "    [remap+loose@overlay]", "      remap+loose@overlay went fail"]
