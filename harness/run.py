@@ -15,7 +15,8 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from .config import KNOWN_ISSUES_FILE, Check, ExportSpec, Progress, Transport, Via, quiet
+from .checks.registry import RULES
+from .config import KNOWN_ISSUES_FILE, ExportSpec, Progress, Transport, Via, quiet
 from .environment import Environment, prepare
 from .guest.lifecycle import Guest
 from .host.namespace import enter_private_namespace
@@ -23,7 +24,6 @@ from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
 from .plan import (
-    VIRTIOFS_FAMILIES,
     GuestPlan,
     RunOptions,
     default_jobs,
@@ -104,7 +104,7 @@ def _run_environment(
     with opener(env, options, progress, log_dir) as backend:
         if options.share and not backend.live_stderr:
             progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-        plan = plan_run(options, backend.live_stderr, env.info.version)
+        plan = plan_run(options, RULES, backend.live_stderr, env.info.version)
         if plan.skipped:
             progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
                      "a mount namespace of its own, which host mounts made later never reach")
@@ -125,8 +125,8 @@ def _virtiofs_scope(options: RunOptions, progress: Progress) -> None:
     if options.via is Via.LIBVIRT:
         progress("virtiofs rows under libvirt: submounts announced only (libvirt starts "
                  "virtiofsd itself and cannot turn them off)")
-    others = [c.value for c in options.checks
-              if c is not Check.IDS and c not in VIRTIOFS_FAMILIES]
+    ninep_only = {f.name for f in RULES if not f.virtiofs}
+    others = [c.value for c in options.checks if c in ninep_only]
     if others:
         progress(f"virtiofs rows: no {','.join(others)} (a host mount made after "
                  "virtiofsd started never reaches its sandbox, and remount and held_fd ask "
@@ -144,7 +144,7 @@ def run_checks(
     Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
-    refuse_empty_selection(options)
+    refuse_empty_selection(options, RULES)
     known = load_known_issues(options.known_issues)
     _virtiofs_scope(options, progress)
     if options.via is Via.LIBVIRT:
@@ -155,7 +155,7 @@ def run_checks(
     ]
     notices = OwnOptionNotices()
     with log_root(options.logs, progress=progress) as logs:
-        rank = row_rank(options.modes, options.caches, options.layouts)
+        rank = row_rank(RULES, options.modes, options.caches, options.layouts)
         rows: list[ResultRow] = []
         for index, each in enumerate(envs):
             # One log folder per QEMU and guest when there are several: plan names recur.
