@@ -1,4 +1,5 @@
-"""Aliasing: which files' qids collide, what the guest showed of them, and its rules.
+"""Pure judgement side of the ids family's harm: which files' qids collide, what the
+guest showed of them, and its rules.
 
 Colliding inode numbers harm a guest through its inode cache.  The Linux 9p client
 (cache=loose or fscache) reuses a cached inode for a file whose qid matches one it

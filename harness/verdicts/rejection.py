@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .common import Status, Verdict
 
@@ -24,6 +25,13 @@ class RejectionVerdict(Verdict):
     attribute: str  # the multidevs attribute value that was tried
     driver: str  # the filesystem driver it was tried on (path, virtiofs)
     errors: tuple[Attempt, ...]
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mode": self.attribute,
+            "driver": self.driver,
+            "libvirt_errors": {a.api: a.error for a in self.errors},
+        }
 
 
 def judge_rejection(
