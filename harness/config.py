@@ -230,6 +230,10 @@ ALL_TRANSPORTS: tuple[Transport, ...] = tuple(Transport)
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = (Transport.NINEP,)
 # virtiofsd's --cache policy for every virtiofs export: its own default, what people run.
 VIRTIOFS_CACHE = "auto"
+# The virtiofs rows' names, by whether virtiofsd announces submounts: where a 9p row
+# names its multidevs mode (in a row name, a known issue's ``modes``), a virtiofs row
+# names its setting.
+VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
 
 
 class Via(StrEnum):

@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_LAYOUTS,
     DEFAULT_TRANSPORTS,
     REMAP_DEFAULT_FROM_DEV,
+    VIRTIOFS_ROWS,
     Cache,
     Check,
     ExportLayout,
@@ -316,9 +317,6 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
         guests.append(GuestPlan(Mode.DEFAULT.value + suffix,
                                 mode_exports(Mode.DEFAULT, shapes, caches)))
     return guests
-
-
-VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
 
 
 def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:

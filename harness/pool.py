@@ -25,6 +25,7 @@ from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
 from .config import (
     VIRTIOFS_CACHE,
+    VIRTIOFS_ROWS,
     Cache,
     ExportSpec,
     Layout,
@@ -49,7 +50,7 @@ from .guest.uname import ReportedKernel, reported_kernel
 from .host.export import build_export
 from .host.truth import Export
 from .logs import harness_fault
-from .plan import VIRTIOFS_ROWS, ExportPlan, GuestPlan
+from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
 from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
