@@ -236,6 +236,37 @@ VIRTIOFS_CACHE = "auto"
 VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
 
 
+@dataclass(frozen=True)
+class RowKey:
+    """Which result row an export feeds.  ``str()`` is the row's name, the one place
+    the names' grammar is written, and nothing parses a name back: ``warn`` (cache=none,
+    the standard layout), ``warn+loose@overlay``, ``control-warn`` (the mode's
+    single-device control), ``operations-forbid`` and ``cross_device-warn+loose`` (a
+    family other than ids), ``virtiofs-nosubmounts@overlay`` (virtiofs rows name
+    virtiofsd's setting where 9p rows name the mode), ``operations-virtiofs``."""
+
+    check: Check
+    mode: Mode
+    cache: Cache = Cache.NONE
+    layout: Layout = Layout.STANDARD
+    transport: Transport = Transport.NINEP
+    # Virtiofs only: whether virtiofsd announces submounts.
+    submounts: bool = True
+    # The mode's single-device control export (ids).
+    control: bool = False
+
+    def __str__(self) -> str:
+        if self.transport is Transport.VIRTIOFS:
+            name = VIRTIOFS_ROWS[self.submounts]
+        elif self.control:
+            name = f"control-{self.mode.value}"
+        else:
+            name = self.mode.value if self.cache is Cache.NONE \
+                else f"{self.mode.value}+{self.cache.value}"
+        name = name if self.layout is Layout.STANDARD else f"{name}@{self.layout.value}"
+        return name if self.check is Check.IDS else f"{self.check.value}-{name}"
+
+
 class Via(StrEnum):
     """Who starts the guests: QEMU run by the harness, or libvirtd."""
 

@@ -28,13 +28,13 @@ from .config import (
     Layout,
     MachineOptions,
     Mode,
+    RowKey,
     Transport,
     Version,
     Via,
 )
 from .errors import UsageError
 
-CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.
 _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
@@ -150,15 +150,14 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """One export of a guest: the name of the result row it feeds, its mode and shape,
-    the check family that observes and judges it, and the guest's 9p cache mode.
+    """One export of a guest: its mode and shape, the check family that observes and
+    judges it, and the guest's 9p cache mode; ``key`` is the result row it feeds.
 
     ``message_printed``: an earlier export of the same mode in this guest's QEMU has
     already shown its multi-device message (QEMU prints each once per process), so
     this export's slice of stderr cannot be expected to show it again.
     """
 
-    row: str
     mode: Mode
     layout: ExportLayout
     check: Check = Check.IDS
@@ -174,13 +173,19 @@ class ExportPlan:
     # are 9p's); ``submounts``: whether the daemon announces them.
     transport: Transport = Transport.NINEP
     submounts: bool = True
+    # The mode's single-device control (``plan_guests``).
+    control: bool = False
 
+    @property
+    def key(self) -> RowKey:
+        """The result row this export feeds."""
+        return RowKey(self.check, self.mode, self.cache, self.layout.kind, self.transport,
+                      self.submounts, self.control)
 
-def row_name(mode: Mode, cache: Cache, layout: Layout = Layout.STANDARD) -> str:
-    """``warn`` for cache=none (the name rows had before the cache axis), ``warn+loose``
-    for any other cache mode; ``warn+loose@overlay`` on a layout other than standard."""
-    name = mode.value if cache is Cache.NONE else f"{mode.value}+{cache.value}"
-    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
+    @property
+    def row(self) -> str:
+        """The name of the result row this export feeds."""
+        return str(self.key)
 
 
 # Layouts the mode guests (and the check families) are planned around.
@@ -231,7 +236,7 @@ def mode_exports(mode: Mode, layouts: Sequence[ExportLayout],
     for layout in layouts:
         for cache in caches:
             exports.append(ExportPlan(
-                row_name(mode, cache, layout.kind), mode, layout, cache=cache,
+                mode, layout, cache=cache,
                 message_printed=printed and layout.devices > 1,
                 witness=_witnessed(mode, layout)))
             printed = printed or layout.devices > 1
@@ -273,7 +278,7 @@ def plan_guests(
     """
     single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
     with_control = control and layout.devices > 1
-    controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single, witness=index == 0)
+    controls = [ExportPlan(m, single, witness=index == 0, control=True)
                 for index, m in enumerate(modes)]
     main = [layout_shape(k, layout) for k in layouts if k in _MAIN_LAYOUTS]
     quiet = [layout_shape(k, layout) for k in layouts if k in SINGLE_DEVICE_LAYOUTS]
@@ -319,13 +324,6 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
     return guests
 
 
-def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
-    """``virtiofs`` (submounts announced) or ``virtiofs-nosubmounts``, ``@<layout>``
-    on a layout other than standard."""
-    name = VIRTIOFS_ROWS[submounts]
-    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
-
-
 def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
                     families: Sequence[FamilyRules], checks: Sequence[Check],
                     settings: Sequence[bool] = (True, False)) -> list[GuestPlan]:
@@ -342,12 +340,12 @@ def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
         if layout.devices > 1 else []
     guests = []
     for submounts in settings:
-        ids = [ExportPlan(virtiofs_row(submounts, shape.kind), Mode.DEFAULT, shape,
+        ids = [ExportPlan(Mode.DEFAULT, shape,
                           witness=shape.kind not in NO_WITNESS_LAYOUTS,
                           transport=Transport.VIRTIOFS, submounts=submounts)
                for shape in shapes]
-        extra = [ExportPlan(virtiofs_family_row(family.name, submounts), Mode.DEFAULT,
-                            family.layout, family.name, transport=Transport.VIRTIOFS,
+        extra = [ExportPlan(Mode.DEFAULT, family.layout, family.name,
+                            transport=Transport.VIRTIOFS,
                             submounts=submounts, witness=family.witness)
                  for family in extras]
         if ids or extra:
@@ -359,18 +357,6 @@ def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
 # itself and its XML has no way to turn submounts off (1.13 announces them by
 # default), so --via libvirt has the submount rows alone.
 VIRTIOFS_SETTINGS = {Via.QEMU: (True, False), Via.LIBVIRT: (True,)}
-
-
-def virtiofs_family_row(check: Check, submounts: bool) -> str:
-    """The result row name of family ``check`` over virtiofs (``operations-virtiofs``,
-    ``cross_device-virtiofs-nosubmounts``)."""
-    return f"{check}-{VIRTIOFS_ROWS[submounts]}"
-
-
-def family_row(check: Check, mode: Mode, cache: Cache = Cache.NONE) -> str:
-    """The result row name of family ``check`` on ``mode`` (``operations-forbid``,
-    ``cross_device-warn+loose``)."""
-    return f"{check}-{row_name(mode, cache)}"
 
 
 def _family_caches(family: FamilyRules, caches: Sequence[Cache]) -> list[Cache]:
@@ -394,18 +380,16 @@ def apply_checks(plan: GuestPlan, families: Sequence[FamilyRules], checks: Seque
     exports; a run without controls gets no CONTROL rows.  Modes in ``done`` got their
     families in an earlier guest (a further layout's guest).
     """
-    controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
-    others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
+    controls = [e for e in plan.exports if e.control]
+    others = [e for e in plan.exports if not e.control]
     caches = list(dict.fromkeys(e.cache for e in others))
     # One family export per mode, however many cache exports the mode has.
     modes = list(dict.fromkeys(e.mode for e in others
                                if e.layout.devices > 1 and e.mode not in done))
-    beside_controls = [ExportPlan(family_row(f.name, e.mode), e.mode, f.layout, f.name,
-                                  witness=f.witness)
+    beside_controls = [ExportPlan(e.mode, f.layout, f.name, witness=f.witness)
                        for f in _by_name(families, checks, Placement.CONTROL)
                        for e in controls if f.runs_under(e.mode)]
-    extra = [ExportPlan(family_row(f.name, mode, cache), mode, f.layout, f.name,
-                        cache=cache, witness=f.witness)
+    extra = [ExportPlan(mode, f.layout, f.name, cache=cache, witness=f.witness)
              for f in _by_name(families, checks, Placement.TRAILING)
              for mode in modes if f.runs_under(mode)
              for cache in _family_caches(f, caches)]
@@ -435,14 +419,16 @@ def row_rank(families: Sequence[FamilyRules], modes: Sequence[Mode],
     Rows missing from the map (the libvirt rejection checks) sort after all of them.
     """
     further = [f for f in families if f.placement is not Placement.MODES]
-    names = [row_name(m, c, k) for m in modes for k in layouts for c in caches]
-    names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
-    names += [family_row(f.name, m, c) for f in further for m in modes if f.runs_under(m)
-              for c in _family_caches(f, caches)]
-    names += [virtiofs_row(submounts, k) for submounts in (True, False) for k in layouts]
-    names += [virtiofs_family_row(f.name, submounts) for submounts in (True, False)
-              for f in further if f.virtiofs]
-    return {name: i for i, name in enumerate(names)}
+    ids, virtiofs = Check.IDS, Transport.VIRTIOFS
+    keys = [RowKey(ids, m, c, k) for m in modes for k in layouts for c in caches]
+    keys += [RowKey(ids, m, control=True) for m in modes]
+    keys += [RowKey(f.name, m, c) for f in further for m in modes if f.runs_under(m)
+             for c in _family_caches(f, caches)]
+    keys += [RowKey(ids, Mode.DEFAULT, layout=k, transport=virtiofs, submounts=submounts)
+             for submounts in (True, False) for k in layouts]
+    keys += [RowKey(f.name, Mode.DEFAULT, transport=virtiofs, submounts=submounts)
+             for submounts in (True, False) for f in further if f.virtiofs]
+    return {str(key): i for i, key in enumerate(keys)}
 
 
 @dataclass(frozen=True)

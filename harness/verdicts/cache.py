@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..agent.mounts import MountedCache
-from ..config import Cache, Mode
+from ..config import Cache, Check, Mode, RowKey
 from ..host.truth import TWIN_DIR
 from .common import Expectation, Status, Verdict
 from .harm import Harm
@@ -93,7 +93,7 @@ def _subject(row: PowerFacts) -> bool:
 
 
 def _finding(row: PowerFacts, partner: PowerFacts | None) -> PowerFinding:
-    name = f"{Mode.WARN.value}+{row.cache.value}"
+    name = RowKey(Check.IDS, Mode.WARN, row.cache)
     where = "" if row.layout == "standard" else f" on the {row.layout} layout"
     if partner is None or partner.harm is None:
         why = "no such row in this run" if partner is None else \

@@ -13,6 +13,8 @@ from harness.config import (
     ExportLayout,
     Layout,
     Mode,
+    RowKey,
+    Transport,
     Version,
     Via,
     parse_checks,
@@ -279,3 +281,27 @@ def test_a_selection_with_rows_is_not_refused() -> None:
 
     refuse_empty_selection(RunOptions(modes=(Mode.FORBID,), layout=LAYOUT,
                                       checks=(Check.HELD_FD,)), RULES)
+
+
+@pytest.mark.parametrize(("key", "name"), [
+    (RowKey(Check.IDS, Mode.WARN), "warn"),
+    (RowKey(Check.IDS, Mode.WARN, Cache.LOOSE, Layout.OVERLAY), "warn+loose@overlay"),
+    (RowKey(Check.IDS, Mode.REMAP, control=True), "control-remap"),
+    (RowKey(Check.CROSS_DEVICE, Mode.WARN, Cache.FSCACHE), "cross_device-warn+fscache"),
+    (RowKey(Check.IDS, Mode.DEFAULT, layout=Layout.BTRFS, transport=Transport.VIRTIOFS,
+            submounts=False), "virtiofs-nosubmounts@btrfs"),
+    (RowKey(Check.BIND, Mode.DEFAULT, transport=Transport.VIRTIOFS), "bind-virtiofs"),
+])
+def test_a_row_key_names_its_row(key: RowKey, name: str) -> None:
+    assert str(key) == name
+
+
+def test_every_planned_export_is_named_by_its_key_and_no_two_share_a_name() -> None:
+    from harness.plan import RunOptions, plan_run
+
+    options = RunOptions(modes=tuple(ALL_MODES), layout=LAYOUT,
+                         caches=(Cache.NONE, Cache.LOOSE, Cache.FSCACHE),
+                         transports=(Transport.NINEP, Transport.VIRTIOFS))
+    exports = [e for g in plan_run(options, RULES, True).guests for e in g.exports]
+    assert len({e.row for e in exports}) == len(exports) > 40
+    assert {e.row for e in exports if e.control} == {f"control-{m}" for m in ALL_MODES}
