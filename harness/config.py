@@ -228,8 +228,14 @@ class Transport(StrEnum):
 
 ALL_TRANSPORTS: tuple[Transport, ...] = tuple(Transport)
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = (Transport.NINEP,)
+class VirtiofsCache(StrEnum):
+    """virtiofsd's --cache policies the harness runs: a virtiofs row's cache."""
+
+    AUTO = "auto"
+
+
 # virtiofsd's --cache policy for every virtiofs export: its own default, what people run.
-VIRTIOFS_CACHE = "auto"
+VIRTIOFS_CACHE = VirtiofsCache.AUTO
 # The virtiofs rows' names, by whether virtiofsd announces submounts: where a 9p row
 # names its multidevs mode (in a row name, a known issue's ``modes``), a virtiofs row
 # names its setting.

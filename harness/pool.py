@@ -33,6 +33,7 @@ from .config import (
     Transport,
     Version,
     Via,
+    VirtiofsCache,
     said_once,
 )
 from .environment import Environment
@@ -355,17 +356,17 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
             observe_seconds=item.seconds, log_dir=log_dir,
             qemu_command=shell_quote_command(guest.argv),
             guest_command=guest_mount_command(item.spec),
-            environment=run.env.record, backend=facts, layout=item.plan.layout.kind.value,
+            environment=run.env.record, backend=facts, layout=item.plan.layout.kind,
             known_issue=known, unreproduced=unreproduced,
             mounted_cache=mounted.spelling if mounted else None,
-            transport=item.plan.transport.value,
+            transport=item.plan.transport,
         ))
     return rows
 
 
-def _cache(plan: ExportPlan) -> str:
+def _cache(plan: ExportPlan) -> Cache | VirtiofsCache:
     """The row's cache: 9p's cache= mode, or virtiofsd's --cache policy."""
-    return VIRTIOFS_CACHE if plan.transport is Transport.VIRTIOFS else plan.cache.value
+    return VIRTIOFS_CACHE if plan.transport is Transport.VIRTIOFS else plan.cache
 
 
 def _known(run: RunContext, plan: ExportPlan,
@@ -473,7 +474,7 @@ def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     return [
         ResultRow(case=item.row, check=item.check, cache=_cache(item), via=run.backend.via,
-                  guest=record, layout=item.layout.kind.value, transport=item.transport.value,
+                  guest=record, layout=item.layout.kind, transport=item.transport,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
                   log_dir=log_dir, environment=run.env.record)
         for item in plan.exports
@@ -517,13 +518,13 @@ def run_guests(
 def _power_facts(row: ResultRow, version: Version) -> PowerFacts | None:
     verdict = ids_verdict(row.verdict)
     # The rule pairs 9p rows by multidevs mode: virtiofs rows have neither.
-    if (verdict is None or row.transport != Transport.NINEP.value or row.cache is None
-            or row.guest is None):
+    if (verdict is None or row.transport is not Transport.NINEP
+            or not isinstance(row.cache, Cache) or row.guest is None):
         return None
     return PowerFacts(
         group=row.guest.name, check=row.check, mode=verdict.mode,
-        expectation=expected_behaviour(verdict.mode, version), cache=Cache(row.cache),
-        layout=row.layout or "", status=verdict.status, harm=verdict.harm)
+        expectation=expected_behaviour(verdict.mode, version), cache=row.cache,
+        layout=row.layout, status=verdict.status, harm=verdict.harm)
 
 
 def judge_power(rows: Sequence[ResultRow], version: Version) -> list[ResultRow]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Transport
+from .config import Layout, Transport
 from .errors import ReportWriteError, UsageError
 from .results import EXIT_ERROR, EnvironmentRecord, ResultRow, RunResults
 from .verdicts.common import Status
@@ -445,7 +445,7 @@ def export_collisions(report: RunResults) -> str:
     lines = ["collisions in your tree (guest id <- host files), worst first:"]
     for row in report.rows:
         ids = ids_verdict(row.verdict)
-        if row.layout != "export" or ids is None:
+        if row.layout is not Layout.EXPORT or ids is None:
             continue
         worst = sorted(ids.collisions, key=lambda c: -len(c.host_files))
         lines.append(f"  {row.case}: {len(worst)} guest ids shared, {ids.denied} denied")

@@ -27,7 +27,7 @@ from ..host.namespace import NamespaceKind, enter_private_namespace
 from ..plan import GuestPlan, RunOptions
 from ..qemu.cmdline import kernel_append, uses_virtiofs
 from ..results import ResultRow
-from ..verdicts.rejection import Attempt, judge_rejection
+from ..verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from .daemon import (
     URI,
     Reaper,
@@ -163,8 +163,9 @@ def check_rejections(backend: LibvirtBackend, log_root: Path) -> list[ResultRow]
                                   rejection.expectation, attempts, rejection.must_contain)
         backend.progress(f"{rejection.case}: "
                          f"{'refused as promised' if verdict.passed else 'NOT refused'}")
-        rows.append(ResultRow(case=rejection.case, check="rejection", via=Via.LIBVIRT,
-                              verdict=verdict, log_dir=log_dir, environment=env.record,
+        rows.append(ResultRow(case=rejection.case, check=RejectionCheck.REJECTION,
+                              via=Via.LIBVIRT, verdict=verdict, log_dir=log_dir,
+                              environment=env.record,
                               backend=(("libvirt_version", backend.version),)))
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from .common import Status, Verdict
@@ -16,6 +17,13 @@ class Attempt:
 
     api: str
     error: str | None
+
+
+class RejectionCheck(StrEnum):
+    """The check of a libvirt refusal row: the backend's own check, no family's, so not
+    a ``Check`` that --checks could ask for."""
+
+    REJECTION = "rejection"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Version, Via
+from harness.config import Check, Version, Via
 from harness.errors import UsageError
 from harness.qemu.probe import QemuInfo
 from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunResults, exit_code
@@ -138,7 +138,7 @@ def test_the_shipped_list_parses_and_an_empty_file_knows_nothing(tmp_path: Path)
 def _row(status: Status, known: bool = False, absent: bool = False) -> ResultRow:
     verdict = Verdict(expectation="e", observed="o", status=status,
                       failures=(COLLISION,) if status is Status.FAIL else ())
-    return ResultRow("remap@overlay", "ids", Via.QEMU, verdict,
+    return ResultRow("remap@overlay", Check.IDS, Via.QEMU, verdict,
                      known_issue=ISSUES[0] if known else None,
                      unreproduced=ISSUES if absent else ())
 

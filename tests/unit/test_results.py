@@ -12,7 +12,7 @@ import pytest
 
 from harness.agent.stat import GuestObservation
 from harness.bench.figures import header
-from harness.config import Accel, AccelDecision, Mode, Version, Via
+from harness.config import Accel, AccelDecision, Cache, Check, Mode, Version, Via
 from harness.host.truth import HostTruth
 from harness.qemu.probe import QemuInfo
 from harness.report import environment_json, row_dict, table, to_json, to_junit
@@ -29,7 +29,7 @@ from harness.verdicts.cache import PowerFinding
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge, unobserved
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
-from harness.verdicts.rejection import Attempt, judge_rejection
+from harness.verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from harness.verdicts.witnesses import Witness
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -49,7 +49,7 @@ def _flat(nested: dict[str, Any]) -> set[str]:
 
 def _row(case: str, status: Status) -> ResultRow:
     verdict = unobserved(Mode.REMAP, 3, f"{case} went {status.value}", status)
-    return ResultRow(case=case, check="ids", via=Via.QEMU, verdict=verdict, guest=GUEST,
+    return ResultRow(case=case, check=Check.IDS, via=Via.QEMU, verdict=verdict, guest=GUEST,
                      log_dir=Path("/logs") / case)
 
 
@@ -57,16 +57,16 @@ def _rejection_row() -> ResultRow:
     verdict = judge_rejection("bogus", "path", "refuse bogus",
                               [Attempt("defineXML", "invalid multidevs 'bogus'")],
                               ("multidevs", "bogus"))
-    return ResultRow(case="reject-invalid-multidevs", check="rejection", via=Via.LIBVIRT,
-                     verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
+    return ResultRow(case="reject-invalid-multidevs", check=RejectionCheck.REJECTION,
+                     via=Via.LIBVIRT, verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
 
 
 def _ops_row() -> ResultRow:
     case = OpCase("unlink", "file", 1, "dev01/ops/file-unlink")
     seen = OperationsSeen((case,), (19,), ("dev01",), 0, ("dev01",), (), 2)
     verdict = judge_operations(Mode.FORBID, Version(7, 2, 22), seen, "", "")
-    return ResultRow(case="operations-forbid", check="operations", via=Via.QEMU,
-                     verdict=verdict, guest=GUEST, cache="none")
+    return ResultRow(case="operations-forbid", check=Check.OPERATIONS, via=Via.QEMU,
+                     verdict=verdict, guest=GUEST, cache=Cache.NONE)
 
 
 def _report(*rows: ResultRow) -> RunResults:
@@ -171,7 +171,7 @@ def _witnessed_row() -> ResultRow:
                     GuestObservation(({},), {}, {}), "",
                     (Witness("du", False, "du -ab: counted 0 B of 9 B of files", 1),
                      Witness.not_run("find", "find: not in the guest image")))
-    return ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
+    return ResultRow(case="control-remap", check=Check.IDS, via=Via.QEMU, verdict=verdict)
 
 
 def test_each_witness_is_written_out_under_its_tool() -> None:
@@ -206,7 +206,7 @@ def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
     one = table(_report(_row("remap", Status.PASS)))
     assert one.splitlines()[0].split() == ["case", "expectation", "observed", "witnesses",
                                            "verdict"]
-    other = ResultRow(case="warn", check="ids", via=Via.QEMU, guest=GuestRecord(
+    other = ResultRow(case="warn", check=Check.IDS, via=Via.QEMU, guest=GuestRecord(
         "debian-trixie-x86_64", "6.12.57+deb13-amd64", "warn"),
         verdict=unobserved(Mode.WARN, 3, "x", Status.PASS))
     two = table(_report(_row("remap", Status.PASS), other))
