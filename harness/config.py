@@ -1,7 +1,7 @@
 """Typed, frozen configuration shared by every module.
 
 Data flows one way: these values are built once (by the CLI or the pytest
-plugin) and handed down to the export, image, machine, oracle and report code.
+plugin) and handed down to the export, image, machine, verdicts and report code.
 """
 
 from __future__ import annotations
@@ -198,16 +198,6 @@ class Layout(StrEnum):
     # The user's own tree (``run --export PATH``), bind-mounted read-only with the
     # mounts under it and exported with readonly=on: never built, never written.
     EXPORT = "export"
-
-    @property
-    def needs_block_devices(self) -> bool:
-        """True where the layout formats images on loop devices (root only)."""
-        return self in (Layout.BTRFS, Layout.XFS, Layout.EXT4)
-
-    @property
-    def needs_fuse(self) -> bool:
-        """True where the layout runs FUSE filesystems (/dev/fuse, root in the namespace)."""
-        return self in (Layout.SCRIPTED, Layout.SCRIPTED_FULLMAP)
 
 
 # The layouts the harness builds (``--layout``); EXPORT is the user's tree (``--export``).

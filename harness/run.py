@@ -1,7 +1,7 @@
 """The main job: plan the guests, run them through a backend, collect one report.
 
 config -> plan -> export + image -> guest (QEMU or libvirt) -> observations ->
-oracle -> report.  This module only wires those together; each step lives in the
+verdicts -> report.  This module only wires those together; each step lives in the
 module its name says.
 """
 

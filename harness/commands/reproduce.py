@@ -1,6 +1,6 @@
 """``multidevs-harness reproduce``: one guest in one mode, and the evidence a bug report needs.
 
-Returns data; the CLI prints it (``report.reproduction_text``).
+Returns data; the CLI prints it (``Reproduction.text``).
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def _read(path: str, size: int) -> bytes:
 def record_truth(root: Path, devices: Sequence[ExportDevice]) -> HostTruth:
     """Walk the export and record each path's (st_dev, st_ino, nlink, kind, device).
 
-    Measured after building, not derived from the plan: the oracle must compare the
+    Measured after building, not derived from the plan: the verdicts must compare the
     guest with what the host really holds. Raises ExportError if a path lies on a
     device that is not one of ``devices`` (something else got mounted inside).
     """

@@ -1,10 +1,10 @@
 """The --via libvirt backend: guests defined and started by a private libvirtd.
 
-The matrix is the same as on the direct path (``matrix.run_guest``); what differs
+The matrix is the same as on the direct path (``pool.run_guest``); what differs
 is here: a libvirtd and virtlogd of the harness's own inside its private mount
-namespace (``libvirt_daemon``), a transient domain per guest (``libvirt_guest``),
+namespace (``libvirt.daemon``), a transient domain per guest (``libvirt.guest``),
 the rule that the QEMU command line libvirt generated carries each export's
-``multidevs`` (fed to the oracle), and the two refusals libvirt promises, which
+``multidevs`` (fed to the verdicts), and the two refusals libvirt promises, which
 are rows of their own kind.
 """
 

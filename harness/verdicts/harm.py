@@ -11,7 +11,7 @@ directory's dentry (with any cwd inside it) moves to its twin.  Under remap the 
 paths differ and nothing may alias.
 
 Everything here is pure: ``predict`` reads the host truth, ``assess`` compares the
-guest's harm probe (``observe.HarmObservation``) with the host, and ``harm_rules``
+guest's harm probe (``agent.harm.HarmObservation``) with the host, and ``harm_rules``
 turns that into failures and notes for one (mode, cache) row.
 """
 

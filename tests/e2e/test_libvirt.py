@@ -229,7 +229,7 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     assert all(r["passed"] for r in run.report["results"] if r["case"] not in known), run.stdout
     assert {r["via"] for r in run.report["results"]} == {"libvirt"}
     assert run.report["accel"]["used"] == "tcg"
-    # The modes really did what they do (the oracle judged real guests).
+    # The modes really did what they do (the verdicts judged real guests).
     assert run.result("remap")["guest_collisions"] == 0
     assert run.result("warn")["guest_collisions"] > 0
     assert run.result("forbid")["denied"] > 0

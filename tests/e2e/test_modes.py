@@ -134,7 +134,7 @@ def test_control_single_device_is_quiet_in_every_mode(
 def test_remap_verdict_fails_on_a_warn_guest(
     machine_factory: MachineFactory, mdh_environment: Environment
 ) -> None:
-    """The oracle is not always green: judge a real warn guest as if it were remap."""
+    """The verdicts are not always green: judge a real warn guest as if it were remap."""
     with build_export(ExportLayout(devices=3, files_per_device=4)) as export:
         guest = machine_factory(exports=[(export, Mode.WARN)])
         verdict = _judge(mdh_environment, guest, export, Mode.REMAP)
