@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..proc import run_tied
 from .build import (
     TOOL_TIMEOUT_S,
     BuildContext,
@@ -114,8 +115,7 @@ def _formatted(ctx: BuildContext, fmt: Format, mkfs: str, target: Path) -> int:
 def _forget_btrfs(btrfs: str, device: str) -> None:
     # Best effort: a stale registration is harmless, so a failure is not a problem.
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([btrfs, "device", "scan", "--forget", device], capture_output=True,
-                       timeout=TOOL_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+        run_tied([btrfs, "device", "scan", "--forget", device], timeout=TOOL_TIMEOUT_S)
 
 
 def _subvolume(ctx: BuildContext, btrfs: str, path: Path, index: int) -> ExportDevice:

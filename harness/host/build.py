@@ -24,7 +24,6 @@ import errno
 import fcntl
 import functools
 import os
-import shutil
 import socket
 import stat
 import struct
@@ -39,6 +38,7 @@ from pathlib import Path
 from .. import paths
 from ..config import ExportLayout, Progress
 from ..errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
+from ..proc import find_program, run_tied
 from .namespace import in_user_namespace, mount_tmpfs, private_namespace, unmount
 from .truth import (
     LINK_A,
@@ -71,9 +71,6 @@ _scratch: dict[str, Path] = {}  # mount namespace ("mnt:[...]") -> its scratch d
 _PAGE = 4096
 _MIN_TMPFS_BYTES = 1 << 20
 
-# Where a tool is looked for besides $PATH: a non-login root shell on Debian has no
-# sbin in $PATH, and mkfs.* live there.
-_SBIN = ("/usr/sbin", "/sbin")
 # Formatting a small image takes well under a second; this only stops a hung tool.
 TOOL_TIMEOUT_S = 60.0
 
@@ -418,10 +415,9 @@ def require_filesystem(fstype: str, module: str | None = None) -> None:
         return  # no /proc: let the mount itself tell
     if fstype in listed:
         return
-    modprobe = shutil.which("modprobe", path=os.pathsep.join(_SBIN)) or "modprobe"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([modprobe, "-q", module or fstype], capture_output=True,
-                       timeout=TOOL_TIMEOUT_S, check=False)
+        run_tied([find_program("modprobe") or "modprobe", "-q", module or fstype],
+                 timeout=TOOL_TIMEOUT_S)
     if fstype not in kernel_filesystems(Path("/proc/filesystems").read_text()):
         raise LayoutRequirementMissing(
             f"this kernel has no {fstype} filesystem (not in /proc/filesystems, and "
@@ -436,8 +432,7 @@ def require_filesystem(fstype: str, module: str | None = None) -> None:
 def find_tool(name: str, package: str) -> str:
     """The full path of host tool ``name``, looked for in $PATH and sbin; raises
     LayoutRequirementMissing naming the Debian ``package`` that ships it."""
-    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN])
-    found = shutil.which(name, path=search)
+    found = find_program(name)
     if found is None:
         raise LayoutRequirementMissing(
             f"{name} is not installed (it formats or manages the layout's filesystem)",
@@ -450,8 +445,7 @@ def run_tool(argv: Sequence[str], what: str, timeout: float = TOOL_TIMEOUT_S) ->
     """Run a host tool to completion and return its stdout; ExportError with its
     stderr tail when it fails or outlives ``timeout`` seconds."""
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                                check=False, stdin=subprocess.DEVNULL)
+        result = run_tied(argv, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise ExportError(f"{what}: {argv[0]} did not finish within {timeout:g} s",
                           hint="the host is overloaded or the tool hangs") from exc

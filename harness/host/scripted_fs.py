@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
-from ..errors import ScriptedFsError
-from ..proc import indent, kill_process_group, spawn_tied, tail_text
+from ..errors import ScriptedFsError, indent
+from ..proc import kill_process_group, run_tied, spawn_tied, tail_text
 from .namespace import unmount
 
 Kind = Literal["dir", "file", "symlink"]
@@ -533,8 +533,7 @@ def _unmount_if_mounted(mountpoint: Path) -> tuple[bool, str | None]:
         return True, None
     except OSError as exc:
         lazy_error = exc
-    result = subprocess.run(["fusermount3", "-u", "-z", os.fspath(mountpoint)],
-                            capture_output=True, text=True, check=False, timeout=STOP_STEP_S)
+    result = run_tied(["fusermount3", "-u", "-z", os.fspath(mountpoint)], timeout=STOP_STEP_S)
     if result.returncode == 0:
         return True, None
     return False, f"umount2 said {lazy_error.strerror}, fusermount3 said " \

@@ -33,8 +33,8 @@ from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
 from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
 from ..errors import CacheDirError, ImageBuildError, MissingPackages
-from ..proc import run_tied
-from .apt import PackageInfo, PrivateApt
+from ..proc import find_program, run_tied
+from .apt import PackageInfo, PrivateApt, unpack_deb
 from .initramfs import (
     TOOLS_DIR,
     Contents,
@@ -61,7 +61,6 @@ LOCK_FILE = ".lock"
 # How long a run waits for another's image build (scaled by MDH_TIMEOUT_SCALE): a
 # cold build downloads some 60 MB of packages, minutes on a slow mirror.
 LOCK_WAIT_S = 900.0
-_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 
@@ -71,21 +70,9 @@ _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # --- host tools ----------------------------------------------------------------------
 
 
-def which(tool: str) -> str | None:
-    """Find a tool on PATH or in the sbin directories a non-root PATH lacks."""
-    found = shutil.which(tool)
-    if found:
-        return found
-    for directory in _SBIN_DIRS:
-        candidate = Path(directory) / tool
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
 def check_host_tools(recipe: Recipe) -> None:
     """Raise MissingPackages naming the packages whose tools are absent."""
-    missing = {pkg for tool, pkg in recipe.tool_packages.items() if which(tool) is None}
+    missing = {pkg for tool, pkg in recipe.tool_packages.items() if find_program(tool) is None}
     if missing:
         raise MissingPackages(sorted(missing))
 
@@ -491,10 +478,6 @@ def _remove_leftovers(cache_root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _unpack(deb: Path, root: Path) -> None:
-    _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"dpkg-deb -x {deb.name}")
-
-
 def _find_vmlinuz(tree: Path) -> tuple[Path | None, str]:
     """The kernel image of an unpacked kernel and the release its path names: Debian
     up to 6.x ships boot/vmlinuz-<release>, sid from 7.x usr/lib/modules/<release>/
@@ -527,7 +510,7 @@ def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
     kernel_debs = (f"{kernel_pkg}_", *(f"{name}_" for name in plan.resolution.versions
                                        if any(re.match(p, name) for p in recipe.kernel_parts)))
     for deb in debs:
-        _unpack(deb, work / ("kernel" if deb.name.startswith(kernel_debs) else "userland"))
+        unpack_deb(deb, work / ("kernel" if deb.name.startswith(kernel_debs) else "userland"))
     vmlinuz, named = _find_vmlinuz(work / "kernel")
     if vmlinuz is None:
         raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-* nor "
@@ -571,7 +554,7 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
     agent = work / "mdh-agent"
     # gcc's own temporary files go to the build's work directory: cc1 and as outlive a
     # gcc killed with the harness by a moment, and must not leave files in /tmp.
-    _run([str(which("gcc") or "gcc"), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
+    _run([find_program("gcc") or "gcc", "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
           str(recipe.agent)], what="gcc mdh-agent", env={**os.environ, "TMPDIR": str(work)})
     return Contents(
         init=recipe.init.read_bytes(),

@@ -4,6 +4,7 @@ the errors a host without a layout's tools gives."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -244,13 +245,23 @@ def test_scripted_fullmap_overflows_into_the_full_map() -> None:
 # --- what a host without a layout's requirements says ---------------------------------
 
 
-def test_a_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("harness.host.build.shutil.which", lambda *a, **k: None)
+def test_a_missing_tool_names_its_package() -> None:
     with pytest.raises(LayoutRequirementMissing) as caught:
-        build.find_tool("mkfs.btrfs", "btrfs-progs")
-    assert caught.value.message.startswith("mkfs.btrfs is not installed")
+        build.find_tool("mkfs.no-such-fs", "btrfs-progs")
+    assert caught.value.message.startswith("mkfs.no-such-fs is not installed")
     assert caught.value.hint.startswith("install btrfs-progs (scripts/setup does)")
     assert isinstance(caught.value, ExportError)
+
+
+def test_a_tool_only_in_sbin_is_found_with_a_path_that_lacks_sbin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A non-login root shell on Debian has no sbin in $PATH, where mkfs.* live.
+    in_sbin = next(p for d in (Path("/usr/sbin"), Path("/sbin")) if d.is_dir()
+                   for p in sorted(d.iterdir()) if p.is_file() and os.access(p, os.X_OK))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = Path(build.find_tool(in_sbin.name, "some-package"))
+    assert found.name == in_sbin.name
+    assert str(found.parent) in ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def test_rootless_loop_layouts_are_unavailable_in_one_line(
