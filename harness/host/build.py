@@ -18,11 +18,8 @@ hiding the exception that is already on its way.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
-import functools
 import os
 import socket
 import stat
@@ -40,6 +37,7 @@ from ..config import ExportLayout, Progress
 from ..errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
 from ..proc import find_program, run_tied
 from .namespace import in_user_namespace, mount_tmpfs, private_namespace, unmount
+from .namespace import mount as mount_any
 from .truth import (
     LINK_A,
     LINK_B,
@@ -357,24 +355,6 @@ def work_dir(ctx: BuildContext, what: str, size: int) -> Path:
 # --- other filesystems --------------------------------------------------------------
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulong, ctypes.c_char_p]
-    return libc
-
-
-def _mount(source: str, target: Path, fstype: str, options: str) -> None:
-    if private_namespace() is None:
-        raise ExportError(f"refusing to mount {fstype} on {target} outside a private namespace",
-                          hint="call enter_private_namespace() first")
-    data = options.encode() if options else None
-    if _libc().mount(source.encode(), os.fsencode(target), fstype.encode(), 0, data) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), os.fspath(target))
-
-
 def mount_filesystem(ctx: BuildContext, source: str, target: Path, fstype: str,
                      options: str = "") -> int:
     """Mount ``source`` (a device, or a name for overlay) on ``target`` as ``fstype``,
@@ -384,7 +364,7 @@ def mount_filesystem(ctx: BuildContext, source: str, target: Path, fstype: str,
     it; any other refusal an ExportError with the errno text.
     """
     try:
-        _mount(source, target, fstype, options)
+        mount_any(source, target, fstype, options)
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             raise LayoutRequirementMissing(
