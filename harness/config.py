@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .errors import UsageError
 
@@ -515,20 +515,26 @@ class MachineSpec:
             raise ValueError("MachineSpec needs a resolved accelerator (kvm or tcg)")
 
 
-def parse_choices(text: str, allowed: Sequence[str], what: str, example: str) -> tuple[
-        str, ...]:
-    """Parse a comma-separated list of names from ``allowed``, in order, without
-    repeats; an unknown or missing name is a UsageError naming the valid ones."""
-    chosen: list[str] = []
+# A vocabulary enum a comma-separated option names members of.
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+def parse_enum_list(text: str, allowed: Sequence[EnumT], what: str,
+                    example: str) -> tuple[EnumT, ...]:
+    """Parse a comma-separated list of the values of ``allowed``, in order, without
+    repeats, into its members; an unknown or missing name is a UsageError naming the
+    valid ones (``what``) or showing ``example``."""
+    by_name = {member.value: member for member in allowed}
+    chosen: list[EnumT] = []
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
             continue
-        if name not in allowed:
+        if name not in by_name:
             raise UsageError(f"unknown {what} {raw.strip()!r}",
-                             hint=f"choose from {','.join(allowed)}")
-        if name not in chosen:
-            chosen.append(name)
+                             hint=f"choose from {','.join(by_name)}")
+        if by_name[name] not in chosen:
+            chosen.append(by_name[name])
     if not chosen:
         raise UsageError(f"no {what} given", hint=f"for example {example}")
     return tuple(chosen)
@@ -536,34 +542,26 @@ def parse_choices(text: str, allowed: Sequence[str], what: str, example: str) ->
 
 def parse_modes(text: str) -> tuple[Mode, ...]:
     """Parse ``remap,warn`` into modes."""
-    names = parse_choices(text, [m.value for m in ALL_MODES], "multidevs mode",
-                          "--modes remap,warn,forbid,default")
-    return tuple(Mode(name) for name in names)
+    return parse_enum_list(text, ALL_MODES, "multidevs mode",
+                           "--modes remap,warn,forbid,default")
 
 
 def parse_checks(text: str) -> tuple[Check, ...]:
     """Parse ``ids,operations`` into check families, rejecting unknown ones."""
-    names = parse_choices(text, [c.value for c in ALL_CHECKS], "check family",
-                          f"--checks {Check.IDS},{Check.OPERATIONS}")
-    return tuple(Check(name) for name in names)
+    return parse_enum_list(text, ALL_CHECKS, "check family",
+                           f"--checks {Check.IDS},{Check.OPERATIONS}")
 
 
 def parse_layouts(text: str) -> tuple[Layout, ...]:
     """Parse ``standard,overlay`` into host layouts."""
-    names = parse_choices(text, [layout.value for layout in ALL_LAYOUTS], "layout",
-                          "--layout standard,overlay")
-    return tuple(Layout(name) for name in names)
+    return parse_enum_list(text, ALL_LAYOUTS, "layout", "--layout standard,overlay")
 
 
 def parse_transports(text: str) -> tuple[Transport, ...]:
     """Parse ``9p,virtiofs`` into transports."""
-    names = parse_choices(text, [t.value for t in ALL_TRANSPORTS], "transport",
-                          "--transport 9p,virtiofs")
-    return tuple(Transport(name) for name in names)
+    return parse_enum_list(text, ALL_TRANSPORTS, "transport", "--transport 9p,virtiofs")
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:
     """Parse ``none,loose`` into 9p cache modes."""
-    names = parse_choices(text, [c.value for c in ALL_CACHES], "9p cache mode",
-                          "--cache none,loose")
-    return tuple(Cache(name) for name in names)
+    return parse_enum_list(text, ALL_CACHES, "9p cache mode", "--cache none,loose")
