@@ -63,16 +63,30 @@ LOCK_FILE = ".lock"
 LOCK_WAIT_S = 900.0
 
 
-
-
-
-
 # --- host tools ----------------------------------------------------------------------
 
 
+def not_installed(packages: Sequence[str], dpkg_query_output: str) -> list[str]:
+    """The ``packages`` that ``dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n'``
+    did not list as installed ("ii"): unknown to dpkg, removed, or half-installed."""
+    installed = {fields[0].partition(":")[0] for line in dpkg_query_output.splitlines()
+                 if len(fields := line.split()) >= 2 and fields[1] == "ii"}
+    return [package for package in packages if package not in installed]
+
+
 def check_host_tools(recipe: Recipe) -> None:
-    """Raise MissingPackages naming the packages whose tools are absent."""
+    """Raise MissingPackages naming the packages whose tools are absent and the
+    recipe's ``[host] packages`` that dpkg does not list as installed (headers and
+    keyrings have no tool to look for).  Debian and Ubuntu hosts are the ones
+    scripts/setup knows, so dpkg answers; without dpkg-query the dpkg package is
+    already named through its tools."""
     missing = {pkg for tool, pkg in recipe.tool_packages.items() if find_program(tool) is None}
+    query = find_program("dpkg-query")
+    if query is not None and recipe.host_packages:
+        # Exit 1 when some package is unknown: its name is simply absent from stdout.
+        listed = run_tied([query, "-W", "-f", "${Package} ${db:Status-Abbrev}\\n",
+                           *recipe.host_packages], timeout=60)
+        missing |= set(not_installed(recipe.host_packages, listed.stdout))
     if missing:
         raise MissingPackages(sorted(missing))
 
