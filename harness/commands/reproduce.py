@@ -22,13 +22,14 @@ from ..config import (
     Progress,
     quiet,
 )
+from ..direct.backend import QemuBackend
 from ..environment import prepare
 from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
 from ..plan import ExportPlan, GuestPlan
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
 from ..results import ResultRow
-from ..run import QemuBackend, load_known_issues
+from ..run import load_known_issues
 from ..verdicts.ids import IdsVerdict, ids_verdict
 from .byhand import EXPORT_VAR
 
