@@ -34,11 +34,11 @@ from .pool import (
     LiveGuests,
     OwnOptionNotices,
     RunContext,
-    judge_power,
     run_guest,
     run_guests,
 )
 from .results import ResultRow, RunResults
+from .row_rules import judge_power
 from .verdicts.common import Status
 from .verdicts.known import KnownIssue, parse_known_issues
 
