@@ -26,22 +26,17 @@ from pathlib import Path
 
 from ..proc import run_tied
 from .build import (
-    TOOL_TIMEOUT_S,
     BuildContext,
     align_inode_numbers,
-    attach_loop,
-    find_tool,
-    make_image,
     mount_filesystem,
     populate,
     record_truth,
-    require_filesystem,
-    require_real_root,
-    run_tool,
     set_root_times,
     tmpfs_device,
     work_dir,
 )
+from .loop import attach_loop, make_image
+from .tools import TOOL_TIMEOUT_S, find_tool, require_filesystem, require_real_root, run_tool
 from .truth import (
     BTRFS_DEVICE,
     BTRFS_ORIGIN,
