@@ -1,7 +1,7 @@
 """Typed, frozen configuration shared by every module.
 
 Data flows one way: these values are built once (by the CLI or the pytest
-plugin) and handed down to the export, image, machine, oracle and report code.
+plugin) and handed down to the export, image, machine, verdicts and report code.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .errors import UsageError
 
@@ -199,16 +199,6 @@ class Layout(StrEnum):
     # mounts under it and exported with readonly=on: never built, never written.
     EXPORT = "export"
 
-    @property
-    def needs_block_devices(self) -> bool:
-        """True where the layout formats images on loop devices (root only)."""
-        return self in (Layout.BTRFS, Layout.XFS, Layout.EXT4)
-
-    @property
-    def needs_fuse(self) -> bool:
-        """True where the layout runs FUSE filesystems (/dev/fuse, root in the namespace)."""
-        return self in (Layout.SCRIPTED, Layout.SCRIPTED_FULLMAP)
-
 
 # The layouts the harness builds (``--layout``); EXPORT is the user's tree (``--export``).
 ALL_LAYOUTS: tuple[Layout, ...] = tuple(k for k in Layout if k is not Layout.EXPORT)
@@ -228,8 +218,49 @@ class Transport(StrEnum):
 
 ALL_TRANSPORTS: tuple[Transport, ...] = tuple(Transport)
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = (Transport.NINEP,)
+class VirtiofsCache(StrEnum):
+    """virtiofsd's --cache policies the harness runs: a virtiofs row's cache."""
+
+    AUTO = "auto"
+
+
 # virtiofsd's --cache policy for every virtiofs export: its own default, what people run.
-VIRTIOFS_CACHE = "auto"
+VIRTIOFS_CACHE = VirtiofsCache.AUTO
+# The virtiofs rows' names, by whether virtiofsd announces submounts: where a 9p row
+# names its multidevs mode (in a row name, a known issue's ``modes``), a virtiofs row
+# names its setting.
+VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """Which result row an export feeds.  ``str()`` is the row's name, the one place
+    the names' grammar is written, and nothing parses a name back: ``warn`` (cache=none,
+    the standard layout), ``warn+loose@overlay``, ``control-warn`` (the mode's
+    single-device control), ``operations-forbid`` and ``cross_device-warn+loose`` (a
+    family other than ids), ``virtiofs-nosubmounts@overlay`` (virtiofs rows name
+    virtiofsd's setting where 9p rows name the mode), ``operations-virtiofs``."""
+
+    check: Check
+    mode: Mode
+    cache: Cache = Cache.NONE
+    layout: Layout = Layout.STANDARD
+    transport: Transport = Transport.NINEP
+    # Virtiofs only: whether virtiofsd announces submounts.
+    submounts: bool = True
+    # The mode's single-device control export (ids).
+    control: bool = False
+
+    def __str__(self) -> str:
+        if self.transport is Transport.VIRTIOFS:
+            name = VIRTIOFS_ROWS[self.submounts]
+        elif self.control:
+            name = f"control-{self.mode.value}"
+        else:
+            name = self.mode.value if self.cache is Cache.NONE \
+                else f"{self.mode.value}+{self.cache.value}"
+        name = name if self.layout is Layout.STANDARD else f"{name}@{self.layout.value}"
+        return name if self.check is Check.IDS else f"{self.check.value}-{name}"
 
 
 class Via(StrEnum):
@@ -484,20 +515,26 @@ class MachineSpec:
             raise ValueError("MachineSpec needs a resolved accelerator (kvm or tcg)")
 
 
-def parse_choices(text: str, allowed: Sequence[str], what: str, example: str) -> tuple[
-        str, ...]:
-    """Parse a comma-separated list of names from ``allowed``, in order, without
-    repeats; an unknown or missing name is a UsageError naming the valid ones."""
-    chosen: list[str] = []
+# A vocabulary enum a comma-separated option names members of.
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+def parse_enum_list(text: str, allowed: Sequence[EnumT], what: str,
+                    example: str) -> tuple[EnumT, ...]:
+    """Parse a comma-separated list of the values of ``allowed``, in order, without
+    repeats, into its members; an unknown or missing name is a UsageError naming the
+    valid ones (``what``) or showing ``example``."""
+    by_name = {member.value: member for member in allowed}
+    chosen: list[EnumT] = []
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
             continue
-        if name not in allowed:
+        if name not in by_name:
             raise UsageError(f"unknown {what} {raw.strip()!r}",
-                             hint=f"choose from {','.join(allowed)}")
-        if name not in chosen:
-            chosen.append(name)
+                             hint=f"choose from {','.join(by_name)}")
+        if by_name[name] not in chosen:
+            chosen.append(by_name[name])
     if not chosen:
         raise UsageError(f"no {what} given", hint=f"for example {example}")
     return tuple(chosen)
@@ -505,34 +542,26 @@ def parse_choices(text: str, allowed: Sequence[str], what: str, example: str) ->
 
 def parse_modes(text: str) -> tuple[Mode, ...]:
     """Parse ``remap,warn`` into modes."""
-    names = parse_choices(text, [m.value for m in ALL_MODES], "multidevs mode",
-                          "--modes remap,warn,forbid,default")
-    return tuple(Mode(name) for name in names)
+    return parse_enum_list(text, ALL_MODES, "multidevs mode",
+                           "--modes remap,warn,forbid,default")
 
 
 def parse_checks(text: str) -> tuple[Check, ...]:
     """Parse ``ids,operations`` into check families, rejecting unknown ones."""
-    names = parse_choices(text, [c.value for c in ALL_CHECKS], "check family",
-                          f"--checks {Check.IDS},{Check.OPERATIONS}")
-    return tuple(Check(name) for name in names)
+    return parse_enum_list(text, ALL_CHECKS, "check family",
+                           f"--checks {Check.IDS},{Check.OPERATIONS}")
 
 
 def parse_layouts(text: str) -> tuple[Layout, ...]:
     """Parse ``standard,overlay`` into host layouts."""
-    names = parse_choices(text, [layout.value for layout in ALL_LAYOUTS], "layout",
-                          "--layout standard,overlay")
-    return tuple(Layout(name) for name in names)
+    return parse_enum_list(text, ALL_LAYOUTS, "layout", "--layout standard,overlay")
 
 
 def parse_transports(text: str) -> tuple[Transport, ...]:
     """Parse ``9p,virtiofs`` into transports."""
-    names = parse_choices(text, [t.value for t in ALL_TRANSPORTS], "transport",
-                          "--transport 9p,virtiofs")
-    return tuple(Transport(name) for name in names)
+    return parse_enum_list(text, ALL_TRANSPORTS, "transport", "--transport 9p,virtiofs")
 
 
 def parse_caches(text: str) -> tuple[Cache, ...]:
     """Parse ``none,loose`` into 9p cache modes."""
-    names = parse_choices(text, [c.value for c in ALL_CACHES], "9p cache mode",
-                          "--cache none,loose")
-    return tuple(Cache(name) for name in names)
+    return parse_enum_list(text, ALL_CACHES, "9p cache mode", "--cache none,loose")

@@ -154,9 +154,9 @@ class QemuFailed(HarnessError):
         if command:
             parts.append("  command: " + " ".join(command))
         if stderr_tail:
-            parts.append("  qemu stderr (tail):\n" + _indent(stderr_tail))
+            parts.append("  qemu stderr (tail):\n" + indent(stderr_tail))
         if console_tail:
-            parts.append("  guest console (tail):\n" + _indent(console_tail))
+            parts.append("  guest console (tail):\n" + indent(console_tail))
         super().__init__(message, hint=hint, details="\n".join(parts))
         self.exit_code_qemu = exit_code_qemu
         self.command = tuple(command)
@@ -241,5 +241,6 @@ class LibvirtError(HarnessError):
     """libvirtd could not be reached or refused what the harness asked."""
 
 
-def _indent(text: str, prefix: str = "    ") -> str:
+def indent(text: str, prefix: str = "    ") -> str:
+    """Every line of ``text`` behind ``prefix`` (for error details)."""
     return "\n".join(prefix + line for line in text.rstrip().splitlines())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
 from .agent.stat import AGENT_THREADS, STAT_PASSES
@@ -20,52 +21,88 @@ from .config import (
     DEFAULT_LAYOUTS,
     DEFAULT_TRANSPORTS,
     REMAP_DEFAULT_FROM_DEV,
+    VIRTIOFS_ROWS,
     Cache,
     Check,
     ExportLayout,
     Layout,
     MachineOptions,
     Mode,
+    RowKey,
     Transport,
     Version,
     Via,
 )
 from .errors import UsageError
 
-CONTROL_PREFIX = "control-"
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.
 _SHARED_ORDER = (Mode.REMAP, Mode.FORBID, Mode.WARN)
 
 # What a run does unless --checks says otherwise: every family costing seconds at most.
 DEFAULT_CHECKS = ALL_CHECKS
-# Families that ask a mode's own questions of a small export of their own, observed
-# after the mode's ids export in the same QEMU.  They need no fresh multi-device
-# message (QEMU prints each once per process): they judge "the mode's own message at
-# most once, no other" (runtime_mount: none at all once its device is added), and
-# the ids row before them holds the exactly-once rule.
-_TRAILING = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.RUNTIME_MOUNT, Check.HELD_FD,
-             Check.REMOUNT)
-# Families that ask a question only one mode promises an answer to: held_fd asks
-# whether a device mounted under a directory the guest holds open stays untouched,
-# which only forbid promises (the other modes may change any device).
-_ONE_MODE = {Check.HELD_FD: Mode.FORBID}
-# The families that write nothing to the export (the others create, rename, mount or
-# bind in it): the only ones run over the user's own tree.
-READ_ONLY_CHECKS = (Check.IDS,)
-# Families that also get one export per inode-caching cache mode of the run (loose,
-# fscache): cross_device, whose rename between twins that share a guest inode is a
-# silent no-op there.
-CACHED_FAMILIES = (Check.CROSS_DEVICE,)
+
+
+class Placement(StrEnum):
+    """Where a family's exports sit among a run's guests."""
+
+    # The mode rows themselves (``ids``): ``plan_guests`` lays them out, one export per
+    # mode, layout and cache mode, with the controls.
+    MODES = "modes"
+    # One small export per multi-device mode, observed after the mode's ids export in
+    # the same QEMU.  It needs no fresh multi-device message (QEMU prints each once per
+    # process): such a family judges "the mode's own message at most once, no other",
+    # and the ids row before it holds the exactly-once rule.
+    TRAILING = "trailing"
+    # One export per mode in the control guest, right after the (silent) controls and
+    # before anything that may print a message: for a family whose export is one
+    # device whatever the mode, so it must say nothing (``bind``).
+    CONTROL = "control"
+
+
 # Two devices: the root one and one foreign; two files each keep the mounts cheap.
-_FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
-# remount looks again with the devices in another order, which only shows a QEMU that
-# hands its remap prefixes out afresh if there are at least three devices to reorder.
-_REMOUNT_LAYOUT = ExportLayout(devices=3, files_per_device=2)
-# bind's export is one device whatever the mode, so it must say nothing; that is
-# only judgeable while no export of its QEMU has printed a message yet, so it rides
-# in the control guest right after the (silent) controls.
-_BIND_LAYOUT = ExportLayout(devices=1, files_per_device=2)
+FAMILY_LAYOUT = ExportLayout(devices=2, files_per_device=2)
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """Everything the planner, the pool and the report need to know about one check
+    family, declared by the family itself (its ``rules`` in ``checks``) and handed to
+    the planner by ``checks.registry``: the planner keeps no table of families."""
+
+    name: Check
+    placement: Placement
+    # The export of a TRAILING or CONTROL family (MODES families use the run's layouts).
+    layout: ExportLayout = FAMILY_LAYOUT
+    # The one mode whose promise the family asks about (held_fd: only forbid promises
+    # that a device it denies stays untouched); None: every mode.
+    only_mode: Mode | None = None
+    # Whether it creates, renames, mounts or binds in the export: a writing family
+    # never runs over the user's own tree (--export).
+    writes: bool = True
+    # Whether it also gets one export per inode-caching cache mode of the run (loose,
+    # fscache): cross_device, whose rename between twins sharing a guest inode is a
+    # silent no-op there.
+    per_inode_cache: bool = False
+    # Whether it runs over virtiofs too (in the virtiofs guests, judged without a mode).
+    virtiofs: bool = False
+    # Whether it mounts on the host after QEMU started: a backend that starts QEMU in
+    # a mount namespace of its own (libvirt) cannot run it (``checks_for``).
+    mounts_after_start: bool = False
+    # Whether its exports run the witnesses (when the run asks for them).
+    witness: bool = True
+
+    def runs_under(self, mode: Mode) -> bool:
+        """Whether the family asks its question under ``mode``."""
+        return self.only_mode is None or self.only_mode is mode
+
+
+def _by_name(families: Sequence[FamilyRules], checks: Collection[Check],
+             placement: Placement | None = None) -> list[FamilyRules]:
+    """The families of ``checks`` (placed as ``placement``, when given), in the
+    registry's order, which is the report's."""
+    return [f for f in families if f.name in checks
+            and (placement is None or f.placement is placement)]
 
 
 @dataclass(frozen=True)
@@ -105,7 +142,7 @@ class RunOptions:
     known_issues: Path | None = None
     strict_known: bool = False
     # The user's tree (``--export``; Layout.EXPORT in ``layouts``): only the families
-    # that write nothing run (``READ_ONLY_CHECKS``).
+    # that write nothing run (``FamilyRules.writes``).
     export: ExportLayout | None = None
     # 9p rows (every mode), virtiofs rows (with and without submounts), or both.
     transports: tuple[Transport, ...] = DEFAULT_TRANSPORTS
@@ -113,15 +150,14 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """One export of a guest: the name of the result row it feeds, its mode and shape,
-    the check family that observes and judges it, and the guest's 9p cache mode.
+    """One export of a guest: its mode and shape, the check family that observes and
+    judges it, and the guest's 9p cache mode; ``key`` is the result row it feeds.
 
     ``message_printed``: an earlier export of the same mode in this guest's QEMU has
     already shown its multi-device message (QEMU prints each once per process), so
     this export's slice of stderr cannot be expected to show it again.
     """
 
-    row: str
     mode: Mode
     layout: ExportLayout
     check: Check = Check.IDS
@@ -137,13 +173,19 @@ class ExportPlan:
     # are 9p's); ``submounts``: whether the daemon announces them.
     transport: Transport = Transport.NINEP
     submounts: bool = True
+    # The mode's single-device control (``plan_guests``).
+    control: bool = False
 
+    @property
+    def key(self) -> RowKey:
+        """The result row this export feeds."""
+        return RowKey(self.check, self.mode, self.cache, self.layout.kind, self.transport,
+                      self.submounts, self.control)
 
-def row_name(mode: Mode, cache: Cache, layout: Layout = Layout.STANDARD) -> str:
-    """``warn`` for cache=none (the name rows had before the cache axis), ``warn+loose``
-    for any other cache mode; ``warn+loose@overlay`` on a layout other than standard."""
-    name = mode.value if cache is Cache.NONE else f"{mode.value}+{cache.value}"
-    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
+    @property
+    def row(self) -> str:
+        """The name of the result row this export feeds."""
+        return str(self.key)
 
 
 # Layouts the mode guests (and the check families) are planned around.
@@ -194,7 +236,7 @@ def mode_exports(mode: Mode, layouts: Sequence[ExportLayout],
     for layout in layouts:
         for cache in caches:
             exports.append(ExportPlan(
-                row_name(mode, cache, layout.kind), mode, layout, cache=cache,
+                mode, layout, cache=cache,
                 message_printed=printed and layout.devices > 1,
                 witness=_witnessed(mode, layout)))
             printed = printed or layout.devices > 1
@@ -236,7 +278,7 @@ def plan_guests(
     """
     single = ExportLayout(devices=1, files_per_device=min(layout.files_per_device, 64))
     with_control = control and layout.devices > 1
-    controls = [ExportPlan(f"{CONTROL_PREFIX}{m.value}", m, single, witness=index == 0)
+    controls = [ExportPlan(m, single, witness=index == 0, control=True)
                 for index, m in enumerate(modes)]
     main = [layout_shape(k, layout) for k in layouts if k in _MAIN_LAYOUTS]
     quiet = [layout_shape(k, layout) for k in layouts if k in SINGLE_DEVICE_LAYOUTS]
@@ -282,48 +324,30 @@ def _shared_guests(modes: Sequence[Mode], shapes: Sequence[ExportLayout],
     return guests
 
 
-VIRTIOFS_ROWS = {True: "virtiofs", False: "virtiofs-nosubmounts"}
-# The families virtiofs rows run beside ids.  The calls of operations and
-# cross_device ask what any filesystem answers, and virtiofs answers them without a
-# mode; bind asks whether one host file reached through bind mounts keeps one id,
-# with the binds made before virtiofsd starts (``checks.live.binds_before_start``).
-# runtime_mount and held_fd mount on the host after the transport's server started:
-# virtiofsd's sandbox is a mount namespace it makes at start as a slave copy of the
-# harness's private one, which no later mount reaches (docs/virtiofs.md says more), and
-# held_fd and remount ask 9p's questions.
-VIRTIOFS_FAMILIES = (Check.OPERATIONS, Check.CROSS_DEVICE, Check.BIND)
-
-
-def virtiofs_row(submounts: bool, layout: Layout = Layout.STANDARD) -> str:
-    """``virtiofs`` (submounts announced) or ``virtiofs-nosubmounts``, ``@<layout>``
-    on a layout other than standard."""
-    name = VIRTIOFS_ROWS[submounts]
-    return name if layout is Layout.STANDARD else f"{name}@{layout.value}"
-
-
 def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
-                    checks: Sequence[Check] = (Check.IDS,),
+                    families: Sequence[FamilyRules], checks: Sequence[Check],
                     settings: Sequence[bool] = (True, False)) -> list[GuestPlan]:
     """Two guests of their own, one per virtiofsd setting (submounts announced or
-    not), each with an export of every layout of the run (``ids`` asked), judged by
-    the virtiofs rules (``verdicts.virtiofs``), then one export per family of
-    ``VIRTIOFS_FAMILIES`` asked (a multi-device run only, as for 9p).  virtiofs has no
-    multidevs option: ``mode`` is DEFAULT ("not given") and unused.  Witnesses run
-    where the layout allows them."""
-    shapes = [layout_shape(kind, layout) for kind in layouts] if Check.IDS in checks else []
-    families = [c for c in VIRTIOFS_FAMILIES if c in checks] if layout.devices > 1 else []
+    not), each with an export of every layout of the run (a MODES family asked),
+    judged by the virtiofs rules (``verdicts.virtiofs``), then one export per further
+    family of ``checks`` that runs over virtiofs (a multi-device run only, as for 9p).
+    virtiofs has no multidevs option: ``mode`` is DEFAULT ("not given") and unused.
+    Witnesses run where the layout and the family allow them."""
+    asked = [f for f in _by_name(families, checks) if f.virtiofs]
+    shapes = [layout_shape(kind, layout) for kind in layouts] \
+        if any(f.placement is Placement.MODES for f in asked) else []
+    extras = [f for f in asked if f.placement is not Placement.MODES] \
+        if layout.devices > 1 else []
     guests = []
     for submounts in settings:
-        ids = [ExportPlan(virtiofs_row(submounts, shape.kind), Mode.DEFAULT, shape,
+        ids = [ExportPlan(Mode.DEFAULT, shape,
                           witness=shape.kind not in NO_WITNESS_LAYOUTS,
                           transport=Transport.VIRTIOFS, submounts=submounts)
                for shape in shapes]
-        # No witnesses on bind, as over 9p (``apply_checks``).
-        extra = [ExportPlan(virtiofs_family_row(check, submounts), Mode.DEFAULT,
-                            _BIND_LAYOUT if check is Check.BIND else _FAMILY_LAYOUT,
-                            check, transport=Transport.VIRTIOFS, submounts=submounts,
-                            witness=check is not Check.BIND)
-                 for check in families]
+        extra = [ExportPlan(Mode.DEFAULT, family.layout, family.name,
+                            transport=Transport.VIRTIOFS,
+                            submounts=submounts, witness=family.witness)
+                 for family in extras]
         if ids or extra:
             guests.append(GuestPlan(VIRTIOFS_ROWS[submounts], (*ids, *extra)))
     return guests
@@ -335,92 +359,76 @@ def virtiofs_guests(layout: ExportLayout, layouts: Sequence[Layout],
 VIRTIOFS_SETTINGS = {Via.QEMU: (True, False), Via.LIBVIRT: (True,)}
 
 
-def virtiofs_family_row(check: Check, submounts: bool) -> str:
-    """The result row name of family ``check`` over virtiofs (``operations-virtiofs``,
-    ``cross_device-virtiofs-nosubmounts``)."""
-    return f"{check}-{VIRTIOFS_ROWS[submounts]}"
-
-
-def family_row(check: Check, mode: Mode, cache: Cache = Cache.NONE) -> str:
-    """The result row name of family ``check`` on ``mode`` (``operations-forbid``,
-    ``cross_device-warn+loose``)."""
-    return f"{check}-{row_name(mode, cache)}"
-
-
-def _family_caches(check: Check, caches: Sequence[Cache]) -> list[Cache]:
-    """cache=none, then (CACHED_FAMILIES only) every cache mode that reuses inodes."""
-    extra = [c for c in caches if c.reuses_inodes] if check in CACHED_FAMILIES else []
+def _family_caches(family: FamilyRules, caches: Sequence[Cache]) -> list[Cache]:
+    """cache=none, then (``per_inode_cache`` families only) every cache mode that
+    reuses inodes."""
+    extra = [c for c in caches if c.reuses_inodes] if family.per_inode_cache else []
     return [Cache.NONE, *extra]
 
 
-def apply_checks(plan: GuestPlan, checks: Sequence[Check],
+def apply_checks(plan: GuestPlan, families: Sequence[FamilyRules], checks: Sequence[Check],
                  done: Collection[Mode] = ()) -> GuestPlan:
-    """``plan`` (from ``plan_guests``: ids exports only) with the families of
-    ``checks``: ids exports (and controls) kept only if ``ids`` is asked for, then one
-    export per further family and multi-device mode of the guest, in family order.
+    """``plan`` (from ``plan_guests``: MODES exports only) with the families of
+    ``checks``: the mode exports (and controls) kept only if a MODES family is asked
+    for, then the CONTROL families' exports (one per control), then one export per
+    TRAILING family and multi-device mode of the guest, in the registry's order.
 
-    The matrix applies it to each guest, so every family's export shares the QEMU of
-    its mode's ids export and comes after it (see ``_TRAILING``); ``bind`` joins the
-    control guest, one export per mode, after the controls and before anything that
-    may print a message.  A single-device run has no foreign device to operate on and
-    gets no trailing family exports; a run without controls gets no bind rows.  Modes
-    in ``done`` got their families in an earlier guest (a further layout's guest).
+    The matrix applies it to each guest, so every TRAILING family's export shares the
+    QEMU of its mode's ids export and comes after it; a CONTROL family joins the
+    control guest after the controls and before anything that may print a message.
+    A single-device run has no foreign device to operate on and gets no TRAILING
+    exports; a run without controls gets no CONTROL rows.  Modes in ``done`` got their
+    families in an earlier guest (a further layout's guest).
     """
-    controls = [e for e in plan.exports if e.row.startswith(CONTROL_PREFIX)]
-    others = [e for e in plan.exports if not e.row.startswith(CONTROL_PREFIX)]
+    controls = [e for e in plan.exports if e.control]
+    others = [e for e in plan.exports if not e.control]
     caches = list(dict.fromkeys(e.cache for e in others))
     # One family export per mode, however many cache exports the mode has.
     modes = list(dict.fromkeys(e.mode for e in others
                                if e.layout.devices > 1 and e.mode not in done))
-    # No witnesses on bind: every path of a bind is one host file with one id (st_nlink
-    # 1, no ancestor shared), so the tools have nothing to get wrong that the ids rules
-    # do not already judge.
-    binds = [ExportPlan(family_row(Check.BIND, e.mode), e.mode, _BIND_LAYOUT, Check.BIND,
-                        witness=False)
-             for e in controls] if Check.BIND in checks else []
-    extra = [ExportPlan(family_row(check, mode, cache), mode,
-                        _REMOUNT_LAYOUT if check is Check.REMOUNT else _FAMILY_LAYOUT, check,
-                        cache=cache)
-             for check in _TRAILING if check in checks for mode in modes
-             if _ONE_MODE.get(check, mode) is mode
-             for cache in _family_caches(check, caches)]
-    if Check.IDS not in checks:
+    beside_controls = [ExportPlan(e.mode, f.layout, f.name, witness=f.witness)
+                       for f in _by_name(families, checks, Placement.CONTROL)
+                       for e in controls if f.runs_under(e.mode)]
+    extra = [ExportPlan(mode, f.layout, f.name, cache=cache, witness=f.witness)
+             for f in _by_name(families, checks, Placement.TRAILING)
+             for mode in modes if f.runs_under(mode)
+             for cache in _family_caches(f, caches)]
+    if not _by_name(families, checks, Placement.MODES):
         controls, others = [], []
-    return GuestPlan(plan.name, (*controls, *binds, *others, *extra))
+    return GuestPlan(plan.name, (*controls, *beside_controls, *others, *extra))
 
 
-# Families that mount on the host after QEMU started.  libvirt starts QEMU in a mount
-# namespace of its own, a copy taken at start that our private "/" never propagates
-# into, so under --via libvirt these families would test nothing.
-AFTER_START_MOUNTS = (Check.RUNTIME_MOUNT, Check.HELD_FD, Check.BIND)
-
-
-def checks_for(via: Via, checks: Sequence[Check]) -> tuple[tuple[Check, ...], tuple[Check, ...]]:
-    """The families ``via`` can run, and those it cannot (``AFTER_START_MOUNTS``)."""
+def checks_for(via: Via, families: Sequence[FamilyRules],
+               checks: Sequence[Check]) -> tuple[tuple[Check, ...], tuple[Check, ...]]:
+    """The families ``via`` can run, and those it cannot: libvirt starts QEMU in a
+    mount namespace of its own, a copy taken at start that our private "/" never
+    propagates into, so a family that mounts after start would test nothing there."""
     if via is Via.QEMU:
         return tuple(checks), ()
-    return (tuple(c for c in checks if c not in AFTER_START_MOUNTS),
-            tuple(c for c in checks if c in AFTER_START_MOUNTS))
+    late = {f.name for f in families if f.mounts_after_start}
+    return (tuple(c for c in checks if c not in late), tuple(c for c in checks if c in late))
 
 
-
-def row_rank(modes: Sequence[Mode], caches: Sequence[Cache] = (Cache.NONE,),
+def row_rank(families: Sequence[FamilyRules], modes: Sequence[Mode],
+             caches: Sequence[Cache] = (Cache.NONE,),
              layouts: Sequence[Layout] = (Layout.STANDARD,)) -> dict[str, int]:
     """Sort keys for result rows: modes in the order asked for (each with its layouts
     and cache modes in the order asked), then their controls, then each further
-    family's rows (family order, then modes as asked).
+    family's rows (registry order, then modes as asked), then the virtiofs rows.
 
     Rows missing from the map (the libvirt rejection checks) sort after all of them.
     """
-    names = [row_name(m, c, k) for m in modes for k in layouts for c in caches]
-    names += [f"{CONTROL_PREFIX}{m.value}" for m in modes]
-    names += [family_row(check, m, c) for check in ALL_CHECKS if check is not Check.IDS
-              for m in modes if _ONE_MODE.get(check, m) is m
-              for c in _family_caches(check, caches)]
-    names += [virtiofs_row(submounts, k) for submounts in (True, False) for k in layouts]
-    names += [virtiofs_family_row(check, submounts) for submounts in (True, False)
-              for check in VIRTIOFS_FAMILIES]
-    return {name: i for i, name in enumerate(names)}
+    further = [f for f in families if f.placement is not Placement.MODES]
+    ids, virtiofs = Check.IDS, Transport.VIRTIOFS
+    keys = [RowKey(ids, m, c, k) for m in modes for k in layouts for c in caches]
+    keys += [RowKey(ids, m, control=True) for m in modes]
+    keys += [RowKey(f.name, m, c) for f in further for m in modes if f.runs_under(m)
+             for c in _family_caches(f, caches)]
+    keys += [RowKey(ids, Mode.DEFAULT, layout=k, transport=virtiofs, submounts=submounts)
+             for submounts in (True, False) for k in layouts]
+    keys += [RowKey(f.name, Mode.DEFAULT, transport=virtiofs, submounts=submounts)
+             for submounts in (True, False) for f in further if f.virtiofs]
+    return {str(key): i for i, key in enumerate(keys)}
 
 
 @dataclass(frozen=True)
@@ -436,28 +444,31 @@ class RunPlan:
     writing_skipped: tuple[Check, ...] = ()
 
 
-def plan_run(options: RunOptions, live_stderr: bool,
+def plan_run(options: RunOptions, families: Sequence[FamilyRules], live_stderr: bool,
              qemu_version: Version | None = None) -> RunPlan:
-    """The whole plan of ``options``: guests (``plan_guests``; one guest per mode when
-    the backend cannot read QEMU's stderr live), the families joined to them
-    (``apply_checks``, less those ``options.via`` cannot run), and each export's
-    observation options resolved (witnesses only where both the plan and the run
-    want them, and where ``qemu_version``'s default may remap: ``_default_witnessed``)."""
-    checks, skipped = checks_for(options.via, options.checks)
+    """The whole plan of ``options`` with the families of ``families`` (the registry's
+    ``RULES``): guests (``plan_guests``; one guest per mode when the backend cannot
+    read QEMU's stderr live), the families joined to them (``apply_checks``, less
+    those ``options.via`` cannot run), and each export's observation options resolved
+    (witnesses only where both the plan and the run want them, and where
+    ``qemu_version``'s default may remap: ``_default_witnessed``)."""
+    checks, skipped = checks_for(options.via, families, options.checks)
     writing: tuple[Check, ...] = ()
     if Layout.EXPORT in options.layouts:
-        writing = tuple(c for c in checks if c not in READ_ONLY_CHECKS)
-        checks = tuple(c for c in checks if c in READ_ONLY_CHECKS)
+        writes = {f.name for f in families if f.writes}
+        writing = tuple(c for c in checks if c in writes)
+        checks = tuple(c for c in checks if c not in writes)
     guests = plan_guests(options.modes, options.layout, options.control,
                          options.share and live_stderr, options.caches, options.layouts,
                          options.export) if Transport.NINEP in options.transports else []
+    trailing = {f.name for f in families if f.placement is Placement.TRAILING}
     done: set[Mode] = set()
     planned_guests = []
     for guest in guests:
-        planned_guests.append(apply_checks(guest, checks, done))
-        done |= {e.mode for e in planned_guests[-1].exports if e.check in _TRAILING}
+        planned_guests.append(apply_checks(guest, families, checks, done))
+        done |= {e.mode for e in planned_guests[-1].exports if e.check in trailing}
     if Transport.VIRTIOFS in options.transports:
-        planned_guests += virtiofs_guests(options.layout, options.layouts, checks,
+        planned_guests += virtiofs_guests(options.layout, options.layouts, families, checks,
                                           VIRTIOFS_SETTINGS[options.via])
     complete = []
     for planned in planned_guests:
@@ -492,36 +503,39 @@ def default_jobs() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def refuse_empty_selection(options: RunOptions) -> None:
+def refuse_empty_selection(options: RunOptions, families: Sequence[FamilyRules]) -> None:
     """Refuse (UsageError, before anything is probed or booted) a selection that plans
     no row at all: each family asked is named with why it got none, e.g. the modes it
     runs under, instead of a run that ends in "0/0 rows passed"."""
-    if plan_run(options, live_stderr=True).guests:
+    if plan_run(options, families, live_stderr=True).guests:
         return
-    checks, skipped = checks_for(options.via, options.checks)
+    checks, skipped = checks_for(options.via, families, options.checks)
     modes = ",".join(m.value for m in options.modes)
     reasons = [f"--via {options.via.value} cannot run {check} (QEMU starts in a mount "
                "namespace of its own, which host mounts made later never reach)"
                for check in skipped]
-    reasons += [_why_no_rows(check, options, modes) for check in checks]
+    rules = {f.name: f for f in families}
+    reasons += [_why_no_rows(rules[check], families, options, modes) for check in checks]
     raise UsageError(f"--checks {','.join(c.value for c in options.checks)} with --modes "
                      f"{modes} selects no rows: " + "; ".join(reasons),
                      hint="each clause names what to change: add a mode the family "
                      "runs under, drop the option that leaves it out, or pick other --checks")
 
 
-def _why_no_rows(check: Check, options: RunOptions, modes: str) -> str:
-    """Why family ``check`` planned no row under ``options`` (one clause)."""
-    if Layout.EXPORT in options.layouts and check not in READ_ONLY_CHECKS:
+def _why_no_rows(family: FamilyRules, families: Sequence[FamilyRules], options: RunOptions,
+                 modes: str) -> str:
+    """Why ``family`` planned no row under ``options`` (one clause)."""
+    check = family.name
+    if Layout.EXPORT in options.layouts and family.writes:
+        read_only = ",".join(f.name.value for f in families if not f.writes)
         return (f"{check} writes into the export and an --export tree is never written "
-                f"(over --export only {','.join(c.value for c in READ_ONLY_CHECKS)} runs)")
-    if Transport.NINEP not in options.transports and check is not Check.IDS \
-            and check not in VIRTIOFS_FAMILIES:
+                f"(over --export only {read_only} runs)")
+    if Transport.NINEP not in options.transports and not family.virtiofs:
         return f"{check} runs over 9p only, and --transport is virtiofs"
-    if check in _ONE_MODE:
-        return f"{check} runs under {_ONE_MODE[check]} only, not under {modes}"
-    if check is Check.BIND and not options.control:
-        return "bind runs in the control guest, which --no-control leaves out"
-    if check is not Check.IDS and options.layout.devices < 2:
+    if family.only_mode is not None:
+        return f"{check} runs under {family.only_mode} only, not under {modes}"
+    if family.placement is Placement.CONTROL and not options.control:
+        return f"{check} runs in the control guest, which --no-control leaves out"
+    if family.placement is not Placement.MODES and options.layout.devices < 2:
         return f"{check} runs on a multi-device export, and --devices is 1"
     return f"{check} runs under {','.join(m.value for m in Mode)}, and plans no row here"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -24,13 +24,10 @@ from .checks.family import Judging
 from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
 from .config import (
-    VIRTIOFS_CACHE,
-    Cache,
     ExportSpec,
     Layout,
     Progress,
     Transport,
-    Version,
     Via,
     said_once,
 )
@@ -49,13 +46,14 @@ from .guest.uname import ReportedKernel, reported_kernel
 from .host.export import build_export
 from .host.truth import Export
 from .logs import harness_fault
-from .plan import VIRTIOFS_ROWS, ExportPlan, GuestPlan
+from .plan import ExportPlan, GuestPlan
 from .qemu.cmdline import guest_mount_command, shell_quote_command
 from .results import GuestRecord, ResultRow
-from .verdicts.cache import PowerFacts, cache_premise, probe_power, with_premise
-from .verdicts.common import Status, Verdict, expected_behaviour
-from .verdicts.ids import ids_verdict, unobserved
-from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
+from .row_rules import known_issues_of, row_cache
+from .verdicts.cache import cache_premise, with_premise
+from .verdicts.common import Status, Verdict
+from .verdicts.ids import unobserved
+from .verdicts.known import KnownIssue
 from .verdicts.qemu_end import end_failures, stderr_trouble, with_findings
 from .verdicts.qemu_stderr import own_option_notices
 
@@ -346,49 +344,21 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
             judged = with_premise(judged, cache_premise(item.plan.cache, mounted))
         verdict = with_findings(judged, shared + stderr_trouble(
             judging.stderr, "while this export was observed" if live else "(libvirt's log)"))
-        known, unreproduced = _known(run, item.plan, verdict)
+        known, unreproduced = known_issues_of(run.known_issues, item.plan, verdict,
+                                              version, run.env.image.kernel_release)
         rows.append(ResultRow(
-            case=item.plan.row, check=item.plan.check, cache=_cache(item.plan),
+            case=item.plan.row, check=item.plan.check, cache=row_cache(item.plan),
             via=run.backend.via, verdict=verdict,
             guest=record, start=guest.start, boot_seconds=guest.boot_seconds,
             observe_seconds=item.seconds, log_dir=log_dir,
             qemu_command=shell_quote_command(guest.argv),
             guest_command=guest_mount_command(item.spec),
-            environment=run.env.record, backend=facts, layout=item.plan.layout.kind.value,
+            environment=run.env.record, backend=facts, layout=item.plan.layout.kind,
             known_issue=known, unreproduced=unreproduced,
             mounted_cache=mounted.spelling if mounted else None,
-            transport=item.plan.transport.value,
+            transport=item.plan.transport,
         ))
     return rows
-
-
-def _cache(plan: ExportPlan) -> str:
-    """The row's cache: 9p's cache= mode, or virtiofsd's --cache policy."""
-    return VIRTIOFS_CACHE if plan.transport is Transport.VIRTIOFS else plan.cache.value
-
-
-def _known(run: RunContext, plan: ExportPlan,
-           verdict: Verdict) -> tuple[KnownIssue | None, tuple[KnownIssue, ...]]:
-    """The known issue a failing row shows, and those a passing row did not show.
-    A virtiofs row has no multidevs mode: its setting (``virtiofs``,
-    ``virtiofs-nosubmounts``) stands in the mode's place, with no expectation."""
-    if not run.known_issues or verdict.status not in (Status.FAIL, Status.PASS):
-        return None, ()
-    ids = ids_verdict(verdict)
-    remap = ids.remap if ids is not None else None
-    virtiofs = plan.transport is Transport.VIRTIOFS
-    facts = RowFacts(
-        check=plan.check.value,
-        mode=VIRTIOFS_ROWS[plan.submounts] if virtiofs else plan.mode.value,
-        expectation=None if virtiofs else
-        expected_behaviour(plan.mode, run.env.info.version).value,
-        layout=plan.layout.kind.value, cache=_cache(plan), qemu=run.env.info.version,
-        kernel=run.env.image.kernel_release, failures=verdict.failures,
-        remap_agrees=None if remap is None else remap.agrees,
-        transport=plan.transport.value)
-    if verdict.status is Status.FAIL:
-        return match(run.known_issues, facts), ()
-    return None, unreproduced(run.known_issues, facts)
 
 
 def _run_guest(run: RunContext, plan: GuestPlan, log_dir: Path) -> list[ResultRow]:
@@ -472,8 +442,8 @@ def unobserved_rows(run: RunContext, plan: GuestPlan, log_dir: Path, reason: str
     """One row per export of a guest that was never observed (or died under test)."""
     record = GuestRecord(run.env.image.recipe, run.env.image.kernel_release, plan.name)
     return [
-        ResultRow(case=item.row, check=item.check, cache=_cache(item), via=run.backend.via,
-                  guest=record, layout=item.layout.kind.value, transport=item.transport.value,
+        ResultRow(case=item.row, check=item.check, cache=row_cache(item), via=run.backend.via,
+                  guest=record, layout=item.layout.kind, transport=item.transport,
                   verdict=unobserved(item.mode, item.layout.devices, reason, status),
                   log_dir=log_dir, environment=run.env.record)
         for item in plan.exports
@@ -512,27 +482,3 @@ def run_guests(
                 future.cancel()
             live.kill_all()
             raise
-
-
-def _power_facts(row: ResultRow, version: Version) -> PowerFacts | None:
-    verdict = ids_verdict(row.verdict)
-    # The rule pairs 9p rows by multidevs mode: virtiofs rows have neither.
-    if (verdict is None or row.transport != Transport.NINEP.value or row.cache is None
-            or row.guest is None):
-        return None
-    return PowerFacts(
-        group=row.guest.name, check=row.check, mode=verdict.mode,
-        expectation=expected_behaviour(verdict.mode, version), cache=Cache(row.cache),
-        layout=row.layout or "", status=verdict.status, harm=verdict.harm)
-
-
-def judge_power(rows: Sequence[ResultRow], version: Version) -> list[ResultRow]:
-    """``rows`` (every row of one QEMU) with the probe-power rule's finding on each row
-    it concerns (``verdicts.cache.probe_power``): it needs the other rows, so it runs
-    once all of them are judged, and gives a row a finding instead of editing its
-    verdict."""
-    facts = [(row, _power_facts(row, version)) for row in rows]
-    judged = [f for _, f in facts if f is not None]
-    findings = iter(probe_power(judged))
-    return [replace(row, power=next(findings)) if fact is not None else row
-            for row, fact in facts]

@@ -1,9 +1,14 @@
 """Process control: start a child tied to the harness, kill its group, read output tails.
 
 Every process the harness starts (QEMU guests, the probe and liveness QEMUs, the
-private libvirt daemons, the image build's apt, dpkg-deb and gcc) goes through
-``spawn_tied`` and is stopped with ``kill_process_group``, so "no process outlives
-the harness" is implemented once.
+private libvirt daemons, the image build's apt, dpkg-deb and gcc, the host tools of
+the layouts, virtiofsd's version, the benchmark's children) goes through
+``spawn_tied`` (``run_tied`` for a helper run to completion) and is stopped with
+``kill_process_group``, so "no process outlives the harness" is implemented once.
+
+One child is started otherwise, on purpose: ``libvirt.daemon``'s reaper, whose whole
+job is to outlive a SIGKILLed harness and destroy the QEMUs libvirtd started for it,
+so it must not be tied to the harness's death.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,6 +33,9 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl
 # Held back in the parent while a child is forked (see spawn_tied).
 HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 _TAIL_CHARS = 2000
+# Where a program is looked for after $PATH: a non-root or non-login shell on Debian
+# has no sbin in $PATH, and mkfs.*, modprobe and friends live there.
+_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 
@@ -39,6 +48,14 @@ def _tie_to_parent(death_signal: int) -> Callable[[], None]:
             os._exit(1)
 
     return tie
+
+
+def find_program(name: str) -> str | None:
+    """The full path of program ``name``: in $PATH, else in the sbin directories such
+    a $PATH lacks; None when neither has it.  The one lookup of every host tool a
+    child of the harness runs."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN_DIRS])
+    return shutil.which(name, path=search)
 
 
 def spawn_tied(
@@ -156,11 +173,6 @@ def tail_file(path: Path, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
-
-
-def indent(text: str, prefix: str = "    ") -> str:
-    """Every line of ``text`` behind ``prefix`` (for error details)."""
-    return "\n".join(prefix + line for line in text.rstrip().splitlines())
 
 
 def processes_with_env(name: str, value: str, comm_prefix: str = "qemu-system") -> set[int]:

@@ -17,16 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Transport
+from .config import Layout, Transport
 from .errors import ReportWriteError, UsageError
 from .results import EXIT_ERROR, EnvironmentRecord, ResultRow, RunResults
-from .verdicts.common import Status, Verdict
-from .verdicts.ids import IdsVerdict, ids_verdict
-from .verdicts.ops import OpsVerdict
-from .verdicts.rejection import RejectionVerdict
+from .verdicts.common import Status
+from .verdicts.ids import JSON_COLLISIONS, ids_verdict
 
-# How many colliding ids a JSON row lists (the count is always whole).
-JSON_COLLISIONS = 50
 # Colliding guest ids listed per row of a user's tree (``--export``), worst first.
 EXPORT_SHOWN = 5
 # Failure lines of a known-issue row shown in the table (the evidence, briefly).
@@ -246,68 +242,6 @@ def summary_line(report: RunResults) -> str:
     )
 
 
-def _ids_dict(verdict: IdsVerdict) -> dict[str, Any]:
-    return {
-        "mode": verdict.mode.value,
-        "host_devices": verdict.host_devices,
-        "files_checked": verdict.files_checked,
-        "guest_collisions": len(verdict.collisions),
-        "collisions": [
-            {"guest_id": list(c.guest_id),
-             "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in c.host_files]}
-            for c in verdict.collisions[:JSON_COLLISIONS]
-        ],
-        "denied": verdict.denied,
-        "qemu_message": verdict.qemu_message,
-        "witnesses": {w.tool: {"intact": w.intact, "detail": w.detail, "rc": w.rc}
-                      for w in verdict.witnesses},
-        **_harm_dict(verdict),
-        "remap_model": None if verdict.remap is None else {
-            "agrees": verdict.remap.agrees,
-            "compared": verdict.remap.compared,
-            "differences": list(verdict.remap.differences),
-            "predicted_collisions": [
-                {"paths": list(p.paths), "why": p.why} for p in verdict.remap.predicted],
-            "branches": dict(verdict.remap.branches),
-            "fullmap_reached": verdict.remap.fullmap_reached,
-        },
-    }
-
-
-def _harm_dict(verdict: IdsVerdict) -> dict[str, Any]:
-    harm = verdict.harm
-    return {
-        "aliased": None if harm is None else [
-            {"path": a.path, "how": a.how, "from": a.source} for a in harm.aliased],
-        "predicted_aliasing": None if harm is None else list(harm.predicted),
-        "cwd_moved": None if harm is None else harm.cwd_moved,
-        "access_errors": None if harm is None else [
-            {"path": path, "op": op, "errno": code} for path, op, code in harm.errors],
-        "dmesg": list(verdict.dmesg),
-    }
-
-
-def _rejection_dict(verdict: RejectionVerdict) -> dict[str, Any]:
-    return {
-        "mode": verdict.attribute,
-        "driver": verdict.driver,
-        "libvirt_errors": {a.api: a.error for a in verdict.errors},
-    }
-
-
-def _ops_dict(verdict: OpsVerdict) -> dict[str, Any]:
-    return {
-        "mode": verdict.mode.value,
-        "host_devices": verdict.host_devices,
-        "qemu_message": verdict.qemu_message,
-        "operations": [
-            {"op": o.op, "target": o.target, "device": o.device, "path": o.path,
-             "result": o.result, "expected": o.expected, "ok": o.ok}
-            for o in verdict.outcomes
-        ],
-    }
-
-
 def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
     """The JSON object of one result row (keys documented in docs/reports.md).
 
@@ -349,22 +283,10 @@ def row_dict(row: ResultRow, logs_kept: bool = True) -> dict[str, Any]:
             "binary": str(row.environment.qemu.binary),
             "version": str(row.environment.qemu.version)},
     }
-    data.update(_details(verdict))
+    data.update(verdict.details())
     if row.transport == Transport.VIRTIOFS:
         data["mode"] = None  # multidevs is 9p's: a virtiofs row has no mode
     return data
-
-
-def _details(verdict: Verdict) -> dict[str, Any]:
-    """The JSON keys of a verdict's own kind (the one place the kinds are told apart)."""
-    match verdict:
-        case IdsVerdict():
-            return _ids_dict(verdict)
-        case OpsVerdict():
-            return _ops_dict(verdict)
-        case RejectionVerdict():
-            return _rejection_dict(verdict)
-    raise TypeError(f"no JSON for a {type(verdict).__name__}")
 
 
 def environment_json(record: EnvironmentRecord) -> dict[str, Any]:
@@ -639,7 +561,7 @@ def export_collisions(report: RunResults) -> str:
     lines = ["collisions in your tree (guest id <- host files), worst first:"]
     for row in report.rows:
         ids = ids_verdict(row.verdict)
-        if row.layout != "export" or ids is None:
+        if row.layout is not Layout.EXPORT or ids is None:
             continue
         worst = sorted(ids.collisions, key=lambda c: -len(c.host_files))
         lines.append(f"  {row.case}: {len(worst)} guest ids shared, {ids.denied} denied")

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .config import AccelDecision, Start, Via
+from .config import AccelDecision, Cache, Check, Layout, Start, Transport, Via, VirtiofsCache
 from .qemu.probe import QemuInfo
 from .qemu.virtiofsd import Virtiofsd
 from .verdicts.cache import PowerFinding
 from .verdicts.common import Status, Verdict
 from .verdicts.known import KnownIssue
+from .verdicts.rejection import RejectionCheck
 
 # The exit statuses live with the errors; named here too for the result's readers.
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = errors.EXIT_OK, errors.EXIT_FAIL, errors.EXIT_ERROR
@@ -122,16 +123,17 @@ class GuestRecord:
 class ResultRow:
     """One check's outcome: what was judged, the verdict, and where the evidence is.
 
-    ``check`` is the family: ``ids`` for the multi-device id checks of one export,
-    ``operations`` and ``cross_device`` for the operation families (``ops_oracle``),
-    ``rejection`` for a configuration libvirt must refuse.
+    ``check`` is the family (``ids`` for the multi-device id checks of one export,
+    ``operations``, ...), or ``rejection`` for a configuration libvirt must refuse.
+    Typed with the enums; the JSON spells each as its value, as before.
     """
 
     case: str
-    check: str
+    check: Check | RejectionCheck
     via: Via
     verdict: Verdict
-    cache: str | None = None  # the guest's 9p cache mode (None: no export, a rejection)
+    # The guest's 9p cache mode, or virtiofsd's policy (None: no export, a rejection).
+    cache: Cache | VirtiofsCache | None = None
     guest: GuestRecord | None = None
     start: Start | None = None  # how the row's guest came up (None: no guest)
     boot_seconds: float | None = None
@@ -144,8 +146,8 @@ class ResultRow:
     environment: EnvironmentRecord | None = None
     # Facts of the backend that started the guest (libvirt: its version, the domain).
     backend: tuple[tuple[str, str], ...] = ()
-    # The host layout of the row's export (``config.Layout``; None: no export).
-    layout: str | None = None
+    # The host layout of the row's export (None: no export).
+    layout: Layout | None = None
     # The known bug this failing row shows (``verdicts.known``), and the known bugs
     # expected on this passing row that did not show.
     known_issue: KnownIssue | None = None
@@ -156,8 +158,8 @@ class ResultRow:
     # The rule judged over several rows after all of a QEMU's rows (``verdicts.cache``
     # ``probe_power``): a note, or the reason a passing row proves nothing.
     power: PowerFinding | None = None
-    # How the export reached the guest (``config.Transport``); None: no export.
-    transport: str | None = "9p"
+    # How the export reached the guest; None: no export.
+    transport: Transport | None = Transport.NINEP
 
     @property
     def status(self) -> Status:

@@ -1,30 +1,28 @@
 """The main job: plan the guests, run them through a backend, collect one report.
 
 config -> plan -> export + image -> guest (QEMU or libvirt) -> observations ->
-oracle -> report.  This module only wires those together; each step lives in the
+verdicts -> report.  This module only wires those together; each step lives in the
 module its name says.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from .config import KNOWN_ISSUES_FILE, Check, ExportSpec, Progress, Transport, Via, quiet
+from .checks.registry import RULES
+from .config import KNOWN_ISSUES_FILE, Progress, Transport, Via, quiet
+from .direct.backend import qemu_backend
 from .environment import Environment, prepare
-from .guest.lifecycle import Guest
-from .host.namespace import enter_private_namespace
 from .inputs import read_input
 from .libvirt import backend as libvirt_run
 from .logs import log_root
 from .plan import (
-    VIRTIOFS_FAMILIES,
-    GuestPlan,
     RunOptions,
     default_jobs,
     plan_run,
@@ -36,52 +34,22 @@ from .pool import (
     LiveGuests,
     OwnOptionNotices,
     RunContext,
-    judge_power,
     run_guest,
     run_guests,
 )
-from .qemu.machine import Machine
 from .results import ResultRow, RunResults
+from .row_rules import judge_power
 from .verdicts.common import Status
 from .verdicts.known import KnownIssue, parse_known_issues
 
-
-class QemuBackend:
-    """Guests run by QEMU directly (``machine.Machine``)."""
-
-    via = Via.QEMU
-    live_stderr = True
-
-    def __init__(self, env: Environment, cpus: int, progress: Progress) -> None:
-        self.env = env
-        self.cpus = cpus
-        self.progress = progress
-
-    def start(
-        self, plan: GuestPlan, exports: Sequence[ExportSpec], log_dir: Path
-    ) -> AbstractContextManager[Guest]:
-        spec = self.env.machine_spec(exports, log_dir, cpus=self.cpus)
-        return Machine(spec, progress=self.progress, name=plan.name)
-
-    def command_failures(
-        self, guest: Guest, exports: Sequence[ExportSpec]
-    ) -> Mapping[Path, Sequence[str]]:
-        # The harness rendered the command line itself; unit tests cover that.
-        return {}
-
-    def facts(self, guest: Guest) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def extra_rows(self, log_root: Path) -> list[ResultRow]:
-        return []
-
-
-@contextmanager
-def _qemu_backend(env: Environment, options: RunOptions, progress: Progress,
-                  log_dir: Path) -> Iterator[Backend]:
-    ns = enter_private_namespace()
-    progress(f"mounts live in a private {ns.kind.value} namespace")
-    yield QemuBackend(env, options.guest_cpus, progress)
+# How each --via starts guests: the one place a Via is matched to a backend.
+BACKENDS: dict[Via, Callable[[Environment, RunOptions, Progress, Path],
+                             AbstractContextManager[Backend]]] = {
+    Via.QEMU: qemu_backend,
+    Via.LIBVIRT: libvirt_run.libvirt_backend,
+}
+# Every Via has its backend: one without would be accepted by --via and fail later.
+assert set(BACKENDS) == set(Via), "run: a Via without a backend"
 
 
 def load_known_issues(path: Path | None) -> tuple[KnownIssue, ...]:
@@ -100,11 +68,10 @@ def _run_environment(
     known: tuple[KnownIssue, ...], notices: OwnOptionNotices,
 ) -> list[ResultRow]:
     """The whole matrix on one QEMU: plan, run every guest, then the backend's checks."""
-    opener = libvirt_run.libvirt_backend if options.via is Via.LIBVIRT else _qemu_backend
-    with opener(env, options, progress, log_dir) as backend:
+    with BACKENDS[options.via](env, options, progress, log_dir) as backend:
         if options.share and not backend.live_stderr:
             progress(f"--via {backend.via.value} boots one guest per mode (as with --isolate)")
-        plan = plan_run(options, backend.live_stderr, env.info.version)
+        plan = plan_run(options, RULES, backend.live_stderr, env.info.version)
         if plan.skipped:
             progress(f"{','.join(plan.skipped)} skipped: {backend.via.value} starts QEMU in "
                      "a mount namespace of its own, which host mounts made later never reach")
@@ -125,8 +92,8 @@ def _virtiofs_scope(options: RunOptions, progress: Progress) -> None:
     if options.via is Via.LIBVIRT:
         progress("virtiofs rows under libvirt: submounts announced only (libvirt starts "
                  "virtiofsd itself and cannot turn them off)")
-    others = [c.value for c in options.checks
-              if c is not Check.IDS and c not in VIRTIOFS_FAMILIES]
+    ninep_only = {f.name for f in RULES if not f.virtiofs}
+    others = [c.value for c in options.checks if c in ninep_only]
     if others:
         progress(f"virtiofs rows: no {','.join(others)} (a host mount made after "
                  "virtiofsd started never reaches its sandbox, and remount and held_fd ask "
@@ -144,7 +111,7 @@ def run_checks(
     Pairs run one after another; inside each, guests boot ``jobs`` at a time.
     """
     started = time.monotonic()
-    refuse_empty_selection(options)
+    refuse_empty_selection(options, RULES)
     known = load_known_issues(options.known_issues)
     _virtiofs_scope(options, progress)
     if options.via is Via.LIBVIRT:
@@ -155,7 +122,7 @@ def run_checks(
     ]
     notices = OwnOptionNotices()
     with log_root(options.logs, progress=progress) as logs:
-        rank = row_rank(options.modes, options.caches, options.layouts)
+        rank = row_rank(RULES, options.modes, options.caches, options.layouts)
         rows: list[ResultRow] = []
         for index, each in enumerate(envs):
             # One log folder per QEMU and guest when there are several: plan names recur.

@@ -1,6 +1,6 @@
-"""One collection round trip: the guest script that runs the harm probe, the stat passes
-and reads the kernel log, and the split of its output into sections.  Pure; the SSH
-round trip itself is ``checks.ids.collect``."""
+"""Guest script side of the ids family's collection round trip: the guest script that
+runs the harm probe, the stat passes and reads the kernel log, and the split of its
+output into sections.  Pure; the SSH round trip itself is ``checks.ids.collect``."""
 
 from __future__ import annotations
 

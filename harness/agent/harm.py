@@ -1,6 +1,7 @@
-"""The agent's harm probe: the command that holds one twin and reads the other under an
-inode cache, and the parser of its records (``mdh-agent harm``).  Pure: text in, frozen
-data out; any deviation is a GuestOutputError naming the line."""
+"""Guest script side of the ids family's harm probe: the command that holds one twin and
+reads the other under an inode cache, and the parser of its records
+(``mdh-agent harm``).  Pure: text in, frozen data out; any deviation is a
+GuestOutputError naming the line."""
 
 from __future__ import annotations
 

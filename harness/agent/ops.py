@@ -1,4 +1,5 @@
-"""The agent's operations protocol: one filesystem call per request, answered by errno.
+"""Guest script side of the operation families: one filesystem call per request, by
+errno.
 
 ``mdh-agent ops ROOT`` reads requests from stdin as triples of NUL-terminated
 fields (operation, path, second path; the second is empty for one-path operations),

@@ -1,4 +1,5 @@
-"""The agent's protocol: what an observation feeds the guest and how its answer is read.
+"""Guest script side of the ids family: what an observation feeds the guest, how it
+answers.
 
 ``mdh-agent`` is a small static C program in the guest image. It reads relative paths
 from stdin, NUL-terminated, and answers one record per line with space-separated

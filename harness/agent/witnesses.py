@@ -1,7 +1,8 @@
-"""The witness script: the tools people use (busybox and GNU tar, ``cp -a``, ``rsync
--aH``, ``du``, ``find``), run over the export in the guest, and the parser of what they
-left.  Pure: the tool table, the script and the parsers; ``verdicts.witnesses`` judges
-the result and ``checks.ids`` runs the script over SSH."""
+"""Guest script side of the witnesses (the ids family): the tools people use (busybox
+and GNU tar, ``cp -a``, ``rsync -aH``, ``du``, ``find``), run over the export in the
+guest, and the parser of what they left.  Pure: the tool table, the script and the
+parsers; ``verdicts.witnesses`` judges the result and ``checks.ids`` runs the script
+over SSH."""
 
 from __future__ import annotations
 

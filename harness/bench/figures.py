@@ -49,6 +49,7 @@ from ..host.export import build_export
 from ..host.namespace import enter_private_namespace
 from ..image.recipe import DEFAULT_RECIPE, recipe_names
 from ..plan import RunOptions
+from ..proc import run_tied
 from ..qemu.debian import SUITES, fetch_debian_qemu
 from ..qemu.machine import Machine
 from ..qemu.virtiofsd import find_virtiofsd
@@ -64,7 +65,6 @@ TARGET_MATRIX_OVER_BOOT = 3.5
 TARGET_SCALE_OVER_BOOT = 12.0
 TARGET_EXEC_OVER_TCG = 1.3
 TARGET_EXEC_OVER_VNG = 0.15
-TARGET_SCALE_S = 30.0
 SCALE_DEVICES = 64
 SCALE_FILES = 100_000
 
@@ -235,9 +235,9 @@ def predict_figure(progress: Progress, paths: int = PREDICT_PATHS,
     with build_export(ExportLayout(devices=devices, files_per_device=per_device)) as export:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "predict", "--json",
-                               "--qemu-version", "7.2.0", "--max-paths", str(2 * paths),
-                               str(export.root)], capture_output=True, timeout=120, check=False)
+        done = run_tied([sys.executable, "-m", "harness.cli", "predict", "--json",
+                         "--qemu-version", "7.2.0", "--max-paths", str(2 * paths),
+                         str(export.root)], timeout=120)
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     found = json.loads(done.stdout) if done.stdout else {}
@@ -273,10 +273,12 @@ def _exec_round_trip(args: argparse.Namespace, progress: Progress,
     accel = accel or args.accel
     for index in range(args.boots):
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "harness.cli", "exec", "--accel", accel,
-                        *(["--qemu", args.qemu] if args.qemu else []),
-                        *(["--cold"] if cold else []), "--", "uname", "-r"],
-                       check=True, capture_output=True, timeout=300)
+        argv = [sys.executable, "-m", "harness.cli", "exec", "--accel", accel,
+                *(["--qemu", args.qemu] if args.qemu else []),
+                *(["--cold"] if cold else []), "--", "uname", "-r"]
+        done = run_tied(argv, timeout=300)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
         samples.append(time.monotonic() - started)
         progress(f"exec --accel {accel}{' --cold' if cold else ''} -- uname -r "
                  f"{index + 1}/{args.boots}: {samples[-1]:.2f} s")

@@ -32,9 +32,9 @@ from typing import Any
 from .. import paths
 from ..config import GuestImage, Progress
 from ..errors import HarnessError
-from ..image.apt import PrivateApt
+from ..image.apt import PrivateApt, unpack_deb
 from ..image.recipe import load_recipe
-from ..qemu.debian import unpack_deb
+from ..proc import run_tied
 
 PACKAGE = "virtme-ng"
 MODULES = Path("/lib/modules")
@@ -73,9 +73,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
 def _output(argv: list[str], cwd: Path, env: Mapping[str, str] | None = None,
             timeout: float = 120.0) -> str:
     try:
-        done = subprocess.run(argv, cwd=cwd, env=None if env is None else dict(env),
-                              capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        done = run_tied(argv, cwd=cwd, env=env, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VngUnavailable(f"{Path(argv[0]).name} did not run: {exc}") from exc
     if done.returncode != 0:
@@ -194,9 +192,7 @@ def _run_once(vng: Path, image: GuestImage, qemu: Path, tools: Mapping[str, Path
             "--busybox", str(tools["busybox"]), "--exec", "uname -r", "--verbose"]
     started = time.monotonic()
     try:
-        done = subprocess.run(argv, cwd=work, env=_env(vng, tools), capture_output=True,
-                              text=True, timeout=RUN_TIMEOUT_S, check=False,
-                              stdin=subprocess.DEVNULL, errors="replace")
+        done = run_tied(argv, cwd=work, env=_env(vng, tools), timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise VngUnavailable(f"vng did not finish within {RUN_TIMEOUT_S:.0f} s") from exc
     seconds = time.monotonic() - started

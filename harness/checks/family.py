@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..config import Check, ExportSpec, Version
+from ..config import ExportSpec, Version
 from ..guest.lifecycle import Guest
 from ..host.truth import Export
-from ..plan import ExportPlan
+from ..plan import ExportPlan, FamilyRules
 from ..verdicts.common import Verdict
 
 # What one family sees of an export: its own record type (IdsSeen, CrossSeen, ...).
@@ -37,7 +37,9 @@ class CheckFamily(Protocol[SeenT]):
     """One family of checks (see ``checks.registry``), typed by what it observes: the
     record ``observe`` returns is the one ``judge`` is given."""
 
-    name: Check
+    # Where its exports go and what it asks of them (modes, caches, transports,
+    # whether it writes): the planner reads these and keeps no table of its own.
+    rules: FamilyRules
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> SeenT:

@@ -1,5 +1,6 @@
-"""The ``held_fd`` family: the guest holds a directory open, the host mounts a tmpfs
-over it, and the guest calls through the held fd (rules in ``verdicts.held``).
+"""SSH round trip side of the ``held_fd`` family: the guest holds a directory open, the
+host mounts a tmpfs over it, and the guest calls through the held fd (rules in
+``verdicts.held``).
 
 The guest holds the directory with a background ``sleep`` whose fd 3 is the
 directory, and the agent then works below ``/proc/PID/fd/3``: that path resolves to
@@ -15,11 +16,11 @@ import stat
 from pathlib import Path
 
 from ..agent.ops import OpRequest
-from ..config import Check, ExportSpec
+from ..config import Check, ExportSpec, Mode
 from ..guest.lifecycle import Guest
 from ..host.export import extra_device
 from ..host.truth import LINK_A, Export
-from ..plan import ExportPlan
+from ..plan import ExportPlan, FamilyRules, Placement
 from ..verdicts.held import HeldCall, HeldSeen, HostDir, judge_held
 from ..verdicts.ops import OpsVerdict
 from .family import Judging
@@ -62,7 +63,12 @@ class HeldFdCheck:
     """Hold a directory open in the guest, mount a tmpfs over it on the host, call
     through the held fd, read the tmpfs back."""
 
-    name = Check.HELD_FD
+    # Only forbid promises that a device mounted under a directory the guest holds open
+    # stays untouched (the other modes may change any device); the tmpfs is mounted
+    # after QEMU (and virtiofsd, whose sandbox no later mount reaches) started, and the
+    # question is 9p's.
+    rules = FamilyRules(Check.HELD_FD, Placement.TRAILING, only_mode=Mode.FORBID,
+                        mounts_after_start=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> HeldSeen:

@@ -1,7 +1,7 @@
-"""The ``ids`` family: guest ids against host ids, QEMU's messages, the harm of colliding
-ids and the witnesses.  Also the two SSH round trips the families share: ``collect``
-(harm probe, stat passes, kernel log) and ``run_witnesses``; an ids export with
-witnesses does both in one round trip where it can (``observe_ids``)."""
+"""SSH round trip side of the ``ids`` family: guest ids against host ids, QEMU's
+messages, the harm of colliding ids and the witnesses.  Also the two SSH round trips the
+families share: ``collect`` (harm probe, stat passes, kernel log) and ``run_witnesses``;
+an ids export with witnesses does both in one round trip where it can (``observe_ids``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
 from ..guest.ssh import CommandResult
 from ..host.truth import EntryKind, Export, HostTruth, layout_premise
-from ..plan import ExportPlan
+from ..plan import ExportPlan, FamilyRules, Placement
 from ..verdicts.common import _capped
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
@@ -80,7 +80,9 @@ class IdsCheck:
     """Guest ids against host ids, QEMU's messages, the harm and the witnesses
     (``verdicts.ids.judge``)."""
 
-    name = Check.IDS
+    # The mode rows themselves; it only reads the export, so it alone runs over the
+    # user's own tree (--export), and over virtiofs it is the virtiofs rows.
+    rules = FamilyRules(Check.IDS, Placement.MODES, writes=False, virtiofs=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> IdsSeen:

@@ -1,5 +1,5 @@
-"""The families whose device set or mount changes while the guest runs:
-``runtime_mount``, ``remount`` and ``bind`` (rules in ``live_oracle``).
+"""SSH round trip side of the families whose device set or mount changes while the guest
+runs: ``runtime_mount``, ``remount`` and ``bind`` (rules in ``verdicts.live``).
 
 The host side happens in the harness's private mount namespace, which QEMU shares,
 so a tmpfs mounted or a bind made here is what QEMU's next path lookup meets; the
@@ -20,7 +20,7 @@ from ..config import Check, ExportSpec, Transport
 from ..guest.lifecycle import Guest
 from ..host.export import bind_twice, extra_device, record_truth
 from ..host.truth import SUBDIR, Export, HostTruth
-from ..plan import ExportPlan
+from ..plan import FAMILY_LAYOUT, ExportPlan, FamilyRules, Placement
 from ..qemu.cmdline import mount_options
 from ..verdicts.common import Expectation, expected_behaviour
 from ..verdicts.ids import IdsVerdict, judge
@@ -42,7 +42,9 @@ def _look(guest: Guest, spec: ExportSpec, paths: tuple[str, ...]) -> GuestView:
 class RuntimeMountCheck:
     """Look, mount a further tmpfs under the export, look, unmount it, look again."""
 
-    name = Check.RUNTIME_MOUNT
+    # Its device is mounted after QEMU started (and after virtiofsd's sandbox was made,
+    # which no later mount reaches: 9p only).
+    rules = FamilyRules(Check.RUNTIME_MOUNT, Placement.TRAILING, mounts_after_start=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> RuntimeSeen:
@@ -83,7 +85,11 @@ def another_order(truth: HostTruth) -> tuple[str, ...]:
 class RemountCheck:
     """Look, let the guest unmount and remount the export, look again."""
 
-    name = Check.REMOUNT
+    # It looks again with the devices in another order, which only shows a QEMU that
+    # hands its remap prefixes out afresh with at least three devices to reorder; the
+    # question is 9p's.
+    rules = FamilyRules(Check.REMOUNT, Placement.TRAILING,
+                        layout=replace(FAMILY_LAYOUT, devices=3))
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> RemountSeen:
@@ -155,7 +161,15 @@ class BindCheck:
     each of its files; judged as the single-device export it is (``verdicts.ids.judge``;
     over virtiofs ``verdicts.virtiofs.judge_virtiofs``)."""
 
-    name = Check.BIND
+    # Its export is one device whatever the mode, so it must say nothing: judgeable only
+    # while no export of its QEMU has printed a message yet, hence beside the controls.
+    # No witnesses: every path of a bind is one host file with one id (st_nlink 1, no
+    # ancestor shared), so the tools have nothing to get wrong that the ids rules do
+    # not already judge.  Over virtiofs the binds are made before virtiofsd starts
+    # (``binds_before_start``); over 9p they are made after QEMU started.
+    rules = FamilyRules(Check.BIND, Placement.CONTROL,
+                        layout=replace(FAMILY_LAYOUT, devices=1), mounts_after_start=True,
+                        witness=False, virtiofs=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> BindSeen:

@@ -1,11 +1,11 @@
-"""The operation families: ``operations`` and ``cross_device`` (see ``ops_oracle``).
+"""SSH round trip side of the operation families ``operations`` and ``cross_device``.
 
 Each family lays its own fixture into its export on the host right before it asks
 the guest (over 9p the export is mounted cache=none, so the guest sees it at once;
 over virtiofs, cache=auto, the guest has looked at nothing of that export yet, so it
 has nothing cached to miss it by), runs the
 operations through ``mdh-agent ops`` in one SSH round trip, and reads the host state
-back where the rule needs it.  Verdicts are ``ops_oracle``'s.
+back where the rule needs it.  Verdicts are ``verdicts.ops``'s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..config import Cache, Check, ExportSpec, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..host.truth import TWIN_SAME, Export
-from ..plan import ExportPlan
+from ..plan import ExportPlan, FamilyRules, Placement
 from ..verdicts.harm import qid
 from ..verdicts.ops import (
     TWIN_TARGET,
@@ -216,7 +216,8 @@ def _described_tree(root: Path, top: str) -> dict[str, str]:
 class OperationsCheck:
     """Every operation on every kind of target, on the root device and a foreign one."""
 
-    name = Check.OPERATIONS
+    # Its calls ask what any filesystem answers, and virtiofs answers them without a mode.
+    rules = FamilyRules(Check.OPERATIONS, Placement.TRAILING, virtiofs=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> OperationsSeen:
@@ -286,7 +287,10 @@ def _cross_state(root: Path, tops: Sequence[str], twins: Sequence[str]
 class CrossDeviceCheck:
     """rename, link and busybox mv from the root device to another; host read back."""
 
-    name = Check.CROSS_DEVICE
+    # A rename between twins that share a guest inode is a silent no-op under an
+    # inode-caching cache mode (loose, fscache): each gets an export of its own.
+    rules = FamilyRules(Check.CROSS_DEVICE, Placement.TRAILING, per_inode_cache=True,
+                        virtiofs=True)
 
     def observe(self, guest: Guest, spec: ExportSpec, export: Export,
                 plan: ExportPlan) -> CrossSeen:

@@ -1,6 +1,6 @@
 """``multidevs-harness reproduce``: one guest in one mode, and the evidence a bug report needs.
 
-Returns data; the CLI prints it (``report.reproduction_text``).
+Returns data; the CLI prints it (``Reproduction.text``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from ..config import (
     Progress,
     quiet,
 )
+from ..direct.backend import QemuBackend
 from ..environment import prepare
 from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
-from ..plan import ExportPlan, GuestPlan, row_name
+from ..plan import ExportPlan, GuestPlan
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
 from ..results import ResultRow
-from ..run import QemuBackend, load_known_issues
+from ..run import load_known_issues
 from ..verdicts.ids import Collision, IdsVerdict, collision_failure, ids_verdict
 from ..verdicts.remap import remap_failures, remap_notes
 from .byhand import EXPORT_VAR
@@ -91,9 +92,8 @@ def reproduce(
         log_dir.keep()  # the point of reproduce is the evidence
         run = RunContext(env, QemuBackend(env, 1, progress), log_dir.path, progress,
                          LiveGuests(), load_known_issues(None))
-        name = row_name(mode, cache, layout.kind)
-        plan = ExportPlan(name, mode, layout, cache=cache)
-        rows = run_guest(run, GuestPlan(name, (plan,)))
+        plan = ExportPlan(mode, layout, cache=cache)
+        rows = run_guest(run, GuestPlan(plan.row, (plan,)))
         spec = ExportSpec(tag="mdh0", path=Path(EXPORT_VAR), mode=mode,
                           mount_point=f"{MOUNT_BASE}/mdh0", cache=cache,
                           readonly=layout.kind is Layout.EXPORT)

@@ -1,7 +1,7 @@
 """One guest interface, and the boot wait every kind of guest shares.
 
 A ``Guest`` is a running Linux guest the harness can observe, however it was
-started: ``machine.Machine`` runs QEMU directly, ``libvirt_guest.LibvirtGuest`` has
+started: ``machine.Machine`` runs QEMU directly, ``libvirt.guest.LibvirtGuest`` has
 libvirtd start it.  Both hand their boot to ``wait_ready`` below, so the readiness
 line, panic detection, the init's own failure report and the boot deadline are
 decided in this one place.

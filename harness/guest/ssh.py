@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import paramiko
 
+from ..closing import Closing
 from ..errors import GuestCommandTimeout, GuestOutputTooLarge, HostKeyMismatch, SshUnavailable
 
 USER = "root"
@@ -88,24 +88,13 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
 
 
-class GuestSsh:
+class GuestSsh(Closing):
     """A connected SSH session to a guest; use ``connect_with_retry`` to make one."""
 
     def __init__(self, client: paramiko.SSHClient, host: str, port: int) -> None:
         self._client = client
         self.host = host
         self.port = port
-
-    def __enter__(self) -> GuestSsh:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the transport; safe to call twice and after the guest died."""

@@ -24,23 +24,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..proc import run_tied
 from .build import (
-    TOOL_TIMEOUT_S,
     BuildContext,
     align_inode_numbers,
-    attach_loop,
-    find_tool,
-    make_image,
     mount_filesystem,
     populate,
     record_truth,
-    require_filesystem,
-    require_real_root,
-    run_tool,
     set_root_times,
     tmpfs_device,
     work_dir,
 )
+from .loop import attach_loop, make_image
+from .tools import TOOL_TIMEOUT_S, find_tool, require_filesystem, require_real_root, run_tool
 from .truth import (
     BTRFS_DEVICE,
     BTRFS_ORIGIN,
@@ -114,8 +110,7 @@ def _formatted(ctx: BuildContext, fmt: Format, mkfs: str, target: Path) -> int:
 def _forget_btrfs(btrfs: str, device: str) -> None:
     # Best effort: a stale registration is harmless, so a failure is not a problem.
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([btrfs, "device", "scan", "--forget", device], capture_output=True,
-                       timeout=TOOL_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+        run_tied([btrfs, "device", "scan", "--forget", device], timeout=TOOL_TIMEOUT_S)
 
 
 def _subvolume(ctx: BuildContext, btrfs: str, path: Path, index: int) -> ExportDevice:

@@ -10,25 +10,18 @@ hiding the exception that is already on its way.
   host truth recorded from the built tree (``record_truth``);
 * the scratch tmpfs export roots are made on, and private work directories beside
   it for what must not be inside the export (overlay layers, disk images);
-* other filesystems (``mount_filesystem``), loop devices (``attach_loop``) and the
-  host tools that format them (``find_tool``, ``run_tool``), with errors that say
-  what is missing and how to get it.
+* other filesystems (``mount_filesystem``).
+
+Loop devices are ``host.loop``'s, and the host tools and kernel filesystems a layout
+needs are ``host.tools``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
-import fcntl
-import functools
 import os
-import shutil
 import socket
 import stat
-import struct
-import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -38,8 +31,9 @@ from pathlib import Path
 
 from .. import paths
 from ..config import ExportLayout, Progress
-from ..errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
-from .namespace import in_user_namespace, mount_tmpfs, private_namespace, unmount
+from ..errors import ExportError, LayoutRequirementMissing
+from .namespace import mount as mount_any
+from .namespace import mount_tmpfs, private_namespace, unmount
 from .truth import (
     LINK_A,
     LINK_B,
@@ -70,13 +64,6 @@ _scratch: dict[str, Path] = {}  # mount namespace ("mnt:[...]") -> its scratch d
 # A page per small file plus headroom for directories; a cap, not a reservation.
 _PAGE = 4096
 _MIN_TMPFS_BYTES = 1 << 20
-
-# Where a tool is looked for besides $PATH: a non-login root shell on Debian has no
-# sbin in $PATH, and mkfs.* live there.
-_SBIN = ("/usr/sbin", "/sbin")
-# Formatting a small image takes well under a second; this only stops a hung tool.
-TOOL_TIMEOUT_S = 60.0
-
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -217,7 +204,7 @@ def _read(path: str, size: int) -> bytes:
 def record_truth(root: Path, devices: Sequence[ExportDevice]) -> HostTruth:
     """Walk the export and record each path's (st_dev, st_ino, nlink, kind, device).
 
-    Measured after building, not derived from the plan: the oracle must compare the
+    Measured after building, not derived from the plan: the verdicts must compare the
     guest with what the host really holds. Raises ExportError if a path lies on a
     device that is not one of ``devices`` (something else got mounted inside).
     """
@@ -360,24 +347,6 @@ def work_dir(ctx: BuildContext, what: str, size: int) -> Path:
 # --- other filesystems --------------------------------------------------------------
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulong, ctypes.c_char_p]
-    return libc
-
-
-def _mount(source: str, target: Path, fstype: str, options: str) -> None:
-    if private_namespace() is None:
-        raise ExportError(f"refusing to mount {fstype} on {target} outside a private namespace",
-                          hint="call enter_private_namespace() first")
-    data = options.encode() if options else None
-    if _libc().mount(source.encode(), os.fsencode(target), fstype.encode(), 0, data) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), os.fspath(target))
-
-
 def mount_filesystem(ctx: BuildContext, source: str, target: Path, fstype: str,
                      options: str = "") -> int:
     """Mount ``source`` (a device, or a name for overlay) on ``target`` as ``fstype``,
@@ -387,7 +356,7 @@ def mount_filesystem(ctx: BuildContext, source: str, target: Path, fstype: str,
     it; any other refusal an ExportError with the errno text.
     """
     try:
-        _mount(source, target, fstype, options)
+        mount_any(source, target, fstype, options)
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             raise LayoutRequirementMissing(
@@ -400,175 +369,3 @@ def mount_filesystem(ctx: BuildContext, source: str, target: Path, fstype: str,
         ) from exc
     ctx.stack.callback(release_mount, ctx.problems, target)
     return os.stat(target).st_dev
-
-
-def kernel_filesystems(text: str) -> frozenset[str]:
-    """The filesystem names of /proc/filesystems ``text`` ("nodev\\ttmpfs", "\\text4")."""
-    return frozenset(line.split()[-1] for line in text.splitlines() if line.split())
-
-
-def require_filesystem(fstype: str, module: str | None = None) -> None:
-    """Raise LayoutRequirementMissing when the kernel lists no ``fstype`` and loading
-    ``module`` (default: the same name) does not add it.  A filesystem built as a
-    module is listed only once loaded, which a mount would do by itself; so modprobe
-    is tried before saying no."""
-    try:
-        listed = kernel_filesystems(Path("/proc/filesystems").read_text())
-    except OSError:
-        return  # no /proc: let the mount itself tell
-    if fstype in listed:
-        return
-    modprobe = shutil.which("modprobe", path=os.pathsep.join(_SBIN)) or "modprobe"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([modprobe, "-q", module or fstype], capture_output=True,
-                       timeout=TOOL_TIMEOUT_S, check=False)
-    if fstype not in kernel_filesystems(Path("/proc/filesystems").read_text()):
-        raise LayoutRequirementMissing(
-            f"this kernel has no {fstype} filesystem (not in /proc/filesystems, and "
-            f"modprobe {module or fstype} did not add it)",
-            hint=f"boot a kernel with {fstype} built in or as a module",
-        )
-
-
-# --- host tools ---------------------------------------------------------------------
-
-
-def find_tool(name: str, package: str) -> str:
-    """The full path of host tool ``name``, looked for in $PATH and sbin; raises
-    LayoutRequirementMissing naming the Debian ``package`` that ships it."""
-    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN])
-    found = shutil.which(name, path=search)
-    if found is None:
-        raise LayoutRequirementMissing(
-            f"{name} is not installed (it formats or manages the layout's filesystem)",
-            hint=f"install {package} (scripts/setup does): apt-get install -y {package}",
-        )
-    return found
-
-
-def run_tool(argv: Sequence[str], what: str, timeout: float = TOOL_TIMEOUT_S) -> str:
-    """Run a host tool to completion and return its stdout; ExportError with its
-    stderr tail when it fails or outlives ``timeout`` seconds."""
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                                check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise ExportError(f"{what}: {argv[0]} did not finish within {timeout:g} s",
-                          hint="the host is overloaded or the tool hangs") from exc
-    except OSError as exc:
-        raise ExportError(f"{what}: cannot run {argv[0]}: {exc.strerror}",
-                          hint="check that the tool is installed and executable") from exc
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ExportError(f"{what} failed: {' '.join(argv)} exited {result.returncode}",
-                          hint="; ".join(tail) or "the tool printed nothing")
-    return result.stdout
-
-
-def require_real_root(what: str) -> None:
-    """Raise LayoutUnavailable (one line) when this process cannot attach loop devices:
-    inside a user namespace, root is root of that namespace only."""
-    if in_user_namespace() or os.geteuid() != 0:
-        raise LayoutUnavailable(
-            f"{what} layout skipped: loop devices need real root, and this harness runs "
-            "in a user namespace (rootless)")
-
-
-# --- loop devices -------------------------------------------------------------------
-
-# <linux/loop.h>
-_LOOP_CTL_GET_FREE = 0x4C82
-_LOOP_SET_FD = 0x4C00
-_LOOP_CLR_FD = 0x4C01
-_LOOP_SET_STATUS64 = 0x4C04
-_LOOP_CONFIGURE = 0x4C0A
-_LO_FLAGS_AUTOCLEAR = 4
-_LO_NAME_SIZE = 64
-# struct loop_info64: 5 u64, 4 u32 (lo_flags last), file and crypt names, key, lo_init.
-_LOOP_INFO64 = "5Q4I64s64s32s2Q"
-_ATTACH_TRIES = 8
-
-
-def _loop_info(image: Path) -> bytes:
-    name = os.fsencode(image)[-(_LO_NAME_SIZE - 1):]
-    return struct.pack("=" + _LOOP_INFO64, 0, 0, 0, 0, 0, 0, 0, 0, _LO_FLAGS_AUTOCLEAR,
-                       name, b"", b"", 0, 0)
-
-
-def _configure_loop(loop_fd: int, backing_fd: int, image: Path) -> None:
-    # Autoclear: the kernel detaches the device once nobody holds it, so a harness
-    # SIGKILLed mid-run (its fd closed, its namespace's mounts gone) leaks no device.
-    info = _loop_info(image)
-    try:
-        config = struct.pack("=II", backing_fd, 0) + info + bytes(64)
-        fcntl.ioctl(loop_fd, _LOOP_CONFIGURE, config)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTTY):
-            raise
-        # A kernel before 5.8: no LOOP_CONFIGURE, two steps instead.
-        fcntl.ioctl(loop_fd, _LOOP_SET_FD, backing_fd)
-        fcntl.ioctl(loop_fd, _LOOP_SET_STATUS64, info)
-
-
-def _detach_loop(problems: list[str], loop_fd: int, device: str) -> None:
-    try:
-        # With other openers left (a lazily unmounted filesystem) the kernel only
-        # marks it autoclear and detaches once they are gone.
-        fcntl.ioctl(loop_fd, _LOOP_CLR_FD)
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:  # ENXIO: already detached
-            problems.append(f"detach {device}: {exc.strerror}")
-    finally:
-        os.close(loop_fd)
-
-
-def _free_loop() -> str:
-    try:
-        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LayoutRequirementMissing(
-            f"cannot open /dev/loop-control: {exc.strerror}",
-            hint="load the loop module (modprobe loop); in a container, pass the loop "
-            "devices through") from exc
-    try:
-        return f"/dev/loop{fcntl.ioctl(control, _LOOP_CTL_GET_FREE)}"
-    finally:
-        os.close(control)
-
-
-def attach_loop(ctx: BuildContext, image: Path) -> str:
-    """Attach ``image`` to a free loop device and return its path (/dev/loopN); it is
-    detached when the build unwinds, and by the kernel if the harness dies first."""
-    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        for _ in range(_ATTACH_TRIES):
-            device = _free_loop()
-            try:
-                loop_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-            except OSError as exc:
-                raise ExportError(f"cannot open {device}: {exc.strerror}",
-                                  hint="the kernel made the device but /dev has no node "
-                                  "for it (no devtmpfs?)") from exc
-            try:
-                _configure_loop(loop_fd, backing, image)
-            except OSError as exc:
-                os.close(loop_fd)
-                if exc.errno == errno.EBUSY:  # another process took it meanwhile
-                    continue
-                raise ExportError(f"cannot attach {image} to {device}: {exc.strerror}",
-                                  hint="check `losetup -a` and the kernel log") from exc
-            ctx.stack.callback(_detach_loop, ctx.problems, loop_fd, device)
-            return device
-    finally:
-        os.close(backing)  # the loop device holds its own reference
-    raise ExportError(f"no free loop device after {_ATTACH_TRIES} tries",
-                      hint="other processes keep taking them; check `losetup -a`")
-
-
-def make_image(path: Path, size: int) -> None:
-    """Create ``path`` as a sparse file of ``size`` bytes (a disk image to format)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)

@@ -1,4 +1,4 @@
-"""The multi-device export on the host, and the host truth the oracle compares against.
+"""The multi-device export on the host, and the host truth the verdicts compare against.
 
 ``build_export`` builds the layout ``layout.kind`` names, one builder per layout:
 standard and loop here, the others in ``host.overlay``, ``host.blockfs`` and
@@ -75,7 +75,7 @@ def build_export(
     if private_namespace() is None:
         raise ExportError(
             "refusing to mount the export outside a private mount namespace",
-            hint="call harness.namespace.enter_private_namespace() first (the CLI and "
+            hint="call harness.host.namespace.enter_private_namespace() first (the CLI and "
             "the pytest plugin do), so no mount can leak onto the host",
         )
     _check_shape(layout)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import NoReturn
 
 from ..errors import NamespaceError
+from .mounts import parse_mountinfo
 
 # From <linux/sched.h> and <linux/mount.h>; Python 3.11 has no os.unshare.
 CLONE_NEWNS = 0x0002_0000
@@ -130,19 +131,30 @@ def make_rprivate(path: str = "/") -> None:
         _raise_errno(path)
 
 
-def mount_tmpfs(target: str | os.PathLike[str], options: str) -> None:
-    """Mount a fresh tmpfs on ``target`` with the comma-separated ``options``.
+def mount(source: str, target: str | os.PathLike[str], fstype: str,
+          options: str = "") -> None:
+    """Mount ``source`` (a device, or a name for tmpfs and overlay) on ``target`` as
+    ``fstype`` with the comma-separated ``options``: the one mount(2) binding of the
+    harness.
 
     Raises OSError (errno set) on failure, and NamespaceError outside the private
-    namespace: checked here too, so no caller can leave a tmpfs behind on the host.
+    namespace: checked here too, so no caller can leave a mount behind on the host.
     """
     if private_namespace() is None:
         raise NamespaceError(
-            f"refusing to mount a tmpfs on {os.fspath(target)} outside a private namespace",
+            f"refusing to mount a{'n' if fstype[:1] in 'aeiou' else ''} {fstype} on "
+            f"{os.fspath(target)} outside a private namespace",
             hint="call enter_private_namespace() first",
         )
-    if _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, options.encode()) != 0:
+    data = options.encode() if options else None
+    if _libc().mount(source.encode(), os.fsencode(target), fstype.encode(), 0, data) != 0:
         _raise_errno(target)
+
+
+def mount_tmpfs(target: str | os.PathLike[str], options: str) -> None:
+    """Mount a fresh tmpfs on ``target`` with the comma-separated ``options``
+    (``mount``'s refusals and errors)."""
+    mount("tmpfs", target, "tmpfs", options)
 
 
 def bind_mount(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -300,8 +312,7 @@ def root_is_mount_point(mountinfo: str) -> bool:
     Not so in a plain chroot: the kernel lists only mounts reachable from the
     process's root, and the one holding the chroot directory is outside it.
     """
-    return any(len(fields := line.split()) > 4 and fields[4] == "/"
-               for line in mountinfo.splitlines())
+    return any(mount.mount_point == "/" for mount in parse_mountinfo(mountinfo))
 
 
 def _shared_root_hint() -> str:

@@ -23,13 +23,13 @@ from .build import (
     mount_filesystem,
     populate,
     record_truth,
-    require_filesystem,
     set_root_times,
     tmpfs_device,
     work_dir,
     write_file,
 )
 from .namespace import in_user_namespace
+from .tools import require_filesystem
 from .truth import LINK_A, LINK_B, TWIN_EPOCH, XINO_LOW_BIT, Export, ExportDevice
 
 UPPER = "up"

@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from ..errors import LayoutRequirementMissing
 from .build import (
     BuildContext,
-    find_tool,
     populate,
     record_truth,
-    require_filesystem,
     tmpfs_device,
 )
 from .scripted_fs import Kind, ScriptedEntry, scripted_mount
+from .tools import find_tool, require_filesystem
 from .truth import TWIN_EPOCH, Export, ExportDevice, root_time, scripted_content
 
 # How long one scripted server may take to come up; the 66,000-entry tree of

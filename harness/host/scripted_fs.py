@@ -25,7 +25,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import select
 import signal
 import stat
@@ -39,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
-from ..errors import ScriptedFsError
-from ..proc import indent, kill_process_group, spawn_tied, tail_text
+from ..errors import ScriptedFsError, indent
+from ..proc import kill_process_group, run_tied, spawn_tied, tail_text
+from .mounts import parse_mountinfo
 from .namespace import unmount
 
 Kind = Literal["dir", "file", "symlink"]
@@ -66,7 +66,6 @@ _NAME_MAX = 255
 _INT64 = 1 << 63
 _NLINK_LIMIT = 1 << 32  # the kernel's fuse_attr carries nlink in 32 bits
 _JSON_KEYS = frozenset({"path", "kind", "ino", "content_base64", "mtime", "nlink", "target"})
-_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 ReaddirEntry = tuple[str, dict[str, int], int]
 
@@ -459,14 +458,9 @@ class ScriptedMount:
 
 
 def mount_points(mountinfo: bytes) -> set[str]:
-    """The mount points (field 5) of ``/proc/self/mountinfo`` text, unescaped."""
-    found = set()
-    for line in mountinfo.splitlines():
-        fields = line.split(b" ")
-        if len(fields) > 4:
-            raw = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            found.add(os.fsdecode(raw))
-    return found
+    """The mount points of ``/proc/self/mountinfo`` bytes, unescaped (``host.mounts``
+    reads the lines; names that are not UTF-8 keep their bytes as os.fsdecode does)."""
+    return {m.mount_point for m in parse_mountinfo(mountinfo.decode(errors="surrogateescape"))}
 
 
 def is_mounted(path: Path) -> bool:
@@ -533,8 +527,7 @@ def _unmount_if_mounted(mountpoint: Path) -> tuple[bool, str | None]:
         return True, None
     except OSError as exc:
         lazy_error = exc
-    result = subprocess.run(["fusermount3", "-u", "-z", os.fspath(mountpoint)],
-                            capture_output=True, text=True, check=False, timeout=STOP_STEP_S)
+    result = run_tied(["fusermount3", "-u", "-z", os.fspath(mountpoint)], timeout=STOP_STEP_S)
     if result.returncode == 0:
         return True, None
     return False, f"umount2 said {lazy_error.strerror}, fusermount3 said " \

@@ -216,3 +216,12 @@ def parse_depends(relations: str) -> tuple[str, ...]:
         if match:
             names.append(match.group(1).split(":")[0])
     return tuple(names)
+
+
+def unpack_deb(deb: Path, into: Path) -> None:
+    """``dpkg-deb -x`` one package into ``into`` (never installed): the one unpacker of
+    every Debian package the harness runs or puts in a guest."""
+    result = run_tied(["dpkg-deb", "-x", str(deb), str(into)])
+    if result.returncode != 0:
+        raise ImageBuildError(f"dpkg-deb -x {deb.name} failed (exit {result.returncode})",
+                              details=result.stderr.strip()[-2000:])

@@ -33,8 +33,8 @@ from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
 from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
 from ..errors import CacheDirError, ImageBuildError, MissingPackages
-from ..proc import run_tied
-from .apt import PackageInfo, PrivateApt
+from ..proc import find_program, run_tied
+from .apt import PackageInfo, PrivateApt, unpack_deb
 from .initramfs import (
     TOOLS_DIR,
     Contents,
@@ -61,31 +61,32 @@ LOCK_FILE = ".lock"
 # How long a run waits for another's image build (scaled by MDH_TIMEOUT_SCALE): a
 # cold build downloads some 60 MB of packages, minutes on a slow mirror.
 LOCK_WAIT_S = 900.0
-_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-
-
-
-
 
 
 # --- host tools ----------------------------------------------------------------------
 
 
-def which(tool: str) -> str | None:
-    """Find a tool on PATH or in the sbin directories a non-root PATH lacks."""
-    found = shutil.which(tool)
-    if found:
-        return found
-    for directory in _SBIN_DIRS:
-        candidate = Path(directory) / tool
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+def not_installed(packages: Sequence[str], dpkg_query_output: str) -> list[str]:
+    """The ``packages`` that ``dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n'``
+    did not list as installed ("ii"): unknown to dpkg, removed, or half-installed."""
+    installed = {fields[0].partition(":")[0] for line in dpkg_query_output.splitlines()
+                 if len(fields := line.split()) >= 2 and fields[1] == "ii"}
+    return [package for package in packages if package not in installed]
 
 
 def check_host_tools(recipe: Recipe) -> None:
-    """Raise MissingPackages naming the packages whose tools are absent."""
-    missing = {pkg for tool, pkg in recipe.tool_packages.items() if which(tool) is None}
+    """Raise MissingPackages naming the packages whose tools are absent and the
+    recipe's ``[host] packages`` that dpkg does not list as installed (headers and
+    keyrings have no tool to look for).  Debian and Ubuntu hosts are the ones
+    scripts/setup knows, so dpkg answers; without dpkg-query the dpkg package is
+    already named through its tools."""
+    missing = {pkg for tool, pkg in recipe.tool_packages.items() if find_program(tool) is None}
+    query = find_program("dpkg-query")
+    if query is not None and recipe.host_packages:
+        # Exit 1 when some package is unknown: its name is simply absent from stdout.
+        listed = run_tied([query, "-W", "-f", "${Package} ${db:Status-Abbrev}\\n",
+                           *recipe.host_packages], timeout=60)
+        missing |= set(not_installed(recipe.host_packages, listed.stdout))
     if missing:
         raise MissingPackages(sorted(missing))
 
@@ -491,10 +492,6 @@ def _remove_leftovers(cache_root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _unpack(deb: Path, root: Path) -> None:
-    _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"dpkg-deb -x {deb.name}")
-
-
 def _find_vmlinuz(tree: Path) -> tuple[Path | None, str]:
     """The kernel image of an unpacked kernel and the release its path names: Debian
     up to 6.x ships boot/vmlinuz-<release>, sid from 7.x usr/lib/modules/<release>/
@@ -527,7 +524,7 @@ def _assemble(plan: _Plan, apt: PrivateApt, out: Path, work: Path,
     kernel_debs = (f"{kernel_pkg}_", *(f"{name}_" for name in plan.resolution.versions
                                        if any(re.match(p, name) for p in recipe.kernel_parts)))
     for deb in debs:
-        _unpack(deb, work / ("kernel" if deb.name.startswith(kernel_debs) else "userland"))
+        unpack_deb(deb, work / ("kernel" if deb.name.startswith(kernel_debs) else "userland"))
     vmlinuz, named = _find_vmlinuz(work / "kernel")
     if vmlinuz is None:
         raise ImageBuildError(f"{kernel_pkg} holds no boot/vmlinuz-* nor "
@@ -571,7 +568,7 @@ def _contents(recipe: Recipe, work: Path, keys: Keys, tree: ModuleTree,
     agent = work / "mdh-agent"
     # gcc's own temporary files go to the build's work directory: cc1 and as outlive a
     # gcc killed with the harness by a moment, and must not leave files in /tmp.
-    _run([str(which("gcc") or "gcc"), "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
+    _run([find_program("gcc") or "gcc", "-O2", "-static", "-pthread", "-Wall", "-o", str(agent),
           str(recipe.agent)], what="gcc mdh-agent", env={**os.environ, "TMPDIR": str(work)})
     return Contents(
         init=recipe.init.read_bytes(),

@@ -1,10 +1,10 @@
 """The --via libvirt backend: guests defined and started by a private libvirtd.
 
-The matrix is the same as on the direct path (``matrix.run_guest``); what differs
+The matrix is the same as on the direct path (``pool.run_guest``); what differs
 is here: a libvirtd and virtlogd of the harness's own inside its private mount
-namespace (``libvirt_daemon``), a transient domain per guest (``libvirt_guest``),
+namespace (``libvirt.daemon``), a transient domain per guest (``libvirt.guest``),
 the rule that the QEMU command line libvirt generated carries each export's
-``multidevs`` (fed to the oracle), and the two refusals libvirt promises, which
+``multidevs`` (fed to the verdicts), and the two refusals libvirt promises, which
 are rows of their own kind.
 """
 
@@ -27,7 +27,7 @@ from ..host.namespace import NamespaceKind, enter_private_namespace
 from ..plan import GuestPlan, RunOptions
 from ..qemu.cmdline import kernel_append, uses_virtiofs
 from ..results import ResultRow
-from ..verdicts.rejection import Attempt, judge_rejection
+from ..verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from .daemon import (
     URI,
     Reaper,
@@ -163,8 +163,9 @@ def check_rejections(backend: LibvirtBackend, log_root: Path) -> list[ResultRow]
                                   rejection.expectation, attempts, rejection.must_contain)
         backend.progress(f"{rejection.case}: "
                          f"{'refused as promised' if verdict.passed else 'NOT refused'}")
-        rows.append(ResultRow(case=rejection.case, check="rejection", via=Via.LIBVIRT,
-                              verdict=verdict, log_dir=log_dir, environment=env.record,
+        rows.append(ResultRow(case=rejection.case, check=RejectionCheck.REJECTION,
+                              via=Via.LIBVIRT, verdict=verdict, log_dir=log_dir,
+                              environment=env.record,
                               backend=(("libvirt_version", backend.version),)))
     return rows
 

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Progress, quiet, timeout_scale_from_env
-from ..errors import LibvirtError
+from ..errors import LibvirtError, indent
 from ..host.namespace import mount_tmpfs, unmount
-from ..proc import indent, kill_process_group, spawn_tied, tail_file
+from ..proc import kill_process_group, spawn_tied, tail_file
 
 URI = "qemu:///system"
 

@@ -38,7 +38,7 @@ from typing import Any
 from .. import paths
 from ..config import Progress, quiet
 from ..errors import ImageBuildError, UsageError
-from ..image.apt import PackageInfo, PrivateApt, Suite
+from ..image.apt import PackageInfo, PrivateApt, Suite, unpack_deb
 from ..image.verify import file_problem, record_files_at
 from ..proc import run_tied
 
@@ -300,14 +300,6 @@ def check_starts(build: DebianBuild) -> None:
             hint="its output is below; a library missing from the closure is a harness "
             "bug (report it)",
             details=(result.stdout + result.stderr).strip()[-2000:])
-
-
-def unpack_deb(deb: Path, into: Path) -> None:
-    """``dpkg-deb -x`` one package into ``into`` (never installed)."""
-    result = run_tied(["dpkg-deb", "-x", str(deb), str(into)])
-    if result.returncode != 0:
-        raise ImageBuildError(f"dpkg-deb -x {deb.name} failed (exit {result.returncode})",
-                              details=result.stderr.strip()[-2000:])
 
 
 def resolve_debian(spec: str, progress: Progress = quiet) -> Path | None:

@@ -24,8 +24,8 @@ from typing import IO
 from qemu.qmp import ExecuteError
 
 from ..config import MULTIDEVS_SINCE, SANDBOX_DENY, Version
-from ..errors import QemuNotFound, QemuTooOld, QmpError
-from ..proc import indent, kill_process_group, spawn_tied, tail_text
+from ..errors import QemuNotFound, QemuTooOld, QmpError, indent
+from ..proc import kill_process_group, spawn_tied, tail_text
 from .cmdline import qmp_args, shell_quote_command
 from .qmp import Qmp
 

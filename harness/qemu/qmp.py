@@ -16,12 +16,12 @@ import socket
 import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
 
+from ..closing import Closing
 from ..errors import QmpError
 
 DEFAULT_TIMEOUT = 10.0
@@ -36,7 +36,7 @@ _HINT_SLOW = (
 _T = TypeVar("_T")
 
 
-class Qmp:
+class Qmp(Closing):
     """A synchronous QMP session over a socket already connected to QEMU.
 
     Give it our end of a ``socket.socketpair()`` whose other end QEMU received as
@@ -73,17 +73,6 @@ class Qmp:
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> Qmp:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def connected(self) -> bool:

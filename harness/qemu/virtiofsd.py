@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import paths
 from ..config import Progress, quiet
 from ..errors import VirtiofsdError
+from ..proc import run_tied
 from .debian import SUITES, VIRTIOFSD, fetch_unpacked
 
 TRIXIE = SUITES["trixie"]
@@ -53,8 +54,7 @@ def parse_version(text: str) -> str | None:
 def ask_version(command: tuple[str, ...], what: str) -> str:
     """Run ``command --version``; raise VirtiofsdError naming ``what`` when it cannot."""
     try:
-        result = subprocess.run([*command, "--version"], capture_output=True, text=True,
-                                timeout=_VERSION_TIMEOUT_S, check=False)
+        result = run_tied([*command, "--version"], timeout=_VERSION_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VirtiofsdError(f"cannot run {what} --version: {exc}",
                              hint="pass a working virtiofsd with --virtiofsd PATH") from exc

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..agent.mounts import MountedCache
-from ..config import Cache, Mode
+from ..config import Cache, Check, Layout, Mode, RowKey
 from ..host.truth import TWIN_DIR
 from .common import Expectation, Status, Verdict
 from .harm import Harm
@@ -56,11 +56,11 @@ class PowerFacts:
     findings (None: no probe ran)."""
 
     group: str
-    check: str
+    check: str  # a Check, or the check of a row no family made
     mode: Mode
     expectation: Expectation
     cache: Cache
-    layout: str
+    layout: Layout | None
     status: Status
     harm: Harm | None
 
@@ -88,13 +88,13 @@ def predicted_harm_shown(harm: Harm) -> bool:
 def _subject(row: PowerFacts) -> bool:
     """A passing row whose clean probe needs proof of power: remap behaviour, an inode
     cache, a harm probe that ran."""
-    return (row.check == "ids" and row.expectation is Expectation.UNIQUE_IDS
+    return (row.check == Check.IDS and row.expectation is Expectation.UNIQUE_IDS
             and row.cache.reuses_inodes and row.harm is not None and row.status is Status.PASS)
 
 
 def _finding(row: PowerFacts, partner: PowerFacts | None) -> PowerFinding:
-    name = f"{Mode.WARN.value}+{row.cache.value}"
-    where = "" if row.layout == "standard" else f" on the {row.layout} layout"
+    name = RowKey(Check.IDS, Mode.WARN, row.cache)
+    where = "" if row.layout is Layout.STANDARD else f" on the {row.layout} layout"
     if partner is None or partner.harm is None:
         why = "no such row in this run" if partner is None else \
             f"that row was not probed ({partner.status.value})"
@@ -116,6 +116,6 @@ def probe_power(rows: Sequence[PowerFacts]) -> tuple[PowerFinding | None, ...]:
     remap row with an inode cache is judged alongside the warn row of the same QEMU
     and guest, cache mode and layout."""
     partners = {(r.group, r.cache, r.layout): r for r in rows
-                if r.check == "ids" and r.mode is Mode.WARN}
+                if r.check == Check.IDS and r.mode is Mode.WARN}
     return tuple(_finding(r, partners.get((r.group, r.cache, r.layout))) if _subject(r)
                  else None for r in rows)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_FROM_DEV, REMAP_DEFAULT_SINCE, Mode, Version
 from ..errors import QemuTooOld
@@ -155,6 +156,12 @@ class Verdict:
     def passed(self) -> bool:
         """True when every promise held."""
         return self.status is Status.PASS
+
+    def details(self) -> dict[str, Any]:
+        """The JSON keys of this verdict's own kind, beside the shared ones a row
+        writes itself: each kind renders its own details, so the report tells no kind
+        apart (a verdict of the shared shape alone has none)."""
+        return {}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Aliasing: which files' qids collide, what the guest showed of them, and its rules.
+"""Pure judgement side of the ids family's harm: which files' qids collide, what the
+guest showed of them, and its rules.
 
 Colliding inode numbers harm a guest through its inode cache.  The Linux 9p client
 (cache=loose or fscache) reuses a cached inode for a file whose qid matches one it
@@ -10,7 +11,7 @@ directory's dentry (with any cwd inside it) moves to its twin.  Under remap the 
 paths differ and nothing may alias.
 
 Everything here is pure: ``predict`` reads the host truth, ``assess`` compares the
-guest's harm probe (``observe.HarmObservation``) with the host, and ``harm_rules``
+guest's harm probe (``agent.harm.HarmObservation``) with the host, and ``harm_rules``
 turns that into failures and notes for one (mode, cache) row.
 """
 

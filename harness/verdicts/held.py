@@ -1,5 +1,6 @@
-"""Verdict of the ``held_fd`` family: calls through a directory the guest holds open
-while the host mounts a device over it.  Pure, like every module of ``verdicts``.
+"""Pure judgement side of the ``held_fd`` family: calls through a directory the guest
+holds open while the host mounts a device over it.  Pure, like every module of
+``verdicts``.
 
 QEMU's fid names a path, not an inode: once the host mounts a tmpfs over a directory
 the guest holds open, every call QEMU makes on that fid lands on the new tmpfs root,

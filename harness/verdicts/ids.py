@@ -1,4 +1,4 @@
-"""Verdicts: host truth + guest observations + QEMU's stderr -> pass, fail or inconclusive.
+"""Pure judgement side of the ids family: host truth, guest view, stderr -> a verdict.
 
 Everything here is pure, so every rule is unit-tested with hand-made truths and
 observations. A verdict carries exact failures (which paths collided with which, which
@@ -35,6 +35,7 @@ import errno
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..agent.harm import HarmObservation
 from ..agent.stat import GuestObservation, GuestResult, GuestStat
@@ -84,6 +85,10 @@ class Collision:
         return f"guest id (dev {dev}, ino {ino}) is shared by {files}"
 
 
+# How many colliding ids a JSON row lists (the count is always whole).
+JSON_COLLISIONS = 50
+
+
 @dataclass(frozen=True, kw_only=True)
 class IdsVerdict(Verdict):
     """The judgement of one mode on one export by the ids rules: the collisions, the
@@ -109,6 +114,45 @@ class IdsVerdict(Verdict):
         """Whether every witness that ran was intact; None when none ran."""
         ran = [w.intact for w in self.witnesses if w.ran]
         return all(ran) if ran else None
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "host_devices": self.host_devices,
+            "files_checked": self.files_checked,
+            "guest_collisions": len(self.collisions),
+            "collisions": [
+                {"guest_id": list(c.guest_id),
+                 "host_files": [{"path": p, "dev": d, "ino": i} for p, d, i in c.host_files]}
+                for c in self.collisions[:JSON_COLLISIONS]
+            ],
+            "denied": self.denied,
+            "qemu_message": self.qemu_message,
+            "witnesses": {w.tool: {"intact": w.intact, "detail": w.detail, "rc": w.rc}
+                          for w in self.witnesses},
+            **self._harm_details(),
+            "remap_model": None if self.remap is None else {
+                "agrees": self.remap.agrees,
+                "compared": self.remap.compared,
+                "differences": list(self.remap.differences),
+                "predicted_collisions": [
+                    {"paths": list(p.paths), "why": p.why} for p in self.remap.predicted],
+                "branches": dict(self.remap.branches),
+                "fullmap_reached": self.remap.fullmap_reached,
+            },
+        }
+
+    def _harm_details(self) -> dict[str, Any]:
+        harm = self.harm
+        return {
+            "aliased": None if harm is None else [
+                {"path": a.path, "how": a.how, "from": a.source} for a in harm.aliased],
+            "predicted_aliasing": None if harm is None else list(harm.predicted),
+            "cwd_moved": None if harm is None else harm.cwd_moved,
+            "access_errors": None if harm is None else [
+                {"path": path, "op": op, "errno": code} for path, op, code in harm.errors],
+            "dmesg": list(self.dmesg),
+        }
 
 
 def collision_failure(collision: Collision) -> str:

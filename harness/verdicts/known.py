@@ -21,14 +21,33 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import Version
+from ..config import VIRTIOFS_CACHE, VIRTIOFS_ROWS, Cache, Check, Layout, Mode, Transport, Version
 from ..errors import UsageError
+from .common import Expectation
 
 _FIELDS = {"id", "title", "component", "transport", "check", "modes", "expectation", "layouts",
            "caches", "qemu_min", "qemu_max", "kernel_min", "kernel_max", "failures",
            "remap_model", "reproducer", "reference"}
 _REQUIRED = ("id", "title", "component", "modes", "failures", "reproducer")
 _KERNEL_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+# Who has the bug.  Nothing decides by it (the file documents it for its readers), but
+# a typo is still refused like any other value.
+_COMPONENTS = ("qemu", "kernel", "virtiofsd")
+# The values each key may take, from the enums the rows are built from: a typo would
+# otherwise give an issue a scope no row is ever in, and the bug would show as a
+# failure with no word on why.  ``modes`` and ``caches`` depend on the transport.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "component": _COMPONENTS,
+    "transport": tuple(Transport),
+    "check": tuple(Check),
+    "expectation": tuple(Expectation),
+    "layouts": tuple(Layout),
+    "remap_model": ("agrees",),
+}
+_TRANSPORT_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    Transport.NINEP: {"modes": tuple(Mode), "caches": tuple(Cache)},
+    Transport.VIRTIOFS: {"modes": tuple(VIRTIOFS_ROWS.values()), "caches": (VIRTIOFS_CACHE,)},
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,6 @@ class KnownIssue:
 
     id: str
     title: str
-    component: str  # "qemu" or "kernel"
     modes: tuple[str, ...]
     failures: tuple[re.Pattern[str], ...]
     reproducer: str
@@ -98,7 +116,8 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 
 
 def _issue(raw: dict[str, object], source: str, index: int) -> KnownIssue:
-    where = f"{source}: issue {index + 1}"
+    named = raw.get("id")
+    where = f"{source}: issue {index + 1}" + (f" ({named})" if isinstance(named, str) else "")
     unknown = sorted(set(raw) - _FIELDS)
     missing = [key for key in _REQUIRED if key not in raw]
     if unknown or missing:
@@ -106,9 +125,15 @@ def _issue(raw: dict[str, object], source: str, index: int) -> KnownIssue:
             ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
             + ([f"missing {', '.join(missing)}"] if missing else [])),
             hint=f"a known issue has the keys {', '.join(sorted(_FIELDS))}")
-    text = {key: _strings(raw[key], f"{where}: {key}")[0] for key in
-            ("id", "title", "component", "reproducer", "transport", "check", "expectation",
-             "remap_model", "reference") if key in raw}
+    text: dict[str, str] = {
+        key: _strings(raw[key], f"{where}: {key}")[0] for key in
+        ("id", "title", "component", "reproducer", "transport", "check", "expectation",
+         "remap_model", "reference") if key in raw}
+    lists: dict[str, tuple[str, ...]] = {
+        key: _strings(raw[key], f"{where}: {key}") for key in ("modes", "layouts", "caches")
+        if key in raw}
+    _check_choices({**text, **lists}, where)
+    del text["component"]
     try:
         patterns = tuple(re.compile(p) for p in _strings(raw["failures"], f"{where}: failures"))
     except re.error as exc:
@@ -116,9 +141,23 @@ def _issue(raw: dict[str, object], source: str, index: int) -> KnownIssue:
                          hint="fix the known-issues file") from exc
     versions = {key: _version(raw[key], f"{where}: {key}") for key in
                 ("qemu_min", "qemu_max", "kernel_min", "kernel_max") if key in raw}
-    lists = {key: _strings(raw[key], f"{where}: {key}") for key in ("modes", "layouts",
-                                                                      "caches") if key in raw}
     return KnownIssue(failures=patterns, **text, **versions, **lists)  # type: ignore[arg-type]  # keys checked above
+
+
+def _check_choices(given: dict[str, str | tuple[str, ...]], where: str) -> None:
+    """Refuse (UsageError naming the file, the issue and the key) a value outside the
+    vocabulary its key takes (``_CHOICES``; ``modes`` and ``caches`` by transport)."""
+    transport = given.get("transport", Transport.NINEP)
+    choices = {**_CHOICES, **_TRANSPORT_CHOICES.get(str(transport), {})}
+    for key, value in given.items():
+        allowed = choices.get(key)
+        values = (value,) if isinstance(value, str) else value
+        bad = [v for v in values if allowed is not None and v not in allowed]
+        if bad:
+            raise UsageError(
+                f"{where}: {key}: unknown value {', '.join(map(repr, bad))}"
+                + (f" for transport {transport}" if key in ("modes", "caches") else ""),
+                hint=f"{key} takes {', '.join(allowed or ())}; fix the known-issues file")
 
 
 def parse_known_issues(text: str, source: str) -> tuple[KnownIssue, ...]:

@@ -1,5 +1,5 @@
-"""Verdicts of the families whose device set or mount changes while the guest runs.
-Pure, like every module of ``verdicts``.
+"""Pure judgement side of the families whose device set or mount changes while the guest
+runs. Pure, like every module of ``verdicts``.
 
 * ``runtime_mount``: a tmpfs mounted under the export after the guest looked at it
   (populated like the others, so its inode numbers repeat theirs) gets ids unique

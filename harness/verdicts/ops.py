@@ -1,5 +1,6 @@
-"""Verdicts of the operation families: each filesystem call's errno and the host state
-afterwards, against what the mode promises.  Pure, like every module of ``verdicts``.
+"""Pure judgement side of the operation families: each filesystem call's errno and the
+host state afterwards, against what the mode promises.  Pure, like every module of
+``verdicts``.
 
 * ``operations``: under forbid every operation on a foreign device (a file, a
   directory, a symlink, a name that does not exist under a foreign directory, and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Mode, Transport, Version
 from .common import (
@@ -98,6 +100,18 @@ class OpsVerdict(Verdict):
     outcomes: tuple[OpOutcome, ...]
     qemu_message: str | None
     host_devices: int
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "host_devices": self.host_devices,
+            "qemu_message": self.qemu_message,
+            "operations": [
+                {"op": o.op, "target": o.target, "device": o.device, "path": o.path,
+                 "result": o.result, "expected": o.expected, "ok": o.ok}
+                for o in self.outcomes
+            ],
+        }
 
 
 def _code_text(op: str, code: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from .common import Status, Verdict
 
@@ -17,6 +19,13 @@ class Attempt:
     error: str | None
 
 
+class RejectionCheck(StrEnum):
+    """The check of a libvirt refusal row: the backend's own check, no family's, so not
+    a ``Check`` that --checks could ask for."""
+
+    REJECTION = "rejection"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RejectionVerdict(Verdict):
     """The judgement of one configuration libvirt must refuse (its own kind of row)."""
@@ -24,6 +33,13 @@ class RejectionVerdict(Verdict):
     attribute: str  # the multidevs attribute value that was tried
     driver: str  # the filesystem driver it was tried on (path, virtiofs)
     errors: tuple[Attempt, ...]
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mode": self.attribute,
+            "driver": self.driver,
+            "libvirt_errors": {a.api: a.error for a in self.errors},
+        }
 
 
 def judge_rejection(

@@ -102,7 +102,6 @@ class ModelledQid:
     path: int
     branch: RemapBranch
     affix_index: int
-    affix_value: int
     affix_bits: int
     prefix_bits: int | None
     prefix_key: int | None
@@ -297,7 +296,7 @@ class RemapModel:
             self._affix_next = (self._affix_next + 1) % AFFIX_COUNTER_WRAP
             self._keys[(file.dev, key)] = affix
         path = ((file.ino << affix.bits) & _U64) | affix.value
-        return ModelledQid(path, RemapBranch.SUFFIX, affix.index, affix.value, affix.bits,
+        return ModelledQid(path, RemapBranch.SUFFIX, affix.index, affix.bits,
                            width, key, dropped_mask(width, affix.bits))
 
     def _fullmap(self, file: SeenFile) -> ModelledQid:
@@ -308,7 +307,7 @@ class RemapModel:
         self._fullpath_next = (self._fullpath_next + 1) % self._fullpath_wrap
         width = self._device_bits.get(file.dev)
         key = None if width is None else prefix_key(file.ino, width)
-        return ModelledQid(path, RemapBranch.FULLMAP, affix.index, affix.value, affix.bits,
+        return ModelledQid(path, RemapBranch.FULLMAP, affix.index, affix.bits,
                            width, key, 0)
 
 

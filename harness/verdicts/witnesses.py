@@ -1,5 +1,5 @@
-"""The witnesses: the tools people use, run over the export in the guest and checked
-against the host.
+"""Pure judgement side of the witnesses (the ids family): the tools people use, run over
+the export in the guest and checked against the host.
 
 Colliding guest ids matter because programs tell files apart by (st_dev, st_ino).
 GNU tar and busybox tar store a second file with a known id as a hard link to the

@@ -31,6 +31,8 @@ def _world(d: Path) -> None:
     (d / "loop").symlink_to("loop")
     (d / "file-loop").symlink_to("file-loop")
     (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    (d / "typo.toml").write_text('[[issue]]\nid = "mine"\ntitle = "t"\ncomponent = "qemu"\n'
+                                 'modes = ["remapp"]\nfailures = ["^x"]\nreproducer = "r"\n')
     (d / "tree").mkdir()
     (d / "tree" / "file").write_text("mine\n")
     os.mkfifo(d / "fifo")
@@ -56,6 +58,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "error: {d}/loop: a loop of symbolic links; pass an existing directory"),
     ("known-issues-nested-5000-deep", ["run", "--known-issues", "{d}/deep.toml"],
      "error: {d}/deep.toml: not a known-issues file: nested too deeply to read"),
+    # Was accepted: the issue got a scope no row is ever in, and its bug showed as a
+    # plain failure.
+    ("known-issues-mode-typo", ["run", "--known-issues", "{d}/typo.toml"],
+     "error: {d}/typo.toml: issue 1 (mine): modes: unknown value 'remapp' for transport 9p"),
     # Selections that plan no row: were "0/0 rows passed" and exit 2 without a word.
     ("held_fd-without-forbid", ["run", "--modes", "remap", "--checks", "held_fd"],
      "error: --checks held_fd with --modes remap selects no rows: held_fd runs under "

@@ -260,14 +260,19 @@ def test_export_root_must_be_an_empty_directory(tmp_path: Path, kind: str) -> No
 # --- host packages for the guest image ----------------------------------------------
 
 
-def _recipe_with_missing_tool(directory: Path) -> Path:
+def _recipe_changed(directory: Path, old: str, new: str) -> Path:
+    """A copy of the default recipe in ``directory`` with ``old`` replaced by ``new``."""
     copy = directory / "recipe"
     shutil.copytree(guests_dir() / "debian-bookworm-x86_64", copy)
     toml = copy / "recipe.toml"
     text = toml.read_text()
-    assert 'tools = { gcc = "gcc",' in text
-    toml.write_text(text.replace('tools = { gcc = "gcc",', 'tools = { no-such-cc = "gcc-99",'))
+    assert old in text
+    toml.write_text(text.replace(old, new))
     return copy
+
+
+def _recipe_with_missing_tool(directory: Path) -> Path:
+    return _recipe_changed(directory, 'tools = { gcc = "gcc",', 'tools = { no-such-cc = "gcc-99",')
 
 
 @pytest.mark.timeout(60)
@@ -283,3 +288,13 @@ def test_missing_host_packages_name_the_apt_get_line(tmp_path: Path) -> None:
                          env={"MDH_CACHE_DIR": str(tmp_path / "cache")})
     assert_clear_error(result, "missing host packages: gcc-99", "apt-get install -y gcc-99")
     sandbox.assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_a_host_package_dpkg_does_not_list_is_named_before_building(tmp_path: Path) -> None:
+    # The recipe says its [host] packages are checked before building: a header or a
+    # keyring has no tool to look for, so dpkg is asked.
+    copy = _recipe_changed(tmp_path, 'packages = ["gcc", "libc6-dev",',
+                           'packages = ["gcc", "libc6-dev", "mdh-no-such-dev",')
+    with pytest.raises(MissingPackages, match=r"^missing host packages: mdh-no-such-dev\n"):
+        check_host_tools(load_recipe(copy))

@@ -33,7 +33,7 @@ def test_a_kernel_warning_fails_the_family_that_read_it(
 ) -> None:
     family = FAMILIES[check]
     [spec] = machine.spec.exports
-    plan = ExportPlan(f"{check.value}-remap", Mode.REMAP, multidevs_export.layout, check)
+    plan = ExportPlan(Mode.REMAP, multidevs_export.layout, check)
     machine.run("dmesg -c > /dev/null")  # the boot's lines belong to no row here
     assert machine.run(f"echo '<4>{SPLAT}' > /dev/kmsg").rc == 0
     seen = family.observe(machine, spec, multidevs_export, plan)

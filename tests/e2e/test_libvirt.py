@@ -25,11 +25,19 @@ from typing import Any
 
 import pytest
 
-from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, ExportLayout, MachineOptions, Mode
+from harness.config import (
+    ALL_MODES,
+    DEFAULT_CACHES,
+    Accel,
+    Check,
+    ExportLayout,
+    MachineOptions,
+    Mode,
+    RowKey,
+)
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
 from harness.libvirt.daemon import RUN_MARKER_ENV
-from harness.plan import row_name
 from harness.plugin import skip_reason as plugin_skip_reason
 
 from .helpers import harness_argv, libvirt_missing, run_harness
@@ -208,7 +216,7 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     assert run.rc == 0, f"{run.stdout}\n{run.stderr}"
     cases = {r["case"] for r in run.report["results"]}
     modes = {m.value for m in ALL_MODES}
-    rows = {row_name(m, c) for m in ALL_MODES for c in DEFAULT_CACHES}
+    rows = {str(RowKey(Check.IDS, m, c)) for m in ALL_MODES for c in DEFAULT_CACHES}
     # runtime_mount and bind need host mounts QEMU's own namespace would never see.
     families = {f"{c}-{m}" for c in ("operations", "cross_device", "remount") for m in modes}
     families |= {f"cross_device-{m}+loose" for m in modes}  # one per inode-caching cache
@@ -221,7 +229,7 @@ def test_every_mode_passes_via_libvirt(libvirt_run: LibvirtRun) -> None:
     assert all(r["passed"] for r in run.report["results"] if r["case"] not in known), run.stdout
     assert {r["via"] for r in run.report["results"]} == {"libvirt"}
     assert run.report["accel"]["used"] == "tcg"
-    # The modes really did what they do (the oracle judged real guests).
+    # The modes really did what they do (the verdicts judged real guests).
     assert run.result("remap")["guest_collisions"] == 0
     assert run.result("warn")["guest_collisions"] > 0
     assert run.result("forbid")["denied"] > 0
@@ -303,7 +311,7 @@ def test_sigterm_during_a_libvirt_run_cleans_up(libvirt_ready: None, tmp_path: P
     before = HostState.capture()
     # The guest is starting or booting: the worst moment to be interrupted.
     rc, text = _interrupted_run(tmp_path, signal.SIGTERM, "remap: starting domain")
-    assert rc == 130, text
+    assert rc == 128 + signal.SIGTERM, text  # 143: exit 128 + the signal
     assert "interrupted" in text
     kept = [Path(line.split("logs kept in ", 1)[1].strip())
             for line in text.splitlines() if "logs kept in " in line]

@@ -46,7 +46,7 @@ def _judge_all(env: Environment, guest: Machine,
     observed: list[tuple[ExportSpec, Export, Mode, IdsSeen, slice]] = []
     for spec, (export, mode) in zip(guest.spec.exports, judged, strict=True):
         assert spec.path == export.root, (spec, export.root)
-        plan = ExportPlan(mode.value, mode, export.layout, cache=spec.cache, witness=True)
+        plan = ExportPlan(mode, export.layout, cache=spec.cache, witness=True)
         before = len(guest.stderr_text())
         seen = family.observe(guest, spec, export, plan)
         observed.append((spec, export, mode, seen, slice(before, len(guest.stderr_text()))))
@@ -56,7 +56,7 @@ def _judge_all(env: Environment, guest: Machine,
     version = env.info.version
     verdicts = []
     for spec, export, mode, seen, part in observed:
-        plan = ExportPlan(mode.value, mode, export.layout, cache=spec.cache)
+        plan = ExportPlan(mode, export.layout, cache=spec.cache)
         verdict = ids_verdict(family.judge(
             Judging(plan, export, spec, version, stderr[part], outside, ()), seen))
         assert verdict is not None
@@ -134,7 +134,7 @@ def test_control_single_device_is_quiet_in_every_mode(
 def test_remap_verdict_fails_on_a_warn_guest(
     machine_factory: MachineFactory, mdh_environment: Environment
 ) -> None:
-    """The oracle is not always green: judge a real warn guest as if it were remap."""
+    """The verdicts are not always green: judge a real warn guest as if it were remap."""
     with build_export(ExportLayout(devices=3, files_per_device=4)) as export:
         guest = machine_factory(exports=[(export, Mode.WARN)])
         verdict = _judge(mdh_environment, guest, export, Mode.REMAP)

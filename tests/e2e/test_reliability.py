@@ -610,7 +610,7 @@ import sys
 from pathlib import Path
 from harness.image.apt import PrivateApt, Suite
 from harness.image.build import _run
-from harness.qemu.debian import unpack_deb
+from harness.image.apt import unpack_deb
 which, work = sys.argv[1], Path(sys.argv[2])
 if which == "apt-get":
     PrivateApt(Suite("bookworm", ()), work / "apt")._run("apt-get", ["update"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.bench.figures import _exec_lines, _matrix_lines, family_seconds
-from harness.config import Mode, Via
+from harness.config import Check, Mode, Via
 from harness.results import ResultRow
 from harness.verdicts.common import Status
 from harness.verdicts.ids import unobserved
@@ -33,7 +33,7 @@ def test_vng_that_could_not_run_says_why() -> None:
 
 def _row(check: str, seconds: float | None) -> ResultRow:
     verdict = unobserved(Mode.REMAP, 2, "not observed", Status.ERROR)
-    return ResultRow(case=f"{check}-remap", check=check, via=Via.QEMU, verdict=verdict,
+    return ResultRow(case=f"{check}-remap", check=Check(check), via=Via.QEMU, verdict=verdict,
                      observe_seconds=seconds)
 
 

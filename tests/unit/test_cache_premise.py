@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from harness.agent.mounts import MountedCache, mounted_cache, proc_mounts_options
-from harness.config import Cache, Mode
+from harness.config import Cache, Check, Layout, Mode
 from harness.verdicts.cache import (
     PowerFacts,
     cache_premise,
@@ -128,9 +128,10 @@ def test_predicted_harm_shown() -> None:
 
 
 def _row(mode: Mode, harm: Harm | None, status: Status = Status.PASS,
-         cache: Cache = Cache.LOOSE, layout: str = "standard", group: str = "g") -> PowerFacts:
+         cache: Cache = Cache.LOOSE, layout: Layout = Layout.STANDARD,
+         group: str = "g") -> PowerFacts:
     unique = mode is Mode.REMAP
-    return PowerFacts(group, "ids", mode,
+    return PowerFacts(group, Check.IDS, mode,
                       Expectation.UNIQUE_IDS if unique else Expectation.COLLIDE_AND_WARN,
                       cache, layout, status, harm)
 
@@ -152,7 +153,7 @@ def test_remap_loose_alone_says_it_cannot_prove_its_power() -> None:
     for rows in ([_row(Mode.REMAP, _harm())],
                  # another QEMU's, another layout's or another cache mode's warn row
                  [_row(Mode.REMAP, _harm()), _row(Mode.WARN, SHOWN, group="other")],
-                 [_row(Mode.REMAP, _harm()), _row(Mode.WARN, SHOWN, layout="loop")],
+                 [_row(Mode.REMAP, _harm()), _row(Mode.WARN, SHOWN, layout=Layout.LOOP)],
                  [_row(Mode.REMAP, _harm()), _row(Mode.WARN, SHOWN, cache=Cache.FSCACHE)],
                  [_row(Mode.REMAP, _harm()), _row(Mode.WARN, None, Status.ERROR)]):
         found = probe_power(rows)[0]

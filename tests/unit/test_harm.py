@@ -205,7 +205,7 @@ def test_a_kernel_warning_in_dmesg_fails_the_row() -> None:
     assert _judge(_intact(), Mode.WARN, Cache.LOOSE, trouble) is Status.FAIL
 
 
-def test_the_oracle_applies_the_harm_rules_per_mode_and_cache() -> None:
+def test_the_verdicts_apply_the_harm_rules_per_mode_and_cache() -> None:
     assert _judge(_aliased_same(), Mode.WARN, Cache.LOOSE) is Status.PASS
     assert _judge(_aliased_same(), Mode.WARN, Cache.NONE) is Status.FAIL
 

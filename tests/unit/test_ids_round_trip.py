@@ -23,7 +23,7 @@ from .truths import host_dir, host_file
 
 TRUTH = HostTruth((host_dir(".", 1, 2, 0), host_file("a", 1, 3, 0)))
 WITH_FIFO = HostTruth((*TRUTH.entries, HostEntry("p", 1, 4, 1, EntryKind.OTHER, 0)))
-PLAN = ExportPlan("warn", Mode.WARN, ExportLayout(devices=1, files_per_device=1),
+PLAN = ExportPlan(Mode.WARN, ExportLayout(devices=1, files_per_device=1),
                   passes=1)
 
 

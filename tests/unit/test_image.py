@@ -290,3 +290,14 @@ def test_prune_spares_images_another_run_used_recently(tmp_path: Path) -> None:
     mark_used(recent)  # a run of another checkout is using it now
     _prune_old(tmp_path, "debian-bookworm-x86_64", keep=keep)
     assert keep.is_dir() and recent.is_dir() and not stale.exists()
+
+
+def test_only_packages_dpkg_lists_as_installed_count_as_installed() -> None:
+    from harness.image.build import not_installed
+
+    output = ("gcc ii \n"
+              "libc6-dev:amd64 ii \n"  # multi-arch names carry their architecture
+              "apt rc \n"  # removed, its configuration left: not installed
+              "dpkg iU \n")  # unpacked, not configured
+    assert not_installed(["gcc", "libc6-dev", "apt", "dpkg", "debian-archive-keyring"],
+                         output) == ["apt", "dpkg", "debian-archive-keyring"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Version, Via
+from harness.config import Check, Version, Via
 from harness.errors import UsageError
 from harness.qemu.probe import QemuInfo
 from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunResults, exit_code
@@ -88,12 +88,29 @@ def test_kernel_ranges_read_the_release() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[[issue]]\nid = 'x'\n", r"test: issue 1: missing title, component, modes, failures, "
+    ("[[issue]]\nid = 'x'\n", r"test: issue 1 \(x\): missing title, component, modes, failures, "
                               r"reproducer"),
     (ISSUE + "colour = 'red'\n", r"unknown keys colour"),
     (ISSUE.replace("'^collision: '", "'(('"), r"failures: bad regular expression"),
     (ISSUE.replace('"4.2.0"', '"new"'), r"qemu_min: expected a version string"),
     (ISSUE + ISSUE, r"an issue id appears twice"),
+    # Every value is one the rows can have: a typo is named with its issue and key.
+    (ISSUE.replace('["remap", "default"]', '["remapp"]'),
+     r"^test: issue 1 \(qemu-remap-unkeyed-bits\): modes: unknown value 'remapp' for "
+     r"transport 9p\n"),
+    (ISSUE.replace('["overlay"]', '["overlay", "ovelray"]'),
+     r"issue 1 \(qemu-remap-unkeyed-bits\): layouts: unknown value 'ovelray'\n"),
+    (ISSUE.replace('"unique_ids"', '"unique"'), r"expectation: unknown value 'unique'\n"),
+    (ISSUE.replace('"agrees"', '"agree"'), r"remap_model: unknown value 'agree'\n"),
+    (ISSUE.replace('"qemu"', '"qmeu"'), r"component: unknown value 'qmeu'\n"),
+    (ISSUE + 'check = "held-fd"\n', r"check: unknown value 'held-fd'\n"),
+    (ISSUE + 'caches = ["lose"]\n', r"caches: unknown value 'lose' for transport 9p\n"),
+    (ISSUE + 'transport = "virtio"\n', r"transport: unknown value 'virtio'\n"),
+    # A 9p mode is not a virtiofs setting, nor a 9p cache mode virtiofsd's policy.
+    (ISSUE + 'transport = "virtiofs"\n',
+     r"modes: unknown value 'remap', 'default' for transport virtiofs\n"),
+    (ISSUE + 'colour = "red"\n', r"^test: issue 1 \(qemu-remap-unkeyed-bits\): unknown keys "
+                                  r"colour\n"),
     ("[issue]\nid = 1\n", r"expected only \[\[issue\]\] tables"),
     ("not toml =", r"not valid TOML"),
 ])
@@ -121,7 +138,7 @@ def test_the_shipped_list_parses_and_an_empty_file_knows_nothing(tmp_path: Path)
 def _row(status: Status, known: bool = False, absent: bool = False) -> ResultRow:
     verdict = Verdict(expectation="e", observed="o", status=status,
                       failures=(COLLISION,) if status is Status.FAIL else ())
-    return ResultRow("remap@overlay", "ids", Via.QEMU, verdict,
+    return ResultRow("remap@overlay", Check.IDS, Via.QEMU, verdict,
                      known_issue=ISSUES[0] if known else None,
                      unreproduced=ISSUES if absent else ())
 

@@ -4,6 +4,7 @@ the errors a host without a layout's tools gives."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from harness.config import ALL_LAYOUTS, ExportLayout, Layout
 from harness.errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
-from harness.host import blockfs, build, export, scripted
+from harness.host import blockfs, export, loop, scripted, tools
 from harness.host.scripted import ScriptedDevice, scripted_devices
 from harness.host.scripted_fs import validate_spec
 from harness.host.truth import (
@@ -244,30 +245,40 @@ def test_scripted_fullmap_overflows_into_the_full_map() -> None:
 # --- what a host without a layout's requirements says ---------------------------------
 
 
-def test_a_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("harness.host.build.shutil.which", lambda *a, **k: None)
+def test_a_missing_tool_names_its_package() -> None:
     with pytest.raises(LayoutRequirementMissing) as caught:
-        build.find_tool("mkfs.btrfs", "btrfs-progs")
-    assert caught.value.message.startswith("mkfs.btrfs is not installed")
+        tools.find_tool("mkfs.no-such-fs", "btrfs-progs")
+    assert caught.value.message.startswith("mkfs.no-such-fs is not installed")
     assert caught.value.hint.startswith("install btrfs-progs (scripts/setup does)")
     assert isinstance(caught.value, ExportError)
 
 
+def test_a_tool_only_in_sbin_is_found_with_a_path_that_lacks_sbin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A non-login root shell on Debian has no sbin in $PATH, where mkfs.* live.
+    in_sbin = next(p for d in (Path("/usr/sbin"), Path("/sbin")) if d.is_dir()
+                   for p in sorted(d.iterdir()) if p.is_file() and os.access(p, os.X_OK))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = Path(tools.find_tool(in_sbin.name, "some-package"))
+    assert found.name == in_sbin.name
+    assert str(found.parent) in ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 def test_rootless_loop_layouts_are_unavailable_in_one_line(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build, "in_user_namespace", lambda: True)
+    monkeypatch.setattr(tools, "in_user_namespace", lambda: True)
     with pytest.raises(LayoutUnavailable) as caught:
-        build.require_real_root("xfs")
+        tools.require_real_root("xfs")
     assert "\n" not in str(caught.value)
     assert str(caught.value) == ("xfs layout skipped: loop devices need real root, and this "
                                  "harness runs in a user namespace (rootless)")
 
 
 def test_a_kernel_without_the_filesystem_is_named() -> None:
-    assert build.kernel_filesystems("nodev\ttmpfs\n\text4\nnodev\toverlay\n") == {
+    assert tools.kernel_filesystems("nodev\ttmpfs\n\text4\nnodev\toverlay\n") == {
         "tmpfs", "ext4", "overlay"}
     with pytest.raises(LayoutRequirementMissing, match="this kernel has no nosuchfs-mdh"):
-        build.require_filesystem("nosuchfs-mdh")
+        tools.require_filesystem("nosuchfs-mdh")
 
 
 def test_nested_is_for_the_standard_layout_only() -> None:
@@ -284,6 +295,6 @@ def test_image_sizes_respect_each_mkfs_minimum() -> None:
 
 def test_the_loop_info_struct_has_the_kernels_size(tmp_path: Path) -> None:
     # struct loop_info64 is 232 bytes; lo_flags (autoclear) sits at offset 52.
-    info = build._loop_info(tmp_path / "x.img")
+    info = loop._loop_info(tmp_path / "x.img")
     assert len(info) == 232
     assert struct.unpack_from("=I", info, 52) == (4,)

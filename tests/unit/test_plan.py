@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.checks.registry import FAMILIES
+from harness.checks.registry import FAMILIES, RULES
 from harness.config import (
     ALL_CHECKS,
     ALL_MODES,
@@ -13,6 +13,8 @@ from harness.config import (
     ExportLayout,
     Layout,
     Mode,
+    RowKey,
+    Transport,
     Version,
     Via,
     parse_checks,
@@ -73,7 +75,7 @@ def test_no_control_and_single_device_runs() -> None:
 
 
 def test_rows_sort_by_mode_asked_then_controls_then_the_rest() -> None:
-    rank = row_rank((Mode.WARN, Mode.REMAP))
+    rank = row_rank(RULES, (Mode.WARN, Mode.REMAP))
     rows = ["reject-x", "control-remap", "remap", "control-warn", "warn"]
     assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
         "warn", "remap", "control-warn", "control-remap", "reject-x"]
@@ -111,7 +113,7 @@ def test_isolated_modes_keep_their_cache_devices_together() -> None:
 
 
 def test_rows_sort_by_mode_then_cache_as_asked() -> None:
-    rank = row_rank((Mode.WARN, Mode.REMAP), (Cache.LOOSE, Cache.NONE))
+    rank = row_rank(RULES, (Mode.WARN, Mode.REMAP), (Cache.LOOSE, Cache.NONE))
     rows = ["control-warn", "remap", "warn", "remap+loose", "warn+loose"]
     assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
         "warn+loose", "warn", "remap+loose", "remap", "control-warn"]
@@ -119,7 +121,7 @@ def test_rows_sort_by_mode_then_cache_as_asked() -> None:
 
 def _families(modes: tuple[Mode, ...], checks: tuple[Check, ...],
               layout: ExportLayout = LAYOUT) -> list[tuple[str, list[tuple[str, str]]]]:
-    return [(g.name, [(e.row, e.check) for e in apply_checks(g, checks).exports])
+    return [(g.name, [(e.row, e.check) for e in apply_checks(g, RULES, checks).exports])
             for g in plan_guests(modes, layout, True)]
 
 
@@ -156,10 +158,11 @@ def test_a_single_device_run_has_no_foreign_device_to_operate_on() -> None:
 
 
 def test_family_exports_are_small_two_device_exports() -> None:
-    (guest,) = [apply_checks(g, (Check.OPERATIONS,)) for g in plan_guests((Mode.WARN,), LAYOUT,
-                                                                       control=False)]
+    (guest,) = [apply_checks(g, RULES, (Check.OPERATIONS,))
+                for g in plan_guests((Mode.WARN,), LAYOUT, control=False)]
     assert [(e.layout.devices, e.layout.files_per_device) for e in guest.exports] == [(2, 2)]
-    (_, control) = [apply_checks(g, (Check.BIND,)) for g in plan_guests((Mode.WARN,), LAYOUT, True)]
+    (_, control) = [apply_checks(g, RULES, (Check.BIND,))
+                    for g in plan_guests((Mode.WARN,), LAYOUT, True)]
     assert [(e.row, e.layout.devices) for e in control.exports] == [("bind-warn", 1)]
 
 
@@ -177,7 +180,7 @@ def test_parse_checks() -> None:
 
 
 def test_family_rows_sort_after_ids_and_controls() -> None:
-    rank = row_rank((Mode.WARN, Mode.REMAP))
+    rank = row_rank(RULES, (Mode.WARN, Mode.REMAP))
     rows = ["cross_device-warn", "operations-remap", "control-warn", "remap",
             "operations-warn", "warn"]
     assert sorted(rows, key=lambda r: rank.get(r, len(rank))) == [
@@ -186,25 +189,25 @@ def test_family_rows_sort_after_ids_and_controls() -> None:
 
 
 def test_libvirt_runs_no_family_that_mounts_after_qemu_started() -> None:
-    assert checks_for(Via.QEMU, ALL_CHECKS) == (ALL_CHECKS, ())
-    assert checks_for(Via.LIBVIRT, ALL_CHECKS) == (
+    assert checks_for(Via.QEMU, RULES, ALL_CHECKS) == (ALL_CHECKS, ())
+    assert checks_for(Via.LIBVIRT, RULES, ALL_CHECKS) == (
         ("ids", "operations", "cross_device", "remount"), ("runtime_mount", "held_fd", "bind"))
 
 
 def test_families_join_once_per_mode_whatever_its_cache_exports() -> None:
     plans = plan_guests((Mode.WARN,), LAYOUT, False, caches=(Cache.NONE, Cache.LOOSE))
-    rows = [e.row for e in apply_checks(plans[0], DEFAULT_CHECKS).exports]
+    rows = [e.row for e in apply_checks(plans[0], RULES, DEFAULT_CHECKS).exports]
     assert rows.count("operations-warn") == 1 and rows[:2] == ["warn", "warn+loose"]
 
 
 def test_cross_device_gets_a_row_per_inode_caching_cache_mode() -> None:
     plans = plan_guests((Mode.WARN,), LAYOUT, False,
                         caches=(Cache.NONE, Cache.MMAP, Cache.LOOSE, Cache.FSCACHE))
-    exports = apply_checks(plans[0], (Check.CROSS_DEVICE,)).exports
+    exports = apply_checks(plans[0], RULES, (Check.CROSS_DEVICE,)).exports
     assert [(e.row, e.cache) for e in exports] == [
         ("cross_device-warn", "none"), ("cross_device-warn+loose", "loose"),
         ("cross_device-warn+fscache", "fscache")]
-    rank = row_rank((Mode.WARN,), (Cache.NONE, Cache.LOOSE))
+    rank = row_rank(RULES, (Mode.WARN,), (Cache.NONE, Cache.LOOSE))
     assert rank["cross_device-warn"] < rank["cross_device-warn+loose"] < rank["runtime_mount-warn"]
 
 
@@ -215,7 +218,8 @@ def test_witnesses_run_where_their_verdict_says_something() -> None:
     assert witnessed == {"remap", "remap+loose", "warn", "warn+loose", "default",
                          "default+loose", "control-remap"}
     # Nor bind (one host file per path, nothing the ids rules do not judge).
-    binds = [e for g in plans for e in apply_checks(g, ALL_CHECKS).exports if e.check == "bind"]
+    binds = [e for g in plans for e in apply_checks(g, RULES, ALL_CHECKS).exports
+             if e.check == "bind"]
     assert len(binds) == 4 and not any(e.witness for e in binds)
 
 
@@ -226,7 +230,7 @@ def test_single_device_default_is_witnessed_only_where_it_may_remap(
         version: Version | None, witnessed: bool) -> None:
     from harness.plan import RunOptions, plan_run
 
-    plan = plan_run(RunOptions(modes=tuple(ALL_MODES), layout=LAYOUT), True, version)
+    plan = plan_run(RunOptions(modes=tuple(ALL_MODES), layout=LAYOUT), RULES, True, version)
     witness = {e.row: e.witness for g in plan.guests for e in g.exports if e.check is Check.IDS}
     assert witness["default@overlay"] is witnessed
     assert witness["default+loose@overlay"] is witnessed
@@ -240,7 +244,7 @@ def _refusal(**given: object) -> str:
 
     options = RunOptions(**{"modes": tuple(ALL_MODES), "layout": LAYOUT, **given})  # type: ignore[arg-type]  # the test's own keywords
     with pytest.raises(UsageError) as caught:
-        refuse_empty_selection(options)
+        refuse_empty_selection(options, RULES)
     return caught.value.message
 
 
@@ -276,4 +280,28 @@ def test_a_selection_with_rows_is_not_refused() -> None:
     from harness.plan import RunOptions, refuse_empty_selection
 
     refuse_empty_selection(RunOptions(modes=(Mode.FORBID,), layout=LAYOUT,
-                                      checks=(Check.HELD_FD,)))
+                                      checks=(Check.HELD_FD,)), RULES)
+
+
+@pytest.mark.parametrize(("key", "name"), [
+    (RowKey(Check.IDS, Mode.WARN), "warn"),
+    (RowKey(Check.IDS, Mode.WARN, Cache.LOOSE, Layout.OVERLAY), "warn+loose@overlay"),
+    (RowKey(Check.IDS, Mode.REMAP, control=True), "control-remap"),
+    (RowKey(Check.CROSS_DEVICE, Mode.WARN, Cache.FSCACHE), "cross_device-warn+fscache"),
+    (RowKey(Check.IDS, Mode.DEFAULT, layout=Layout.BTRFS, transport=Transport.VIRTIOFS,
+            submounts=False), "virtiofs-nosubmounts@btrfs"),
+    (RowKey(Check.BIND, Mode.DEFAULT, transport=Transport.VIRTIOFS), "bind-virtiofs"),
+])
+def test_a_row_key_names_its_row(key: RowKey, name: str) -> None:
+    assert str(key) == name
+
+
+def test_every_planned_export_is_named_by_its_key_and_no_two_share_a_name() -> None:
+    from harness.plan import RunOptions, plan_run
+
+    options = RunOptions(modes=tuple(ALL_MODES), layout=LAYOUT,
+                         caches=(Cache.NONE, Cache.LOOSE, Cache.FSCACHE),
+                         transports=(Transport.NINEP, Transport.VIRTIOFS))
+    exports = [e for g in plan_run(options, RULES, True).guests for e in g.exports]
+    assert len({e.row for e in exports}) == len(exports) > 40
+    assert {e.row for e in exports if e.control} == {f"control-{m}" for m in ALL_MODES}

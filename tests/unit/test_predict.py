@@ -26,7 +26,7 @@ from harness.verdicts.predict import (
     raw_collisions,
 )
 
-from .test_oracle import (
+from .test_ids_verdicts import (
     FORBID_MESSAGE,
     NO_OVERLAP,
     OLD,

@@ -16,13 +16,7 @@ from harness.verdicts.qemu_end import (
     with_findings,
 )
 
-WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
-           "export, which might lead to file ID collisions and severe misbehaviours on guest! "
-           "You should either use a separate export for each device shared from host or use "
-           "virtfs option 'multidevs=remap'!")
-FORBID = ("qemu-system-x86_64: 9p: Multiple devices detected in same VirtFS export. Access "
-          "of guest to additional devices is (partly) denied due to virtfs option "
-          "'multidevs=forbid' being effective.")
+from .test_qemu_stderr import FORBID, WARNING
 
 
 def test_a_quit_that_ends_with_status_0_is_how_the_harness_ends_qemu() -> None:

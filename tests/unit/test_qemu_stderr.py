@@ -23,7 +23,13 @@ from harness.verdicts.qemu_stderr import (
 )
 
 # 7.2's multi-device messages, as printed in a default matrix.
-from .test_qemu_end import FORBID, WARNING
+WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "
+           "export, which might lead to file ID collisions and severe misbehaviours on guest! "
+           "You should either use a separate export for each device shared from host or use "
+           "virtfs option 'multidevs=remap'!")
+FORBID = ("qemu-system-x86_64: 9p: Multiple devices detected in same VirtFS export. Access "
+          "of guest to additional devices is (partly) denied due to virtfs option "
+          "'multidevs=forbid' being effective.")
 
 MON_11_1 = ("qemu-system-x86_64: -mon chardev=qmp,mode=control: warning: '-mon' is "
             "deprecated, use '-object' with 'monitor-hmp' or 'monitor-qmp' types instead")

@@ -12,7 +12,7 @@ import pytest
 
 from harness.agent.stat import GuestStat
 from harness.checks.live import RemountCheck, another_order
-from harness.config import ExportLayout, ExportSpec, Mode
+from harness.config import Check, ExportLayout, ExportSpec, Mode
 from harness.errors import GuestOutputError
 from harness.guest.lifecycle import Guest
 from harness.guest.ssh import CommandResult
@@ -27,7 +27,7 @@ TRUTH = HostTruth((host_dir(".", 10, 1, 0), host_file("a", 10, 2, 0),
 EXPORT = Export(Path("/nonexistent"), ExportLayout(devices=2, files_per_device=1), (), TRUTH)
 SPEC = ExportSpec(tag="mdh3", path=Path("/nonexistent"), mode=Mode.REMAP,
                   mount_point="/mnt/mdh3")
-PLAN = ExportPlan("remount-remap", Mode.REMAP, EXPORT.layout)
+PLAN = ExportPlan(Mode.REMAP, EXPORT.layout, Check.REMOUNT)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 
 from harness.agent.stat import GuestObservation
 from harness.bench.figures import header
-from harness.config import Accel, AccelDecision, Mode, Version, Via
+from harness.config import Accel, AccelDecision, Cache, Check, Layout, Mode, Version, Via
 from harness.host.truth import HostTruth
 from harness.qemu.probe import QemuInfo
 from harness.report import (
@@ -39,7 +39,7 @@ from harness.verdicts.common import Status
 from harness.verdicts.ids import judge, unobserved
 from harness.verdicts.known import KnownIssue
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
-from harness.verdicts.rejection import Attempt, judge_rejection
+from harness.verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from harness.verdicts.witnesses import Witness
 
 # The report schema's page: it must name every JSON key the harness writes.
@@ -60,7 +60,7 @@ def _flat(nested: dict[str, Any]) -> set[str]:
 
 def _row(case: str, status: Status) -> ResultRow:
     verdict = unobserved(Mode.REMAP, 3, f"{case} went {status.value}", status)
-    return ResultRow(case=case, check="ids", via=Via.QEMU, verdict=verdict, guest=GUEST,
+    return ResultRow(case=case, check=Check.IDS, via=Via.QEMU, verdict=verdict, guest=GUEST,
                      log_dir=Path("/logs") / case)
 
 
@@ -68,16 +68,16 @@ def _rejection_row() -> ResultRow:
     verdict = judge_rejection("bogus", "path", "refuse bogus",
                               [Attempt("defineXML", "invalid multidevs 'bogus'")],
                               ("multidevs", "bogus"))
-    return ResultRow(case="reject-invalid-multidevs", check="rejection", via=Via.LIBVIRT,
-                     verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
+    return ResultRow(case="reject-invalid-multidevs", check=RejectionCheck.REJECTION,
+                     via=Via.LIBVIRT, verdict=verdict, backend=(("libvirt_version", "9.0.0"),))
 
 
 def _ops_row() -> ResultRow:
     case = OpCase("unlink", "file", 1, "dev01/ops/file-unlink")
     seen = OperationsSeen((case,), (19,), ("dev01",), 0, ("dev01",), (), 2)
     verdict = judge_operations(Mode.FORBID, Version(7, 2, 22), seen, "", "")
-    return ResultRow(case="operations-forbid", check="operations", via=Via.QEMU,
-                     verdict=verdict, guest=GUEST, cache="none")
+    return ResultRow(case="operations-forbid", check=Check.OPERATIONS, via=Via.QEMU,
+                     verdict=verdict, guest=GUEST, cache=Cache.NONE)
 
 
 def _report(*rows: ResultRow) -> RunResults:
@@ -182,7 +182,7 @@ def _witnessed_row() -> ResultRow:
                     GuestObservation(({},), {}, {}), "",
                     (Witness("du", False, "du -ab: counted 0 B of 9 B of files", 1),
                      Witness.not_run("find", "find: not in the guest image")))
-    return ResultRow(case="control-remap", check="ids", via=Via.QEMU, verdict=verdict)
+    return ResultRow(case="control-remap", check=Check.IDS, via=Via.QEMU, verdict=verdict)
 
 
 def test_each_witness_is_written_out_under_its_tool() -> None:
@@ -219,7 +219,7 @@ def test_table_names_the_guest_kernel_only_when_rows_differ() -> None:
     wide = table(_report(_row("remap", Status.PASS)), wide=True)
     assert wide.splitlines()[0].split() == ["case", "expectation", "observed", "witnesses",
                                             "verdict"]
-    other = ResultRow(case="warn", check="ids", via=Via.QEMU, guest=GuestRecord(
+    other = ResultRow(case="warn", check=Check.IDS, via=Via.QEMU, guest=GuestRecord(
         "debian-trixie-x86_64", "6.12.57+deb13-amd64", "warn"),
         verdict=unobserved(Mode.WARN, 3, "x", Status.PASS))
     two = table(_report(_row("remap", Status.PASS), other))
@@ -261,7 +261,7 @@ LONG_OBSERVED = ("14 of 14 runtime paths stat-able, 13 collisions, 2 denied, 1 w
 def _long_row(case: str, layout: str, status: Status, expectation: str) -> ResultRow:
     row = _row(case, status)
     verdict = replace(row.verdict, expectation=expectation, observed=LONG_OBSERVED)
-    return replace(row, verdict=verdict, layout=layout)
+    return replace(row, verdict=verdict, layout=Layout(layout))
 
 
 def _table_part(text: str) -> list[str]:
@@ -324,7 +324,7 @@ def test_markdown_has_every_row_and_failure_and_escapes_bars() -> None:
 def test_a_known_issue_is_named_once_above_the_rows_it_explains() -> None:
     issue = KnownIssue("qemu-remap-unkeyed-bits", "multidevs=remap gives distinct files one "
                        "qid when their inode numbers differ only in high bits the device's "
-                       "remap key ignores (overlayfs xino layers)", "qemu", ("remap",), (),
+                       "remap key ignores (overlayfs xino layers)", ("remap",), (),
                        "multidevs-harness reproduce --layout overlay --mode remap")
     rows = [replace(_row(case, Status.FAIL), known_issue=issue)
             for case in ("remap@overlay", "remap+loose@overlay")]

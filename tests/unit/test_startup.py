@@ -1,5 +1,5 @@
 """The start-up path loads only what the command needs: ``exec`` (and every command's
-``--help``) loads no oracle, no result schema and no report writer; ``reproduce``
+``--help``) loads no verdicts, no result schema and no report writer; ``reproduce``
 loads no report writer.  Each case runs in a fresh interpreter, since this process
 has long imported everything."""
 
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-# The oracles and what only a judged run needs: none of it is exec's business.
+# The verdicts and what only a judged run needs: none of it is exec's business.
 JUDGING = ("harness.verdicts", "harness.results", "harness.report", "harness.checks",
            "harness.run", "harness.pool")
 REPORT_WRITERS = ("harness.report",)
@@ -34,7 +34,7 @@ def offending(modules: list[str], banned: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.timeout(90)
-def test_exec_path_loads_no_oracle_and_no_report() -> None:
+def test_exec_path_loads_no_verdicts_and_no_report() -> None:
     # Everything exec runs: the CLI, the command and the guest machinery it uses.
     modules = loaded_after("import harness.cli, harness.commands.exec")
     assert "harness.qemu.machine" in modules, "the exec path was not loaded at all"
@@ -43,7 +43,7 @@ def test_exec_path_loads_no_oracle_and_no_report() -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("command", ["exec", "reproduce", "run", "probe"])
-def test_help_loads_no_oracle(command: str) -> None:
+def test_help_loads_no_verdicts(command: str) -> None:
     modules = loaded_after(
         "from harness.cli import main\n"
         f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass")

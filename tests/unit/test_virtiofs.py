@@ -16,6 +16,7 @@ import pytest
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.checks.live import binds_before_start
+from harness.checks.registry import RULES
 from harness.config import (
     Accel,
     Cache,
@@ -199,8 +200,8 @@ def _options(transports: str) -> RunOptions:
 
 def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_their_own(
         ) -> None:
-    plan = plan_run(_options("9p,virtiofs"), live_stderr=True)
-    ninep = plan_run(_options("9p"), live_stderr=True)
+    plan = plan_run(_options("9p,virtiofs"), families=RULES, live_stderr=True)
+    ninep = plan_run(_options("9p"), families=RULES, live_stderr=True)
     extra = plan.guests[len(ninep.guests):]
     assert plan.guests[:len(ninep.guests)] == ninep.guests
     assert [g.name for g in extra] == ["virtiofs", "virtiofs-nosubmounts"]
@@ -216,23 +217,23 @@ def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_th
     # The families' own exports, whatever the layouts: two devices, bind's one.
     assert [(e.layout.devices, e.witness) for e in extra[0].exports[2:]] == [
         (2, True), (2, True), (1, False)]
-    rank = row_rank((Mode.REMAP,), layouts=(Layout.STANDARD, Layout.OVERLAY))
+    rank = row_rank(RULES, (Mode.REMAP,), layouts=(Layout.STANDARD, Layout.OVERLAY))
     assert rank["bind-virtiofs-nosubmounts"] == len(rank) - 1
     assert rank["virtiofs-nosubmounts@overlay"] < rank["operations-virtiofs"]
-    only = plan_run(_options("virtiofs"), live_stderr=True)
+    only = plan_run(_options("virtiofs"), families=RULES, live_stderr=True)
     assert [g.name for g in only.guests] == ["virtiofs", "virtiofs-nosubmounts"]
 
 
 def test_virtiofs_families_follow_checks_and_skip_those_mounting_after_start() -> None:
     options = replace(_options("virtiofs"), checks=(Check.CROSS_DEVICE, Check.RUNTIME_MOUNT,
                                                       Check.HELD_FD, Check.REMOUNT))
-    plan = plan_run(options, live_stderr=True)
+    plan = plan_run(options, families=RULES, live_stderr=True)
     assert [[e.row for e in g.exports] for g in plan.guests] == [
         ["cross_device-virtiofs"], ["cross_device-virtiofs-nosubmounts"]]
     alone = replace(options, checks=(Check.RUNTIME_MOUNT,))
-    assert plan_run(alone, live_stderr=True).guests == ()
+    assert plan_run(alone, families=RULES, live_stderr=True).guests == ()
     single = replace(options, layout=ExportLayout(devices=1))
-    assert plan_run(single, live_stderr=True).guests == ()
+    assert plan_run(single, families=RULES, live_stderr=True).guests == ()
 
 
 def test_unknown_transport_is_refused() -> None:
@@ -284,17 +285,18 @@ def test_virtiofsd_version_and_lookup() -> None:
 
 def test_virtiofs_binds_are_made_before_the_daemon_starts() -> None:
     plan = plan_run(replace(_options("virtiofs"), checks=(Check.BIND, Check.OPERATIONS)),
-                    live_stderr=True)
+                    families=RULES, live_stderr=True)
     exports = [e for g in plan.guests for e in g.exports]
     assert [binds_before_start(e) for e in exports] == [False, True, False, True]
-    ninep = plan_run(replace(_options("9p"), checks=(Check.BIND,)), live_stderr=True)
+    ninep = plan_run(replace(_options("9p"), checks=(Check.BIND,)), families=RULES,
+                     live_stderr=True)
     assert not any(binds_before_start(e) for g in ninep.guests for e in g.exports)
 
 
 def test_libvirt_plans_the_submount_rows_alone() -> None:
     # libvirt 9.0 starts virtiofsd itself and has no XML to turn submounts off.
     options = replace(_options("virtiofs"), via=Via.LIBVIRT, layouts=(Layout.STANDARD,))
-    plan = plan_run(options, live_stderr=False)
+    plan = plan_run(options, families=RULES, live_stderr=False)
     assert [[e.row for e in g.exports] for g in plan.guests] == [
         ["virtiofs", "operations-virtiofs", "cross_device-virtiofs"]]
     assert plan.skipped == (Check.RUNTIME_MOUNT, Check.HELD_FD, Check.BIND)

@@ -606,7 +606,7 @@ def test_unobserved_is_a_failure_when_the_guest_crashed_under_test() -> None:
     assert verdict.observed == "not observed: the guest crashed under test"
 
 
-# --- issue 21: the oracle's remaining holes ------------------------------------------
+# --- issue 21: the verdicts' remaining holes -----------------------------------------
 
 REWORDED_WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in the same "
                     "VirtFS export, which may cause file ID collisions; use multidevs=remap")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from harness.verdicts.ops import (
     CrossSeen,
     OpCase,
     OperationsSeen,
+    OpsVerdict,
     expected_host_state,
     judge_cross_device,
     judge_operations,
@@ -44,6 +46,14 @@ def _as_measured(forbid: bool) -> list[int]:
     return [errno.ENODEV if forbid and c.device else c.natural for c in _cases()]
 
 
+def _forbid_answering(code: int, pick: Callable[[OpCase], bool]) -> OpsVerdict:
+    """forbid's verdict when the first case ``pick`` selects answers ``code`` and every
+    other case what forbid must answer."""
+    answers = _as_measured(True)
+    answers[next(i for i, c in enumerate(_cases()) if pick(c))] = code
+    return judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+
+
 def test_the_cases_cover_every_operation_on_every_kind_of_target() -> None:
     cases = _cases()
     ops = {c.op for c in cases}
@@ -63,11 +73,8 @@ def test_forbid_passes_when_every_foreign_operation_is_enodev() -> None:
 
 
 def test_a_foreign_operation_that_succeeds_under_forbid_fails_and_is_named() -> None:
-    answers = _as_measured(True)
-    index = next(i for i, c in enumerate(_cases())
-                 if c.device == 1 and c.op == "unlink" and c.target == "file")
-    answers[index] = 0
-    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    verdict = _forbid_answering(
+        0, lambda c: c.device == 1 and c.op == "unlink" and c.target == "file")
     assert verdict.status is Status.FAIL
     assert verdict.failures == (
         "unlink on file 'dev01/ops/file-unlink' (device 1) gave success, "
@@ -76,18 +83,12 @@ def test_a_foreign_operation_that_succeeds_under_forbid_fails_and_is_named() -> 
 
 def test_enoent_for_a_missing_name_under_a_foreign_directory_fails_under_forbid() -> None:
     # The walk must stop at the foreign directory, not report the name as absent.
-    answers = _as_measured(True)
-    index = next(i for i, c in enumerate(_cases()) if c.device == 1 and c.target == "missing")
-    answers[index] = errno.ENOENT
-    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    verdict = _forbid_answering(errno.ENOENT, lambda c: c.device == 1 and c.target == "missing")
     assert verdict.status is Status.FAIL and "ENOENT" in verdict.failures[0]
 
 
 def test_a_root_device_operation_denied_under_forbid_fails() -> None:
-    answers = _as_measured(True)
-    index = next(i for i, c in enumerate(_cases()) if c.device == 0 and c.op == "creat")
-    answers[index] = errno.ENODEV
-    verdict = judge_operations(Mode.FORBID, V7, _seen(answers), "", "")
+    verdict = _forbid_answering(errno.ENODEV, lambda c: c.device == 0 and c.op == "creat")
     assert verdict.status is Status.FAIL and "the root device" in verdict.failures[0]
 
 

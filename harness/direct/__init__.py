@@ -1,0 +1,2 @@
+"""QEMU run directly by the harness: the direct backend of the run (``--via qemu``),
+beside ``libvirt`` (``--via libvirt``)."""
