@@ -252,8 +252,11 @@ def test_a_run_whose_rows_could_not_be_judged_says_why_in_an_error_line(
     assert result.returncode == EXIT_ENVIRONMENT, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert errors == ["error: 1 of 1 rows could not be judged; first [remap] QemuFailed: "
-                      "remap: QEMU exited with status 1"], errors
+    # The first reason carries QEMU's own words about the device it refused.
+    assert errors[0].startswith(
+        "error: 1 of 1 rows could not be judged; first [remap] QemuExitedEarly: remap: QEMU "
+        "exited with status 1: qemu-system-x86_64: -device mdh-no-such-device,netdev=net0"
+        ",romfile=: 'mdh-no-such-device' is not a valid device model name"), errors
     assert "hint: the failures above name each row's reason" in result.stderr
     sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
 
@@ -267,6 +270,7 @@ def test_a_reproduce_that_could_not_run_says_why_in_an_error_line(tmp_path: Path
                          timeout=100)
     assert result.returncode == EXIT_ENVIRONMENT, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: 1 of 1 rows could not be judged; first [warn] QemuFailed: "
-                      "warn: QEMU exited with status 1"], result.stderr
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: 1 of 1 rows could not be judged; first [warn] QemuExitedEarly: warn: QEMU "
+        "exited with status 1: qemu-system-x86_64: -device mdh-no-such-device"), result.stderr
     sandbox.assert_clean(allowed=kept_log_dirs(result.stderr))
