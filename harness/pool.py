@@ -335,9 +335,12 @@ def _rows(run: RunContext, plan: GuestPlan, guest: Guest, observed: Sequence[Obs
     version = run.env.info.version
     rows = []
     for item in observed:
+        # QEMU prints some warnings once per process: what it wrote before this
+        # export was observed says whether an earlier export had them.
+        before = stderr[end.stderr_from if end else 0:item.stderr.start] if live else ""
         judging = Judging(item.plan, item.export, item.spec, version,
                           stderr[item.stderr] if live else stderr, outside,
-                          problems.get(item.spec.path, ()))
+                          problems.get(item.spec.path, ()), before)
         mounted = _mounted(proc_mounts, item.spec)
         judged = item.judge(judging)
         if item.spec.transport is Transport.NINEP:  # virtiofs has no 9p cache= to prove

@@ -31,6 +31,7 @@ class Judging:
     stderr: str  # what QEMU wrote while this export alone was observed
     stderr_outside: str  # what it wrote outside every export's observation
     command_failures: Sequence[str]  # what is wrong with the generated command line
+    stderr_before: str = ""  # what it wrote before this export's observation began
 
 
 class CheckFamily(Protocol[SeenT]):

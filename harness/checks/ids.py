@@ -27,6 +27,7 @@ from ..plan import ExportPlan, FamilyRules, Placement
 from ..verdicts.common import _capped
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge
+from ..verdicts.remap import FULLMAP_WARNING
 from ..verdicts.virtiofs import judge_virtiofs
 from ..verdicts.witnesses import Witness, judge_witnesses
 from .family import Judging
@@ -111,6 +112,7 @@ class IdsCheck:
             stderr_outside=judging.stderr_outside, command_failures=judging.command_failures,
             message_printed=judging.plan.message_printed, harm=harm,
             dmesg=seen.dmesg, layout=judging.export.layout.kind,
+            fullmap_printed=FULLMAP_WARNING in judging.stderr_before,
         )
         return replace(verdict, notes=verdict.notes + _export_notes(judging.export))
 

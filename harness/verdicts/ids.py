@@ -604,12 +604,13 @@ def _harm_text(harm: Harm | None) -> str:
 
 
 def _remap_failures(remap: RemapCheck | None, collisions: Sequence[Collision],
-                    qemu_stderr: str) -> list[str]:
+                    qemu_stderr: str, fullmap_printed: bool) -> list[str]:
     """The model's explanation of each collision it predicted, and the rule on QEMU's
-    full-map warning (expected exactly where the model's table overflows)."""
+    full-map warning (expected exactly where the model's table overflows, once per
+    process)."""
     explained = remap_failures(remap, (frozenset((d, i) for _, d, i in c.host_files)
                                        for c in collisions)) if remap is not None else []
-    return explained + fullmap_warning_failures(remap, qemu_stderr)
+    return explained + fullmap_warning_failures(remap, qemu_stderr, fullmap_printed)
 
 
 def judge(
@@ -626,6 +627,7 @@ def judge(
     harm: HarmInput | None = None,
     dmesg: str = "",
     layout: Layout | None = None,
+    fullmap_printed: bool = False,
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
 
@@ -633,7 +635,9 @@ def judge(
     observation: ``stderr_outside``); ``command_failures``: libvirt's command line;
     ``message_printed``: an earlier export of this mode in this QEMU showed the message;
     ``layout``: the export's layout, whose premise (``host.truth.layout_premise``) the
-    row needs (None: an inode number repeats across devices, or a single device).
+    row needs (None: an inode number repeats across devices, or a single device);
+    ``fullmap_printed``: this QEMU printed its full-map warning before this export was
+    observed (it prints it once per process).
     """
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
@@ -652,7 +656,7 @@ def judge(
     else:
         failures = _rule_failures(expectation, control, truth, observation, witnesses,
                                   extra.allowed)
-        failures += _remap_failures(remap, collisions, qemu_stderr)
+        failures += _remap_failures(remap, collisions, qemu_stderr, fullmap_printed)
         failures += message_failures(None if control else expectation, messages,
                                       message_printed)
         failures += outside_failures(stderr_outside)

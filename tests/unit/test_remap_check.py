@@ -184,3 +184,16 @@ def test_a_layout_premise_that_fails_makes_the_row_inconclusive() -> None:
                     layout=Layout.OVERLAY_MIXED)
     assert verdict.status is Status.INCONCLUSIVE
     assert verdict.failures[0].startswith("premise failed: ")
+
+
+def test_the_fullmap_warning_printed_for_an_earlier_export_is_not_expected_again() -> None:
+    # Each export is a 9p device with its own remap table, but QEMU warns once per
+    # process: the second export whose table overflows shows nothing (stock QEMU 7.2's
+    # remap+loose@scripted-fullmap failed "found it 0 times" before this was passed).
+    truth = _overlay()
+    check = replace(check_remap(truth, _guest(truth, MODEL_INOS)), fullmap_reached=True)
+    line = f"qemu-system-x86_64: warning: 9p: {FULLMAP_WARNING}"
+    assert fullmap_warning_failures(check, "", printed_before=True) == []
+    assert fullmap_warning_failures(check, line, printed_before=True) == [
+        f"QEMU's {FULLMAP_WARNING!r} warning again, 1 times: it prints it once per "
+        "process, and did for an earlier export"]
