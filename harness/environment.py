@@ -128,9 +128,15 @@ _SYSTEM_BIN = (Path("/usr/bin"), Path("/bin"), Path("/usr/local/bin"), Path("/us
 # Where Debian's packages put the firmware QEMU's share/qemu links to (seabios,
 # ipxe-qemu), relative to the prefix.
 _DEBIAN_SPLIT = ("share/seabios", "lib/ipxe/qemu")
+# The host's firmware directories, as Debian's own QEMU is built to search them.
+HOST_FIRMWARE = (Path("/usr/share/qemu"), Path("/usr/share/seabios"),
+                 Path("/usr/lib/ipxe/qemu"))
+# What every guest here loads: q35's BIOS and the option ROM of a -kernel boot.
+_NEEDED_BLOBS = ("bios-256k.bin", _MARKER_ROM)
 
 
-def find_datadirs(binary: Path, override: Sequence[Path] = ()) -> tuple[Path, ...]:
+def find_datadirs(binary: Path, override: Sequence[Path] = (),
+                  host: Sequence[Path] = HOST_FIRMWARE) -> tuple[Path, ...]:
     """The firmware directories to pass as -L for ``binary``, in search order; () for
     QEMU's own.
 
@@ -140,6 +146,9 @@ def find_datadirs(binary: Path, override: Sequence[Path] = ()) -> tuple[Path, ..
     the prefix it sits in (``../share/qemu/``, and where they exist the prefix's
     ``share/seabios`` and ``lib/ipxe/qemu``, where Debian puts the BIOS and the
     option ROMs): its built-in path points at a prefix where nothing is installed.
+    When those lack a blob every guest here needs (a build from Debian's source,
+    whose blobs are dropped), the host's firmware directories (``host``: Debian's
+    three) follow them, so QEMU finds the blob there.
     """
     for directory in override:
         if not directory.is_dir():
@@ -150,12 +159,19 @@ def find_datadirs(binary: Path, override: Sequence[Path] = ()) -> tuple[Path, ..
         return tuple(override)
     if binary.parent in _SYSTEM_BIN:
         return ()
+    own = _own_datadirs(binary)
+    if all(any((d / blob).is_file() for d in own) for blob in _NEEDED_BLOBS):
+        return own
+    return (*own, *(d for d in host if d.is_dir() and d not in own))
+
+
+def _own_datadirs(binary: Path) -> tuple[Path, ...]:
     beside = binary.parent / "pc-bios"
+    # The option ROM of -kernel boots, which every guest here needs: its presence
+    # tells QEMU's data directory from an unrelated folder of the same name.
     if (beside / _MARKER_ROM).is_file():
         return (beside,)
     prefix = binary.parent.parent
-    # The option ROM of -kernel boots, which every guest here needs: its presence
-    # tells QEMU's data directory from an unrelated folder of the same name.
     if not (prefix / "share" / "qemu" / _MARKER_ROM).is_file():
         return ()
     return tuple(d for d in (prefix / "share" / "qemu", *(prefix / s for s in _DEBIAN_SPLIT))

@@ -23,14 +23,29 @@ def _tree(root: Path, *files: str) -> None:
 
 
 def test_build_tree_uses_its_pc_bios(tmp_path: Path) -> None:
-    _tree(tmp_path, "build/qemu-system-x86_64", "build/pc-bios/linuxboot_dma.bin")
+    _tree(tmp_path, "build/qemu-system-x86_64", "build/pc-bios/linuxboot_dma.bin",
+          "build/pc-bios/bios-256k.bin")
     binary = tmp_path / "build/qemu-system-x86_64"
-    assert find_datadirs(binary) == (tmp_path / "build/pc-bios",)
+    assert find_datadirs(binary, host=(tmp_path / "host",)) == (tmp_path / "build/pc-bios",)
+
+
+def test_a_build_without_the_bios_gets_the_hosts_firmware_after_its_own(
+        tmp_path: Path) -> None:
+    # A build of Debian's source: its blobs are dropped, so QEMU could not load
+    # bios-256k.bin; Debian's three host directories follow its own, in order.
+    _tree(tmp_path, "build/qemu-system-x86_64", "build/pc-bios/linuxboot_dma.bin",
+          "host/qemu/x", "host/seabios/bios-256k.bin")
+    host = (tmp_path / "host/qemu", tmp_path / "host/seabios", tmp_path / "host/ipxe")
+    assert find_datadirs(tmp_path / "build/qemu-system-x86_64", host=host) == (
+        tmp_path / "build/pc-bios", tmp_path / "host/qemu", tmp_path / "host/seabios")
+    _tree(tmp_path, "bare/qemu-system-x86_64")
+    assert find_datadirs(tmp_path / "bare/qemu-system-x86_64", host=host) == host[:2]
 
 
 def test_unpacked_package_uses_its_share_qemu(tmp_path: Path) -> None:
-    _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin")
-    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64") == (
+    _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin",
+          "usr/share/qemu/bios-256k.bin")
+    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64", host=()) == (
         tmp_path / "usr/share/qemu",)
 
 
@@ -39,14 +54,15 @@ def test_an_unpacked_debian_prefix_passes_its_split_firmware_too(tmp_path: Path)
     # own, in share/seabios and lib/ipxe/qemu of the same prefix.
     _tree(tmp_path, "usr/bin/qemu-system-x86_64", "usr/share/qemu/linuxboot_dma.bin",
           "usr/share/seabios/bios-256k.bin", "usr/lib/ipxe/qemu/efi-virtio.rom")
-    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64") == (
+    assert find_datadirs(tmp_path / "usr/bin/qemu-system-x86_64",
+                         host=(tmp_path / "none",)) == (
         tmp_path / "usr/share/qemu", tmp_path / "usr/share/seabios",
         tmp_path / "usr/lib/ipxe/qemu")
 
 
 def test_a_folder_without_qemus_roms_is_not_taken(tmp_path: Path) -> None:
     _tree(tmp_path, "bin/qemu-system-x86_64", "bin/pc-bios/README", "share/qemu/other.bin")
-    assert find_datadirs(tmp_path / "bin/qemu-system-x86_64") == ()
+    assert find_datadirs(tmp_path / "bin/qemu-system-x86_64", host=()) == ()
 
 
 def test_system_binaries_keep_their_built_in_path() -> None:
