@@ -941,6 +941,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         # 128 + the signal, as a shell reports a command a signal ended: 130 for
         # SIGINT (Ctrl-C), 143 for SIGTERM.
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        # The stop is done: a later signal must not end the exit itself.  Python puts
+        # its own handlers back to the default at shutdown, and a second SIGINT 50 ms
+        # after the first then ended the process by the signal (status -2, not 130);
+        # an ignored signal stays ignored through shutdown.
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
         say(f"interrupted ({signal.Signals(signum).name}): guests stopped, mounts and "
             "temporary files removed", err=True)
         return 128 + signum

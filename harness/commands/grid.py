@@ -19,6 +19,7 @@ from ..environment import resolve_qemu
 from ..errors import EXIT_ERROR, EXIT_FAIL
 from ..image.recipe import load_recipe
 from ..plan import RunOptions
+from ..qemu.debian import suite_of
 from ..results import RunResults
 from ..run import run_checks
 from ..verdicts.common import Status
@@ -76,10 +77,14 @@ def run_grid(options: RunOptions, qemus: Sequence[str], guests: Sequence[str],
     """Run ``options`` on every QEMU x guest cell, one after another.  Every QEMU is
     found (a Debian one fetched) and every guest recipe read before the first cell
     boots, so a bad last name fails at once, not after the cells before it."""
+    # Names first (no archive, no process), then what takes time: a bad name anywhere
+    # fails before anything is fetched or started.
     for qemu in qemus:
-        resolve_qemu(qemu, progress)
+        suite_of(qemu)
     for guest in guests:
         load_recipe(guest)
+    for qemu in qemus:
+        resolve_qemu(qemu, progress)
     cells: list[Cell] = []
     total = len(qemus) * len(guests)
     for qemu in qemus:

@@ -129,7 +129,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "error: {d}/bad.toml: not valid TOML: Expected '=' after a key in a key/value pair "
      "(at line 1, column 5)"),
     ("known-issues-missing-keys", ["run", "--known-issues", "{d}/partial.toml"],
-     "error: {d}/partial.toml: issue 1: missing title, component, modes, failures, "
+     "error: {d}/partial.toml: issue 1 (x): missing title, component, modes, failures, "
      "reproducer"),
     ("qemu-not-qemu", ["run", "--qemu", "{d}/fake-qemu"],
      "error: {d}/fake-qemu is not QEMU: 'fake-qemu --version' exited 0 without a 'QEMU "
