@@ -630,15 +630,11 @@ def judge(
     fullmap_printed: bool = False,
 ) -> IdsVerdict:
     """Judge one mode's export: the rules of the module docstring, as exact failures.
-
     ``qemu_stderr``: QEMU's stderr while this export alone was observed (outside every
     observation: ``stderr_outside``); ``command_failures``: libvirt's command line;
-    ``message_printed``: an earlier export of this mode in this QEMU showed the message;
-    ``layout``: the export's layout, whose premise (``host.truth.layout_premise``) the
-    row needs (None: an inode number repeats across devices, or a single device);
-    ``fullmap_printed``: this QEMU printed its full-map warning before this export was
-    observed (it prints it once per process).
-    """
+    ``message_printed``/``fullmap_printed``: this QEMU showed the mode's message / its
+    full-map warning before (it prints each once per process); ``layout``: the layout
+    whose premise (``host.truth.layout_premise``) the row needs (None: none)."""
     control = truth.device_count <= 1
     messages = find_multidevs_messages(qemu_stderr)
     first = observation.passes[0] if observation.passes else {}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import paths
+from harness.environment import find_datadirs
 from harness.image.build import build_image
 from harness.qemu.remembered import Liveness, liveness_key, load_liveness, store_liveness
 
@@ -69,7 +70,9 @@ def test_second_exec_reuses_the_answers_until_qemu_changes(tmp_path: Path) -> No
 
 def test_a_remembered_kvm_works_that_fails_falls_back_once(tmp_path: Path) -> None:
     qemu = private_qemu(tmp_path)
-    key = liveness_key(qemu, build_image().vmlinux, ())
+    # The firmware directories the run passes this QEMU (a script outside the system
+    # prefix, with no firmware of its own: the host's) are part of the key.
+    key = liveness_key(qemu, build_image().vmlinux, find_datadirs(qemu))
     root = paths.remembered_dir()
     sandbox = Sandbox(tmp_path / "sandbox")
     first = exec_uname(sandbox, qemu)

@@ -80,6 +80,13 @@ def _serve(channel: paramiko.Channel, command: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+        # paramiko answers the exec request on the transport's thread after
+        # check_channel_exec_request returns; a close sent from here first reached the
+        # client before that answer under load, and its exec failed with "Channel
+        # closed".  The client closes its end once it has the exit status (or gave up).
+        deadline = time.monotonic() + 10
+        while not channel.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
         channel.close()
 
 
