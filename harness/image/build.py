@@ -131,19 +131,25 @@ def pick_kernel_package(meta: PackageInfo, pattern: str) -> str:
 
 
 def dependency_closure(
-    roots: Iterable[str], show: Callable[[list[str]], Mapping[str, PackageInfo]]
+    roots: Iterable[str], show: Callable[[list[str]], Mapping[str, PackageInfo]],
+    follow: Callable[[str], bool] = lambda name: True,
 ) -> dict[str, str]:
-    """Package -> version for ``roots`` and everything they Depend on, transitively.
+    """Package -> version for ``roots`` and everything they Depend on that ``follow``
+    accepts, transitively.
 
-    ``show`` answers for a batch of names, so each level of the tree is one apt call.
+    ``show`` answers for a batch of names, so each level of the tree is one apt call;
+    a name it has no answer for (a virtual package, where ``show`` passes those over)
+    is asked once, never again.
     """
     versions: dict[str, str] = {}
+    asked: set[str] = set()
     pending = sorted(set(roots))
     while pending:
+        asked.update(pending)
         infos = show(pending)
         for info in infos.values():
             versions[info.name] = info.version
-        pending = sorted({d for i in infos.values() for d in i.depends} - set(versions))
+        pending = sorted({d for i in infos.values() for d in i.depends if follow(d)} - asked)
     return versions
 
 

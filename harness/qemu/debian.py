@@ -38,7 +38,8 @@ from typing import Any
 from .. import paths
 from ..config import Progress, quiet
 from ..errors import ImageBuildError, UsageError
-from ..image.apt import PackageInfo, PrivateApt, Suite, unpack_deb
+from ..image.apt import PrivateApt, Suite, unpack_deb
+from ..image.build import dependency_closure
 from ..image.verify import file_problem, record_files_at
 from ..proc import run_tied
 
@@ -178,10 +179,17 @@ class PinGone(ImageBuildError):
 def served_version(suite: Suite, cache_root: Path | None = None,
                    progress: Progress = quiet, program: Program = QEMU) -> str:
     """The version of ``program``'s package the archive serves for ``suite`` now."""
-    apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root or paths.cache_root()))
+    return _served(program, suite, cache_root or paths.cache_root(), progress)[1]
+
+
+def _served(program: Program, suite: Suite, cache_root: Path,
+            progress: Progress) -> tuple[PrivateApt, str]:
+    """The suite's private apt, its lists refreshed, and the version of ``program``'s
+    package it serves."""
+    apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root))
     progress(f"apt-get update (Debian {suite.name}, private lists)")
     apt.update()
-    return apt.show([program.package])[program.package].version
+    return apt, apt.show([program.package])[program.package].version
 
 
 def fetch_unpacked(
@@ -200,10 +208,7 @@ def fetch_unpacked(
         for build in cached_builds(cache_root, program, suite):
             if version is None or build.version == version:
                 return build
-    apt = PrivateApt(suite, paths.apt_dir(suite.name, cache_root))
-    progress(f"apt-get update (Debian {suite.name}, private lists)")
-    apt.update()
-    served = apt.show([program.package])[program.package].version
+    apt, served = _served(program, suite, cache_root, progress)
     if version is not None and served != version:
         raise PinGone(suite.name, program.package, version, served)
     root = build_root(cache_root, program, suite, served)
@@ -227,17 +232,8 @@ def library_closure(apt: PrivateApt, roots: Iterable[str]) -> dict[str, str]:
     """Package -> version for ``roots`` and, transitively, the QEMU, firmware and
     library packages they Depend on (``_FOLLOWED``); virtual names are passed over.
     Each level of the tree is one apt call."""
-    versions: dict[str, str] = {}
-    asked: set[str] = set()
-    pending = sorted(set(roots))
-    while pending:
-        asked.update(pending)
-        infos: Mapping[str, PackageInfo] = apt.show(pending, missing_ok=True)
-        for info in infos.values():
-            versions[info.name] = info.version
-        pending = sorted({d for i in infos.values() for d in i.depends
-                          if _FOLLOWED.match(d)} - asked)
-    return versions
+    return dependency_closure(roots, lambda names: apt.show(names, missing_ok=True),
+                              follow=lambda name: _FOLLOWED.match(name) is not None)
 
 
 def _unpack_build(program: Program, apt: PrivateApt, pins: Mapping[str, str], root: Path,

@@ -159,6 +159,26 @@ def test_dependency_closure_asks_one_batch_per_level() -> None:
                      ["libc6", "libtomcrypt1", "zlib1g"], ["libgcc-s1", "libgmp10"]]
 
 
+def test_dependency_closure_follows_only_what_it_is_told_and_asks_a_virtual_name_once(
+) -> None:
+    # Debian's QEMU: its libraries are followed, adduser is not, and debconf-2.0 is
+    # virtual (no stanza): asked once, then never again although two packages want it.
+    archive = {
+        "qemu-system-x86": ("libc6", "libglib2.0-0", "adduser", "debconf-2.0"),
+        "libglib2.0-0": ("libc6", "debconf-2.0"), "libc6": (),
+    }
+    calls: list[list[str]] = []
+
+    def show(names: list[str]) -> Mapping[str, PackageInfo]:
+        calls.append(names)
+        return {n: PackageInfo(n, f"{n}-v", archive[n]) for n in names if n in archive}
+
+    versions = dependency_closure(["qemu-system-x86"], show,
+                                  follow=lambda name: name != "adduser")
+    assert versions == {n: f"{n}-v" for n in archive}
+    assert calls == [["qemu-system-x86"], ["debconf-2.0", "libc6", "libglib2.0-0"]]
+
+
 def _initramfs() -> bytes:
     out = io.BytesIO()
     cpio = NewcWriter(out)
