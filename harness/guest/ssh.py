@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +142,16 @@ def _pump(channel: paramiko.Channel, command: str, stdin: bytes, start: float,
     loop that looked at the clock only when idle (as this one once did) never ended.
     """
     deadline = start + timeout
+    # Woken by paramiko's transport thread when stdout or stderr data or EOF arrives.
+    # Never select() on channel.fileno(): that makes an OS pipe which Channel.close()
+    # closes while the transport thread may still be writing its wake-up byte to it
+    # (paramiko 5.1 PosixPipe.close closes the fds before marking itself closed). A
+    # command closed on its deadline while the guest was still printing then killed
+    # the whole SSH session with EBADF, or wrote that byte into whatever file reused
+    # the descriptor number.
+    arrived = threading.Event()
+    channel.in_buffer.set_event(arrived)
+    channel.in_stderr_buffer.set_event(arrived)
     pending = memoryview(stdin)
     if not pending:
         channel.shutdown_write()
@@ -164,9 +174,10 @@ def _pump(channel: paramiko.Channel, command: str, stdin: bytes, start: float,
             continue
         if channel.exit_status_ready():
             break
-        # The channel's fileno turns readable on stdout data and on close; stderr
-        # and the send window are caught by the short timeout.
-        select.select([channel], [], [], min(0.02, max(0.0, deadline - time.monotonic())))
+        # Data and EOF set the event; the exit status and the send window are caught
+        # by the short timeout.
+        arrived.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+        arrived.clear()
     while channel.recv_ready() or channel.recv_stderr_ready():
         if channel.recv_ready():
             out += channel.recv(_CHUNK)

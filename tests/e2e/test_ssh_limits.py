@@ -145,6 +145,19 @@ def test_a_flood_is_ended_by_the_deadline(tmp_path: Path) -> None:
         assert ssh.run("echo after", timeout=10).stdout == b"after\n"
 
 
+@pytest.mark.timeout(90)
+def test_closing_a_channel_while_the_guest_still_prints_keeps_the_session(tmp_path: Path) -> None:
+    """A channel closed on its deadline while data still streams in must not take the
+    session down.  The wake-up used to be an OS pipe that Channel.close() closed under
+    the transport thread's feet: one CI run in ~1200 tests lost the whole session to
+    EBADF.  Forty short floods make that window likely; each is followed by a command."""
+    with _ssh_server(tmp_path) as ssh:
+        for _ in range(40):
+            with pytest.raises(GuestCommandTimeout):
+                ssh.run("while :; do echo y; done", timeout=0.15)
+            assert ssh.run("echo after", timeout=10).stdout == b"after\n"
+
+
 @pytest.mark.timeout(120)
 def test_a_flood_is_ended_by_the_output_cap_in_bounded_memory(tmp_path: Path) -> None:
     """Before its deadline, a flood passes the cap: stopped there, not kept whole
