@@ -12,7 +12,6 @@ so they carry over.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import resource
@@ -28,7 +27,6 @@ from typing import Any
 
 from ..agent.stat import SCALE_AGENT_THREADS
 from ..config import (
-    ALL_LAYOUTS,
     ALL_MODES,
     Accel,
     BootMethod,
@@ -41,7 +39,6 @@ from ..config import (
     Mode,
     Progress,
     Transport,
-    parse_layouts,
 )
 from ..environment import Environment, prepare
 from ..errors import ArchiveUnreachable
@@ -57,6 +54,7 @@ from ..report import environment_json
 from ..results import EnvironmentRecord, ResultRow
 from ..run import run_checks
 from ..verdicts.ids import ids_verdict
+from .options import BenchOptions, parse_bench_options
 from .virtme import measure_vng
 
 TARGET_BOOT_TCG_S = 2.0
@@ -65,11 +63,6 @@ TARGET_MATRIX_OVER_BOOT = 3.5
 TARGET_SCALE_OVER_BOOT = 12.0
 TARGET_EXEC_OVER_TCG = 1.3
 TARGET_EXEC_OVER_VNG = 0.15
-SCALE_DEVICES = 64
-SCALE_FILES = 100_000
-
-# Layouts timed one by one: all but scripted-fullmap (~66,000 files, minutes under TCG).
-BENCH_LAYOUTS = tuple(k.value for k in ALL_LAYOUTS if k is not Layout.SCRIPTED_FULLMAP)
 # predict over a tree this large, on this many devices, within this (no guest boots).
 PREDICT_PATHS = 100_000
 PREDICT_DEVICES = 8
@@ -182,16 +175,16 @@ def _layouts(env: Environment, layouts: Sequence[Layout],
     return figures
 
 
-def _transports(env: Environment, args: argparse.Namespace,
+def _transports(env: Environment, options: BenchOptions,
                 progress: Progress) -> dict[str, Any]:
     """9p beside virtiofs: the ids family on the default layouts (cache=none for 9p,
     controls kept), every row's guest boot and its own observation time, so the
     virtiofs rows (cold: vhost-user-fs cannot be saved) show beside 9p's (restored)."""
-    env = replace(env, virtiofsd=find_virtiofsd(args.virtiofsd, progress=progress))
-    options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), caches=(Cache.NONE,),
-                         checks=(Check.IDS,), transports=(Transport.NINEP, Transport.VIRTIOFS))
+    env = replace(env, virtiofsd=find_virtiofsd(options.virtiofsd, progress=progress))
+    matrix = RunOptions(modes=ALL_MODES, layout=ExportLayout(), caches=(Cache.NONE,),
+                        checks=(Check.IDS,), transports=(Transport.NINEP, Transport.VIRTIOFS))
     started = time.monotonic()
-    report = run_checks(options, progress, env=env)
+    report = run_checks(matrix, progress, env=env)
     return {
         "seconds": round(time.monotonic() - started, 3),
         "exit_code": report.exit_code,
@@ -203,23 +196,23 @@ def _transports(env: Environment, args: argparse.Namespace,
     }
 
 
-def _scale(env: Environment, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _scale(env: Environment, options: BenchOptions, progress: Progress) -> dict[str, Any]:
     """One remap export of ``--scale-devices`` devices and ``--scale-files`` files,
     looked at once.  The cache and layout axes are pinned (none, standard): left to
     the run's defaults they would observe the same 100,000 paths twice more (cache
     loose) and add an overlay guest, which measures the axes, not the scale."""
-    per_device = math.ceil(args.scale_files / args.scale_devices)
-    layout = ExportLayout(devices=args.scale_devices, files_per_device=per_device)
+    per_device = math.ceil(options.scale_files / options.scale_devices)
+    layout = ExportLayout(devices=options.scale_devices, files_per_device=per_device)
     started = time.monotonic()
     scale = run_checks(
         RunOptions(modes=(Mode.REMAP,), layout=layout, control=False, witness=False,
                    checks=(Check.IDS,), caches=(Cache.NONE,), layouts=(Layout.STANDARD,),
-                   passes=1, guest_cpus=args.scale_cpus, agent_threads=SCALE_AGENT_THREADS),
+                   passes=1, guest_cpus=options.scale_cpus, agent_threads=SCALE_AGENT_THREADS),
         progress, env=env,
     )
     seconds = time.monotonic() - started
     checked = sum(ids.files_checked for r in scale.rows if (ids := ids_verdict(r.verdict)))
-    return {"devices": args.scale_devices, "files_requested": args.scale_files,
+    return {"devices": options.scale_devices, "files_requested": options.scale_files,
             "files_checked": checked, "wall_s": round(seconds, 3),
             "files_per_s": round(checked / seconds, 1) if seconds else None,
             "passed": scale.passed}
@@ -249,62 +242,62 @@ def predict_figure(progress: Progress, paths: int = PREDICT_PATHS,
             "walk_s": round(found.get("walk_seconds", 0.0), 3)}
 
 
-def _machine(args: argparse.Namespace) -> MachineOptions:
+def _machine(options: BenchOptions) -> MachineOptions:
     """The benchmark's machine: ``--qemu`` and ``--accel`` as given, the default guest."""
-    return MachineOptions(qemu=args.qemu, accel=Accel(args.accel))
+    return MachineOptions(qemu=options.qemu, accel=options.accel)
 
 
-def _guests(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _guests(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     """Boot-to-SSH of every guest recipe, each with its own kernel."""
     figures = {}
     for name in recipe_names():
-        env = prepare(replace(_machine(args), guest=name, cold=True), progress)
-        samples = time_boots(env, args.boots, naive=False, progress=progress)
+        env = prepare(replace(_machine(options), guest=name, cold=True), progress)
+        samples = time_boots(env, options.boots, naive=False, progress=progress)
         figures[name] = {"kernel": env.image.kernel_release, "boot_to_ssh_s": _stats(samples)}
     return figures
 
 
-def _exec_round_trip(args: argparse.Namespace, progress: Progress,
+def _exec_round_trip(options: BenchOptions, progress: Progress,
                      cold: bool, accel: str | None = None) -> dict[str, float]:
     """``multidevs-harness exec -- uname -r`` as a user runs it: the whole CLI, a fresh
     process each time (probe, image cache hit, boot or restore, SSH, shutdown), with
     ``--accel`` as given to the benchmark unless ``accel`` says otherwise."""
     samples = []
-    accel = accel or args.accel
-    for index in range(args.boots):
+    accel = accel or options.accel.value
+    for index in range(options.boots):
         started = time.monotonic()
         argv = [sys.executable, "-m", "harness.cli", "exec", "--accel", accel,
-                *(["--qemu", args.qemu] if args.qemu else []),
+                *(["--qemu", options.qemu] if options.qemu else []),
                 *(["--cold"] if cold else []), "--", "uname", "-r"]
         done = run_tied(argv, timeout=300)
         if done.returncode != 0:
             raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
         samples.append(time.monotonic() - started)
         progress(f"exec --accel {accel}{' --cold' if cold else ''} -- uname -r "
-                 f"{index + 1}/{args.boots}: {samples[-1]:.2f} s")
+                 f"{index + 1}/{options.boots}: {samples[-1]:.2f} s")
     return _stats(samples)
 
 
-def _exec_figures(args: argparse.Namespace, env: Environment, tuned: float,
+def _exec_figures(options: BenchOptions, env: Environment, tuned: float,
                   progress: Progress) -> dict[str, Any]:
     """exec cold and warm, warm with ``--accel tcg`` (what remembering the accelerator
     must bring it close to) and beside virtme-ng, as ratios measured in this run.
     The warm runs alternate so that load on the machine falls on both alike."""
-    figures: dict[str, Any] = {"exec_cold_s": _exec_round_trip(args, progress, cold=True)}
+    figures: dict[str, Any] = {"exec_cold_s": _exec_round_trip(options, progress, cold=True)}
     figures["exec_over_boot_s"] = round(figures["exec_cold_s"]["median"] - tuned, 3)
-    _exec_round_trip(argparse.Namespace(**{**vars(args), "boots": 1}), progress, cold=False)
+    _exec_round_trip(replace(options, boots=1), progress, cold=False)
     warm: list[dict[str, float]] = []
     tcg: list[dict[str, float]] = []
-    for _ in range(args.boots):
-        one = argparse.Namespace(**{**vars(args), "boots": 1})
+    for _ in range(options.boots):
+        one = replace(options, boots=1)
         warm.append(_exec_round_trip(one, progress, cold=False))
         tcg.append(_exec_round_trip(one, progress, cold=False, accel=Accel.TCG.value))
     figures["exec_s"] = _stats([s["median"] for s in warm])
     figures["exec_tcg_s"] = _stats([s["median"] for s in tcg])
     figures["exec_over_tcg"] = round(figures["exec_s"]["median"]
                                      / figures["exec_tcg_s"]["median"], 2)
-    if not args.skip_vng:
-        vng = measure_vng(env.image, env.info.binary, args.vng_runs, progress)
+    if not options.skip_vng:
+        vng = measure_vng(env.image, env.info.binary, options.vng_runs, progress)
         figures["vng"] = vng
         if "seconds" in vng:
             figures["exec_over_vng"] = round(figures["exec_s"]["median"]
@@ -312,31 +305,31 @@ def _exec_figures(args: argparse.Namespace, env: Environment, tuned: float,
     return figures
 
 
-def _qemu10(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _qemu10(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     """The default matrix on Debian's QEMU 10 build (bookworm-backports), if reachable."""
     try:
         binary = fetch_debian_qemu(SUITES["bookworm-backports"], progress=progress).wrapper
     except ArchiveUnreachable as exc:
         return {"skipped": exc.message}
-    env = prepare(replace(_machine(args), qemu=str(binary)), progress)
+    env = prepare(replace(_machine(options), qemu=str(binary)), progress)
     started = time.monotonic()
     matrix = run_checks(RunOptions(modes=ALL_MODES, layout=ExportLayout()), progress, env=env)
     return {"version": str(env.info.version), "matrix_s": round(time.monotonic() - started, 3),
             "matrix_passed": matrix.exit_code == 0}
 
 
-def _grid(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _grid(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     """A grid cell against the same matrix run alone (issue 33: <= 1.2x).  A warm-up
     grid first saves each cell's guest states, so both sides boot restored; then
     ``GRID_ROUNDS`` rounds of each cell alone and the grid, alternating, so a busy
     moment of the host falls on both sides; medians compared."""
     from ..commands.grid import run_grid
 
-    qemus = tuple(q for q in args.grid_qemus.split(",") if q)
-    options = RunOptions(modes=ALL_MODES, layout=ExportLayout(), machine=_machine(args))
+    qemus = options.grid_qemus
+    matrix = RunOptions(modes=ALL_MODES, layout=ExportLayout(), machine=_machine(options))
     guests = (DEFAULT_RECIPE,)
     try:
-        run_grid(options, qemus, guests, progress)
+        run_grid(matrix, qemus, guests, progress)
     except ArchiveUnreachable as exc:
         return {"skipped": exc.message}
     alone: dict[str, list[float]] = {qemu: [] for qemu in qemus}
@@ -345,9 +338,9 @@ def _grid(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     for _ in range(GRID_ROUNDS):
         for qemu in qemus:
             started = time.monotonic()
-            run_checks(replace(options, qemus=(qemu,), guests=guests), progress)
+            run_checks(replace(matrix, qemus=(qemu,), guests=guests), progress)
             alone[qemu].append(time.monotonic() - started)
-        for cell in run_grid(options, qemus, guests, progress):
+        for cell in run_grid(matrix, qemus, guests, progress):
             in_grid[cell.qemu].append(cell.seconds)
             versions[cell.qemu] = cell.qemu_version
     cells = []
@@ -359,40 +352,40 @@ def _grid(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     return {"cells": cells}
 
 
-def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     """Run every measurement and return the JSON-ready figures."""
-    env = prepare(_machine(args), progress)
+    env = prepare(_machine(options), progress)
     enter_private_namespace()
-    result = header(env.record, args.boots)
-    tuned = time_boots(replace(env, state_cache=None), args.boots, naive=False,
+    result = header(env.record, options.boots)
+    tuned = time_boots(replace(env, state_cache=None), options.boots, naive=False,
                        progress=progress)
     result["boot_to_ssh_s"] = _stats(tuned)
     time_boots(env, 1, naive=False, progress=progress)  # saves the state if none fits
-    restored = time_boots(env, args.boots, naive=False, progress=progress)
+    restored = time_boots(env, options.boots, naive=False, progress=progress)
     result["restored_boot_to_ssh_s"] = _stats(restored)
     result["restored_over_cold"] = round(statistics.median(restored)
                                          / statistics.median(tuned), 2)
-    if not args.skip_naive:
-        naive = time_boots(env, args.boots, naive=True, progress=progress)
+    if not options.skip_naive:
+        naive = time_boots(env, options.boots, naive=True, progress=progress)
         result["naive_boot_to_ssh_s"] = _stats(naive)
         result["naive_over_tuned"] = round(statistics.median(naive) / statistics.median(tuned), 2)
-    if not args.skip_guests:
-        result["guests"] = _guests(args, progress)
-    result.update(_exec_figures(args, env, statistics.median(tuned), progress))
+    if not options.skip_guests:
+        result["guests"] = _guests(options, progress)
+    result.update(_exec_figures(options, env, statistics.median(tuned), progress))
     result.update(_matrix(env, statistics.median(tuned), progress))
-    if args.layouts:
-        result["layouts"] = _layouts(env, parse_layouts(args.layouts), progress)
-    if not args.skip_virtiofs:
-        result["transports"] = _transports(env, args, progress)
-    if not args.skip_qemu10:
-        result["qemu10"] = _qemu10(args, progress)
-    if args.grid_qemus:
-        result["grid"] = _grid(args, progress)
-    if not args.skip_scale:
+    if options.layouts:
+        result["layouts"] = _layouts(env, options.layouts, progress)
+    if not options.skip_virtiofs:
+        result["transports"] = _transports(env, options, progress)
+    if not options.skip_qemu10:
+        result["qemu10"] = _qemu10(options, progress)
+    if options.grid_qemus:
+        result["grid"] = _grid(options, progress)
+    if not options.skip_scale:
         boot = adjacent_boot(env, progress)
-        result["scale"] = _scale(env, args, progress)
+        result["scale"] = _scale(env, options, progress)
         result["scale_over_boot"] = round(result["scale"]["wall_s"] / boot, 1)
-    if not args.skip_predict:
+    if not options.skip_predict:
         result["predict"] = predict_figure(progress)
     return result
 
@@ -516,42 +509,16 @@ def _transport_lines(figure: dict[str, Any] | None) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.bench``: print JSON on stdout, the summary on stderr."""
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
-    parser.add_argument("--qemu")
-    parser.add_argument("--accel", default="auto", choices=[a.value for a in Accel])
-    parser.add_argument("--boots", type=int, default=5)
-    parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--skip-qemu10", action="store_true")
-    parser.add_argument("--skip-virtiofs", action="store_true")
-    parser.add_argument("--skip-guests", action="store_true",
-                        help="skip boot-to-SSH of every guest recipe")
-    parser.add_argument("--skip-predict", action="store_true")
-    parser.add_argument("--grid-qemus", default="debian:bookworm,debian:sid",
-                        help="the QEMUs of the grid figure, comma-separated ('' skips it)")
-    parser.add_argument("--skip-vng", action="store_true",
-                        help="skip virtme-ng (installed from PyPI into a throwaway venv)")
-    parser.add_argument("--vng-runs", type=int, default=3,
-                        help="vng --exec runs (each a whole TCG boot; default 3)")
-    parser.add_argument("--virtiofsd", type=Path,
-                        help="the virtiofsd of the virtiofs rows (default as for run)")
-    parser.add_argument("--scale-devices", type=int, default=SCALE_DEVICES)
-    parser.add_argument("--scale-files", type=int, default=SCALE_FILES)
-    parser.add_argument("--scale-cpus", type=int, default=2)
-    parser.add_argument("--layouts", default=",".join(BENCH_LAYOUTS),
-                        help="host layouts timed one by one (default: every one but the "
-                        "66,000-file scripted-fullmap; empty: none)")
-    parser.add_argument("--json", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
+    options = parse_bench_options(argv)
 
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    result = run_bench(args, progress)
+    result = run_bench(options, progress)
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if options.json:
+        options.json.write_text(text + "\n")
     print(summary(result), file=sys.stderr)
     return 0
 

@@ -230,3 +230,15 @@ def test_no_function_over_60_lines() -> None:
 
 def test_pure_modules_import_nothing_that_acts(graph: dict[str, list[str]]) -> None:
     assert impure_imports(graph, PURE) == []
+
+
+# The command line's edges: argparse's Namespace is read there once into a typed value.
+# host.scripted_fs's server is a subprocess of its own, with a command line of its own.
+ARGPARSE_EDGES = ("harness.cli", "harness.bench.options", "harness.host.scripted_fs")
+
+
+def test_only_the_command_line_edges_see_argparse(graph: dict[str, list[str]]) -> None:
+    seen = sorted(module for module, imports in graph.items() if "argparse" in imports
+                  and not any(module == e or module.startswith(e + ".")
+                              for e in ARGPARSE_EDGES))
+    assert seen == []
