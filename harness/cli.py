@@ -25,25 +25,30 @@ from .config import (
     DEFAULT_TRANSPORTS,
     Accel,
     Cache,
-    ExportLayout,
     Layout,
-    MachineOptions,
     Mode,
     Transport,
     Via,
-    parse_caches,
-    parse_checks,
-    parse_layouts,
-    parse_modes,
-    parse_transports,
+    parse_enum_list,
 )
 from .errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK, HarnessError, UsageError
+from .host.layout import ExportLayout
+from .machine_options import MachineOptions
 from .plan import RunOptions, layout_shape
 
 if TYPE_CHECKING:
     # Only named in annotations: the result schema brings the verdicts, which
     # exec and --help never load.
     from .results import EnvironmentRecord, ResultRow, RunResults
+
+# The comma-separated options, each declared once (run, grid and predict share them):
+# the values it takes, how an error names them, and the example a "no ... given" hint
+# shows; ``parse_enum_list(text, *MODES_LIST)`` reads one.
+MODES_LIST = (ALL_MODES, "multidevs mode", "--modes remap,warn,forbid,default")
+CHECKS_LIST = (ALL_CHECKS, "check family", "--checks ids,operations")
+CACHES_LIST = (ALL_CACHES, "9p cache mode", "--cache none,loose")
+TRANSPORTS_LIST = (ALL_TRANSPORTS, "transport", "--transport 9p,virtiofs")
+LAYOUTS_LIST = (ALL_LAYOUTS, "layout", "--layout standard,overlay")
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -572,13 +577,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import report as rep
 
     export = _export_layout(args)
-    transports = parse_transports(args.transport)
+    transports = parse_enum_list(args.transport, *TRANSPORTS_LIST)
     options = RunOptions(
-        modes=parse_modes(args.modes),
-        caches=parse_caches(args.cache),
+        modes=parse_enum_list(args.modes, *MODES_LIST),
+        caches=parse_enum_list(args.cache, *CACHES_LIST),
         layout=_base_layout(args),
         # --export replaces the built layouts: the run is about the user's tree.
-        layouts=(Layout.EXPORT,) if export else parse_layouts(args.layout),
+        layouts=(Layout.EXPORT,) if export else parse_enum_list(args.layout, *LAYOUTS_LIST),
         export=export,
         machine=replace(_machine(args), virtiofs=Transport.VIRTIOFS in transports,
                         virtiofsd=args.virtiofsd),
@@ -591,7 +596,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         via=Via(args.via),
         share=not args.isolate,
-        checks=parse_checks(args.checks),
+        checks=parse_enum_list(args.checks, *CHECKS_LIST),
         known_issues=args.known_issues,
         strict_known=args.strict_known,
     )
@@ -672,8 +677,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     for path, option in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path is not None:
             rep.check_destination(path, option)
-    options = RunOptions(modes=parse_modes(args.modes), layout=ExportLayout(),
-                         checks=parse_checks(args.checks), caches=parse_caches(args.cache),
+    options = RunOptions(modes=parse_enum_list(args.modes, *MODES_LIST), layout=ExportLayout(),
+                         checks=parse_enum_list(args.checks, *CHECKS_LIST),
+                         caches=parse_enum_list(args.cache, *CACHES_LIST),
                          machine=MachineOptions(accel=Accel(args.accel), cold=args.cold))
     from .image.recipe import DEFAULT_RECIPE
 
@@ -758,9 +764,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json is not None:
         # A report inside the tree would change the tree it is about.
         check_destinations([("--json", args.json)], [("PATH", args.path)])
-    found = predict_tree(args.path, parse_modes(args.modes), version=args.qemu_version,
+    found = predict_tree(args.path, parse_enum_list(args.modes, *MODES_LIST),
+                         version=args.qemu_version,
                          qemu=args.qemu, max_paths=args.max_paths,
-                         transports=parse_transports(args.transport), progress=progress)
+                         transports=parse_enum_list(args.transport, *TRANSPORTS_LIST),
+                         progress=progress)
     if args.json is None or not is_stdout(args.json):
         say(predict_text(found))
     if args.json is not None:
@@ -916,7 +924,8 @@ def _refuse_unused(args: argparse.Namespace) -> None:
         raise UsageError("--max-paths limits the walk of --export, and no --export was given",
                          hint="drop --max-paths, or add --export PATH")
     if "devices" in given and args.export is None:
-        layouts = parse_layouts(args.layout) if args.command == "run" else (Layout(args.layout),)
+        layouts = (parse_enum_list(args.layout, *LAYOUTS_LIST) if args.command == "run"
+                   else (Layout(args.layout),))
         own = {kind: _own_devices(kind) for kind in layouts}
         if None not in own.values():
             fixed = ", ".join(f"{kind.value} has {count}" for kind, count in own.items())

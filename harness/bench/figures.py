@@ -34,24 +34,24 @@ from ..config import (
     BootMethod,
     Cache,
     Check,
-    ExportLayout,
-    ExportSpec,
     Layout,
-    MachineOptions,
     Mode,
-    Progress,
     Transport,
-    parse_layouts,
+    parse_enum_list,
 )
 from ..environment import Environment, prepare
 from ..errors import ArchiveUnreachable
 from ..host.export import build_export
+from ..host.layout import ExportLayout
 from ..host.namespace import enter_private_namespace
 from ..image.recipe import DEFAULT_RECIPE, recipe_names
+from ..machine_options import MachineOptions
 from ..plan import RunOptions
 from ..proc import run_tied
+from ..progress import Progress
 from ..qemu.debian import SUITES, fetch_debian_qemu
 from ..qemu.machine import Machine
+from ..qemu.spec import ExportSpec
 from ..qemu.virtiofsd import find_virtiofsd
 from ..report import environment_json
 from ..results import EnvironmentRecord, ResultRow
@@ -381,7 +381,8 @@ def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     result.update(_exec_figures(args, env, statistics.median(tuned), progress))
     result.update(_matrix(env, statistics.median(tuned), progress))
     if args.layouts:
-        result["layouts"] = _layouts(env, parse_layouts(args.layouts), progress)
+        result["layouts"] = _layouts(env, parse_enum_list(args.layouts, ALL_LAYOUTS, "layout",
+                                                     "--layout standard,overlay"), progress)
     if not args.skip_virtiofs:
         result["transports"] = _transports(env, args, progress)
     if not args.skip_qemu10:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import pytest
 
 from harness.checks.registry import FAMILIES, RULES
+from harness.cli import CHECKS_LIST
 from harness.config import (
     ALL_CHECKS,
     ALL_MODES,
     Cache,
     Check,
-    ExportLayout,
     Layout,
     Mode,
     RowKey,
     Transport,
-    Version,
     Via,
-    parse_checks,
+    parse_enum_list,
 )
 from harness.errors import UsageError
+from harness.host.layout import ExportLayout
 from harness.plan import (
     DEFAULT_CHECKS,
     apply_checks,
@@ -28,6 +28,7 @@ from harness.plan import (
     row_rank,
 )
 from harness.pool import _outside
+from harness.version import Version
 
 LAYOUT = ExportLayout(devices=3, files_per_device=8)
 
@@ -170,13 +171,13 @@ def test_every_planned_family_is_implemented() -> None:
     assert set(FAMILIES) == set(ALL_CHECKS)
 
 
-def test_parse_checks() -> None:
-    assert parse_checks(" operations,ids,operations ") == ("operations", "ids")
+def test_the_checks_option_is_parsed_in_order_without_repeats() -> None:
+    assert parse_enum_list(" operations,ids,operations ", *CHECKS_LIST) == ("operations", "ids")
     with pytest.raises(UsageError, match="unknown check family 'bogus'") as caught:
-        parse_checks("ids,bogus")
+        parse_enum_list("ids,bogus", *CHECKS_LIST)
     assert caught.value.hint is not None and "cross_device" in caught.value.hint
     with pytest.raises(UsageError, match="no check family"):
-        parse_checks(",")
+        parse_enum_list(",", *CHECKS_LIST)
 
 
 def test_family_rows_sort_after_ids_and_controls() -> None:
