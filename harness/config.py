@@ -1,82 +1,25 @@
-"""Typed, frozen configuration shared by every module.
+"""The vocabulary every module shares: the StrEnums (modes, caches, checks, layouts,
+transports, ...), the row key, the bounds and the releases the harness knows about,
+and the one parser of a comma-separated list of an enum's values.
 
-Data flows one way: these values are built once (by the CLI or the pytest
-plugin) and handed down to the export, image, machine, verdicts and report code.
+Only names live here, so every module may import it.  Each type built from them sits
+beside its owner: an export's shape in ``host.layout``, the machine's spec in
+``qemu.spec``, a built image in ``image.artefacts``, the machine as the user names it
+in ``machine_options``, deadlines in ``timeouts``, progress lines in ``progress``,
+release numbers in ``version``.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from .errors import UsageError
+from .version import Version
 
 MAX_DEVICES = 128
-
-
-# Where a long step reports what it is doing: one line at a time, to the terminal.
-Progress = Callable[[str], None]
-
-
-_VERSION_RE = re.compile(r"version\s+(\d+)\.(\d+)(?:\.(\d+))?", re.IGNORECASE)
-
-
-class Version(NamedTuple):
-    """A QEMU release number (major, minor, micro); a tuple, so ordered and comparable with
-    literal version tuples: ``v >= (4, 2, 0)``."""
-
-    major: int
-    minor: int
-    micro: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.micro}"
-
-    @classmethod
-    def parse(cls, source: str | Mapping[str, object]) -> Version:
-        """Read a version from ``--version`` text or a QMP ``query-version`` answer.
-
-        Text: the first ``version X.Y[.Z]`` (so "QEMU emulator version 7.2.22
-        (Debian ...)" gives 7.2.22).  Mapping: either the whole query-version
-        return value or its ``qemu`` member.  Raises ValueError when nothing fits.
-        """
-        if isinstance(source, str):
-            match = _VERSION_RE.search(source)
-            if match is None:
-                snippet = source.strip().splitlines()[0][:80] if source.strip() else "nothing"
-                raise ValueError(f"no 'version X.Y.Z' in {snippet!r}")
-            major, minor, micro = match.groups()
-            return cls(int(major), int(minor), int(micro or 0))
-        inner = source.get("qemu", source)
-        if not isinstance(inner, Mapping):
-            raise ValueError(f"query-version answer has no 'qemu' object: {source!r}")
-        numbers = [inner.get(key) for key in ("major", "minor", "micro")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-            raise ValueError(f"query-version answer has no integer major/minor/micro: {source!r}")
-        major_n, minor_n, micro_n = (int(str(n)) for n in numbers)
-        return cls(major_n, minor_n, micro_n)
-
-
-def quiet(_: str) -> None:
-    """A Progress that says nothing (library callers, tests)."""
-
-
-def said_once(progress: Progress) -> Progress:
-    """``progress`` that passes each distinct line on once: exports of one layout are
-    built alike and say alike things (eight overlay exports, eight identical lines)."""
-    said: set[str] = set()
-
-    def say(message: str) -> None:
-        if message not in said:
-            said.add(message)
-            progress(message)
-
-    return say
 
 # -fsdev ...,multidevs= first shipped in QEMU 4.2; "9pfs: make multidevs=remap
 # default" landed in QEMU 10.0.
@@ -218,6 +161,8 @@ class Transport(StrEnum):
 
 ALL_TRANSPORTS: tuple[Transport, ...] = tuple(Transport)
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = (Transport.NINEP,)
+
+
 class VirtiofsCache(StrEnum):
     """virtiofsd's --cache policies the harness runs: a virtiofs row's cache."""
 
@@ -285,25 +230,6 @@ class Start(StrEnum):
     RESTORED = "restored"
 
 
-class EndHow(StrEnum):
-    """How the harness's shutdown found and left QEMU."""
-
-    QUIT = "quit"  # answered QMP quit (or was asked to) and exited by itself in time
-    KILLED = "killed"  # still running at the quit's deadline: SIGKILLed by the harness
-    GONE = "gone"  # had already exited when the harness came to stop it
-
-
-@dataclass(frozen=True)
-class QemuEnd:
-    """How one guest's QEMU ended, and where its own stderr begins in the log (a
-    rejected saved state's QEMU writes before it, and is not this guest's)."""
-
-    how: EndHow
-    status: int | None  # its exit status (negative: the signal); None: would not die
-    stderr_from: int = 0
-    quit_seconds: float = 0.0  # how long the harness waited after quit
-
-
 class BootMethod(StrEnum):
     """How the kernel is handed to QEMU."""
 
@@ -313,206 +239,6 @@ class BootMethod(StrEnum):
     # The distro's compressed bzImage through SeaBIOS/linuxboot: what people write by
     # hand, kept as the benchmark's baseline.
     BZIMAGE = "bzimage"
-
-
-def timeout_scale_from_env() -> float:
-    """$MDH_TIMEOUT_SCALE as a positive factor for every deadline (1 when unset)."""
-    text = os.environ.get("MDH_TIMEOUT_SCALE", "").strip()
-    if not text:
-        return 1.0
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = 0.0
-    if not 0 < scale <= 100:
-        raise UsageError(
-            f"MDH_TIMEOUT_SCALE must be a number in (0, 100], got {text!r}",
-            hint="for example MDH_TIMEOUT_SCALE=2 doubles every boot and command deadline",
-        )
-    return scale
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Harness deadlines in seconds; all sit below the tests' pytest-timeout."""
-
-    boot: float
-    command: float
-    shutdown: float = 10.0
-    qmp: float = 10.0
-
-    @classmethod
-    def for_accel(cls, accel: Accel, scale: float = 1.0) -> Timeouts:
-        """TCG emulates every instruction, so it gets several times KVM's budget."""
-        if accel is Accel.KVM:
-            return cls(boot=30.0 * scale, command=60.0 * scale)
-        return cls(boot=90.0 * scale, command=180.0 * scale)
-
-
-@dataclass(frozen=True)
-class AccelDecision:
-    """The accelerator actually used and why (recorded in every report)."""
-
-    used: Accel
-    reason: str
-    fell_back: bool = False
-
-
-@dataclass(frozen=True)
-class GuestImage:
-    """The built artefacts of one guest recipe, all inside one cache directory."""
-
-    directory: Path
-    recipe: str
-    cache_key: str
-    kernel_release: str
-    vmlinux: Path
-    vmlinuz: Path
-    initrd: Path
-    host_key_pub: Path
-    client_key: Path
-    client_key_pub: Path
-    cache_hit: bool = False
-    # Release of the modules in the initramfs; "" when the kernel needs none (9p and
-    # virtio built in).  Differs from kernel_release only in a --modules variant.
-    modules_release: str = ""
-    # The recipe's virtiofs modules (fuse, virtiofs) neither in the kernel's tree nor
-    # built in: such an image boots for 9p, and its virtiofs rows are errors naming them.
-    missing_modules: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """One 9p export: a host directory shared under ``tag`` with one multidevs mode."""
-
-    tag: str
-    path: Path
-    mode: Mode
-    mount_point: str
-    # cache=none makes every guest stat reach QEMU, so guest ids are QEMU's qids and
-    # not whatever an inode cache merged.
-    cache: Cache = Cache.NONE
-    security_model: str = "none"
-    readonly: bool = False
-    # VIRTIOFS: served by a virtiofsd of its own, ``mode`` and ``cache`` unused; the
-    # daemon announces submounts (each host device its own guest superblock) or not.
-    transport: Transport = Transport.NINEP
-    submounts: bool = True
-
-
-@dataclass(frozen=True)
-class ExportLayout:
-    """Shape of the multi-device tree built on the host."""
-
-    devices: int = 3
-    files_per_device: int = 8
-    nested: bool = False
-    kind: Layout = Layout.STANDARD
-    # The user's tree (Layout.EXPORT only) and how many of its paths may be walked.
-    source: Path | None = None
-    max_paths: int = DEFAULT_MAX_PATHS
-
-    @property
-    def loop(self) -> bool:
-        """True for the loop layout (see ``Layout.LOOP``)."""
-        return self.kind is Layout.LOOP
-
-    def __post_init__(self) -> None:
-        if (self.kind is Layout.EXPORT) != (self.source is not None):
-            raise UsageError(
-                "the export layout is the user's tree: it needs a source, and only it has one",
-                hint="pass --export PATH (and no --layout) to check your own tree",
-            )
-        if self.max_paths < 1:
-            raise UsageError(f"--max-paths must be at least 1, got {self.max_paths}",
-                             hint=f"the default is {DEFAULT_MAX_PATHS}")
-        if self.loop and (self.devices != 2 or self.nested):
-            raise UsageError(
-                "the loop layout is exactly two devices, not nested",
-                hint="--layout loop sets them itself; drop --devices and --nested",
-            )
-        if not 1 <= self.devices <= MAX_DEVICES:
-            raise UsageError(
-                f"--devices must be between 1 and {MAX_DEVICES}, got {self.devices}",
-                hint="1 gives the single-device control export; 3 is the default",
-            )
-        if not 1 <= self.files_per_device <= MAX_FILES_PER_DEVICE:
-            raise UsageError(
-                f"--files must be between 1 and {MAX_FILES_PER_DEVICE}, got "
-                f"{self.files_per_device}",
-                hint="it counts files per device; the default is 8",
-            )
-        if self.devices * self.files_per_device > MAX_EXPORT_FILES:
-            raise UsageError(
-                f"--devices {self.devices} x --files {self.files_per_device} is "
-                f"{self.devices * self.files_per_device:,} files; at most "
-                f"{MAX_EXPORT_FILES:,} fit (each is ~5 KiB of host memory, and the guest "
-                "must look at them all within the 180 s command deadline under TCG)",
-                hint=f"lower --files to {MAX_EXPORT_FILES // self.devices:,} or fewer for "
-                f"{self.devices} devices",
-            )
-
-
-@dataclass(frozen=True)
-class MachineOptions:
-    """The machine a command runs its guests on, as a user names it: which QEMU, which
-    guest recipe or kernel, which accelerator, cold or restored boots.  One type for
-    run (once per ``--qemu`` and ``--guest``), exec, reproduce, the pytest plugin and
-    the benchmark; ``environment.prepare`` turns it into a prepared Environment."""
-
-    qemu: str | None = None
-    accel: Accel = Accel.AUTO
-    kernel: Path | None = None
-    # A modules tree for a self-built --kernel.
-    modules: Path | None = None
-    # A guest recipe name (a folder of guests/); None: the default recipe.
-    guest: str | None = None
-    # Boot every guest cold instead of restoring a saved state.
-    cold: bool = False
-    # QEMU's firmware directories (-L, one each, in order); (): found beside the binary
-    # or QEMU's own.
-    qemu_datadirs: tuple[Path, ...] = ()
-    # Whether guests serve virtiofs exports (a virtiofsd is then found once), and which
-    # virtiofsd (--virtiofsd; None: the host's, else Debian trixie's, cached).
-    virtiofs: bool = False
-    virtiofsd: Path | None = None
-
-
-@dataclass(frozen=True)
-class MachineSpec:
-    """Everything needed to render one QEMU command line and run it."""
-
-    qemu: Path
-    accel: Accel
-    image: GuestImage
-    log_dir: Path
-    exports: tuple[ExportSpec, ...] = ()
-    boot: BootMethod = BootMethod.PVH
-    memory_mb: int = 256
-    cpus: int = 1
-    # -sandbox on; the environment sets it from the probe (not every build has it).
-    sandbox: bool = False
-    # The -sandbox sets denied besides the default one (a subset of SANDBOX_DENY the
-    # binary knows; from the probe).
-    sandbox_deny: tuple[str, ...] = ()
-    extra_append: tuple[str, ...] = ()
-    # False renders the untuned command line people write by hand (bench baseline).
-    tuned: bool = True
-    # Firmware directories for a QEMU outside the system prefix (one -L each, searched
-    # in order); (): QEMU's own.
-    datadirs: tuple[Path, ...] = ()
-    # Saved guest states live here (boot by restore); None: every boot is cold.
-    state_cache: Path | None = None
-    # The binary has the monitor-qmp object type (the probe asked): the QMP monitor
-    # is an -object, not the -mon that QEMU 11.1 deprecates.
-    monitor_object: bool = False
-    timeouts: Timeouts = field(default_factory=lambda: Timeouts.for_accel(Accel.TCG))
-    # How to start virtiofsd (its argv before the harness's options) for virtiofs exports.
-    virtiofsd: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.accel is Accel.AUTO:
-            raise ValueError("MachineSpec needs a resolved accelerator (kvm or tcg)")
 
 
 # A vocabulary enum a comma-separated option names members of.
@@ -538,30 +264,3 @@ def parse_enum_list(text: str, allowed: Sequence[EnumT], what: str,
     if not chosen:
         raise UsageError(f"no {what} given", hint=f"for example {example}")
     return tuple(chosen)
-
-
-def parse_modes(text: str) -> tuple[Mode, ...]:
-    """Parse ``remap,warn`` into modes."""
-    return parse_enum_list(text, ALL_MODES, "multidevs mode",
-                           "--modes remap,warn,forbid,default")
-
-
-def parse_checks(text: str) -> tuple[Check, ...]:
-    """Parse ``ids,operations`` into check families, rejecting unknown ones."""
-    return parse_enum_list(text, ALL_CHECKS, "check family",
-                           f"--checks {Check.IDS},{Check.OPERATIONS}")
-
-
-def parse_layouts(text: str) -> tuple[Layout, ...]:
-    """Parse ``standard,overlay`` into host layouts."""
-    return parse_enum_list(text, ALL_LAYOUTS, "layout", "--layout standard,overlay")
-
-
-def parse_transports(text: str) -> tuple[Transport, ...]:
-    """Parse ``9p,virtiofs`` into transports."""
-    return parse_enum_list(text, ALL_TRANSPORTS, "transport", "--transport 9p,virtiofs")
-
-
-def parse_caches(text: str) -> tuple[Cache, ...]:
-    """Parse ``none,loose`` into 9p cache modes."""
-    return parse_enum_list(text, ALL_CACHES, "9p cache mode", "--cache none,loose")

@@ -11,28 +11,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import paths
-from .config import (
-    Accel,
-    AccelDecision,
-    BootMethod,
-    ExportSpec,
-    GuestImage,
-    MachineOptions,
-    MachineSpec,
-    Progress,
-    Timeouts,
-    quiet,
-    timeout_scale_from_env,
-)
+from .config import Accel, BootMethod
 from .errors import UsageError
+from .image.artefacts import GuestImage
 from .image.build import build_image, mark_used
 from .image.kernelfile import check_same_release, kernel_release
 from .inputs import read_input
-from .qemu.accel import decide_accel, kvm_liveness_probe
+from .machine_options import MachineOptions
+from .progress import Progress, quiet
+from .qemu.accel import AccelDecision, decide_accel, kvm_liveness_probe
 from .qemu.debian import resolve_debian
 from .qemu.probe import DEFAULT_QEMU, QemuInfo, probe_qemu, require_multidevs, resolve_binary
 from .qemu.remembered import RememberedLiveness, cached_note, liveness_key, remembered_probe
+from .qemu.spec import ExportSpec, MachineSpec
 from .qemu.virtiofsd import Virtiofsd, find_virtiofsd
+from .timeouts import Timeouts, timeout_scale_from_env
 
 if TYPE_CHECKING:
     # Imported where used: the result schema brings the verdict vocabulary, which

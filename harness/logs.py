@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import paths
-from .config import Progress, quiet
 from .errors import CacheDirError
+from .progress import Progress, quiet
 
 
 class LogDir:

@@ -24,16 +24,16 @@ from .config import (
     VIRTIOFS_ROWS,
     Cache,
     Check,
-    ExportLayout,
     Layout,
-    MachineOptions,
     Mode,
     RowKey,
     Transport,
-    Version,
     Via,
 )
 from .errors import UsageError
+from .host.layout import ExportLayout
+from .machine_options import MachineOptions
+from .version import Version
 
 # Observation order inside a shared guest.  remap goes first so that a remap that
 # wrongly prints a multi-device message is caught in remap's own stderr slice.

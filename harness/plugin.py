@@ -23,14 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from .config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineOptions, Mode
+from .config import Accel, Layout, Mode
 from .environment import Environment, prepare
 from .errors import HarnessError, MissingPackages, QemuNotFound, QemuTooOld
 from .host.export import build_export
+from .host.layout import ExportLayout
 from .host.truth import Export
 from .host.walk import resolve_tree
+from .image.artefacts import GuestImage
+from .machine_options import MachineOptions
 from .proc import processes_with_env, tail_file
 from .qemu.machine import Machine
+from .qemu.spec import ExportSpec
 
 MACHINES_KEY = pytest.StashKey[list[Machine]]()
 LOGDIR_KEY = pytest.StashKey[Path]()

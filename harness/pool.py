@@ -23,14 +23,7 @@ from .agent.mounts import MountedCache, mounted_cache, proc_mounts_options
 from .checks.family import Judging
 from .checks.live import binds_before_start, prebind
 from .checks.registry import FAMILIES
-from .config import (
-    ExportSpec,
-    Layout,
-    Progress,
-    Transport,
-    Via,
-    said_once,
-)
+from .config import Layout, Transport, Via
 from .environment import Environment
 from .errors import (
     ExportError,
@@ -47,7 +40,9 @@ from .host.export import build_export
 from .host.truth import Export
 from .logs import harness_fault
 from .plan import ExportPlan, GuestPlan
+from .progress import Progress, said_once
 from .qemu.cmdline import guest_mount_command, shell_quote_command
+from .qemu.spec import ExportSpec
 from .results import GuestRecord, ResultRow
 from .row_rules import known_issues_of, row_cache
 from .verdicts.cache import cache_premise, with_premise

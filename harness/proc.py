@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from .config import Progress
+from .progress import Progress
 
 _PR_SET_PDEATHSIG = 1
 # Looked up now, not in the forked child, where dlopen() could wait on a loader lock

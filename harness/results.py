@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .config import AccelDecision, Cache, Check, Layout, Start, Transport, Via, VirtiofsCache
+from .config import Cache, Check, Layout, Start, Transport, Via, VirtiofsCache
+from .qemu.accel import AccelDecision
 from .qemu.probe import QemuInfo
 from .qemu.virtiofsd import Virtiofsd
 from .verdicts.cache import PowerFinding

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .config import VIRTIOFS_CACHE, VIRTIOFS_ROWS, Cache, Transport, Version, VirtiofsCache
+from .config import VIRTIOFS_CACHE, VIRTIOFS_ROWS, Cache, Transport, VirtiofsCache
 from .plan import ExportPlan
 from .results import ResultRow
 from .verdicts.cache import PowerFacts, probe_power
 from .verdicts.common import Status, Verdict, expected_behaviour
 from .verdicts.ids import ids_verdict
 from .verdicts.known import KnownIssue, RowFacts, match, unreproduced
+from .version import Version
 
 
 def row_cache(plan: ExportPlan) -> Cache | VirtiofsCache:

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .checks.registry import RULES
-from .config import KNOWN_ISSUES_FILE, Progress, Transport, Via, quiet
+from .config import KNOWN_ISSUES_FILE, Transport, Via
 from .direct.backend import qemu_backend
 from .environment import Environment, prepare
 from .inputs import read_input
@@ -37,6 +37,7 @@ from .pool import (
     run_guest,
     run_guests,
 )
+from .progress import Progress, quiet
 from .results import ResultRow, RunResults
 from .row_rules import judge_power
 from .verdicts.common import Status

@@ -32,23 +32,23 @@ from ..config import (
     BootMethod,
     Cache,
     Check,
-    ExportLayout,
-    ExportSpec,
     Layout,
-    MachineOptions,
     Mode,
-    Progress,
     Transport,
 )
 from ..environment import Environment, prepare
 from ..errors import ArchiveUnreachable
 from ..host.export import build_export
+from ..host.layout import ExportLayout
 from ..host.namespace import enter_private_namespace
 from ..image.recipe import DEFAULT_RECIPE, recipe_names
+from ..machine_options import MachineOptions
 from ..plan import RunOptions
 from ..proc import run_tied
+from ..progress import Progress
 from ..qemu.debian import SUITES, fetch_debian_qemu
 from ..qemu.machine import Machine
+from ..qemu.spec import ExportSpec
 from ..qemu.virtiofsd import find_virtiofsd
 from ..report import environment_json
 from ..results import EnvironmentRecord, ResultRow

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..config import GuestImage, Progress
 from ..errors import HarnessError
 from ..image.apt import PrivateApt, unpack_deb
+from ..image.artefacts import GuestImage
 from ..image.recipe import load_recipe
 from ..proc import run_tied
+from ..progress import Progress
 
 PACKAGE = "virtme-ng"
 MODULES = Path("/lib/modules")

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..config import ExportSpec, Version
 from ..guest.lifecycle import Guest
 from ..host.truth import Export
 from ..plan import ExportPlan, FamilyRules
+from ..qemu.spec import ExportSpec
 from ..verdicts.common import Verdict
+from ..version import Version
 
 # What one family sees of an export: its own record type (IdsSeen, CrossSeen, ...).
 SeenT = TypeVar("SeenT")

@@ -16,11 +16,12 @@ import stat
 from pathlib import Path
 
 from ..agent.ops import OpRequest
-from ..config import Check, ExportSpec, Mode
+from ..config import Check, Mode
 from ..guest.lifecycle import Guest
 from ..host.export import extra_device
 from ..host.truth import LINK_A, Export
 from ..plan import ExportPlan, FamilyRules, Placement
+from ..qemu.spec import ExportSpec
 from ..verdicts.held import HeldCall, HeldSeen, HostDir, judge_held
 from ..verdicts.ops import OpsVerdict
 from .family import Judging

@@ -17,13 +17,14 @@ from ..agent.stat import (
     encode_paths,
 )
 from ..agent.witnesses import WitnessRuns, parse_witness_output, witness_script
-from ..config import Check, ExportSpec, Layout, Mode, Transport
+from ..config import Check, Layout, Mode, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..guest.shell import Shell
 from ..guest.ssh import CommandResult
 from ..host.truth import EntryKind, Export, HostTruth, layout_premise
 from ..plan import ExportPlan, FamilyRules, Placement
+from ..qemu.spec import ExportSpec
 from ..verdicts.common import _capped
 from ..verdicts.harm import HarmProbe, harm_probe
 from ..verdicts.ids import HarmInput, IdsVerdict, judge

@@ -16,12 +16,13 @@ from dataclasses import dataclass, replace
 
 from ..agent.collect import GuestView, parse_relook, relook_script
 from ..agent.stat import GuestObservation, GuestStat, encode_paths
-from ..config import Check, ExportSpec, Transport
+from ..config import Check, Transport
 from ..guest.lifecycle import Guest
 from ..host.export import bind_twice, extra_device, record_truth
 from ..host.truth import SUBDIR, Export, HostTruth
 from ..plan import FAMILY_LAYOUT, ExportPlan, FamilyRules, Placement
 from ..qemu.cmdline import mount_options
+from ..qemu.spec import ExportSpec
 from ..verdicts.common import Expectation, expected_behaviour
 from ..verdicts.ids import IdsVerdict, judge
 from ..verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime

@@ -26,11 +26,12 @@ from ..agent.ops import (
     ops_command,
     parse_ops_output,
 )
-from ..config import Cache, Check, ExportSpec, Transport
+from ..config import Cache, Check, Transport
 from ..errors import GuestOutputError
 from ..guest.lifecycle import Guest
 from ..host.truth import TWIN_SAME, Export
 from ..plan import ExportPlan, FamilyRules, Placement
+from ..qemu.spec import ExportSpec
 from ..verdicts.harm import qid
 from ..verdicts.ops import (
     TWIN_TARGET,

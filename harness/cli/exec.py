@@ -6,8 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import MachineOptions
 from ..errors import UsageError
+from ..machine_options import MachineOptions
 from .options import Entry, Given, Subparsers, add_machine, command, machine
 from .output import progress, say
 

@@ -7,7 +7,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Accel, ExportLayout, MachineOptions
+from ..config import Accel
+from ..host.layout import ExportLayout
+from ..machine_options import MachineOptions
 from ..plan import RunOptions
 from .options import (
     CACHES,

@@ -29,12 +29,12 @@ from ..config import (
     DEFAULT_TRANSPORTS,
     Accel,
     Check,
-    ExportLayout,
     Layout,
-    MachineOptions,
     parse_enum_list,
 )
 from ..errors import EXIT_ERROR, UsageError
+from ..host.layout import ExportLayout
+from ..machine_options import MachineOptions
 from .output import say
 
 T = TypeVar("T")

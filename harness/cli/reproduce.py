@@ -7,16 +7,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import (
-    ALL_CACHES,
-    ALL_LAYOUTS,
-    ALL_MODES,
-    Cache,
-    ExportLayout,
-    Layout,
-    MachineOptions,
-    Mode,
-)
+from ..config import ALL_CACHES, ALL_LAYOUTS, ALL_MODES, Cache, Layout, Mode
+from ..host.layout import ExportLayout
+from ..machine_options import MachineOptions
 from .options import (
     Entry,
     Given,

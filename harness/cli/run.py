@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import Accel, Layout, MachineOptions, Transport, Via
+from ..config import Accel, Layout, Transport, Via
 from ..errors import EXIT_FAIL, HarnessError, UsageError
+from ..machine_options import MachineOptions
 from ..plan import RunOptions
 from .options import (
     CACHES,

@@ -14,8 +14,9 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportLayout, ExportSpec, Layout, MachineSpec
+from ..config import Layout
 from ..errors import UsageError
+from ..host.layout import ExportLayout
 from ..host.truth import (
     ODD_NAME,
     ROOT_STEP,
@@ -31,6 +32,7 @@ from ..host.truth import (
     TWIN_SAME,
 )
 from ..qemu.cmdline import kernel_append, mount_options, render_command
+from ..qemu.spec import ExportSpec, MachineSpec
 
 # Shell variables of the script's inner half: the export and the overlay's layers
 # (beside the export, never in it: ``host.overlay``), both in the script's mktemp

@@ -6,11 +6,13 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import Accel, MachineOptions, Progress, quiet
+from ..config import Accel
 from ..environment import Environment, prepare
 from ..errors import QemuFailed, SshUnavailable
 from ..guest.ssh import CommandResult
 from ..logs import log_root
+from ..machine_options import MachineOptions
+from ..progress import Progress, quiet
 from ..qemu.machine import Machine
 
 

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import Progress
 from ..environment import resolve_qemu
 from ..errors import EXIT_ERROR, EXIT_FAIL
 from ..image.recipe import load_recipe
 from ..plan import RunOptions
+from ..progress import Progress
 from ..qemu.debian import suite_of
 from ..results import RunResults
 from ..run import run_checks

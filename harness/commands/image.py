@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..config import GuestImage, Progress
+from ..image.artefacts import GuestImage
 from ..image.build import build_image, list_images
+from ..progress import Progress
 from ..qemu.snapshot import KEEP_STATES, StateCache
 
 

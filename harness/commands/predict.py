@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MAX_PATHS, Mode, Progress, Transport, Version, quiet
+from ..config import DEFAULT_MAX_PATHS, Mode, Transport
 from ..errors import UsageError
 from ..host.walk import TreeWalk, walk_tree
+from ..progress import Progress, quiet
 from ..results import EXIT_FAIL, EXIT_OK
 from ..verdicts.common import Expectation
 from ..verdicts.predict import (
@@ -26,6 +27,7 @@ from ..verdicts.predict import (
     VirtiofsPrediction,
     predict,
 )
+from ..version import Version
 
 # Groups and files per group shown in the text; JSON lists up to JSON_GROUPS.
 TEXT_GROUPS = 5

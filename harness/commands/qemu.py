@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import paths
-from ..config import Progress
+from ..progress import Progress
 from ..qemu.debian import SUITES, DebianBuild, cached_builds, fetch_debian_qemu, served_version
 from ..qemu.pins import load_pins, pins_path, render_pins
 

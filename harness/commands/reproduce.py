@@ -12,22 +12,17 @@ from pathlib import Path
 
 from ..agent.witnesses import TOOLS_DIR
 from ..commands import byhand
-from ..config import (
-    Cache,
-    ExportLayout,
-    ExportSpec,
-    Layout,
-    MachineOptions,
-    Mode,
-    Progress,
-    quiet,
-)
+from ..config import Cache, Layout, Mode
 from ..direct.backend import QemuBackend
 from ..environment import prepare
+from ..host.layout import ExportLayout
 from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
+from ..machine_options import MachineOptions
 from ..plan import ExportPlan, GuestPlan
 from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
+from ..progress import Progress, quiet
+from ..qemu.spec import ExportSpec
 from ..results import ResultRow
 from ..run import load_known_issues
 from ..verdicts.ids import Collision, IdsVerdict, collision_failure, ids_verdict

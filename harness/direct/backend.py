@@ -7,12 +7,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from ..config import ExportSpec, Progress, Via
+from ..config import Via
 from ..environment import Environment
 from ..guest.lifecycle import Guest
 from ..host.namespace import enter_private_namespace
 from ..plan import GuestPlan, RunOptions
+from ..progress import Progress
 from ..qemu.machine import Machine
+from ..qemu.spec import ExportSpec
 from ..results import ResultRow
 
 

@@ -1,2 +1,2 @@
 """A running guest, whoever started it: the ``Guest`` protocol, the boot wait, the SSH
-client and what the guest init's console says."""
+client, what the guest init's console says and how QEMU ended."""

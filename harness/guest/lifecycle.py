@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from ..config import GuestImage, QemuEnd, Start
+from ..config import Start
 from ..errors import (
     GuestBootTimeout,
     GuestInitFailed,
@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..proc import tail_file
 from .bootlog import init_failure
+from .end import QemuEnd
 from .ssh import CommandResult, GuestSsh, connect_with_retry
 
 # The guest init prints this once every step of its boot succeeded, or the other
@@ -149,12 +150,16 @@ class Launched:
 
 @dataclass(frozen=True)
 class BootDeadline:
-    """When the boot started, how long it may take, and how to reach the guest."""
+    """When the boot started, how long it may take, and how to reach the guest: its
+    forwarded SSH port, the key the harness logs in with and the guest's pinned host
+    key (both from the image: the paths alone, so a guest needs nothing of how images
+    are built)."""
 
     started: float
     seconds: float
     host_port: int
-    image: GuestImage
+    client_key: Path
+    host_key_pub: Path
 
 
 def check_alive(guest: Booting, *, up: bool = False) -> None:
@@ -242,8 +247,8 @@ def connect(guest: Booting, deadline: BootDeadline) -> GuestSsh:
     until = deadline.started + deadline.seconds
     try:
         return connect_with_retry(
-            "127.0.0.1", deadline.host_port, deadline.image.client_key,
-            deadline.image.host_key_pub, until, lambda: check_alive(guest),
+            "127.0.0.1", deadline.host_port, deadline.client_key,
+            deadline.host_key_pub, until, lambda: check_alive(guest),
         )
     except SshUnavailable as exc:
         if type(exc) is not SshUnavailable:  # a wrong host key is no timeout

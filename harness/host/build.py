@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..config import ExportLayout, Progress
 from ..errors import ExportError, LayoutRequirementMissing
+from ..progress import Progress
+from .layout import ExportLayout
 from .namespace import mount as mount_any
 from .namespace import mount_tmpfs, private_namespace, unmount
 from .truth import (

@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ..config import ExportLayout, Layout, Progress, quiet
+from ..config import Layout
 from ..errors import ExportError
+from ..progress import Progress, quiet
 from .blockfs import build_btrfs, build_ext4, build_xfs
 from .build import (
     BuildContext,
@@ -37,6 +38,7 @@ from .build import (
     temp_dir,
     tmpfs_device,
 )
+from .layout import ExportLayout
 from .namespace import bind_mount, private_namespace, unmount
 from .overlay import build_overlay, build_overlay_mixed
 from .scripted import build_scripted, build_scripted_fullmap

@@ -11,7 +11,8 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from ..config import ExportLayout, Layout
+from ..config import Layout
+from .layout import ExportLayout
 
 SUBDIR = "sub"
 

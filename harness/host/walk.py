@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from ..config import DEFAULT_MAX_PATHS, Progress, quiet
+from ..config import DEFAULT_MAX_PATHS
 from ..errors import TreeError
+from ..progress import Progress, quiet
 from .mounts import MountEntry, mounts_under, parse_mountinfo
 from .truth import EntryKind, ExportDevice, HostEntry, HostTruth
 

@@ -1,2 +1,2 @@
-"""The guest image: recipes, packages from a private apt, kernel files, the
-initramfs and its cpio writer."""
+"""The guest image: what a built one holds, recipes, packages from a private apt,
+kernel files, the initramfs and its cpio writer."""

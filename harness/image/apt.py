@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import timeout_scale_from_env
 from ..errors import ArchiveUnreachable, ImageBuildError
 from ..proc import run_tied
+from ..timeouts import timeout_scale_from_env
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"

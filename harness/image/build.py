@@ -31,10 +31,12 @@ from typing import Any
 
 from .. import paths
 from ..cachefs import check_dir, lock_file, open_nofollow, private_dir, write_atomic
-from ..config import GuestImage, Progress, quiet, timeout_scale_from_env
 from ..errors import CacheDirError, ImageBuildError, MissingPackages
 from ..proc import find_program, run_tied
+from ..progress import Progress, quiet
+from ..timeouts import timeout_scale_from_env
 from .apt import PackageInfo, PrivateApt, unpack_deb
+from .artefacts import GuestImage
 from .initramfs import (
     TOOLS_DIR,
     Contents,

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..cachefs import OWNER_HINT, open_nofollow
-from ..config import Progress, quiet
 from ..errors import CacheDirError
+from ..progress import Progress, quiet
 
 _POLL_S = 0.1
 _HOLDER_BYTES = 200

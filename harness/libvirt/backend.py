@@ -19,13 +19,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config import BootMethod, ExportSpec, Progress, Transport, Via
+from ..config import BootMethod, Transport, Via
 from ..environment import Environment
 from ..errors import LibvirtError
 from ..guest.lifecycle import Guest
 from ..host.namespace import NamespaceKind, enter_private_namespace
 from ..plan import GuestPlan, RunOptions
+from ..progress import Progress
 from ..qemu.cmdline import kernel_append, uses_virtiofs
+from ..qemu.spec import ExportSpec
 from ..results import ResultRow
 from ..verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from .daemon import (

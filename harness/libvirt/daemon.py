@@ -37,10 +37,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..config import Progress, quiet, timeout_scale_from_env
 from ..errors import LibvirtError, indent
 from ..host.namespace import mount_tmpfs, unmount
 from ..proc import kill_process_group, spawn_tied, tail_file
+from ..progress import Progress, quiet
+from ..timeouts import timeout_scale_from_env
 
 URI = "qemu:///system"
 

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import GuestImage, Progress, Start, Timeouts, quiet
+from ..config import Start
 from ..errors import QemuFailed
 from ..guest.lifecycle import BootDeadline, Launched, check_alive, wait_ready
 from ..guest.ssh import CommandResult, GuestSsh
+from ..image.artefacts import GuestImage
 from ..proc import tail_file
+from ..progress import Progress, quiet
 from ..qemu.cmdline import forwarded_port, shell_quote_command
+from ..timeouts import Timeouts
 from .daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, error_text, import_libvirt
 from .domain import DomainSpec, qemu_output, render_domain_xml
 
@@ -138,8 +141,9 @@ class LibvirtGuest(Launched):
 
     def wait_ready(self) -> None:
         """Wait for the readiness line and an SSH session (``guest.wait_ready``)."""
-        self._ssh = wait_ready(self, BootDeadline(self._start, self.timeouts.boot,
-                                                  self.host_port, self.image))
+        deadline = BootDeadline(self._start, self.timeouts.boot, self.host_port,
+                                self.image.client_key, self.image.host_key_pub)
+        self._ssh = wait_ready(self, deadline)
         self.boot_seconds = time.monotonic() - self._start
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> CommandResult:

@@ -12,10 +12,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ..config import Accel, AccelDecision
+from ..config import Accel
 from ..errors import KvmUnavailable
 from ..proc import kill_process_group, spawn_tied, tail_text
 from .cmdline import MACHINE_TYPE, datadir_args, escape_opt
@@ -35,6 +36,15 @@ _POLL_S = 0.05
 _memo: dict[tuple[Path, Path], tuple[bool, str]] = {}
 
 _NO_DEVICE = "/dev/kvm is missing or cannot be opened read-write"
+
+
+@dataclass(frozen=True)
+class AccelDecision:
+    """The accelerator actually used and why (recorded in every report)."""
+
+    used: Accel
+    reason: str
+    fell_back: bool = False
 
 
 def decide_accel(requested: Accel, info: QemuInfo, liveness: Liveness) -> AccelDecision:

@@ -13,8 +13,9 @@ import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..config import Accel, BootMethod, ExportSpec, MachineSpec, Mode, Transport
+from ..config import Accel, BootMethod, Mode, Transport
 from ..errors import UsageError
+from .spec import ExportSpec, MachineSpec
 
 MACHINE_TYPE = "q35"
 

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..config import Progress, quiet
 from ..errors import ImageBuildError, UsageError
 from ..image.apt import PrivateApt, Suite, unpack_deb
 from ..image.build import dependency_closure
 from ..image.verify import file_problem, record_files_at
 from ..proc import run_tied
+from ..progress import Progress, quiet
 
 PREFIX = "debian:"
 SUITES: Mapping[str, Suite] = {s.name: s for s in (

@@ -18,18 +18,9 @@ from contextlib import ExitStack, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import (
-    EndHow,
-    ExportSpec,
-    MachineSpec,
-    Mode,
-    Progress,
-    QemuEnd,
-    Start,
-    Transport,
-    quiet,
-)
+from ..config import Mode, Start, Transport
 from ..errors import QemuFailed, QmpError, SshUnavailable
+from ..guest.end import EndHow, QemuEnd
 from ..guest.lifecycle import (
     BootDeadline,
     Launched,
@@ -40,6 +31,7 @@ from ..guest.lifecycle import (
 )
 from ..guest.ssh import CommandResult, GuestSsh
 from ..proc import HELD_SIGNALS, kill_process_group, spawn_tied
+from ..progress import Progress, quiet
 from .cmdline import (
     forwarded_port,
     kernel_append,
@@ -60,6 +52,7 @@ from .snapshot import (
     state_key,
     wait_restored,
 )
+from .spec import ExportSpec, MachineSpec
 from .vhostfs import VirtiofsDaemon
 
 # 9p device slots of a restorable guest: the most exports one guest of the default
@@ -287,8 +280,9 @@ class Machine(Launched):
         return f"QEMU exited with status {self._proc.returncode}"
 
     def _deadline(self) -> BootDeadline:
+        image = self.spec.image
         return BootDeadline(self._start, self.spec.timeouts.boot, self.host_port,
-                            self.spec.image)
+                            image.client_key, image.host_key_pub)
 
     def wait_ready(self) -> None:
         """Wait until the guest accepts SSH with every export mounted.

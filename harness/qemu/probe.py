@@ -23,9 +23,10 @@ from typing import IO
 
 from qemu.qmp import ExecuteError
 
-from ..config import MULTIDEVS_SINCE, SANDBOX_DENY, Version
+from ..config import MULTIDEVS_SINCE, SANDBOX_DENY
 from ..errors import QemuNotFound, QemuTooOld, QmpError, indent
 from ..proc import kill_process_group, spawn_tied, tail_text
+from ..version import Version
 from .cmdline import qmp_args, shell_quote_command
 from .qmp import Qmp
 

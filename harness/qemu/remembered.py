@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cachefs import check_dir, private_dir, write_atomic
-from ..config import Version
 from ..errors import CacheDirError
+from ..version import Version
 from .cmdline import MACHINE_TYPE
 from .probe import KVM_DEVICE, QemuInfo, kvm_device_usable
 from .snapshot import file_identity as state_file_identity

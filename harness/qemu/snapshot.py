@@ -42,11 +42,11 @@ from ..cachefs import (
     sync_dir,
     write_atomic,
 )
-from ..config import ExportSpec
 from ..errors import CacheDirError, GuestInitFailed, QmpError
 from ..guest.ssh import GuestSsh
 from .cmdline import mount_options
 from .qmp import Qmp
+from .spec import ExportSpec
 
 # The newest states kept; each is ~80 MB at -m 256.
 KEEP_STATES = 8

@@ -20,9 +20,11 @@ from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
-from ..config import VIRTIOFS_CACHE, ExportSpec, Progress, quiet
+from ..config import VIRTIOFS_CACHE
 from ..errors import VirtiofsdError
 from ..proc import kill_process_group, spawn_tied, tail_file
+from ..progress import Progress, quiet
+from .spec import ExportSpec
 
 # After QEMU quit, virtiofsd sees the vhost-user connection close and exits at once.
 _EXIT_WAIT_S = 5.0

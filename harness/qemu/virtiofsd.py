@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..config import Progress, quiet
 from ..errors import VirtiofsdError
 from ..proc import run_tied
+from ..progress import Progress, quiet
 from .debian import SUITES, VIRTIOFSD, fetch_unpacked
 
 TRIXIE = SUITES["trixie"]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_FROM_DEV, REMAP_DEFAULT_SINCE, Mode, Version
+from ..config import MULTIDEVS_SINCE, REMAP_DEFAULT_FROM_DEV, REMAP_DEFAULT_SINCE, Mode
 from ..errors import QemuTooOld
+from ..version import Version
 from .qemu_stderr import parse_report
 
 # QEMU's multi-device messages (hw/9pfs/9p.c) are matched by their stable parts, not

@@ -17,7 +17,8 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import Mode, Version
+from ..config import Mode
+from ..version import Version
 from .common import Expectation
 from .ops import OpOutcome, OpsVerdict, behaviour_of, common_failures, ops_verdict
 

@@ -39,8 +39,9 @@ from typing import Any
 
 from ..agent.harm import HarmObservation
 from ..agent.stat import GuestObservation, GuestResult, GuestStat
-from ..config import Cache, Layout, Mode, Version
+from ..config import Cache, Layout, Mode
 from ..host.truth import EntryKind, HostTruth, kind_of_mode, layout_premise
+from ..version import Version
 from .common import (
     Behaviour,
     Expectation,

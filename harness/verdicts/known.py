@@ -21,8 +21,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import VIRTIOFS_CACHE, VIRTIOFS_ROWS, Cache, Check, Layout, Mode, Transport, Version
+from ..config import VIRTIOFS_CACHE, VIRTIOFS_ROWS, Cache, Check, Layout, Mode, Transport
 from ..errors import UsageError
+from ..version import Version
 from .common import Expectation
 
 _FIELDS = {"id", "title", "component", "transport", "check", "modes", "expectation", "layouts",

@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..agent.stat import GuestResult, GuestStat
-from ..config import Mode, Version
+from ..config import Mode
 from ..host.truth import HostTruth
+from ..version import Version
 from .common import (
     MAX_LISTED,
     Expectation,

@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Mode, Transport, Version
+from ..config import Mode, Transport
+from ..version import Version
 from .common import (
     Behaviour,
     Expectation,

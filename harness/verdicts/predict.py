@@ -22,9 +22,10 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..config import Mode, Version
+from ..config import Mode
 from ..host.mounts import MountEntry, mount_holding, relative_point
 from ..host.truth import ExportDevice, HostTruth
+from ..version import Version
 from .common import Expectation, default_undecided, expected_behaviour
 from .remap import FULLMAP_WARNING, RemapCheck, check_remap, modelled
 from .remap_model import RemapResult, guest_ino

@@ -23,7 +23,7 @@ import re
 import signal
 from dataclasses import replace
 
-from ..config import EndHow, QemuEnd
+from ..guest.end import EndHow, QemuEnd
 from .common import Status, Verdict, is_multidevs_line
 from .qemu_stderr import ReportKind, parse_report
 

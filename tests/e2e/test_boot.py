@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Timeouts
 from harness.environment import Environment
 from harness.errors import GuestPanic, SshUnavailable
 from harness.plugin import MachineFactory
 from harness.qemu.machine import Machine
+from harness.timeouts import Timeouts
 
 from .helpers import run_harness
 from .leaks import assert_no_qemu_left

@@ -217,7 +217,7 @@ def test_guest_with_another_host_key_is_refused(tmp_path: Path) -> None:
 EXPORT_ROOT_CHILD = r"""
 import json, sys
 from pathlib import Path
-from harness.config import ExportLayout
+from harness.host.layout import ExportLayout
 from harness.errors import ExportError
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace

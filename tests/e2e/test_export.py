@@ -31,7 +31,10 @@ CHILD_TIMEOUT_S = 270
 CHILD = r"""
 import hashlib, json, os, sys
 from pathlib import Path
-from harness.config import Accel, Cache, ExportLayout, Layout, MachineOptions, Mode, Version
+from harness.config import Accel, Cache, Layout, Mode
+from harness.host.layout import ExportLayout
+from harness.machine_options import MachineOptions
+from harness.version import Version
 from harness.errors import LayoutRequirementMissing, LayoutUnavailable
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from harness.checks.ids import collect
-from harness.config import ExportSpec, Mode, Start
+from harness.config import Mode, Start
 from harness.environment import Environment, prepare
 from harness.errors import ArchiveUnreachable
 from harness.host.truth import Export
 from harness.image.build import build_image
 from harness.plugin import HarnessOptions
 from harness.qemu.machine import Machine
+from harness.qemu.spec import ExportSpec
 from harness.verdicts.ids import find_collisions
 
 from .leaks import Sandbox

@@ -25,19 +25,12 @@ from typing import Any
 
 import pytest
 
-from harness.config import (
-    ALL_MODES,
-    DEFAULT_CACHES,
-    Accel,
-    Check,
-    ExportLayout,
-    MachineOptions,
-    Mode,
-    RowKey,
-)
+from harness.config import ALL_MODES, DEFAULT_CACHES, Accel, Check, Mode, RowKey
 from harness.environment import prepare
 from harness.errors import HarnessError, LibvirtError
+from harness.host.layout import ExportLayout
 from harness.libvirt.daemon import RUN_MARKER_ENV
+from harness.machine_options import MachineOptions
 from harness.plugin import skip_reason as plugin_skip_reason
 
 from .helpers import harness_argv, libvirt_missing, run_harness

@@ -15,13 +15,15 @@ from harness.agent.witnesses import TOOL_NAMES
 from harness.checks.family import Judging
 from harness.checks.ids import IdsSeen
 from harness.checks.registry import FAMILIES
-from harness.config import Check, ExportLayout, ExportSpec, Mode
+from harness.config import Check, Mode
 from harness.environment import Environment
 from harness.host.export import build_export
+from harness.host.layout import ExportLayout
 from harness.host.truth import Export
 from harness.plan import ExportPlan
 from harness.plugin import MachineFactory
 from harness.qemu.machine import Machine
+from harness.qemu.spec import ExportSpec
 from harness.verdicts.ids import IdsVerdict, ids_verdict
 
 pytestmark = pytest.mark.timeout(240)

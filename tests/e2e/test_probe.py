@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import SANDBOX_DENY, Accel, Version
+from harness.config import SANDBOX_DENY, Accel
 from harness.errors import QemuNotFound, QemuTooOld
 from harness.qemu.accel import boot_liveness, clear_liveness_memo, kvm_liveness_probe
 from harness.qemu.probe import probe_qemu, require_multidevs
+from harness.version import Version
 
 from .helpers import needs_qemu, real_qemu
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.config import Accel, BootMethod, Mode
+from harness.image.artefacts import GuestImage
 from harness.proc import kill_process_group, tail_text
 from harness.qemu.cmdline import kernel_append, render_command, shell_quote_command
 from harness.qemu.probe import probe_qemu
 from harness.qemu.qmp import Qmp
+from harness.qemu.spec import ExportSpec, MachineSpec
 
 from .helpers import needs_qemu, real_qemu
 from .kernel_path import NO_KERNEL_REASON, find_test_kernel

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, AccelDecision, Version
+from harness.config import Accel
 from harness.errors import KvmUnavailable
 from harness.qemu import accel
-from harness.qemu.accel import decide_accel, kvm_liveness_probe
+from harness.qemu.accel import AccelDecision, decide_accel, kvm_liveness_probe
 from harness.qemu.probe import QemuInfo
+from harness.version import Version
 
 HANG = (
     "/dev/kvm opens but a guest kernel printed nothing within 8 s under KVM "

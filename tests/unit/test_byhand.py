@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from harness.commands.byhand import EXPORT_VAR, guest_hint, populate_function, script
-from harness.config import Accel, ExportLayout, ExportSpec, GuestImage, Layout, MachineSpec, Mode
+from harness.config import Accel, Layout, Mode
 from harness.errors import UsageError
+from harness.host.layout import ExportLayout
+from harness.image.artefacts import GuestImage
+from harness.qemu.spec import ExportSpec, MachineSpec
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICLoFt9ZJDDzRx+0itph7ZAQpZAHpnGD7s1C6R1YgJfI"
 

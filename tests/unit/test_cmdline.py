@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from harness.config import Accel, BootMethod, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.config import Accel, BootMethod, Mode
 from harness.errors import UsageError
+from harness.image.artefacts import GuestImage
 from harness.qemu.cmdline import (
     escape_opt,
     fsdev_args,
@@ -23,6 +24,7 @@ from harness.qemu.cmdline import (
     serial_args,
     slot_exports,
 )
+from harness.qemu.spec import ExportSpec, MachineSpec
 
 IMAGE = GuestImage(
     directory=Path("/cache/img"),

@@ -29,7 +29,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds tmpfs mounts: 
 CHILD = r"""
 import json, os, sys
 from pathlib import Path
-from harness.config import ExportLayout, Layout
+from harness.config import Layout
+from harness.host.layout import ExportLayout
 from harness.errors import ExportError
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace
@@ -191,8 +192,9 @@ def test_loop_layout_root_and_mount_point_share_a_qid(base: Path) -> None:
 
 
 def test_loop_layout_is_two_devices() -> None:
-    from harness.config import ExportLayout, Layout
+    from harness.config import Layout
     from harness.errors import UsageError
+    from harness.host.layout import ExportLayout
 
     with pytest.raises(UsageError, match="exactly two devices"):
         ExportLayout(devices=3, kind=Layout.LOOP)
@@ -324,7 +326,7 @@ def test_refuses_to_mount_outside_a_private_namespace(tmp_path: Path) -> None:
     # the plugin's private namespace for the e2e tests.
     code = (
         "from pathlib import Path\n"
-        "from harness.config import ExportLayout\n"
+        "from harness.host.layout import ExportLayout\n"
         "from harness.errors import ExportError\n"
         "from harness.host.export import build_export\n"
         "try:\n"
@@ -362,7 +364,7 @@ def test_host_truth_helpers() -> None:
 LIVE_CHILD = r"""
 import json, os, sys
 from pathlib import Path
-from harness.config import ExportLayout
+from harness.host.layout import ExportLayout
 from harness.host.truth import SUBDIR
 from harness.host.export import bind_twice, build_export, extra_device, record_truth
 from harness.host.namespace import enter_private_namespace

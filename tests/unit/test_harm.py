@@ -14,7 +14,7 @@ import pytest
 
 from harness.agent.harm import FileSeen, HarmObservation, parse_harm_output, printf_command
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Cache, Mode, Version
+from harness.config import Cache, Mode
 from harness.errors import GuestOutputError
 from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.verdicts.common import Status
@@ -28,6 +28,7 @@ from harness.verdicts.harm import (
 )
 from harness.verdicts.ids import HarmInput, judge
 from harness.verdicts.kernel import kernel_lines
+from harness.version import Version
 
 from .truths import host_dir, host_file
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import errno
 
 from harness.checks.held import CALLS
-from harness.config import Mode, Version
+from harness.config import Mode
 from harness.verdicts.common import Status
 from harness.verdicts.held import HeldSeen, HostDir, judge_held
+from harness.version import Version
 
 QEMU = Version(7, 2, 22)
 FORBID_MESSAGE = ("qemu-system-x86_64: 9p: Multiple devices detected in same VirtFS export. "

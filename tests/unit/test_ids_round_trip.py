@@ -13,9 +13,10 @@ import pytest
 
 from harness.agent.witnesses import TOOL_NAMES
 from harness.checks.ids import observe_ids
-from harness.config import ExportLayout, Mode
+from harness.config import Mode
 from harness.errors import GuestOutputError
 from harness.guest.ssh import CommandResult
+from harness.host.layout import ExportLayout
 from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.plan import ExportPlan
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import pytest
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Mode, Version
+from harness.config import Mode
 from harness.errors import QemuTooOld
 from harness.host.truth import EntryKind, HostEntry, HostTruth
 from harness.verdicts.common import (
@@ -24,6 +24,7 @@ from harness.verdicts.common import (
 )
 from harness.verdicts.ids import Collision, find_collisions, judge, unobserved
 from harness.verdicts.witnesses import Witness
+from harness.version import Version
 
 from .truths import host_dir, host_file
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from harness.config import GuestImage
 from harness.errors import CacheDirError, ImageBuildError
 from harness.image import build as image_mod
+from harness.image.artefacts import GuestImage
 from harness.image.build import (
     BUILDER_VERSION,
     Resolution,

@@ -132,8 +132,9 @@ def test_decompress_module_failures() -> None:
 def test_a_kernel_override_is_named_by_its_own_release(tmp_path: Path) -> None:
     # --kernel: the environment and every row name the file's release (its bzImage
     # header), not the image's (issue 22).
-    from harness.config import BootMethod, GuestImage
+    from harness.config import BootMethod
     from harness.environment import _kernel_override, kernel_kind
+    from harness.image.artefacts import GuestImage
 
     image = GuestImage(tmp_path, "r", "k", "6.1.0-57-amd64", tmp_path / "vmlinux",
                        tmp_path / "vmlinuz", tmp_path / "initrd", tmp_path / "h",

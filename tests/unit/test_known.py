@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Check, Version, Via
+from harness.config import Check, Via
 from harness.errors import UsageError
 from harness.qemu.probe import QemuInfo
 from harness.results import EXIT_FAIL, EXIT_OK, EnvironmentRecord, ResultRow, RunResults, exit_code
 from harness.run import load_known_issues
 from harness.verdicts.common import Status, Verdict
 from harness.verdicts.known import RowFacts, kernel_version, match, parse_known_issues, unreproduced
+from harness.version import Version
 
 ISSUE = """
 [[issue]]

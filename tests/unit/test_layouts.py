@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ALL_LAYOUTS, ExportLayout, Layout
+from harness.config import ALL_LAYOUTS, Layout
 from harness.errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
 from harness.host import blockfs, export, loop, scripted, tools
+from harness.host.layout import ExportLayout
 from harness.host.scripted import ScriptedDevice, scripted_devices
 from harness.host.scripted_fs import validate_spec
 from harness.host.truth import (

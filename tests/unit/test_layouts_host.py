@@ -40,7 +40,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds mounts: run as
 CHILD = r"""
 import json, os, sys, time
 from pathlib import Path
-from harness.config import ExportLayout, Layout
+from harness.config import Layout
+from harness.host.layout import ExportLayout
 from harness.errors import LayoutRequirementMissing, LayoutUnavailable
 from harness.host.build import scratch_dir
 from harness.host.export import build_export
@@ -319,7 +320,8 @@ def test_loop_layouts_are_unavailable_rootless(tmp_path: Path, base: Path) -> No
 HOLDER = r"""
 import json, sys, time
 from pathlib import Path
-from harness.config import ExportLayout, Layout
+from harness.config import Layout
+from harness.host.layout import ExportLayout
 from harness.errors import LayoutRequirementMissing
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace

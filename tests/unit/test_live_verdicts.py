@@ -8,10 +8,11 @@ from dataclasses import replace
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.checks.live import _forgive_host_gaps, another_order
-from harness.config import Mode, Version
+from harness.config import Mode
 from harness.host.truth import HostTruth
 from harness.verdicts.common import Status
 from harness.verdicts.live import RemountSeen, RuntimeSeen, judge_remount, judge_runtime
+from harness.version import Version
 
 from .truths import host_dir, host_file
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.checks.ops import guest_xattr, operation_cases
-from harness.config import ExportSpec, Mode, Transport, Version
+from harness.config import Mode, Transport
+from harness.qemu.spec import ExportSpec
 from harness.verdicts.common import Status
 from harness.verdicts.ops import (
     TWIN_TARGET,
@@ -22,6 +23,7 @@ from harness.verdicts.ops import (
     judge_cross_device,
     judge_operations,
 )
+from harness.version import Version
 
 V7 = Version(7, 2, 22)
 WARNING = ("qemu-system-x86_64: warning: 9p: Multiple devices detected in same VirtFS "

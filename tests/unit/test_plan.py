@@ -5,21 +5,20 @@ from __future__ import annotations
 import pytest
 
 from harness.checks.registry import FAMILIES, RULES
+from harness.cli.options import CHECKS
 from harness.config import (
     ALL_CHECKS,
     ALL_MODES,
     Cache,
     Check,
-    ExportLayout,
     Layout,
     Mode,
     RowKey,
     Transport,
-    Version,
     Via,
-    parse_checks,
 )
 from harness.errors import UsageError
+from harness.host.layout import ExportLayout
 from harness.plan import (
     DEFAULT_CHECKS,
     apply_checks,
@@ -28,6 +27,7 @@ from harness.plan import (
     row_rank,
 )
 from harness.pool import _outside
+from harness.version import Version
 
 LAYOUT = ExportLayout(devices=3, files_per_device=8)
 
@@ -170,13 +170,13 @@ def test_every_planned_family_is_implemented() -> None:
     assert set(FAMILIES) == set(ALL_CHECKS)
 
 
-def test_parse_checks() -> None:
-    assert parse_checks(" operations,ids,operations ") == ("operations", "ids")
+def test_the_checks_option_is_parsed_in_order_without_repeats() -> None:
+    assert CHECKS.parse(" operations,ids,operations ") == ("operations", "ids")
     with pytest.raises(UsageError, match="unknown check family 'bogus'") as caught:
-        parse_checks("ids,bogus")
+        CHECKS.parse("ids,bogus")
     assert caught.value.hint is not None and "cross_device" in caught.value.hint
     with pytest.raises(UsageError, match="no check family"):
-        parse_checks(",")
+        CHECKS.parse(",")
 
 
 def test_family_rows_sort_after_ids_and_controls() -> None:

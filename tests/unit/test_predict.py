@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.agent.stat import GuestObservation
-from harness.config import Layout, Mode, Version
+from harness.config import Layout, Mode
 from harness.host.mounts import mount_holding, mounts_under, parse_mountinfo, relative_point
 from harness.host.namespace import MS_NODEV, MS_NOSUID, MS_RELATIME, MS_STRICTATIME, kept_flags
 from harness.host.truth import ExportDevice, HostTruth
@@ -25,6 +25,7 @@ from harness.verdicts.predict import (
     predict,
     raw_collisions,
 )
+from harness.version import Version
 
 from .test_ids_verdicts import (
     FORBID_MESSAGE,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Version
 from harness.errors import QemuTooOld
 from harness.qemu.probe import QemuInfo, require_multidevs
+from harness.version import Version
 
 
 @pytest.mark.parametrize(

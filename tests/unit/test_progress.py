@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.config import said_once
+from harness.progress import said_once
 
 
 def test_said_once_passes_each_distinct_line_once_in_order() -> None:

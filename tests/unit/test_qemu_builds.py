@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from harness.cli import bisect_code, main
-from harness.config import Accel, GuestImage, MachineSpec
+from harness.config import Accel
 from harness.environment import find_datadirs
 from harness.errors import UsageError
+from harness.image.artefacts import GuestImage
 from harness.libvirt.domain import QEMU_NS, DomainSpec, render_domain_xml
 from harness.qemu.cmdline import machine_args
 from harness.qemu.debian import QEMU, SUITES, build_root, cached_builds, suite_of
+from harness.qemu.spec import MachineSpec
 
 
 def _tree(root: Path, *files: str) -> None:

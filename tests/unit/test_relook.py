@@ -12,12 +12,14 @@ import pytest
 
 from harness.agent.stat import GuestStat
 from harness.checks.live import RemountCheck, another_order
-from harness.config import Check, ExportLayout, ExportSpec, Mode
+from harness.config import Check, Mode
 from harness.errors import GuestOutputError
 from harness.guest.lifecycle import Guest
 from harness.guest.ssh import CommandResult
+from harness.host.layout import ExportLayout
 from harness.host.truth import Export, HostTruth
 from harness.plan import ExportPlan
+from harness.qemu.spec import ExportSpec
 from harness.verdicts.live import RemountSeen
 
 from .truths import host_dir, host_file

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
-from harness.config import Layout, Mode, Version
+from harness.config import Layout, Mode
 from harness.host.truth import EntryKind, HostEntry, HostTruth, scripted_content
 from harness.verdicts.common import Status
 from harness.verdicts.ids import judge
@@ -21,6 +21,7 @@ from harness.verdicts.remap import (
     first_sight,
     fullmap_warning_failures,
 )
+from harness.version import Version
 
 DIR, FILE = 0o040755, 0o100644
 L1, L2, L3 = 1 << 62, 1 << 63, (1 << 63) | (1 << 62)

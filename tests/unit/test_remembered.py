@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, Version
+from harness.config import Accel
 from harness.errors import KvmUnavailable
 from harness.qemu.accel import decide_accel
 from harness.qemu.probe import QemuInfo
@@ -26,6 +26,7 @@ from harness.qemu.remembered import (
     store_liveness,
     store_probe,
 )
+from harness.version import Version
 
 KEY = LivenessKey(boot_id="b1", kvm_device="/dev/kvm:rdev=1:ino=2:mtime=3",
                   qemu="/usr/bin/q:1:2:3:4", kernel="/k:1:2:3:4", datadir="")

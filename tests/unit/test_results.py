@@ -12,8 +12,9 @@ import pytest
 
 from harness.agent.stat import GuestObservation
 from harness.bench.figures import header
-from harness.config import Accel, AccelDecision, Cache, Check, Layout, Mode, Version, Via
+from harness.config import Accel, Cache, Check, Layout, Mode, Via
 from harness.host.truth import HostTruth
+from harness.qemu.accel import AccelDecision
 from harness.qemu.probe import QemuInfo
 from harness.report import (
     TABLE_WIDTH,
@@ -41,6 +42,7 @@ from harness.verdicts.known import KnownIssue
 from harness.verdicts.ops import OpCase, OperationsSeen, judge_operations
 from harness.verdicts.rejection import Attempt, RejectionCheck, judge_rejection
 from harness.verdicts.witnesses import Witness
+from harness.version import Version
 
 # The report schema's page: it must name every JSON key the harness writes.
 SCHEMA_PAGE = Path(__file__).resolve().parents[2] / "docs" / "reports.md"

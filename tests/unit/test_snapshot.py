@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Accel, ExportSpec, GuestImage, MachineSpec, Mode
+from harness.config import Accel, Mode
+from harness.image.artefacts import GuestImage
 from harness.qemu.machine import SLOTS, Machine
 from harness.qemu.snapshot import KEEP_STATES, StateCache
+from harness.qemu.spec import ExportSpec, MachineSpec
 
 
 def _spec(tmp_path: Path, qemu: Path, **changes: object) -> MachineSpec:

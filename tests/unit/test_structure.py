@@ -19,11 +19,13 @@ MAX_FUNCTION_LINES = 60
 MIN_MODULES = 60
 
 # Modules that decide without touching the world: the verdicts, the agent's wire
-# protocol, the host truth, the plan and the configuration.  They import only each
+# protocol, the host truth, the plan and the configuration (with the types they
+# read: versions, an export's shape, the machine's options, how QEMU ended).  They import only each
 # other and the standard library's pure parts, so every rule is unit-testable from
 # hand-made inputs and no judge can mount, spawn or talk to a guest.
-PURE = ("harness.config", "harness.errors", "harness.plan", "harness.host.truth",
-        "harness.host.mounts",
+PURE = ("harness.config", "harness.version", "harness.errors", "harness.plan",
+        "harness.machine_options", "harness.host.truth", "harness.host.layout",
+        "harness.host.mounts", "harness.guest.end",
         "harness.agent", "harness.verdicts")
 IMPURE_STDLIB = frozenset({"subprocess", "socket", "ctypes", "paramiko", "threading",
                            "libvirt", "tempfile", "shutil", "fcntl", "select"})

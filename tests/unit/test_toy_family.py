@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness.checks.registry import FAMILIES, registry, rules_of
-from harness.config import ALL_MODES, Cache, Check, ExportLayout, Layout, Mode, Transport, Via
+from harness.config import ALL_MODES, Cache, Check, Layout, Mode, Transport, Via
 from harness.errors import UsageError
+from harness.host.layout import ExportLayout
 from harness.plan import RunOptions, plan_run, refuse_empty_selection, row_rank
 from harness.report import row_dict, table
 from harness.results import ResultRow, RunResults

@@ -17,24 +17,15 @@ import pytest
 from harness.agent.stat import GuestObservation, GuestResult, GuestStat
 from harness.checks.live import binds_before_start
 from harness.checks.registry import RULES
-from harness.config import (
-    Accel,
-    Cache,
-    Check,
-    ExportLayout,
-    ExportSpec,
-    GuestImage,
-    Layout,
-    MachineSpec,
-    Mode,
-    Transport,
-    Via,
-    parse_transports,
-)
+from harness.cli.options import TRANSPORTS
+from harness.config import Accel, Cache, Check, Layout, Mode, Transport, Via
 from harness.errors import UsageError, VirtiofsdError
+from harness.host.layout import ExportLayout
 from harness.host.truth import EntryKind, HostEntry, HostTruth
+from harness.image.artefacts import GuestImage
 from harness.plan import RunOptions, plan_run, row_rank
 from harness.qemu.cmdline import kernel_append, render_command
+from harness.qemu.spec import ExportSpec, MachineSpec
 from harness.qemu.vhostfs import daemon_args
 from harness.qemu.virtiofsd import find_virtiofsd, parse_version
 from harness.verdicts.common import Status
@@ -195,7 +186,8 @@ def test_no_repeated_inode_number_is_inconclusive() -> None:
 
 def _options(transports: str) -> RunOptions:
     return RunOptions(modes=(Mode.REMAP, Mode.WARN, Mode.FORBID, Mode.DEFAULT),
-                      layout=ExportLayout(), transports=parse_transports(transports))
+                      layout=ExportLayout(),
+                      transports=TRANSPORTS.parse(transports))
 
 
 def test_virtiofs_rows_are_ids_on_every_layout_then_the_families_in_guests_of_their_own(
@@ -238,7 +230,7 @@ def test_virtiofs_families_follow_checks_and_skip_those_mounting_after_start() -
 
 def test_unknown_transport_is_refused() -> None:
     with pytest.raises(UsageError, match="unknown transport"):
-        parse_transports("nfs")
+        TRANSPORTS.parse("nfs")
 
 
 def _spec(exports: tuple[ExportSpec, ...]) -> MachineSpec:

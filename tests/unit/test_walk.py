@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness.checks.registry import RULES
-from harness.config import Check, ExportLayout, Layout, Mode
+from harness.config import Check, Layout, Mode
 from harness.errors import TreeError, UsageError
 from harness.host.build import record_truth
+from harness.host.layout import ExportLayout
 from harness.host.truth import EntryKind, ExportDevice
 from harness.host.walk import Unseen, walk_tree
 from harness.plan import RunOptions, plan_run
@@ -131,7 +132,8 @@ def test_the_export_layout_needs_its_source_and_only_it_has_one() -> None:
 ROOTLESS_CHILD = r"""
 import json, sys
 from pathlib import Path
-from harness.config import ExportLayout, Layout
+from harness.config import Layout
+from harness.host.layout import ExportLayout
 from harness.host.export import build_export
 from harness.host.namespace import enter_private_namespace
 info = enter_private_namespace()

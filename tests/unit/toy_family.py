@@ -9,10 +9,11 @@ from enum import StrEnum
 from typing import cast
 
 from harness.checks.family import Judging
-from harness.config import Check, ExportSpec, Mode
+from harness.config import Check, Mode
 from harness.guest.lifecycle import Guest
 from harness.host.truth import Export
 from harness.plan import FAMILY_LAYOUT, ExportPlan, FamilyRules, Placement
+from harness.qemu.spec import ExportSpec
 from harness.verdicts.common import Status, Verdict
 
 
