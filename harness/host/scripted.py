@@ -1,4 +1,4 @@
-"""The scripted layouts: a tmpfs root plus scripted FUSE filesystems (``scripted_fs``)
+"""The scripted layouts: a tmpfs root plus scripted FUSE filesystems (``scripted_mount``)
 whose inode numbers are chosen to drive QEMU's ``multidevs=remap`` into each of its
 corners (hw/9pfs/9p.c, modelled in ``verdicts.remap_model``).
 
@@ -41,7 +41,8 @@ from .build import (
     record_truth,
     tmpfs_device,
 )
-from .scripted_fs import Kind, ScriptedEntry, scripted_mount
+from .scripted_mount import scripted_mount
+from .scripted_spec import Kind, ScriptedEntry
 from .tools import find_tool, require_filesystem
 from .truth import TWIN_EPOCH, Export, ExportDevice, root_time, scripted_content
 

@@ -15,7 +15,7 @@ from harness.config import ALL_LAYOUTS, ExportLayout, Layout
 from harness.errors import ExportError, LayoutRequirementMissing, LayoutUnavailable
 from harness.host import blockfs, export, loop, scripted, tools
 from harness.host.scripted import ScriptedDevice, scripted_devices
-from harness.host.scripted_fs import validate_spec
+from harness.host.scripted_spec import validate_spec
 from harness.host.truth import (
     EntryKind,
     HostEntry,

@@ -23,7 +23,7 @@ MIN_MODULES = 60
 # other and the standard library's pure parts, so every rule is unit-testable from
 # hand-made inputs and no judge can mount, spawn or talk to a guest.
 PURE = ("harness.config", "harness.errors", "harness.plan", "harness.host.truth",
-        "harness.host.mounts",
+        "harness.host.mounts", "harness.host.scripted_spec",
         "harness.agent", "harness.verdicts")
 IMPURE_STDLIB = frozenset({"subprocess", "socket", "ctypes", "paramiko", "threading",
                            "libvirt", "tempfile", "shutil", "fcntl", "select"})
