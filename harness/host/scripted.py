@@ -35,12 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import LayoutRequirementMissing
-from .build import (
-    BuildContext,
-    populate,
-    record_truth,
-    tmpfs_device,
-)
+from .build import BuildContext, tmpfs_device
+from .populate import populate, record_truth
 from .scripted_mount import scripted_mount
 from .scripted_spec import Kind, ScriptedEntry
 from .tools import find_tool, require_filesystem
