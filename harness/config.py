@@ -131,7 +131,7 @@ class Layout(StrEnum):
     # XFS and ext4 images on loop devices beside tmpfs devices (other numbering schemes).
     XFS = "xfs"
     EXT4 = "ext4"
-    # FUSE filesystems whose inode numbers the harness chooses (``host.scripted_fs``):
+    # FUSE filesystems whose inode numbers the harness chooses (``host.scripted_mount``):
     # top bits set, numbers differing only in bits a remap key ignores, a device first
     # seen after 255 keys (QEMU's 16-bit key truncation).
     SCRIPTED = "scripted"

@@ -31,17 +31,16 @@ from .plan import (
 )
 from .pool import (
     Backend,
-    LiveGuests,
     OwnOptionNotices,
     RunContext,
     run_guest,
-    run_guests,
 )
 from .progress import Progress, quiet
 from .results import ResultRow, RunResults
 from .row_rules import judge_power
 from .verdicts.common import Status
 from .verdicts.known import KnownIssue, parse_known_issues
+from .workers import LiveGuests, run_guests
 
 # How each --via starts guests: the one place a Via is matched to a backend.
 BACKENDS: dict[Via, Callable[[Environment, RunOptions, Progress, Path],

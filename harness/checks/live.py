@@ -18,7 +18,8 @@ from ..agent.collect import GuestView, parse_relook, relook_script
 from ..agent.stat import GuestObservation, GuestStat, encode_paths
 from ..config import Check, Transport
 from ..guest.lifecycle import Guest
-from ..host.export import bind_twice, extra_device, record_truth
+from ..host.export import bind_twice, extra_device
+from ..host.populate import record_truth
 from ..host.truth import SUBDIR, Export, HostTruth
 from ..plan import FAMILY_LAYOUT, ExportPlan, FamilyRules, Placement
 from ..qemu.cmdline import mount_options

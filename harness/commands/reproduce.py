@@ -20,13 +20,14 @@ from ..host.namespace import enter_private_namespace, in_user_namespace
 from ..logs import log_root
 from ..machine_options import MachineOptions
 from ..plan import ExportPlan, GuestPlan
-from ..pool import MOUNT_BASE, LiveGuests, RunContext, run_guest
+from ..pool import MOUNT_BASE, RunContext, run_guest
 from ..progress import Progress, quiet
 from ..qemu.spec import ExportSpec
 from ..results import ResultRow
 from ..run import load_known_issues
 from ..verdicts.ids import Collision, IdsVerdict, collision_failure, ids_verdict
 from ..verdicts.remap import remap_failures, remap_notes
+from ..workers import LiveGuests
 from .byhand import EXPORT_VAR
 
 

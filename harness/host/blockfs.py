@@ -25,17 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..proc import run_tied
-from .build import (
-    BuildContext,
-    align_inode_numbers,
-    mount_filesystem,
-    populate,
-    record_truth,
-    set_root_times,
-    tmpfs_device,
-    work_dir,
-)
+from .build import BuildContext, mount_filesystem, tmpfs_device, work_dir
 from .loop import attach_loop, make_image
+from .populate import align_inode_numbers, populate, record_truth, set_root_times
 from .tools import TOOL_TIMEOUT_S, find_tool, require_filesystem, require_real_root, run_tool
 from .truth import (
     BTRFS_DEVICE,

@@ -2,7 +2,8 @@
 
 ``build_export`` builds the layout ``layout.kind`` names, one builder per layout:
 standard and loop here, the others in ``host.overlay``, ``host.blockfs`` and
-``host.scripted``; the blocks they share are ``host.build``.
+``host.scripted``; the blocks they share are ``host.build`` (mounts, directories) and
+``host.populate`` (the files every device gets, the recorded truth).
 
 In the standard layout the export root is a tmpfs; devices 1..N-1 are further tmpfs
 mounts at ``dev01``, ``dev02``, ... inside it (and, with ``layout.nested``, one more
@@ -28,25 +29,14 @@ from ..config import Layout
 from ..errors import ExportError
 from ..progress import Progress, quiet
 from .blockfs import build_btrfs, build_ext4, build_xfs
-from .build import (
-    BuildContext,
-    populate,
-    populate_files,
-    record_truth,
-    scratch_dir,
-    set_root_times,
-    temp_dir,
-    tmpfs_device,
-)
+from .build import BuildContext, temp_dir, tmpfs_device
 from .layout import ExportLayout
 from .namespace import bind_mount, private_namespace, unmount
 from .overlay import build_overlay, build_overlay_mixed
+from .populate import populate, populate_files, record_truth, set_root_times
 from .scripted import build_scripted, build_scripted_fullmap
 from .truth import SUBDIR, TWIN_EPOCH, Export, ExportDevice, device_relpath
 from .usertree import build_user_tree
-
-# record_truth and scratch_dir moved to host.build; callers still find them here.
-__all__ = ["bind_twice", "build_export", "extra_device", "record_truth", "scratch_dir"]
 
 Builder = Callable[[BuildContext], Export]
 # Only the standard layout has a nested device (loop refuses it in ExportLayout).

@@ -67,6 +67,11 @@ def parse_mountinfo(text: str) -> tuple[MountEntry, ...]:
     return tuple(found)
 
 
+def mount_points(text: str) -> frozenset[str]:
+    """Every mount point ``text`` (mountinfo) lists, unescaped."""
+    return frozenset(mount.mount_point for mount in parse_mountinfo(text))
+
+
 def _inside(path: str, top: str) -> bool:
     return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
 

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import NoReturn
 
 from ..errors import NamespaceError
-from .mounts import parse_mountinfo
+from .mounts import mount_points
 
 # From <linux/sched.h> and <linux/mount.h>; Python 3.11 has no os.unshare.
 CLONE_NEWNS = 0x0002_0000
@@ -312,7 +312,7 @@ def root_is_mount_point(mountinfo: str) -> bool:
     Not so in a plain chroot: the kernel lists only mounts reachable from the
     process's root, and the one holding the chroot directory is outside it.
     """
-    return any(mount.mount_point == "/" for mount in parse_mountinfo(mountinfo))
+    return "/" in mount_points(mountinfo)
 
 
 def _shared_root_hint() -> str:

@@ -18,17 +18,9 @@ import os
 from pathlib import Path
 
 from ..errors import ExportError
-from .build import (
-    BuildContext,
-    mount_filesystem,
-    populate,
-    record_truth,
-    set_root_times,
-    tmpfs_device,
-    work_dir,
-    write_file,
-)
+from .build import BuildContext, mount_filesystem, tmpfs_device, work_dir
 from .namespace import in_user_namespace
+from .populate import populate, record_truth, set_root_times, write_file
 from .tools import require_filesystem
 from .truth import LINK_A, LINK_B, TWIN_EPOCH, XINO_LOW_BIT, Export, ExportDevice
 

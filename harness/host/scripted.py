@@ -1,4 +1,4 @@
-"""The scripted layouts: a tmpfs root plus scripted FUSE filesystems (``scripted_fs``)
+"""The scripted layouts: a tmpfs root plus scripted FUSE filesystems (``scripted_mount``)
 whose inode numbers are chosen to drive QEMU's ``multidevs=remap`` into each of its
 corners (hw/9pfs/9p.c, modelled in ``verdicts.remap_model``).
 
@@ -35,13 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import LayoutRequirementMissing
-from .build import (
-    BuildContext,
-    populate,
-    record_truth,
-    tmpfs_device,
-)
-from .scripted_fs import Kind, ScriptedEntry, scripted_mount
+from .build import BuildContext, tmpfs_device
+from .populate import populate, record_truth
+from .scripted_mount import scripted_mount
+from .scripted_spec import Kind, ScriptedEntry
 from .tools import find_tool, require_filesystem
 from .truth import TWIN_EPOCH, Export, ExportDevice, root_time, scripted_content
 

@@ -1,7 +1,7 @@
 """The host truth: what the export holds (path -> st_dev, st_ino, kind, size, mtime),
 the names and fixtures every device gets, and the premise each layout's rows need
 (``layout_premise``).  Pure data and rules; building and recording the export is
-``host.export`` and ``host.build``."""
+``host.export`` and ``host.populate``."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ import pytest
 
 from harness.errors import ScriptedFsError
 from harness.host.namespace import unmount
-from harness.host.scripted_fs import ScriptedEntry, is_mounted, scripted_mount
+from harness.host.scripted_mount import is_mounted, scripted_mount
+from harness.host.scripted_spec import ScriptedEntry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ SPEC = [
 
 
 def _server_pids(mountpoint: Path) -> set[int]:
-    """Live (not zombie) scripted_fs servers whose command line names ``mountpoint``."""
+    """Live (not zombie) scripted servers whose command line names ``mountpoint``."""
     wanted = os.fsencode(mountpoint)
     found = set()
     for entry in Path("/proc").iterdir():
@@ -71,7 +72,7 @@ def _server_pids(mountpoint: Path) -> set[int]:
             state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
         except OSError:
             continue
-        if b"harness.host.scripted_fs" in argv and wanted in argv and state not in "ZX":
+        if b"harness.host.scripted_server" in argv and wanted in argv and state not in "ZX":
             found.add(int(entry.name))
     return found
 
@@ -169,7 +170,8 @@ def test_a_missed_deadline_says_so_and_leaves_nothing(mountpoint: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from harness.host.scripted_fs import ScriptedEntry, scripted_mount
+from harness.host.scripted_mount import scripted_mount
+from harness.host.scripted_spec import ScriptedEntry
 with scripted_mount([ScriptedEntry("", "dir", 5)], Path(sys.argv[1]), timeout=20) as m:
     print(m.pid, flush=True)
     time.sleep(50)

@@ -100,7 +100,7 @@ def _tree(root: Path) -> dict[str, tuple[str, bytes | str | None]]:
 
 
 def test_the_shell_populate_builds_what_the_harness_builds(tmp_path: Path) -> None:
-    from harness.host.build import populate
+    from harness.host.populate import populate
 
     shell, harness = tmp_path / "shell", tmp_path / "harness"
     shell.mkdir()

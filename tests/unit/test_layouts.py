@@ -16,7 +16,7 @@ from harness.errors import ExportError, LayoutRequirementMissing, LayoutUnavaila
 from harness.host import blockfs, export, loop, scripted, tools
 from harness.host.layout import ExportLayout
 from harness.host.scripted import ScriptedDevice, scripted_devices
-from harness.host.scripted_fs import validate_spec
+from harness.host.scripted_spec import validate_spec
 from harness.host.truth import (
     EntryKind,
     HostEntry,

@@ -76,7 +76,7 @@ def servers(root):
             state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
         except OSError:
             continue
-        if b"harness.host.scripted_fs" in argv and state not in "ZX" and any(
+        if b"harness.host.scripted_server" in argv and state not in "ZX" and any(
                 arg.startswith(root.encode()) for arg in argv):
             pids.append(int(entry.name))
     return pids

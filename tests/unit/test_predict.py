@@ -12,7 +12,13 @@ import pytest
 
 from harness.agent.stat import GuestObservation
 from harness.config import Layout, Mode
-from harness.host.mounts import mount_holding, mounts_under, parse_mountinfo, relative_point
+from harness.host.mounts import (
+    mount_holding,
+    mount_points,
+    mounts_under,
+    parse_mountinfo,
+    relative_point,
+)
 from harness.host.namespace import MS_NODEV, MS_NOSUID, MS_RELATIME, MS_STRICTATIME, kept_flags
 from harness.host.truth import ExportDevice, HostTruth
 from harness.verdicts.common import Expectation, Status
@@ -189,6 +195,13 @@ def test_mountinfo_is_parsed_with_escapes_and_nesting() -> None:
     assert [m.mount_point for m in inner] == ["/srv/my tree/cache"]
     holder = mount_holding(mounts, "/srv/my tree/cache/a/b")
     assert holder is not None and relative_point(holder, "/srv/my tree") == "cache"
+
+
+def test_mount_points_unescape_field_five() -> None:
+    text = ("22 1 0:21 / / rw - ext4 /dev/vda1 rw\n"
+            "45 22 0:40 / /tmp/a\\040b ro - fuse.scripted_fs scripted_fs ro\n"
+            "46 22 0:41 / /tmp/back\\134slash rw - tmpfs tmpfs rw\n")
+    assert mount_points(text) == {"/", "/tmp/a b", "/tmp/back\\slash"}
 
 
 def test_a_read_only_remount_repeats_the_locked_flags() -> None:

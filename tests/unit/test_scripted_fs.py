@@ -1,5 +1,5 @@
-"""The scripted filesystem's pure parts: spec validation, JSON, the served index, the
-operations' answers and mountinfo parsing.  Mounting is in tests/e2e/test_scripted_fs.py."""
+"""The scripted filesystem's pure parts: spec validation, JSON, the served index and the
+operations' answers.  Mounting is in tests/e2e/test_scripted_fs.py."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from typing import cast
 
 import pytest
 
-from harness.host.scripted_fs import (
+from harness.host.scripted_server import _Operations, build_tree
+from harness.host.scripted_spec import (
     Kind,
     ScriptedEntry,
-    _Operations,
-    build_tree,
-    mount_points,
     spec_from_json,
     spec_to_json,
     validate_spec,
@@ -171,10 +169,3 @@ def test_tree_refuses_an_invalid_spec() -> None:
     with pytest.raises(ValueError, match="missing parent dir"):
         build_tree([ROOT, replace(ROOT, path="x/y", ino=5)])
 
-
-@pytest.mark.timeout(60)
-def test_mount_points_unescape_field_five() -> None:
-    text = (b"22 1 0:21 / / rw - ext4 /dev/vda1 rw\n"
-            b"45 22 0:40 / /tmp/a\\040b ro - fuse.scripted_fs scripted_fs ro\n"
-            b"46 22 0:41 / /tmp/back\\134slash rw - tmpfs tmpfs rw\n")
-    assert mount_points(text) == {"/", "/tmp/a b", "/tmp/back\\slash"}

@@ -13,7 +13,7 @@ import pytest
 
 # The verdicts and what only a judged run needs: none of it is exec's business.
 JUDGING = ("harness.verdicts", "harness.results", "harness.report", "harness.checks",
-           "harness.run", "harness.pool")
+           "harness.run", "harness.pool", "harness.workers")
 REPORT_WRITERS = ("harness.report",)
 
 LOADED = """

@@ -25,7 +25,7 @@ MIN_MODULES = 60
 # hand-made inputs and no judge can mount, spawn or talk to a guest.
 PURE = ("harness.config", "harness.version", "harness.errors", "harness.plan",
         "harness.machine_options", "harness.host.truth", "harness.host.layout",
-        "harness.host.mounts", "harness.guest.end",
+        "harness.host.mounts", "harness.guest.end", "harness.host.scripted_spec",
         "harness.agent", "harness.verdicts")
 IMPURE_STDLIB = frozenset({"subprocess", "socket", "ctypes", "paramiko", "threading",
                            "libvirt", "tempfile", "shutil", "fcntl", "select"})
@@ -235,8 +235,8 @@ def test_pure_modules_import_nothing_that_acts(graph: dict[str, list[str]]) -> N
 
 
 # The command line's edges: argparse's Namespace is read there once into a typed value.
-# host.scripted_fs's server is a subprocess of its own, with a command line of its own.
-ARGPARSE_EDGES = ("harness.cli", "harness.bench.options", "harness.host.scripted_fs")
+# host.scripted_server is a subprocess of its own, with a command line of its own.
+ARGPARSE_EDGES = ("harness.cli", "harness.bench.options", "harness.host.scripted_server")
 
 
 def test_only_the_command_line_edges_see_argparse(graph: dict[str, list[str]]) -> None:

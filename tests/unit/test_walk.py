@@ -15,8 +15,8 @@ import pytest
 from harness.checks.registry import RULES
 from harness.config import Check, Layout, Mode
 from harness.errors import TreeError, UsageError
-from harness.host.build import record_truth
 from harness.host.layout import ExportLayout
+from harness.host.populate import record_truth
 from harness.host.truth import EntryKind, ExportDevice
 from harness.host.walk import Unseen, walk_tree
 from harness.plan import RunOptions, plan_run
