@@ -27,6 +27,7 @@ from ..host.namespace import NamespaceKind, enter_private_namespace
 from ..plan import GuestPlan, RunOptions
 from ..progress import Progress
 from ..qemu.cmdline import kernel_append, uses_virtiofs
+from ..qemu.guest_mounts import kernel_exports, mounted_over_ssh
 from ..qemu.spec import ExportSpec
 from ..results import ResultRow
 from ..verdicts.rejection import Attempt, RejectionCheck, judge_rejection
@@ -92,7 +93,7 @@ class LibvirtBackend:
             emulator=env.info.binary,
             kernel=env.image.vmlinux if env.boot is BootMethod.PVH else env.image.vmlinuz,
             initrd=env.image.initrd,
-            cmdline=kernel_append(exports),
+            cmdline=kernel_append(kernel_exports(exports)),
             console=log_dir / "console.log",
             filesystems=tuple(self._filesystem(s) for s in exports),
             vcpus=self.cpus,
@@ -102,7 +103,7 @@ class LibvirtBackend:
         self.progress(f"{plan.name}: starting domain {domain.name}")
         # No registration with the reaper: it knows the run's guests by their prefix.
         return LibvirtGuest(self.conn, domain, log_dir, env.image, env.timeouts,
-                            self.progress)
+                            self.progress, ssh_mounts=mounted_over_ssh(exports))
 
     def _filesystem(self, spec: ExportSpec) -> Filesystem:
         if spec.transport is Transport.VIRTIOFS:

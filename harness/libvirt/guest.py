@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..image.artefacts import GuestImage
 from ..proc import tail_file
 from ..progress import Progress, quiet
 from ..qemu.cmdline import forwarded_port, shell_quote_command
+from ..qemu.guest_mounts import mount_exports
+from ..qemu.spec import ExportSpec
 from ..timeouts import Timeouts
 from .daemon import DOMAIN_LOG_DIR, DOMAIN_RUN_DIR, error_text, import_libvirt
 from .domain import DomainSpec, qemu_output, render_domain_xml
@@ -44,8 +47,11 @@ class LibvirtGuest(Launched):
         image: GuestImage,
         timeouts: Timeouts,
         progress: Progress = quiet,
+        ssh_mounts: Sequence[ExportSpec] = (),
     ) -> None:
         self.conn = conn
+        # The exports its kernel command line had no room for (qemu.guest_mounts).
+        self.ssh_mounts = tuple(ssh_mounts)
         self.spec = spec
         self.name = spec.name
         self.log_dir = log_dir
@@ -140,10 +146,12 @@ class LibvirtGuest(Launched):
         return None if self.is_running() else "the domain stopped (QEMU exited)"
 
     def wait_ready(self) -> None:
-        """Wait for the readiness line and an SSH session (``guest.wait_ready``)."""
+        """Wait for the readiness line and an SSH session (``guest.wait_ready``), then
+        mount the exports the kernel command line had no room for."""
         deadline = BootDeadline(self._start, self.timeouts.boot, self.host_port,
                                 self.image.client_key, self.image.host_key_pub)
         self._ssh = wait_ready(self, deadline)
+        mount_exports(self._ssh, self.ssh_mounts, restored=False, timeout=self.timeouts.command)
         self.boot_seconds = time.monotonic() - self._start
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> CommandResult:

@@ -40,13 +40,13 @@ from .cmdline import (
     slot_exports,
     uses_virtiofs,
 )
+from .guest_mounts import kernel_exports, mount_exports, mounted_over_ssh
 from .qmp import Qmp
 from .snapshot import (
     StateCache,
     binary_identity,
     file_identity,
     incoming_args,
-    mount_exports,
     named_files,
     save_state,
     state_key,
@@ -135,10 +135,11 @@ class Machine(Launched):
         return slot_exports(self.spec.exports, SLOTS, filler)
 
     def _append(self) -> str:
-        # Restorable guests mount their exports over SSH after the boot (a state
-        # must not hold a mounted export), so the kernel is told of none.
-        exports = () if self.restorable else self.spec.exports
-        return kernel_append(exports, self.spec.extra_append)
+        # Restorable guests, and guests of more exports than the line holds, mount
+        # their exports over SSH after the boot (see guest_mounts).
+        return kernel_append(kernel_exports(self.spec.exports, self.spec.extra_append,
+                                            restorable=self.restorable),
+                             self.spec.extra_append)
 
     def state_key(self) -> str:
         """Everything a restore must match: the binary itself and the whole command
@@ -287,13 +288,16 @@ class Machine(Launched):
     def wait_ready(self) -> None:
         """Wait until the guest accepts SSH with every export mounted.
 
-        Cold: the readiness line, then SSH (``guest.wait_ready``).  Restorable: a
+        Cold: the readiness line, then SSH (``guest.wait_ready``), then the exports
+        the kernel command line had no room for are mounted over SSH.  Restorable: a
         restore where a state fits (falling back to a cold boot, said once, when
         QEMU rejects it), else a cold boot that saves its state; then the exports
         are mounted over SSH.
         """
         if not self.restorable:
             self._ssh = wait_ready(self, self._deadline())
+            mount_exports(self._ssh, mounted_over_ssh(self.spec.exports, self.spec.extra_append),
+                          restored=False, timeout=self.spec.timeouts.command)
         else:
             assert self._cache is not None
             ssh = self._restored() if self._restore is not None else None

@@ -42,11 +42,8 @@ from ..cachefs import (
     sync_dir,
     write_atomic,
 )
-from ..errors import CacheDirError, GuestInitFailed, QmpError
-from ..guest.ssh import GuestSsh
-from .cmdline import mount_options
+from ..errors import CacheDirError, QmpError
 from .qmp import Qmp
-from .spec import ExportSpec
 
 # The newest states kept; each is ~80 MB at -m 256.
 KEEP_STATES = 8
@@ -256,29 +253,6 @@ class StateCache:
             removed.append(StateEntry(directory.name, directory / STATE_FILE, size,
                                       0.0, "incomplete", complete=False))
         return removed
-
-
-def mount_exports(ssh: GuestSsh, exports: Sequence[ExportSpec], *, restored: bool,
-                  timeout: float) -> None:
-    """Mount every export over SSH, as the init does for a cold guest; after a restore
-    set the guest's clock first (it still shows the time of the save).
-
-    Raises GuestInitFailed with the guest's words when a mount fails.
-    """
-    steps = [f"date -s @{int(time.time())} > /dev/null"] if restored else []
-    for export in exports:
-        point = shlex.quote(export.mount_point)
-        steps.append(f"mkdir -p {point}")
-        steps.append(f"mount -t 9p -o {mount_options(export)} {shlex.quote(export.tag)} {point}")
-    if not steps:
-        return
-    result = ssh.run(" && ".join(steps), timeout=timeout)
-    if result.rc != 0:
-        raise GuestInitFailed(
-            f"mounting the 9p exports over SSH failed (rc {result.rc}): "
-            f"{result.stderr.decode(errors='replace').strip()}",
-            hint="the same mount the init makes on a cold boot; see the console log",
-        )
 
 
 def incoming_args(state: Path) -> list[str]:

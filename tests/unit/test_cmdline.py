@@ -14,6 +14,7 @@ from harness.errors import UsageError
 from harness.image.artefacts import GuestImage
 from harness.qemu.cmdline import (
     escape_opt,
+    fits_kernel_line,
     fsdev_args,
     kernel_append,
     kernel_args,
@@ -24,6 +25,7 @@ from harness.qemu.cmdline import (
     serial_args,
     slot_exports,
 )
+from harness.qemu.guest_mounts import kernel_exports, mounted_over_ssh
 from harness.qemu.spec import ExportSpec, MachineSpec
 
 IMAGE = GuestImage(
@@ -289,6 +291,27 @@ def test_kernel_append_refuses_an_overlong_line() -> None:
     exports = [export(f"tag{i:03d}", mount_point=f"/mnt/{'m' * 40}{i}") for i in range(40)]
     with pytest.raises(UsageError, match=r"would be \d+ bytes; x86 allows 2047"):
         kernel_append(exports)
+
+
+def test_exports_that_overflow_the_line_are_mounted_over_ssh() -> None:
+    # 57 exports (the control guest of --cache none,loose,fscache) overflow x86's line:
+    # the kernel is told of none, and every one is mounted over SSH once it answers.
+    many = [export(f"mdh{i}", mount_point=f"/mnt/mdh/e{i}", cache="fscache") for i in range(57)]
+    assert not fits_kernel_line(many)
+    assert kernel_exports(many) == ()
+    assert mounted_over_ssh(many) == tuple(many)
+    assert len(kernel_append(kernel_exports(many))) < 2047
+    few = many[:3]
+    assert fits_kernel_line(few)
+    assert kernel_exports(few) == tuple(few) and mounted_over_ssh(few) == ()
+    # A restorable guest is told of none, however few.
+    assert kernel_exports(few, restorable=True) == ()
+    assert mounted_over_ssh(few, restorable=True) == tuple(few)
+
+
+def test_a_bad_name_is_refused_whatever_the_line_length() -> None:
+    with pytest.raises(UsageError, match="may only contain"):
+        fits_kernel_line([export("bad tag")])
 
 
 def test_unused_slots_export_the_filler_read_only() -> None:
