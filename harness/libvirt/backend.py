@@ -39,9 +39,11 @@ from .daemon import (
     import_libvirt,
     libvirt_version,
     private_libvirt,
+    require_emulator,
     require_root,
 )
 from .domain import (
+    JSON_DEVICE_SINCE,
     DomainSpec,
     Filesystem,
     multidevs_failures,
@@ -99,6 +101,7 @@ class LibvirtBackend:
             vcpus=self.cpus,
             datadirs=env.datadirs,
             shared_memory=uses_virtiofs(exports),
+            device_json=env.info.version >= JSON_DEVICE_SINCE,
         )
         self.progress(f"{plan.name}: starting domain {domain.name}")
         # No registration with the reaper: it knows the run's guests by their prefix.
@@ -209,6 +212,7 @@ def libvirt_backend(env: Environment, options: RunOptions, progress: Progress,
         with private_libvirt(log_dir / "libvirt", progress, prefix) as conn:
             version = libvirt_version(conn)
             progress(f"libvirt {version} at {URI}; domains {prefix}-*")
+            require_emulator(conn, env.info.binary, version, log_dir / "libvirt" / "libvirtd.log")
             binary = virtiofsd_binary(env.virtiofsd.command, log_dir / "libvirt") \
                 if env.virtiofsd is not None else None
             yield LibvirtBackend(conn, env, options, prefix, version, progress, binary)

@@ -331,6 +331,37 @@ def libvirt_version(conn: Any) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
+def require_emulator(conn: Any, emulator: Path, version: str, log: Path) -> None:
+    """Raise LibvirtError (exit 2) unless libvirt can describe ``emulator``.
+
+    libvirt probes a QEMU's capabilities before it starts a domain on it; a probe that
+    fails leaves every createXML with "An error occurred, but the cause is unknown"
+    and the reason only in the daemon's log (measured: Debian 12's libvirt 9.0 with
+    Debian's QEMU 10.0 and 11.1: "Unable to read from monitor: Connection reset by
+    peer", while 7.2 through the same wrapper works).  Asked once here, before any
+    domain, the run ends with that reason instead of a row of errors per guest.
+    """
+    libvirt, _ = import_libvirt()
+    try:
+        conn.getDomainCapabilities(str(emulator), "x86_64", None, None, 0)
+    except libvirt.libvirtError as exc:
+        reason = probe_failure(log.read_text(errors="replace") if log.exists() else "",
+                               emulator) or error_text(exc)
+        raise LibvirtError(
+            f"libvirt {version} cannot use the QEMU {emulator}: {reason}",
+            hint=f"a QEMU newer than this libvirt knows? run it --via qemu, or with a "
+            f"libvirt of its time; see {log}",
+        ) from exc
+
+
+def probe_failure(log_text: str, emulator: Path) -> str:
+    """libvirt's last word on a failed capability probe of ``emulator`` in its log."""
+    marker = f"Failed to probe capabilities for {emulator}: "
+    found = [line.split(marker, 1)[1].strip() for line in log_text.splitlines()
+             if marker in line]
+    return found[-1] if found else ""
+
+
 # --- the reaper --------------------------------------------------------------------------
 
 # The reaper's whole program (argv: the run's domain-name prefix, its marker variable,

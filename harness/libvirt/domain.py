@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..config import Accel, Mode
 from ..qemu.cmdline import datadir_args
+from ..version import Version
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -29,6 +30,8 @@ ET.register_namespace("qemu", QEMU_NS)
 NETDEV_ID = "mdhnet"
 SSH_ADDRESS = "127.0.0.1"
 MACHINE = "q35"
+# The first QEMU that takes -device as JSON.
+JSON_DEVICE_SINCE = Version(6, 2, 0)
 TCG_CPU_MODEL = "qemu64"
 # Same reason as the direct path's qemu64,+rdrand: without RDRAND the guest kernel's
 # CRNG, and so dropbear's getrandom(), waits ~1.4 s for jitter entropy under TCG.
@@ -86,6 +89,8 @@ class DomainSpec:
     network: bool = True
     # Firmware directories (one -L each) for a QEMU outside the system prefix.
     datadirs: tuple[Path, ...] = ()
+    # QEMU takes -device as JSON (6.2 and later; see ``net_args``).
+    device_json: bool = True
 
     def __post_init__(self) -> None:
         if self.accel is Accel.AUTO:
@@ -97,7 +102,7 @@ def domain_type(accel: Accel) -> str:
     return "kvm" if accel is Accel.KVM else "qemu"
 
 
-def net_args(host_port: int = 0) -> list[str]:
+def net_args(host_port: int = 0, device_json: bool = True) -> list[str]:
     """QEMU arguments for user networking with the guest's SSH on 127.0.0.1 only.
 
     libvirt 9.0's slirp ``<interface type='user'>`` has no port forward;
@@ -106,7 +111,9 @@ def net_args(host_port: int = 0) -> list[str]:
     through ``<qemu:commandline>``, as on the direct path: port 0 lets QEMU bind a
     free port itself, and ``info usernet`` tells which.  The device is written as
     JSON: QEMU creates ``-device`` options given as key=value before all JSON ones,
-    whatever their order, and libvirt's JSON root ports need slot 1.
+    whatever their order, and libvirt's JSON root ports need slot 1.  A QEMU before
+    6.2 has no JSON ``-device`` (5.2: "'{"driver":"virtio-net-pci"' is not a valid
+    device model name"), and libvirt gives it key=value devices too: key=value then.
     """
     device = {
         "driver": "virtio-net-pci",
@@ -117,7 +124,9 @@ def net_args(host_port: int = 0) -> list[str]:
     }
     return [
         "-netdev", f"user,id={NETDEV_ID},hostfwd=tcp:{SSH_ADDRESS}:{host_port}-:22",
-        "-device", json.dumps(device, separators=(",", ":")),
+        "-device", json.dumps(device, separators=(",", ":")) if device_json else
+        ",".join(f"{key}={value}" for key, value in device.items()).replace(
+            "driver=", "", 1),
     ]  # fmt: skip
 
 
@@ -191,7 +200,7 @@ def render_domain_xml(spec: DomainSpec) -> str:
     seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
     _sub(seclabel, "label", "+0:+0")
     extra = datadir_args(spec.datadirs)
-    extra += net_args() if spec.network else []
+    extra += net_args(device_json=spec.device_json) if spec.network else []
     if extra:
         commandline = _sub(root, f"{{{QEMU_NS}}}commandline")
         for arg in extra:

@@ -48,33 +48,29 @@ def judge_rejection(
 ) -> RejectionVerdict:
     """Pass only if every call was refused with an error naming the reason.
 
-    A call libvirt accepted is a failure that says so; a refusal for some other
-    reason (its message lacks ``must_contain``) is a failure too, since it proves
-    nothing about multidevs.
+    A call libvirt accepted breaks the promise: fail.  A refusal for some other reason
+    (its message lacks ``must_contain``: an emulator libvirt cannot use, a missing
+    binary) proves nothing about multidevs either way: inconclusive, exit 2, never a
+    finding.  No call at all is the harness's own fault: error.
     """
-    failures: list[str] = []
-    observed: list[str] = []
-    for attempt in attempts:
-        if attempt.error is None:
-            failures.append(f"libvirt accepted the domain in {attempt.api}; it must refuse it")
-            observed.append(f"{attempt.api}: accepted")
-            continue
-        observed.append(f"{attempt.api}: refused")
-        missing = [text for text in must_contain if text not in attempt.error]
-        if missing:
-            failures.append(
-                f"{attempt.api} refused the domain, but not for multidevs: the error "
-                f"{attempt.error!r} does not contain {', '.join(map(repr, missing))}"
-            )
-    if not attempts:
-        failures.append("no libvirt call was made")
+    accepted = [f"libvirt accepted the domain in {a.api}; it must refuse it"
+                for a in attempts if a.error is None]
+    unrelated = [
+        f"{a.api} refused the domain, but not for multidevs: the error {a.error!r} does "
+        f"not contain {', '.join(repr(t) for t in must_contain if t not in a.error)}"
+        for a in attempts if a.error is not None and any(t not in a.error for t in must_contain)
+    ]
+    observed = [f"{a.api}: {'accepted' if a.error is None else 'refused'}" for a in attempts]
+    failures = accepted + unrelated or (["no libvirt call was made"] if not attempts else [])
+    status = (Status.FAIL if accepted else Status.INCONCLUSIVE if unrelated
+              else Status.ERROR if not attempts else Status.PASS)
     first_error = next((a.error for a in attempts if a.error), None)
     return RejectionVerdict(
         attribute=attribute,
         driver=driver,
         expectation=expectation,
         observed=", ".join(observed) or "nothing",
-        status=Status.FAIL if failures else Status.PASS,
+        status=status,
         failures=tuple(failures),
         errors=tuple(attempts),
         notes=(f"libvirt: {first_error}",) if first_error else (),

@@ -33,7 +33,7 @@ from harness.libvirt.daemon import RUN_MARKER_ENV
 from harness.machine_options import MachineOptions
 from harness.plugin import skip_reason as plugin_skip_reason
 
-from .helpers import harness_argv, libvirt_missing, run_harness
+from .helpers import harness_argv, libvirt_missing, real_qemu, run_harness
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -321,6 +321,35 @@ def test_sigkill_of_the_harness_leaves_no_guest_daemon_or_mount(
     assert rc == -signal.SIGKILL, text
     # Only the run's log directory may stay: nobody was left to remove it.
     assert _wait_for_leftovers(before, text, within=30.0) == [], text
+
+
+# A QEMU libvirt cannot probe: its capability probe (the one start with -daemonize)
+# exits at once; the harness's own probe and every guest start run the real binary.
+UNPROBEABLE = """#!/bin/sh
+case " $* " in *" -daemonize "*) echo "no probe here" >&2; exit 1;; esac
+exec {real} "$@"
+"""
+
+
+def test_a_qemu_libvirt_cannot_probe_ends_the_run_before_any_domain(
+    libvirt_ready: None, tmp_path: Path
+) -> None:
+    """Exit 2 with libvirt's own reason, not a row of "cause unknown" errors and a
+    rejection row failed as a finding (exit 1), as Debian 12's libvirt 9.0 gave with
+    Debian's QEMU 10.0 and 11.1."""
+    qemu = tmp_path / "unprobeable-qemu"
+    qemu.write_text(UNPROBEABLE.format(real=real_qemu()))
+    qemu.chmod(0o755)
+    result = run_harness(["run", "--accel", "tcg", "--via", "libvirt", "--qemu", str(qemu),
+                          "--modes", "remap", "--checks", "ids", "--layout", "standard",
+                          "--json", str(tmp_path / "run.json")], timeout=RUN_TIMEOUT)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: libvirt "), result.stderr
+    assert f"cannot use the QEMU {qemu}: " in errors[0], result.stderr
+    assert "starting domain" not in result.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["results"] == []
 
 
 def test_non_root_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
