@@ -62,14 +62,15 @@ def shown(path: Path) -> str:
 
 
 def text_or_json(json_path: Path | None, find: Callable[[], T], text: Callable[[T], str],
-                 data: Callable[[T], Any], what: str) -> T:
+                 data: Callable[[T], Any], what: str,
+                 inputs: Sequence[tuple[str, Path]] = ()) -> T:
     """A listing command's output: ``text`` of what ``find`` returns, or its JSON
     (``--json``: stdout instead of the text, or a file beside it).  The file is checked
-    before anything is looked for."""
+    before anything is looked for, and may not be one of ``inputs`` (option, path)."""
     from .. import report as rep
 
     if json_path is not None:
-        rep.check_destination(json_path, "--json")
+        rep.check_destinations([("--json", json_path)], inputs)
     found = find()
     if json_path is None or not rep.is_stdout(json_path):
         say(text(found))

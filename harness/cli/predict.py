@@ -21,7 +21,7 @@ from .options import (
     refuse_few_paths,
     whole_number,
 )
-from .output import progress, say
+from .output import progress, text_or_json
 
 # predict starts no guest, so it may walk far larger trees than a run can look at.
 PREDICT_MAX_PATHS = 1_000_000
@@ -47,20 +47,13 @@ def _read(namespace: argparse.Namespace, given: Given) -> PredictArgs:
 
 def _predict(args: PredictArgs) -> int:
     from ..commands.predict import predict_json, predict_text, predict_tree
-    from ..report import check_destinations, is_stdout, write_json
 
-    if args.json is not None:
-        # A report inside the tree would change the tree it is about.
-        check_destinations([("--json", args.json)], [("PATH", args.path)])
-    found = predict_tree(args.path, args.modes, version=args.version, qemu=args.qemu,
-                         max_paths=args.max_paths, transports=args.transports,
-                         progress=progress)
-    if args.json is None or not is_stdout(args.json):
-        say(predict_text(found))
-    if args.json is not None:
-        write_json(predict_json(found), args.json)
-        if not is_stdout(args.json):
-            progress(f"JSON prediction: {args.json}")
+    # A report inside the tree would change the tree it is about.
+    found = text_or_json(
+        args.json, lambda: predict_tree(args.path, args.modes, version=args.version,
+                                        qemu=args.qemu, max_paths=args.max_paths,
+                                        transports=args.transports, progress=progress),
+        predict_text, predict_json, "JSON prediction", inputs=[("PATH", args.path)])
     return found.exit_code
 
 
